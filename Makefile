@@ -1,0 +1,40 @@
+# Every target sets itself up: a fresh clone needs only python3 (>= 3.10) and make.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= workdirs/demo
+PYTEST_FLAGS ?= -q -n 2 --durations=15
+
+.PHONY: install test test-slow demo lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_FLAGS) -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest $(PYTEST_FLAGS) -m slow tests
+
+demo: $(STAMP)
+	$(PY) -m experiments.demo --workdir=$(DEMO_DIR)
+
+lint: $(STAMP)
+	$(PY) -m ruff check trajax tests experiments configs bench
+	$(PY) -m ruff format --check trajax tests experiments configs bench
+
+format: $(STAMP)
+	$(PY) -m ruff format trajax tests experiments configs bench
+	$(PY) -m ruff check --fix trajax tests experiments configs bench
+
+bench: $(STAMP)
+	$(PY) -m bench.bench_averaging
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache
