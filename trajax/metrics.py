@@ -1,0 +1,104 @@
+"""Metric writers: TensorBoard (clu) + ``WORKDIR/metrics.jsonl`` + progress.
+
+``metrics.jsonl`` has one JSON object per write, ``{"step": s, "<name>": v}``,
+flushed at once so experiments can read a run while it trains; a resumed run
+first drops the lines after its checkpoint (``trajax.train``), so each step
+appears at most once per name. Only process 0 writes files; other processes
+log only. clu and TensorFlow are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+
+def _float(v) -> float | None:
+  try:
+    x = float(v)
+  except (TypeError, ValueError):
+    return None
+  return x if math.isfinite(x) else None
+
+
+class JsonlWriter:
+  """Appends scalars as JSON lines (non-finite values are written as null)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._file = open(path, "a")
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    record = {"step": int(step)}
+    record.update({k: _float(v) for k, v in scalars.items()})
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+
+  def write_summaries(self, step, values, metadata=None):
+    pass  # JSON lines hold scalars only; TensorBoard gets the rest
+
+  def write_images(self, step, images):
+    pass  # as above
+
+  def write_videos(self, step, videos):
+    pass  # as above
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass  # as above
+
+  def write_texts(self, step, texts):
+    pass  # as above
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass  # as above
+
+  def write_pointcloud(self, step, point_clouds, *, point_colors=None, configs=None):
+    pass  # as above
+
+  def write_hparams(self, hparams: Mapping[str, Any]):
+    record = {"step": 0, "hparams": {k: v for k, v in hparams.items()}}
+    self._file.write(json.dumps(record, default=str) + "\n")
+    self._file.flush()
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    if not self._file.closed:
+      self._file.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The records of a ``metrics.jsonl`` (for experiments and tests)."""
+  out = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        out.append(json.loads(line))
+  return out
+
+
+def create_writer(workdir: str, *, process_index: int = 0):
+  """clu ``MultiWriter``: TensorBoard + logging + JSON lines (process 0 only)."""
+  from clu import metric_writers
+
+  if process_index != 0:
+    return metric_writers.LoggingWriter()
+  tb = metric_writers.create_default_writer(workdir, asynchronous=True)
+  return metric_writers.MultiWriter([tb, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+
+
+def progress_reporter(total_steps: int, writer, every_steps: int):
+  """clu ``ReportProgress`` (steps/s, ETA): call ``reporter(step)`` every step.
+
+  It only reads the clock between its reports, so it adds no device sync.
+  """
+  from clu import periodic_actions
+
+  return periodic_actions.ReportProgress(
+      num_train_steps=total_steps, writer=writer, every_steps=every_steps
+  )
