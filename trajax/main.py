@@ -1,0 +1,82 @@
+r"""Launch a training run: ``python -m trajax.main --config=configs/X.py --workdir=DIR``.
+
+  python -m trajax.main --config=configs/mnist1d.py --workdir=workdirs/mnist1d
+  python -m trajax.main --config=configs/imagenet_resnet34.py:cosine \
+      --config.data_dir=DATA --workdir=gs://bucket/run --jax_distributed
+
+The config is locked, so a misspelt ``--config.field`` is an error. Running the
+same command again resumes from the workdir's latest committed checkpoint
+(``--resume=require`` makes "nothing to resume" an error, for restart
+scripts). SIGTERM (preemption) saves a checkpoint at the current step and exits
+0. Multi-host: ``--jax_distributed`` or the environment (``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; or a TPU/SLURM cluster) calls
+``jax.distributed.initialize()`` before anything touches the devices.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).")
+_RESUME = flags.DEFINE_enum(
+    "resume",
+    "auto",
+    ["auto", "require", "never"],
+    "auto: continue if the workdir has a checkpoint; require: error if it has none; "
+    "never: error if it has one.",
+)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "jax_distributed",
+    False,
+    "Call jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set).",
+)
+flags.mark_flag_as_required("workdir")
+
+
+def _config_flag():
+  from ml_collections import config_flags
+
+  return config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+
+
+_CONFIG = _config_flag()
+flags.mark_flag_as_required("config")
+
+
+def _maybe_initialize_distributed():
+  import jax
+
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if not (_DISTRIBUTED.value or address):
+    return
+  kwargs = {}
+  if address:
+    kwargs["coordinator_address"] = address
+    if "JAX_NUM_PROCESSES" in os.environ:
+      kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+    if "JAX_PROCESS_ID" in os.environ:
+      kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+  jax.distributed.initialize(**kwargs)
+  logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # TensorFlow (tf.data, TFDS, TensorBoard) must not take GPU/TPU memory.
+  import tensorflow as tf
+
+  tf.config.set_visible_devices([], "GPU")
+  _maybe_initialize_distributed()
+
+  from trajax import train
+
+  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
+  if result.preempted:
+    logging.info("preempted at step %d; checkpoint committed, exiting 0", result.step)
+
+
+if __name__ == "__main__":
+  app.run(main)
