@@ -1,0 +1,294 @@
+"""trajax.train: schedules, the pure step against NumPy, non-finite handling, BN recompute, a run.
+
+``FakeDataset`` (also used by test_checkpoint.py) is an in-memory stand-in for
+``trajax.data`` with the same interface: batch ``i`` is a pure function of
+(seed, i).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import types
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import mnist1d
+from trajax import averaging, train
+from trajax import checkpoint as ckpt_lib
+
+
+class FakeDataset:
+  """Gaussian inputs with a learnable linear rule, the ``trajax.data`` interface."""
+
+  def __init__(self, *, n=512, shape=(40, 1), k=10, batch_size=32, eval_batch_size=64, seed=0,
+               nan_steps=()):
+    r = np.random.default_rng(seed)
+    w = r.normal(size=(math.prod(shape), k))
+    self.x = r.normal(size=(n, *shape)).astype(np.float32)
+    self.y = np.argmax(self.x.reshape(n, -1) @ w, -1).astype(np.int32)
+    self.xt = r.normal(size=(100, *shape)).astype(np.float32)
+    self.yt = np.argmax(self.xt.reshape(100, -1) @ w, -1).astype(np.int32)
+    self.bs, self.ebs, self.seed, self.nan_steps = batch_size, eval_batch_size, seed, set(nan_steps)
+    self.info = types.SimpleNamespace(name="fake", num_classes=k, input_shape=shape, num_train=n,
+                                      num_eval=100)
+
+  def batch(self, i):
+    idx = np.random.default_rng([self.seed, i]).choice(len(self.x), self.bs, replace=False)
+    x = self.x[idx].copy()
+    if i in self.nan_steps:
+      x[0, 0] = np.nan
+    return {"image": x, "label": self.y[idx]}
+
+  def train_batches(self, start_step):
+    for i in itertools.count(start_step):
+      yield self.batch(i)
+
+  def fixed_train_batch(self, index, batch_size=None):
+    return self.batch(10**6 + index)
+
+  def eval_batches(self, split="test"):
+    for s in range(0, len(self.xt), self.ebs):
+      x, y = self.xt[s:s + self.ebs], self.yt[s:s + self.ebs]
+      m = np.ones(len(x), np.float32)
+      pad = self.ebs - len(x)
+      if pad:
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+        y = np.concatenate([y, np.zeros(pad, y.dtype)])
+        m = np.concatenate([m, np.zeros(pad, np.float32)])
+      yield {"image": x, "label": y, "mask": m}
+
+
+def small_config(**overrides):
+  """mnist1d's config shrunk to a few dozen steps."""
+  c = mnist1d.get_config("runlocal")
+  c.total_steps = 40
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.log_every_steps = 10
+  c.eval_every_steps = 20
+  c.checkpoint_every_steps = 10
+  c.model.width = 8
+  c.averaging.gap = 10
+  c.averaging.bn_recompute_batches = 3
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+class Linear(nn.Module):
+  """Softmax regression: the gradient has a closed form for the NumPy reference."""
+
+  k: int = 3
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Dense(self.k)(x.reshape(x.shape[0], -1))
+
+
+class DenseBN(nn.Module):
+  """Dense(4) -> BatchNorm -> Dense: BN statistics of known features."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = nn.Dense(4, name="first")(x.reshape(x.shape[0], -1))
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.8, name="bn")(h)
+    return nn.Dense(3)(nn.relu(h))
+
+
+def one_device_mesh():
+  return jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+@pytest.mark.parametrize(
+    "schedule,warmup,expect",
+    [
+        ("constant", 0, lambda t: 0.1),
+        ("cosine", 0, lambda t: 0.05 * (1 + math.cos(math.pi * t / 100))),
+        ("linear", 0, lambda t: 0.1 * (1 - t / 100)),
+        ("step", 0, lambda t: 0.1 * 0.5 ** ((t >= 30) + (t >= 60))),
+        ("cosine", 20, lambda t: 0.1 * t / 20 if t < 20 else
+         0.05 * (1 + math.cos(math.pi * (t - 20) / 80))),
+    ],
+)
+def test_schedule_matches_closed_form(schedule, warmup, expect):
+  c = small_config(**{"total_steps": 100, "optimizer.lr": 0.1, "optimizer.schedule": schedule,
+                      "optimizer.warmup_steps": warmup, "optimizer.step_boundaries": (30, 60),
+                      "optimizer.step_factor": 0.5})
+  sched = train.make_schedule(c.optimizer, c.total_steps)
+  for t in (0, 1, 19, 20, 29, 30, 59, 60, 61, 99):
+    np.testing.assert_allclose(float(sched(t)), expect(t), rtol=1e-5, atol=1e-7, err_msg=str(t))
+
+
+# --------------------------------------------------------------------------- the pure step
+
+
+def _numpy_reference(x_steps, y_steps, w, b, *, lr, mu, wd, decay):
+  """SGD + heavy-ball momentum + L2 on the kernel + EMA of (w, b), in float64."""
+  mw, mb = np.zeros_like(w), np.zeros_like(b)
+  aw, ab = w.copy(), b.copy()
+  for x, y in zip(x_steps, y_steps, strict=True):
+    x = x.reshape(x.shape[0], -1)
+    z = x @ w + b
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    d = p - np.eye(w.shape[1])[y]
+    gw = x.T @ d / x.shape[0] + wd * w
+    gb = d.mean(0)
+    mw, mb = mu * mw + gw, mu * mb + gb
+    w, b = w - lr * mw, b - lr * mb
+    aw, ab = (1 - decay) * aw + decay * w, (1 - decay) * ab + decay * b
+  return w, b, aw, ab
+
+
+def test_train_step_matches_numpy_sgd_momentum_ema():
+  c = small_config(**{"optimizer.lr": 0.3, "optimizer.momentum": 0.9,
+                      "optimizer.weight_decay": 0.01, "averaging.method": "ema",
+                      "averaging.decay": 0.25})
+  model, mesh = Linear(), one_device_mesh()
+  state, shardings = train.create_train_state(c, model, (5,), mesh)
+  p0 = jax.device_get(state.params)
+  w0, b0 = np.float64(p0["Dense_0"]["kernel"]), np.float64(p0["Dense_0"]["bias"])
+  step = train.make_train_step(c, model, mesh, shardings)
+  r = np.random.default_rng(1)
+  xs = [r.normal(size=(8, 5)).astype(np.float32) for _ in range(3)]
+  ys = [r.integers(0, 3, 8).astype(np.int32) for _ in range(3)]
+  for x, y in zip(xs, ys, strict=True):
+    state, metrics = step(state, {"image": jnp.asarray(x), "label": jnp.asarray(y)})
+  w, b, aw, ab = _numpy_reference(xs, ys, w0, b0, lr=0.3, mu=0.9, wd=0.01, decay=0.25)
+  got = jax.device_get(state.params)["Dense_0"]
+  np.testing.assert_allclose(got["kernel"], w, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got["bias"], b, rtol=1e-5, atol=1e-6)
+  avg = jax.device_get(averaging.averaged_params(state.opt_state))["Dense_0"]
+  np.testing.assert_allclose(avg["kernel"], aw, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(avg["bias"], ab, rtol=1e-5, atol=1e-6)
+  assert int(state.step) == 3
+  assert float(metrics["ok"]) == 1.0 and float(metrics["lr"]) == pytest.approx(0.3)
+
+
+def _nan_batch(x, y):
+  x = x.copy()
+  x[0, 0] = np.nan
+  return {"image": jnp.asarray(x), "label": jnp.asarray(y)}
+
+
+def test_nonfinite_step_freezes_state_and_names_the_step():
+  c = small_config(**{"averaging.method": "ema", "averaging.decay": 0.5})
+  model, mesh = Linear(), one_device_mesh()
+  state, shardings = train.create_train_state(c, model, (5,), mesh)
+  step = train.make_train_step(c, model, mesh, shardings)
+  r = np.random.default_rng(0)
+  x, y = r.normal(size=(8, 5)).astype(np.float32), r.integers(0, 3, 8).astype(np.int32)
+  good = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
+  state, _ = step(state, good)
+  before = jax.device_get(state)
+  state, metrics = step(state, _nan_batch(x, y))
+  after = jax.device_get(state)
+  # The bad step changed nothing but the health record.
+  for a, b in zip(jax.tree.leaves(before[:-1]), jax.tree.leaves(after[:-1]), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert int(after.health.bad_step) == 1
+  assert int(after.health.bad_what) & 1 and int(after.health.bad_what) & 2
+  assert float(metrics["ok"]) == 0.0
+  # Frozen: a later good step is a no-op too.
+  state, _ = step(state, good)
+  np.testing.assert_array_equal(jax.device_get(state.params)["Dense_0"]["kernel"],
+                                before.params["Dense_0"]["kernel"])
+  err = train._health_error(jax.device_get(state.health), "/ckpt/1")
+  assert "loss" in str(err) and "gradient" in str(err) and "step 1" in str(err)
+  assert "/ckpt/1" in str(err)
+
+
+def test_skip_nonfinite_keeps_averages_and_caps_consecutive_skips():
+  c = small_config(**{"averaging.method": "ema", "averaging.decay": 0.5, "nonfinite.skip": True,
+                      "nonfinite.max_consecutive_skips": 2})
+  model, mesh = Linear(), one_device_mesh()
+  state, shardings = train.create_train_state(c, model, (5,), mesh)
+  step = train.make_train_step(c, model, mesh, shardings)
+  r = np.random.default_rng(0)
+  x, y = r.normal(size=(8, 5)).astype(np.float32), r.integers(0, 3, 8).astype(np.int32)
+  good = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
+  state, _ = step(state, good)
+  before = jax.device_get(state)
+  state, _ = step(state, _nan_batch(x, y))
+  after = jax.device_get(state)
+  assert int(after.step) == 2  # the batch was consumed
+  assert int(after.health.total_skips) == 1 and int(after.health.bad_step) == -1
+  for a, b in zip(jax.tree.leaves((before.params, before.opt_state)),
+                  jax.tree.leaves((after.params, after.opt_state)), strict=True):
+    np.testing.assert_array_equal(a, b)  # params, momentum and the EMA did not move
+  state, _ = step(state, good)  # a good step resets the run of skips
+  assert int(state.health.consecutive_skips) == 0
+  for _ in range(3):
+    state, _ = step(state, _nan_batch(x, y))
+  assert int(state.health.bad_step) == 5  # the third consecutive skip exceeds the cap of 2
+  assert int(state.health.total_skips) == 3
+
+
+# --------------------------------------------------------------------------- BN recompute
+
+
+def test_recompute_batch_stats_is_cumulative_mean_of_batch_moments():
+  model, mesh = DenseBN(), one_device_mesh()
+  r = np.random.default_rng(3)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6)), train=False)
+  batches = [{"image": (r.normal(size=(16, 6)) * (i + 1) + i).astype(np.float32),
+              "label": np.zeros(16, np.int32)} for i in range(3)]
+  ev = train.Evaluator(model, mesh)
+  stats = ev.recompute_batch_stats(variables["params"], variables["batch_stats"], batches)
+  k = np.float64(variables["params"]["first"]["kernel"])
+  b = np.float64(variables["params"]["first"]["bias"])
+  hs = [np.float64(bt["image"]) @ k + b for bt in batches]
+  np.testing.assert_allclose(stats["bn"]["mean"], np.mean([h.mean(0) for h in hs], 0),
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(stats["bn"]["var"], np.mean([h.var(0) for h in hs], 0),
+                             rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def test_train_and_evaluate_writes_metrics_checkpoints_and_learns(tmp_path):
+  c = small_config(**{"averaging.method": "two_point", "averaging.gap": 10})
+  workdir = tmp_path / "run"
+  result = train.train_and_evaluate(c, str(workdir), dataset=FakeDataset())
+  assert result.step == 40 and not result.preempted
+  assert set(result.eval) == {"raw", "avg"}
+  records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  losses = [r["train/loss"] for r in records if "train/loss" in r]
+  assert [r["step"] for r in records if "train/loss" in r] == [10, 20, 30, 40]
+  assert losses[-1] < losses[0]
+  assert any("eval_avg/loss" in r for r in records)
+  assert ckpt_lib.committed_steps(str(workdir / "checkpoints")) == [20, 30, 40]  # max_to_keep 3
+  meta = ckpt_lib.read_metadata(str(workdir / "checkpoints"), 40)
+  assert meta["data_position"] == 40 and meta["config"]["total_steps"] == 40
+  assert meta["versions"]["jax"] == jax.__version__
+  assert os.path.isdir(workdir) and any(n.startswith("events.out") for n in os.listdir(workdir))
+
+
+def test_nonfinite_run_stops_with_error_and_commits_nothing_bad(tmp_path):
+  c = small_config()
+  workdir = tmp_path / "nan"
+  with pytest.raises(train.NonFiniteError) as e:
+    train.train_and_evaluate(c, str(workdir), dataset=FakeDataset(nan_steps={25}))
+  msg = str(e.value)
+  assert "loss" in msg and "step 25" in msg
+  assert os.path.join(str(workdir), "checkpoints", "20") in msg
+  steps = ckpt_lib.committed_steps(str(workdir / "checkpoints"))
+  assert steps == [10, 20]
+  for s in steps:
+    tree, _ = ckpt_lib.restore_readonly(str(workdir), step=s)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree))
