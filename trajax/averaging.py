@@ -325,10 +325,10 @@ def _identity_averager() -> Averager:
   """'none': the average is the params themselves (no extra memory)."""
 
   def init(tree):
-    return AverageState(jnp.zeros([], jnp.int32), ())
+    return AverageState(jnp.zeros([], jnp.int32), None)
 
   def update(tree, state):
-    return AverageState(state.count + 1, ())
+    return AverageState(state.count + 1, None)
 
   return Averager(init, update)
 
@@ -439,7 +439,7 @@ def averaged_params(opt_state, params: PyTree | None = None) -> PyTree:
         f"opt_state holds {len(states)} trajax averaging states; nest one wrapper only"
     )
   average = states[0].average.average
-  if average == ():
+  if average is None:
     if params is None:
       raise ValueError("the 'none' averaging method keeps no copy: pass params=")
     return params
