@@ -191,10 +191,11 @@ def _check_steps(num_steps, record_every):
     )
 
 
-def _groups(dof_groups, d: int) -> np.ndarray:
-  """(d, G) 0/1 matrix: which group each degree of freedom adds to."""
+def _groups(dof_groups, d: int) -> np.ndarray | None:
+  """(d, G) 0/1 matrix: which group each degree of freedom adds to (None: G = d,
+  one group per degree of freedom, no matmul needed)."""
   if dof_groups is None:
-    return np.eye(d, dtype=np.float32)
+    return None
   g = np.asarray(dof_groups)
   if g.shape != (d,) or not np.issubdtype(g.dtype, np.integer) or (g.size and g.min() < 0):
     raise ValueError(
@@ -280,7 +281,8 @@ def simulate(
   theta0 = np.broadcast_to(np.asarray(theta0, np.float32), (d,))
   lrs, has_l = _lr_table(lr, num_steps)
   num_l = lrs.shape[1]
-  groups = jnp.asarray(_groups(dof_groups, d))
+  groups = _groups(dof_groups, d)
+  groups = None if groups is None else jnp.asarray(groups)
 
   diagonal = a.ndim == 1
   hess = jnp.asarray(a, jnp.float32)
@@ -302,7 +304,8 @@ def simulate(
     out = []
     for x in (avg, theta):
       per_mode = per_mode_loss(x)
-      out += [per_mode.sum(-1), per_mode.mean(1) @ groups]
+      by_dof = per_mode.mean(1)
+      out += [per_mode.sum(-1), by_dof if groups is None else by_dof @ groups]
     return tuple(out)
 
   def step(carry, t):
@@ -408,11 +411,17 @@ def expected_loss(
   rows = np.stack([m.kappa, m.noise_var, v0], axis=1)
   uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
   inverse = inverse.reshape(-1)
-  to_groups = np.zeros((len(uniq), groups.shape[1]), np.float32)
-  np.add.at(to_groups, inverse, groups)
   kappa = jnp.asarray(uniq[:, 0], jnp.float32)
   noise_var = jnp.asarray(uniq[:, 1], jnp.float32)
-  weights = jnp.asarray(0.5 * uniq[:, 0, None] * to_groups, jnp.float32)  # (U, G)
+  half_kappa = 0.5 * kappa
+  multiplicity = jnp.asarray(np.bincount(inverse, minlength=len(uniq)), jnp.float32)
+  if groups is None:  # one group per degree of freedom: gather, no matmul
+    to_groups = None
+  else:
+    to_groups_np = np.zeros((len(uniq), groups.shape[1]), np.float32)
+    np.add.at(to_groups_np, inverse, groups)
+    to_groups = jnp.asarray(to_groups_np)
+  inverse_j = jnp.asarray(inverse)
 
   template = averager.init(jnp.zeros((num_l, len(uniq)), jnp.float32))
   leaves, treedef = jax.tree.flatten((template.average, template.snapshots))
@@ -442,11 +451,11 @@ def expected_loss(
     return (p, new_count), None
 
   def record(p):
-    second = (p[readout, readout], p[0, 0])  # (L, U) each
     out = []
-    for s in second:
-      by_group = s @ weights
-      out += [by_group.sum(-1), by_group]
+    for second in (p[readout, readout], p[0, 0]):  # (L, U) each
+      per_mode = half_kappa * second
+      by_group = per_mode[:, inverse_j] if to_groups is None else per_mode @ to_groups
+      out += [per_mode @ multiplicity, by_group]
     return tuple(out)
 
   def chunk(carry, r):
@@ -503,9 +512,10 @@ def _comb_sum(r, n: int) -> np.ndarray:
   """(1/n²) Σ_{k,l<n} r^{|k−l|} = 1/n + (2/n)(G1 − G2/n)   (eq. 21, r = Γ^Δ).
 
   G1 = r(1 − r^{n−1})/(1 − r), G2 = r(1 − n r^{n−1} + (n−1) r^n)/(1 − r)²
-  (A.4). Near r = 1 the difference cancels (relative error ≈ ε/(n(1 − r))),
-  so there the expansion in a = −ln r is used:
-  Σ_{k,l} r^{|k−l|} = n² − a n(n²−1)/3 + a² n²(n²−1)/12 + O(a³ n⁵).
+  (A.4). Near r = 1 the closed form cancels (relative error ≈ ε/(n(1 − r)²)),
+  so it is used only where n(1 − r)² >= 1e-4; where n·a < 1e-3 (a = −ln r)
+  the expansion Σ_{k,l} r^{|k−l|} = n² − a n(n²−1)/3 + a² n²(n²−1)/12 + O(a³n⁵)
+  is; in between, the direct sum n + 2Σ_m (n − m) r^m (positive terms, Horner).
   """
   r = np.asarray(r, np.float64)
   with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -516,8 +526,14 @@ def _comb_sum(r, n: int) -> np.ndarray:
     closed = 1.0 / n + (2.0 / n) * (g1 - g2 / n)
     a = -np.log(np.where(r > 0, r, 1.0))
     series = (n * n - a * n * (n * n - 1) / 3 + a * a * n * n * (n * n - 1) / 12) / n**2
-  small = (r > 0) & (n * np.abs(one_minus) < 1e-4)
-  return np.where(small, series, closed)
+  use_closed = (r <= 0) | (n * one_minus**2 >= 1e-4)
+  use_series = ~use_closed & (n * a < 1e-3)
+  out = np.where(use_closed, closed, series)
+  middle = ~use_closed & ~use_series
+  if np.any(middle):
+    coeffs = np.concatenate([[n], 2.0 * (n - np.arange(1, n))]) / n**2
+    out = np.where(middle, np.polynomial.polynomial.polyval(np.where(middle, r, 0.0), coeffs), out)
+  return out
 
 
 def averaging_kernel(method: str, *, decay=None, window=None, n=None, gap=None, kernel=None,
