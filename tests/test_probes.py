@@ -116,6 +116,10 @@ def test_chunked_grid_equals_single_vmap(problem):
   chunked = probes.single_step_losses(lsq_loss, p, b, etas, h, chunk_size=5)
   np.testing.assert_allclose(chunked.train_loss, full.train_loss, rtol=1e-6)
   np.testing.assert_allclose(chunked.heldout_loss, full.heldout_loss, rtol=1e-6)
+  # 13 step sizes in chunks of 5 leave a remainder; also without held-out data.
+  alone = probes.single_step_losses(lsq_loss, p, b, etas, chunk_size=5)
+  np.testing.assert_allclose(alone.train_loss, full.train_loss, rtol=1e-6)
+  assert alone.heldout_loss.shape == (0, 13) and alone.heldout_loss0.shape == (0,)
 
 
 def test_quadratic_fit_recovers_exact_coefficients_and_argmin_is_eps_max(problem):

@@ -180,8 +180,12 @@ def single_step_losses(
     step_sizes: [K] grid of eta (may include 0 and negative values).
     heldout_batches: optional pytree of N batches stacked on a leading axis.
     chunk_size: None for one vmap over the K step sizes; an int to evaluate the
-      grid in sequential chunks of that many step sizes (bounds memory, since a
-      vmap over eta holds K perturbed copies of the parameters).
+      grid in sequential chunks of that many step sizes, each chunk one vmap
+      (``lax.map(..., batch_size=chunk_size)``). Chunking bounds memory (a vmap
+      over eta holds K perturbed copies of the parameters) and, on CPU, is
+      faster for conv nets: vmapping a convolution over its kernel becomes a
+      grouped convolution, which XLA:CPU runs slower than K plain ones (see
+      ``bench/bench_probes.py``; chunk_size=1 is a compiled loop).
 
   Returns:
     A :class:`StepSizeCurve`; held-out fields have N = 0 rows when
@@ -194,30 +198,31 @@ def single_step_losses(
               for g in jax.tree.leaves(grads)), jnp.zeros((), jnp.float32))
 
   if heldout_batches is not None:
-    n = _num_batches(heldout_batches)
+    _num_batches(heldout_batches)  # validates the stacking
     heldout_on = jax.vmap(loss_fn, in_axes=(None, 0))
-  else:
-    n = 0
 
   def losses_at(eta):
     stepped = jax.tree.map(lambda p, g: p - eta.astype(p.dtype) * g, params, grads)
-    train = loss_fn(stepped, batch)
     if heldout_batches is None:
-      return train, jnp.zeros((0,), jnp.result_type(train))
-    return train, heldout_on(stepped, heldout_batches)
+      return loss_fn(stepped, batch)
+    return loss_fn(stepped, batch), heldout_on(stepped, heldout_batches)
 
   etas = jnp.asarray(step_sizes)
-  train_k, heldout_kn = _map(losses_at, etas, chunk_size)
   if heldout_batches is None:
+    # Zero-size outputs are built here rather than mapped: lax.map's chunking
+    # cannot reshape a [K, 0] result.
+    train_k = _map(losses_at, etas, chunk_size)
+    heldout_kn = jnp.zeros((etas.shape[0], 0), jnp.result_type(train_k))
     heldout0 = jnp.zeros((0,), jnp.result_type(loss0))
   else:
+    train_k, heldout_kn = _map(losses_at, etas, chunk_size)
     heldout0 = heldout_on(params, heldout_batches)
   return StepSizeCurve(
       step_sizes=etas,
       train_loss0=loss0,
       train_loss=train_k,
       heldout_loss0=heldout0,
-      heldout_loss=heldout_kn.T.reshape(n, etas.shape[0]),
+      heldout_loss=heldout_kn.T,
       grad_sq_norm=g_sq,
   )
 
