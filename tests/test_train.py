@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import tempfile
 import types
 
 import flax.linen as nn
@@ -22,6 +23,12 @@ import pytest
 from configs import mnist1d
 from trajax import averaging, train
 from trajax import checkpoint as ckpt_lib
+
+# Runs in these tests compile the same small programs many times: a persistent
+# compilation cache makes every run after the first cost seconds, not tens.
+CACHE_DIR = os.path.join(tempfile.gettempdir(), "trajax-test-jax-cache")
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 class FakeDataset:

@@ -33,8 +33,10 @@ import time
 from typing import Any
 
 import jax
+from absl import logging
 
 _STEP_RE = re.compile(r"^\d+$")
+_COMMIT_FILE = "commit_success.txt"
 
 
 def _ocp():
@@ -51,18 +53,41 @@ def committed_steps(directory: str) -> list[int]:
   """
   if not os.path.isdir(directory):
     return []
-  ocp = _ocp()
-  from etils import epath
+  return sorted(int(n) for n in os.listdir(directory) if _is_committed(os.path.join(directory, n)))
 
-  steps = []
-  for name in os.listdir(directory):
+
+def _is_committed(path: str) -> bool:
+  # Orbax writes commit_success.txt as the last step of a save, before the
+  # atomic rename (POSIX) or in place (object stores), so its presence in a
+  # step-named directory is the commit.
+  return (
+      _STEP_RE.match(os.path.basename(path)) is not None
+      and os.path.isfile(os.path.join(path, _COMMIT_FILE))
+      and os.path.isdir(os.path.join(path, "state"))
+      and os.path.isdir(os.path.join(path, "meta"))
+  )
+
+
+def quarantine_uncommitted(directory: str) -> list[str]:
+  """Moves step directories without a commit marker to ``../quarantined_checkpoints``.
+
+  A crash can leave a step-named directory that Orbax would list as a step
+  (and then refuse to overwrite); it is moved aside, never deleted, and
+  never restored from. Returns the new paths. Orbax's own temporary
+  directories are left to its ``cleanup_tmp_directories``.
+  """
+  if not os.path.isdir(directory):
+    return []
+  moved = []
+  target_dir = os.path.join(os.path.dirname(os.path.abspath(directory)), "quarantined_checkpoints")
+  for name in sorted(os.listdir(directory)):
     path = os.path.join(directory, name)
-    if _STEP_RE.match(name) and os.path.isdir(path):
-      if ocp.step.is_checkpoint_finalized(epath.Path(path)) and os.path.isdir(
-          os.path.join(path, "state")
-      ):
-        steps.append(int(name))
-  return sorted(steps)
+    if _STEP_RE.match(name) and os.path.isdir(path) and not _is_committed(path):
+      os.makedirs(target_dir, exist_ok=True)
+      dest = os.path.join(target_dir, f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+      os.replace(path, dest)
+      moved.append(dest)
+  return moved
 
 
 def read_metadata(directory: str, step: int) -> dict:
@@ -145,6 +170,13 @@ class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep=None, keep_period=None, async_save=True):
     ocp = _ocp()
     self.directory = os.path.abspath(directory)
+    if jax.process_index() == 0:
+      for path in quarantine_uncommitted(self.directory):
+        logging.warning("moved an uncommitted checkpoint directory aside to %s", path)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("trajax.checkpoint.quarantine")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         keep_period=keep_period,
