@@ -1,0 +1,83 @@
+"""The thin command line shared by the synthetic experiments (``experiments/synthetic_*.py``).
+
+Each experiment module has ``get_config()`` and ``run(config, outdir) -> dict``
+(pure but for writing its JSON and PNG into ``outdir``); its ``main`` is
+``cli(module.get_config, module.run, name)``:
+
+    python -m experiments.synthetic_fast_slow --config.num_steps=5000 --outdir=/tmp/x
+
+absl and ml_collections are imported here, inside ``cli``, so importing an
+experiment module (e.g. in a test) costs nothing beyond jax and numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any, Callable
+
+
+def cli(get_config: Callable[[], Any], run: Callable[[Any, str], dict], name: str,
+        argv: list[str] | None = None) -> dict:
+  """Parses ``--config.<field>=value`` and ``--outdir``, runs, prints the summary."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  full_argv = sys.argv if argv is None else [name, *argv]
+  values = flags.FlagValues()
+  # sys_argv: the override flags (--config.x) are defined from the argv given.
+  config_flags.DEFINE_config_dict("config", get_config(), flag_values=values,
+                                  sys_argv=full_argv)
+  flags.DEFINE_string("outdir", os.path.join("results", name),
+                      "folder for the JSON and PNG", flag_values=values)
+  values(full_argv)
+  summary = run(values.config, values.outdir)
+  print(json.dumps(summary, indent=2))
+  return summary
+
+
+def write_json(outdir: str, filename: str, payload: dict) -> str:
+  """Writes ``payload`` (plain Python numbers, lists, dicts) as JSON; NaN/inf refused."""
+  os.makedirs(outdir, exist_ok=True)
+  path = os.path.join(outdir, filename)
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=2, allow_nan=False)
+  return path
+
+
+def new_figure(nrows: int, ncols: int, width: float = 5.0, height: float = 3.8):
+  """A matplotlib figure on the Agg backend (no display needed)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+
+
+def save_figure(fig, outdir: str, filename: str) -> str:
+  import matplotlib.pyplot as plt
+
+  os.makedirs(outdir, exist_ok=True)
+  path = os.path.join(outdir, filename)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def first_step_below(steps, curve, level: float) -> int | None:
+  """The first recorded step at which ``curve`` <= ``level`` (None if never)."""
+  for step, value in zip(steps, curve):
+    if value <= level:
+      return int(step)
+  return None
+
+
+def finite(x: float) -> float:
+  x = float(x)
+  if not math.isfinite(x):
+    raise ValueError(f"non-finite result {x}")
+  return x
