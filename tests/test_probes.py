@@ -127,7 +127,7 @@ def test_quadratic_fit_recovers_exact_coefficients_and_argmin_is_eps_max(problem
   g, hess = np_grad(flat(p), b), np_hessian(b)
   eps_max = (g @ g) / (g @ hess @ g)
   etas = np.linspace(0.0, 2.0 * eps_max, 401).astype(np.float32)
-  rep = probes.run_step_size_probe(lsq_loss, p, b, etas, degree=2)
+  rep = probes.run_step_size_probe(lsq_loss, p, b, etas, degree=2, with_eps_max=True)
   np.testing.assert_allclose(
       rep.train.fit.coeffs, [0.5 * g @ hess @ g, -(g @ g), np_loss(flat(p), b)],
       rtol=2e-3, atol=1e-4)
@@ -139,6 +139,7 @@ def test_quadratic_fit_recovers_exact_coefficients_and_argmin_is_eps_max(problem
   em = probes.epsilon_max(lsq_loss, p, b)
   np.testing.assert_allclose(em.eps_max, eps_max, rtol=1e-4)
   assert abs(rep.train.best_step_size - em.eps_max) <= eps_max / 200 + 1e-7
+  np.testing.assert_allclose(rep.eps_max.eps_max, em.eps_max, rtol=1e-6)
   assert rep.heldout is None and rep.heldout_mean is None
 
 
@@ -171,6 +172,7 @@ def test_step_size_report_summary_and_json(problem):
   d = json.loads(json.dumps(probes.report_to_dict(rep)))
   assert len(d["heldout"]["std"]) == 11
   assert len(d["train"]["fit"]["coeffs"]) == 4
+  assert d["eps_max"] is None
 
   sweep = probes.sweep_step_size_probe(
       lsq_loss, {"B=32": (p, b), "B=8": (p, jax.tree.map(lambda x: x[:8], b))},
@@ -209,7 +211,11 @@ def test_flax_model_probe_matches_python_loop():
   rng = np.random.default_rng(2)
   x = rng.normal(size=(3, 8, 8, 8, 1)).astype(np.float32)
   y = rng.integers(0, 3, size=(3, 8))
-  params = model.init(jax.random.key(0), x[0])["params"]
+  # Shapes from eval_shape, values from NumPy: skips compiling Flax's
+  # initialisers, which dominates this test's time on a loaded 2-core box.
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x[0])["params"]
+  params = jax.tree.map(
+      lambda s: (0.3 * rng.normal(size=s.shape)).astype(np.float32), shapes)
 
   def loss_fn(p, batch):
     logits = model.apply({"params": p}, batch["x"])
@@ -220,13 +226,15 @@ def test_flax_model_probe_matches_python_loop():
   heldout = {"x": x[1:], "y": y[1:]}
   etas = np.array([0.0, 0.1, 0.5, 1.0, 3.0], np.float32)
   curve = probes.single_step_losses(loss_fn, params, batch, etas, heldout)
-  g = jax.grad(loss_fn)(params, batch)
+  # Reference: one plain (un-vmapped) jitted forward per step size and batch.
+  ref_loss = jax.jit(loss_fn)
+  g = jax.jit(jax.grad(loss_fn))(params, batch)
   for k, eta in enumerate(etas):
     stepped = jax.tree.map(lambda a, b: a - eta * b, params, g)
-    np.testing.assert_allclose(curve.train_loss[k], loss_fn(stepped, batch), rtol=1e-5)
+    np.testing.assert_allclose(curve.train_loss[k], ref_loss(stepped, batch), rtol=1e-5)
     for n in range(2):
       hb = {"x": x[1 + n], "y": y[1 + n]}
-      np.testing.assert_allclose(curve.heldout_loss[n, k], loss_fn(stepped, hb),
+      np.testing.assert_allclose(curve.heldout_loss[n, k], ref_loss(stepped, hb),
                                  rtol=1e-5)
   np.testing.assert_allclose(curve.train_loss[0], curve.train_loss0, rtol=1e-6)
   # A small step along the batch's own gradient must decrease its loss.

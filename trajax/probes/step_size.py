@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trajax.probes import noise_scale
+
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree], jax.Array]
 
@@ -115,11 +117,17 @@ class OneStepSummary(NamedTuple):
 
 
 class StepSizeReport(NamedTuple):
-  """Everything :func:`run_step_size_probe` measures, as host NumPy values."""
+  """Everything :func:`run_step_size_probe` measures, as host NumPy values.
+
+  ``eps_max`` is the second-order prediction |g|^2 / g^T H_b g for the same
+  batch (``trajax.probes.noise_scale.epsilon_max``), to set against
+  ``train.best_step_size``; None when not requested.
+  """
   curve: StepSizeCurve
   heldout: Optional[HeldoutStats]
   train: OneStepSummary
   heldout_mean: Optional[OneStepSummary]
+  eps_max: Optional[noise_scale.EpsilonMax] = None
 
 
 def _check_step_sizes(step_sizes) -> None:
@@ -303,12 +311,15 @@ def run_step_size_probe(
     *,
     degree: int = 4,
     chunk_size: Optional[int] = None,
+    with_eps_max: bool = False,
 ) -> StepSizeReport:
   """Runs the single-step probe and summarises it (Fig. 2 curves, Fig. 13 drops).
 
   Returns a :class:`StepSizeReport` of NumPy values: the raw curve, held-out
   mean/std/min/max per eta, and for the training batch and for the held-out
   mean curve the largest drop, its step size and a degree-``degree`` fit.
+  With ``with_eps_max`` it also computes eps_max of the training batch (one
+  Hessian-vector product), the step the quadratic model predicts to be best.
   """
   step_sizes = jnp.asarray(step_sizes)
   curve = single_step_losses(loss_fn, params, batch, step_sizes,
@@ -320,7 +331,8 @@ def run_step_size_probe(
     stats = heldout_stats(curve)
     held = summarize_curve(step_sizes, stats.mean,
                            jnp.mean(curve.heldout_loss0), degree)
-  return StepSizeReport(*_to_host((curve, stats, train, held)))
+  eps = noise_scale.epsilon_max(loss_fn, params, batch) if with_eps_max else None
+  return StepSizeReport(*_to_host((curve, stats, train, held, eps)))
 
 
 def sweep_step_size_probe(
@@ -331,13 +343,14 @@ def sweep_step_size_probe(
     *,
     degree: int = 4,
     chunk_size: Optional[int] = None,
+    with_eps_max: bool = False,
 ) -> dict[str, StepSizeReport]:
   """The probe at several trajectory points and/or batch sizes (Fig. 12, 13).
 
   Args:
     points: label -> (params, training batch), e.g. ``{"step=5000,B=512": ...}``.
       Batches of different sizes compile once per shape.
-    step_sizes, heldout_batches, degree, chunk_size: as in
+    step_sizes, heldout_batches, degree, chunk_size, with_eps_max: as in
       :func:`run_step_size_probe`; the same held-out batches serve every point.
 
   Returns:
@@ -347,7 +360,8 @@ def sweep_step_size_probe(
     raise ValueError("points must name at least one (params, batch) pair; got "
                      "an empty mapping.")
   return {label: run_step_size_probe(loss_fn, p, b, step_sizes, heldout_batches,
-                                     degree=degree, chunk_size=chunk_size)
+                                     degree=degree, chunk_size=chunk_size,
+                                     with_eps_max=with_eps_max)
           for label, (p, b) in points.items()}
 
 
