@@ -30,6 +30,7 @@ from trajax import probes
 
 class SmallConvNet(nn.Module):
   """Two 3x3 convs and a dense head on 28x28x1 inputs, 10 classes."""
+
   width: int = 16
 
   @nn.compact
@@ -69,16 +70,14 @@ def main():
 
   def loss_fn(p, batch):
     logits = model.apply({"params": p}, batch["x"])
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
-                                         batch["y"][:, None], 1))
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), batch["y"][:, None], 1))
 
   batch = {"x": jnp.asarray(x[0]), "y": jnp.asarray(y[0])}
   heldout = {"x": jnp.asarray(x[1:]), "y": jnp.asarray(y[1:])}
   etas = jnp.linspace(0.0, 2.0, args.k)
 
   value_and_grad = jax.jit(jax.value_and_grad(loss_fn))
-  forward = jax.jit(lambda p, g, eta, b: loss_fn(
-      jax.tree.map(lambda a, d: a - eta * d, p, g), b))
+  forward = jax.jit(lambda p, g, eta, b: loss_fn(jax.tree.map(lambda a, d: a - eta * d, p, g), b))
 
   def reference(num_fwd_batches):
     _, g = value_and_grad(params, batch)
@@ -90,9 +89,9 @@ def main():
     return out
 
   def probe(chunk=None, with_heldout=False):
-    return probes.single_step_losses(loss_fn, params, batch, etas,
-                                     heldout if with_heldout else None,
-                                     chunk_size=chunk)
+    return probes.single_step_losses(
+      loss_fn, params, batch, etas, heldout if with_heldout else None, chunk_size=chunk
+    )
 
   # Held-out slices for the reference are materialised once, outside timing.
   heldout_list = [jax.tree.map(lambda h, i=i: h[i], heldout) for i in range(args.heldout)]
@@ -107,13 +106,13 @@ def main():
     return out
 
   cases = {
-      "reference K fwd + 1 bwd": lambda: reference(1),
-      "probe vmap": lambda: probe(),
-      "probe chunk=4": lambda: probe(4),
-      f"reference (N+1)K fwd + 1 bwd": reference_heldout,
-      "probe vmap + heldout": lambda: probe(with_heldout=True),
-      "probe chunk=4 + heldout": lambda: probe(4, with_heldout=True),
-      "probe chunk=1 + heldout": lambda: probe(1, with_heldout=True),
+    "reference K fwd + 1 bwd": lambda: reference(1),
+    "probe vmap": lambda: probe(),
+    "probe chunk=4": lambda: probe(4),
+    "reference (N+1)K fwd + 1 bwd": reference_heldout,
+    "probe vmap + heldout": lambda: probe(with_heldout=True),
+    "probe chunk=4 + heldout": lambda: probe(4, with_heldout=True),
+    "probe chunk=1 + heldout": lambda: probe(1, with_heldout=True),
   }
   for fn in cases.values():  # compile + warm up
     jax.block_until_ready(fn())
@@ -124,9 +123,11 @@ def main():
       times[name].append(_median_time(fn, 1))
   med = {name: statistics.median(v) for name, v in times.items()}
 
-  print(f"jax {jax.__version__} backend={jax.default_backend()} "
-        f"cpus={os.cpu_count()} params={n_params} K={args.k} "
-        f"batch={args.batch} N={args.heldout} repeats={args.repeats}")
+  print(
+    f"jax {jax.__version__} backend={jax.default_backend()} "
+    f"cpus={os.cpu_count()} params={n_params} K={args.k} "
+    f"batch={args.batch} N={args.heldout} repeats={args.repeats}"
+  )
   for name, t in med.items():
     print(f"  {name:32s} {1e3 * t:9.2f} ms")
   ref = med["reference K fwd + 1 bwd"]
@@ -134,8 +135,10 @@ def main():
   print(f"ratio probe/reference (train only, vmap)    = {med['probe vmap'] / ref:.2f}")
   print(f"ratio probe/reference (train only, chunk=4) = {med['probe chunk=4'] / ref:.2f}")
   for c in ("vmap", "chunk=4", "chunk=1"):
-    print(f"ratio probe/reference (with {args.heldout} held-out, {c:7s}) = "
-          f"{med[f'probe {c} + heldout'] / ref_h:.2f}")
+    print(
+      f"ratio probe/reference (with {args.heldout} held-out, {c:7s}) = "
+      f"{med[f'probe {c} + heldout'] / ref_h:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -22,10 +22,10 @@ memory stays at one gradient beyond the reference.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from trajax.probes import distances
 
@@ -33,12 +33,12 @@ PyTree = Any
 LossFn = Callable[[PyTree, PyTree], jax.Array]
 
 __all__ = [
-    "Alignment",
-    "cosine_similarity",
-    "norm_ratio",
-    "gradient_alignment",
-    "parallel_gradient_cosine",
-    "independent_batch_cosine",
+  "Alignment",
+  "cosine_similarity",
+  "norm_ratio",
+  "gradient_alignment",
+  "parallel_gradient_cosine",
+  "independent_batch_cosine",
 ]
 
 
@@ -50,6 +50,7 @@ class Alignment(NamedTuple):
     norm_ratio: |g_b(theta_t)| / |reference gradient|.
     grad_norm: |g_b(theta_t)|.
   """
+
   cosine: jax.Array
   norm_ratio: jax.Array
   grad_norm: jax.Array
@@ -66,8 +67,9 @@ def norm_ratio(a: PyTree, b: PyTree) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn",))
-def gradient_alignment(loss_fn: LossFn, ref_params: PyTree, params_seq: PyTree,
-                       batch: PyTree) -> Alignment:
+def gradient_alignment(
+  loss_fn: LossFn, ref_params: PyTree, params_seq: PyTree, batch: PyTree
+) -> Alignment:
   """Cosine and norm ratio of g_b(theta_t) against g_b(theta_0) (Fig. 7, blue).
 
   Args:
@@ -82,8 +84,8 @@ def gradient_alignment(loss_fn: LossFn, ref_params: PyTree, params_seq: PyTree,
   """
   distances.sequence_length(params_seq, "params_seq")
   distances._check_same_structure(
-      jax.tree.map(lambda x: x[0], params_seq), ref_params, "params_seq[0]",
-      "ref_params")
+    jax.tree.map(lambda x: x[0], params_seq), ref_params, "params_seq[0]", "ref_params"
+  )
   grad_fn = jax.grad(loss_fn)
   g0 = grad_fn(ref_params, batch)
   n0 = distances.tree_norm(g0)
@@ -97,26 +99,26 @@ def gradient_alignment(loss_fn: LossFn, ref_params: PyTree, params_seq: PyTree,
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn",))
-def parallel_gradient_cosine(loss_fn: LossFn, params_seq_a: PyTree,
-                             params_seq_b: PyTree, batch: PyTree) -> jax.Array:
+def parallel_gradient_cosine(
+  loss_fn: LossFn, params_seq_a: PyTree, params_seq_b: PyTree, batch: PyTree
+) -> jax.Array:
   """cos(g_b(theta_t), g_b(theta'_t)) at parallel points of two runs, [T] (Fig. 7, green)."""
   ta = distances.sequence_length(params_seq_a, "params_seq_a")
   tb = distances.sequence_length(params_seq_b, "params_seq_b")
   if ta != tb:
-    raise ValueError(
-        f"params_seq_a and params_seq_b must have the same length; got {ta} and "
-        f"{tb}.")
-  distances._check_same_structure(params_seq_a, params_seq_b, "params_seq_a",
-                                  "params_seq_b")
+    raise ValueError(f"params_seq_a and params_seq_b must have the same length; got {ta} and {tb}.")
+  distances._check_same_structure(params_seq_a, params_seq_b, "params_seq_a", "params_seq_b")
   grad_fn = jax.grad(loss_fn)
   return jax.lax.map(
-      lambda pq: cosine_similarity(grad_fn(pq[0], batch), grad_fn(pq[1], batch)),
-      (params_seq_a, params_seq_b))
+    lambda pq: cosine_similarity(grad_fn(pq[0], batch), grad_fn(pq[1], batch)),
+    (params_seq_a, params_seq_b),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn",))
-def independent_batch_cosine(loss_fn: LossFn, params: PyTree, batches_a: PyTree,
-                             batches_b: PyTree) -> jax.Array:
+def independent_batch_cosine(
+  loss_fn: LossFn, params: PyTree, batches_a: PyTree, batches_b: PyTree
+) -> jax.Array:
   """cos(g_{b_i}(theta), g_{b'_i}(theta)) for pairs of independent batches (Fig. 7, orange).
 
   Args:
@@ -132,9 +134,10 @@ def independent_batch_cosine(loss_fn: LossFn, params: PyTree, batches_a: PyTree,
   mb = distances.sequence_length(batches_b, "batches_b")
   if ma != mb:
     raise ValueError(
-        f"batches_a and batches_b must hold the same number of batches; got {ma} "
-        f"and {mb}.")
+      f"batches_a and batches_b must hold the same number of batches; got {ma} and {mb}."
+    )
   grad_fn = jax.grad(loss_fn)
   return jax.lax.map(
-      lambda ab: cosine_similarity(grad_fn(params, ab[0]), grad_fn(params, ab[1])),
-      (batches_a, batches_b))
+    lambda ab: cosine_similarity(grad_fn(params, ab[0]), grad_fn(params, ab[1])),
+    (batches_a, batches_b),
+  )

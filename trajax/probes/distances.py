@@ -29,14 +29,14 @@ import jax.numpy as jnp
 PyTree = Any
 
 __all__ = [
-    "tree_dot",
-    "tree_sq_norm",
-    "tree_norm",
-    "l2_distance",
-    "relative_distance",
-    "distance_sequence",
-    "pairwise_distance_sequence",
-    "sequence_length",
+  "tree_dot",
+  "tree_sq_norm",
+  "tree_norm",
+  "l2_distance",
+  "relative_distance",
+  "distance_sequence",
+  "pairwise_distance_sequence",
+  "sequence_length",
 ]
 
 
@@ -44,13 +44,14 @@ def _check_same_structure(a: PyTree, b: PyTree, name_a: str, name_b: str) -> Non
   sa, sb = jax.tree.structure(a), jax.tree.structure(b)
   if sa != sb:
     raise ValueError(
-        f"{name_a} and {name_b} must have the same pytree structure; got "
-        f"{sa} and {sb}.")
-  for i, (x, y) in enumerate(zip(jax.tree.leaves(a), jax.tree.leaves(b))):
+      f"{name_a} and {name_b} must have the same pytree structure; got {sa} and {sb}."
+    )
+  for i, (x, y) in enumerate(zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=False)):
     if jnp.shape(x) != jnp.shape(y):
       raise ValueError(
-          f"{name_a} and {name_b} leaf {i} shapes differ: {jnp.shape(x)} vs "
-          f"{jnp.shape(y)}; the pytrees must match leaf by leaf.")
+        f"{name_a} and {name_b} leaf {i} shapes differ: {jnp.shape(x)} vs "
+        f"{jnp.shape(y)}; the pytrees must match leaf by leaf."
+      )
 
 
 def _acc_dtype(x):
@@ -61,8 +62,8 @@ def tree_dot(a: PyTree, b: PyTree) -> jax.Array:
   """Inner product <a, b> = sum over all leaves and entries of a_i * b_i."""
   _check_same_structure(a, b, "a", "b")
   parts = [
-      jnp.vdot(x.astype(_acc_dtype(x)), y.astype(_acc_dtype(y))).real
-      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    jnp.vdot(x.astype(_acc_dtype(x)), y.astype(_acc_dtype(y))).real
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=False)
   ]
   return sum(parts, jnp.zeros((), jnp.float32))
 
@@ -104,8 +105,9 @@ def sequence_length(seq: PyTree, name: str = "seq") -> int:
   lengths = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
   if None in lengths or len(lengths) != 1:
     raise ValueError(
-        f"{name} must be a pytree whose leaves all share a leading axis of "
-        f"length T (a stacked sequence); got leading sizes {sorted(map(str, lengths))}.")
+      f"{name} must be a pytree whose leaves all share a leading axis of "
+      f"length T (a stacked sequence); got leading sizes {sorted(map(str, lengths))}."
+    )
   return lengths.pop()
 
 
@@ -134,7 +136,6 @@ def pairwise_distance_sequence(seq_a: PyTree, seq_b: PyTree) -> jax.Array:
   ta = sequence_length(seq_a, "seq_a")
   tb = sequence_length(seq_b, "seq_b")
   if ta != tb:
-    raise ValueError(
-        f"seq_a and seq_b must have the same length; got {ta} and {tb}.")
+    raise ValueError(f"seq_a and seq_b must have the same length; got {ta} and {tb}.")
   _check_same_structure(seq_a, seq_b, "seq_a", "seq_b")
   return jax.vmap(l2_distance)(seq_a, seq_b)

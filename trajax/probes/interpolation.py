@@ -24,7 +24,8 @@ interpolated at a time.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,12 +37,12 @@ PyTree = Any
 LossFn = Callable[[PyTree, PyTree], jax.Array]
 
 __all__ = [
-    "InterpolationResult",
-    "gd_trajectory",
-    "interpolate",
-    "interpolation_losses",
-    "sidetrip_interpolation",
-    "run_sidetrip_interpolation",
+  "InterpolationResult",
+  "gd_trajectory",
+  "interpolate",
+  "interpolation_losses",
+  "sidetrip_interpolation",
+  "run_sidetrip_interpolation",
 ]
 
 
@@ -58,6 +59,7 @@ class InterpolationResult(NamedTuple):
     heldout_barrier: [k+1] the same for the held-out batch (nan if absent).
     distance: [k+1] ||a_i - c_i||_2 between the corresponding points.
   """
+
   alphas: jax.Array
   train_loss: jax.Array
   heldout_loss: jax.Array
@@ -70,8 +72,8 @@ def _check_alphas(alphas) -> None:
   shape = jnp.shape(alphas)
   if len(shape) != 1 or shape[0] < 1:
     raise ValueError(
-        f"alphas must be a non-empty 1-D array of interpolation weights; got "
-        f"shape {shape}.")
+      f"alphas must be a non-empty 1-D array of interpolation weights; got shape {shape}."
+    )
 
 
 def _check_num_steps(num_steps) -> None:
@@ -80,8 +82,9 @@ def _check_num_steps(num_steps) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "num_steps"))
-def gd_trajectory(loss_fn: LossFn, params: PyTree, batch: PyTree,
-                  learning_rate, num_steps: int) -> PyTree:
+def gd_trajectory(
+  loss_fn: LossFn, params: PyTree, batch: PyTree, learning_rate, num_steps: int
+) -> PyTree:
   """k steps of full-batch gradient descent on one fixed batch (Fig. 3 side-trip).
 
   theta_{i+1} = theta_i - lr * grad L_b(theta_i), i = 0..k-1.
@@ -110,18 +113,19 @@ def gd_trajectory(loss_fn: LossFn, params: PyTree, batch: PyTree,
 
 def interpolate(params_a: PyTree, params_b: PyTree, alpha) -> PyTree:
   """(1 - alpha) a + alpha b, leaf by leaf, in each leaf's dtype."""
-  return jax.tree.map(
-      lambda a, b: a + jnp.asarray(alpha, a.dtype) * (b - a), params_a, params_b)
+  return jax.tree.map(lambda a, b: a + jnp.asarray(alpha, a.dtype) * (b - a), params_a, params_b)
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn",))
-def interpolation_losses(loss_fn: LossFn, params_a: PyTree, params_b: PyTree,
-                         batch: PyTree, alphas: jax.Array) -> jax.Array:
+def interpolation_losses(
+  loss_fn: LossFn, params_a: PyTree, params_b: PyTree, batch: PyTree, alphas: jax.Array
+) -> jax.Array:
   """l(alpha) = L_b((1 - alpha) a + alpha b) for every alpha, shape [A] (one vmap)."""
   _check_alphas(alphas)
   distances._check_same_structure(params_a, params_b, "params_a", "params_b")
   return jax.vmap(lambda al: loss_fn(interpolate(params_a, params_b, al), batch))(
-      jnp.asarray(alphas))
+    jnp.asarray(alphas)
+  )
 
 
 def _barrier(alphas, losses):
@@ -136,14 +140,14 @@ def _barrier(alphas, losses):
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "num_steps"))
 def sidetrip_interpolation(
-    loss_fn: LossFn,
-    params_a: PyTree,
-    params_b: PyTree,
-    batch: PyTree,
-    learning_rate,
-    num_steps: int,
-    alphas: jax.Array,
-    heldout_batch: Optional[PyTree] = None,
+  loss_fn: LossFn,
+  params_a: PyTree,
+  params_b: PyTree,
+  batch: PyTree,
+  learning_rate,
+  num_steps: int,
+  alphas: jax.Array,
+  heldout_batch: PyTree | None = None,
 ) -> InterpolationResult:
   """Fixed-batch side-trips from two points and the loss between them (Fig. 3).
 
@@ -179,23 +183,33 @@ def sidetrip_interpolation(
     return tr, ho, distances.l2_distance(a, c)
 
   train, held, dist = jax.lax.map(at_step, (path_a, path_b))
-  held_barrier = (jnp.full((num_steps + 1,), jnp.nan, train.dtype)
-                  if heldout_batch is None else _barrier(alphas, held))
-  return InterpolationResult(alphas, train, held, _barrier(alphas, train),
-                             held_barrier, dist)
+  held_barrier = (
+    jnp.full((num_steps + 1,), jnp.nan, train.dtype)
+    if heldout_batch is None
+    else _barrier(alphas, held)
+  )
+  return InterpolationResult(alphas, train, held, _barrier(alphas, train), held_barrier, dist)
 
 
-def run_sidetrip_interpolation(loss_fn: LossFn, params_a: PyTree, params_b: PyTree,
-                               batch: PyTree, learning_rate, num_steps: int,
-                               alphas=None, heldout_batch=None) -> dict:
+def run_sidetrip_interpolation(
+  loss_fn: LossFn,
+  params_a: PyTree,
+  params_b: PyTree,
+  batch: PyTree,
+  learning_rate,
+  num_steps: int,
+  alphas=None,
+  heldout_batch=None,
+) -> dict:
   """Runs :func:`sidetrip_interpolation` and returns a JSON-ready dict.
 
   ``alphas`` defaults to 21 points on [0, 1].
   """
   if alphas is None:
     alphas = jnp.linspace(0.0, 1.0, 21)
-  res = sidetrip_interpolation(loss_fn, params_a, params_b, batch, learning_rate,
-                               num_steps, jnp.asarray(alphas), heldout_batch)
+  res = sidetrip_interpolation(
+    loss_fn, params_a, params_b, batch, learning_rate, num_steps, jnp.asarray(alphas), heldout_batch
+  )
   res = jax.device_get(res)
   out = {k: np.asarray(v).tolist() for k, v in res._asdict().items()}
   out["learning_rate"] = float(learning_rate)

@@ -45,7 +45,8 @@ the same batch, which the tests check.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,14 +57,14 @@ PyTree = Any
 LossFn = Callable[[PyTree, PyTree], jax.Array]
 
 __all__ = [
-    "NoiseScale",
-    "EpsilonMax",
-    "hvp",
-    "batch_grad_sq_norms",
-    "noise_scale_from_sq_norms",
-    "estimate_noise_scale",
-    "epsilon_max",
-    "optimal_step_size",
+  "NoiseScale",
+  "EpsilonMax",
+  "hvp",
+  "batch_grad_sq_norms",
+  "noise_scale_from_sq_norms",
+  "estimate_noise_scale",
+  "epsilon_max",
+  "optimal_step_size",
 ]
 
 
@@ -76,6 +77,7 @@ class NoiseScale(NamedTuple):
       covariance trace.
     b_simple: tr(Sigma)_hat / |G|^2_hat.
   """
+
   grad_sq_norm: jax.Array
   trace_cov: jax.Array
   b_simple: jax.Array
@@ -91,6 +93,7 @@ class EpsilonMax(NamedTuple):
     delta_loss_max: |G|^4 / (2 G^T H G), the predicted best one-step drop
       (+inf when the curvature is not positive).
   """
+
   eps_max: jax.Array
   grad_sq_norm: jax.Array
   curvature: jax.Array
@@ -106,13 +109,13 @@ def hvp(loss_fn: LossFn, params: PyTree, batch: PyTree, vector: PyTree) -> PyTre
 def _batch_size(stacked: PyTree, name: str) -> tuple[int, int]:
   leaves = jax.tree.leaves(stacked)
   if not leaves:
-    raise ValueError(f"{name} has no array leaves; expected batches stacked as "
-                     f"[M, B, ...].")
+    raise ValueError(f"{name} has no array leaves; expected batches stacked as [M, B, ...].")
   shapes = {tuple(jnp.shape(x)[:2]) for x in leaves}
   if len(shapes) != 1 or len(next(iter(shapes))) != 2:
     raise ValueError(
-        f"{name} must be M batches of B examples, every leaf shaped [M, B, ...]; "
-        f"got leading shapes {sorted(shapes)}.")
+      f"{name} must be M batches of B examples, every leaf shaped [M, B, ...]; "
+      f"got leading shapes {sorted(shapes)}."
+    )
   m, b = shapes.pop()
   return m, b
 
@@ -125,8 +128,7 @@ def batch_grad_sq_norms(loss_fn: LossFn, params: PyTree, batches: PyTree) -> jax
   return jax.lax.map(lambda b: distances.tree_sq_norm(grad_fn(params, b)), batches)
 
 
-def noise_scale_from_sq_norms(sq_norms_small, b_small: int, sq_norms_big,
-                              b_big: int) -> NoiseScale:
+def noise_scale_from_sq_norms(sq_norms_small, b_small: int, sq_norms_big, b_big: int) -> NoiseScale:
   """Unbiased two-batch-size estimator of |G|^2 and tr(Sigma) (McCandlish App. A.1).
 
   Args:
@@ -144,8 +146,9 @@ def noise_scale_from_sq_norms(sq_norms_small, b_small: int, sq_norms_big,
       raise ValueError(f"{name} must be a positive int batch size; got {v!r}.")
   if b_big <= b_small:
     raise ValueError(
-        f"b_big must be larger than b_small for the two-batch-size estimator; "
-        f"got b_small={b_small}, b_big={b_big}.")
+      f"b_big must be larger than b_small for the two-batch-size estimator; "
+      f"got b_small={b_small}, b_big={b_big}."
+    )
   for name, v in (("sq_norms_small", sq_norms_small), ("sq_norms_big", sq_norms_big)):
     if jnp.size(v) == 0:
       raise ValueError(f"{name} must hold at least one squared norm; got an empty array.")
@@ -156,8 +159,9 @@ def noise_scale_from_sq_norms(sq_norms_small, b_small: int, sq_norms_big,
   return NoiseScale(g_sq, tr, tr / g_sq)
 
 
-def estimate_noise_scale(loss_fn: LossFn, params: PyTree, small_batches: PyTree,
-                         big_batches: PyTree) -> NoiseScale:
+def estimate_noise_scale(
+  loss_fn: LossFn, params: PyTree, small_batches: PyTree, big_batches: PyTree
+) -> NoiseScale:
   """B_simple at theta from stacked small and big batches (McCandlish App. A.1).
 
   Args:
@@ -173,8 +177,11 @@ def estimate_noise_scale(loss_fn: LossFn, params: PyTree, small_batches: PyTree,
   _, bs = _batch_size(small_batches, "small_batches")
   _, bb = _batch_size(big_batches, "big_batches")
   return noise_scale_from_sq_norms(
-      batch_grad_sq_norms(loss_fn, params, small_batches), bs,
-      batch_grad_sq_norms(loss_fn, params, big_batches), bb)
+    batch_grad_sq_norms(loss_fn, params, small_batches),
+    bs,
+    batch_grad_sq_norms(loss_fn, params, big_batches),
+    bb,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn",))
@@ -189,8 +196,9 @@ def epsilon_max(loss_fn: LossFn, params: PyTree, batch: PyTree) -> EpsilonMax:
   curv = distances.tree_dot(g, hvp(loss_fn, params, batch, g))
   pos = curv > 0
   safe = jnp.where(pos, curv, 1.0)
-  return EpsilonMax(jnp.where(pos, g_sq / safe, jnp.inf), g_sq, curv,
-                    jnp.where(pos, g_sq ** 2 / (2 * safe), jnp.inf))
+  return EpsilonMax(
+    jnp.where(pos, g_sq / safe, jnp.inf), g_sq, curv, jnp.where(pos, g_sq**2 / (2 * safe), jnp.inf)
+  )
 
 
 def optimal_step_size(eps_max, b_noise, batch_size) -> jax.Array:

@@ -32,30 +32,31 @@ the same function object to reuse the compiled probe.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trajax.probes import noise_scale
+from trajax.probes import distances, noise_scale
 
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree], jax.Array]
 
 __all__ = [
-    "StepSizeCurve",
-    "HeldoutStats",
-    "PolynomialFit",
-    "OneStepSummary",
-    "StepSizeReport",
-    "single_step_losses",
-    "heldout_stats",
-    "fit_polynomial",
-    "summarize_curve",
-    "run_step_size_probe",
-    "sweep_step_size_probe",
-    "report_to_dict",
+  "StepSizeCurve",
+  "HeldoutStats",
+  "PolynomialFit",
+  "OneStepSummary",
+  "StepSizeReport",
+  "single_step_losses",
+  "heldout_stats",
+  "fit_polynomial",
+  "summarize_curve",
+  "run_step_size_probe",
+  "sweep_step_size_probe",
+  "report_to_dict",
 ]
 
 
@@ -70,6 +71,7 @@ class StepSizeCurve(NamedTuple):
     heldout_loss: [N, K] L_h(theta - eta_k g).
     grad_sq_norm: [] |g|^2; -|g|^2 is the slope of l_b at eta = 0.
   """
+
   step_sizes: jax.Array
   train_loss0: jax.Array
   train_loss: jax.Array
@@ -80,6 +82,7 @@ class StepSizeCurve(NamedTuple):
 
 class HeldoutStats(NamedTuple):
   """Per-eta statistics over the N held-out batches, each [K] (Fig. 2 shading)."""
+
   mean: jax.Array
   std: jax.Array
   min: jax.Array
@@ -94,6 +97,7 @@ class PolynomialFit(NamedTuple):
     rmse: root mean squared residual over the grid.
     max_abs_error: largest absolute residual over the grid.
   """
+
   coeffs: jax.Array
   rmse: jax.Array
   max_abs_error: jax.Array
@@ -109,6 +113,7 @@ class OneStepSummary(NamedTuple):
     largest_drop: loss0 - best_loss (negative if every step on the grid hurts).
     fit: low-degree polynomial fit of l over the grid.
   """
+
   loss0: jax.Array
   best_loss: jax.Array
   best_step_size: jax.Array
@@ -123,38 +128,43 @@ class StepSizeReport(NamedTuple):
   batch (``trajax.probes.noise_scale.epsilon_max``), to set against
   ``train.best_step_size``; None when not requested.
   """
+
   curve: StepSizeCurve
-  heldout: Optional[HeldoutStats]
+  heldout: HeldoutStats | None
   train: OneStepSummary
-  heldout_mean: Optional[OneStepSummary]
-  eps_max: Optional[noise_scale.EpsilonMax] = None
+  heldout_mean: OneStepSummary | None
+  eps_max: noise_scale.EpsilonMax | None = None
 
 
 def _check_step_sizes(step_sizes) -> None:
   shape = jnp.shape(step_sizes)
   if len(shape) != 1 or shape[0] < 1:
     raise ValueError(
-        f"step_sizes must be a non-empty 1-D array of step sizes eta; got shape "
-        f"{shape}.")
+      f"step_sizes must be a non-empty 1-D array of step sizes eta; got shape {shape}."
+    )
 
 
 def _check_chunk_size(chunk_size) -> None:
   if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
     raise ValueError(
-        f"chunk_size must be None (one vmap over the whole grid) or a positive "
-        f"int; got {chunk_size!r}.")
+      f"chunk_size must be None (one vmap over the whole grid) or a positive "
+      f"int; got {chunk_size!r}."
+    )
 
 
 def _num_batches(stacked: PyTree) -> int:
   leaves = jax.tree.leaves(stacked)
   if not leaves:
-    raise ValueError("heldout_batches has no array leaves; expected batches "
-                     "stacked along a leading axis of length N.")
+    raise ValueError(
+      "heldout_batches has no array leaves; expected batches "
+      "stacked along a leading axis of length N."
+    )
   sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
   if None in sizes or len(sizes) != 1:
     raise ValueError(
-        f"heldout_batches must be stacked batches whose leaves share a leading "
-        f"axis of length N; got leading sizes {sorted(map(str, sizes))}.")
+      f"heldout_batches must be stacked batches whose leaves share a leading "
+      f"axis of length N; got leading sizes {sorted(map(str, sizes))}."
+    )
   return sizes.pop()
 
 
@@ -168,13 +178,13 @@ def _map(fn, xs, chunk_size):
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))
 def single_step_losses(
-    loss_fn: LossFn,
-    params: PyTree,
-    batch: PyTree,
-    step_sizes: jax.Array,
-    heldout_batches: Optional[PyTree] = None,
-    *,
-    chunk_size: Optional[int] = None,
+  loss_fn: LossFn,
+  params: PyTree,
+  batch: PyTree,
+  step_sizes: jax.Array,
+  heldout_batches: PyTree | None = None,
+  *,
+  chunk_size: int | None = None,
 ) -> StepSizeCurve:
   """Loss after one gradient step of each size in ``step_sizes`` (Fig. 2, 12).
 
@@ -202,8 +212,7 @@ def single_step_losses(
   _check_step_sizes(step_sizes)
   _check_chunk_size(chunk_size)
   loss0, grads = jax.value_and_grad(loss_fn)(params, batch)
-  g_sq = sum((jnp.sum(jnp.square(g.astype(jnp.float32)))
-              for g in jax.tree.leaves(grads)), jnp.zeros((), jnp.float32))
+  g_sq = distances.tree_sq_norm(grads)
 
   if heldout_batches is not None:
     _num_batches(heldout_batches)  # validates the stacking
@@ -226,12 +235,12 @@ def single_step_losses(
     train_k, heldout_kn = _map(losses_at, etas, chunk_size)
     heldout0 = heldout_on(params, heldout_batches)
   return StepSizeCurve(
-      step_sizes=etas,
-      train_loss0=loss0,
-      train_loss=train_k,
-      heldout_loss0=heldout0,
-      heldout_loss=heldout_kn.T,
-      grad_sq_norm=g_sq,
+    step_sizes=etas,
+    train_loss0=loss0,
+    train_loss=train_k,
+    heldout_loss0=heldout0,
+    heldout_loss=heldout_kn.T,
+    grad_sq_norm=g_sq,
   )
 
 
@@ -243,8 +252,7 @@ def heldout_stats(curve: StepSizeCurve) -> HeldoutStats:
 
 
 @functools.partial(jax.jit, static_argnames=("degree",))
-def fit_polynomial(step_sizes: jax.Array, losses: jax.Array,
-                   degree: int = 4) -> PolynomialFit:
+def fit_polynomial(step_sizes: jax.Array, losses: jax.Array, degree: int = 4) -> PolynomialFit:
   """Least-squares fit of a degree-d polynomial to l(eta) over the grid (Fig. 2).
 
   Solves min_c sum_k (sum_j c_j eta_k^j - l_k)^2. Step sizes are rescaled to
@@ -264,12 +272,10 @@ def fit_polynomial(step_sizes: jax.Array, losses: jax.Array,
   k = jnp.shape(step_sizes)[0]
   if not isinstance(degree, int) or degree < 0 or degree >= k:
     raise ValueError(
-        f"degree must be an int with 0 <= degree < len(step_sizes) = {k}; got "
-        f"{degree!r}.")
+      f"degree must be an int with 0 <= degree < len(step_sizes) = {k}; got {degree!r}."
+    )
   if jnp.shape(losses) != (k,):
-    raise ValueError(
-        f"losses must have shape ({k},) to match step_sizes; got "
-        f"{jnp.shape(losses)}.")
+    raise ValueError(f"losses must have shape ({k},) to match step_sizes; got {jnp.shape(losses)}.")
   eta = jnp.asarray(step_sizes, jnp.promote_types(jnp.result_type(step_sizes), jnp.float32))
   y = jnp.asarray(losses, eta.dtype)
   scale = jnp.max(jnp.abs(eta))
@@ -277,14 +283,15 @@ def fit_polynomial(step_sizes: jax.Array, losses: jax.Array,
   vander = jnp.vander(eta / scale, degree + 1)  # highest power first
   coeffs_x, *_ = jnp.linalg.lstsq(vander, y)
   powers = jnp.arange(degree, -1, -1)
-  coeffs = coeffs_x / scale ** powers
+  coeffs = coeffs_x / scale**powers
   resid = vander @ coeffs_x - y
-  return PolynomialFit(coeffs, jnp.sqrt(jnp.mean(resid ** 2)), jnp.max(jnp.abs(resid)))
+  return PolynomialFit(coeffs, jnp.sqrt(jnp.mean(resid**2)), jnp.max(jnp.abs(resid)))
 
 
 @functools.partial(jax.jit, static_argnames=("degree",))
-def summarize_curve(step_sizes: jax.Array, losses: jax.Array, loss0: jax.Array,
-                    degree: int = 4) -> OneStepSummary:
+def summarize_curve(
+  step_sizes: jax.Array, losses: jax.Array, loss0: jax.Array, degree: int = 4
+) -> OneStepSummary:
   """Largest one-step drop, its step size and a polynomial fit (Fig. 13).
 
   largest_drop = loss0 - min_k l(eta_k), best_step_size = argmin_k eta_k (the
@@ -292,10 +299,13 @@ def summarize_curve(step_sizes: jax.Array, losses: jax.Array, loss0: jax.Array,
   """
   i = jnp.argmin(losses)
   best = losses[i]
-  return OneStepSummary(loss0=loss0, best_loss=best,
-                        best_step_size=jnp.asarray(step_sizes)[i],
-                        largest_drop=loss0 - best,
-                        fit=fit_polynomial(step_sizes, losses, degree))
+  return OneStepSummary(
+    loss0=loss0,
+    best_loss=best,
+    best_step_size=jnp.asarray(step_sizes)[i],
+    largest_drop=loss0 - best,
+    fit=fit_polynomial(step_sizes, losses, degree),
+  )
 
 
 def _to_host(tree):
@@ -303,15 +313,15 @@ def _to_host(tree):
 
 
 def run_step_size_probe(
-    loss_fn: LossFn,
-    params: PyTree,
-    batch: PyTree,
-    step_sizes,
-    heldout_batches: Optional[PyTree] = None,
-    *,
-    degree: int = 4,
-    chunk_size: Optional[int] = None,
-    with_eps_max: bool = False,
+  loss_fn: LossFn,
+  params: PyTree,
+  batch: PyTree,
+  step_sizes,
+  heldout_batches: PyTree | None = None,
+  *,
+  degree: int = 4,
+  chunk_size: int | None = None,
+  with_eps_max: bool = False,
 ) -> StepSizeReport:
   """Runs the single-step probe and summarises it (Fig. 2 curves, Fig. 13 drops).
 
@@ -322,28 +332,28 @@ def run_step_size_probe(
   Hessian-vector product), the step the quadratic model predicts to be best.
   """
   step_sizes = jnp.asarray(step_sizes)
-  curve = single_step_losses(loss_fn, params, batch, step_sizes,
-                             heldout_batches, chunk_size=chunk_size)
+  curve = single_step_losses(
+    loss_fn, params, batch, step_sizes, heldout_batches, chunk_size=chunk_size
+  )
   train = summarize_curve(step_sizes, curve.train_loss, curve.train_loss0, degree)
   if heldout_batches is None:
     stats = held = None
   else:
     stats = heldout_stats(curve)
-    held = summarize_curve(step_sizes, stats.mean,
-                           jnp.mean(curve.heldout_loss0), degree)
+    held = summarize_curve(step_sizes, stats.mean, jnp.mean(curve.heldout_loss0), degree)
   eps = noise_scale.epsilon_max(loss_fn, params, batch) if with_eps_max else None
   return StepSizeReport(*_to_host((curve, stats, train, held, eps)))
 
 
 def sweep_step_size_probe(
-    loss_fn: LossFn,
-    points: Mapping[str, tuple[PyTree, PyTree]],
-    step_sizes,
-    heldout_batches: Optional[PyTree] = None,
-    *,
-    degree: int = 4,
-    chunk_size: Optional[int] = None,
-    with_eps_max: bool = False,
+  loss_fn: LossFn,
+  points: Mapping[str, tuple[PyTree, PyTree]],
+  step_sizes,
+  heldout_batches: PyTree | None = None,
+  *,
+  degree: int = 4,
+  chunk_size: int | None = None,
+  with_eps_max: bool = False,
 ) -> dict[str, StepSizeReport]:
   """The probe at several trajectory points and/or batch sizes (Fig. 12, 13).
 
@@ -357,20 +367,30 @@ def sweep_step_size_probe(
     label -> :class:`StepSizeReport`, in the order of ``points``.
   """
   if not points:
-    raise ValueError("points must name at least one (params, batch) pair; got "
-                     "an empty mapping.")
-  return {label: run_step_size_probe(loss_fn, p, b, step_sizes, heldout_batches,
-                                     degree=degree, chunk_size=chunk_size,
-                                     with_eps_max=with_eps_max)
-          for label, (p, b) in points.items()}
+    raise ValueError("points must name at least one (params, batch) pair; got an empty mapping.")
+  return {
+    label: run_step_size_probe(
+      loss_fn,
+      p,
+      b,
+      step_sizes,
+      heldout_batches,
+      degree=degree,
+      chunk_size=chunk_size,
+      with_eps_max=with_eps_max,
+    )
+    for label, (p, b) in points.items()
+  }
 
 
 def report_to_dict(report: StepSizeReport) -> dict:
   """JSON-ready dict (floats and lists) of a :class:`StepSizeReport`."""
+
   def conv(x):
     if isinstance(x, tuple) and hasattr(x, "_fields"):
       return {k: conv(v) for k, v in x._asdict().items()}
     if x is None:
       return None
     return np.asarray(x).tolist()
+
   return conv(report)
