@@ -5,11 +5,12 @@ Eq. 14 with fast and slow modes (as in ``synthetic_fast_slow``) at a constant
 a side-trip branches off with the schedule of ``trajax.schedules.equivalent_schedule``
 (Table 1, exact for linear losses). Here the loss is quadratic, so the
 batch gradients depend on θ and the equivalence is approximate (Lemma 2);
-the experiment shows how close it is. Exact curves come from
-``trajax.theory.expected_loss`` (the side-trip is the main run with the
-schedule switched at ``start``); Monte Carlo paths share their noise between
-the averaged run and the side-trip (same batches), so the per-path distance
-between the average and the side-trip's endpoint is measured too.
+the experiment shows how close it is. Each method is one exact
+``trajax.theory.expected_loss`` call and one ``simulate`` call over two
+learning-rate columns: the constant-λ run (averaged) and the side-trip (the
+same run with the schedule switched at ``start``). The columns share their
+noise (the same batches), so the per-path distance between the average and
+the side-trip's endpoint is measured too.
 
 Second panel: eq. 20, the effective learning rate of the two-point average
 against the distance Δ for several κ (paper form, and the exact inversion of
@@ -74,31 +75,34 @@ def run(config, outdir: str) -> dict:
   curves = {}
   for method, params in _methods(config).items():
     sched = schedules.equivalent_schedule(method, lr, start=s, window=k, **params)
-    side_lr = lambda t, sched=sched: jnp.where(t < s, lr, sched(t - s))
-    avg = theory.expected_loss(hess, lr=lr, method=method, start_step=s, **params, **kw)
-    side = theory.expected_loss(hess, lr=side_lr, **kw)
-    sim_avg = theory.simulate(key, hess, lr=lr, method=method, start_step=s,
-                              num_seeds=config.num_seeds, **params, **kw)
-    sim_side = theory.simulate(key, hess, lr=side_lr, num_seeds=config.num_seeds, **kw)
-    a, b, plain = (np.asarray(x) for x in (sim_avg.average, sim_side.params, sim_avg.params))
+    # One run with two learning-rate columns sharing their noise (the same
+    # batches): column 0 is the constant-λ run whose average is taken,
+    # column 1 switches to the side-trip schedule at `start`.
+    both_lr = lambda t, sched=sched: jnp.stack(
+        [jnp.full(jnp.shape(t), lr, jnp.float32), jnp.where(t < s, lr, sched(t - s))], -1)
+    ex = theory.expected_loss(hess, lr=both_lr, method=method, start_step=s, **params, **kw)
+    sim = theory.simulate(key, hess, lr=both_lr, method=method, start_step=s,
+                          num_seeds=config.num_seeds, **params, **kw)
+    a, b, plain = (np.asarray(x) for x in (sim.average[0], sim.params[1], sim.params[0]))
     dist_side = np.linalg.norm(a - b, axis=-1).mean()
     dist_plain = np.linalg.norm(a - plain, axis=-1).mean()
+    avg_loss, plain_loss, side_loss = ex.loss[0], ex.iterate_loss[0], ex.iterate_loss[1]
     end = {
-        "loss_average": common.finite(avg.loss[-1]),
-        "loss_side_trip": common.finite(side.iterate_loss[-1]),
-        "loss_plain": common.finite(avg.iterate_loss[-1]),
-        "loss_average_fast": common.finite(avg.loss_by_dof[-1, 0]),
-        "loss_side_trip_fast": common.finite(side.iterate_loss_by_dof[-1, 0]),
-        "loss_average_slow": common.finite(avg.loss_by_dof[-1, 1]),
-        "loss_side_trip_slow": common.finite(side.iterate_loss_by_dof[-1, 1]),
-        "loss_average_monte_carlo": common.finite(np.asarray(sim_avg.loss)[:, -1].mean()),
-        "loss_side_trip_monte_carlo": common.finite(np.asarray(sim_side.iterate_loss)[:, -1].mean()),
+        "loss_average": common.finite(avg_loss[-1]),
+        "loss_side_trip": common.finite(side_loss[-1]),
+        "loss_plain": common.finite(plain_loss[-1]),
+        "loss_average_fast": common.finite(ex.loss_by_dof[0, -1, 0]),
+        "loss_side_trip_fast": common.finite(ex.iterate_loss_by_dof[1, -1, 0]),
+        "loss_average_slow": common.finite(ex.loss_by_dof[0, -1, 1]),
+        "loss_side_trip_slow": common.finite(ex.iterate_loss_by_dof[1, -1, 1]),
+        "loss_average_monte_carlo": common.finite(np.asarray(sim.loss)[0, :, -1].mean()),
+        "loss_side_trip_monte_carlo": common.finite(np.asarray(sim.iterate_loss)[1, :, -1].mean()),
         "path_distance_average_to_side_trip": common.finite(dist_side),
         "path_distance_average_to_plain": common.finite(dist_plain),
     }
     end["side_trip_over_average"] = end["loss_side_trip"] / end["loss_average"]
     summary["methods"][method] = end
-    curves[method] = (np.asarray(avg.loss), np.asarray(side.iterate_loss), np.asarray(avg.iterate_loss))
+    curves[method] = (np.asarray(avg_loss), np.asarray(side_loss), np.asarray(plain_loss))
 
   gaps = np.unique(np.geomspace(1, config.eq20_max_gap, 40).astype(int))
   eq20 = {}

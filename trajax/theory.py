@@ -41,6 +41,7 @@ and the averaging time that matters is compared with 1/(λκ), not 1/κ.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, Callable, NamedTuple, Union
 
@@ -273,66 +274,26 @@ def simulate(
   _check_steps(num_steps, record_every)
   if isinstance(num_seeds, bool) or not isinstance(num_seeds, (numbers.Integral, np.integer)) or num_seeds < 1:
     raise ValueError(f"num_seeds must be an integer >= 1, got {num_seeds!r}")
-  averager = averaging.make_averager(method, **method_params)
+  averaging.make_averager(method, **method_params)  # validates the parameters
   a = _hessian(hessian)
   d = a.shape[0]
   c = _noise_cov(noise_cov, d)
   m = modes(a, c)
   theta0 = np.broadcast_to(np.asarray(theta0, np.float32), (d,))
   lrs, has_l = _lr_table(lr, num_steps)
-  num_l = lrs.shape[1]
   groups = _groups(dof_groups, d)
-  groups = None if groups is None else jnp.asarray(groups)
-
-  diagonal = a.ndim == 1
-  hess = jnp.asarray(a, jnp.float32)
   if c.ndim == 1:
-    q = jnp.asarray(np.sqrt(c), jnp.float32)
+    q = np.sqrt(c)
   else:  # Q with QQᵀ = C; eigh rather than Cholesky so a singular C works.
     w, u = np.linalg.eigh(c)
-    q = jnp.asarray(u * np.sqrt(np.clip(w, 0, None)), jnp.float32)
-  half_kappa = jnp.asarray(0.5 * m.kappa, jnp.float32)
-  basis = None if m.basis is None else jnp.asarray(m.basis, jnp.float32)
+    q = u * np.sqrt(np.clip(w, 0, None))
   seed_keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(num_seeds))
-
-  def per_mode_loss(x):  # (L, S, d) -> (L, S, d)
-    proj = x if basis is None else x @ basis
-    return half_kappa * proj * proj
-
-  def record(theta, avg_state):
-    avg = theta if avg_state.average is None else avg_state.average
-    out = []
-    for x in (avg, theta):
-      per_mode = per_mode_loss(x)
-      by_dof = per_mode.mean(1)
-      out += [per_mode.sum(-1), by_dof if groups is None else by_dof @ groups]
-    return tuple(out)
-
-  def step(carry, t):
-    theta, avg_state = carry
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, t), (d,)))(seed_keys)
-    noise = noise * q if c.ndim == 1 else noise @ q.T
-    drift = theta * hess if diagonal else theta @ hess
-    lr_t = lrs[t][:, None, None]
-    theta = theta - lr_t * drift + lr_t * noise[None]
-    return (theta, averager.update(theta, avg_state)), None
-
-  def chunk(carry, r):
-    carry, _ = jax.lax.scan(step, carry, r * record_every + jnp.arange(record_every))
-    return carry, record(*carry)
-
-  @jax.jit
-  def run(theta0):
-    theta = jnp.broadcast_to(theta0, (num_l, num_seeds, d))
-    carry = (theta, averager.init(theta))
-    first = record(*carry)
-    carry, recs = jax.lax.scan(chunk, carry, jnp.arange(num_steps // record_every))
-    recs = tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs))
-    theta, avg_state = carry
-    avg = theta if avg_state.average is None else avg_state.average
-    return recs, theta, avg
-
-  (loss, by_dof, it_loss, it_by_dof), theta, avg = run(jnp.asarray(theta0))
+  run = _cached(_simulator, method, method_params, record_every, a.ndim == 1, c.ndim == 1,
+                m.basis is not None, groups is not None)
+  f32 = lambda x: jnp.asarray(np.zeros(0) if x is None else x, jnp.float32)
+  (loss, by_dof, it_loss, it_by_dof), theta, avg = run(
+      seed_keys, f32(theta0), f32(a), f32(q), f32(0.5 * m.kappa), f32(m.basis), f32(groups), lrs
+  )
   squeeze = (lambda x: x) if has_l else (lambda x: x[0])
   return SimulationResult(
       steps=np.arange(0, num_steps + 1, record_every),
@@ -343,6 +304,69 @@ def simulate(
       params=squeeze(theta),
       average=squeeze(avg),
   )
+
+
+def _cached(builder, method, method_params, *static):
+  """builder(method, params_items, *static), cached when the parameters hash, so
+  repeated calls with the same structure reuse one compiled function."""
+  items = tuple(sorted(method_params.items()))
+  try:
+    return _BUILD_CACHE(builder, method, items, *static)
+  except TypeError:  # unhashable parameter values (e.g. arrays): build afresh
+    return builder(method, items, *static)
+
+
+@functools.lru_cache(maxsize=64)
+def _BUILD_CACHE(builder, method, items, *static):
+  return builder(method, items, *static)
+
+
+def _simulator(method, items, record_every, diagonal, noise_diagonal, rotate, grouped):
+  """The jitted simulation for one structure; all arrays are arguments (not
+  constants baked into the program, which would slow compilation)."""
+  averager = averaging.make_averager(method, **dict(items))
+
+  def run(seed_keys, theta0, hess, q, half_kappa, basis, groups, lrs):
+    num_steps, num_l = lrs.shape
+    num_seeds, d = seed_keys.shape[0], theta0.shape[0]
+
+    def per_mode_loss(x):  # (L, S, d) -> (L, S, d)
+      proj = x @ basis if rotate else x
+      return half_kappa * proj * proj
+
+    def summaries(x):
+      per_mode = per_mode_loss(x)
+      by_dof = per_mode.mean(1)
+      return [per_mode.sum(-1), by_dof @ groups if grouped else by_dof]
+
+    def record(theta, avg_state):
+      it = summaries(theta)
+      avg = it if avg_state.average is None else summaries(avg_state.average)
+      return tuple(avg + it)
+
+    def step(carry, t):
+      theta, avg_state = carry
+      noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, t), (d,)))(seed_keys)
+      noise = noise * q if noise_diagonal else noise @ q.T
+      drift = theta * hess if diagonal else theta @ hess
+      lr_t = lrs[t][:, None, None]
+      theta = theta - lr_t * (drift - noise[None])
+      return (theta, averager.update(theta, avg_state)), None
+
+    def chunk(carry, r):
+      carry, _ = jax.lax.scan(step, carry, r * record_every + jnp.arange(record_every))
+      return carry, record(*carry)
+
+    theta = jnp.broadcast_to(theta0, (num_l, num_seeds, d))
+    carry = (theta, averager.init(theta))
+    first = record(*carry)
+    carry, recs = jax.lax.scan(chunk, carry, jnp.arange(num_steps // record_every))
+    recs = tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs))
+    theta, avg_state = carry
+    avg = theta if avg_state.average is None else avg_state.average
+    return recs, theta, avg
+
+  return jax.jit(run)
 
 
 # ----------------------------------------------------------------------------
@@ -397,80 +421,31 @@ def expected_loss(
     :class:`LossCurves`.
   """
   _check_steps(num_steps, record_every)
-  averager = averaging.make_averager(method, **method_params)
+  averaging.make_averager(method, **method_params)  # validates the parameters
   a = _hessian(hessian)
   d = a.shape[0]
   m = modes(a, noise_cov)
   theta0 = np.broadcast_to(np.asarray(theta0, np.float64), (d,))
   v0 = theta0 if m.basis is None else m.basis.T @ theta0
   lrs, has_l = _lr_table(lr, num_steps)
-  num_l = lrs.shape[1]
   groups = _groups(dof_groups, d)
 
   # Identical modes evolve identically: solve each distinct (κ, c, v0) once.
   rows = np.stack([m.kappa, m.noise_var, v0], axis=1)
   uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
   inverse = inverse.reshape(-1)
-  kappa = jnp.asarray(uniq[:, 0], jnp.float32)
-  noise_var = jnp.asarray(uniq[:, 1], jnp.float32)
-  half_kappa = 0.5 * kappa
-  multiplicity = jnp.asarray(np.bincount(inverse, minlength=len(uniq)), jnp.float32)
-  if groups is None:  # one group per degree of freedom: gather, no matmul
-    to_groups = None
+  multiplicity = np.bincount(inverse, minlength=len(uniq))
+  if groups is None:  # one group per degree of freedom: a gather, no matmul
+    to_groups = inverse
   else:
-    to_groups_np = np.zeros((len(uniq), groups.shape[1]), np.float32)
-    np.add.at(to_groups_np, inverse, groups)
-    to_groups = jnp.asarray(to_groups_np)
-  inverse_j = jnp.asarray(inverse)
-
-  template = averager.init(jnp.zeros((num_l, len(uniq)), jnp.float32))
-  leaves, treedef = jax.tree.flatten((template.average, template.snapshots))
-  dim = 1 + len(leaves)  # v plus the averager's float state
-  readout = 1 if leaves else 0  # the average is the first leaf ('none': v)
-
-  def apply(cols, noise, gamma, count):
-    """The affine step on a batch of state vectors cols (k, dim, L, U)."""
-    v_new = gamma * cols[:, 0] + noise
-    avg_part, snaps = jax.tree.unflatten(treedef, list(jnp.moveaxis(cols[:, 1:], 1, 0)))
-    state = averaging.AverageState(count, avg_part, snaps)
-    new = averager.update(v_new, state)
-    new_leaves = jax.tree.leaves((new.average, new.snapshots))
-    return jnp.stack([v_new] + new_leaves, axis=1), new.count
-
-  def step(carry, t):
-    p, count = carry  # p: (dim, dim, L, U), second moments
-    lr_t = lrs[t][:, None]  # (L, 1)
-    gamma = 1.0 - lr_t * kappa
-    # Columns of P and one zero column that receives the unit noise.
-    cols = jnp.concatenate([jnp.moveaxis(p, 1, 0), jnp.zeros((1,) + p.shape[1:])])
-    noise = jnp.zeros((dim + 1, 1, 1)).at[dim].set(1.0)
-    mp_t, new_count = apply(cols, noise, gamma, count)  # rows: (M P)ᵀ columns, then b
-    b = mp_t[dim]
-    mpm, _ = apply(jnp.moveaxis(mp_t[:dim], 1, 0), 0.0, gamma, count)
-    p = jnp.moveaxis(mpm, 1, 0) + (lr_t * lr_t * noise_var) * b[:, None] * b[None, :]
-    return (p, new_count), None
-
-  def record(p):
-    out = []
-    for second in (p[readout, readout], p[0, 0]):  # (L, U) each
-      per_mode = half_kappa * second
-      by_group = per_mode[:, inverse_j] if to_groups is None else per_mode @ to_groups
-      out += [per_mode @ multiplicity, by_group]
-    return tuple(out)
-
-  def chunk(carry, r):
-    carry, _ = jax.lax.scan(step, carry, r * record_every + jnp.arange(record_every))
-    return carry, record(carry[0])
-
-  @jax.jit
-  def run(v0u):
-    x0 = jnp.broadcast_to(v0u, (num_l, len(uniq)))
-    p0 = jnp.broadcast_to(x0 * x0, (dim, dim, num_l, len(uniq)))
-    first = record(p0)
-    _, recs = jax.lax.scan(chunk, (p0, template.count), jnp.arange(num_steps // record_every))
-    return tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs))
-
-  loss, by_dof, it_loss, it_by_dof = run(jnp.asarray(uniq[:, 2], jnp.float32))
+    to_groups = np.zeros((len(uniq), groups.shape[1]), np.float32)
+    np.add.at(to_groups, inverse, groups)
+  run = _cached(_moments, method, method_params, record_every, groups is not None)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  loss, by_dof, it_loss, it_by_dof = run(
+      f32(uniq[:, 2]), f32(uniq[:, 0]), f32(uniq[:, 1]), f32(multiplicity),
+      jnp.asarray(to_groups), lrs,
+  )
   squeeze = (lambda x: x) if has_l else (lambda x: x[0])
   return LossCurves(
       steps=np.arange(0, num_steps + 1, record_every),
@@ -479,6 +454,61 @@ def expected_loss(
       iterate_loss=squeeze(it_loss.T),
       iterate_loss_by_dof=squeeze(jnp.moveaxis(it_by_dof, 0, 1)),
   )
+
+
+def _moments(method, items, record_every, grouped):
+  """The jitted second-moment recursion of :func:`expected_loss` for one structure."""
+  averager = averaging.make_averager(method, **dict(items))
+
+  def run(v0, kappa, noise_var, multiplicity, to_groups, lrs):
+    num_steps, num_l = lrs.shape
+    num_u = v0.shape[0]
+    template = averager.init(jnp.zeros((num_l, num_u), jnp.float32))
+    leaves, treedef = jax.tree.flatten((template.average, template.snapshots))
+    dim = 1 + len(leaves)  # v plus the averager's float state
+    readout = 1 if leaves else 0  # the average is the first leaf ('none': v)
+    half_kappa = 0.5 * kappa
+
+    def apply(cols, noise, gamma, count):
+      """The affine step on a batch of state vectors cols (k, dim, L, U)."""
+      v_new = gamma * cols[:, 0] + noise
+      avg_part, snaps = jax.tree.unflatten(treedef, list(jnp.moveaxis(cols[:, 1:], 1, 0)))
+      new = averager.update(v_new, averaging.AverageState(count, avg_part, snaps))
+      new_leaves = jax.tree.leaves((new.average, new.snapshots))
+      return jnp.stack([v_new] + new_leaves, axis=1), new.count
+
+    def step(carry, t):
+      p, count = carry  # p: (dim, dim, L, U), second moments
+      lr_t = lrs[t][:, None]  # (L, 1)
+      gamma = 1.0 - lr_t * kappa
+      # The columns of P, and a zero column that receives the unit noise.
+      cols = jnp.concatenate([jnp.moveaxis(p, 1, 0), jnp.zeros((1,) + p.shape[1:])])
+      noise = jnp.zeros((dim + 1, 1, 1)).at[dim].set(1.0)
+      mp_t, new_count = apply(cols, noise, gamma, count)  # (MP)ᵀ rows, then b
+      b = mp_t[dim]
+      mpm, _ = apply(jnp.moveaxis(mp_t[:dim], 1, 0), 0.0, gamma, count)
+      p = jnp.moveaxis(mpm, 1, 0) + (lr_t * lr_t * noise_var) * b[:, None] * b[None, :]
+      return (p, new_count), None
+
+    def record(p):
+      out = []
+      for second in (p[readout, readout], p[0, 0]):  # (L, U) each
+        per_mode = half_kappa * second
+        by_group = per_mode @ to_groups if grouped else per_mode[:, to_groups]
+        out += [per_mode @ multiplicity, by_group]
+      return tuple(out)
+
+    def chunk(carry, r):
+      carry, _ = jax.lax.scan(step, carry, r * record_every + jnp.arange(record_every))
+      return carry, record(carry[0])
+
+    x0 = jnp.broadcast_to(v0, (num_l, num_u))
+    p0 = jnp.broadcast_to(x0 * x0, (dim, dim, num_l, num_u))
+    first = record(p0)
+    _, recs = jax.lax.scan(chunk, (p0, template.count), jnp.arange(num_steps // record_every))
+    return tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs))
+
+  return jax.jit(run)
 
 
 # ----------------------------------------------------------------------------
