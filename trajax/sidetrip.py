@@ -884,22 +884,17 @@ def _define_flags():
   for name in ("parent", "step", "workdir"):
     flags.mark_flag_as_required(name)
 
-  class _Parser(config_flags.ConfigFileFlagParser):
-    # The config files know nothing of side-trips: add the section after
-    # loading and before locking, so --config.sidetrip.* overrides resolve
-    # and a misspelt field is still an error.
-    def parse(self, path):
-      return with_sidetrip(super().parse(path))
-
-  flag = config_flags._ConfigFlag(  # the flag class behind DEFINE_config_file
-      parser=_Parser(name="config", lock_config=False),
-      serializer=flags.ArgumentSerializer(),
-      name="config",
-      default=None,
-      help_string="Training config file; --config.sidetrip.<field> sets the side-trip.",
-      flag_values=flags.FLAGS,
+  config_flags.DEFINE_config_file(
+      "config", None, "Training config file; --config.sidetrip.<field> sets the side-trip.",
+      lock_config=False,
   )
-  flags.DEFINE_flag(flag, flags.FLAGS)
+  # The config files know nothing of side-trips: the section is added right
+  # after the file is loaded and before the --config.* overrides are applied
+  # (ml_collections applies them after the parser returns), then locked, so
+  # --config.sidetrip.kind=... resolves and a misspelt field is still an error.
+  parser = flags.FLAGS["config"].parser
+  load = parser.parse
+  parser.parse = lambda path: with_sidetrip(load(path))
   flags.mark_flag_as_required("config")
   return flags.FLAGS
 

@@ -1,0 +1,439 @@
+"""trajax.sidetrip: bit-exact reproduction, equivalence with averaging, read-only parent, resume.
+
+One tiny mnist1d parent (40 steps, checkpoints every 10) serves most tests; a
+parent whose loss is exactly linear in θ checks the equivalent schedule
+against the averaging kernel computed in NumPy from the parent's checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import types
+
+import flax.linen as nn
+from flax import serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import mnist1d
+from trajax import averaging, config_validation, schedules, sidetrip, train
+from trajax import checkpoint as ckpt_lib
+from trajax.metrics import read_jsonl
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE_DIR = os.path.join(tempfile.gettempdir(), "trajax-test-jax-cache")
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+# The parent's config as command-line overrides of configs/mnist1d.py:runlocal,
+# so the CLI test can rebuild exactly the same config.
+TINY = {
+    "total_steps": 40,
+    "batch_size": 32,
+    "log_every_steps": 10,
+    "eval_every_steps": 20,
+    "checkpoint_every_steps": 10,
+    "model.width": 8,
+    "averaging.gap": 10,
+    "averaging.bn_recompute_batches": 3,
+}
+
+
+def tiny_config(**overrides):
+  c = mnist1d.get_config("runlocal")
+  for key, value in {**TINY, "checkpoint.max_to_keep": None, **overrides}.items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+def snapshot(directory):
+  """Every path under ``directory`` with its size and mtime (ns)."""
+  out = {}
+  for root, dirs, files in os.walk(directory):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      st = os.stat(path)
+      out[os.path.relpath(path, directory)] = (st.st_size if name in files else -1, st.st_mtime_ns)
+  return out
+
+
+def assert_identical(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype
+    np.testing.assert_array_equal(x, y)
+
+
+def tree_dist(a, b):
+  return math.sqrt(sum(float(np.sum((np.asarray(x) - np.asarray(y)) ** 2))
+                       for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)))
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+  """A 40-step mnist1d run with two-point averaging, checkpoints at 10, 20, 30, 40."""
+  config = tiny_config()
+  workdir = tmp_path_factory.mktemp("parent") / "run"
+  train.train_and_evaluate(config, str(workdir))
+  assert ckpt_lib.committed_steps(str(workdir / "checkpoints")) == [10, 20, 30, 40]
+  return types.SimpleNamespace(config=config, workdir=str(workdir), snapshot=snapshot(workdir))
+
+
+@pytest.fixture(scope="module")
+def replay(parent, tmp_path_factory):
+  """Kind 'schedule' with the parent's own schedule, from step 20 to 40."""
+  workdir = tmp_path_factory.mktemp("replay") / "trip"
+  config = sidetrip.with_sidetrip(parent.config, kind="schedule")
+  result = sidetrip.run_sidetrip(config, parent.workdir, 20, str(workdir))
+  return types.SimpleNamespace(result=result, workdir=str(workdir), config=config)
+
+
+# --------------------------------------------------------------------------- reproduction
+
+
+def test_unchanged_config_reproduces_parent_bit_for_bit(parent, replay):
+  assert replay.result.step == 40 and replay.result.resumed_from == "parent:20"
+  want, _ = ckpt_lib.restore_readonly(parent.workdir, step=40)
+  got, _ = ckpt_lib.restore_readonly(replay.workdir, step=40)
+  assert_identical(got, want)  # params, batch_stats, opt state (momentum, averages), rng, ...
+  assert_identical(serialization.to_state_dict(jax.device_get(replay.result.state)), want)
+  # Same metrics format, same numbers where both logged the same window.
+  ours = {r["step"]: r for r in read_jsonl(os.path.join(replay.workdir, "metrics.jsonl"))
+          if "train/loss" in r}
+  theirs = {r["step"]: r for r in read_jsonl(os.path.join(parent.workdir, "metrics.jsonl"))
+            if "train/loss" in r}
+  assert sorted(ours) == [30, 40]
+  for s in (30, 40):
+    assert ours[s]["train/loss"] == theirs[s]["train/loss"]
+    assert ours[s]["sidetrip/step"] == s - 20
+  final = [r for r in read_jsonl(os.path.join(replay.workdir, "metrics.jsonl"))
+           if r["step"] == 40 and "eval/loss" in r]
+  parent_eval = [r for r in read_jsonl(os.path.join(parent.workdir, "metrics.jsonl"))
+                 if r["step"] == 40 and "eval/loss" in r]
+  assert final[0]["eval/loss"] == pytest.approx(parent_eval[0]["eval/loss"], rel=1e-6)
+
+
+def test_parent_directory_is_untouched(parent, replay):
+  assert snapshot(parent.workdir) == parent.snapshot
+
+
+def test_lineage_is_recorded_in_every_checkpoint(parent, replay):
+  ckpt_dir = os.path.join(replay.workdir, "checkpoints")
+  # eval points j = 1, 10 and the end, plus every checkpoint_every_steps
+  assert ckpt_lib.committed_steps(ckpt_dir) == [21, 30, 40]
+  parent_meta = ckpt_lib.read_metadata(os.path.join(parent.workdir, "checkpoints"), 20)
+  for s in (21, 40):
+    meta = ckpt_lib.read_metadata(ckpt_dir, s)
+    lin = meta["lineage"]
+    assert lin["parent"] == os.path.join(parent.workdir, "checkpoints")
+    assert lin["parent_step"] == 20 and lin["kind"] == "schedule"
+    assert lin["parent_config"] == parent_meta["config"]
+    assert lin["parent_config_hash"] == parent_meta["config_hash"]
+    assert lin["params"]["schedule"] == "config" and lin["params"]["steps"] == 20
+    assert meta["sidetrip_step"] == s - 20
+    assert meta["config"]["sidetrip"]["kind"] == "schedule"
+
+
+# --------------------------------------------------------------------------- resume
+
+
+class Interrupt(Exception):
+  pass
+
+
+def test_resume_continues_from_own_checkpoint(parent, tmp_path):
+  config = sidetrip.with_sidetrip(parent.config, kind="schedule")
+  workdir = str(tmp_path / "trip")
+
+  def crash(step):
+    if step == 34:
+      raise Interrupt
+
+  with pytest.raises(Interrupt):
+    sidetrip.run_sidetrip(config, parent.workdir, 20, workdir, callbacks=[crash])
+  assert ckpt_lib.committed_steps(os.path.join(workdir, "checkpoints"))[-1] == 30
+  result = sidetrip.run_sidetrip(config, parent.workdir, 20, workdir)
+  assert result.resumed_from == "own:30"
+  assert sorted(result.evals) == [20]  # j = 1 and 10 were evaluated before the crash
+  want, _ = ckpt_lib.restore_readonly(parent.workdir, step=40)
+  assert_identical(serialization.to_state_dict(jax.device_get(result.state)), want)
+  steps = [r["step"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+           if "train/loss" in r]
+  assert steps == [30, 40]  # the crashed run's lines after 30 were dropped, none twice
+
+  # A changed side-trip must not resume from these checkpoints.
+  changed = sidetrip.with_sidetrip(parent.config, kind="schedule", lr_factor=0.5)
+  with pytest.raises(config_validation.ConfigError, match="sidetrip.lr_factor"):
+    sidetrip.run_sidetrip(changed, parent.workdir, 20, workdir)
+  with pytest.raises(train.ResumeError, match="not of"):
+    sidetrip.run_sidetrip(config, parent.workdir, 10, workdir)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_clear_errors(parent, tmp_path):
+  config = sidetrip.with_sidetrip(parent.config, kind="schedule")
+  missing = str(tmp_path / "nope")
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    sidetrip.run_sidetrip(config, missing, 10, str(tmp_path / "a"))
+  with pytest.raises(FileNotFoundError, match=r"committed steps: \[10, 20, 30, 40\]"):
+    sidetrip.run_sidetrip(config, parent.workdir, 15, str(tmp_path / "a"))
+  bad = sidetrip.with_sidetrip(parent.config, kind="sideways", lr_factor=-1.0)
+  with pytest.raises(config_validation.ConfigError) as e:
+    sidetrip.run_sidetrip(bad, parent.workdir, 10, str(tmp_path / "a"))
+  assert "sidetrip.kind = 'sideways'" in str(e.value)
+  assert "sidetrip.lr_factor = -1.0" in str(e.value)
+  fb = sidetrip.with_sidetrip(parent.config, kind="fixed_batch")
+  with pytest.raises(config_validation.ConfigError, match="sidetrip.steps"):
+    sidetrip.run_sidetrip(fb, parent.workdir, 10, str(tmp_path / "a"))
+  ema = sidetrip.with_sidetrip(parent.config, kind="equivalent", method="ema", decay=0.1)
+  with pytest.raises(config_validation.ConfigError, match="sidetrip.window"):
+    sidetrip.run_sidetrip(ema, parent.workdir, 10, str(tmp_path / "a"))
+  wider = sidetrip.with_sidetrip(tiny_config(**{"model.width": 16}), kind="schedule")
+  with pytest.raises(config_validation.ConfigError, match="model.width = 16: must equal the parent"):
+    sidetrip.run_sidetrip(wider, parent.workdir, 10, str(tmp_path / "a"))
+  faster = sidetrip.with_sidetrip(tiny_config(**{"optimizer.lr": 0.1}), kind="equivalent")
+  with pytest.raises(config_validation.ConfigError, match="optimizer.lr"):
+    sidetrip.run_sidetrip(faster, parent.workdir, 10, str(tmp_path / "a"))
+  with pytest.raises(train.ResumeError, match="inside the parent"):
+    sidetrip.run_sidetrip(config, parent.workdir, 10, os.path.join(parent.workdir, "trip"))
+  with pytest.raises(ValueError, match="sidetrip.kindd"):
+    sidetrip.with_sidetrip(parent.config, kindd="schedule")
+  assert not os.path.exists(tmp_path / "a")
+  assert snapshot(parent.workdir) == parent.snapshot
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def test_lr_schedules_match_closed_forms():
+  base = optax.cosine_decay_schedule(0.1, 100)
+  t = np.arange(30, 60)
+  s, k = 30, 20
+  hyper = lambda scale: {"start": jnp.int32(s), "scale": jnp.float32(scale),
+                         "horizon": jnp.float32(k)}
+  spec = lambda **kw: sidetrip.SidetripSpec(**{
+      "kind": "schedule", "steps": k, "method": None, "window": None, "params": {},
+      "lr_factor": 1.0, "schedule": "config", "fixed_batch_index": None,
+      "fixed_batch_size": None, "eval_at": (k,), "eval_average": False, **kw})
+  eta = np.array([0.05 * (1 + math.cos(math.pi * x / 100)) for x in t])
+  eta_s = 0.05 * (1 + math.cos(math.pi * s / 100))
+  j = np.clip(t - s, 0, k)
+  cases = {
+      "config": (spec(), 0.5, 0.5 * eta),
+      "constant": (spec(schedule="constant"), 0.5 * eta_s, np.full(t.shape, 0.5 * eta_s)),
+      "linear": (spec(schedule="linear"), eta_s, eta_s * (1 - j / k)),
+      "cosine": (spec(schedule="cosine"), eta_s, eta_s * 0.5 * (1 + np.cos(np.pi * j / k))),
+      "fixed": (spec(kind="fixed_batch", schedule=None), 0.3, np.full(t.shape, 0.3)),
+  }
+  for name, (sp, scale, want) in cases.items():
+    got = np.asarray(jax.jit(jax.vmap(sidetrip.make_lr_schedule(sp, base, hyper(scale))))(t))
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-9, err_msg=name)
+  for method, params in (("swa", {}), ("ema", {"decay": 0.1}), ("two_point", {"gap": k}),
+                         ("multi_point", {"n": 3, "gap": 10})):
+    sp = spec(kind="equivalent", schedule=None, method=method, window=k, params=params)
+    got = np.asarray(jax.jit(jax.vmap(sidetrip.make_lr_schedule(sp, base, hyper(0.5))))(t))
+    ref = schedules.equivalent_schedule(method, base, start=s, window=k, **params)
+    want = 0.5 * np.asarray(ref(jnp.asarray(t - s)))
+    np.testing.assert_allclose(got, want, rtol=2e-6, err_msg=method)
+    assert got[-1] == 0.0 and got[0] > 0  # landed after k steps
+
+
+# --------------------------------------------------------------------------- equivalence
+
+
+class LinearLoss(nn.Module):
+  """Logits (θ·x, 10⁴) with label 0: the cross-entropy is 10⁴ − θ·x exactly.
+
+  softmax_0 = exp(θ·x − 10⁴) underflows to 0 in float32, so ∇_θ = −x exactly:
+  the per-batch loss is linear in θ, Lemma 2's setting.
+  """
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = x.reshape(x.shape[0], -1)
+    w = self.param("w", nn.initializers.normal(0.1), (x.shape[1],))
+    z = x @ w
+    return jnp.stack([z, jnp.full_like(z, 1e4)], -1)
+
+
+class LinearData:
+  """Gaussian inputs, all labels 0; batch i a pure function of (seed, i)."""
+
+  def __init__(self, batch_size=16, dim=6):
+    self.bs, self.dim = batch_size, dim
+    self.info = types.SimpleNamespace(name="linear", num_classes=2, input_shape=(dim, 1),
+                                      num_train=10**6, num_eval=32)
+
+  def _batch(self, key, n):
+    x = np.random.default_rng(key).normal(1.0, 1.0, size=(n, self.dim, 1)).astype(np.float32)
+    return {"image": x, "label": np.zeros(n, np.int32)}
+
+  def train_batches(self, start_step):
+    i = start_step
+    while True:
+      yield self._batch([0, i], self.bs)
+      i += 1
+
+  def fixed_train_batch(self, index, batch_size=None):
+    return self._batch([1, index], batch_size or self.bs)
+
+  def eval_batches(self, split="test"):
+    b = self._batch([2], 32)
+    yield dict(b, mask=np.ones(32, np.float32))
+
+
+@pytest.fixture(scope="module")
+def linear_parent(tmp_path_factory):
+  config = tiny_config(**{"total_steps": 12, "checkpoint_every_steps": 1, "log_every_steps": 4,
+                          "eval_every_steps": 12, "batch_size": 16, "eval_batch_size": 32,
+                          "optimizer.lr": 0.1})
+  workdir = tmp_path_factory.mktemp("linear") / "run"
+  train.train_and_evaluate(config, str(workdir), dataset=LinearData(), model=LinearLoss())
+  thetas = [np.asarray(ckpt_lib.restore_readonly(str(workdir), step=s)[0]["params"]["w"],
+                       np.float64) for s in range(1, 13)]
+  return types.SimpleNamespace(config=config, workdir=str(workdir), thetas=thetas)
+
+
+@pytest.mark.parametrize("method,params", [("two_point", {"gap": 8}), ("swa", {}),
+                                           ("ema", {"decay": 0.3})])
+def test_equivalent_schedule_lands_on_the_average_for_a_linear_loss(
+    linear_parent, tmp_path, method, params
+):
+  s, k = 4, 8
+  theta = lambda t: linear_parent.thetas[t - 1]
+  if method == "two_point":
+    want = (theta(s) + theta(s + k)) / 2
+  elif method == "swa":
+    want = np.mean([theta(s + i) for i in range(1, k + 1)], 0)
+  else:
+    d = params["decay"]
+    want = (1 - d) ** k * theta(s) + sum(d * (1 - d) ** (k - i) * theta(s + i)
+                                         for i in range(1, k + 1))
+  base = copy.deepcopy(linear_parent.config)
+  base.checkpoint_every_steps = 100  # the side-trip only needs its end point
+  config = sidetrip.with_sidetrip(base, kind="equivalent", method=method, window=k, **params)
+  result = sidetrip.run_sidetrip(config, linear_parent.workdir, s, str(tmp_path / "trip"),
+                                 dataset=LinearData(), model=LinearLoss())
+  assert result.step == s + k
+  got = np.asarray(result.state.params["w"], np.float64)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  # ... and not on the raw endpoint: the check has teeth.
+  assert np.max(np.abs(theta(s + k) - want)) > 100 * np.max(np.abs(got - want)) + 1e-4
+
+
+def test_equivalent_side_trip_lands_near_the_average_on_a_real_net(parent, tmp_path):
+  # Two-point averaging, gap 10, from step 0: the parent's average at 40 is
+  # (θ_30 + θ_40)/2, which the equivalent side-trip from 30 (λ/2 for 10 steps)
+  # reaches exactly only for a linear loss.
+  config = sidetrip.with_sidetrip(parent.config, kind="equivalent", eval_at=(0,))
+  result = sidetrip.run_sidetrip(config, parent.workdir, 30, str(tmp_path / "trip"))
+  assert result.step == 40 and result.lineage["params"]["window"] == 10
+  p40, _ = ckpt_lib.restore_readonly(parent.workdir, step=40)
+  avg = p40["opt_state"]["average"]["average"]
+  p30, _ = ckpt_lib.restore_readonly(parent.workdir, step=30)
+  np.testing.assert_allclose(
+      jax.tree.leaves(avg)[0],
+      (jax.tree.leaves(p30["params"])[0] + jax.tree.leaves(p40["params"])[0]) / 2, rtol=1e-6)
+  side = jax.device_get(result.state.params)
+  assert tree_dist(side, avg) < 0.5 * tree_dist(p40["params"], avg)
+  # Loss level: the side-trip's test loss is close to the averaged model's.
+  parent_eval = [r for r in read_jsonl(os.path.join(parent.workdir, "metrics.jsonl"))
+                 if r["step"] == 40 and "eval_avg/loss" in r][0]
+  assert result.evals[10]["eval/loss"] == pytest.approx(parent_eval["eval_avg/loss"], rel=0.1)
+  assert math.isfinite(result.evals[0]["eval/loss"])  # j = 0: the branch point itself
+
+
+# --------------------------------------------------------------------------- fixed batch
+
+
+def test_fixed_batch_side_trip_is_plain_gradient_descent(parent, tmp_path):
+  k, factor = 5, 0.5
+  config = sidetrip.with_sidetrip(parent.config, kind="fixed_batch", steps=k, lr_factor=factor,
+                                  fixed_batch_index=3, eval_at=(0, 2))
+  result = sidetrip.run_sidetrip(config, parent.workdir, 20, str(tmp_path / "trip"))
+  assert result.step == 20 + k and sorted(result.evals) == [0, 2, k]
+
+  # Independent reference: k steps of θ ← θ − η ∇L_B(θ) by hand, BN in train mode.
+  from trajax import data, models
+
+  dataset = data.get_dataset(parent.config)
+  batch = dataset.fixed_train_batch(3, parent.config.batch_size)
+  model = models.create_model(parent.config.model, num_classes=10)
+  start, _ = ckpt_lib.restore_readonly(parent.workdir, step=20)
+  params, stats = start["params"], start["batch_stats"]
+  eta = factor * parent.config.optimizer.lr
+
+  def loss(p, st):
+    logits, upd = model.apply({"params": p, "batch_stats": st}, batch["image"], train=True,
+                              mutable=["batch_stats"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), upd
+
+  grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+  for _ in range(k):
+    (_, upd), g = grad(params, stats)
+    params = jax.tree.map(lambda p, gi: p - eta * gi, params, g)
+    stats = upd["batch_stats"]
+  got = jax.device_get(result.state)
+  for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(got.batch_stats), jax.tree.leaves(stats), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  fb = [result.evals[j]["sidetrip/fixed_batch_loss"] for j in (0, 2, k)]
+  assert fb[2] < fb[1] < fb[0]
+  meta = ckpt_lib.read_metadata(str(tmp_path / "trip" / "checkpoints"), 20 + k)
+  assert meta["lineage"]["params"]["fixed_batch_index"] == 3
+
+
+# --------------------------------------------------------------------------- compile once
+
+
+def test_one_compilation_per_kind_across_branch_points(parent, tmp_path):
+  results = []
+  for s in (10, 30):
+    config = sidetrip.with_sidetrip(parent.config, kind="schedule", schedule="constant",
+                                    lr_factor=0.5, steps=3, eval_at=())
+    results.append(sidetrip.run_sidetrip(config, parent.workdir, s, str(tmp_path / f"t{s}")))
+  assert results[1].timings["compiled"] is False
+  for s, r in zip((10, 30), results):
+    lrs = [x["train/lr"] for x in read_jsonl(str(tmp_path / f"t{s}" / "metrics.jsonl"))
+           if "train/lr" in x]
+    assert lrs and all(v == pytest.approx(0.5 * parent.config.optimizer.lr) for v in lrs)
+    assert r.step == s + 3
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_command_line(parent, tmp_path):
+  workdir = tmp_path / "cli"
+  cmd = [sys.executable, "-m", "trajax.sidetrip", f"--parent={parent.workdir}", "--step=30",
+         f"--workdir={workdir}", "--config=configs/mnist1d.py:runlocal",
+         *[f"--config.{k}={v}" for k, v in TINY.items()],
+         "--config.sidetrip.kind=fixed_batch", "--config.sidetrip.steps=2",
+         "--config.sidetrip.eval_at=()"]
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR, PYTHONPATH=REPO)
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  meta = ckpt_lib.read_metadata(str(workdir / "checkpoints"), 32)
+  assert meta["lineage"]["parent_step"] == 30 and meta["lineage"]["kind"] == "fixed_batch"
+  records = read_jsonl(str(workdir / "metrics.jsonl"))
+  assert records[0]["hparams"]["sidetrip.kind"] == "fixed_batch"
+  assert any("sidetrip/fixed_batch_loss" in r for r in records)
+  typo = subprocess.run(cmd[:-3] + ["--config.sidetrip.kindd=schedule"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert typo.returncode != 0 and "kindd" in typo.stderr
