@@ -245,3 +245,102 @@ def test_bad_configs_raise_errors_naming_field_value_and_constraint(
     get_dataset(_config(**kwargs), process_count=process_count, local_device_count=devices)
   for word in words:
     assert word in str(err.value)
+
+
+# --- TFDS (under mock data: random examples from the feature spec, offline) -----------
+
+
+@pytest.fixture(scope="module")
+def mock_tfds():
+  from trajax.data.tfds_source import mock_prepared_tfds
+
+  with mock_prepared_tfds(num_examples=40):
+    yield
+
+
+def _tfds(name, tmp, **kwargs):
+  process = {k: kwargs.pop(k) for k in ("process_index", "process_count") if k in kwargs}
+  kwargs = {"batch_size": 8, "eval_batch_size": 16, "label_noise": 0.0, **kwargs}
+  return get_dataset(_config(name, data_dir=tmp, **kwargs), local_device_count=1, **process)
+
+
+def test_tfds_dataset_that_is_not_prepared_is_an_error_naming_it_and_data_dir(tmp_path):
+  with pytest.raises(FileNotFoundError) as err:
+    _tfds("cifar10", tmp_path)
+  assert "'cifar10'" in str(err.value) and str(tmp_path) in str(err.value)
+  assert not any(tmp_path.iterdir())  # nothing downloaded or written
+  with pytest.raises(FileNotFoundError, match="imagenet2012.*data_dir"):
+    get_dataset(_config("imagenet2012", data_dir="", batch_size=8), local_device_count=1)
+
+
+def test_cifar_is_served_from_memory_with_exact_resume_sharding_and_normalisation(
+    mock_tfds, tmp_path):
+  from trajax.data import tfds_source
+
+  ds = _tfds("cifar10", tmp_path, augment=True, label_noise=0.3)
+  assert ds.info.input_shape == (32, 32, 3) and ds.info.num_classes == 10
+  first = list(itertools.islice(ds.train_batches(0), 12))  # 5 steps/epoch: crosses 2 epochs
+  resumed = list(itertools.islice(_tfds("cifar10", tmp_path, augment=True,
+                                        label_noise=0.3).train_batches(7), 5))
+  assert [batch_fingerprint(b) for b in first[7:]] == [batch_fingerprint(b) for b in resumed]
+  assert first[0]["image"].shape == (8, 32, 32, 3) and first[0]["image"].dtype == np.float32
+  halves = [_tfds("cifar10", tmp_path, augment=True, label_noise=0.3, process_index=p,
+                  process_count=2) for p in range(2)]
+  joined = np.concatenate([next(h.train_batches(7))["image"] for h in halves])
+  np.testing.assert_array_equal(joined, resumed[0]["image"])
+  # Evaluation images are the raw uint8 split, standardised per channel, in order.
+  builder = tfds_source.prepared_builder("cifar10", str(tmp_path))
+  raw, labels = tfds_source.load_split_arrays(builder, "test")
+  spec = tfds_source.SPECS["cifar10"]
+  evals = list(ds.eval_batches("test"))
+  images = np.concatenate([b["image"] for b in evals])[:40]
+  np.testing.assert_allclose(images, (raw - np.array(spec.mean)) / np.array(spec.std), atol=1e-4)
+  np.testing.assert_array_equal(np.concatenate([b["label"] for b in evals])[:40], labels)
+
+
+def test_imagenet_stream_resumes_exactly_across_epochs_and_depends_on_the_seed(
+    mock_tfds, tmp_path):
+  ds = _tfds("imagenet2012", tmp_path, augment=True, label_noise=0.2)
+  assert ds.steps_per_epoch == 5  # 40 mock examples, batch 8
+  uninterrupted = [batch_fingerprint(b) for b in itertools.islice(ds.train_batches(0), 8)]
+  resumed = [batch_fingerprint(b) for b in itertools.islice(ds.train_batches(3), 5)]
+  assert uninterrupted[3:] == resumed
+  assert len(set(uninterrupted)) == 8
+  other = _tfds("imagenet2012", tmp_path, augment=True, label_noise=0.2, seed=1)
+  assert batch_fingerprint(next(other.train_batches(3))) != resumed[0]
+  batch = next(ds.train_batches(0))
+  assert batch["image"].shape == (8, 224, 224, 3) and batch["image"].dtype == np.float32
+  assert batch["label"].dtype == np.int32
+  fixed = ds.fixed_train_batch(2)
+  assert batch_fingerprint(fixed) == batch_fingerprint(ds.fixed_train_batch(2))
+  assert batch_fingerprint(fixed) != batch_fingerprint(ds.fixed_train_batch(3))
+
+
+def test_imagenet_eval_is_padded_identically_on_every_process(mock_tfds, tmp_path):
+  parts = [_tfds("imagenet2012", tmp_path, eval_batch_size=12, process_index=p, process_count=2)
+           for p in range(2)]
+  batches = [list(p.eval_batches("test")) for p in parts]
+  # 40 examples, 20 per process, 6 per process batch -> 4 batches, the last with 2 real.
+  assert [len(b) for b in batches] == [4, 4]
+  for per_process in batches:
+    masks = np.concatenate([b["mask"] for b in per_process])
+    np.testing.assert_array_equal(masks, (np.arange(24) < 20).astype(np.float32))
+    assert per_process[-1]["image"].shape == (6, 224, 224, 3)
+    assert not per_process[-1]["image"][2:].any()  # padding rows are zeros
+
+
+def test_imagenet_label_noise_is_a_keyed_hash_of_the_example_id(mock_tfds, tmp_path):
+  import tensorflow as tf
+
+  ds = _tfds("imagenet2012", tmp_path, label_noise=0.4)
+  ids = tf.constant([f"imagenet2012-train.tfrecord-{i // 1000:05d}-of-01024__{i % 1000}"
+                     for i in range(20_000)])
+  example = {"tfds_id": ids, "label": tf.zeros(20_000, tf.int64)}
+  noisy = ds._labels(tf, example, noisy=True).numpy()
+  # Monte Carlo: changed w.p. q (K-1)/K = 0.3996, sd 0.0035; wrong classes ~ uniform.
+  assert abs((noisy != 0).mean() - 0.4 * 999 / 1000) < 0.015
+  assert len(np.unique(noisy[noisy != 0])) > 900
+  np.testing.assert_array_equal(noisy, ds._labels(tf, example, noisy=True).numpy())
+  reseeded = _tfds("imagenet2012", tmp_path, label_noise=0.4, seed=5)
+  assert (reseeded._labels(tf, example, noisy=True).numpy() != noisy).mean() > 0.3
+  assert not ds._labels(tf, example, noisy=False).numpy().any()
