@@ -7,17 +7,34 @@ import ml_collections
 import numpy as np
 import pytest
 
-from trajax.data import batch_fingerprint, get_dataset
-from trajax.data import offline
+from trajax.data import batch_fingerprint, get_dataset, offline
 
 
-def _config(name="mnist1d", *, data_dir, batch_size=20, eval_batch_size=64, seed=0,
-            label_noise=0.3, num_train=400, augment=False):
-  return ml_collections.ConfigDict({
-    "seed": seed, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
-    "data_dir": str(data_dir),
-    "dataset": {"name": name, "label_noise": label_noise, "num_train": num_train,
-                "augment": augment}})
+def _config(
+  name="mnist1d",
+  *,
+  data_dir,
+  batch_size=20,
+  eval_batch_size=64,
+  seed=0,
+  label_noise=0.3,
+  num_train=400,
+  augment=False,
+):
+  return ml_collections.ConfigDict(
+    {
+      "seed": seed,
+      "batch_size": batch_size,
+      "eval_batch_size": eval_batch_size,
+      "data_dir": str(data_dir),
+      "dataset": {
+        "name": name,
+        "label_noise": label_noise,
+        "num_train": num_train,
+        "augment": augment,
+      },
+    }
+  )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +71,9 @@ def test_vectorised_mnist1d_equals_the_package_transform_on_the_same_draws():
     draws["iid"].append(np.random.randn(72))
     draws["shear"].append(np.random.rand())
   np.random.seed(7)
-  reference = np.stack([mnist1d.transform(templates["x"][y], templates["t"], args)[0]
-                        for y in labels])
+  reference = np.stack(
+    [mnist1d.transform(templates["x"][y], templates["t"], args)[0] for y in labels]
+  )
   ours = offline.mnist1d_signals(labels, {k: np.asarray(v) for k, v in draws.items()})
   np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-12)
 
@@ -85,8 +103,9 @@ def test_batches_are_a_pure_function_of_seed_and_step(data_dir):
   prints = [batch_fingerprint(x) for x in itertools.islice(a.train_batches(0), 30)]
   assert prints == [batch_fingerprint(x) for x in itertools.islice(b.train_batches(0), 30)]
   assert len(set(prints)) == 30  # every step (including across epochs) differs
-  assert not set(prints) & {batch_fingerprint(x)
-                            for x in itertools.islice(other_seed.train_batches(0), 30)}
+  assert not set(prints) & {
+    batch_fingerprint(x) for x in itertools.islice(other_seed.train_batches(0), 30)
+  }
   batch = next(a.train_batches(0))
   assert batch["image"].shape == (20, 40, 1) and batch["image"].dtype == np.float32
   assert batch["label"].shape == (20,) and batch["label"].dtype == np.int32
@@ -97,7 +116,8 @@ def test_resume_at_step_k_equals_skipping_k_steps(data_dir):
   uninterrupted = list(itertools.islice(ds.train_batches(0), 47))
   resumed = list(itertools.islice(_ds(data_dir).train_batches(29), 18))  # crosses epoch 1->2
   assert [batch_fingerprint(x) for x in uninterrupted[29:]] == [
-    batch_fingerprint(x) for x in resumed]
+    batch_fingerprint(x) for x in resumed
+  ]
 
 
 def test_each_epoch_visits_every_example_once(data_dir):
@@ -112,8 +132,10 @@ def test_each_epoch_visits_every_example_once(data_dir):
 def test_process_shards_partition_the_global_batch(data_dir):
   for kwargs in ({"name": "mnist1d"}, {"name": "digits", "augment": True}):
     whole = _ds(data_dir, batch_size=24, eval_batch_size=48, **kwargs)
-    parts = [_ds(data_dir, batch_size=24, eval_batch_size=48, process_index=p, process_count=3,
-                 **kwargs) for p in range(3)]
+    parts = [
+      _ds(data_dir, batch_size=24, eval_batch_size=48, process_index=p, process_count=3, **kwargs)
+      for p in range(3)
+    ]
     batches = [list(itertools.islice(p.train_batches(5), 2)) for p in parts]
     for step, full in enumerate(itertools.islice(whole.train_batches(5), 2)):
       for key in ("image", "label"):
@@ -148,8 +170,9 @@ def test_label_noise_is_on_training_labels_only_and_fixed_per_example(data_dir):
   noisy = np.concatenate([b["label"] for b in ds.eval_batches("train")])[:400]
   clean = np.concatenate([b["label"] for b in ds.eval_batches("train_clean")])[:400]
   assert 0.35 < (noisy != clean).mean() < 0.55  # expectation 0.45, sd 0.025
-  by_row = dict(zip(_rows(np.concatenate([b["image"] for b in ds.eval_batches("train")])),
-                    noisy, strict=False))
+  by_row = dict(
+    zip(_rows(np.concatenate([b["image"] for b in ds.eval_batches("train")])), noisy, strict=False)
+  )
   for batch in itertools.islice(ds.train_batches(0), 40):  # two epochs: same wrong labels
     assert [by_row[r] for r in _rows(batch["image"])] == list(batch["label"])
   fixed = ds.fixed_train_batch(0, 32)
@@ -179,10 +202,12 @@ def test_eval_batches_pad_the_last_batch_and_mask_it(data_dir):
   images = np.concatenate([b["image"] for b in batches])[:297]
   x = split["x_train"] / 16.0
   np.testing.assert_allclose(images, (split["x_test"] / 16.0 - x.mean()) / x.std(), atol=1e-5)
-  np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:297],
-                                split["y_test"])
+  np.testing.assert_array_equal(
+    np.concatenate([b["label"] for b in batches])[:297], split["y_test"]
+  )
   assert [batch_fingerprint(b) for b in ds.eval_batches("test")] == [
-    batch_fingerprint(b) for b in batches]
+    batch_fingerprint(b) for b in batches
+  ]
 
 
 def test_digits_split_is_fixed_by_the_seed_and_partitions_the_1797_images():
@@ -211,7 +236,7 @@ def test_pad_crop_flip_matches_a_per_image_reference():
       dx = 4 - params["dx"][i]
     else:
       dx = params["dx"][i]
-    ref = ref[params["dy"][i]:params["dy"][i] + 6, dx:dx + 5]
+    ref = ref[params["dy"][i] : params["dy"][i] + 6, dx : dx + 5]
     np.testing.assert_array_equal(out[i], ref)
 
 
@@ -228,18 +253,22 @@ def test_batch_fingerprint_is_stable_and_sensitive():
 # --- errors ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides,process_count,devices,words", [
-  ({"batch_size": 25}, 2, 1, ["batch_size=25", "process count 2"]),
-  ({"batch_size": 24}, 2, 8, ["batch_size=24", "12 examples per process", "8 local devices"]),
-  ({"eval_batch_size": 30}, 4, 1, ["eval_batch_size=30", "process count 4"]),
-  ({"batch_size": 800}, 1, 1, ["batch_size=800", "400 training examples"]),
-  ({"label_noise": 1.5}, 1, 1, ["dataset.label_noise", "1.5", "[0, 1]"]),
-  ({"augment": True}, 1, 1, ["dataset.augment", "mnist1d"]),
-  ({"name": "mnist2d"}, 1, 1, ["dataset.name", "mnist2d", "imagenet2012"]),
-  ({"seed": -1}, 1, 1, ["seed", "-1"]),
-])
+@pytest.mark.parametrize(
+  "overrides,process_count,devices,words",
+  [
+    ({"batch_size": 25}, 2, 1, ["batch_size=25", "process count 2"]),
+    ({"batch_size": 24}, 2, 8, ["batch_size=24", "12 examples per process", "8 local devices"]),
+    ({"eval_batch_size": 30}, 4, 1, ["eval_batch_size=30", "process count 4"]),
+    ({"batch_size": 800}, 1, 1, ["batch_size=800", "400 training examples"]),
+    ({"label_noise": 1.5}, 1, 1, ["dataset.label_noise", "1.5", "[0, 1]"]),
+    ({"augment": True}, 1, 1, ["dataset.augment", "mnist1d"]),
+    ({"name": "mnist2d"}, 1, 1, ["dataset.name", "mnist2d", "imagenet2012"]),
+    ({"seed": -1}, 1, 1, ["seed", "-1"]),
+  ],
+)
 def test_bad_configs_raise_errors_naming_field_value_and_constraint(
-    data_dir, overrides, process_count, devices, words):
+  data_dir, overrides, process_count, devices, words
+):
   kwargs = {"data_dir": data_dir, "batch_size": 24, "eval_batch_size": 32, **overrides}
   with pytest.raises(ValueError) as err:
     get_dataset(_config(**kwargs), process_count=process_count, local_device_count=devices)
@@ -274,18 +303,22 @@ def test_tfds_dataset_that_is_not_prepared_is_an_error_naming_it_and_data_dir(tm
 
 
 def test_cifar_is_served_from_memory_with_exact_resume_sharding_and_normalisation(
-    mock_tfds, tmp_path):
+  mock_tfds, tmp_path
+):
   from trajax.data import tfds_source
 
   ds = _tfds("cifar10", tmp_path, augment=True, label_noise=0.3)
   assert ds.info.input_shape == (32, 32, 3) and ds.info.num_classes == 10
   first = list(itertools.islice(ds.train_batches(0), 12))  # 5 steps/epoch: crosses 2 epochs
-  resumed = list(itertools.islice(_tfds("cifar10", tmp_path, augment=True,
-                                        label_noise=0.3).train_batches(7), 5))
+  resumed = list(
+    itertools.islice(_tfds("cifar10", tmp_path, augment=True, label_noise=0.3).train_batches(7), 5)
+  )
   assert [batch_fingerprint(b) for b in first[7:]] == [batch_fingerprint(b) for b in resumed]
   assert first[0]["image"].shape == (8, 32, 32, 3) and first[0]["image"].dtype == np.float32
-  halves = [_tfds("cifar10", tmp_path, augment=True, label_noise=0.3, process_index=p,
-                  process_count=2) for p in range(2)]
+  halves = [
+    _tfds("cifar10", tmp_path, augment=True, label_noise=0.3, process_index=p, process_count=2)
+    for p in range(2)
+  ]
   joined = np.concatenate([next(h.train_batches(7))["image"] for h in halves])
   np.testing.assert_array_equal(joined, resumed[0]["image"])
   # Evaluation images are the raw uint8 split, standardised per channel, in order.
@@ -298,8 +331,7 @@ def test_cifar_is_served_from_memory_with_exact_resume_sharding_and_normalisatio
   np.testing.assert_array_equal(np.concatenate([b["label"] for b in evals])[:40], labels)
 
 
-def test_imagenet_stream_resumes_exactly_across_epochs_and_depends_on_the_seed(
-    mock_tfds, tmp_path):
+def test_imagenet_stream_resumes_exactly_across_epochs_and_depends_on_the_seed(mock_tfds, tmp_path):
   ds = _tfds("imagenet2012", tmp_path, augment=True, label_noise=0.2)
   assert ds.steps_per_epoch == 5  # 40 mock examples, batch 8
   uninterrupted = [batch_fingerprint(b) for b in itertools.islice(ds.train_batches(0), 8)]
@@ -317,8 +349,10 @@ def test_imagenet_stream_resumes_exactly_across_epochs_and_depends_on_the_seed(
 
 
 def test_imagenet_eval_is_padded_identically_on_every_process(mock_tfds, tmp_path):
-  parts = [_tfds("imagenet2012", tmp_path, eval_batch_size=12, process_index=p, process_count=2)
-           for p in range(2)]
+  parts = [
+    _tfds("imagenet2012", tmp_path, eval_batch_size=12, process_index=p, process_count=2)
+    for p in range(2)
+  ]
   batches = [list(p.eval_batches("test")) for p in parts]
   # 40 examples, 20 per process, 6 per process batch -> 4 batches, the last with 2 real.
   assert [len(b) for b in batches] == [4, 4]
@@ -333,8 +367,9 @@ def test_imagenet_label_noise_is_a_keyed_hash_of_the_example_id(mock_tfds, tmp_p
   import tensorflow as tf
 
   ds = _tfds("imagenet2012", tmp_path, label_noise=0.4)
-  ids = tf.constant([f"imagenet2012-train.tfrecord-{i // 1000:05d}-of-01024__{i % 1000}"
-                     for i in range(20_000)])
+  ids = tf.constant(
+    [f"imagenet2012-train.tfrecord-{i // 1000:05d}-of-01024__{i % 1000}" for i in range(20_000)]
+  )
   example = {"tfds_id": ids, "label": tf.zeros(20_000, tf.int64)}
   noisy = ds._labels(tf, example, noisy=True).numpy()
   # Monte Carlo: changed w.p. q (K-1)/K = 0.3996, sd 0.0035; wrong classes ~ uniform.

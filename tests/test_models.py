@@ -49,8 +49,9 @@ def _count(tree):
 
 # Reference: torchvision.models.resnet{18,34,50}(num_classes=1000) parameter counts
 # (conv + BN scale/bias + fc), published in the torchvision model table.
-@pytest.mark.parametrize("name,expected", [
-  ("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032)])
+@pytest.mark.parametrize(
+  "name,expected", [("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032)]
+)
 def test_imagenet_resnet_parameter_counts_match_torchvision(name, expected):
   variables = _abstract_init(_cfg(name), (224, 224, 3), 1000)
   assert set(variables) == {"params", "batch_stats"}
@@ -67,8 +68,9 @@ def test_cifar_resnet_counts_follow_from_the_stem_change():
 
 # Reference: torchvision's reported GFLOPS (multiply-adds) for 224x224 inputs:
 # resnet18 1.814, resnet34 3.664, resnet50 4.089. Ours counts FLOPs = 2 * MACs.
-@pytest.mark.parametrize("name,gmacs", [("resnet18", 1.814), ("resnet34", 3.664),
-                                        ("resnet50", 4.089)])
+@pytest.mark.parametrize(
+  "name,gmacs", [("resnet18", 1.814), ("resnet34", 3.664), ("resnet50", 4.089)]
+)
 def test_flops_match_published_multiply_adds(name, gmacs):
   flops = model_flops_per_example(_cfg(name), (224, 224, 3), 1000)
   assert flops == pytest.approx(2 * gmacs * 1e9, rel=5e-3)
@@ -81,21 +83,23 @@ def test_flops_of_cnn1d_by_hand():
   assert model_flops_per_example(_cfg("cnn1d", w), (40, 1), 10) == 2 * macs
 
 
-@pytest.mark.parametrize("name,shape", [
-  ("cnn1d", (40, 1)), ("resnet1d", (40, 1)), ("cifar_resnet18", (8, 8, 3))])
+@pytest.mark.parametrize(
+  "name,shape", [("cnn1d", (40, 1)), ("resnet1d", (40, 1)), ("cifar_resnet18", (8, 8, 3))]
+)
 def test_forward_shapes_dtypes_and_batch_stats_update(name, shape):
   model = create_model(_cfg(name, width=4), num_classes=7)
   x = jax.random.normal(jax.random.key(1), (4, *shape))
 
   variables = _variables(model, x)
-  logits, updates = jax.jit(
-    lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+  logits, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+    variables, x
+  )
   assert logits.shape == (4, 7) and logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
   assert set(updates) == {"batch_stats"}
   before, after = jax.tree.leaves(variables["batch_stats"]), jax.tree.leaves(updates["batch_stats"])
   assert len(before) == len(after) > 0
-  assert all(not np.allclose(a, b) for a, b in zip(before, after))
+  assert all(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
 
 
@@ -115,11 +119,13 @@ def test_batchnorm_uses_batch_statistics_in_training_and_running_ones_in_eval():
   assert np.abs(np.asarray(eval_a) - np.asarray(eval_b)).max() > 1e-2
   # Running statistics move towards the batch statistics with momentum 0.9.
   _, upd = model.apply(variables, x, train=True, mutable=["batch_stats"])
-  conv_out = model.apply(variables, x, train=False, capture_intermediates=True,
-                         mutable=["intermediates"])[1]["intermediates"]["Conv_0"]["__call__"][0]
+  conv_out = model.apply(
+    variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+  )[1]["intermediates"]["Conv_0"]["__call__"][0]
   mean = np.asarray(conv_out).mean(axis=(0, 1))
-  np.testing.assert_allclose(upd["batch_stats"]["BatchNorm_0"]["mean"], 0.1 * mean,
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    upd["batch_stats"]["BatchNorm_0"]["mean"], 0.1 * mean, rtol=1e-4, atol=1e-6
+  )
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
@@ -127,8 +133,9 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   f32 = create_model(_cfg("cnn1d", 8), num_classes=10)
   bf16 = create_model(_cfg("cnn1d", 8, "bfloat16"), num_classes=10)
   variables = _variables(f32, x)
-  captured = bf16.apply(variables, x, train=False, capture_intermediates=True,
-                        mutable=["intermediates"])[1]["intermediates"]
+  captured = bf16.apply(
+    variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+  )[1]["intermediates"]
   assert captured["Conv_0"]["__call__"][0].dtype == jnp.bfloat16
   out32 = f32.apply(variables, x, train=False)
   out16 = bf16.apply(variables, x, train=False)
@@ -138,10 +145,14 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   np.testing.assert_allclose(out16, out32, rtol=0.1, atol=0.1 * float(np.abs(out32).max()))
 
 
-@pytest.mark.parametrize("field,value,words", [
-  ("name", "vgg16", ["model.name", "vgg16", "cifar_resnet34"]),
-  ("width", 0, ["model.width", "0"]),
-  ("dtype", "float16", ["model.dtype", "float16", "bfloat16"])])
+@pytest.mark.parametrize(
+  "field,value,words",
+  [
+    ("name", "vgg16", ["model.name", "vgg16", "cifar_resnet34"]),
+    ("width", 0, ["model.width", "0"]),
+    ("dtype", "float16", ["model.dtype", "float16", "bfloat16"]),
+  ],
+)
 def test_bad_model_config_errors_name_field_value_and_choices(field, value, words):
   cfg = _cfg("cnn1d")
   setattr(cfg, field, value)

@@ -95,8 +95,9 @@ def batch_fingerprint(batch: dict) -> str:
   return digest.hexdigest()[:16]
 
 
-def get_dataset(config, *, process_index: int = 0, process_count: int = 1,
-                local_device_count: int | None = None) -> Dataset:
+def get_dataset(
+  config, *, process_index: int = 0, process_count: int = 1, local_device_count: int | None = None
+) -> Dataset:
   """Builds the dataset named by ``config.dataset.name``.
 
   Reads ``config.dataset.{name, label_noise, num_train, augment}``,
@@ -125,14 +126,20 @@ def get_dataset(config, *, process_index: int = 0, process_count: int = 1,
   if name in OFFLINE_NAMES:
     from trajax.data import offline
 
-    return offline.get_offline_dataset(config, process_index=process_index,
-                                       process_count=process_count,
-                                       local_device_count=local_device_count)
+    return offline.get_offline_dataset(
+      config,
+      process_index=process_index,
+      process_count=process_count,
+      local_device_count=local_device_count,
+    )
   from trajax.data import tfds_source
 
-  return tfds_source.get_tfds_dataset(config, process_index=process_index,
-                                      process_count=process_count,
-                                      local_device_count=local_device_count)
+  return tfds_source.get_tfds_dataset(
+    config,
+    process_index=process_index,
+    process_count=process_count,
+    local_device_count=local_device_count,
+  )
 
 
 # --- helpers shared by the sources -------------------------------------------------
@@ -162,8 +169,9 @@ def data_seed(config) -> int:
   return int(seed)
 
 
-def check_batch_sizes(config, *, process_index: int, process_count: int,
-                      local_device_count: int) -> tuple[int, int]:
+def check_batch_sizes(
+  config, *, process_index: int, process_count: int, local_device_count: int
+) -> tuple[int, int]:
   """Validates ``batch_size``/``eval_batch_size`` against the processes and devices."""
   if not (isinstance(process_count, int) and process_count >= 1):
     raise ValueError(f"process_count must be a positive int, got {process_count!r}")
@@ -176,12 +184,16 @@ def check_batch_sizes(config, *, process_index: int, process_count: int,
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
       raise ValueError(f"{key} must be a positive int, got {size!r}")
     if size % process_count:
-      raise ValueError(f"{key}={size} is the global batch and must be divisible by the "
-                       f"process count {process_count}")
+      raise ValueError(
+        f"{key}={size} is the global batch and must be divisible by the "
+        f"process count {process_count}"
+      )
     if (size // process_count) % local_device_count:
-      raise ValueError(f"{key}={size} gives {size // process_count} examples per process, "
-                       f"which must be divisible by the {local_device_count} local devices; "
-                       f"use a multiple of {process_count * local_device_count}")
+      raise ValueError(
+        f"{key}={size} gives {size // process_count} examples per process, "
+        f"which must be divisible by the {local_device_count} local devices; "
+        f"use a multiple of {process_count * local_device_count}"
+      )
     sizes.append(int(size))
   return sizes[0], sizes[1]
 

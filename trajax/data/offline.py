@@ -88,10 +88,25 @@ class ArrayDataset:
   augmentation: ``(x * scale - mean) / std``.
   """
 
-  def __init__(self, info: DatasetInfo, *, train_images, train_labels, test_images,
-               test_labels, seed: int, label_noise: float, batch_size: int,
-               eval_batch_size: int, process_index: int, process_count: int,
-               augment: PadCropFlip | None = None, scale: float = 1.0, mean=0.0, std=1.0):
+  def __init__(
+    self,
+    info: DatasetInfo,
+    *,
+    train_images,
+    train_labels,
+    test_images,
+    test_labels,
+    seed: int,
+    label_noise: float,
+    batch_size: int,
+    eval_batch_size: int,
+    process_index: int,
+    process_count: int,
+    augment: PadCropFlip | None = None,
+    scale: float = 1.0,
+    mean=0.0,
+    std=1.0,
+  ):
     self.info = info
     self.seed = seed
     self.batch_size = batch_size
@@ -99,8 +114,11 @@ class ArrayDataset:
     self.process_index = process_index
     self.process_count = process_count
     self.augment = augment
-    self._scale, self._mean, self._std = (np.float32(scale), np.asarray(mean, np.float32),
-                                          np.asarray(std, np.float32))
+    self._scale, self._mean, self._std = (
+      np.float32(scale),
+      np.asarray(mean, np.float32),
+      np.asarray(std, np.float32),
+    )
     self._train_images = train_images
     self._clean_labels = np.asarray(train_labels, np.int32)
     self._train_labels = noisy_labels(self._clean_labels, info.num_classes, label_noise, seed)
@@ -108,8 +126,9 @@ class ArrayDataset:
     self._test_labels = np.asarray(test_labels, np.int32)
     n = train_images.shape[0]
     if batch_size > n:
-      raise ValueError(f"batch_size={batch_size} exceeds the {n} training examples of "
-                       f"{info.name!r}")
+      raise ValueError(
+        f"batch_size={batch_size} exceeds the {n} training examples of {info.name!r}"
+      )
     self.steps_per_epoch = n // batch_size
     self._perms: dict[int, np.ndarray] = {}
 
@@ -147,7 +166,7 @@ class ArrayDataset:
     if step < 0:
       raise ValueError(f"step must be >= 0, got {step}")
     epoch, offset = divmod(int(step), self.steps_per_epoch)
-    indices = self._permutation(epoch)[offset * self.batch_size:(offset + 1) * self.batch_size]
+    indices = self._permutation(epoch)[offset * self.batch_size : (offset + 1) * self.batch_size]
     return self._gather(indices, np.random.default_rng([self.seed, _AUG, int(step)]))
 
   def train_batches(self, start_step: int = 0) -> Iterator[dict]:
@@ -159,17 +178,21 @@ class ArrayDataset:
   def fixed_train_batch(self, index: int, batch_size: int | None = None) -> dict:
     batch_size = self.batch_size if batch_size is None else batch_size
     if batch_size % self.process_count or not 0 < batch_size <= self._train_images.shape[0]:
-      raise ValueError(f"batch_size must be in [1, {self._train_images.shape[0]}] and divisible "
-                       f"by the process count {self.process_count}, got {batch_size}")
+      raise ValueError(
+        f"batch_size must be in [1, {self._train_images.shape[0]}] and divisible "
+        f"by the process count {self.process_count}, got {batch_size}"
+      )
     rng = np.random.default_rng([self.seed, _FIXED, int(index)])
     indices = rng.choice(self._train_images.shape[0], batch_size, replace=False)
     return self._gather(indices, rng)
 
   def eval_batches(self, split: str = "test") -> Iterator[dict]:
     """``split`` is ``'test'``, ``'train'`` (noisy labels, as trained) or ``'train_clean'``."""
-    splits = {"test": (self._test_images, self._test_labels),
-              "train": (self._train_images, self._train_labels),
-              "train_clean": (self._train_images, self._clean_labels)}
+    splits = {
+      "test": (self._test_images, self._test_labels),
+      "train": (self._train_images, self._train_labels),
+      "train_clean": (self._train_images, self._clean_labels),
+    }
     if split not in splits:
       raise ValueError(f"split must be one of {list(splits)}, got {split!r}")
     images, labels = splits[split]
@@ -178,8 +201,11 @@ class ArrayDataset:
       idx = np.arange(start, start + b)
       mask = idx < n
       idx = np.where(mask, idx, n - 1)[self._local(b)]  # pad by repeating a real row
-      yield {"image": self._normalize(images[idx]), "label": labels[idx],
-             "mask": mask[self._local(b)].astype(np.float32)}
+      yield {
+        "image": self._normalize(images[idx]),
+        "label": labels[idx],
+        "mask": mask[self._local(b)].astype(np.float32),
+      }
 
 
 # --- mnist1d --------------------------------------------------------------------------
@@ -201,8 +227,11 @@ def mnist1d_draws(rng: np.random.Generator, n: int, args=None) -> dict:
   args = mnist1d.get_dataset_args() if args is None else args
   length = args.template_len + args.padding[-1]
   return {
-    "pad": rng.random(n), "scale": rng.random(n), "shift": rng.integers(0, args.max_translation, n),
-    "corr": rng.standard_normal((n, length)), "iid": rng.standard_normal((n, length)),
+    "pad": rng.random(n),
+    "scale": rng.random(n),
+    "shift": rng.integers(0, args.max_translation, n),
+    "corr": rng.standard_normal((n, length)),
+    "iid": rng.standard_normal((n, length)),
     "shear": rng.random(n),
   }
 
@@ -256,16 +285,21 @@ def default_cache_dir(data_dir) -> str:
 def load_mnist1d_pool(num_train: int, num_test: int, seed: int, data_dir=None) -> dict:
   """Train/test pools, standardised with the training split's mean/std; cached on disk."""
   cache_dir = os.path.join(default_cache_dir(data_dir), "mnist1d")
-  path = os.path.join(cache_dir,
-                      f"mnist1d-v{MNIST1D_VERSION}-seed{seed}-train{num_train}-test{num_test}.npz")
+  path = os.path.join(
+    cache_dir, f"mnist1d-v{MNIST1D_VERSION}-seed{seed}-train{num_train}-test{num_test}.npz"
+  )
   if os.path.exists(path):
     with np.load(path) as f:
       return dict(f)
   x_train, y_train = generate_mnist1d(num_train, seed, _POOL_TRAIN)
   x_test, y_test = generate_mnist1d(num_test, seed, _POOL_TEST)
   mean, std = x_train.mean(), x_train.std()
-  pool = {"x_train": ((x_train - mean) / std).astype(np.float32)[..., None], "y_train": y_train,
-          "x_test": ((x_test - mean) / std).astype(np.float32)[..., None], "y_test": y_test}
+  pool = {
+    "x_train": ((x_train - mean) / std).astype(np.float32)[..., None],
+    "y_train": y_train,
+    "x_test": ((x_test - mean) / std).astype(np.float32)[..., None],
+    "y_test": y_test,
+  }
   os.makedirs(cache_dir, exist_ok=True)
   # Atomic: concurrent processes each write a private file, then rename over.
   fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npz.tmp")
@@ -294,46 +328,76 @@ def load_digits_split(seed: int) -> dict:
   labels = digits.target.astype(np.int32)
   perm = np.random.default_rng([seed, _SPLIT]).permutation(labels.shape[0])
   test, train = perm[:DIGITS_NUM_TEST], perm[DIGITS_NUM_TEST:]
-  return {"x_train": images[train], "y_train": labels[train],
-          "x_test": images[test], "y_test": labels[test]}
+  return {
+    "x_train": images[train],
+    "y_train": labels[train],
+    "x_test": images[test],
+    "y_test": labels[test],
+  }
 
 
 # --- entry point ----------------------------------------------------------------------
 
 
-def get_offline_dataset(config, *, process_index: int, process_count: int,
-                        local_device_count: int) -> ArrayDataset:
+def get_offline_dataset(
+  config, *, process_index: int, process_count: int, local_device_count: int
+) -> ArrayDataset:
   """``mnist1d`` or ``digits`` as an ``ArrayDataset`` (see ``trajax.data.get_dataset``)."""
   name = field(config.dataset, "name")
   batch_size, eval_batch_size = check_batch_sizes(
-    config, process_index=process_index, process_count=process_count,
-    local_device_count=local_device_count)
+    config,
+    process_index=process_index,
+    process_count=process_count,
+    local_device_count=local_device_count,
+  )
   seed = data_seed(config)
   noise = label_noise_fraction(config)
   augment = bool(field(config.dataset, "augment", False))
-  common = dict(seed=seed, label_noise=noise, batch_size=batch_size,
-                eval_batch_size=eval_batch_size, process_index=process_index,
-                process_count=process_count)
+  common = dict(
+    seed=seed,
+    label_noise=noise,
+    batch_size=batch_size,
+    eval_batch_size=eval_batch_size,
+    process_index=process_index,
+    process_count=process_count,
+  )
   if name == "mnist1d":
     if augment:
-      raise ValueError("dataset.augment=True is not defined for mnist1d (its generator already "
-                       "translates, shears and adds noise); set dataset.augment=False")
+      raise ValueError(
+        "dataset.augment=True is not defined for mnist1d (its generator already "
+        "translates, shears and adds noise); set dataset.augment=False"
+      )
     num_train = field(config.dataset, "num_train", 40_000)
-    if isinstance(num_train, bool) or not isinstance(num_train, (int, np.integer)) or num_train < 10:
+    if (
+      isinstance(num_train, bool) or not isinstance(num_train, (int, np.integer)) or num_train < 10
+    ):
       raise ValueError(f"dataset.num_train must be an int >= 10 for mnist1d, got {num_train!r}")
     num_test = field(config.dataset, "num_eval", max(int(num_train) // 4, 1000))
     pool = load_mnist1d_pool(int(num_train), int(num_test), seed, field(config, "data_dir", None))
     info = DatasetInfo("mnist1d", 10, (40, 1), int(num_train), int(num_test))
-    return ArrayDataset(info, train_images=pool["x_train"], train_labels=pool["y_train"],
-                        test_images=pool["x_test"], test_labels=pool["y_test"], **common)
+    return ArrayDataset(
+      info,
+      train_images=pool["x_train"],
+      train_labels=pool["y_train"],
+      test_images=pool["x_test"],
+      test_labels=pool["y_test"],
+      **common,
+    )
   if name == "digits":
     split = load_digits_split(seed)
     # Standardise with the training split's pixel statistics (scaled to [0, 1]).
     x = split["x_train"] / 16.0
-    info = DatasetInfo("digits", 10, (8, 8, 1), split["y_train"].shape[0],
-                       split["y_test"].shape[0])
-    return ArrayDataset(info, train_images=split["x_train"], train_labels=split["y_train"],
-                        test_images=split["x_test"], test_labels=split["y_test"],
-                        augment=PadCropFlip(pad=1, flip=False) if augment else None,
-                        scale=1 / 16.0, mean=float(x.mean()), std=float(x.std()), **common)
+    info = DatasetInfo("digits", 10, (8, 8, 1), split["y_train"].shape[0], split["y_test"].shape[0])
+    return ArrayDataset(
+      info,
+      train_images=split["x_train"],
+      train_labels=split["y_train"],
+      test_images=split["x_test"],
+      test_labels=split["y_test"],
+      augment=PadCropFlip(pad=1, flip=False) if augment else None,
+      scale=1 / 16.0,
+      mean=float(x.mean()),
+      std=float(x.std()),
+      **common,
+    )
   raise ValueError(f"dataset.name must be 'mnist1d' or 'digits' here, got {name!r}")

@@ -58,8 +58,8 @@ from trajax.data import (
   data_seed,
   field,
   label_noise_fraction,
+  offline,
 )
-from trajax.data import offline
 
 # Tags for the random streams (distinct from offline's).
 _T_EPOCH, _T_AUG, _T_NOISE, _T_FIXED = 101, 102, 103, 104
@@ -77,12 +77,21 @@ class TfdsSpec:
 
 
 SPECS = {
-  "cifar10": TfdsSpec(10, (32, 32, 3), "train", "test", (125.3, 123.0, 113.9),
-                      (63.0, 62.1, 66.7), True),
-  "cifar100": TfdsSpec(100, (32, 32, 3), "train", "test", (129.3, 124.1, 112.4),
-                       (68.2, 65.4, 70.4), True),
-  "imagenet2012": TfdsSpec(1000, (224, 224, 3), "train", "validation", (123.675, 116.28, 103.53),
-                           (58.395, 57.12, 57.375), False),
+  "cifar10": TfdsSpec(
+    10, (32, 32, 3), "train", "test", (125.3, 123.0, 113.9), (63.0, 62.1, 66.7), True
+  ),
+  "cifar100": TfdsSpec(
+    100, (32, 32, 3), "train", "test", (129.3, 124.1, 112.4), (68.2, 65.4, 70.4), True
+  ),
+  "imagenet2012": TfdsSpec(
+    1000,
+    (224, 224, 3),
+    "train",
+    "validation",
+    (123.675, 116.28, 103.53),
+    (58.395, 57.12, 57.375),
+    False,
+  ),
 }
 
 IMAGE_SIZE = 224
@@ -106,16 +115,22 @@ def prepared_builder(name: str, data_dir):
   """``tfds.builder(name, data_dir)``; raises if not prepared (never downloads)."""
   _, tfds = import_tf()
   if not data_dir:
-    raise FileNotFoundError(f"TFDS dataset {name!r} needs data_dir (the directory it was "
-                            f"prepared in), got data_dir={data_dir!r}")
+    raise FileNotFoundError(
+      f"TFDS dataset {name!r} needs data_dir (the directory it was "
+      f"prepared in), got data_dir={data_dir!r}"
+    )
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(
       f"TFDS dataset {name!r} is not prepared under data_dir={data_dir!r} (looked for "
       f"{builder.data_dir}); training runs never download. Prepare it first, e.g. "
       f"`tfds build {name} --data_dir={data_dir}`"
-      + (" (ImageNet needs the manual download in <data_dir>/downloads/manual)"
-         if name == "imagenet2012" else ""))
+      + (
+        " (ImageNet needs the manual download in <data_dir>/downloads/manual)"
+        if name == "imagenet2012"
+        else ""
+      )
+    )
   return builder
 
 
@@ -156,13 +171,26 @@ def load_split_arrays(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
 def _cifar(config, spec, builder, **common) -> offline.ArrayDataset:
   x_train, y_train = load_split_arrays(builder, spec.train_split)
   x_test, y_test = load_split_arrays(builder, spec.eval_split)
-  info = DatasetInfo(field(config.dataset, "name"), spec.num_classes, spec.input_shape,
-                     int(x_train.shape[0]), int(x_test.shape[0]))
+  info = DatasetInfo(
+    field(config.dataset, "name"),
+    spec.num_classes,
+    spec.input_shape,
+    int(x_train.shape[0]),
+    int(x_test.shape[0]),
+  )
   augment = bool(field(config.dataset, "augment", False))
-  return offline.ArrayDataset(info, train_images=x_train, train_labels=y_train,
-                              test_images=x_test, test_labels=y_test,
-                              augment=offline.PadCropFlip(pad=4, flip=True) if augment else None,
-                              scale=1.0, mean=spec.mean, std=spec.std, **common)
+  return offline.ArrayDataset(
+    info,
+    train_images=x_train,
+    train_labels=y_train,
+    test_images=x_test,
+    test_labels=y_test,
+    augment=offline.PadCropFlip(pad=4, flip=True) if augment else None,
+    scale=1.0,
+    mean=spec.mean,
+    std=spec.std,
+    **common,
+  )
 
 
 # --- ImageNet: streamed ----------------------------------------------------------------------
@@ -173,8 +201,15 @@ def _decode_train(tf, image_bytes, seed_crop, seed_flip):
   shape = tf.image.extract_jpeg_shape(image_bytes)
   whole = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-    shape, whole, seed=seed_crop, min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
-    area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+    shape,
+    whole,
+    seed=seed_crop,
+    min_object_covered=0.1,
+    aspect_ratio_range=(3 / 4, 4 / 3),
+    area_range=(0.08, 1.0),
+    max_attempts=10,
+    use_image_if_no_bounding_boxes=True,
+  )
   y, x, _ = tf.unstack(begin)
   h, w, _ = tf.unstack(size)
   image = tf.image.decode_and_crop_jpeg(image_bytes, tf.stack([y, x, h, w]), channels=3)
@@ -186,8 +221,9 @@ def _decode_eval(tf, image_bytes):
   """Centre crop of ``224 / (224 + 32)`` of the shorter side, resized to 224x224."""
   shape = tf.image.extract_jpeg_shape(image_bytes)
   h, w = shape[0], shape[1]
-  crop = tf.cast(IMAGE_SIZE / (IMAGE_SIZE + CROP_PADDING)
-                 * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
+  crop = tf.cast(
+    IMAGE_SIZE / (IMAGE_SIZE + CROP_PADDING) * tf.cast(tf.minimum(h, w), tf.float32), tf.int32
+  )
   crop = tf.maximum(crop, 1)
   y, x = (h - crop + 1) // 2, (w - crop + 1) // 2
   image = tf.image.decode_and_crop_jpeg(image_bytes, tf.stack([y, x, crop, crop]), channels=3)
@@ -197,9 +233,21 @@ def _decode_eval(tf, image_bytes):
 class StreamingDataset:
   """The ``trajax.data.Dataset`` interface over a tf.data stream (ImageNet)."""
 
-  def __init__(self, info: DatasetInfo, spec: TfdsSpec, builder, *, seed: int,
-               label_noise: float, augment: bool, batch_size: int, eval_batch_size: int,
-               process_index: int, process_count: int, shuffle_buffer: int = 16_384):
+  def __init__(
+    self,
+    info: DatasetInfo,
+    spec: TfdsSpec,
+    builder,
+    *,
+    seed: int,
+    label_noise: float,
+    augment: bool,
+    batch_size: int,
+    eval_batch_size: int,
+    process_index: int,
+    process_count: int,
+    shuffle_buffer: int = 16_384,
+  ):
     self.info, self.spec, self.builder = info, spec, builder
     self.seed, self.label_noise, self.augment = seed, label_noise, augment
     self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -209,8 +257,9 @@ class StreamingDataset:
     self.shard_size = info.num_train // process_count
     self.steps_per_epoch = self.shard_size // self.local_batch
     if self.steps_per_epoch < 1:
-      raise ValueError(f"batch_size={batch_size} exceeds the {info.num_train} training "
-                       f"examples of {info.name!r}")
+      raise ValueError(
+        f"batch_size={batch_size} exceeds the {info.num_train} training examples of {info.name!r}"
+      )
 
   # -- pieces --
 
@@ -226,9 +275,12 @@ class StreamingDataset:
     options.deterministic = True
     read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=shuffle_seed, options=options)
     # Raw JPEG bytes: skipping (on resume) and shuffling never pay for decoding.
-    return self.builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
-                                   read_config=read_config,
-                                   decoders={"image": tfds.decode.SkipDecoding()})
+    return self.builder.as_dataset(
+      split=split,
+      shuffle_files=shuffle_seed is not None,
+      read_config=read_config,
+      decoders={"image": tfds.decode.SkipDecoding()},
+    )
 
   def _labels(self, tf, example, noisy: bool):
     label = tf.cast(example["label"], tf.int32)
@@ -237,8 +289,9 @@ class StreamingDataset:
     buckets = 1 << 30
     key = [_int_seed(self.seed, _T_NOISE, 0), _int_seed(self.seed, _T_NOISE, 1)]
     u = tf.strings.to_hash_bucket_strong(example["tfds_id"], buckets, key)
-    random_class = tf.strings.to_hash_bucket_strong(example["tfds_id"], self.info.num_classes,
-                                                    [key[1], key[0]])
+    random_class = tf.strings.to_hash_bucket_strong(
+      example["tfds_id"], self.info.num_classes, [key[1], key[0]]
+    )
     replace = u < int(self.label_noise * buckets)
     return tf.where(replace, tf.cast(random_class, tf.int32), label)
 
@@ -255,8 +308,12 @@ class StreamingDataset:
     def fn(pos, example):
       pos = tf.cast(pos, tf.int64)
       if self.augment:
-        image = _decode_train(tf, example["image"], tf.stack([tf.constant(key_crop, tf.int64), pos]),
-                              tf.stack([tf.constant(key_flip, tf.int64), pos]))
+        image = _decode_train(
+          tf,
+          example["image"],
+          tf.stack([tf.constant(key_crop, tf.int64), pos]),
+          tf.stack([tf.constant(key_flip, tf.int64), pos]),
+        )
       else:
         image = _decode_eval(tf, example["image"])
       return {"image": self._normalize(tf, image), "label": self._labels(tf, example, True)}
@@ -277,17 +334,19 @@ class StreamingDataset:
     split, _ = self._shard(self.spec.train_split, self.info.num_train, drop_remainder=True)
     b, s = self.local_batch, self.steps_per_epoch
     stream_key = _int_seed(self.seed, _T_AUG, self.process_index, self.process_count)
-    epoch, offset = divmod(int(start_step), s)
-    for epoch in itertools.count(epoch):
+    first_epoch, offset = divmod(int(start_step), s)
+    for epoch in itertools.count(first_epoch):
       epoch_seed = _int_seed(self.seed, _T_EPOCH, epoch, self.process_index, self.process_count)
       ds = self._read(split, shuffle_seed=epoch_seed).take(self.shard_size)
       ds = ds.shuffle(self.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
       ds = ds.take(s * b).skip(offset * b)
       # Position in this process's stream: keys the example's augmentation.
       ds = tf.data.Dataset.zip(
-        tf.data.Dataset.range(epoch * s * b + offset * b, (epoch + 1) * s * b), ds)
-      ds = ds.map(self._train_map(stream_key), num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=True)
+        tf.data.Dataset.range(epoch * s * b + offset * b, (epoch + 1) * s * b), ds
+      )
+      ds = ds.map(
+        self._train_map(stream_key), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+      )
       ds = ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
       yield from self._to_numpy(ds)
       offset = 0
@@ -298,8 +357,10 @@ class StreamingDataset:
     tf, _ = import_tf()
     batch_size = self.batch_size if batch_size is None else batch_size
     if batch_size % self.process_count or not 0 < batch_size <= self.info.num_train:
-      raise ValueError(f"batch_size must be in [1, {self.info.num_train}] and divisible by "
-                       f"the process count {self.process_count}, got {batch_size}")
+      raise ValueError(
+        f"batch_size must be in [1, {self.info.num_train}] and divisible by "
+        f"the process count {self.process_count}, got {batch_size}"
+      )
     b = batch_size // self.process_count
     rng = np.random.default_rng([self.seed, _T_FIXED, int(index)])
     start = int(rng.integers(0, self.info.num_train - batch_size + 1)) + self.process_index * b
@@ -311,8 +372,11 @@ class StreamingDataset:
   def eval_batches(self, split: str = "test") -> Iterator[dict]:
     """``'test'`` (the validation split), ``'train'`` (noisy labels) or ``'train_clean'``."""
     tf, _ = import_tf()
-    names = {"test": self.spec.eval_split, "train": self.spec.train_split,
-             "train_clean": self.spec.train_split}
+    names = {
+      "test": self.spec.eval_split,
+      "train": self.spec.train_split,
+      "train_clean": self.spec.train_split,
+    }
     if split not in names:
       raise ValueError(f"split must be one of {list(names)}, got {split!r}")
     total = self.info.num_eval if split == "test" else self.info.num_train
@@ -323,13 +387,19 @@ class StreamingDataset:
     noisy = split == "train"
 
     def fn(example):
-      return {"image": self._normalize(tf, _decode_eval(tf, example["image"])),
-              "label": self._labels(tf, example, noisy), "mask": tf.constant(1.0, tf.float32)}
+      return {
+        "image": self._normalize(tf, _decode_eval(tf, example["image"])),
+        "label": self._labels(tf, example, noisy),
+        "mask": tf.constant(1.0, tf.float32),
+      }
 
     ds = self._read(shard, shuffle_seed=None).take(size)
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    pad = {"image": tf.zeros(self.info.input_shape, tf.float32),
-           "label": tf.constant(0, tf.int32), "mask": tf.constant(0.0, tf.float32)}
+    pad = {
+      "image": tf.zeros(self.info.input_shape, tf.float32),
+      "label": tf.constant(0, tf.int32),
+      "mask": tf.constant(0.0, tf.float32),
+    }
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * b - size))
     yield from self._to_numpy(ds.batch(b).prefetch(tf.data.AUTOTUNE))
 
@@ -351,33 +421,48 @@ def mock_prepared_tfds(num_examples: int = 32):
   from unittest import mock
 
   _, tfds = import_tf()
-  with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE), \
-      mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True):
+  with (
+    tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE),
+    mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+  ):
     yield
 
 
 # --- entry point ----------------------------------------------------------------------
 
 
-def get_tfds_dataset(config, *, process_index: int, process_count: int,
-                     local_device_count: int):
+def get_tfds_dataset(config, *, process_index: int, process_count: int, local_device_count: int):
   """``cifar10``/``cifar100`` (in memory) or ``imagenet2012`` (streamed)."""
   name = field(config.dataset, "name")
   if name not in SPECS:
     raise ValueError(f"dataset.name must be one of {list(SPECS)} here, got {name!r}")
   spec = SPECS[name]
   batch_size, eval_batch_size = check_batch_sizes(
-    config, process_index=process_index, process_count=process_count,
-    local_device_count=local_device_count)
+    config,
+    process_index=process_index,
+    process_count=process_count,
+    local_device_count=local_device_count,
+  )
   seed = data_seed(config)
   noise = label_noise_fraction(config)
   builder = prepared_builder(name, field(config, "data_dir", None))
-  common = dict(seed=seed, label_noise=noise, batch_size=batch_size,
-                eval_batch_size=eval_batch_size, process_index=process_index,
-                process_count=process_count)
+  common = dict(
+    seed=seed,
+    label_noise=noise,
+    batch_size=batch_size,
+    eval_batch_size=eval_batch_size,
+    process_index=process_index,
+    process_count=process_count,
+  )
   if spec.in_memory:
     return _cifar(config, spec, builder, **common)
-  info = DatasetInfo(name, spec.num_classes, spec.input_shape,
-                     num_examples(builder, spec.train_split), num_examples(builder, spec.eval_split))
-  return StreamingDataset(info, spec, builder, augment=bool(field(config.dataset, "augment", False)),
-                          **common)
+  info = DatasetInfo(
+    name,
+    spec.num_classes,
+    spec.input_shape,
+    num_examples(builder, spec.train_split),
+    num_examples(builder, spec.eval_split),
+  )
+  return StreamingDataset(
+    info, spec, builder, augment=bool(field(config.dataset, "augment", False)), **common
+  )

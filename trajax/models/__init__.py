@@ -123,4 +123,3 @@ def model_flops_per_example(model_config, input_shape, num_classes: int) -> floa
 
   jax.eval_shape(forward, x)
   return 2.0 * float(sum(macs))
-

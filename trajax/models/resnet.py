@@ -16,7 +16,8 @@ returned as float32 so the loss is computed at full precision.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -45,8 +46,9 @@ class BasicBlock(nn.Module):
     y = self.conv(self.filters, (3, 3))(y)
     y = self.norm()(y)
     if residual.shape != y.shape:
-      residual = self.conv(self.filters, (1, 1), (self.strides, self.strides),
-                           name="proj_conv")(residual)
+      residual = self.conv(self.filters, (1, 1), (self.strides, self.strides), name="proj_conv")(
+        residual
+      )
       residual = self.norm(name="proj_bn")(residual)
     return nn.relu(residual + y)
 
@@ -68,8 +70,9 @@ class BottleneckBlock(nn.Module):
     y = nn.relu(self.norm()(y))
     y = self.norm()(self.conv(self.filters * self.expansion, (1, 1))(y))
     if residual.shape != y.shape:
-      residual = self.conv(self.filters * self.expansion, (1, 1),
-                           (self.strides, self.strides), name="proj_conv")(residual)
+      residual = self.conv(
+        self.filters * self.expansion, (1, 1), (self.strides, self.strides), name="proj_conv"
+      )(residual)
       residual = self.norm(name="proj_bn")(residual)
     return nn.relu(residual + y)
 
@@ -97,13 +100,23 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=jnp.float32, kernel_init=conv_kernel_init,
-                             padding="SAME")
+    conv = functools.partial(
+      nn.Conv,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=conv_kernel_init,
+      padding="SAME",
+    )
     # momentum 0.9 / eps 1e-5: the torchvision and flax-example defaults.
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                             param_dtype=jnp.float32)
+    norm = functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+    )
     x = jnp.asarray(x, self.dtype)
     if self.stem == "imagenet":
       x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
@@ -121,15 +134,21 @@ class ResNet(nn.Module):
     # Global average pool and classifier in float32: the logits feed a softmax
     # whose small differences matter for the loss curves the paper measures.
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
-                    name="head")(x)
+    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="head")(x)
 
 
-def resnet(depth: int, *, num_classes: int, width: int = 64, stem: str = "imagenet",
-           dtype: Any = jnp.float32) -> ResNet:
+def resnet(
+  depth: int, *, num_classes: int, width: int = 64, stem: str = "imagenet", dtype: Any = jnp.float32
+) -> ResNet:
   """ResNet-``depth`` (18, 34 or 50)."""
   if depth not in STAGE_SIZES:
     raise ValueError(f"depth must be one of {sorted(STAGE_SIZES)}, got {depth!r}")
   block_cls = BottleneckBlock if depth >= 50 else BasicBlock
-  return ResNet(stage_sizes=STAGE_SIZES[depth], block_cls=block_cls,
-                num_classes=num_classes, width=width, stem=stem, dtype=dtype)
+  return ResNet(
+    stage_sizes=STAGE_SIZES[depth],
+    block_cls=block_cls,
+    num_classes=num_classes,
+    width=width,
+    stem=stem,
+    dtype=dtype,
+  )

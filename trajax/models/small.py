@@ -22,10 +22,17 @@ from trajax.models.resnet import conv_kernel_init
 
 
 def _layers(dtype, train):
-  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                           kernel_init=conv_kernel_init)
-  norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                           epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32)
+  conv = functools.partial(
+    nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init
+  )
+  norm = functools.partial(
+    nn.BatchNorm,
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+  )
   return conv, norm
 
 
@@ -45,8 +52,7 @@ class CNN1D(nn.Module):
     x = nn.relu(norm()(conv(self.width, (3,), (2,), padding=[(1, 1)])(x)))
     x = nn.relu(norm()(conv(self.width, (3,), (2,), padding=[(1, 1)])(x)))
     x = x.reshape(x.shape[0], -1).astype(jnp.float32)
-    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
-                    name="head")(x)
+    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="head")(x)
 
 
 class _Block1D(nn.Module):
@@ -83,5 +89,4 @@ class ResNet1D(nn.Module):
         strides = 2 if stage > 0 and block == 0 else 1
         x = _Block1D(self.width * 2**stage, strides, self.dtype, train)(x)
     x = jnp.mean(x.astype(jnp.float32), axis=1)
-    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
-                    name="head")(x)
+    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="head")(x)
