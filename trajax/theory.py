@@ -458,6 +458,8 @@ def expected_loss(
 
 def _moments(method, items, record_every, grouped):
   """The jitted second-moment recursion of :func:`expected_loss` for one structure."""
+  if method in _LERP_METHODS:
+    return _lerp_moments(method, items, record_every, grouped)
   averager = averaging.make_averager(method, **dict(items))
 
   def run(v0, kappa, noise_var, multiplicity, to_groups, lrs):
@@ -494,8 +496,7 @@ def _moments(method, items, record_every, grouped):
       out = []
       for second in (p[readout, readout], p[0, 0]):  # (L, U) each
         per_mode = half_kappa * second
-        by_group = per_mode @ to_groups if grouped else per_mode[:, to_groups]
-        out += [per_mode @ multiplicity, by_group]
+        out += [(per_mode * multiplicity).sum(-1), _to_groups(per_mode, to_groups, grouped)]
       return tuple(out)
 
     def chunk(carry, r):
@@ -509,6 +510,84 @@ def _moments(method, items, record_every, grouped):
     return tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs))
 
   return jax.jit(run)
+
+
+def _to_groups(per_mode, to_groups, grouped):
+  """(L, U) per distinct mode -> (L, G) per group: a gather when every degree
+  of freedom is its own group; for a few groups a fused multiply-and-sum,
+  which inside a loop is cheaper on CPU than a small matmul."""
+  if not grouped:
+    return per_mode[:, to_groups]
+  if to_groups.shape[1] <= 8:
+    return (per_mode[:, :, None] * to_groups).sum(1)
+  return per_mode @ to_groups
+
+
+# 'none', EMA and SWA update as a ← (1 − w_t)·a + w_t·θ_t (trajax.averaging's
+# lerp form); multi-point keeps snapshots and takes the general path.
+_LERP_METHODS = ("none", "ema", "swa")
+
+
+def _lerp_moments(method, items, record_every, grouped):
+  """Fast path of :func:`_moments` for averagers of the lerp form.
+
+  The step weights w_t are read off the averager itself (w_t = a_t when
+  a_{t−1} = 0 and θ_t = 1: the update is linear), then the three second
+  moments of (v, a) move in one fused elementwise step:
+
+      E[v'²]  = Γ² E[v²] + λ²c
+      E[v'a'] = (1 − w) Γ E[va] + w E[v'²]
+      E[a'²]  = (1 − w)² E[a²] + 2w(1 − w) Γ E[va] + w² E[v'²].
+  """
+  averager = averaging.make_averager(method, **dict(items))
+
+  def weights(num_steps):
+    if method == "none":
+      return jnp.ones(num_steps)
+    def probe(state, _):
+      w = averager.update(jnp.ones(()), state._replace(average=jnp.zeros(()))).average
+      return averager.update(jnp.zeros(()), state), w
+    _, w = jax.lax.scan(probe, averager.init(jnp.zeros(())), None, length=num_steps)
+    return w
+
+  def run(v0, kappa, noise_var, multiplicity, to_groups, lrs):
+    num_steps, num_l = lrs.shape
+    w_table = weights(num_steps)
+    half_kappa = 0.5 * kappa
+
+    def step(m, t):
+      vv, va, aa = m
+      lr_t = lrs[t][:, None]
+      w = w_table[t]
+      gamma = 1.0 - lr_t * kappa
+      vv_new = gamma * gamma * vv + lr_t * lr_t * noise_var
+      va_new = (1 - w) * gamma * va + w * vv_new
+      aa_new = (1 - w) ** 2 * aa + 2 * w * (1 - w) * gamma * va + w * w * vv_new
+      return (vv_new, va_new, aa_new), None
+
+    def summarize(m):
+      out = []
+      for second in (m[2], m[0]):  # the average, then the iterate
+        per_mode = half_kappa * second
+        out += [(per_mode * multiplicity).sum(-1), _to_groups(per_mode, to_groups, grouped)]
+      return tuple(out)
+
+    def chunk(m, r):
+      if record_every > 1:
+        m, _ = jax.lax.scan(step, m, r * record_every + jnp.arange(record_every))
+      else:  # no inner loop of length one
+        m, _ = step(m, r)
+      return m, summarize(m)
+
+    x0 = jnp.broadcast_to(v0 * v0, (num_l, v0.shape[0]))
+    m0 = (x0, x0, x0)
+    first = summarize(m0)
+    _, recs = jax.lax.scan(chunk, m0, jnp.arange(num_steps // record_every))
+    return tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs))
+
+  return jax.jit(run)
+
+
 
 
 # ----------------------------------------------------------------------------
