@@ -16,16 +16,16 @@ import tempfile
 import types
 
 import flax.linen as nn
-from flax import serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import serialization
 
 from configs import mnist1d
-from trajax import averaging, config_validation, schedules, sidetrip, train
 from trajax import checkpoint as ckpt_lib
+from trajax import config_validation, schedules, sidetrip, train
 from trajax.metrics import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,14 +36,14 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 # The parent's config as command-line overrides of configs/mnist1d.py:runlocal,
 # so the CLI test can rebuild exactly the same config.
 TINY = {
-    "total_steps": 40,
-    "batch_size": 32,
-    "log_every_steps": 10,
-    "eval_every_steps": 20,
-    "checkpoint_every_steps": 10,
-    "model.width": 8,
-    "averaging.gap": 10,
-    "averaging.bn_recompute_batches": 3,
+  "total_steps": 40,
+  "batch_size": 32,
+  "log_every_steps": 10,
+  "eval_every_steps": 20,
+  "checkpoint_every_steps": 10,
+  "model.width": 8,
+  "averaging.gap": 10,
+  "averaging.bn_recompute_batches": 3,
 }
 
 
@@ -78,8 +78,12 @@ def assert_identical(a, b):
 
 
 def tree_dist(a, b):
-  return math.sqrt(sum(float(np.sum((np.asarray(x) - np.asarray(y)) ** 2))
-                       for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)))
+  return math.sqrt(
+    sum(
+      float(np.sum((np.asarray(x) - np.asarray(y)) ** 2))
+      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+  )
 
 
 @pytest.fixture(scope="module")
@@ -111,18 +115,30 @@ def test_unchanged_config_reproduces_parent_bit_for_bit(parent, replay):
   assert_identical(got, want)  # params, batch_stats, opt state (momentum, averages), rng, ...
   assert_identical(serialization.to_state_dict(jax.device_get(replay.result.state)), want)
   # Same metrics format, same numbers where both logged the same window.
-  ours = {r["step"]: r for r in read_jsonl(os.path.join(replay.workdir, "metrics.jsonl"))
-          if "train/loss" in r}
-  theirs = {r["step"]: r for r in read_jsonl(os.path.join(parent.workdir, "metrics.jsonl"))
-            if "train/loss" in r}
+  ours = {
+    r["step"]: r
+    for r in read_jsonl(os.path.join(replay.workdir, "metrics.jsonl"))
+    if "train/loss" in r
+  }
+  theirs = {
+    r["step"]: r
+    for r in read_jsonl(os.path.join(parent.workdir, "metrics.jsonl"))
+    if "train/loss" in r
+  }
   assert sorted(ours) == [30, 40]
   for s in (30, 40):
     assert ours[s]["train/loss"] == theirs[s]["train/loss"]
     assert ours[s]["sidetrip/step"] == s - 20
-  final = [r for r in read_jsonl(os.path.join(replay.workdir, "metrics.jsonl"))
-           if r["step"] == 40 and "eval/loss" in r]
-  parent_eval = [r for r in read_jsonl(os.path.join(parent.workdir, "metrics.jsonl"))
-                 if r["step"] == 40 and "eval/loss" in r]
+  final = [
+    r
+    for r in read_jsonl(os.path.join(replay.workdir, "metrics.jsonl"))
+    if r["step"] == 40 and "eval/loss" in r
+  ]
+  parent_eval = [
+    r
+    for r in read_jsonl(os.path.join(parent.workdir, "metrics.jsonl"))
+    if r["step"] == 40 and "eval/loss" in r
+  ]
   assert final[0]["eval/loss"] == pytest.approx(parent_eval[0]["eval/loss"], rel=1e-6)
 
 
@@ -170,8 +186,9 @@ def test_resume_continues_from_own_checkpoint(parent, tmp_path):
   assert sorted(result.evals) == [20]  # j = 1 and 10 were evaluated before the crash
   want, _ = ckpt_lib.restore_readonly(parent.workdir, step=40)
   assert_identical(serialization.to_state_dict(jax.device_get(result.state)), want)
-  steps = [r["step"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-           if "train/loss" in r]
+  steps = [
+    r["step"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "train/loss" in r
+  ]
   assert steps == [30, 40]  # the crashed run's lines after 30 were dropped, none twice
 
   # A changed side-trip must not resume from these checkpoints.
@@ -204,7 +221,9 @@ def test_clear_errors(parent, tmp_path):
   with pytest.raises(config_validation.ConfigError, match="sidetrip.window"):
     sidetrip.run_sidetrip(ema, parent.workdir, 10, str(tmp_path / "a"))
   wider = sidetrip.with_sidetrip(tiny_config(**{"model.width": 16}), kind="schedule")
-  with pytest.raises(config_validation.ConfigError, match="model.width = 16: must equal the parent"):
+  with pytest.raises(
+    config_validation.ConfigError, match="model.width = 16: must equal the parent"
+  ):
     sidetrip.run_sidetrip(wider, parent.workdir, 10, str(tmp_path / "a"))
   faster = sidetrip.with_sidetrip(tiny_config(**{"optimizer.lr": 0.1}), kind="equivalent")
   with pytest.raises(config_validation.ConfigError, match="optimizer.lr"):
@@ -224,27 +243,46 @@ def test_lr_schedules_match_closed_forms():
   base = optax.cosine_decay_schedule(0.1, 100)
   t = np.arange(30, 60)
   s, k = 30, 20
-  hyper = lambda scale: {"start": jnp.int32(s), "scale": jnp.float32(scale),
-                         "horizon": jnp.float32(k)}
-  spec = lambda **kw: sidetrip.SidetripSpec(**{
-      "kind": "schedule", "steps": k, "method": None, "window": None, "params": {},
-      "lr_factor": 1.0, "schedule": "config", "fixed_batch_index": None,
-      "fixed_batch_size": None, "eval_at": (k,), "eval_average": False, **kw})
+  hyper = lambda scale: {
+    "start": jnp.int32(s),
+    "scale": jnp.float32(scale),
+    "horizon": jnp.float32(k),
+  }
+  spec = lambda **kw: sidetrip.SidetripSpec(
+    **{
+      "kind": "schedule",
+      "steps": k,
+      "method": None,
+      "window": None,
+      "params": {},
+      "lr_factor": 1.0,
+      "schedule": "config",
+      "fixed_batch_index": None,
+      "fixed_batch_size": None,
+      "eval_at": (k,),
+      "eval_average": False,
+      **kw,
+    }
+  )
   eta = np.array([0.05 * (1 + math.cos(math.pi * x / 100)) for x in t])
   eta_s = 0.05 * (1 + math.cos(math.pi * s / 100))
   j = np.clip(t - s, 0, k)
   cases = {
-      "config": (spec(), 0.5, 0.5 * eta),
-      "constant": (spec(schedule="constant"), 0.5 * eta_s, np.full(t.shape, 0.5 * eta_s)),
-      "linear": (spec(schedule="linear"), eta_s, eta_s * (1 - j / k)),
-      "cosine": (spec(schedule="cosine"), eta_s, eta_s * 0.5 * (1 + np.cos(np.pi * j / k))),
-      "fixed": (spec(kind="fixed_batch", schedule=None), 0.3, np.full(t.shape, 0.3)),
+    "config": (spec(), 0.5, 0.5 * eta),
+    "constant": (spec(schedule="constant"), 0.5 * eta_s, np.full(t.shape, 0.5 * eta_s)),
+    "linear": (spec(schedule="linear"), eta_s, eta_s * (1 - j / k)),
+    "cosine": (spec(schedule="cosine"), eta_s, eta_s * 0.5 * (1 + np.cos(np.pi * j / k))),
+    "fixed": (spec(kind="fixed_batch", schedule=None), 0.3, np.full(t.shape, 0.3)),
   }
   for name, (sp, scale, want) in cases.items():
     got = np.asarray(jax.jit(jax.vmap(sidetrip.make_lr_schedule(sp, base, hyper(scale))))(t))
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-9, err_msg=name)
-  for method, params in (("swa", {}), ("ema", {"decay": 0.1}), ("two_point", {"gap": k}),
-                         ("multi_point", {"n": 3, "gap": 10})):
+  for method, params in (
+    ("swa", {}),
+    ("ema", {"decay": 0.1}),
+    ("two_point", {"gap": k}),
+    ("multi_point", {"n": 3, "gap": 10}),
+  ):
     sp = spec(kind="equivalent", schedule=None, method=method, window=k, params=params)
     got = np.asarray(jax.jit(jax.vmap(sidetrip.make_lr_schedule(sp, base, hyper(0.5))))(t))
     ref = schedules.equivalent_schedule(method, base, start=s, window=k, **params)
@@ -276,8 +314,9 @@ class LinearData:
 
   def __init__(self, batch_size=16, dim=6):
     self.bs, self.dim = batch_size, dim
-    self.info = types.SimpleNamespace(name="linear", num_classes=2, input_shape=(dim, 1),
-                                      num_train=10**6, num_eval=32)
+    self.info = types.SimpleNamespace(
+      name="linear", num_classes=2, input_shape=(dim, 1), num_train=10**6, num_eval=32
+    )
 
   def _batch(self, key, n):
     x = np.random.default_rng(key).normal(1.0, 1.0, size=(n, self.dim, 1)).astype(np.float32)
@@ -286,7 +325,10 @@ class LinearData:
   def train_batches(self, start_step):
     i = start_step
     while True:
-      yield self._batch([0, i], self.bs)
+      batch = self._batch([0, i], self.bs)
+      if i == 1:  # a non-finite batch, skipped: the optimizer's count trails the step by 1
+        batch["image"][0, 0, 0] = np.nan
+      yield batch
       i += 1
 
   def fixed_train_batch(self, index, batch_size=None):
@@ -299,20 +341,33 @@ class LinearData:
 
 @pytest.fixture(scope="module")
 def linear_parent(tmp_path_factory):
-  config = tiny_config(**{"total_steps": 12, "checkpoint_every_steps": 1, "log_every_steps": 4,
-                          "eval_every_steps": 12, "batch_size": 16, "eval_batch_size": 32,
-                          "optimizer.lr": 0.1})
+  config = tiny_config(
+    **{
+      "total_steps": 12,
+      "checkpoint_every_steps": 1,
+      "log_every_steps": 4,
+      "eval_every_steps": 12,
+      "batch_size": 16,
+      "eval_batch_size": 32,
+      "optimizer.lr": 0.1,
+      "nonfinite.skip": True,
+    }
+  )
   workdir = tmp_path_factory.mktemp("linear") / "run"
   train.train_and_evaluate(config, str(workdir), dataset=LinearData(), model=LinearLoss())
-  thetas = [np.asarray(ckpt_lib.restore_readonly(str(workdir), step=s)[0]["params"]["w"],
-                       np.float64) for s in range(1, 13)]
+  thetas = [
+    np.asarray(ckpt_lib.restore_readonly(str(workdir), step=s)[0]["params"]["w"], np.float64)
+    for s in range(1, 13)
+  ]
+  assert int(ckpt_lib.restore_readonly(str(workdir), step=4)[0]["health"]["total_skips"]) == 1
   return types.SimpleNamespace(config=config, workdir=str(workdir), thetas=thetas)
 
 
-@pytest.mark.parametrize("method,params", [("two_point", {"gap": 8}), ("swa", {}),
-                                           ("ema", {"decay": 0.3})])
+@pytest.mark.parametrize(
+  "method,params", [("two_point", {"gap": 8}), ("swa", {}), ("ema", {"decay": 0.3})]
+)
 def test_equivalent_schedule_lands_on_the_average_for_a_linear_loss(
-    linear_parent, tmp_path, method, params
+  linear_parent, tmp_path, method, params
 ):
   s, k = 4, 8
   theta = lambda t: linear_parent.thetas[t - 1]
@@ -322,13 +377,20 @@ def test_equivalent_schedule_lands_on_the_average_for_a_linear_loss(
     want = np.mean([theta(s + i) for i in range(1, k + 1)], 0)
   else:
     d = params["decay"]
-    want = (1 - d) ** k * theta(s) + sum(d * (1 - d) ** (k - i) * theta(s + i)
-                                         for i in range(1, k + 1))
+    want = (1 - d) ** k * theta(s) + sum(
+      d * (1 - d) ** (k - i) * theta(s + i) for i in range(1, k + 1)
+    )
   base = copy.deepcopy(linear_parent.config)
   base.checkpoint_every_steps = 100  # the side-trip only needs its end point
   config = sidetrip.with_sidetrip(base, kind="equivalent", method=method, window=k, **params)
-  result = sidetrip.run_sidetrip(config, linear_parent.workdir, s, str(tmp_path / "trip"),
-                                 dataset=LinearData(), model=LinearLoss())
+  result = sidetrip.run_sidetrip(
+    config,
+    linear_parent.workdir,
+    s,
+    str(tmp_path / "trip"),
+    dataset=LinearData(),
+    model=LinearLoss(),
+  )
   assert result.step == s + k
   got = np.asarray(result.state.params["w"], np.float64)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -347,13 +409,18 @@ def test_equivalent_side_trip_lands_near_the_average_on_a_real_net(parent, tmp_p
   avg = p40["opt_state"]["average"]["average"]
   p30, _ = ckpt_lib.restore_readonly(parent.workdir, step=30)
   np.testing.assert_allclose(
-      jax.tree.leaves(avg)[0],
-      (jax.tree.leaves(p30["params"])[0] + jax.tree.leaves(p40["params"])[0]) / 2, rtol=1e-6)
+    jax.tree.leaves(avg)[0],
+    (jax.tree.leaves(p30["params"])[0] + jax.tree.leaves(p40["params"])[0]) / 2,
+    rtol=1e-6,
+  )
   side = jax.device_get(result.state.params)
   assert tree_dist(side, avg) < 0.5 * tree_dist(p40["params"], avg)
   # Loss level: the side-trip's test loss is close to the averaged model's.
-  parent_eval = [r for r in read_jsonl(os.path.join(parent.workdir, "metrics.jsonl"))
-                 if r["step"] == 40 and "eval_avg/loss" in r][0]
+  parent_eval = [
+    r
+    for r in read_jsonl(os.path.join(parent.workdir, "metrics.jsonl"))
+    if r["step"] == 40 and "eval_avg/loss" in r
+  ][0]
   assert result.evals[10]["eval/loss"] == pytest.approx(parent_eval["eval_avg/loss"], rel=0.1)
   assert math.isfinite(result.evals[0]["eval/loss"])  # j = 0: the branch point itself
 
@@ -363,8 +430,14 @@ def test_equivalent_side_trip_lands_near_the_average_on_a_real_net(parent, tmp_p
 
 def test_fixed_batch_side_trip_is_plain_gradient_descent(parent, tmp_path):
   k, factor = 5, 0.5
-  config = sidetrip.with_sidetrip(parent.config, kind="fixed_batch", steps=k, lr_factor=factor,
-                                  fixed_batch_index=3, eval_at=(0, 2))
+  config = sidetrip.with_sidetrip(
+    parent.config,
+    kind="fixed_batch",
+    steps=k,
+    lr_factor=factor,
+    fixed_batch_index=3,
+    eval_at=(0, 2),
+  )
   result = sidetrip.run_sidetrip(config, parent.workdir, 20, str(tmp_path / "trip"))
   assert result.step == 20 + k and sorted(result.evals) == [0, 2, k]
 
@@ -379,8 +452,9 @@ def test_fixed_batch_side_trip_is_plain_gradient_descent(parent, tmp_path):
   eta = factor * parent.config.optimizer.lr
 
   def loss(p, st):
-    logits, upd = model.apply({"params": p, "batch_stats": st}, batch["image"], train=True,
-                              mutable=["batch_stats"])
+    logits, upd = model.apply(
+      {"params": p, "batch_stats": st}, batch["image"], train=True, mutable=["batch_stats"]
+    )
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), upd
 
   grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
@@ -405,13 +479,17 @@ def test_fixed_batch_side_trip_is_plain_gradient_descent(parent, tmp_path):
 def test_one_compilation_per_kind_across_branch_points(parent, tmp_path):
   results = []
   for s in (10, 30):
-    config = sidetrip.with_sidetrip(parent.config, kind="schedule", schedule="constant",
-                                    lr_factor=0.5, steps=3, eval_at=())
+    config = sidetrip.with_sidetrip(
+      parent.config, kind="schedule", schedule="constant", lr_factor=0.5, steps=3, eval_at=()
+    )
     results.append(sidetrip.run_sidetrip(config, parent.workdir, s, str(tmp_path / f"t{s}")))
   assert results[1].timings["compiled"] is False
-  for s, r in zip((10, 30), results):
-    lrs = [x["train/lr"] for x in read_jsonl(str(tmp_path / f"t{s}" / "metrics.jsonl"))
-           if "train/lr" in x]
+  for s, r in zip((10, 30), results, strict=True):
+    lrs = [
+      x["train/lr"]
+      for x in read_jsonl(str(tmp_path / f"t{s}" / "metrics.jsonl"))
+      if "train/lr" in x
+    ]
     assert lrs and all(v == pytest.approx(0.5 * parent.config.optimizer.lr) for v in lrs)
     assert r.step == s + 3
 
@@ -421,11 +499,19 @@ def test_one_compilation_per_kind_across_branch_points(parent, tmp_path):
 
 def test_command_line(parent, tmp_path):
   workdir = tmp_path / "cli"
-  cmd = [sys.executable, "-m", "trajax.sidetrip", f"--parent={parent.workdir}", "--step=30",
-         f"--workdir={workdir}", "--config=configs/mnist1d.py:runlocal",
-         *[f"--config.{k}={v}" for k, v in TINY.items()],
-         "--config.sidetrip.kind=fixed_batch", "--config.sidetrip.steps=2",
-         "--config.sidetrip.eval_at=()"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "trajax.sidetrip",
+    f"--parent={parent.workdir}",
+    "--step=30",
+    f"--workdir={workdir}",
+    "--config=configs/mnist1d.py:runlocal",
+    *[f"--config.{k}={v}" for k, v in TINY.items()],
+    "--config.sidetrip.kind=fixed_batch",
+    "--config.sidetrip.steps=2",
+    "--config.sidetrip.eval_at=()",
+  ]
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR, PYTHONPATH=REPO)
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -434,6 +520,12 @@ def test_command_line(parent, tmp_path):
   records = read_jsonl(str(workdir / "metrics.jsonl"))
   assert records[0]["hparams"]["sidetrip.kind"] == "fixed_batch"
   assert any("sidetrip/fixed_batch_loss" in r for r in records)
-  typo = subprocess.run(cmd[:-3] + ["--config.sidetrip.kindd=schedule"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+  typo = subprocess.run(
+    cmd[:-3] + ["--config.sidetrip.kindd=schedule"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert typo.returncode != 0 and "kindd" in typo.stderr

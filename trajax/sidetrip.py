@@ -33,8 +33,8 @@ step t (equal to the parent's unless ``optimizer.*`` is overridden), f =
 
 The side-trip's own step counter is the absolute step t (so its checkpoints,
 metrics and the data stream line up with the parent's) and its metrics go to
-``WORKDIR/metrics.jsonl`` in the main run's JSON-lines format, every record
-also carrying ``sidetrip/step`` = j. Checkpoints (``WORKDIR/checkpoints/<t>``)
+``WORKDIR/metrics.jsonl`` in the main run's JSON-lines format, every scalar
+record also carrying ``sidetrip/step`` = j. Checkpoints (``WORKDIR/checkpoints/<t>``)
 carry the lineage in their metadata: parent directory, step, parent config
 and its hash, the resolved side-trip parameters (and the parent's own lineage
 when the parent is itself a side-trip's workdir). Precedence on (re)start is
@@ -91,15 +91,15 @@ from jax.sharding import PartitionSpec as P
 from trajax import averaging, schedules, train
 
 __all__ = [
-    "KINDS",
-    "SCHEDULES",
-    "SidetripResult",
-    "SidetripSpec",
-    "default_section",
-    "make_lr_schedule",
-    "resolve",
-    "run_sidetrip",
-    "with_sidetrip",
+  "KINDS",
+  "SCHEDULES",
+  "SidetripResult",
+  "SidetripSpec",
+  "default_section",
+  "make_lr_schedule",
+  "resolve",
+  "run_sidetrip",
+  "with_sidetrip",
 ]
 
 KINDS = ("equivalent", "fixed_batch", "schedule")
@@ -110,13 +110,13 @@ SCHEDULES = ("config", "constant", "linear", "cosine")
 # data, averaging state layout) and is refused. The cadence/retention fields
 # trajax.config_validation allows on resume are allowed for every kind.
 _FREE_FIELDS = {
-    "equivalent": frozenset({"nonfinite.skip", "nonfinite.max_consecutive_skips"}),
-    "schedule": frozenset(
-        {"total_steps", "batch_size", "nonfinite.skip", "nonfinite.max_consecutive_skips"}
-    ),
-    "fixed_batch": frozenset(
-        {"total_steps", "batch_size", "nonfinite.skip", "nonfinite.max_consecutive_skips"}
-    ),
+  "equivalent": frozenset({"nonfinite.skip", "nonfinite.max_consecutive_skips"}),
+  "schedule": frozenset(
+    {"total_steps", "batch_size", "nonfinite.skip", "nonfinite.max_consecutive_skips"}
+  ),
+  "fixed_batch": frozenset(
+    {"total_steps", "batch_size", "nonfinite.skip", "nonfinite.max_consecutive_skips"}
+  ),
 }
 _FREE_PREFIXES = {"equivalent": (), "schedule": ("optimizer.",), "fixed_batch": ("optimizer.",)}
 # Fields that may change when a side-trip resumes from its own checkpoint.
@@ -201,8 +201,8 @@ def with_sidetrip(config, **fields):
   unknown = sorted(set(fields) - set(section.keys()))
   if unknown:
     raise ValueError(
-        f"unknown side-trip field(s) {['sidetrip.' + u for u in unknown]}; "
-        f"known: {sorted('sidetrip.' + k for k in section.keys())}"
+      f"unknown side-trip field(s) {['sidetrip.' + u for u in unknown]}; "
+      f"known: {sorted('sidetrip.' + k for k in section.keys())}"
     )
   for key, value in fields.items():
     section[key] = value
@@ -239,7 +239,8 @@ def resolve(config, parent_step: int) -> SidetripSpec:
   s = config.sidetrip.to_dict()
   known = set(default_section().keys())
   problems = [
-      (f"sidetrip.{k}", s[k], f"unknown field; known: {sorted(known)}") for k in sorted(set(s) - known)
+    (f"sidetrip.{k}", s[k], f"unknown field; known: {sorted(known)}")
+    for k in sorted(set(s) - known)
   ]
   if problems:
     raise ConfigError(problems)
@@ -249,8 +250,12 @@ def resolve(config, parent_step: int) -> SidetripSpec:
   if kind not in KINDS:
     bad("kind", f"must be one of {list(KINDS)}")
   lr_factor = s["lr_factor"]
-  if not (isinstance(lr_factor, numbers.Real) and not isinstance(lr_factor, bool)
-          and math.isfinite(lr_factor) and lr_factor > 0):
+  if not (
+    isinstance(lr_factor, numbers.Real)
+    and not isinstance(lr_factor, bool)
+    and math.isfinite(lr_factor)
+    and lr_factor > 0
+  ):
     bad("lr_factor", "must be a finite number > 0")
   eval_at = s["eval_at"]
   if not (isinstance(eval_at, (tuple, list)) and all(_is_int(e) and e >= 0 for e in eval_at)):
@@ -271,7 +276,7 @@ def resolve(config, parent_step: int) -> SidetripSpec:
     if method not in schedules.METHODS:
       where = "" if s["method"] is not None else " (taken from averaging.method)"
       problems.append(
-          ("sidetrip.method", method, f"must be one of {list(schedules.METHODS)}{where}")
+        ("sidetrip.method", method, f"must be one of {list(schedules.METHODS)}{where}")
       )
     else:
       take = lambda name: s[name] if s[name] is not None else config.averaging[name]
@@ -295,7 +300,10 @@ def resolve(config, parent_step: int) -> SidetripSpec:
           if decay is not None:
             params["decay"] = float(decay)
         except (TypeError, ValueError) as e:
-          problems.append(("sidetrip.window", window, f"{method}: {e}"))
+          # Name the field the message is about (schedules names its argument first).
+          values = {"decay": decay, "gap": gap, "n": n, "window": window}
+          name = next((k for k in values if str(e).startswith(k)), "window")
+          problems.append((f"sidetrip.{name}", values[name], f"{method}: {e}"))
       if steps is None and window is not None:
         steps = window
   elif kind == "schedule":
@@ -306,8 +314,11 @@ def resolve(config, parent_step: int) -> SidetripSpec:
       steps = int(config.total_steps) - int(parent_step)
       if steps <= 0:
         problems.append(
-            ("sidetrip.steps", None,
-             f"default total_steps - step = {config.total_steps} - {parent_step} <= 0: give steps")
+          (
+            "sidetrip.steps",
+            None,
+            f"default total_steps - step = {config.total_steps} - {parent_step} <= 0: give steps",
+          )
         )
   elif kind == "fixed_batch":
     fb_index = s["fixed_batch_index"]
@@ -322,17 +333,17 @@ def resolve(config, parent_step: int) -> SidetripSpec:
     raise ConfigError(problems)
   points = tuple(sorted({int(e) for e in eval_at if e <= steps} | {int(steps)}))
   return SidetripSpec(
-      kind=kind,
-      steps=int(steps),
-      method=method,
-      window=None if window is None else int(window),
-      params=params,
-      lr_factor=float(lr_factor),
-      schedule=sched,
-      fixed_batch_index=None if fb_index is None else int(fb_index),
-      fixed_batch_size=None if fb_size is None else int(fb_size),
-      eval_at=points,
-      eval_average=bool(s["eval_average"]),
+    kind=kind,
+    steps=int(steps),
+    method=method,
+    window=None if window is None else int(window),
+    params=params,
+    lr_factor=float(lr_factor),
+    schedule=sched,
+    fixed_batch_index=None if fb_index is None else int(fb_index),
+    fixed_batch_size=None if fb_size is None else int(fb_size),
+    eval_at=points,
+    eval_average=bool(s["eval_average"]),
   )
 
 
@@ -348,8 +359,12 @@ def _check_against_parent(base, parent_config: dict, kind: str):
       logging.info("side-trip: %s = %r (parent: %r)", field, new, old)
       continue
     bad.append(
-        (field, new, f"must equal the parent's value {old!r} for a {kind!r} side-trip "
-                     f"(may differ: {sorted(free)} and {list(_FREE_PREFIXES[kind])})")
+      (
+        field,
+        new,
+        f"must equal the parent's value {old!r} for a {kind!r} side-trip "
+        f"(may differ: {sorted(free)} and {list(_FREE_PREFIXES[kind])})",
+      )
     )
   if bad:
     raise cv.ConfigError(bad)
@@ -370,21 +385,26 @@ def make_lr_schedule(spec: SidetripSpec, base: optax.Schedule, hyper: dict) -> o
   """
   start, scale, horizon = hyper["start"], hyper["scale"], hyper["horizon"]
   if spec.kind == "equivalent":
+
     def schedule(t):
       j = jnp.asarray(t) - start
       w = schedules.step_weights(spec.method, j, window=spec.window, **spec.params)
       return base(t) * scale * w
   elif spec.kind == "schedule" and spec.schedule == "config":
+
     def schedule(t):
       return base(t) * scale
   elif spec.kind == "fixed_batch" or spec.schedule == "constant":
+
     def schedule(t):
       return jnp.broadcast_to(scale, jnp.shape(t)).astype(jnp.float32)
   elif spec.schedule == "linear":
+
     def schedule(t):
       frac = jnp.clip((jnp.asarray(t) - start).astype(jnp.float32) / horizon, 0.0, 1.0)
       return scale * (1.0 - frac)
   elif spec.schedule == "cosine":
+
     def schedule(t):
       frac = jnp.clip((jnp.asarray(t) - start).astype(jnp.float32) / horizon, 0.0, 1.0)
       return scale * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
@@ -419,9 +439,9 @@ def _optimizer(config, schedule, *, plain: bool) -> optax.GradientTransformation
 
 def _bn_averages(config, spec) -> bool:
   return (
-      spec.kind != "fixed_batch"
-      and config.averaging.method != "none"
-      and config.averaging.batch_norm == "average"
+    spec.kind != "fixed_batch"
+    and config.averaging.method != "none"
+    and config.averaging.batch_norm == "average"
   )
 
 
@@ -435,13 +455,36 @@ _CACHE_FIELDS = ("total_steps", "optimizer", "averaging", "nonfinite", "mesh")
 
 
 def _static_key(config, spec, model, mesh, shardings) -> tuple:
-  cfg = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-         for k in _CACHE_FIELDS}
-  static = spec._replace(steps=0, lr_factor=0.0, eval_at=(), fixed_batch_index=None,
-                         eval_average=False)
+  cfg = {
+    k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in _CACHE_FIELDS
+  }
+  static = spec._replace(
+    steps=0, lr_factor=0.0, eval_at=(), fixed_batch_index=None, eval_average=False
+  )
   devices = tuple(d.id for d in mesh.devices.flat)
-  return (json.dumps(cfg, sort_keys=True, default=list), repr(static), model, devices,
-          jax.tree.structure(shardings), tuple(jax.tree.leaves(shardings)))
+  return (
+    json.dumps(cfg, sort_keys=True, default=list),
+    repr(static),
+    _model_key(model),
+    devices,
+    jax.tree.structure(shardings),
+    tuple(jax.tree.leaves(shardings)),
+  )
+
+
+def _model_key(model):
+  # Flax modules are frozen dataclasses (hashable, equal when configured
+  # alike); anything else is keyed by identity.
+  try:
+    hash(model)
+    return model
+  except TypeError:
+    return ("id", id(model))
+
+
+def _compilations(fn) -> int | None:
+  size = getattr(fn, "_cache_size", None)  # jax's jit cache size; None if not exposed
+  return size() if callable(size) else None
 
 
 def _step_fn(config, spec, model, mesh, shardings, base):
@@ -457,29 +500,29 @@ def _step_fn(config, spec, model, mesh, shardings, base):
   def step(state, batch, hyper):
     schedule = make_lr_schedule(spec, base, hyper)
     return train.train_step(
-        state,
-        batch,
-        model=model,
-        optimizer=_optimizer(opt_config, schedule, plain=plain),
-        schedule=schedule,
-        bn_averager=bn_averager,
-        skip_nonfinite=skip,
-        max_consecutive_skips=max_skips,
+      state,
+      batch,
+      model=model,
+      optimizer=_optimizer(opt_config, schedule, plain=plain),
+      schedule=schedule,
+      bn_averager=bn_averager,
+      skip_nonfinite=skip,
+      max_consecutive_skips=max_skips,
     )
 
   replicated = NamedSharding(mesh, P())
   fn = jax.jit(
-      step,
-      in_shardings=(shardings, train.batch_sharding(mesh), replicated),
-      out_shardings=(shardings, replicated),
-      donate_argnums=0,
+    step,
+    in_shardings=(shardings, train.batch_sharding(mesh), replicated),
+    out_shardings=(shardings, replicated),
+    donate_argnums=0,
   )
   _STEP_CACHE[key] = fn
   return fn
 
 
 def _evaluator(model, mesh) -> train.Evaluator:
-  key = (model, tuple(d.id for d in mesh.devices.flat))
+  key = (_model_key(model), tuple(d.id for d in mesh.devices.flat))
   if key not in _EVAL_CACHE:
     _EVAL_CACHE[key] = train.Evaluator(model, mesh)
   return _EVAL_CACHE[key]
@@ -495,7 +538,7 @@ def _abstract_parent_state(parent_config, model, input_shape, mesh):
   bn = parent_config.averaging.method != "none" and parent_config.averaging.batch_norm == "average"
   bn_averager = train.make_averager(parent_config.averaging) if bn else None
   init = lambda rng: train.init_state(
-      rng, model=model, optimizer=optimizer, input_shape=input_shape, bn_averager=bn_averager
+    rng, model=model, optimizer=optimizer, input_shape=input_shape, bn_averager=bn_averager
   )
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   shardings = train.state_shardings(abstract, mesh, shard_params=parent_config.mesh.shard_params)
@@ -504,19 +547,21 @@ def _abstract_parent_state(parent_config, model, input_shape, mesh):
 
 def _with_shardings(abstract, shardings):
   return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
   )
 
 
-def _to_side_state(state: train.TrainState, optimizer, *, fresh_optimizer: bool) -> train.TrainState:
+def _to_side_state(
+  state: train.TrainState, optimizer, *, fresh_optimizer: bool
+) -> train.TrainState:
   """The parent's state as the side-trip's start (fresh optimizer for fixed-batch GD)."""
   if not fresh_optimizer:
     return state
   zero = jnp.zeros([], jnp.int32)
   return state._replace(
-      opt_state=optimizer.init(state.params),
-      bn_average=(),
-      health=train.Health(zero - 1, zero, zero, zero),
+    opt_state=optimizer.init(state.params),
+    bn_average=(),
+    health=train.Health(zero - 1, zero, zero, zero),
   )
 
 
@@ -531,16 +576,23 @@ def _check_optimizer_layout(config, parent_config, params_abstract):
   shape = lambda t: (jax.tree.structure(t), [(x.shape, x.dtype) for x in jax.tree.leaves(t)])
   if shape(mine) != shape(theirs):
     raise RuntimeError(
-        "trajax.sidetrip's optimizer no longer mirrors trajax.train.make_optimizer "
-        f"(state layouts differ: {jax.tree.structure(mine)} vs {jax.tree.structure(theirs)}); "
-        "update trajax.sidetrip._optimizer"
+      "trajax.sidetrip's optimizer no longer mirrors trajax.train.make_optimizer "
+      f"(state layouts differ: {jax.tree.structure(mine)} vs {jax.tree.structure(theirs)}); "
+      "update trajax.sidetrip._optimizer"
     )
   if shape(mine) != shape(parent):
     fields = [d for d in cv.diff(parent_config.optimizer.to_dict(), config.optimizer.to_dict())]
     raise cv.ConfigError(
-        [(f"optimizer.{f}", new, f"changes the optimizer state's layout (parent: {old!r}); "
-          "momentum and weight_decay cannot switch between zero and non-zero on a side-trip")
-         for f, old, new in fields] or [("optimizer", None, "changes the optimizer state layout")]
+      [
+        (
+          f"optimizer.{f}",
+          new,
+          f"changes the optimizer state's layout (parent: {old!r}); "
+          "momentum and weight_decay cannot switch between zero and non-zero on a side-trip",
+        )
+        for f, old, new in fields
+      ]
+      or [("optimizer", None, "changes the optimizer state layout")]
     )
 
 
@@ -549,7 +601,9 @@ def _check_optimizer_layout(config, parent_config, params_abstract):
 
 
 def _global_batch(batch: dict, sharding) -> dict:
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }
 
 
 def _rewrite_jsonl(path: str, keep_through: int | None):
@@ -589,14 +643,14 @@ def _workdir_checks(workdir: str, parent_ckpt_dir: str) -> str:
   workdir = os.path.abspath(os.fspath(workdir))
   if not os.path.isdir(os.path.dirname(workdir)):
     raise ResumeError(
-        f"workdir {workdir!r}: parent directory {os.path.dirname(workdir)!r} does not exist"
+      f"workdir {workdir!r}: parent directory {os.path.dirname(workdir)!r} does not exist"
     )
   parent_root = os.path.dirname(parent_ckpt_dir)
   for root in (parent_root, parent_ckpt_dir):
     if workdir == root or workdir.startswith(root + os.sep):
       raise ResumeError(
-          f"workdir {workdir!r} lies inside the parent's directory {root!r}: a side-trip "
-          "writes only into a directory of its own"
+        f"workdir {workdir!r} lies inside the parent's directory {root!r}: a side-trip "
+        "writes only into a directory of its own"
       )
   return workdir
 
@@ -616,21 +670,21 @@ def _parent_checks(parent: str, step) -> tuple[str, dict]:
   steps = ckpt_lib.committed_steps(directory)
   if int(step) not in steps:
     raise FileNotFoundError(
-        f"step {step} is not a committed checkpoint of parent {directory!r}; "
-        f"committed steps: {steps if steps else 'none'}"
+      f"step {step} is not a committed checkpoint of parent {directory!r}; "
+      f"committed steps: {steps if steps else 'none'}"
     )
   return directory, ckpt_lib.read_metadata(directory, int(step))
 
 
 def run_sidetrip(
-    config,
-    parent: str,
-    step: int,
-    workdir: str,
-    *,
-    dataset=None,
-    model=None,
-    callbacks: Iterable[Callable[[int], None]] = (),
+  config,
+  parent: str,
+  step: int,
+  workdir: str,
+  *,
+  dataset=None,
+  model=None,
+  callbacks: Iterable[Callable[[int], None]] = (),
 ) -> SidetripResult:
   """Branches a side-trip off ``parent`` at ``step`` and trains it in ``workdir``.
 
@@ -664,7 +718,6 @@ def run_sidetrip(
 
   from trajax import checkpoint as ckpt_lib
   from trajax import config_validation as cv
-  from trajax import metrics
 
   t_begin = time.perf_counter()
   parent_dir, parent_meta = _parent_checks(parent, step)
@@ -675,31 +728,32 @@ def run_sidetrip(
   _check_against_parent(base, parent_meta["config"], spec.kind)
   workdir = _workdir_checks(workdir, parent_dir)
   parent_config = mlc.ConfigDict(
-      {k: v for k, v in parent_meta["config"].items() if k != "sidetrip"}
+    {k: v for k, v in parent_meta["config"].items() if k != "sidetrip"}
   )
 
   lineage = {
-      "parent": parent_dir,
-      "parent_step": step,
-      "parent_config": parent_meta["config"],
-      "parent_config_hash": parent_meta.get("config_hash"),
-      "parent_lineage": parent_meta.get("lineage"),
-      "kind": spec.kind,
-      "params": json.loads(json.dumps(spec._asdict(), default=list)),
+    "parent": parent_dir,
+    "parent_step": step,
+    "parent_config": parent_meta["config"],
+    "parent_config_hash": parent_meta.get("config_hash"),
+    "parent_lineage": parent_meta.get("lineage"),
+    "kind": spec.kind,
+    "params": json.loads(json.dumps(spec._asdict(), default=list)),
   }
   ckpt_dir = os.path.join(workdir, "checkpoints")
   own_steps = ckpt_lib.committed_steps(ckpt_dir)
   own = own_steps[-1] if own_steps else None
   if own is not None:
     own_meta = ckpt_lib.read_metadata(ckpt_dir, own)
-    theirs = own_meta.get("lineage") or {}
-    if (theirs.get("parent"), theirs.get("parent_step")) != (parent_dir, step):
+    own_lineage = own_meta.get("lineage") or {}
+    if (own_lineage.get("parent"), own_lineage.get("parent_step")) != (parent_dir, step):
       raise train.ResumeError(
-          f"workdir {workdir!r} holds a side-trip of {theirs.get('parent')!r} at step "
-          f"{theirs.get('parent_step')}, not of {parent_dir!r} at step {step}: use a new workdir"
+        f"workdir {workdir!r} holds a side-trip of {own_lineage.get('parent')!r} at step "
+        f"{own_lineage.get('parent_step')}, not of {parent_dir!r} at step {step}: use a new "
+        "workdir"
       )
     for field, old, new in cv.check_resume(
-        own_meta["config"], config, allowed=cv.RESUME_ALLOWED | _RESUME_EXTRA
+      own_meta["config"], config, allowed=cv.RESUME_ALLOWED | _RESUME_EXTRA
     ):
       logging.info("side-trip resume: %s changed %r -> %r (allowed)", field, old, new)
 
@@ -708,7 +762,7 @@ def run_sidetrip(
     from trajax import data as data_lib
 
     dataset = data_lib.get_dataset(
-        base, process_index=jax.process_index(), process_count=jax.process_count()
+      base, process_index=jax.process_index(), process_count=jax.process_count()
     )
   info = dataset.info
   if model is None:
@@ -730,58 +784,102 @@ def run_sidetrip(
 
   os.makedirs(workdir, exist_ok=True)
   checkpointer = ckpt_lib.Checkpointer(
-      ckpt_dir,
-      max_to_keep=base.checkpoint.max_to_keep,
-      keep_period=base.checkpoint.keep_period,
-      async_save=base.checkpoint.async_save,
+    ckpt_dir,
+    max_to_keep=base.checkpoint.max_to_keep,
+    keep_period=base.checkpoint.keep_period,
+    async_save=base.checkpoint.async_save,
   )
   try:
     if own is not None:
       state, _ = checkpointer.restore(own, side_target)
+      lineage["count_at_branch"] = own_lineage["count_at_branch"]
       resumed_from = f"own:{own}"
     else:
       state, _ = ckpt_lib.restore_readonly(parent_dir, step=step, target=parent_abstract)
       if int(state.step) != step:
-        raise train.ResumeError(
-            f"parent checkpoint {step} holds a state at step {int(state.step)}"
-        )
+        raise train.ResumeError(f"parent checkpoint {step} holds a state at step {int(state.step)}")
+      lineage["count_at_branch"] = step - int(state.health.total_skips)
       state = jax.jit(to_side, out_shardings=shardings)(state) if plain else state
       resumed_from = f"parent:{step}"
     state = jax.block_until_ready(state)
     restore_s = time.perf_counter() - t_begin
-    logging.info("side-trip %s from %s at step %d: restored from %s in %.2fs", spec.kind,
-                 parent_dir, step, resumed_from, restore_s)
-    return _train(
-        config, base, spec, state, step, workdir, checkpointer, lineage, dataset, model, mesh,
-        shardings, resumed_from, restore_s, callbacks, metrics, ckpt_lib,
+    logging.info(
+      "side-trip %s from %s at step %d: restored from %s in %.2fs",
+      spec.kind,
+      parent_dir,
+      step,
+      resumed_from,
+      restore_s,
     )
+    run = _Run(
+      config,
+      base,
+      spec,
+      step,
+      workdir,
+      checkpointer,
+      lineage,
+      dataset,
+      model,
+      mesh,
+      shardings,
+      resumed_from,
+      restore_s,
+    )
+    return _train(run, state, callbacks)
   finally:
     checkpointer.close()
 
 
-def _train(config, base, spec, state, parent_step, workdir, checkpointer, lineage, dataset, model,
-           mesh, shardings, resumed_from, restore_s, callbacks, metrics, ckpt_lib):
+@dataclasses.dataclass
+class _Run:
+  """What the host loop needs besides the state (built by :func:`run_sidetrip`)."""
+
+  config: Any
+  base: Any
+  spec: SidetripSpec
+  parent_step: int
+  workdir: str
+  checkpointer: Any
+  lineage: dict
+  dataset: Any
+  model: Any
+  mesh: Any
+  shardings: Any
+  resumed_from: str
+  restore_s: float
+
+
+def _train(run: _Run, state: train.TrainState, callbacks) -> SidetripResult:
   """The host loop of :func:`run_sidetrip` (state restored, checkpointer open)."""
+  from trajax import checkpoint as ckpt_lib
   from trajax import config_validation as cv
+  from trajax import metrics
+
+  config, base, spec, parent_step = run.config, run.base, run.spec, run.parent_step
+  dataset, model, mesh, checkpointer = run.dataset, run.model, run.mesh, run.checkpointer
+  lineage, resumed_from = run.lineage, run.resumed_from
 
   base_schedule = train.make_schedule(base.optimizer, base.total_steps)
-  eta_s = float(base_schedule(parent_step))
+  # The schedules read the optimizer's update count, which trails the step by
+  # the steps skipped as non-finite (nonfinite.skip): S's count anchors them.
+  start = int(lineage["count_at_branch"])
+  eta_s = float(base_schedule(start))
   absolute_scale = spec.kind == "fixed_batch" or spec.schedule in ("constant", "linear", "cosine")
   hyper = {
-      "start": jnp.asarray(parent_step, jnp.int32),
-      "scale": jnp.asarray(spec.lr_factor * eta_s if absolute_scale else spec.lr_factor,
-                           jnp.float32),
-      "horizon": jnp.asarray(spec.steps, jnp.float32),
+    "start": jnp.asarray(start, jnp.int32),
+    "scale": jnp.asarray(spec.lr_factor * eta_s if absolute_scale else spec.lr_factor, jnp.float32),
+    "horizon": jnp.asarray(spec.steps, jnp.float32),
   }
-  step_fn = _step_fn(base, spec, model, mesh, shardings, base_schedule)
-  cache_before = step_fn._cache_size()
+  step_fn = _step_fn(base, spec, model, mesh, run.shardings, base_schedule)
+  cache_before = _compilations(step_fn)
   evaluator = _evaluator(model, mesh)
   batch_sharding = train.batch_sharding(mesh)
 
   end = parent_step + spec.steps
   t = int(state.step)
   writes = jax.process_index() == 0
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  metrics_path = os.path.join(run.workdir, "metrics.jsonl")
   if writes:
     _rewrite_jsonl(metrics_path, t if resumed_from.startswith("own") else None)
   writer = metrics.JsonlWriter(metrics_path) if writes else None
@@ -800,9 +898,9 @@ def _train(config, base, spec, state, parent_step, workdir, checkpointer, lineag
     health = jax.device_get(state.health)
     if int(health.bad_step) >= 0:
       raise train.NonFiniteError(
-          f"side-trip: non-finite value at step {int(health.bad_step)} "
-          f"(mask {int(health.bad_what)}: 1 loss, 2 gradient, 4 BN statistics); nothing "
-          f"non-finite was saved in {checkpointer.directory!r}"
+        f"side-trip: non-finite value at step {int(health.bad_step)} "
+        f"(mask {int(health.bad_what)}: 1 loss, 2 gradient, 4 BN statistics); nothing "
+        f"non-finite was saved in {checkpointer.directory!r}"
       )
 
   def write(t_abs, scalars):
@@ -811,15 +909,26 @@ def _train(config, base, spec, state, parent_step, workdir, checkpointer, lineag
       writer.write_scalars(t_abs, scalars)
 
   def run_eval(t_abs):
-    out = {f"eval/{k}": v for k, v in
-           evaluator.evaluate(state.params, state.batch_stats, dataset.eval_batches("test")).items()}
+    out = {
+      f"eval/{k}": v
+      for k, v in evaluator.evaluate(
+        state.params, state.batch_stats, dataset.eval_batches("test")
+      ).items()
+    }
     if has_average:
       params, stats = train.averaged_variables(state, base, evaluator, dataset)
-      out.update({f"eval_avg/{k}": v for k, v in
-                  evaluator.evaluate(params, stats, dataset.eval_batches("test")).items()})
+      out.update(
+        {
+          f"eval_avg/{k}": v
+          for k, v in evaluator.evaluate(params, stats, dataset.eval_batches("test")).items()
+        }
+      )
     if spec.kind == "fixed_batch":
-      fb = evaluator.evaluate(state.params, state.batch_stats, [dict(fixed, mask=np.ones(
-          len(fixed["label"]), np.float32))])
+      fb = evaluator.evaluate(
+        state.params,
+        state.batch_stats,
+        [dict(fixed, mask=np.ones(len(fixed["label"]), np.float32))],
+      )
       out.update({f"sidetrip/fixed_batch_{k}": v for k, v in fb.items()})
     write(t_abs, out)
     return out
@@ -860,13 +969,19 @@ def _train(config, base, spec, state, parent_step, workdir, checkpointer, lineag
   if writer is not None:
     writer.close()
   timings = {
-      "restore_s": restore_s,
-      "first_step_s": first_step_s,
-      "compiled": step_fn._cache_size() > cache_before,
+    "restore_s": run.restore_s,
+    "first_step_s": first_step_s,
+    "compiled": None if cache_before is None else _compilations(step_fn) > cache_before,
   }
   return SidetripResult(
-      state=state, step=t, parent_step=parent_step, sidetrip_steps=t - parent_step, evals=evals,
-      resumed_from=resumed_from, lineage=lineage, timings=timings,
+    state=state,
+    step=t,
+    parent_step=parent_step,
+    sidetrip_steps=t - parent_step,
+    evals=evals,
+    resumed_from=resumed_from,
+    lineage=lineage,
+    timings=timings,
   )
 
 
@@ -885,8 +1000,10 @@ def _define_flags():
     flags.mark_flag_as_required(name)
 
   config_flags.DEFINE_config_file(
-      "config", None, "Training config file; --config.sidetrip.<field> sets the side-trip.",
-      lock_config=False,
+    "config",
+    None,
+    "Training config file; --config.sidetrip.<field> sets the side-trip.",
+    lock_config=False,
   )
   # The config files know nothing of side-trips: the section is added right
   # after the file is loaded and before the --config.* overrides are applied
@@ -914,8 +1031,14 @@ def _main(argv):
     tf.config.set_visible_devices([], "GPU")
   result = run_sidetrip(config, FLAGS.parent, FLAGS.step, FLAGS.workdir)
   last = result.evals.get(result.sidetrip_steps, {})
-  logging.info("side-trip done at step %d (%d steps from %d): %s; timings %s", result.step,
-               result.sidetrip_steps, result.parent_step, last, result.timings)
+  logging.info(
+    "side-trip done at step %d (%d steps from %d): %s; timings %s",
+    result.step,
+    result.sidetrip_steps,
+    result.parent_step,
+    last,
+    result.timings,
+  )
 
 
 if __name__ == "__main__":
