@@ -72,13 +72,16 @@ class PadCropFlip:
 
   def apply(self, images: np.ndarray, params: dict) -> np.ndarray:
     p = self.pad
-    _, h, w, _ = images.shape
-    padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
-    rows = params["dy"][:, None] + np.arange(h)
-    cols = np.where(params["flip"][:, None], np.arange(w - 1, -1, -1), np.arange(w))
-    cols = params["dx"][:, None] + cols
-    batch = np.arange(images.shape[0])[:, None, None]
-    return padded[batch, rows[:, :, None], cols[:, None, :]]
+    b, h, w, c = images.shape
+    padded = np.zeros((b, h + 2 * p, w + 2 * p, c), images.dtype)
+    padded[:, p : p + h, p : p + w] = images
+    out = np.empty_like(images)
+    # A loop of slice copies: about 2x faster than one fancy-indexed gather.
+    rows = zip(params["dy"].tolist(), params["dx"].tolist(), params["flip"].tolist(), strict=True)
+    for i, (dy, dx, flip) in enumerate(rows):
+      crop = padded[i, dy : dy + h, dx : dx + w]
+      out[i] = crop[:, ::-1] if flip else crop
+    return out
 
 
 class ArrayDataset:
@@ -114,11 +117,11 @@ class ArrayDataset:
     self.process_index = process_index
     self.process_count = process_count
     self.augment = augment
-    self._scale, self._mean, self._std = (
-      np.float32(scale),
-      np.asarray(mean, np.float32),
-      np.asarray(std, np.float32),
-    )
+    # (x * scale - mean) / std as one multiply-add: x * gain + offset.
+    self._gain = (np.float32(scale) / np.asarray(std, np.float32)).astype(np.float32)
+    self._offset = (-np.asarray(mean, np.float32) / np.asarray(std, np.float32)).astype(np.float32)
+    self._identity = bool(np.all(self._gain == 1) and np.all(self._offset == 0))
+    self._tiled = None
     self._train_images = train_images
     self._clean_labels = np.asarray(train_labels, np.int32)
     self._train_labels = noisy_labels(self._clean_labels, info.num_classes, label_noise, seed)
@@ -138,7 +141,19 @@ class ArrayDataset:
     return self._train_labels != self._clean_labels
 
   def _normalize(self, images):
-    return ((images.astype(np.float32) * self._scale - self._mean) / self._std).astype(np.float32)
+    out = images.astype(np.float32)
+    if self._identity:
+      return out
+    # Broadcasting a 3-vector along the innermost axis is ~5x slower than along
+    # a flattened example, so the per-channel constants are tiled to the example.
+    n = int(np.prod(images.shape[1:]))
+    if self._tiled is None or self._tiled[0].shape[0] != n:
+      reps = n // self._gain.size
+      self._tiled = (np.tile(self._gain.ravel(), reps), np.tile(self._offset.ravel(), reps))
+    flat = out.reshape(out.shape[0], n)
+    flat *= self._tiled[0]
+    flat += self._tiled[1]
+    return out
 
   def _local(self, n_global: int) -> slice:
     b = n_global // self.process_count
@@ -167,7 +182,8 @@ class ArrayDataset:
       raise ValueError(f"step must be >= 0, got {step}")
     epoch, offset = divmod(int(step), self.steps_per_epoch)
     indices = self._permutation(epoch)[offset * self.batch_size : (offset + 1) * self.batch_size]
-    return self._gather(indices, np.random.default_rng([self.seed, _AUG, int(step)]))
+    aug_rng = np.random.default_rng([self.seed, _AUG, int(step)]) if self.augment else None
+    return self._gather(indices, aug_rng)
 
   def train_batches(self, start_step: int = 0) -> Iterator[dict]:
     if start_step < 0:
