@@ -29,6 +29,19 @@ an example keeps its wrong label for the whole run; evaluation splits are clean.
 Seeds: the pool (mnist1d), the split (digits), the label noise, the epoch
 orders and the augmentation all derive from ``config.dataset.seed`` when the
 config has it, else ``config.seed``.
+
+Sources (``config.dataset.name``):
+
+* ``mnist1d``: ``dataset.num_train`` generated training sequences (default
+  40 000) and ``dataset.num_eval`` test ones (optional field; default
+  ``max(num_train // 4, 1000)``, the package's 80/20 ratio), no download,
+  cached on disk; ``dataset.augment`` must be False.
+* ``digits``: scikit-learn's 1 797 8x8 images, 1 500 train / 297 test;
+  ``augment`` shifts by up to one pixel.
+* ``cifar10``/``cifar100``/``imagenet2012``: TFDS, already prepared under
+  ``config.data_dir`` (``FileNotFoundError`` otherwise); see
+  ``trajax.data.tfds_source`` for how the stream is positioned on resume.
+  Tests run them under ``tfds_source.mock_prepared_tfds()``.
 """
 
 from __future__ import annotations
