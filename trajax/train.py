@@ -254,10 +254,11 @@ def _bn_averages(config) -> bool:
 def init_state(
     rng: jax.Array, *, model, optimizer, input_shape, bn_averager=None
 ) -> TrainState:
-  """An unsharded fresh state (pure; :func:`create_train_state` jits it)."""
-  params_rng, step_rng = jax.random.split(rng)
+  """A fresh state from ``rng`` (see :func:`init_key`; pure, jitted by :func:`create_train_state`)."""
   x = jnp.zeros((1, *tuple(input_shape)), jnp.float32)
-  variables = model.init(params_rng, x, train=False)
+  variables = model.init(rng, x, train=False)
+  # Raw uint32[2] threefry key for the steps: plain arrays in the checkpoint.
+  step_rng = jax.random.key_data(jax.random.key(jax.random.bits(rng, (), jnp.uint32)))
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
   zero = jnp.zeros([], jnp.int32)
@@ -283,11 +284,26 @@ def create_train_state(config, model, input_shape, mesh: Mesh):
   init = lambda rng: init_state(
       rng, model=model, optimizer=optimizer, input_shape=input_shape, bn_averager=bn_averager
   )
-  rng = jax.random.PRNGKey(config.seed)
+  rng = init_key(config.seed)
   abstract = jax.eval_shape(init, rng)
   shardings = state_shardings(abstract, mesh, shard_params=config.mesh.shard_params)
-  state = jax.jit(init, out_shardings=shardings)(rng)
+  # Computed replicated, then laid out: RBG bits may depend on the output
+  # sharding, and the initial params must not depend on the device count.
+  replicated = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract)
+  state = jax.jit(init, out_shardings=replicated)(rng)
+  state = jax.device_put(state, shardings)
   return state, shardings
+
+
+def init_key(seed: int) -> jax.Array:
+  """The key that draws the initial parameters (RBG implementation).
+
+  XLA's RngBitGenerator compiles about 5x faster than threefry for a ResNet
+  init on CPU (12 s vs 60 s for ResNet-18); its bits are fixed for a backend
+  and XLA version, which is all a run needs: the checkpoint holds the params.
+  The per-step key (``TrainState.rng``) stays threefry.
+  """
+  return jax.random.key(int(seed), impl="rbg")
 
 
 # ----------------------------------------------------------------------------
