@@ -1,0 +1,559 @@
+"""Shared helpers for the real-trajectory experiments (paper Secs. 3, 5; Figs. 1-3, 5-8, 10, 12-14).
+
+Every figure module is ``python -m experiments.<name> --config=configs/x.py
+[--config.field=...] [--exp.field=...] --workdir=DIR`` and follows one shape:
+
+1. :func:`ensure_parent` trains the main trajectory in ``DIR/parent`` with
+   checkpoints at the steps the experiment branches from, or reuses a finished
+   one (resumable: a killed run continues from its own latest checkpoint);
+2. :func:`restore` reads a parent (or side-trip) state at a step read-only
+   (:func:`trajax.checkpoint.restore_readonly`, never a ``CheckpointManager``
+   on another run's directory) together with its model and data;
+3. probes get a ``loss_fn(params, batch)`` from :func:`make_loss_fn`, a
+   closure over ``model.apply`` and the state's BatchNorm statistics;
+4. results go to ``DIR/<name>.json`` (:func:`write_json`, NaN refused) and
+   ``DIR/<name>.png`` (:func:`new_figure` / :func:`save_figure`), every plot
+   carrying :func:`run_label` (dataset, model, batch size, lr, seed, label noise).
+
+The experiment's own knobs live in a second ConfigDict (``--exp.<field>``),
+built by the module's ``experiment_defaults()``; fields left ``None`` are
+derived from the training config (:func:`scaled_points`), so one module runs
+at paper scale from the ImageNet/CIFAR configs and at small scale offline.
+
+Heavy packages (ml_collections, absl flags, matplotlib, orbax via
+``trajax.checkpoint``) are imported inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+  "Restored",
+  "cli",
+  "committed_steps",
+  "ensure_parent",
+  "evaluate",
+  "final_step",
+  "heldout_batches",
+  "load_config",
+  "log",
+  "make_loss_fn",
+  "metric_series",
+  "new_figure",
+  "apply_overrides",
+  "parent_config",
+  "read_metrics",
+  "recompute_batch_stats",
+  "restore",
+  "run_label",
+  "save_figure",
+  "scaled_points",
+  "stack_batches",
+  "to_jsonable",
+  "train_batch",
+  "write_json",
+]
+
+PARENT_SUBDIR = "parent"
+
+
+# ----------------------------------------------------------------------------
+# progress and JSON
+
+
+def log(message: str) -> None:
+  """One progress line on stderr with wall-clock time (the demo's terminal output)."""
+  sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
+  sys.stderr.flush()
+
+
+def to_jsonable(x):
+  """NumPy / JAX scalars, arrays, NamedTuples and dicts -> plain Python for ``json``."""
+  if isinstance(x, dict):
+    return {str(k): to_jsonable(v) for k, v in x.items()}
+  if isinstance(x, tuple) and hasattr(x, "_fields"):
+    return {k: to_jsonable(v) for k, v in x._asdict().items()}
+  if isinstance(x, (list, tuple)):
+    return [to_jsonable(v) for v in x]
+  if x is None or isinstance(x, (bool, str)):
+    return x
+  if isinstance(x, (int, np.integer)):
+    return int(x)
+  arr = np.asarray(x)
+  if arr.ndim == 0:
+    return arr.item()
+  return arr.tolist()
+
+
+def _check_finite(x, where: str):
+  if isinstance(x, dict):
+    for k, v in x.items():
+      _check_finite(v, f"{where}.{k}")
+  elif isinstance(x, list):
+    for i, v in enumerate(x):
+      _check_finite(v, f"{where}[{i}]")
+  elif isinstance(x, float) and not math.isfinite(x):
+    raise ValueError(f"non-finite value {x} at {where}: refusing to write it as a result")
+
+
+def write_json(path: str, payload, *, allow_nan: bool = False) -> str:
+  """Writes ``payload`` (converted by :func:`to_jsonable`) to ``path``.
+
+  Non-finite numbers are refused with the key path that holds them, unless
+  ``allow_nan`` (then they are written as ``null``, never as invalid JSON).
+  """
+  data = to_jsonable(payload)
+  if allow_nan:
+    data = _nan_to_none(data)
+  else:
+    _check_finite(data, "payload")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=2, allow_nan=False)
+  os.replace(tmp, path)
+  return path
+
+
+def _nan_to_none(x):
+  if isinstance(x, dict):
+    return {k: _nan_to_none(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_nan_to_none(v) for v in x]
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+# ----------------------------------------------------------------------------
+# configs and the command line
+
+
+def load_config(path: str, overrides: dict | None = None):
+  """``configs/x.py[:arg]`` -> its ``get_config(arg)``, with dotted ``overrides`` applied.
+
+  ``overrides`` maps ``'optimizer.lr'`` style names to values; an unknown name
+  is an error naming it (ml_collections' own check).
+  """
+  import importlib.util
+
+  file, _, arg = path.partition(":")
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f"config file {file!r} does not exist")
+  spec = importlib.util.spec_from_file_location(f"_trajax_cfg_{abs(hash(file))}", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  return apply_overrides(config, overrides or {})
+
+
+def apply_overrides(config, overrides: dict):
+  """A copy of ``config`` with ``{'a.b': value}`` set (field must exist)."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for name, value in overrides.items():
+      node = config
+      parts = name.split(".")
+      for p in parts[:-1]:
+        if p not in node:
+          raise KeyError(f"config field {name!r} does not exist (no section {p!r})")
+        node = node[p]
+      if parts[-1] not in node:
+        raise KeyError(f"config field {name!r} does not exist")
+      node[parts[-1]] = value
+  return config
+
+
+def cli(
+  name: str,
+  run: Callable[[Any, Any, str], dict],
+  experiment_defaults: Callable[[], Any],
+  argv: Sequence[str] | None = None,
+) -> dict:
+  """The command line of a figure module.
+
+  ``--config=configs/x.py[:arg]`` (training config, ``--config.<field>``
+  overrides), ``--exp.<field>`` (the module's experiment knobs from
+  ``experiment_defaults()``) and ``--workdir``; then ``run(config, exp,
+  workdir)``, whose summary is printed as JSON and returned.
+  """
+  from absl import flags
+  from ml_collections import config_flags
+
+  full_argv = list(sys.argv if argv is None else [name, *argv])
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+    "config", "configs/mnist1d.py", "training config file", flag_values=values, lock_config=False
+  )
+  config_flags.DEFINE_config_dict(
+    "exp", experiment_defaults(), "experiment knobs", flag_values=values, lock_config=False
+  )
+  flags.DEFINE_string("workdir", None, "output folder (parent run + JSON + PNG)", flag_values=values)
+  values(full_argv)
+  if not values.workdir:
+    raise ValueError(f"{name}: --workdir is required (got {values.workdir!r})")
+  summary = run(values.config, values.exp, values.workdir)
+  print(json.dumps(to_jsonable(summary), indent=2))
+  return summary
+
+
+def scaled_points(total_steps: int, fractions: Iterable[float], *, minimum: int = 1) -> list[int]:
+  """Steps at the given fractions of ``total_steps`` (sorted, unique, >= ``minimum``)."""
+  total = int(total_steps)
+  if total < 1:
+    raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+  out = set()
+  for f in fractions:
+    if not 0 <= f <= 1:
+      raise ValueError(f"fractions must lie in [0, 1], got {f}")
+    out.add(max(int(minimum), int(round(f * total))))
+  return sorted(out)
+
+
+def run_label(config, extra: str = "") -> str:
+  """One line naming the run in every plot: data, model, batch, lr, schedule, seed, noise."""
+  parts = [
+    f"{config.dataset.name} (label noise {float(config.dataset.label_noise):g})",
+    f"{config.model.name} w{config.model.width}",
+    f"B={config.batch_size}",
+    f"lr={float(config.optimizer.lr):g} {config.optimizer.schedule}, mom {float(config.optimizer.momentum):g}",
+    f"{config.total_steps} steps",
+    f"seed {config.seed}",
+  ]
+  if extra:
+    parts.append(extra)
+  return " | ".join(parts)
+
+
+# ----------------------------------------------------------------------------
+# the parent run
+
+
+def committed_steps(workdir: str) -> list[int]:
+  """Committed checkpoint steps of a run (``[]`` when there is none)."""
+  from trajax import checkpoint as ckpt_lib
+
+  return ckpt_lib.committed_steps(os.path.join(workdir, "checkpoints"))
+
+
+def final_step(workdir: str) -> int | None:
+  steps = committed_steps(workdir)
+  return steps[-1] if steps else None
+
+
+def parent_config(config, keep_steps: Iterable[int] = ()):
+  """The parent's config: checkpoints kept at every step in ``keep_steps``.
+
+  Side-trips and probes restore the parent at branch points, so the parent
+  must keep those checkpoints: the cadence becomes the gcd of the branch
+  points (and the old cadence) and retention unlimited. Both are cadence /
+  retention fields, allowed to change on resume.
+  """
+  config = copy.deepcopy(config)
+  every = int(config.checkpoint_every_steps)
+  for s in keep_steps:
+    s = int(s)
+    if s < 0 or s > int(config.total_steps):
+      raise ValueError(f"keep_steps: step {s} outside [0, total_steps={config.total_steps}]")
+    if s > 0:
+      every = math.gcd(every, s)
+  with config.unlocked():
+    config.checkpoint_every_steps = every
+    config.checkpoint.max_to_keep = None
+    config.checkpoint.async_save = False
+  return config
+
+
+def ensure_parent(config, workdir: str, keep_steps: Iterable[int] = (), *, quiet: bool = False) -> str:
+  """Trains (or reuses) the main trajectory in ``workdir/parent``; returns that path.
+
+  A parent whose latest committed checkpoint is ``total_steps`` and which
+  holds every step of ``keep_steps`` is reused as is (no model is built). A
+  partial one resumes from its latest checkpoint (``train_and_evaluate``
+  refuses a resume under a config that changes the trajectory, naming the
+  fields). A finished parent lacking a branch point is an error: it cannot be
+  recreated without retraining into a fresh workdir.
+  """
+  from trajax import train
+
+  keep = sorted({int(s) for s in keep_steps})
+  pdir = os.path.join(os.path.abspath(workdir), PARENT_SUBDIR)
+  os.makedirs(pdir, exist_ok=True)
+  pconfig = parent_config(config, keep)
+  steps = committed_steps(pdir)
+  total = int(config.total_steps)
+  if steps and steps[-1] >= total:
+    missing = [s for s in keep if s > 0 and s not in steps]
+    if missing:
+      raise FileNotFoundError(
+        f"parent run {pdir!r} is finished but lacks checkpoints at {missing} "
+        f"(has {steps}); use a fresh --workdir"
+      )
+    if not quiet:
+      log(f"reusing finished parent run {pdir} (checkpoints {steps})")
+    return pdir
+  start = steps[-1] if steps else 0
+  if not quiet:
+    log(f"training parent run {pdir}: steps {start} -> {total}, checkpoints every "
+        f"{pconfig.checkpoint_every_steps}")
+  t0 = time.perf_counter()
+  every = max(total // 10, 1)
+
+  def progress(step):
+    if not quiet and (step % every == 0 or step == total):
+      rate = (step - start) / max(time.perf_counter() - t0, 1e-9)
+      log(f"  parent step {step}/{total} ({rate:.0f} steps/s)")
+
+  train.train_and_evaluate(pconfig, pdir, callbacks=[progress])
+  return pdir
+
+
+# ----------------------------------------------------------------------------
+# metrics
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of ``workdir/metrics.jsonl`` (``[]`` when there is no file)."""
+  from trajax import metrics
+
+  path = os.path.join(workdir, "metrics.jsonl")
+  return metrics.read_jsonl(path) if os.path.exists(path) else []
+
+
+def metric_series(records: Iterable[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """``(steps, values)`` of every record holding ``key``, in step order (last write wins)."""
+  by_step = {}
+  for r in records:
+    if key in r and r[key] is not None and "step" in r:
+      by_step[int(r["step"])] = float(r[key])
+  steps = np.array(sorted(by_step), dtype=np.int64)
+  return steps, np.array([by_step[s] for s in steps], dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------
+# restoring states, data and losses
+
+
+class Restored(NamedTuple):
+  """A run's state at one step, with what it takes to use it.
+
+  config: the run's training config (as stored in the checkpoint, without a
+    ``sidetrip`` section); model; dataset; state: :class:`trajax.train.TrainState`;
+    step; meta: the checkpoint metadata (lineage for side-trips).
+  """
+
+  config: Any
+  model: Any
+  dataset: Any
+  state: Any
+  step: int
+  meta: dict
+
+
+_MODEL_CACHE: dict = {}
+
+
+def _model_and_data(config):
+  """(model, dataset) for ``config``, cached by the fields that define them."""
+  from trajax import data as data_lib
+  from trajax import models
+
+  key = json.dumps(
+    {k: config[k].to_dict() for k in ("dataset", "model")}
+    | {k: config[k] for k in ("seed", "batch_size", "eval_batch_size")}
+    | {"data_dir": config.get("data_dir")},
+    sort_keys=True,
+    default=str,
+  )
+  if key not in _MODEL_CACHE:
+    dataset = data_lib.get_dataset(config)
+    model = models.create_model(config.model, num_classes=int(dataset.info.num_classes))
+    _MODEL_CACHE[key] = (model, dataset)
+  return _MODEL_CACHE[key]
+
+
+def _stored_config(meta: dict):
+  import ml_collections as mlc
+
+  return mlc.ConfigDict({k: v for k, v in meta["config"].items() if k != "sidetrip"})
+
+
+def restore(run_dir: str, step: int | None = None) -> Restored:
+  """The state of the run in ``run_dir`` at ``step`` (default latest), read-only.
+
+  Works for a main run and for a side-trip's workdir (its stored config holds
+  a ``sidetrip`` section, which is dropped; side-trips of kind 'fixed_batch'
+  carry a plain SGD state, which is restored as a nested dict of arrays in
+  ``state`` fields via the plain-tree path). The abstract target comes from
+  ``jax.eval_shape`` of the run's own init, so nothing is initialised.
+  """
+  import jax
+
+  from trajax import checkpoint as ckpt_lib
+  from trajax import train
+
+  ckpt_dir = ckpt_lib.resolve_directory(run_dir)
+  steps = ckpt_lib.committed_steps(ckpt_dir)
+  if not steps:
+    raise FileNotFoundError(f"no committed checkpoint in {ckpt_dir!r}")
+  step = steps[-1] if step is None else int(step)
+  if step not in steps:
+    raise FileNotFoundError(f"step {step} is not a committed checkpoint of {run_dir!r}: {steps}")
+  meta = ckpt_lib.read_metadata(ckpt_dir, step)
+  config = _stored_config(meta)
+  model, dataset = _model_and_data(config)
+  if meta.get("lineage", {}) and meta["lineage"].get("kind") == "fixed_batch":
+    # Plain-GD side-trip: its optimizer state differs from the training one;
+    # only params and batch_stats are needed by the experiments.
+    tree, _ = ckpt_lib.restore_readonly(ckpt_dir, step=step)
+    state = train.TrainState(
+      step=np.int32(step),
+      params=tree["params"],
+      batch_stats=tree.get("batch_stats", {}),
+      opt_state=tree.get("opt_state"),
+      rng=tree.get("rng"),
+      bn_average=(),
+      health=None,
+    )
+    state = state._replace(params=jax.tree.map(jax.numpy.asarray, state.params),
+                           batch_stats=jax.tree.map(jax.numpy.asarray, state.batch_stats))
+    return Restored(config, model, dataset, state, step, meta)
+  mesh = train.make_mesh(config)
+  optimizer = train.make_optimizer(config)
+  bn_avg = train.make_averager(config.averaging) if train._bn_averages(config) else None
+  init = lambda rng: train.init_state(
+    rng, model=model, optimizer=optimizer, input_shape=tuple(dataset.info.input_shape),
+    bn_averager=bn_avg,
+  )
+  abstract = jax.eval_shape(init, train.init_key(config.seed))
+  shardings = train.state_shardings(abstract, mesh, shard_params=False)
+  target = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
+  state, meta = ckpt_lib.restore_readonly(ckpt_dir, step=step, target=target)
+  return Restored(config, model, dataset, state, step, meta)
+
+
+def make_loss_fn(model, batch_stats, *, train: bool = False) -> Callable:
+  """``loss_fn(params, batch) -> mean cross-entropy`` for the probes.
+
+  ``train=False`` (default): BatchNorm uses the fixed running statistics
+  ``batch_stats``, so the loss is a deterministic function of the params
+  alone -- what one step on a batch changes (paper Sec. 3). ``train=True``:
+  BatchNorm normalises with the batch's own statistics, as the train step does.
+  Keep the returned object to reuse the probes' compilations.
+  """
+  import jax.numpy as jnp
+
+  from trajax.train import cross_entropy
+
+  def loss_fn(params, batch):
+    variables = {"params": params, "batch_stats": batch_stats}
+    if train:
+      logits, _ = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+    else:
+      logits = model.apply(variables, batch["image"], train=False)
+    return jnp.mean(cross_entropy(logits, batch["label"]))
+
+  return loss_fn
+
+
+def train_batch(dataset, step: int) -> dict:
+  """Batch ``step`` of the training stream (``image``, ``label``) as the run saw it."""
+  batch = next(iter(dataset.train_batches(int(step))))
+  return {"image": np.asarray(batch["image"]), "label": np.asarray(batch["label"])}
+
+
+def heldout_batches(dataset, n: int, batch_size: int, split: str = "test") -> dict:
+  """``n`` disjoint held-out batches of ``batch_size`` stacked on a leading axis.
+
+  Taken in order from ``dataset.eval_batches(split)`` with padding dropped;
+  raises naming ``n``/``batch_size`` when the split is too small.
+  """
+  if n < 1 or batch_size < 1:
+    raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+  images, labels, have = [], [], 0
+  for b in dataset.eval_batches(split):
+    keep = np.asarray(b["mask"]) > 0 if "mask" in b else slice(None)
+    images.append(np.asarray(b["image"])[keep])
+    labels.append(np.asarray(b["label"])[keep])
+    have += len(labels[-1])
+    if have >= n * batch_size:
+      break
+  if have < n * batch_size:
+    raise ValueError(
+      f"split {split!r} holds {have} examples: too few for n={n} batches of "
+      f"batch_size={batch_size}"
+    )
+  x = np.concatenate(images)[: n * batch_size]
+  y = np.concatenate(labels)[: n * batch_size]
+  return {"image": x.reshape(n, batch_size, *x.shape[1:]), "label": y.reshape(n, batch_size)}
+
+
+def stack_batches(batches: Sequence[dict]) -> dict:
+  """Batches of equal size -> one pytree stacked on a leading axis (``image``, ``label``)."""
+  if not batches:
+    raise ValueError("stack_batches needs at least one batch")
+  return {k: np.stack([np.asarray(b[k]) for b in batches]) for k in ("image", "label")}
+
+
+def _evaluator(restored: Restored):
+  from trajax import train
+
+  key = ("evaluator", id(restored.model))
+  if key not in _MODEL_CACHE:
+    _MODEL_CACHE[key] = train.Evaluator(restored.model, train.make_mesh(restored.config))
+  return _MODEL_CACHE[key]
+
+
+def evaluate(restored: Restored, params, batch_stats, split: str = "test") -> dict:
+  """``{'loss', 'accuracy'}`` of (params, batch_stats) over ``split`` of the run's data."""
+  return _evaluator(restored).evaluate(params, batch_stats, restored.dataset.eval_batches(split))
+
+
+def recompute_batch_stats(restored: Restored, params, batch_stats):
+  """BatchNorm statistics for ``params`` (e.g. an average), as the engine computes them.
+
+  The cumulative mean over ``averaging.bn_recompute_batches`` fixed training
+  batches (:meth:`trajax.train.Evaluator.recompute_batch_stats`): statistics
+  of averaged weights are not the average of the statistics.
+  """
+  n = int(restored.config.averaging.bn_recompute_batches)
+  batches = (restored.dataset.fixed_train_batch(i) for i in range(n))
+  return _evaluator(restored).recompute_batch_stats(params, batch_stats, batches)
+
+
+# ----------------------------------------------------------------------------
+# plotting
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, width: float = 5.0, height: float = 3.8):
+  """``(fig, axes[nrows][ncols])`` on the Agg backend (no display needed)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+
+
+def save_figure(fig, path: str, label: str) -> str:
+  """Adds ``label`` (the run's :func:`run_label`) under the plots and writes a PNG."""
+  import matplotlib.pyplot as plt
+
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.text(0.5, 0.005, label, ha="center", va="bottom", fontsize=7, color="0.3")
+  fig.tight_layout(rect=(0, 0.03, 1, 1))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
