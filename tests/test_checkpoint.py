@@ -178,3 +178,40 @@ def test_workdir_errors_never_start_fresh(tmp_path):
     train.train_and_evaluate(_config(**{"optimizer.lr": -1.0}), str(tmp_path / "bad"),
                              dataset=FakeDataset())
   assert not (tmp_path / "bad").exists()  # validation precedes every write
+
+
+def test_verify_lists_checkpoints_and_flags_inconsistencies(uninterrupted, tmp_path):
+  from trajax import verify
+
+  workdir, _ = uninterrupted
+  ok, lines = verify.verify(str(workdir))
+  assert ok, lines
+  steps = [int(x.split()[0]) for x in lines if x.strip() and x.split()[0].isdigit()]
+  assert steps == [10, 20, 30]
+  assert all("True" in x and "jax=" in x for x in lines if x.split()[0].isdigit())
+  assert verify.main([str(workdir)]) == 0
+
+  # A tampered config (hash mismatch) is an inconsistency.
+  import shutil
+
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  meta_path = copy / "checkpoints" / "20" / "meta" / "metadata"
+  meta = json.loads(meta_path.read_text())
+  meta["config"]["optimizer"]["lr"] = 0.5
+  meta_path.write_text(json.dumps(meta))
+  ok, lines = verify.verify(str(copy))
+  assert not ok
+  assert any("step 20" in x and "config hash" in x for x in lines)
+  assert any("step 20" in x and "optimizer.lr" in x for x in lines)  # beyond the allow-list
+  assert verify.main([str(copy)]) == 1
+
+  # A checkpoint holding a NaN (written behind the engine's back) is flagged by name.
+  bad = tmp_path / "bad" / "checkpoints"
+  writer = ckpt_lib.Checkpointer(str(bad), async_save=False)
+  state = {"step": np.int32(5), "params": {"w": np.array([1.0, np.nan], np.float32)}}
+  writer.save(5, state, ckpt_lib.make_metadata(_config(), step=5))
+  writer.close()
+  ok, lines = verify.verify(str(tmp_path / "bad"))
+  assert not ok and any("non-finite" in x and "params/w" in x for x in lines)
+  assert verify.main([str(tmp_path / "missing")]) == 1
