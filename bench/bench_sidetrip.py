@@ -14,7 +14,9 @@ process and reports:
 * ``compiled``: whether that first step compiled (False for the second trip
   of a kind: S, η_S, f and k are traced arguments);
 * ``wall_s``: the whole ``run_sidetrip`` call for ``--steps`` steps, one
-  evaluation on the 10 000-example test split and one checkpoint included.
+  evaluation on the 10 000-example test split and one checkpoint included;
+* ``cpu_s``: CPU time of this process over that call (all threads): less
+  sensitive than wall time to other jobs sharing the cores.
 
   .venv/bin/python -m bench.bench_sidetrip                  # defaults below
   .venv/bin/python -m bench.bench_sidetrip --steps=200 --workdir=/tmp/bench_sidetrip
@@ -81,13 +83,14 @@ def main():
       out = os.path.join(args.workdir, f"{kind}-{s}")
       shutil.rmtree(out, ignore_errors=True)
       cfg = sidetrip.with_sidetrip(config, eval_at=(), **fields)
-      t = time.perf_counter()
+      t, cpu = time.perf_counter(), time.process_time()
       result = sidetrip.run_sidetrip(cfg, parent, s, out)
-      wall = time.perf_counter() - t
+      wall, cpu = time.perf_counter() - t, time.process_time() - cpu
       row = {
         "kind": kind,
         "step": s,
         "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
         **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.timings.items()},
       }
       rows.append(row)
@@ -100,13 +103,13 @@ def main():
   )
   print(
     f"{'kind':12s} {'S':>5s} {'restore_s':>10s} {'first_step_s':>13s} {'compiled':>9s} "
-    f"{'start_s':>8s} {'wall_s':>7s}"
+    f"{'start_s':>8s} {'wall_s':>7s} {'cpu_s':>6s}"
   )
   for r in rows:
     start = r["restore_s"] + r["first_step_s"]
     print(
       f"{r['kind']:12s} {r['step']:5d} {r['restore_s']:10.3f} {r['first_step_s']:13.3f} "
-      f"{str(r['compiled']):>9s} {start:8.3f} {r['wall_s']:7.2f}"
+      f"{str(r['compiled']):>9s} {start:8.3f} {r['wall_s']:7.2f} {r['cpu_s']:6.2f}"
     )
 
 

@@ -471,6 +471,8 @@ def test_fixed_batch_side_trip_is_plain_gradient_descent(parent, tmp_path):
   assert fb[2] < fb[1] < fb[0]
   meta = ckpt_lib.read_metadata(str(tmp_path / "trip" / "checkpoints"), 20 + k)
   assert meta["lineage"]["params"]["fixed_batch_index"] == 3
+  with pytest.raises(ValueError, match="is a fixed-batch side-trip"):
+    sidetrip.run_sidetrip(config, str(tmp_path / "trip"), 20 + k, str(tmp_path / "again"))
 
 
 # --------------------------------------------------------------------------- compile once

@@ -727,6 +727,11 @@ def run_sidetrip(
   spec = resolve(config, step)
   _check_against_parent(base, parent_meta["config"], spec.kind)
   workdir = _workdir_checks(workdir, parent_dir)
+  if (parent_meta.get("lineage") or {}).get("kind") == "fixed_batch":
+    # Its state has a plain-GD optimizer state, not the config's optimizer's.
+    raise ValueError(
+      f"parent {parent_dir!r} is a fixed-batch side-trip: branch off its own parent instead"
+    )
   parent_config = mlc.ConfigDict(
     {k: v for k, v in parent_meta["config"].items() if k != "sidetrip"}
   )
