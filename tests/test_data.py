@@ -379,3 +379,27 @@ def test_imagenet_label_noise_is_a_keyed_hash_of_the_example_id(mock_tfds, tmp_p
   reseeded = _tfds("imagenet2012", tmp_path, label_noise=0.4, seed=5)
   assert (reseeded._labels(tf, example, noisy=True).numpy() != noisy).mean() > 0.3
   assert not ds._labels(tf, example, noisy=False).numpy().any()
+
+
+def test_imagenet_eval_centre_crop_geometry_on_a_ramp_image():
+  import tensorflow as tf
+
+  from trajax.data import tfds_source
+
+  # A grey ramp (equal channels, so JPEG's chroma subsampling cannot blur it):
+  # bilinear resizing keeps a linear ramp linear, so each output pixel tells
+  # which input coordinate it sampled.
+  h, w = 300, 400
+  crop = int(224 / 256 * min(h, w))  # 262: centre crop of 224/256 of the shorter side
+  # Half-pixel centres: output i samples input (i + 0.5) * crop / 224 - 0.5.
+  src = (np.arange(224) + 0.5) * crop / 224 - 0.5
+  inner = slice(4, 220)  # away from the clamped borders
+  for axis, (size, slope) in enumerate([(h, 0.8), (w, 0.6)]):
+    ramp = np.arange(size) * slope
+    grey = ramp[:, None] * np.ones(w) if axis == 0 else np.ones(h)[:, None] * ramp
+    image = np.repeat(np.round(grey)[..., None], 3, -1).astype(np.uint8)
+    out = tfds_source._decode_eval(tf, tf.io.encode_jpeg(tf.constant(image), quality=100)).numpy()
+    assert out.shape == (224, 224, 3)
+    start = (size - crop + 1) // 2
+    profile = out[inner, 112, 0] if axis == 0 else out[112, inner, 0]
+    np.testing.assert_allclose(profile, ((start + src) * slope)[inner], atol=1.5)
