@@ -421,8 +421,12 @@ def test_equivalent_side_trip_lands_near_the_average_on_a_real_net(parent, tmp_p
     for r in read_jsonl(os.path.join(parent.workdir, "metrics.jsonl"))
     if r["step"] == 40 and "eval_avg/loss" in r
   ][0]
-  assert result.evals[10]["eval/loss"] == pytest.approx(parent_eval["eval_avg/loss"], rel=0.1)
-  assert math.isfinite(result.evals[0]["eval/loss"])  # j = 0: the branch point itself
+  # Loose (the BN statistics differ too: recomputed for the average, running
+  # for the side-trip): within 10 %, and closer to it than the branch point
+  # (j = 0) was.
+  target = parent_eval["eval_avg/loss"]
+  assert result.evals[10]["eval/loss"] == pytest.approx(target, rel=0.1)
+  assert abs(result.evals[10]["eval/loss"] - target) < abs(result.evals[0]["eval/loss"] - target)
 
 
 # --------------------------------------------------------------------------- fixed batch
