@@ -3,9 +3,11 @@
 A small conv net (two 3×3 convs + dense, ~0.3 M params) on 32×32×3 inputs,
 ``optax.sgd(0.05, momentum=0.9)`` plain vs wrapped in each averaging
 transform, timed in one process with the variants interleaved so machine
-noise hits all alike. Prints median step time and the ratio to plain.
+noise hits all alike. Each round times a block of steps for every variant;
+the reported ratio is the median over rounds of the paired per-round ratio
+to plain, which cancels slow drifts in machine load.
 
-    .venv/bin/python -m bench.bench_averaging [--steps 200] [--repeats 7] [--batch 64]
+    .venv/bin/python -m bench.bench_averaging [--steps 20] [--repeats 15] [--batch 64]
 """
 
 import argparse
@@ -52,8 +54,8 @@ def make_step(opt):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--steps", type=int, default=200)
-  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--repeats", type=int, default=15)
   parser.add_argument("--batch", type=int, default=64)
   args = parser.parse_args()
 
@@ -92,10 +94,12 @@ def main():
 
   n_params = sum(x.size for x in jax.tree.leaves(params))
   print(f"device={jax.devices()[0].platform} params={n_params} batch={args.batch} steps={args.steps} repeats={args.repeats}")
-  base = np.median(times["plain"])
-  print(f"{'variant':<18}{'median ms/step':>16}{'ratio':>8}")
+  base = np.asarray(times["plain"])
+  print(f"{'variant':<18}{'median ms/step':>16}{'paired ratio':>14}{'IQR':>16}")
   for name, ts in times.items():
-    print(f"{name:<18}{1e3 * np.median(ts):>16.3f}{np.median(ts) / base:>8.3f}")
+    r = np.asarray(ts) / base
+    q1, q3 = np.percentile(r, [25, 75])
+    print(f"{name:<18}{1e3 * np.median(ts):>16.3f}{np.median(r):>14.3f}{f'[{q1:.3f}, {q3:.3f}]':>16}")
 
 
 if __name__ == "__main__":
