@@ -1,0 +1,302 @@
+"""Figure 14: a cosine-schedule run, its weight average, and equivalent side-trips (App. B.2).
+
+The main trajectory uses the cosine schedule eta_t = lr (1 + cos(pi t/T))/2
+(the config's ``:cosine`` variant). At branch points S_i (``exp.branch_fractions``
+of T) three things are compared k steps later (k = ``exp.window``, default
+``averaging.gap``):
+
+* raw:      theta_{S+k}, the main trajectory itself (replayed from S with the
+            engine's train step; the JSON records the bit-exact check against
+            the parent's checkpoint when one exists at S + k);
+* average:  the average over the window [S, S + k] of that replay, with the
+            method ``exp.method`` (default SWA: (1/k) sum_{j=1..k} theta_{S+j};
+            ``trajax.averaging`` started at S) -- BatchNorm statistics
+            recomputed for the averaged weights;
+* side-trip: :func:`trajax.sidetrip.run_sidetrip` of kind ``'equivalent'``
+            from S, on the parent's batch stream, with the schedule of
+            paper Table 1 / eq. 29 times the cosine rate:
+            eta'_{S+j} = eta_{S+j} w_j (SWA: w_j = (k - j)/k), evaluated at
+            j = 1, 10, 100, ... and k (the red points of the figure).
+
+By Lemma 2 the side-trip reaches the average's loss; the figure shows this
+along the whole cosine trajectory, together with the parent's own curves
+(test loss/accuracy from its ``metrics.jsonl``: raw, and its running average
+``eval_avg/*`` if the config averages).
+
+Usage::
+
+  python -m experiments.fig14_cosine --config=configs/mnist1d.py:cosine --workdir=workdirs/fig14
+
+Writes ``WORKDIR/fig14_cosine.{json,png}``; side-trips live in
+``WORKDIR/trips/equivalent_<S>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+
+import numpy as np
+
+from experiments import common
+from experiments import fig6_8_distances as f68
+
+NAME = "fig14_cosine"
+METHODS = ("swa", "ema", "two_point", "multi_point")
+
+
+def experiment_defaults():
+  """The experiment's knobs (``--exp.<field>``); None: derived from the config."""
+  import ml_collections as mlc
+
+  e = mlc.ConfigDict()
+  e.branch_fractions = (0.25, 0.5, 0.75)  # S_i = round(f * total_steps)
+  e.window = mlc.FieldReference(None, field_type=int)  # k; default averaging.gap
+  e.method = "swa"  # averaging compared with its equivalent side-trip
+  e.train_eval_batches = 10  # fixed training batches for the training loss
+  e.parent = ""  # reuse an existing parent WORKDIR
+  return e
+
+
+def method_params(config, method: str, k: int) -> dict:
+  """Parameters of ``method`` over a window of k steps (names as trajax.averaging takes them)."""
+  if method not in METHODS:
+    raise ValueError(f"exp.method must be one of {list(METHODS)}, got {method!r}")
+  if method == "swa":
+    return {}
+  if method == "ema":
+    return {"decay": float(config.averaging.decay)}
+  if method == "two_point":
+    return {"gap": int(k)}
+  n = int(config.averaging.n)
+  if n < 2 or k % (n - 1):
+    raise ValueError(
+      f"exp.method='multi_point' with averaging.n={n} needs a window divisible by n - 1; "
+      f"got exp.window={k}"
+    )
+  return {"n": n, "gap": k // (n - 1)}
+
+
+def branch_points(config, fractions, k: int) -> list[int]:
+  T = int(config.total_steps)
+  if not fractions:
+    raise ValueError("exp.branch_fractions must name at least one fraction of total_steps")
+  out = []
+  for f in fractions:
+    if not 0 <= float(f) < 1:
+      raise ValueError(f"exp.branch_fractions entries must lie in [0, 1), got {f!r}")
+    s = int(round(float(f) * T))
+    if s + k > T:
+      raise ValueError(
+        f"exp.branch_fractions entry {f} gives S={s}: S + window ({k}) exceeds "
+        f"total_steps={T}; use a smaller fraction or window"
+      )
+    out.append(s)
+  return sorted(set(out))
+
+
+def _replay_average(restored, k: int, method: str, params: dict):
+  """theta_{S+k} and the window average of the replay from S (trajax.averaging)."""
+  from trajax import averaging
+
+  averager = averaging.make_averager(method, **params)
+  run = f68.Runner(restored)
+  avg_state = averager.init(run.params)
+  S = int(restored.step)
+  for t in range(S + 1, S + k + 1):
+    run.advance_to(t)
+    avg_state = averager.update(run.params, avg_state)
+  return run, avg_state.average
+
+
+def _trip(parent: str, restored, method: str, params: dict, k: int, workdir: str):
+  from trajax import sidetrip
+
+  S = int(restored.step)
+  tdir = os.path.join(workdir, "trips", f"equivalent_{S}")
+  os.makedirs(os.path.dirname(tdir), exist_ok=True)
+  if (S + k) not in common.committed_steps(tdir):
+    cfg = copy.deepcopy(restored.config)
+    with cfg.unlocked():
+      cfg.checkpoint.async_save = False
+    cfg = sidetrip.with_sidetrip(
+      cfg,
+      kind="equivalent",
+      method=method,
+      window=int(k),
+      eval_at=tuple(f68.eval_points(k)),
+      **params,
+    )
+    res = sidetrip.run_sidetrip(cfg, parent, S, tdir)
+    common.log(f"fig14: equivalent side-trip {S} -> {res.step} done (timings {res.timings})")
+  return tdir
+
+
+def run(config, exp, workdir: str) -> dict:
+  """Figure 14 for ``config``; writes JSON + PNG into ``workdir``; returns a summary."""
+  from trajax import config_validation
+
+  config_validation.validate(config)
+  if config.optimizer.schedule != "cosine":
+    raise ValueError(
+      f"optimizer.schedule must be 'cosine' for Figure 14, got {config.optimizer.schedule!r} "
+      "(use the config's ':cosine' variant, e.g. --config=configs/mnist1d.py:cosine)"
+    )
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  T = int(config.total_steps)
+  k = f68.window(config, exp)
+  method = str(exp.method)
+  params = method_params(config, method, k)
+  starts = branch_points(config, tuple(exp.branch_fractions), k)
+  keep = sorted({*starts, *(s + k for s in starts), T})
+  parent = f68.parent_dir(config, exp, workdir, keep)
+
+  branches = []
+  t0 = time.perf_counter()
+  for S in starts:
+    r = common.restore(parent, S)
+    tr_batches = f68.train_eval_batches(r, int(exp.train_eval_batches))
+    raw_run, avg_params = _replay_average(r, k, method, params)
+    tdir = _trip(parent, r, method, params, k, workdir)
+    trip = common.restore(tdir, S + k).state
+    records = common.read_metrics(tdir)
+    js, trip_loss = common.metric_series(records, "eval/loss")
+    _, trip_acc = common.metric_series(records, "eval/accuracy")
+    b = {
+      "branch_step": S,
+      "trip_steps": (js - S).tolist(),
+      "trip_test_loss": trip_loss.tolist(),
+      "trip_test_accuracy": trip_acc.tolist(),
+      "raw": f68.evaluate_point(
+        r, raw_run.params, raw_run.state.batch_stats, tr_batches, recompute_bn=False
+      ),
+      "average": f68.evaluate_point(
+        r, avg_params, raw_run.state.batch_stats, tr_batches, recompute_bn=True
+      ),
+      "sidetrip": f68.evaluate_point(
+        r, trip.params, trip.batch_stats, tr_batches, recompute_bn=False
+      ),
+      "dist_sidetrip_vs_average": f68.l2(trip.params, avg_params),
+      "dist_raw_vs_average": f68.l2(raw_run.params, avg_params),
+    }
+    if S + k in common.committed_steps(parent):
+      b["replay_vs_parent_l2"] = f68.l2(raw_run.params, common.restore(parent, S + k).state.params)
+    common.log(
+      f"fig14 S={S}: test loss raw {b['raw']['test_loss']:.4f}, {method} {b['average']['test_loss']:.4f}, "
+      f"side-trip {b['sidetrip']['test_loss']:.4f}; test acc raw {b['raw']['test_accuracy']:.4f}, "
+      f"{method} {b['average']['test_accuracy']:.4f}, side-trip {b['sidetrip']['test_accuracy']:.4f}"
+    )
+    branches.append(b)
+
+  prec = common.read_metrics(parent)
+  curves = {}
+  for key in (
+    "eval/loss",
+    "eval/accuracy",
+    "eval_avg/loss",
+    "eval_avg/accuracy",
+    "train/loss",
+    "train/lr",
+  ):
+    s, v = common.metric_series(prec, key)
+    if len(s):
+      curves[key] = {"step": s.tolist(), "value": v.tolist()}
+
+  res = {
+    "method": method,
+    "method_params": params,
+    "window": k,
+    "total_steps": T,
+    "parent": parent,
+    "parent_averaging": config.averaging.method,
+    "seed": int(config.seed),
+    "branches": branches,
+    "parent_curves": curves,
+    "seconds": time.perf_counter() - t0,
+  }
+  gap = [abs(b["sidetrip"]["test_loss"] - b["average"]["test_loss"]) for b in branches]
+  gain = [b["raw"]["test_loss"] - b["average"]["test_loss"] for b in branches]
+  res["summary"] = {
+    "branch_steps": starts,
+    "max_abs_test_loss_gap_sidetrip_vs_average": float(max(gap)),
+    "mean_test_loss_gain_average_over_raw": float(np.mean(gain)),
+    "test_loss_raw": [b["raw"]["test_loss"] for b in branches],
+    "test_loss_average": [b["average"]["test_loss"] for b in branches],
+    "test_loss_sidetrip": [b["sidetrip"]["test_loss"] for b in branches],
+    "test_accuracy_raw": [b["raw"]["test_accuracy"] for b in branches],
+    "test_accuracy_average": [b["average"]["test_accuracy"] for b in branches],
+    "test_accuracy_sidetrip": [b["sidetrip"]["test_accuracy"] for b in branches],
+  }
+  common.write_json(os.path.join(workdir, "fig14_cosine.json"), {"config": config.to_dict(), **res})
+  _plot(
+    res, os.path.join(workdir, "fig14_cosine.png"), common.run_label(config, f"{method}, k={k}")
+  )
+  return {**res["summary"], "files": ["fig14_cosine.json", "fig14_cosine.png"]}
+
+
+def _plot(res: dict, path: str, label: str) -> None:
+  fig, ax = common.new_figure(1, 3, width=4.6)
+  c, k, method = res["parent_curves"], res["window"], res["method"]
+  panels = (
+    ("test_loss", "eval/loss", "eval_avg/loss", "test loss (nats)"),
+    ("test_accuracy", "eval/accuracy", "eval_avg/accuracy", "test accuracy (fraction)"),
+    ("train_loss", "train/loss", None, "training loss (nats)"),
+  )
+  for col, (key, raw_key, avg_key, ylabel) in enumerate(panels):
+    a = ax[0][col]
+    if raw_key in c:
+      lab = (
+        "main run (raw)"
+        if raw_key.startswith("eval")
+        else "main run, mean minibatch loss per log window"
+      )
+      a.plot(c[raw_key]["step"], c[raw_key]["value"], "k-", lw=1, label=lab)
+    if avg_key and avg_key in c:
+      a.plot(
+        c[avg_key]["step"],
+        c[avg_key]["value"],
+        "k-.",
+        lw=1,
+        label=f"main run's own average ({res['parent_averaging']})",
+      )
+    for i, b in enumerate(res["branches"]):
+      S = b["branch_step"]
+      first = i == 0
+      if key != "train_loss":
+        trip_vals = b["trip_test_loss"] if key == "test_loss" else b["trip_test_accuracy"]
+        a.plot(
+          [S + j for j in b["trip_steps"]],
+          trip_vals,
+          "r-o",
+          ms=3,
+          lw=0.8,
+          label="equivalent side-trip (j = 1, 10, 100, ..., k)" if first else None,
+        )
+      a.plot(
+        [S + k], [b["sidetrip"][key]], "rs", ms=6, label="side-trip at S + k" if first else None
+      )
+      a.plot(
+        [S + k],
+        [b["average"][key]],
+        "bx",
+        ms=8,
+        mew=2,
+        label=f"{method} over [S, S+k]" if first else None,
+      )
+      a.plot([S + k], [b["raw"][key]], "k^", ms=5, label=r"raw $\theta_{S+k}$" if first else None)
+      a.axvline(S, color="r", ls=":", lw=0.6)
+    a.set_xlabel("training step (dotted: branch points S)")
+    a.set_ylabel(ylabel)
+    a.set_title(ylabel.split(" (")[0] + (" (fixed batches at S+k)" if key == "train_loss" else ""))
+    a.legend(fontsize=6)
+  common.save_figure(fig, path, label)
+
+
+def main(argv=None):
+  return common.cli(NAME, run, experiment_defaults, argv)
+
+
+if __name__ == "__main__":
+  main()
