@@ -16,7 +16,13 @@ of T) three things are compared k steps later (k = ``exp.window``, default
             from S, on the parent's batch stream, with the schedule of
             paper Table 1 / eq. 29 times the cosine rate:
             eta'_{S+j} = eta_{S+j} w_j (SWA: w_j = (k - j)/k), evaluated at
-            j = 1, 10, 100, ... and k (the red points of the figure).
+            j = 1, 10, 100, ... and k (the red points of the figure; these
+            come from the side-trip's own evaluations, with its running
+            BatchNorm statistics, like the parent's curves).
+
+At S + k all three are evaluated with BatchNorm statistics recomputed for
+their weights (so each loss depends on the weights alone), on the test split
+and on ``exp.train_eval_batches`` fixed training batches.
 
 By Lemma 2 the side-trip reaches the average's loss; the figure shows this
 along the whole cosine trajectory, together with the parent's own curves
@@ -170,13 +176,13 @@ def run(config, exp, workdir: str) -> dict:
       "trip_test_loss": trip_loss.tolist(),
       "trip_test_accuracy": trip_acc.tolist(),
       "raw": f68.evaluate_point(
-        r, raw_run.params, raw_run.state.batch_stats, tr_batches, recompute_bn=False
+        r, raw_run.params, raw_run.state.batch_stats, tr_batches, recompute_bn=True
       ),
       "average": f68.evaluate_point(
         r, avg_params, raw_run.state.batch_stats, tr_batches, recompute_bn=True
       ),
       "sidetrip": f68.evaluate_point(
-        r, trip.params, trip.batch_stats, tr_batches, recompute_bn=False
+        r, trip.params, trip.batch_stats, tr_batches, recompute_bn=True
       ),
       "dist_sidetrip_vs_average": f68.l2(trip.params, avg_params),
       "dist_raw_vs_average": f68.l2(raw_run.params, avg_params),

@@ -22,9 +22,13 @@ By Lemma 2 / Table 1 the two-point average over j steps is the side-trip with
 lambda/2 when fixed-batch gradients do not change; on a real network the two
 land at distinct points (D_avg > 0) that are closer than two runs on
 different batch orders (D_avg < D_orders), with matching losses. Losses and
-accuracies of the average (BatchNorm statistics recomputed, as the engine does
-for averages), the lambda/2 side-trip and the lambda run are evaluated at
-j = 1, 10, 100, ... and k.
+accuracies of the average, the lambda/2 side-trip and the lambda run are
+evaluated at j = 1, 10, 100, ... and k, all three with BatchNorm statistics
+recomputed for their weights (as the engine does for averages): the running
+statistics of a run lag its weights, and an average has none of its own, so
+recomputing for every point makes each loss a function of the weights alone
+and the three comparable (at tiny scale the lag alone moved the test loss by
+more than the weights did).
 
 Figure 8 (basins of attraction). From a burn-in point B a second run theta'
 continues on a different batch order (stream position t + T) to T; then::
@@ -322,10 +326,10 @@ def figure6(parent: str, S: int, k: int, points: int, n_train_eval: int) -> dict
       out["evals"][str(j)] = {
         "average": evaluate_point(r, avg, lam.state.batch_stats, tr_batches, recompute_bn=True),
         "half": evaluate_point(
-          r, half.params, half.state.batch_stats, tr_batches, recompute_bn=False
+          r, half.params, half.state.batch_stats, tr_batches, recompute_bn=True
         ),
         "lambda": evaluate_point(
-          r, lam.params, lam.state.batch_stats, tr_batches, recompute_bn=False
+          r, lam.params, lam.state.batch_stats, tr_batches, recompute_bn=True
         ),
       }
       common.log(
