@@ -61,6 +61,7 @@ __all__ = [
   "stack_batches",
   "to_jsonable",
   "train_batch",
+  "with_batch_stats",
   "write_json",
 ]
 
@@ -444,21 +445,37 @@ def restore(run_dir: str, step: int | None = None) -> Restored:
   return Restored(config, model, dataset, state, step, meta)
 
 
-def make_loss_fn(model, batch_stats, *, train: bool = False) -> Callable:
+def make_loss_fn(model, batch_stats=None, *, train: bool = False) -> Callable:
   """``loss_fn(params, batch) -> mean cross-entropy`` for the probes.
 
-  ``train=False`` (default): BatchNorm uses the fixed running statistics
-  ``batch_stats``, so the loss is a deterministic function of the params
-  alone -- what one step on a batch changes (paper Sec. 3). ``train=True``:
-  BatchNorm normalises with the batch's own statistics, as the train step does.
-  Keep the returned object to reuse the probes' compilations.
+  ``train=False`` (default): BatchNorm uses fixed running statistics, so the
+  loss is a deterministic function of the params alone -- what one step on a
+  batch changes (paper Sec. 3). ``train=True``: BatchNorm normalises with the
+  batch's own statistics, as the train step does.
+
+  With ``batch_stats=None`` the statistics travel in the batch
+  (``batch['batch_stats']``, see :func:`with_batch_stats`), and the function
+  object is cached per (model, train): the probes take ``loss_fn`` as a
+  static argument hashed by identity, so one object serves every checkpoint
+  and compiles once per batch shape. Closing over ``batch_stats`` instead
+  recompiles for every new closure.
   """
+  if batch_stats is None:
+    key = ("loss_fn", id(model), bool(train))
+    if key not in _MODEL_CACHE:
+      _MODEL_CACHE[key] = _loss_fn(model, None, train)
+    return _MODEL_CACHE[key]
+  return _loss_fn(model, batch_stats, train)
+
+
+def _loss_fn(model, batch_stats, train: bool) -> Callable:
   import jax.numpy as jnp
 
   from trajax.train import cross_entropy
 
   def loss_fn(params, batch):
-    variables = {"params": params, "batch_stats": batch_stats}
+    stats = batch["batch_stats"] if batch_stats is None else batch_stats
+    variables = {"params": params, "batch_stats": stats}
     if train:
       logits, _ = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
     else:
@@ -466,6 +483,25 @@ def make_loss_fn(model, batch_stats, *, train: bool = False) -> Callable:
     return jnp.mean(cross_entropy(logits, batch["label"]))
 
   return loss_fn
+
+
+def with_batch_stats(batch: dict, batch_stats, *, stacked: int | None = None) -> dict:
+  """``batch`` plus ``'batch_stats'`` for :func:`make_loss_fn` with ``batch_stats=None``.
+
+  ``stacked=N``: the batch is N batches stacked on a leading axis (held-out
+  batches of the probes), so the statistics are broadcast to N copies.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  out = {k: v for k, v in batch.items() if k in ("image", "label")}
+  if stacked is None:
+    out["batch_stats"] = batch_stats
+  else:
+    out["batch_stats"] = jax.tree.map(
+      lambda x: jnp.broadcast_to(x, (int(stacked), *jnp.shape(x))), batch_stats
+    )
+  return out
 
 
 def train_batch(dataset, step: int) -> dict:
