@@ -281,7 +281,11 @@ def _plot(res: dict, path: str, label: str) -> None:
           label="equivalent side-trip (j = 1, 10, 100, ..., k)" if first else None,
         )
       a.plot(
-        [S + k], [b["sidetrip"][key]], "rs", ms=6, label="side-trip at S + k" if first else None
+        [S + k],
+        [b["sidetrip"][key]],
+        "rs",
+        ms=6,
+        label="side-trip at S + k (BN recomputed)" if first else None,
       )
       a.plot(
         [S + k],
@@ -289,9 +293,15 @@ def _plot(res: dict, path: str, label: str) -> None:
         "bx",
         ms=8,
         mew=2,
-        label=f"{method} over [S, S+k]" if first else None,
+        label=f"{method} over [S, S+k] (BN recomputed)" if first else None,
       )
-      a.plot([S + k], [b["raw"][key]], "k^", ms=5, label=r"raw $\theta_{S+k}$" if first else None)
+      a.plot(
+        [S + k],
+        [b["raw"][key]],
+        "k^",
+        ms=5,
+        label=r"raw $\theta_{S+k}$ (BN recomputed)" if first else None,
+      )
       a.axvline(S, color="r", ls=":", lw=0.6)
     a.set_xlabel("training step (dotted: branch points S)")
     a.set_ylabel(ylabel)
