@@ -75,8 +75,17 @@ def median(xs):
 def bench_a(args, kappa, groups):
   key = jax.random.key(0)
   floor = rng_floor(key, args.seeds, args.dim, args.steps)
-  sim = lambda: theory.simulate(key, kappa, lr=args.lr, num_steps=args.steps, theta0=1.0,
-                                num_seeds=args.seeds, dof_groups=groups).loss
+  sim = lambda: (
+    theory.simulate(
+      key,
+      kappa,
+      lr=args.lr,
+      num_steps=args.steps,
+      theta0=1.0,
+      num_seeds=args.seeds,
+      dof_groups=groups,
+    ).loss
+  )
   first_floor, _ = timed(floor)
   first_sim, _ = timed(sim)
   t_floor, t_sim = [], []
@@ -85,19 +94,30 @@ def bench_a(args, kappa, groups):
     t_sim.append(timed(sim)[0])
   t_np, _ = timed(lambda: numpy_loop(kappa, args.lr, 1.0, args.seeds, args.steps))
   out = {
-      "rng_floor_s": median(t_floor), "simulate_s": median(t_sim), "numpy_s": t_np,
-      "simulate_over_floor": median(t_sim) / median(t_floor),
-      "simulate_over_numpy": median(t_sim) / t_np,
-      "first_call_floor_s": first_floor, "first_call_simulate_s": first_sim,
-      "all_floor_s": t_floor, "all_simulate_s": t_sim,
+    "rng_floor_s": median(t_floor),
+    "simulate_s": median(t_sim),
+    "numpy_s": t_np,
+    "simulate_over_floor": median(t_sim) / median(t_floor),
+    "simulate_over_numpy": median(t_sim) / t_np,
+    "first_call_floor_s": first_floor,
+    "first_call_simulate_s": first_sim,
+    "all_floor_s": t_floor,
+    "all_simulate_s": t_sim,
   }
   return out
 
 
 def bench_b(args, kappa, groups, method, params, label):
   key = jax.random.key(1)
-  common = dict(lr=args.lr, num_steps=args.steps, theta0=1.0, dof_groups=groups,
-                record_every=args.record_every, method=method, **params)
+  common = dict(
+    lr=args.lr,
+    num_steps=args.steps,
+    theta0=1.0,
+    dof_groups=groups,
+    record_every=args.record_every,
+    method=method,
+    **params,
+  )
   pilot = theory.simulate(key, kappa, num_seeds=args.seeds, **common)
   loss = np.asarray(pilot.loss)[:, 1:]  # t = 0 is deterministic
   rel_se = loss.std(0, ddof=1) / loss.mean(0) / np.sqrt(args.seeds)
@@ -113,13 +133,18 @@ def bench_b(args, kappa, groups, method, params, label):
   mc_mean = np.asarray(mc_loss).mean(0)
   ex_loss = np.asarray(ex_loss)
   return {
-      "case": label, "method": method, **params,
-      "distinct_modes": int(len(np.unique(kappa))),
-      "pilot_worst_relative_se": float(rel_se.max()), "seeds_for_1pct_se": seeds_needed,
-      "monte_carlo_s": median(t_mc), "expected_loss_s": median(t_ex),
-      "speedup": median(t_mc) / median(t_ex),
-      "first_call_monte_carlo_s": first_mc, "first_call_expected_loss_s": first_ex,
-      "max_relative_gap_mc_vs_exact": float(np.max(np.abs(mc_mean / ex_loss - 1))),
+    "case": label,
+    "method": method,
+    **params,
+    "distinct_modes": int(len(np.unique(kappa))),
+    "pilot_worst_relative_se": float(rel_se.max()),
+    "seeds_for_1pct_se": seeds_needed,
+    "monte_carlo_s": median(t_mc),
+    "expected_loss_s": median(t_ex),
+    "speedup": median(t_mc) / median(t_ex),
+    "first_call_monte_carlo_s": first_mc,
+    "first_call_expected_loss_s": first_ex,
+    "max_relative_gap_mc_vs_exact": float(np.max(np.abs(mc_mean / ex_loss - 1))),
   }
 
 

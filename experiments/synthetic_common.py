@@ -16,11 +16,16 @@ import json
 import math
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
-def cli(get_config: Callable[[], Any], run: Callable[[Any, str], dict], name: str,
-        argv: list[str] | None = None) -> dict:
+def cli(
+  get_config: Callable[[], Any],
+  run: Callable[[Any, str], dict],
+  name: str,
+  argv: list[str] | None = None,
+) -> dict:
   """Parses ``--config.<field>=value`` and ``--outdir``, runs, prints the summary."""
   from absl import flags
   from ml_collections import config_flags
@@ -28,10 +33,10 @@ def cli(get_config: Callable[[], Any], run: Callable[[Any, str], dict], name: st
   full_argv = sys.argv if argv is None else [name, *argv]
   values = flags.FlagValues()
   # sys_argv: the override flags (--config.x) are defined from the argv given.
-  config_flags.DEFINE_config_dict("config", get_config(), flag_values=values,
-                                  sys_argv=full_argv)
-  flags.DEFINE_string("outdir", os.path.join("results", name),
-                      "folder for the JSON and PNG", flag_values=values)
+  config_flags.DEFINE_config_dict("config", get_config(), flag_values=values, sys_argv=full_argv)
+  flags.DEFINE_string(
+    "outdir", os.path.join("results", name), "folder for the JSON and PNG", flag_values=values
+  )
   values(full_argv)
   summary = run(values.config, values.outdir)
   print(json.dumps(summary, indent=2))
@@ -70,7 +75,7 @@ def save_figure(fig, outdir: str, filename: str) -> str:
 
 def first_step_below(steps, curve, level: float) -> int | None:
   """The first recorded step at which ``curve`` <= ``level`` (None if never)."""
-  for step, value in zip(steps, curve):
+  for step, value in zip(steps, curve, strict=True):
     if value <= level:
       return int(step)
   return None

@@ -42,6 +42,7 @@ def get_config():
   c.start = 3000
   c.window = 400  # two-point gap, SWA window, EMA side-trip length
   c.ema_decay = 0.01
+  c.methods = "two_point,swa,ema"  # comma-separated
   c.num_seeds = 16
   # eq. 20 panel
   c.eq20_kappas = (0.01, 0.1, 1.0)
@@ -50,11 +51,12 @@ def get_config():
 
 
 def _methods(config):
-  return {
-      "two_point": dict(gap=config.window),
-      "swa": {},
-      "ema": dict(decay=config.ema_decay),
-  }
+  params = {"two_point": dict(gap=config.window), "swa": {}, "ema": dict(decay=config.ema_decay)}
+  names = [m.strip() for m in config.methods.split(",") if m.strip()]
+  for name in names:
+    if name not in params:
+      raise ValueError(f"config.methods: {name!r} is not one of {tuple(params)}")
+  return {name: params[name] for name in names}
 
 
 def run(config, outdir: str) -> dict:
@@ -64,7 +66,7 @@ def run(config, outdir: str) -> dict:
   from trajax import schedules, theory
 
   hess = np.concatenate(
-      [np.full(config.num_fast, config.kappa_fast), np.full(config.num_slow, config.kappa_slow)]
+    [np.full(config.num_fast, config.kappa_fast), np.full(config.num_slow, config.kappa_slow)]
   )
   groups = np.concatenate([np.zeros(config.num_fast, int), np.ones(config.num_slow, int)])
   s, k, lr = config.start, config.window, config.lr
@@ -79,26 +81,28 @@ def run(config, outdir: str) -> dict:
     # batches): column 0 is the constant-λ run whose average is taken,
     # column 1 switches to the side-trip schedule at `start`.
     both_lr = lambda t, sched=sched: jnp.stack(
-        [jnp.full(jnp.shape(t), lr, jnp.float32), jnp.where(t < s, lr, sched(t - s))], -1)
+      [jnp.full(jnp.shape(t), lr, jnp.float32), jnp.where(t < s, lr, sched(t - s))], -1
+    )
     ex = theory.expected_loss(hess, lr=both_lr, method=method, start_step=s, **params, **kw)
-    sim = theory.simulate(key, hess, lr=both_lr, method=method, start_step=s,
-                          num_seeds=config.num_seeds, **params, **kw)
+    sim = theory.simulate(
+      key, hess, lr=both_lr, method=method, start_step=s, num_seeds=config.num_seeds, **params, **kw
+    )
     a, b, plain = (np.asarray(x) for x in (sim.average[0], sim.params[1], sim.params[0]))
     dist_side = np.linalg.norm(a - b, axis=-1).mean()
     dist_plain = np.linalg.norm(a - plain, axis=-1).mean()
     avg_loss, plain_loss, side_loss = ex.loss[0], ex.iterate_loss[0], ex.iterate_loss[1]
     end = {
-        "loss_average": common.finite(avg_loss[-1]),
-        "loss_side_trip": common.finite(side_loss[-1]),
-        "loss_plain": common.finite(plain_loss[-1]),
-        "loss_average_fast": common.finite(ex.loss_by_dof[0, -1, 0]),
-        "loss_side_trip_fast": common.finite(ex.iterate_loss_by_dof[1, -1, 0]),
-        "loss_average_slow": common.finite(ex.loss_by_dof[0, -1, 1]),
-        "loss_side_trip_slow": common.finite(ex.iterate_loss_by_dof[1, -1, 1]),
-        "loss_average_monte_carlo": common.finite(np.asarray(sim.loss)[0, :, -1].mean()),
-        "loss_side_trip_monte_carlo": common.finite(np.asarray(sim.iterate_loss)[1, :, -1].mean()),
-        "path_distance_average_to_side_trip": common.finite(dist_side),
-        "path_distance_average_to_plain": common.finite(dist_plain),
+      "loss_average": common.finite(avg_loss[-1]),
+      "loss_side_trip": common.finite(side_loss[-1]),
+      "loss_plain": common.finite(plain_loss[-1]),
+      "loss_average_fast": common.finite(ex.loss_by_dof[0, -1, 0]),
+      "loss_side_trip_fast": common.finite(ex.iterate_loss_by_dof[1, -1, 0]),
+      "loss_average_slow": common.finite(ex.loss_by_dof[0, -1, 1]),
+      "loss_side_trip_slow": common.finite(ex.iterate_loss_by_dof[1, -1, 1]),
+      "loss_average_monte_carlo": common.finite(np.asarray(sim.loss)[0, :, -1].mean()),
+      "loss_side_trip_monte_carlo": common.finite(np.asarray(sim.iterate_loss)[1, :, -1].mean()),
+      "path_distance_average_to_side_trip": common.finite(dist_side),
+      "path_distance_average_to_plain": common.finite(dist_plain),
     }
     end["side_trip_over_average"] = end["loss_side_trip"] / end["loss_average"]
     summary["methods"][method] = end
@@ -107,10 +111,14 @@ def run(config, outdir: str) -> dict:
   gaps = np.unique(np.geomspace(1, config.eq20_max_gap, 40).astype(int))
   eq20 = {}
   for kappa in config.eq20_kappas:
-    paper = [float(theory.effective_lr(lr, kappa, "two_point", exact=False, gap=int(g))) for g in gaps]
+    paper = [
+      float(theory.effective_lr(lr, kappa, "two_point", exact=False, gap=int(g))) for g in gaps
+    ]
     exact = [float(theory.effective_lr(lr, kappa, "two_point", gap=int(g))) for g in gaps]
-    eq20[str(kappa)] = {"paper_over_lr": (np.array(paper) / lr).tolist(),
-                        "exact_over_lr": (np.array(exact) / lr).tolist()}
+    eq20[str(kappa)] = {
+      "paper_over_lr": (np.array(paper) / lr).tolist(),
+      "exact_over_lr": (np.array(exact) / lr).tolist(),
+    }
   summary["eq20"] = {"gaps": gaps.tolist(), "by_kappa": eq20}
   common.write_json(outdir, "equivalence.json", summary)
 
@@ -128,10 +136,13 @@ def run(config, outdir: str) -> dict:
     ax.legend(fontsize=7)
   ax = axes[0, 3]
   for j, kappa in enumerate(config.eq20_kappas):
-    ax.semilogx(gaps, eq20[str(kappa)]["paper_over_lr"], color=f"C{j}", label=f"κ={kappa:g}, eq. 20")
+    ax.semilogx(
+      gaps, eq20[str(kappa)]["paper_over_lr"], color=f"C{j}", label=f"κ={kappa:g}, eq. 20"
+    )
     ax.semilogx(gaps, eq20[str(kappa)]["exact_over_lr"], color=f"C{j}", ls=":", label="exact")
-  ax.set(xlabel="Δ (steps between the two points)", ylabel="λ̂ / λ",
-         title=f"eq. 20, two-point, λ={lr:g}")
+  ax.set(
+    xlabel="Δ (steps between the two points)", ylabel="λ̂ / λ", title=f"eq. 20, two-point, λ={lr:g}"
+  )
   ax.legend(fontsize=7)
   common.save_figure(fig, outdir, "equivalence.png")
   return summary

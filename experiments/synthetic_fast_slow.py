@@ -54,28 +54,43 @@ def run(config, outdir: str) -> dict:
   from trajax import theory
 
   hess = np.concatenate(
-      [np.full(config.num_fast, config.kappa_fast), np.full(config.num_slow, config.kappa_slow)]
+    [np.full(config.num_fast, config.kappa_fast), np.full(config.num_slow, config.kappa_slow)]
   )
   groups = np.concatenate([np.zeros(config.num_fast, int), np.ones(config.num_slow, int)])
   decay = 1.0 / config.ema_decay_steps
-  kw = dict(num_steps=config.num_steps, theta0=config.theta0, dof_groups=groups,
-            record_every=config.record_every)
+  kw = dict(
+    num_steps=config.num_steps,
+    theta0=config.theta0,
+    dof_groups=groups,
+    record_every=config.record_every,
+  )
   lrs = np.array([config.lr0, config.lr1])
   exact = theory.expected_loss(hess, lr=lrs, method="ema", decay=decay, **kw)
-  sim = theory.simulate(jax.random.key(config.seed), hess, lr=lrs, method="ema", decay=decay,
-                        num_seeds=config.num_seeds, **kw)
+  sim = theory.simulate(
+    jax.random.key(config.seed),
+    hess,
+    lr=lrs,
+    method="ema",
+    decay=decay,
+    num_seeds=config.num_seeds,
+    **kw,
+  )
   steps = exact.steps
 
   # Three runs: λ0 (iterate), λ0 + EMA (its average), λ1 (iterate).
   def pick(curves, by_dof):
-    return {"lr0": (curves.iterate_loss[0], curves.iterate_loss_by_dof[0]),
-            "lr0_ema": (curves.loss[0], curves.loss_by_dof[0]),
-            "lr1": (curves.iterate_loss[1], curves.iterate_loss_by_dof[1])}
+    return {
+      "lr0": (curves.iterate_loss[0], curves.iterate_loss_by_dof[0]),
+      "lr0_ema": (curves.loss[0], curves.loss_by_dof[0]),
+      "lr1": (curves.iterate_loss[1], curves.iterate_loss_by_dof[1]),
+    }
 
   runs = pick(exact, True)
-  mc = {"lr0": (np.asarray(sim.iterate_loss[0]).mean(0), np.asarray(sim.iterate_loss_by_dof[0])),
-        "lr0_ema": (np.asarray(sim.loss[0]).mean(0), np.asarray(sim.loss_by_dof[0])),
-        "lr1": (np.asarray(sim.iterate_loss[1]).mean(0), np.asarray(sim.iterate_loss_by_dof[1]))}
+  mc = {
+    "lr0": (np.asarray(sim.iterate_loss[0]).mean(0), np.asarray(sim.iterate_loss_by_dof[0])),
+    "lr0_ema": (np.asarray(sim.loss[0]).mean(0), np.asarray(sim.loss_by_dof[0])),
+    "lr1": (np.asarray(sim.iterate_loss[1]).mean(0), np.asarray(sim.iterate_loss_by_dof[1])),
+  }
 
   tail = steps >= (1 - config.stationary_fraction) * config.num_steps
   slow0 = 0.5 * config.kappa_slow * config.theta0**2 * config.num_slow
@@ -85,32 +100,44 @@ def run(config, outdir: str) -> dict:
     total, by_dof = np.asarray(total), np.asarray(by_dof)
     mc_total, mc_by_dof = mc[name]
     summary["runs"][name] = {
-        "stationary_loss": common.finite(total[tail].mean()),
-        "stationary_loss_fast": common.finite(by_dof[tail, 0].mean()),
-        "stationary_loss_slow": common.finite(by_dof[tail, 1].mean()),
-        "stationary_loss_monte_carlo": common.finite(mc_total[tail].mean()),
-        "steps_to_slow_level": common.first_step_below(steps, by_dof[:, 1], level),
-        "steps_to_slow_level_monte_carlo": common.first_step_below(steps, mc_by_dof[:, 1], level),
+      "stationary_loss": common.finite(total[tail].mean()),
+      "stationary_loss_fast": common.finite(by_dof[tail, 0].mean()),
+      "stationary_loss_slow": common.finite(by_dof[tail, 1].mean()),
+      "stationary_loss_monte_carlo": common.finite(mc_total[tail].mean()),
+      "steps_to_slow_level": common.first_step_below(steps, by_dof[:, 1], level),
+      "steps_to_slow_level_monte_carlo": common.first_step_below(steps, mc_by_dof[:, 1], level),
     }
   r = summary["runs"]
   summary["ema_over_lr0_stationary"] = r["lr0_ema"]["stationary_loss"] / r["lr0"]["stationary_loss"]
-  summary["ema_over_lr0_fast"] = r["lr0_ema"]["stationary_loss_fast"] / r["lr0"]["stationary_loss_fast"]
-  summary["ema_over_lr0_slow"] = r["lr0_ema"]["stationary_loss_slow"] / r["lr0"]["stationary_loss_slow"]
+  summary["ema_over_lr0_fast"] = (
+    r["lr0_ema"]["stationary_loss_fast"] / r["lr0"]["stationary_loss_fast"]
+  )
+  summary["ema_over_lr0_slow"] = (
+    r["lr0_ema"]["stationary_loss_slow"] / r["lr0"]["stationary_loss_slow"]
+  )
   common.write_json(outdir, "fast_slow.json", summary)
 
   fig, axes = common.new_figure(1, 2)
-  labels = {"lr0": f"λ0={config.lr0:g}", "lr0_ema": f"λ0 + EMA ({config.ema_decay_steps:g} steps)",
-            "lr1": f"λ1={config.lr1:g}"}
+  labels = {
+    "lr0": f"λ0={config.lr0:g}",
+    "lr0_ema": f"λ0 + EMA ({config.ema_decay_steps:g} steps)",
+    "lr1": f"λ1={config.lr1:g}",
+  }
   colors = {"lr0": "C0", "lr0_ema": "C3", "lr1": "C2"}
   t = np.maximum(steps, 1)
   for name, (total, by_dof) in runs.items():
     axes[0, 0].loglog(t, np.asarray(total), color=colors[name], label=labels[name])
     axes[0, 0].loglog(t[1:], mc[name][0][1:], color=colors[name], alpha=0.3, lw=0.6)
-    axes[0, 1].loglog(t, np.asarray(by_dof)[:, 0], color=colors[name], ls="--",
-                      label=labels[name] + ", fast")
-    axes[0, 1].loglog(t, np.asarray(by_dof)[:, 1], color=colors[name], label=labels[name] + ", slow")
+    axes[0, 1].loglog(
+      t, np.asarray(by_dof)[:, 0], color=colors[name], ls="--", label=labels[name] + ", fast"
+    )
+    axes[0, 1].loglog(
+      t, np.asarray(by_dof)[:, 1], color=colors[name], label=labels[name] + ", slow"
+    )
   axes[0, 0].axhline(level, color="gray", lw=0.5)
-  axes[0, 0].set(xlabel="step", ylabel="loss ½θᵀAθ", title="Fig. 9: exact (thick), Monte Carlo (thin)")
+  axes[0, 0].set(
+    xlabel="step", ylabel="loss ½θᵀAθ", title="Fig. 9: exact (thick), Monte Carlo (thin)"
+  )
   axes[0, 1].axhline(level, color="gray", lw=0.5)
   axes[0, 1].set(xlabel="step", ylabel="loss", title="Fig. 11b: fast (dashed) and slow modes")
   for ax in axes[0]:

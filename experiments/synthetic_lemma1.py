@@ -48,8 +48,14 @@ def run(config, outdir: str) -> dict:
   burn *= config.record_every
   num_steps = burn + config.measure_steps
   d = config.dim
-  sim = theory.simulate(jax.random.key(config.seed), np.ones(d), lr=lrs, num_steps=num_steps,
-                        record_every=config.record_every, dof_groups=np.zeros(d, int))
+  sim = theory.simulate(
+    jax.random.key(config.seed),
+    np.ones(d),
+    lr=lrs,
+    num_steps=num_steps,
+    record_every=config.record_every,
+    dof_groups=np.zeros(d, int),
+  )
   norm_sq = 2 * np.asarray(sim.loss)[:, 0, sim.steps > burn]  # A = I: ‖θ‖² = 2 L
   measured = np.sqrt(norm_sq.mean(-1))
   mean_norm = np.sqrt(norm_sq).mean(-1)
@@ -61,17 +67,17 @@ def run(config, outdir: str) -> dict:
   slope_small = np.polyfit(np.log(lrs[small]), np.log(measured[small]), 1)[0]
 
   summary = {
-      "config": config.to_dict(),
-      "burn_in_steps": burn,
-      "lr": lrs.tolist(),
-      "radius_measured": [common.finite(x) for x in measured],
-      "mean_norm_measured": [common.finite(x) for x in mean_norm],
-      "radius_exact": exact.tolist(),
-      "radius_eq13": eq13.tolist(),
-      "relative_error_vs_exact": (measured / exact - 1).tolist(),
-      "shell_relative_spread": spread.tolist(),
-      "loglog_slope": common.finite(slope),
-      "loglog_slope_lr_le_0.05": common.finite(slope_small),
+    "config": config.to_dict(),
+    "burn_in_steps": burn,
+    "lr": lrs.tolist(),
+    "radius_measured": [common.finite(x) for x in measured],
+    "mean_norm_measured": [common.finite(x) for x in mean_norm],
+    "radius_exact": exact.tolist(),
+    "radius_eq13": eq13.tolist(),
+    "relative_error_vs_exact": (measured / exact - 1).tolist(),
+    "shell_relative_spread": spread.tolist(),
+    "loglog_slope": common.finite(slope),
+    "loglog_slope_lr_le_0.05": common.finite(slope_small),
   }
   common.write_json(outdir, "lemma1.json", summary)
 
@@ -80,8 +86,11 @@ def run(config, outdir: str) -> dict:
   ax.loglog(lrs, measured, "o", label="measured √mean‖θ‖²")
   ax.loglog(lrs, exact, "-", label="exact √(dλ/(2−λ))")
   ax.loglog(lrs, eq13, "--", label="eq. 13: √d·√(λ/2)")
-  ax.set(xlabel="learning rate λ", ylabel="stationary ‖θ‖",
-         title=f"Lemma 1 (d={d}): fitted slope {slope:.3f}")
+  ax.set(
+    xlabel="learning rate λ",
+    ylabel="stationary ‖θ‖",
+    title=f"Lemma 1 (d={d}): fitted slope {slope:.3f}",
+  )
   ax.legend(fontsize=8)
   common.save_figure(fig, outdir, "lemma1.png")
   return summary

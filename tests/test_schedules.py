@@ -7,8 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from trajax import averaging
-from trajax import schedules
+from trajax import averaging, schedules
 
 D = 5  # parameter dimension of the linear-loss runs
 
@@ -47,8 +46,8 @@ def _side_trip_gap(method, params, *, base, momentum, start, window, seed=0):
   theta0 = jax.random.normal(key_p, (D,))
 
   main = averaging.wrap(
-      _inner(base, momentum),
-      averaging.make_averager(method, start_step=start, **params),
+    _inner(base, momentum),
+    averaging.make_averager(method, start_step=start, **params),
   )
   state = main.init(theta0)
   theta_s, state_s = _run(main, theta0, state, grads[:start])
@@ -63,11 +62,10 @@ def _side_trip_gap(method, params, *, base, momentum, start, window, seed=0):
 
 
 CASES = [
-    ("swa", dict(), 9),
-    ("two_point", dict(gap=8), 8),
-    ("multi_point", dict(n=4, gap=3), 9),
-    ("ema", dict(decay=0.15), 12),
-    ("ema", dict(decay=1.0), 3),
+  ("swa", dict(), 9),
+  ("two_point", dict(gap=8), 8),
+  ("multi_point", dict(n=4, gap=3), 9),
+  ("ema", dict(decay=0.15), 12),
 ]
 
 
@@ -77,17 +75,18 @@ def test_side_trip_lands_on_the_average(method, params, window, momentum):
   """Exact for linear losses (float32 rounding only), with a non-constant base
   schedule and a start past 0 so the index convention is pinned down."""
   base = optax.cosine_decay_schedule(0.3, decay_steps=40, alpha=0.2)
-  err, scale = _side_trip_gap(
-      method, params, base=base, momentum=momentum, start=7, window=window
-  )
+  err, scale = _side_trip_gap(method, params, base=base, momentum=momentum, start=7, window=window)
   assert scale > 0.1  # the side-trip really moved
   assert err <= 2e-6 * max(1.0, scale), (err, scale)
 
 
 def test_side_trip_from_step_zero_with_constant_base():
   err, scale = _side_trip_gap(
-      "multi_point", dict(n=3, gap=5), base=0.1, momentum=0.9, start=0, window=10
+    "multi_point", dict(n=3, gap=5), base=0.1, momentum=0.9, start=0, window=10
   )
+  assert scale > 0.05 and err <= 2e-6
+  # decay = 1: the EMA is θ_t itself and the schedule is the base rate.
+  err, scale = _side_trip_gap("ema", dict(decay=1.0), base=0.1, momentum=None, start=2, window=3)
   assert scale > 0.05 and err <= 2e-6
 
 
@@ -117,12 +116,12 @@ def test_step_weights_match_the_kernel_of_each_averager():
   """w_j = Σ_{i>j} c_i where c is read off the averager itself, by feeding it
   the one-hot trajectory θ_{s+i} = e_i (the averages are linear in θ)."""
   start = 2
-  for method, params, k in CASES:
+  for method, params, k in CASES + [("ema", dict(decay=1.0), 3)]:
     avg = averaging.make_averager(method, start_step=start, **params)
     # θ_0 … θ_{start−1} = 0, then θ_start = e_0, …, θ_{start+k} = e_k.
     thetas = jnp.concatenate([jnp.zeros((start - 1, k + 1)), jnp.eye(k + 1)])
     state, _ = jax.lax.scan(
-        lambda st, th: (avg.update(th, st), None), avg.init(jnp.zeros(k + 1)), thetas
+      lambda st, th, avg=avg: (avg.update(th, st), None), avg.init(jnp.zeros(k + 1)), thetas
     )
     kernel = np.asarray(state.average, np.float64)
     want = schedules.weights_from_kernel(kernel)
@@ -134,14 +133,14 @@ def test_step_weights_match_the_kernel_of_each_averager():
 def test_schedule_values_and_landing():
   sched = schedules.equivalent_schedule("multi_point", 0.3, start=5, window=6, n=3, gap=3)
   np.testing.assert_allclose(
-      np.asarray(sched(jnp.arange(-1, 8))),
-      0.3 * np.array([0, 2 / 3, 2 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3, 0, 0]),
-      rtol=1e-6,
+    np.asarray(sched(jnp.arange(-1, 8))),
+    0.3 * np.array([0, 2 / 3, 2 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3, 0, 0]),
+    rtol=1e-6,
   )
   base = lambda t: 0.01 * t
   sched = schedules.equivalent_schedule("swa", base, start=10, window=4)
   np.testing.assert_allclose(
-      np.asarray(sched(jnp.arange(4))), [0.1, 0.11 * 0.75, 0.12 * 0.5, 0.13 * 0.25], rtol=1e-6
+    np.asarray(sched(jnp.arange(4))), [0.1, 0.11 * 0.75, 0.12 * 0.5, 0.13 * 0.25], rtol=1e-6
   )
   # jit-able with a traced step.
   assert float(jax.jit(sched)(jnp.int32(1))) == pytest.approx(0.11 * 0.75, rel=1e-6)
@@ -162,10 +161,10 @@ def test_matching_averaging_linear_decay_and_staircase():
   k = 50
   lin = optax.linear_schedule(0.2, 0.0, transition_steps=k)
   assert schedules.matching_averaging(lin, 0.2, start=100, window=k) == (
-      schedules.Averaging("swa", {}, k)
+    schedules.Averaging("swa", {}, k)
   )
   stair = optax.piecewise_constant_schedule(
-      0.2 * 3 / 4, {10: 2 / 3, 20: 1 / 2}
+    0.2 * 3 / 4, {10: 2 / 3, 20: 1 / 2}
   )  # 3/4, 2/4, 1/4 of 0.2, ten steps each
   got = schedules.matching_averaging(stair, 0.2, start=0, window=30)
   assert got == schedules.Averaging("multi_point", {"n": 4, "gap": 10}, 30)
@@ -176,24 +175,22 @@ def test_matching_averaging_rejects_what_no_method_matches():
   with pytest.raises(ValueError, match="rise"):
     schedules.matching_averaging(lambda j: 0.01 * (j + 1), 0.1, start=0, window=5)
   with pytest.raises(ValueError, match="kernel"):  # an average, not a trajax method
-    schedules.matching_averaging(
-        lambda j: jnp.where(j < 3, 0.09, 0.02), 0.1, start=0, window=6
-    )
+    schedules.matching_averaging(lambda j: jnp.where(j < 3, 0.09, 0.02), 0.1, start=0, window=6)
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        (dict(method="sma", window=3), "method must be one of"),
-        (dict(method="two_point", window=3, gap=4), "window must equal gap"),
-        (dict(method="multi_point", window=10, n=3, gap=4), r"\(n - 1\)\*gap = 8"),
-        (dict(method="ema", window=3), "needs decay"),
-        (dict(method="ema", window=3, decay=1.5), "decay must be a float in"),
-        (dict(method="swa", window=3, decay=0.1), "decay=0.1 is not a parameter"),
-        (dict(method="swa", window=0), "window must be an integer >= 1"),
-        (dict(method="multi_point", window=3, n=1, gap=3), "n must be an integer >= 2"),
-        (dict(method="swa", window=3, start=-1), "start must be an integer >= 0"),
-    ],
+  "kwargs,match",
+  [
+    (dict(method="sma", window=3), "method must be one of"),
+    (dict(method="two_point", window=3, gap=4), "window must equal gap"),
+    (dict(method="multi_point", window=10, n=3, gap=4), r"\(n - 1\)\*gap = 8"),
+    (dict(method="ema", window=3), "needs decay"),
+    (dict(method="ema", window=3, decay=1.5), "decay must be a float in"),
+    (dict(method="swa", window=3, decay=0.1), "decay=0.1 is not a parameter"),
+    (dict(method="swa", window=0), "window must be an integer >= 1"),
+    (dict(method="multi_point", window=3, n=1, gap=3), "n must be an integer >= 2"),
+    (dict(method="swa", window=3, start=-1), "start must be an integer >= 0"),
+  ],
 )
 def test_bad_arguments_are_named(kwargs, match):
   kwargs = dict(kwargs)

@@ -29,10 +29,16 @@ def test_fast_slow_via_command_line(tmp_path):
   λ0 in loss, mostly in the fast modes, and reaches the slow-coordinate level
   well before λ1 does."""
   out = str(tmp_path)
-  synthetic_fast_slow.main([
-      "--config.num_fast=4", "--config.num_slow=4", "--config.num_steps=8000",
-      "--config.num_seeds=2", "--config.record_every=20", f"--outdir={out}",
-  ])
+  synthetic_fast_slow.main(
+    [
+      "--config.num_fast=4",
+      "--config.num_slow=4",
+      "--config.num_steps=8000",
+      "--config.num_seeds=2",
+      "--config.record_every=20",
+      f"--outdir={out}",
+    ]
+  )
   s = _load(out, "fast_slow")
   assert _all_finite(s)
   r = s["runs"]
@@ -43,7 +49,8 @@ def test_fast_slow_via_command_line(tmp_path):
   assert lr0 < ema < lr1 and ema - lr0 < 2 * 450 and lr1 > 2 * lr0
   # The Monte Carlo overlay agrees with the exact curve at this tiny size (2 seeds).
   assert r["lr0"]["stationary_loss_monte_carlo"] == pytest.approx(
-      r["lr0"]["stationary_loss"], rel=0.25)
+    r["lr0"]["stationary_loss"], rel=0.25
+  )
 
 
 def test_lemma1_sqrt_lr(tmp_path):
@@ -62,6 +69,7 @@ def test_equivalence_side_trips(tmp_path):
   # θ_0 = 1 starts near the stationary state, the regime Lemma 2 is about.
   config.theta0, config.start, config.window, config.ema_decay = 1.0, 300, 40, 0.05
   config.num_seeds, config.eq20_max_gap = 2, 100
+  config.methods = "two_point,ema"  # SWA's schedule is covered by test_schedules
   s = synthetic_equivalence.run(config, str(tmp_path))
   assert _all_finite(_load(str(tmp_path), "equivalence"))
   for method, m in s["methods"].items():

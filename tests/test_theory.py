@@ -19,8 +19,9 @@ from trajax import theory
 # Float64 reference from the definitions.
 
 
-def _average_matrix(method, t_max, *, start_step=0, every=1, decay=None, n=2, gap=None,
-                    debias=False):
+def _average_matrix(
+  method, t_max, *, start_step=0, every=1, decay=None, n=2, gap=None, debias=False
+):
   """W with a_t = Σ_u W[t, u] θ_u, t, u = 0 … t_max, by the averaging definitions."""
   s = start_step
   w = np.zeros((t_max + 1, t_max + 1))
@@ -79,21 +80,21 @@ T_REF = 40
 
 
 @pytest.mark.parametrize(
-    "method,params",
-    [
-        ("none", {}),
-        ("ema", dict(decay=0.2, start_step=5)),
-        ("ema", dict(decay=0.3, start_step=2, every=3, debias=True)),
-        ("swa", dict(start_step=4, every=2)),
-        ("multi_point", dict(n=3, gap=5, start_step=3)),
-    ],
+  "method,params",
+  [
+    ("none", {}),
+    ("ema", dict(decay=0.2, start_step=5)),
+    ("ema", dict(decay=0.3, start_step=2, every=3, debias=True)),
+    ("swa", dict(start_step=4, every=2)),
+    ("multi_point", dict(n=3, gap=5, start_step=3)),
+  ],
 )
 def test_expected_loss_matches_float64_definitions(method, params):
   lr = lambda t: 0.3 - 0.005 * t  # a decaying schedule, λκ up to ~1
   lrs = np.asarray(lr(np.arange(T_REF)), np.float64)
   want = _reference_loss(A_FULL, C_FULL, THETA0, lrs, method, **params)
   got = theory.expected_loss(
-      A_FULL, lr=lr, num_steps=T_REF, theta0=THETA0, noise_cov=C_FULL, method=method, **params
+    A_FULL, lr=lr, num_steps=T_REF, theta0=THETA0, noise_cov=C_FULL, method=method, **params
   )
   np.testing.assert_allclose(np.asarray(got.loss), want, rtol=2e-5)
   want_iterate = _reference_loss(A_FULL, C_FULL, THETA0, lrs, "none")
@@ -112,8 +113,15 @@ def test_simulate_matches_expected_loss_curve():
   decay of θ_0 and are within 3 % individually.
   """
   lrs = np.array([0.05, 0.2])
-  kw = dict(lr=lrs, num_steps=3000, theta0=THETA0 * 4, noise_cov=C_FULL, method="ema",
-            decay=0.05, record_every=10)
+  kw = dict(
+    lr=lrs,
+    num_steps=3000,
+    theta0=THETA0 * 4,
+    noise_cov=C_FULL,
+    method="ema",
+    decay=0.05,
+    record_every=10,
+  )
   sim = theory.simulate(jax.random.key(1), A_FULL, num_seeds=1200, **kw)
   ex = theory.expected_loss(A_FULL, **kw)
   loss = np.asarray(sim.loss)  # (L, S, R)
@@ -126,9 +134,9 @@ def test_simulate_matches_expected_loss_curve():
   for r in (1, 3, 6):
     np.testing.assert_allclose(loss[:, :, r].mean(1), exact[:, r], rtol=0.03)
   np.testing.assert_allclose(
-      np.asarray(sim.iterate_loss)[:, :, -120:].mean((1, 2)),
-      np.asarray(ex.iterate_loss)[:, -120:].mean(-1),
-      rtol=0.03,
+    np.asarray(sim.iterate_loss)[:, :, -120:].mean((1, 2)),
+    np.asarray(ex.iterate_loss)[:, -120:].mean(-1),
+    rtol=0.03,
   )
 
 
@@ -140,12 +148,12 @@ LR = 0.1
 REPLICAS = 800  # independent copies of each κ (a diagonal A)
 
 STATIONARY = [
-    # (stationary_variance method/params, the averager simulate runs)
-    ("sgd", {}, "none", {}),
-    ("ema", dict(decay=0.05), "ema", dict(decay=0.05)),
-    ("swa", dict(window=30), "multi_point", dict(n=30, gap=1)),
-    ("two_point", dict(gap=7), "two_point", dict(gap=7)),
-    ("multi_point", dict(n=4, gap=5), "multi_point", dict(n=4, gap=5)),
+  # (stationary_variance method/params, the averager simulate runs)
+  ("sgd", {}, "none", {}),
+  ("ema", dict(decay=0.05), "ema", dict(decay=0.05)),
+  ("swa", dict(window=30), "multi_point", dict(n=30, gap=1)),
+  ("two_point", dict(gap=7), "two_point", dict(gap=7)),
+  ("multi_point", dict(n=4, gap=5), "multi_point", dict(n=4, gap=5)),
 ]
 
 
@@ -168,9 +176,9 @@ def test_stationary_variance_closed_forms(method, params, sim_method, sim_params
 
   burn, steps = 600, 3000
   sim = theory.simulate(
-      jax.random.key(2), hess, lr=LR, num_steps=steps, method=sim_method, **sim_params
+    jax.random.key(2), hess, lr=LR, num_steps=steps, method=sim_method, **sim_params
   )
-  per_mode = np.asarray(sim.loss_by_dof)[burn + 1:]  # (R, d): ½κ â², one seed
+  per_mode = np.asarray(sim.loss_by_dof)[burn + 1 :]  # (R, d): ½κ â², one seed
   est = (2 * per_mode / hess).mean(0).reshape(len(KAPPAS), REPLICAS)
   mc, se = est.mean(1), est.std(1) / np.sqrt(REPLICAS)
   assert np.all(se / f < 0.01), se / f
@@ -181,25 +189,26 @@ def test_kernel_direct_sum_matches_closed_forms():
   lr = np.array([0.01, 0.1, 0.5])[:, None]
   kappa = np.array([0.05, 1.0, 3.0])
   cases = [
-      ("ema", dict(decay=0.03)),
-      ("swa", dict(window=25)),
-      ("two_point", dict(gap=9)),
-      ("multi_point", dict(n=5, gap=4)),
-      ("sgd", {}),
+    ("ema", dict(decay=0.03)),
+    ("swa", dict(window=25)),
+    ("two_point", dict(gap=9)),
+    ("multi_point", dict(n=5, gap=4)),
+    ("sgd", {}),
   ]
   for method, params in cases:
     mu = theory.averaging_kernel(method, **params)
     np.testing.assert_allclose(
-        theory.stationary_variance(lr, kappa, "kernel", kernel=mu),
-        theory.stationary_variance(lr, kappa, method, **params),
-        rtol=1e-9, err_msg=method,
+      theory.stationary_variance(lr, kappa, "kernel", kernel=mu),
+      theory.stationary_variance(lr, kappa, method, **params),
+      rtol=1e-9,
+      err_msg=method,
     )
   # eq. 20 literally.
   gamma = 1 - lr * kappa
   np.testing.assert_allclose(
-      theory.stationary_variance(lr, kappa, "two_point", gap=9),
-      lr / (2 * kappa - lr * kappa**2) * (1 + gamma**9) / 2,
-      rtol=1e-12,
+    theory.stationary_variance(lr, kappa, "two_point", gap=9),
+    lr / (2 * kappa - lr * kappa**2) * (1 + gamma**9) / 2,
+    rtol=1e-12,
   )
 
 
@@ -215,14 +224,17 @@ def test_multi_point_closed_form_is_stable_near_gamma_one():
 
 def test_effective_lr():
   lr, kappa = 0.05, np.array([0.01, 0.3, 1.0, 5.0])
-  for method, params in [("two_point", dict(gap=20)), ("ema", dict(decay=0.01)),
-                         ("multi_point", dict(n=3, gap=50))]:
+  for method, params in [
+    ("two_point", dict(gap=20)),
+    ("ema", dict(decay=0.01)),
+    ("multi_point", dict(n=3, gap=50)),
+  ]:
     lam = theory.effective_lr(lr, kappa, method, **params)
     # Exact: plain SGD at λ̂ has the averaged variance.
     np.testing.assert_allclose(
-        theory.stationary_variance(lam, kappa),
-        theory.stationary_variance(lr, kappa, method, **params),
-        rtol=1e-10,
+      theory.stationary_variance(lam, kappa),
+      theory.stationary_variance(lr, kappa, method, **params),
+      rtol=1e-10,
     )
     assert np.all(lam < lr)
     # The paper's form agrees to first order in λκ.
@@ -247,8 +259,14 @@ def test_shell_radius_lemma1_monte_carlo_and_sqrt_lr():
   0.75 % on the radius."""
   lrs = np.array([0.005, 0.02, 0.08])
   d = 300
-  sim = theory.simulate(jax.random.key(3), np.ones(d), lr=lrs, num_steps=6000,
-                        record_every=10, dof_groups=np.zeros(d, int))
+  sim = theory.simulate(
+    jax.random.key(3),
+    np.ones(d),
+    lr=lrs,
+    num_steps=6000,
+    record_every=10,
+    dof_groups=np.zeros(d, int),
+  )
   norm_sq = 2 * np.asarray(sim.loss)[:, 0, 301:]  # (L, R)
   radius = np.sqrt(norm_sq.mean(-1))
   want = theory.shell_radius(lrs, np.ones(d))
@@ -296,8 +314,9 @@ def test_noise_free_simulation_is_exact():
 def test_whiten_and_modes():
   omega, q = theory.whiten(A_FULL, C_FULL)
   np.testing.assert_allclose(q @ q.T, C_FULL, atol=1e-12)
-  np.testing.assert_allclose(np.sort(np.linalg.eigvals(omega).real),
-                             np.linalg.eigvalsh(A_FULL), rtol=1e-10)
+  np.testing.assert_allclose(
+    np.sort(np.linalg.eigvals(omega).real), np.linalg.eigvalsh(A_FULL), rtol=1e-10
+  )
   # eq. 15 in u maps onto eq. 14 in θ = Qu, path by path (b = −Qξ).
   xi = RNG.normal(size=(20, 3))
   theta, u = THETA0.copy(), np.linalg.solve(q, THETA0)
@@ -311,23 +330,26 @@ def test_whiten_and_modes():
 
 
 @pytest.mark.parametrize(
-    "call,match",
-    [
-        (lambda: theory.stationary_variance(1.5, 2.0), "lr \\* kappa must be < 2"),
-        (lambda: theory.stationary_variance(0.1, 0.0), "kappa must be > 0"),
-        (lambda: theory.stationary_variance(0.1, 1.0, "sma"), "method must be one of"),
-        (lambda: theory.stationary_variance(0.1, 1.0, "ema"), "decay must be a float"),
-        (lambda: theory.stationary_variance(0.1, 1.0, "swa", gap=3), "takes \\('window',\\)"),
-        (lambda: theory.stationary_variance(0.1, 1.0, "multi_point", gap=3), "needs n"),
-        (lambda: theory.simulate(jax.random.key(0), [1.0], lr=0.1, num_steps=10,
-                                 record_every=3), "record_every=3 must divide"),
-        (lambda: theory.expected_loss(np.ones((2, 3)), lr=0.1, num_steps=5), "square"),
-        (lambda: theory.expected_loss([1.0, 2.0], lr=0.1, num_steps=5, noise_cov=np.ones(3)),
-         "noise_cov must be"),
-        (lambda: theory.expected_loss([1.0], lr=0.1, num_steps=5, method="ema"), "decay"),
-        (lambda: theory.expected_loss([1.0, 2.0], lr=0.1, num_steps=5, dof_groups=[0]),
-         "dof_groups"),
-    ],
+  "call,match",
+  [
+    (lambda: theory.stationary_variance(1.5, 2.0), "lr \\* kappa must be < 2"),
+    (lambda: theory.stationary_variance(0.1, 0.0), "kappa must be > 0"),
+    (lambda: theory.stationary_variance(0.1, 1.0, "sma"), "method must be one of"),
+    (lambda: theory.stationary_variance(0.1, 1.0, "ema"), "decay must be a float"),
+    (lambda: theory.stationary_variance(0.1, 1.0, "swa", gap=3), "takes \\('window',\\)"),
+    (lambda: theory.stationary_variance(0.1, 1.0, "multi_point", gap=3), "needs n"),
+    (
+      lambda: theory.simulate(jax.random.key(0), [1.0], lr=0.1, num_steps=10, record_every=3),
+      "record_every=3 must divide",
+    ),
+    (lambda: theory.expected_loss(np.ones((2, 3)), lr=0.1, num_steps=5), "square"),
+    (
+      lambda: theory.expected_loss([1.0, 2.0], lr=0.1, num_steps=5, noise_cov=np.ones(3)),
+      "noise_cov must be",
+    ),
+    (lambda: theory.expected_loss([1.0], lr=0.1, num_steps=5, method="ema"), "decay"),
+    (lambda: theory.expected_loss([1.0, 2.0], lr=0.1, num_steps=5, dof_groups=[0]), "dof_groups"),
+  ],
 )
 def test_bad_arguments_are_named(call, match):
   with pytest.raises((ValueError, TypeError), match=match):

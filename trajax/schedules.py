@@ -49,32 +49,32 @@ heights (n−1)/n, (n−2)/n, …, 1/n of the base rate.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 __all__ = [
-    "METHODS",
-    "Averaging",
-    "equivalent_schedule",
-    "kernel_from_weights",
-    "matching_averaging",
-    "step_weights",
-    "weights_from_kernel",
+  "METHODS",
+  "Averaging",
+  "equivalent_schedule",
+  "kernel_from_weights",
+  "matching_averaging",
+  "step_weights",
+  "weights_from_kernel",
 ]
 
 METHODS = ("ema", "swa", "two_point", "multi_point")
 
-ScalarOrSchedule = Union[float, optax.Schedule]
+ScalarOrSchedule = float | optax.Schedule
 
 # The parameters each method takes besides window (names as in trajax.averaging).
 _PARAMS = {
-    "ema": ("decay",),
-    "swa": (),
-    "two_point": ("gap",),
-    "multi_point": ("n", "gap"),
+  "ema": ("decay",),
+  "swa": (),
+  "two_point": ("gap",),
+  "multi_point": ("n", "gap"),
 }
 
 
@@ -107,8 +107,8 @@ def _check_method_params(method, window, decay, n, gap):
   for name, value in given.items():
     if value is not None and name not in _PARAMS[method]:
       raise ValueError(
-          f"{name}={value!r} is not a parameter of method {method!r} "
-          f"(it takes window and {_PARAMS[method] or 'nothing else'})"
+        f"{name}={value!r} is not a parameter of method {method!r} "
+        f"(it takes window and {_PARAMS[method] or 'nothing else'})"
       )
     if value is None and name in _PARAMS[method]:
       raise ValueError(f"method {method!r} needs {name}")
@@ -123,13 +123,13 @@ def _check_method_params(method, window, decay, n, gap):
     params["n"] = _check_int("n", n, 2)
   if method == "two_point" and window != params["gap"]:
     raise ValueError(
-        f"two_point averages θ_start and θ_(start+gap): window must equal gap={gap}, "
-        f"got window={window}"
+      f"two_point averages θ_start and θ_(start+gap): window must equal gap={gap}, "
+      f"got window={window}"
     )
   if method == "multi_point" and window != (params["n"] - 1) * params["gap"]:
     raise ValueError(
-        f"multi_point with n={n}, gap={gap} spans (n - 1)*gap = {(n - 1) * gap} steps: "
-        f"window must equal that, got window={window}"
+      f"multi_point with n={n}, gap={gap} spans (n - 1)*gap = {(n - 1) * gap} steps: "
+      f"window must equal that, got window={window}"
     )
   return window, params
 
@@ -165,14 +165,14 @@ def step_weights(method: str, j, *, window: int, decay=None, n=None, gap=None):
 
 
 def equivalent_schedule(
-    method: str,
-    base: ScalarOrSchedule,
-    *,
-    start: int,
-    window: int,
-    decay: float | None = None,
-    n: int | None = None,
-    gap: int | None = None,
+  method: str,
+  base: ScalarOrSchedule,
+  *,
+  start: int,
+  window: int,
+  decay: float | None = None,
+  n: int | None = None,
+  gap: int | None = None,
 ) -> optax.Schedule:
   """The side-trip schedule equivalent to an averaging method (Table 1, eq. 29).
 
@@ -240,12 +240,12 @@ def kernel_from_weights(weights) -> np.ndarray:
 
 
 def matching_averaging(
-    schedule: ScalarOrSchedule,
-    base: ScalarOrSchedule,
-    *,
-    start: int,
-    window: int,
-    atol: float = 1e-6,
+  schedule: ScalarOrSchedule,
+  base: ScalarOrSchedule,
+  *,
+  start: int,
+  window: int,
+  atol: float = 1e-6,
 ) -> Averaging:
   """The averaging method a side-trip schedule is equivalent to (converse of Table 1).
 
@@ -276,10 +276,10 @@ def matching_averaging(
   start = _check_int("start", start, 0)
   k = _check_int("window", window, 1)
   j = np.arange(k)
-  lr = np.asarray(schedule(jnp.asarray(j)) if callable(schedule) else np.full(k, schedule),
-                  np.float64)
-  lr0 = np.asarray(base(jnp.asarray(start + j)) if callable(base) else np.full(k, base),
-                   np.float64)
+  lr = np.asarray(
+    schedule(jnp.asarray(j)) if callable(schedule) else np.full(k, schedule), np.float64
+  )
+  lr0 = np.asarray(base(jnp.asarray(start + j)) if callable(base) else np.full(k, base), np.float64)
   if np.any(lr0 == 0):
     raise ValueError("base is zero on the window: the step weights are undefined")
   c = kernel_from_weights(lr / lr0)
@@ -297,16 +297,18 @@ def matching_averaging(
       return Averaging("multi_point", {"n": n, "gap": gap}, k)
   delta = c[k]
   if 0.0 < delta <= 1.0:
-    expected = np.concatenate([[(1 - delta) ** k], delta * (1 - delta) ** (k - np.arange(1, k + 1))])
+    expected = np.concatenate(
+      [[(1 - delta) ** k], delta * (1 - delta) ** (k - np.arange(1, k + 1))]
+    )
     if close(c, expected):
       return Averaging("ema", {"decay": float(delta)}, k)
   if np.any(c < -atol):
     raise ValueError(
-        "the schedule's weights schedule(j)/base(start+j) rise somewhere or exceed 1: "
-        "no average with non-negative weights matches it"
+      "the schedule's weights schedule(j)/base(start+j) rise somewhere or exceed 1: "
+      "no average with non-negative weights matches it"
     )
   raise ValueError(
-      "the schedule matches an average of θ_start … θ_(start+window) with kernel "
-      f"{np.array2string(c, precision=4, threshold=12)}, but not one of {METHODS} "
-      "(linear decay to 0, an n-1 stair staircase at (n-1)/n … 1/n, or EMA)"
+    "the schedule matches an average of θ_start … θ_(start+window) with kernel "
+    f"{np.array2string(c, precision=4, threshold=12)}, but not one of {METHODS} "
+    "(linear decay to 0, an n-1 stair staircase at (n-1)/n … 1/n, or EMA)"
   )

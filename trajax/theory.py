@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, Callable, NamedTuple, Union
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,23 +53,23 @@ import numpy as np
 from trajax import averaging
 
 __all__ = [
-    "STATIONARY_METHODS",
-    "LossCurves",
-    "Modes",
-    "SimulationResult",
-    "averaging_kernel",
-    "effective_lr",
-    "expected_loss",
-    "modes",
-    "shell_radius",
-    "simulate",
-    "stationary_variance",
-    "whiten",
+  "STATIONARY_METHODS",
+  "LossCurves",
+  "Modes",
+  "SimulationResult",
+  "averaging_kernel",
+  "effective_lr",
+  "expected_loss",
+  "modes",
+  "shell_radius",
+  "simulate",
+  "stationary_variance",
+  "whiten",
 ]
 
 STATIONARY_METHODS = ("sgd", "ema", "swa", "two_point", "multi_point", "kernel")
 
-LearningRate = Union[float, np.ndarray, jax.Array, Callable[[jax.Array], jax.Array]]
+LearningRate = float | np.ndarray | jax.Array | Callable[[jax.Array], jax.Array]
 
 
 # ----------------------------------------------------------------------------
@@ -112,9 +113,7 @@ def _noise_cov(noise_cov, d: int) -> np.ndarray:
   if c.ndim == 0:
     c = np.full(d, float(c))
   if c.shape not in ((d,), (d, d)):
-    raise ValueError(
-        f"noise_cov must be a scalar, (d,) or (d, d) with d={d}, got shape {c.shape}"
-    )
+    raise ValueError(f"noise_cov must be a scalar, (d,) or (d, d) with d={d}, got shape {c.shape}")
   if c.ndim == 1 and np.any(c < 0):
     raise ValueError(f"noise_cov must be non-negative, got min {c.min()}")
   if c.ndim == 2:
@@ -172,8 +171,8 @@ def _lr_table(lr: LearningRate, num_steps: int) -> tuple[jax.Array, bool]:
     if table.ndim == 2 and table.shape[0] == num_steps:
       return table, True
     raise ValueError(
-        f"lr schedule must return shape (num_steps,) or (num_steps, L) on "
-        f"arange(num_steps), got {table.shape}"
+      f"lr schedule must return shape (num_steps,) or (num_steps, L) on "
+      f"arange(num_steps), got {table.shape}"
     )
   arr = np.asarray(lr, np.float32)
   if arr.ndim > 1:
@@ -184,12 +183,12 @@ def _lr_table(lr: LearningRate, num_steps: int) -> tuple[jax.Array, bool]:
 
 def _check_steps(num_steps, record_every):
   for name, value in (("num_steps", num_steps), ("record_every", record_every)):
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < 1:
+    if (
+      isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < 1
+    ):
       raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
   if num_steps % record_every:
-    raise ValueError(
-        f"record_every={record_every} must divide num_steps={num_steps}"
-    )
+    raise ValueError(f"record_every={record_every} must divide num_steps={num_steps}")
 
 
 def _groups(dof_groups, d: int) -> np.ndarray | None:
@@ -200,7 +199,7 @@ def _groups(dof_groups, d: int) -> np.ndarray | None:
   g = np.asarray(dof_groups)
   if g.shape != (d,) or not np.issubdtype(g.dtype, np.integer) or (g.size and g.min() < 0):
     raise ValueError(
-        f"dof_groups must be a (d,) array of group ids >= 0 with d={d}, got {dof_groups!r}"
+      f"dof_groups must be a (d,) array of group ids >= 0 with d={d}, got {dof_groups!r}"
     )
   return np.eye(int(g.max()) + 1, dtype=np.float32)[g]
 
@@ -231,18 +230,18 @@ class SimulationResult(NamedTuple):
 
 
 def simulate(
-    key: jax.Array,
-    hessian,
-    *,
-    lr: LearningRate,
-    num_steps: int,
-    theta0=0.0,
-    noise_cov=None,
-    num_seeds: int = 1,
-    method: str = "none",
-    dof_groups=None,
-    record_every: int = 1,
-    **method_params,
+  key: jax.Array,
+  hessian,
+  *,
+  lr: LearningRate,
+  num_steps: int,
+  theta0=0.0,
+  noise_cov=None,
+  num_seeds: int = 1,
+  method: str = "none",
+  dof_groups=None,
+  record_every: int = 1,
+  **method_params,
 ) -> SimulationResult:
   """Monte Carlo runs of eq. 14, θ_{t+1} = θ_t − λ_t(Aθ_t − Qξ_t), ξ_t ~ N(0, I).
 
@@ -272,7 +271,11 @@ def simulate(
     :class:`SimulationResult`.
   """
   _check_steps(num_steps, record_every)
-  if isinstance(num_seeds, bool) or not isinstance(num_seeds, (numbers.Integral, np.integer)) or num_seeds < 1:
+  if (
+    isinstance(num_seeds, bool)
+    or not isinstance(num_seeds, (numbers.Integral, np.integer))
+    or num_seeds < 1
+  ):
     raise ValueError(f"num_seeds must be an integer >= 1, got {num_seeds!r}")
   averaging.make_averager(method, **method_params)  # validates the parameters
   a = _hessian(hessian)
@@ -288,21 +291,29 @@ def simulate(
     w, u = np.linalg.eigh(c)
     q = u * np.sqrt(np.clip(w, 0, None))
   seed_keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(num_seeds))
-  run = _cached(_simulator, method, method_params, record_every, a.ndim == 1, c.ndim == 1,
-                m.basis is not None, groups is not None)
+  run = _cached(
+    _simulator,
+    method,
+    method_params,
+    record_every,
+    a.ndim == 1,
+    c.ndim == 1,
+    m.basis is not None,
+    groups is not None,
+  )
   f32 = lambda x: jnp.asarray(np.zeros(0) if x is None else x, jnp.float32)
   (loss, by_dof, it_loss, it_by_dof), theta, avg = run(
-      seed_keys, f32(theta0), f32(a), f32(q), f32(0.5 * m.kappa), f32(m.basis), f32(groups), lrs
+    seed_keys, f32(theta0), f32(a), f32(q), f32(0.5 * m.kappa), f32(m.basis), f32(groups), lrs
   )
   squeeze = (lambda x: x) if has_l else (lambda x: x[0])
   return SimulationResult(
-      steps=np.arange(0, num_steps + 1, record_every),
-      loss=squeeze(jnp.moveaxis(loss, 0, -1)),
-      loss_by_dof=squeeze(jnp.moveaxis(by_dof, 0, 1)),
-      iterate_loss=squeeze(jnp.moveaxis(it_loss, 0, -1)),
-      iterate_loss_by_dof=squeeze(jnp.moveaxis(it_by_dof, 0, 1)),
-      params=squeeze(theta),
-      average=squeeze(avg),
+    steps=np.arange(0, num_steps + 1, record_every),
+    loss=squeeze(jnp.moveaxis(loss, 0, -1)),
+    loss_by_dof=squeeze(jnp.moveaxis(by_dof, 0, 1)),
+    iterate_loss=squeeze(jnp.moveaxis(it_loss, 0, -1)),
+    iterate_loss_by_dof=squeeze(jnp.moveaxis(it_by_dof, 0, 1)),
+    params=squeeze(theta),
+    average=squeeze(avg),
   )
 
 
@@ -337,7 +348,7 @@ def _simulator(method, items, record_every, diagonal, noise_diagonal, rotate, gr
     def summaries(x):
       per_mode = per_mode_loss(x)
       by_dof = per_mode.mean(1)
-      return [per_mode.sum(-1), by_dof @ groups if grouped else by_dof]
+      return [per_mode.sum(-1), _to_groups(by_dof, groups, True) if grouped else by_dof]
 
     def record(theta, avg_state):
       it = summaries(theta)
@@ -361,7 +372,7 @@ def _simulator(method, items, record_every, diagonal, noise_diagonal, rotate, gr
     carry = (theta, averager.init(theta))
     first = record(*carry)
     carry, recs = jax.lax.scan(chunk, carry, jnp.arange(num_steps // record_every))
-    recs = tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs))
+    recs = tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs, strict=True))
     theta, avg_state = carry
     avg = theta if avg_state.average is None else avg_state.average
     return recs, theta, avg
@@ -391,16 +402,16 @@ class LossCurves(NamedTuple):
 
 
 def expected_loss(
-    hessian,
-    *,
-    lr: LearningRate,
-    num_steps: int,
-    theta0=0.0,
-    noise_cov=None,
-    method: str = "none",
-    dof_groups=None,
-    record_every: int = 1,
-    **method_params,
+  hessian,
+  *,
+  lr: LearningRate,
+  num_steps: int,
+  theta0=0.0,
+  noise_cov=None,
+  method: str = "none",
+  dof_groups=None,
+  record_every: int = 1,
+  **method_params,
 ) -> LossCurves:
   """The exact E[L] curve of :func:`simulate`'s model, without sampling.
 
@@ -443,16 +454,20 @@ def expected_loss(
   run = _cached(_moments, method, method_params, record_every, groups is not None)
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   loss, by_dof, it_loss, it_by_dof = run(
-      f32(uniq[:, 2]), f32(uniq[:, 0]), f32(uniq[:, 1]), f32(multiplicity),
-      jnp.asarray(to_groups), lrs,
+    f32(uniq[:, 2]),
+    f32(uniq[:, 0]),
+    f32(uniq[:, 1]),
+    f32(multiplicity),
+    jnp.asarray(to_groups),
+    lrs,
   )
   squeeze = (lambda x: x) if has_l else (lambda x: x[0])
   return LossCurves(
-      steps=np.arange(0, num_steps + 1, record_every),
-      loss=squeeze(loss.T),
-      loss_by_dof=squeeze(jnp.moveaxis(by_dof, 0, 1)),
-      iterate_loss=squeeze(it_loss.T),
-      iterate_loss_by_dof=squeeze(jnp.moveaxis(it_by_dof, 0, 1)),
+    steps=np.arange(0, num_steps + 1, record_every),
+    loss=squeeze(loss.T),
+    loss_by_dof=squeeze(jnp.moveaxis(by_dof, 0, 1)),
+    iterate_loss=squeeze(it_loss.T),
+    iterate_loss_by_dof=squeeze(jnp.moveaxis(it_by_dof, 0, 1)),
   )
 
 
@@ -507,7 +522,7 @@ def _moments(method, items, record_every, grouped):
     p0 = jnp.broadcast_to(x0 * x0, (dim, dim, num_l, num_u))
     first = record(p0)
     _, recs = jax.lax.scan(chunk, (p0, template.count), jnp.arange(num_steps // record_every))
-    return tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs))
+    return tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs, strict=True))
 
   return jax.jit(run)
 
@@ -544,9 +559,11 @@ def _lerp_moments(method, items, record_every, grouped):
   def weights(num_steps):
     if method == "none":
       return jnp.ones(num_steps)
+
     def probe(state, _):
       w = averager.update(jnp.ones(()), state._replace(average=jnp.zeros(()))).average
       return averager.update(jnp.zeros(()), state), w
+
     _, w = jax.lax.scan(probe, averager.init(jnp.zeros(())), None, length=num_steps)
     return w
 
@@ -583,11 +600,9 @@ def _lerp_moments(method, items, record_every, grouped):
     m0 = (x0, x0, x0)
     first = summarize(m0)
     _, recs = jax.lax.scan(chunk, m0, jnp.arange(num_steps // record_every))
-    return tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs))
+    return tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs, strict=True))
 
   return jax.jit(run)
-
-
 
 
 # ----------------------------------------------------------------------------
@@ -604,7 +619,7 @@ def _lr_kappa(lr, kappa):
     raise ValueError(f"kappa must be > 0 for a stationary state, got min {kappa.min()}")
   if np.any(x >= 2):
     raise ValueError(
-        f"lr * kappa must be < 2 for SGD to be stable (|1 − λκ| < 1), got max {x.max()}"
+      f"lr * kappa must be < 2 for SGD to be stable (|1 − λκ| < 1), got max {x.max()}"
     )
   return lr, kappa
 
@@ -612,7 +627,11 @@ def _lr_kappa(lr, kappa):
 def _int_param(method, name, value, minimum):
   if value is None:
     raise ValueError(f"method {method!r} needs {name}")
-  if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < minimum:
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, (numbers.Integral, np.integer))
+    or value < minimum
+  ):
     raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
   return int(value)
 
@@ -645,8 +664,9 @@ def _comb_sum(r, n: int) -> np.ndarray:
   return out
 
 
-def averaging_kernel(method: str, *, decay=None, window=None, n=None, gap=None, kernel=None,
-                     length: int | None = None) -> np.ndarray:
+def averaging_kernel(
+  method: str, *, decay=None, window=None, n=None, gap=None, kernel=None, length: int | None = None
+) -> np.ndarray:
   """μ_k, the weight of u_{t−k} in the stationary average (A.2), k = 0, 1, ….
 
   'sgd': [1]; 'ema': δ(1−δ)^k (infinite: truncated at ``length``, default
@@ -682,15 +702,20 @@ def averaging_kernel(method: str, *, decay=None, window=None, n=None, gap=None, 
 def _bracket(gamma, method, params) -> np.ndarray:
   """C_0 + 2Σ_{δ≥1} C_δ Γ^δ of eq. 19 for the method's kernel."""
   allowed = {
-      "sgd": (), "none": (), "ema": ("decay",), "swa": ("window",),
-      "two_point": ("gap",), "multi_point": ("n", "gap"), "kernel": ("kernel",),
+    "sgd": (),
+    "none": (),
+    "ema": ("decay",),
+    "swa": ("window",),
+    "two_point": ("gap",),
+    "multi_point": ("n", "gap"),
+    "kernel": ("kernel",),
   }
   if method not in allowed:
     raise ValueError(f"method must be one of {STATIONARY_METHODS}, got {method!r}")
   extra = set(params) - set(allowed[method])
   if extra:
     raise ValueError(
-        f"method {method!r} takes {allowed[method] or 'no parameters'}, got {sorted(extra)}"
+      f"method {method!r} takes {allowed[method] or 'no parameters'}, got {sorted(extra)}"
     )
   if method in ("sgd", "none"):
     return np.ones_like(gamma)
@@ -714,7 +739,7 @@ def _bracket(gamma, method, params) -> np.ndarray:
       gap = _int_param(method, "gap", params.get("gap"), 1)
     return _comb_sum(gamma**gap, n)
   mu = averaging_kernel("kernel", kernel=params.get("kernel"))
-  corr = np.correlate(mu, mu, "full")[mu.size - 1:]  # C_δ, δ = 0 … K−1
+  corr = np.correlate(mu, mu, "full")[mu.size - 1 :]  # C_δ, δ = 0 … K−1
   coeffs = np.concatenate([corr[:1], 2 * corr[1:]])
   return np.polynomial.polynomial.polyval(gamma, coeffs)
 
@@ -779,7 +804,7 @@ def shell_radius(lr, kappa=1.0, noise_var=1.0, *, leading_order: bool = False) -
   """
   lr = np.asarray(lr, np.float64)
   kappa, noise_var = np.broadcast_arrays(
-      np.atleast_1d(np.asarray(kappa, np.float64)), np.atleast_1d(np.asarray(noise_var, np.float64))
+    np.atleast_1d(np.asarray(kappa, np.float64)), np.atleast_1d(np.asarray(noise_var, np.float64))
   )
   if np.any(noise_var < 0):
     raise ValueError(f"noise_var must be >= 0, got min {noise_var.min()}")
