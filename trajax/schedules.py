@@ -43,7 +43,11 @@ exact, not only for k ≫ 1/δ as the paper says: the wrapper pins a_s = θ_s, s
 the mass (1 − δ)^k that the paper drops in eq. 26 stays on θ_s, which the
 side-trip starts from. The multi-point staircase is not printed in the
 paper; it follows from (*) in the same way: n − 1 stairs of ``gap`` steps at
-heights (n−1)/n, (n−2)/n, …, 1/n of the base rate.
+heights (n−1)/n, (n−2)/n, …, 1/n of the base rate. Two more index slips in
+A.5: the first line sums i = t_1 … t_2 where θ_{t_2} needs i < t_2, and eq. 22
+divides a sum of t_2 − t_1 + 1 points (t = t_1 … t_2) by t_2 − t_1; the
+weights (t_2 − t)/(t_2 − t_1) of eq. 24 are those of the mean of
+θ_{t_1+1} … θ_{t_2}, which is what SWA (and ``trajax.averaging.swa``) computes.
 """
 
 from __future__ import annotations
