@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 
 from experiments import common
 
