@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from test_train import CACHE_DIR  # (importing it also sets the compilation cache)
 
@@ -154,8 +155,35 @@ def test_main_mnist1d_short_run_and_resume(tmp_path):
 def test_digits_family_short_run(tmp_path):
   c = load("digits", "runlocal")
   c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 4, 2, 4, 4
-  c.batch_size, c.averaging.gap, c.averaging.bn_recompute_batches = 16, 2, 1
+  c.batch_size, c.averaging.gap, c.averaging.batch_norm = 16, 2, "average"
   result = train.train_and_evaluate(c, str(tmp_path / "digits"))
   assert result.step == 4
   assert set(result.eval) == {"raw", "avg"}
   assert 0.0 <= result.eval["raw"]["accuracy"] <= 1.0 and result.eval["raw"]["loss"] > 0
+
+
+@pytest.mark.parametrize(
+    "name,model",
+    [
+        ("cifar10_resnet34", "cifar_resnet18"),
+        # A 224² ResNet compile costs minutes on 2 shared cores: make test-slow.
+        pytest.param("imagenet_resnet34", "resnet18", marks=pytest.mark.slow),
+    ],
+)
+def test_tfds_family_short_run_under_mock_data(name, model, tmp_path):
+  """The TFDS path (CIFAR in memory, ImageNet streamed) end to end on mock examples."""
+  from trajax.data import tfds_source
+
+  c = load(name, "runlocal")
+  c.data_dir = str(tmp_path)
+  c.model.name, c.model.width = model, 4
+  c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 3, 3, 3, 3
+  c.batch_size, c.eval_batch_size = 8, 8
+  # 'average' BN statistics: the averaged model reuses the compiled eval step.
+  c.averaging.method, c.averaging.gap, c.averaging.batch_norm = "two_point", 2, "average"
+  with tfds_source.mock_prepared_tfds(num_examples=16):
+    result = train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert result.step == 3 and set(result.eval) == {"raw", "avg"}
+  assert np.isfinite(result.eval["raw"]["loss"]) and np.isfinite(result.eval["avg"]["loss"])
+  records = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+  assert any(r.get("step") == 3 and "train/loss" in r for r in records)

@@ -537,26 +537,35 @@ def averaged_variables(state: TrainState, config, evaluator: Evaluator, dataset)
 
 
 class _Prefetch:
-  """Moves batches to the devices in a background thread, ``size`` ahead.
+  """Yields ``(host_batch, device_batch)``; ``wait_s`` is the time the loop spent in it.
 
-  Keeps the input pipeline off the step's critical path; ``wait_s`` counts
-  the time the loop spent blocked on it.
+  ``threads=0`` (default): the next batch is built and transferred right after
+  the previous step was dispatched, so it overlaps the (asynchronous) device
+  step; the loop blocks only for host time that exceeds the step time.
+  ``threads=1``: a background thread keeps ``size`` batches ready -- better
+  when a batch takes longer to build than a step, but on few CPU cores the
+  GIL hand-off costs more than it saves (``bench/bench_train.py`` measures both).
   """
 
   _END = object()
 
-  def __init__(self, it: Iterator[dict], sharding, size: int = 2):
+  def __init__(self, it: Iterator[dict], sharding, *, threads: int = 0, size: int = 2):
     self._it, self._sharding = it, sharding
-    self._q: queue.Queue = queue.Queue(maxsize=size)
-    self._stop = threading.Event()
     self.wait_s = 0.0
-    self._thread = threading.Thread(target=self._run, daemon=True)
-    self._thread.start()
+    self._thread = None
+    if threads:
+      self._q: queue.Queue = queue.Queue(maxsize=size)
+      self._stop = threading.Event()
+      self._thread = threading.Thread(target=self._run, daemon=True)
+      self._thread.start()
+
+  def _make(self, batch):
+    return batch, _global_batch(batch, self._sharding)
 
   def _run(self):
     try:
       for batch in self._it:
-        item = (batch, _global_batch(batch, self._sharding))
+        item = self._make(batch)
         while not self._stop.is_set():
           try:
             self._q.put(item, timeout=0.1)
@@ -571,15 +580,21 @@ class _Prefetch:
 
   def __next__(self):
     t = time.perf_counter()
-    item = self._q.get()
-    self.wait_s += time.perf_counter() - t
-    if item is self._END:
-      raise StopIteration
-    if isinstance(item, BaseException):
-      raise item
-    return item
+    try:
+      if self._thread is None:
+        return self._make(next(self._it))
+      item = self._q.get()
+      if item is self._END:
+        raise StopIteration
+      if isinstance(item, BaseException):
+        raise item
+      return item
+    finally:
+      self.wait_s += time.perf_counter() - t
 
   def close(self):
+    if self._thread is None:
+      return
     self._stop.set()
     while self._thread.is_alive():
       try:
@@ -816,7 +831,7 @@ def train_and_evaluate(
     checkpointer.save(step, state, meta)
     last_good = checkpointer.path(step)
 
-  prefetch = _Prefetch(dataset.train_batches(step), batch_sharding(mesh))
+  prefetch = _Prefetch(dataset.train_batches(step), batch_sharding(mesh), threads=1)
   window, window_start, wait_start, eval_out = [], time.perf_counter(), 0.0, {}
   preempted = False
   try:
