@@ -38,15 +38,15 @@ import numpy as np
 
 # Dense bf16 peaks (TFLOP/s, without sparsity), by substring of device_kind.
 PEAK_BF16_TFLOPS = {
-    "H100 PCIe": 756.0,
-    "H100": 989.4,
-    "H200": 989.4,
-    "A100": 312.0,
-    "L4": 121.0,
-    "TPU v4": 275.0,
-    "TPU v5 lite": 197.0,
-    "TPU v5e": 197.0,
-    "TPU v5p": 459.0,
+  "H100 PCIe": 756.0,
+  "H100": 989.4,
+  "H200": 989.4,
+  "A100": 312.0,
+  "L4": 121.0,
+  "TPU v4": 275.0,
+  "TPU v5 lite": 197.0,
+  "TPU v5e": 197.0,
+  "TPU v5p": 459.0,
 }
 PAPER_FWD_GFLOP = {"resnet34": 3.6, "resnet50": 4.1}
 
@@ -78,15 +78,27 @@ def _cifar_like_dataset(c):
   y = rng.integers(0, 10, size=50_000).astype(np.int32)
   info = DatasetInfo("cifar10", 10, (32, 32, 3), 50_000, 1000)
   return ArrayDataset(
-      info, train_images=x, train_labels=y, test_images=x[:1000], test_labels=y[:1000],
-      seed=0, label_noise=0.0, batch_size=c.batch_size, eval_batch_size=1000, process_index=0,
-      process_count=1, augment=PadCropFlip(pad=4, flip=True), scale=1 / 255.0,
-      mean=np.array([0.49, 0.48, 0.45], np.float32), std=np.array([0.25, 0.24, 0.26], np.float32),
+    info,
+    train_images=x,
+    train_labels=y,
+    test_images=x[:1000],
+    test_labels=y[:1000],
+    seed=0,
+    label_noise=0.0,
+    batch_size=c.batch_size,
+    eval_batch_size=1000,
+    process_index=0,
+    process_count=1,
+    augment=PadCropFlip(pad=4, flip=True),
+    scale=1 / 255.0,
+    mean=np.array([0.49, 0.48, 0.45], np.float32),
+    std=np.array([0.25, 0.24, 0.26], np.float32),
   )
 
 
-def bench_pipeline(workload: str, batch: int | None, steps: int, warmup: int,
-                   threads: int = 0) -> dict:
+def bench_pipeline(
+  workload: str, batch: int | None, steps: int, warmup: int, threads: int = 0
+) -> dict:
   """The engine's host loop: prefetched real batches -> jitted, donated step."""
   from trajax import data, models, train
 
@@ -96,8 +108,7 @@ def bench_pipeline(workload: str, batch: int | None, steps: int, warmup: int,
   mesh = train.make_mesh(c)
   state, shardings = train.create_train_state(c, model, tuple(dataset.info.input_shape), mesh)
   step_fn = train.make_train_step(c, model, mesh, shardings)
-  prefetch = train._Prefetch(dataset.train_batches(0), train.batch_sharding(mesh),
-                             threads=threads)
+  prefetch = train._Prefetch(dataset.train_batches(0), train.batch_sharding(mesh), threads=threads)
   try:
     for _ in range(warmup):
       _, b = next(prefetch)
@@ -125,24 +136,31 @@ def bench_pipeline(workload: str, batch: int | None, steps: int, warmup: int,
     next(it)
   host_rate = min(steps, 200) / (time.perf_counter() - t1)
   return {
-      "mode": "pipeline",
-      "workload": workload,
-      "batch": c.batch_size,
-      "steps": steps,
-      "examples_per_s": steps * c.batch_size / wall,
-      "steps_per_s": steps / wall,
-      "input_wait_fraction": wait / wall,
-      "prefetch_threads": threads,
-      "device_resident_examples_per_s": steps * c.batch_size / fixed_wall,
-      "slowdown_vs_device_resident": 1 - fixed_wall / wall,
-      "host_pipeline_batches_per_s": host_rate,
-      "device": jax.devices()[0].device_kind,
-      "devices": jax.device_count(),
+    "mode": "pipeline",
+    "workload": workload,
+    "batch": c.batch_size,
+    "steps": steps,
+    "examples_per_s": steps * c.batch_size / wall,
+    "steps_per_s": steps / wall,
+    "input_wait_fraction": wait / wall,
+    "prefetch_threads": threads,
+    "device_resident_examples_per_s": steps * c.batch_size / fixed_wall,
+    "slowdown_vs_device_resident": 1 - fixed_wall / wall,
+    "host_pipeline_batches_per_s": host_rate,
+    "device": jax.devices()[0].device_kind,
+    "devices": jax.device_count(),
   }
 
 
-def bench_device(model_name: str, batch: int, dtype: str, image: int, steps: int, warmup: int,
-                 peak_tflops: float | None) -> dict:
+def bench_device(
+  model_name: str,
+  batch: int,
+  dtype: str,
+  image: int,
+  steps: int,
+  warmup: int,
+  peak_tflops: float | None,
+) -> dict:
   """Train steps on a batch already on the device: compute only."""
   from trajax import models, train
 
@@ -157,8 +175,8 @@ def bench_device(model_name: str, batch: int, dtype: str, image: int, steps: int
   bsh = train.batch_sharding(mesh)
   key = jax.random.PRNGKey(0)
   batch_arr = {
-      "image": jax.device_put(jax.random.normal(key, (c.batch_size, *shape), jnp.float32), bsh),
-      "label": jax.device_put(jax.random.randint(key, (c.batch_size,), 0, num_classes), bsh),
+    "image": jax.device_put(jax.random.normal(key, (c.batch_size, *shape), jnp.float32), bsh),
+    "label": jax.device_put(jax.random.randint(key, (c.batch_size,), 0, num_classes), bsh),
   }
   t_compile = time.perf_counter()
   for _ in range(warmup):
@@ -176,20 +194,20 @@ def bench_device(model_name: str, batch: int, dtype: str, image: int, steps: int
   if peak_tflops is None:
     peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in kind), None)
   out = {
-      "mode": "device",
-      "model": model_name,
-      "dtype": dtype,
-      "image": image,
-      "batch": c.batch_size,
-      "steps": steps,
-      "examples_per_s": rate,
-      "step_ms": 1000 * wall / steps,
-      "warmup_s": t_compile,
-      "fwd_gflop_per_example_2x_macs": fwd / 1e9,
-      "device": kind,
-      "devices": jax.device_count(),
-      "peak_bf16_tflops": peak_tflops,
-      "loss": float(metrics["loss"]),
+    "mode": "device",
+    "model": model_name,
+    "dtype": dtype,
+    "image": image,
+    "batch": c.batch_size,
+    "steps": steps,
+    "examples_per_s": rate,
+    "step_ms": 1000 * wall / steps,
+    "warmup_s": t_compile,
+    "fwd_gflop_per_example_2x_macs": fwd / 1e9,
+    "device": kind,
+    "devices": jax.device_count(),
+    "peak_bf16_tflops": peak_tflops,
+    "loss": float(metrics["loss"]),
   }
   if peak_tflops:
     peak = peak_tflops * 1e12 * jax.device_count()
@@ -215,8 +233,7 @@ def main():
   if a.mode == "pipeline":
     out = bench_pipeline(a.workload, a.batch, a.steps, a.warmup, a.threads)
   else:
-    out = bench_device(a.model, a.batch or 256, a.dtype, a.image, a.steps, a.warmup,
-                       a.peak_tflops)
+    out = bench_device(a.model, a.batch or 256, a.dtype, a.image, a.steps, a.warmup, a.peak_tflops)
   print(json.dumps(out))
 
 

@@ -21,9 +21,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(**overrides):
-  base = {"total_steps": 30, "checkpoint_every_steps": 10, "log_every_steps": 10,
-          "eval_every_steps": 30, "averaging.method": "ema", "averaging.decay": 0.05,
-          "averaging.batch_norm": "average", "checkpoint.max_to_keep": 10}
+  base = {
+    "total_steps": 30,
+    "checkpoint_every_steps": 10,
+    "log_every_steps": 10,
+    "eval_every_steps": 30,
+    "averaging.method": "ema",
+    "averaging.decay": 0.05,
+    "averaging.batch_norm": "average",
+    "checkpoint.max_to_keep": 10,
+  }
   base.update(overrides)
   return small_config(**base)
 
@@ -57,8 +64,9 @@ def test_stop_and_resume_is_bit_identical(uninterrupted, tmp_path):
   assert second.step == 30
   got = _host(second.state)
   _assert_identical(got, ref)  # params, batch_stats, optimizer + averaging state, step, rng
-  _assert_identical(averaging.averaged_params(got.opt_state),
-                    averaging.averaged_params(ref.opt_state))
+  _assert_identical(
+    averaging.averaged_params(got.opt_state), averaging.averaged_params(ref.opt_state)
+  )
   _assert_identical(got.bn_average, ref.bn_average)
   records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
   logged = [r["step"] for r in records if "train/loss" in r]
@@ -91,13 +99,13 @@ def test_checkpoint_restores_with_plain_orbax_without_trajax(uninterrupted, tmp_
   script = textwrap.dedent(f"""
       import sys, json, numpy as np
       import orbax.checkpoint as ocp
-      mngr = ocp.CheckpointManager({str(workdir / 'checkpoints')!r},
+      mngr = ocp.CheckpointManager({str(workdir / "checkpoints")!r},
                                    options=ocp.CheckpointManagerOptions(read_only=True))
       step = mngr.latest_step()
       out = mngr.restore(step)
       state = out.state
       np.testing.assert_array_equal(np.asarray(state["params"]["head"]["kernel"]),
-                                    np.load({str(tmp_path / 'kernel.npy')!r}))
+                                    np.load({str(tmp_path / "kernel.npy")!r}))
       assert int(state["step"]) == 30, state["step"]
       assert "average" in state["opt_state"]  # the averaging state travels with it
       assert out.meta["config"]["total_steps"] == 30
@@ -105,8 +113,14 @@ def test_checkpoint_restores_with_plain_orbax_without_trajax(uninterrupted, tmp_
       print("OK", step)
   """)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-c", script],
+    cwd=str(tmp_path),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "OK 30" in proc.stdout
 
@@ -153,16 +167,16 @@ def test_resume_with_changed_config_is_refused_unless_allowed(uninterrupted, tmp
   workdir, _ = uninterrupted
   listing = sorted(os.listdir(workdir / "checkpoints"))
   with pytest.raises(config_validation.ConfigError) as e:
-    train.train_and_evaluate(_config(**{"optimizer.lr": 0.1}), str(workdir),
-                             dataset=FakeDataset())
+    train.train_and_evaluate(_config(**{"optimizer.lr": 0.1}), str(workdir), dataset=FakeDataset())
   assert "optimizer.lr = 0.1" in str(e.value) and "0.05" in str(e.value)
   assert sorted(os.listdir(workdir / "checkpoints")) == listing
   cosine = _config(**{"optimizer.schedule": "cosine"})
   stored = ckpt_lib.read_metadata(str(workdir / "checkpoints"), 30)["config"]
   with pytest.raises(config_validation.ConfigError, match="total_steps"):
-    config_validation.check_resume({**stored, "optimizer": {**stored["optimizer"],
-                                                            "schedule": "cosine"}},
-                                   dict(cosine.to_dict(), total_steps=60))
+    config_validation.check_resume(
+      {**stored, "optimizer": {**stored["optimizer"], "schedule": "cosine"}},
+      dict(cosine.to_dict(), total_steps=60),
+    )
   allowed = config_validation.check_resume(stored, _config(log_every_steps=5, total_steps=60))
   assert {f for f, _, _ in allowed} == {"log_every_steps", "total_steps"}
 
@@ -171,12 +185,14 @@ def test_workdir_errors_never_start_fresh(tmp_path):
   with pytest.raises(train.ResumeError, match="parent directory"):
     train.train_and_evaluate(_config(), str(tmp_path / "missing" / "run"), dataset=FakeDataset())
   with pytest.raises(train.ResumeError, match="no committed checkpoint"):
-    train.train_and_evaluate(_config(), str(tmp_path / "new"), resume="require",
-                             dataset=FakeDataset())
+    train.train_and_evaluate(
+      _config(), str(tmp_path / "new"), resume="require", dataset=FakeDataset()
+    )
   assert not (tmp_path / "new").exists() and not (tmp_path / "missing").exists()
   with pytest.raises(config_validation.ConfigError, match="optimizer.lr"):
-    train.train_and_evaluate(_config(**{"optimizer.lr": -1.0}), str(tmp_path / "bad"),
-                             dataset=FakeDataset())
+    train.train_and_evaluate(
+      _config(**{"optimizer.lr": -1.0}), str(tmp_path / "bad"), dataset=FakeDataset()
+    )
   assert not (tmp_path / "bad").exists()  # validation precedes every write
 
 

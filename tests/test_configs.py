@@ -28,7 +28,9 @@ def load(name, arg=None):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_and_variant_is_valid_with_the_shared_fields(name, tmp_path):
   module = importlib.import_module(f"configs.{name}")
-  assert f"--config=configs/{name}.py" in module.__doc__ and "python -m trajax.main" in module.__doc__
+  assert (
+    f"--config=configs/{name}.py" in module.__doc__ and "python -m trajax.main" in module.__doc__
+  )
   for arg in VARIANTS:
     c = module.get_config(arg)
     c.data_dir = str(tmp_path)
@@ -61,29 +63,38 @@ def _with(flat_changes, *, name="mnist1d"):
 
 
 @pytest.mark.parametrize(
-    "changes,field,value,allowed,devices",
-    [
-        ({"optimizer.lrr": 0.1}, "optimizer.lrr", "0.1", "unknown field", 1),
-        ({"optimizer.lr": "fast"}, "optimizer.lr", "'fast'", "finite number > 0", 1),
-        ({"optimizer.lr": -0.1}, "optimizer.lr", "-0.1", "> 0", 1),
-        ({"optimizer.lr": 0.0}, "optimizer.lr", "0.0", "> 0", 1),
-        ({"batch_size": 60}, "batch_size", "60", "divisible by the 8 devices", 8),
-        ({"dataset.name": "mnist2d"}, "dataset.name", "'mnist2d'", "must be one of", 1),
-        ({"dataset.name": "cifar10", "model.name": "cifar_resnet18"}, "data_dir", "None",
-         "training never downloads", 1),
-        ({"dataset.name": "cifar10", "model.name": "cifar_resnet18", "data_dir": "/nonexistent/x"},
-         "data_dir", "'/nonexistent/x'", "existing directory", 1),
-        ({"averaging.method": "ema", "averaging.decay": 1.5}, "averaging.decay", "1.5",
-         "(0, 1]", 1),
-        ({"averaging.method": "multi_point", "averaging.n": 1}, "averaging.n", "1", ">= 2", 1),
-        ({"averaging.gap": 10**6}, "averaging.gap", "1000000", "<= total_steps", 1),
-        ({"averaging.batch_norm": "none"}, "averaging.batch_norm", "'none'", "recompute", 1),
-        ({"mesh.data": 3}, "mesh.data", "3", "divide the 8 devices", 8),
-        ({"optimizer.momentum": 1.0}, "optimizer.momentum", "1.0", "[0, 1)", 1),
-        ({"total_steps": 0}, "total_steps", "0", "integer > 0", 1),
-        ({"optimizer.schedule": "step"}, "optimizer.step_boundaries", "()", "needs >= 1", 1),
-        ({"seed": True}, "seed", "True", "integer", 1),
-    ],
+  "changes,field,value,allowed,devices",
+  [
+    ({"optimizer.lrr": 0.1}, "optimizer.lrr", "0.1", "unknown field", 1),
+    ({"optimizer.lr": "fast"}, "optimizer.lr", "'fast'", "finite number > 0", 1),
+    ({"optimizer.lr": -0.1}, "optimizer.lr", "-0.1", "> 0", 1),
+    ({"optimizer.lr": 0.0}, "optimizer.lr", "0.0", "> 0", 1),
+    ({"batch_size": 60}, "batch_size", "60", "divisible by the 8 devices", 8),
+    ({"dataset.name": "mnist2d"}, "dataset.name", "'mnist2d'", "must be one of", 1),
+    (
+      {"dataset.name": "cifar10", "model.name": "cifar_resnet18"},
+      "data_dir",
+      "None",
+      "training never downloads",
+      1,
+    ),
+    (
+      {"dataset.name": "cifar10", "model.name": "cifar_resnet18", "data_dir": "/nonexistent/x"},
+      "data_dir",
+      "'/nonexistent/x'",
+      "existing directory",
+      1,
+    ),
+    ({"averaging.method": "ema", "averaging.decay": 1.5}, "averaging.decay", "1.5", "(0, 1]", 1),
+    ({"averaging.method": "multi_point", "averaging.n": 1}, "averaging.n", "1", ">= 2", 1),
+    ({"averaging.gap": 10**6}, "averaging.gap", "1000000", "<= total_steps", 1),
+    ({"averaging.batch_norm": "none"}, "averaging.batch_norm", "'none'", "recompute", 1),
+    ({"mesh.data": 3}, "mesh.data", "3", "divide the 8 devices", 8),
+    ({"optimizer.momentum": 1.0}, "optimizer.momentum", "1.0", "[0, 1)", 1),
+    ({"total_steps": 0}, "total_steps", "0", "integer > 0", 1),
+    ({"optimizer.schedule": "step"}, "optimizer.step_boundaries", "()", "needs >= 1", 1),
+    ({"seed": True}, "seed", "True", "integer", 1),
+  ],
 )
 def test_bad_config_error_names_field_value_and_allowed(changes, field, value, allowed, devices):
   with pytest.raises(cv.ConfigError) as e:
@@ -95,8 +106,11 @@ def test_bad_config_error_names_field_value_and_allowed(changes, field, value, a
 
 def test_all_problems_are_reported_together():
   with pytest.raises(cv.ConfigError) as e:
-    cv.validate(_with({"optimizer.lr": -1.0, "batch_size": 63, "dataset.label_noise": 2.0}),
-                num_devices=2, process_count=1)
+    cv.validate(
+      _with({"optimizer.lr": -1.0, "batch_size": 63, "dataset.label_noise": 2.0}),
+      num_devices=2,
+      process_count=1,
+    )
   assert len(e.value.problems) == 3
   assert str(e.value).startswith("3 problems in the config:")
 
@@ -121,14 +135,22 @@ def test_parse_arg():
 
 def _main(args, tmp_path, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=CACHE_DIR)
-  return subprocess.run([sys.executable, "-m", "trajax.main", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", "trajax.main", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def test_main_rejects_misspelt_field_and_missing_workdir(tmp_path):
   wd = tmp_path / "wd"
-  proc = _main(["--config=configs/mnist1d.py:runlocal", "--config.optimizer.lrr=0.1",
-                f"--workdir={wd}"], tmp_path)
+  proc = _main(
+    ["--config=configs/mnist1d.py:runlocal", "--config.optimizer.lrr=0.1", f"--workdir={wd}"],
+    tmp_path,
+  )
   assert proc.returncode != 0 and "lrr" in proc.stderr
   proc = _main(["--config=configs/mnist1d.py:runlocal"], tmp_path)
   assert proc.returncode != 0 and "workdir" in proc.stderr
@@ -138,10 +160,16 @@ def test_main_rejects_misspelt_field_and_missing_workdir(tmp_path):
 def test_main_mnist1d_short_run_and_resume(tmp_path):
   """The offline default end to end through the real entry point (mnist1d family)."""
   wd = tmp_path / "wd"
-  args = ["--config=configs/mnist1d.py:runlocal", f"--workdir={wd}", "--config.total_steps=30",
-          "--config.log_every_steps=10", "--config.eval_every_steps=30",
-          "--config.checkpoint_every_steps=15", "--config.averaging.gap=10",
-          f"--config.data_dir={tmp_path}"]
+  args = [
+    "--config=configs/mnist1d.py:runlocal",
+    f"--workdir={wd}",
+    "--config.total_steps=30",
+    "--config.log_every_steps=10",
+    "--config.eval_every_steps=30",
+    "--config.checkpoint_every_steps=15",
+    "--config.averaging.gap=10",
+    f"--config.data_dir={tmp_path}",
+  ]
   proc = _main(args, tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = [json.loads(x) for x in open(wd / "metrics.jsonl")]
@@ -163,12 +191,12 @@ def test_digits_family_short_run(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name,model",
-    [
-        ("cifar10_resnet34", "cifar_resnet18"),
-        # A 224² ResNet compile costs minutes on 2 shared cores: make test-slow.
-        pytest.param("imagenet_resnet34", "resnet18", marks=pytest.mark.slow),
-    ],
+  "name,model",
+  [
+    ("cifar10_resnet34", "cifar_resnet18"),
+    # A 224² ResNet compile costs minutes on 2 shared cores: make test-slow.
+    pytest.param("imagenet_resnet34", "resnet18", marks=pytest.mark.slow),
+  ],
 )
 def test_tfds_family_short_run_under_mock_data(name, model, tmp_path):
   """The TFDS path (CIFAR in memory, ImageNet streamed) end to end on mock examples."""

@@ -90,11 +90,12 @@ def test_eight_devices_match_one_and_state_is_sharded():
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "trajax-test-jax-cache")
     code = f"REPO = {REPO!r}\nTMP = {tmp!r}\n" + SCRIPT
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+      [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    out = json.loads(line[len("RESULT "):])
+    out = json.loads(line[len("RESULT ") :])
 
   assert out["devices"] == 8
   assert out["steps"] == [8, 8]

@@ -34,8 +34,9 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 class FakeDataset:
   """Gaussian inputs with a learnable linear rule, the ``trajax.data`` interface."""
 
-  def __init__(self, *, n=512, shape=(40, 1), k=10, batch_size=32, eval_batch_size=64, seed=0,
-               nan_steps=()):
+  def __init__(
+    self, *, n=512, shape=(40, 1), k=10, batch_size=32, eval_batch_size=64, seed=0, nan_steps=()
+  ):
     r = np.random.default_rng(seed)
     w = r.normal(size=(math.prod(shape), k))
     self.x = r.normal(size=(n, *shape)).astype(np.float32)
@@ -43,8 +44,9 @@ class FakeDataset:
     self.xt = r.normal(size=(100, *shape)).astype(np.float32)
     self.yt = np.argmax(self.xt.reshape(100, -1) @ w, -1).astype(np.int32)
     self.bs, self.ebs, self.seed, self.nan_steps = batch_size, eval_batch_size, seed, set(nan_steps)
-    self.info = types.SimpleNamespace(name="fake", num_classes=k, input_shape=shape, num_train=n,
-                                      num_eval=100)
+    self.info = types.SimpleNamespace(
+      name="fake", num_classes=k, input_shape=shape, num_train=n, num_eval=100
+    )
 
   def batch(self, i):
     idx = np.random.default_rng([self.seed, i]).choice(len(self.x), self.bs, replace=False)
@@ -62,7 +64,7 @@ class FakeDataset:
 
   def eval_batches(self, split="test"):
     for s in range(0, len(self.xt), self.ebs):
-      x, y = self.xt[s:s + self.ebs], self.yt[s:s + self.ebs]
+      x, y = self.xt[s : s + self.ebs], self.yt[s : s + self.ebs]
       m = np.ones(len(x), np.float32)
       pad = self.ebs - len(x)
       if pad:
@@ -121,20 +123,30 @@ def one_device_mesh():
 
 
 @pytest.mark.parametrize(
-    "schedule,warmup,expect",
-    [
-        ("constant", 0, lambda t: 0.1),
-        ("cosine", 0, lambda t: 0.05 * (1 + math.cos(math.pi * t / 100))),
-        ("linear", 0, lambda t: 0.1 * (1 - t / 100)),
-        ("step", 0, lambda t: 0.1 * 0.5 ** ((t >= 30) + (t >= 60))),
-        ("cosine", 20, lambda t: 0.1 * t / 20 if t < 20 else
-         0.05 * (1 + math.cos(math.pi * (t - 20) / 80))),
-    ],
+  "schedule,warmup,expect",
+  [
+    ("constant", 0, lambda t: 0.1),
+    ("cosine", 0, lambda t: 0.05 * (1 + math.cos(math.pi * t / 100))),
+    ("linear", 0, lambda t: 0.1 * (1 - t / 100)),
+    ("step", 0, lambda t: 0.1 * 0.5 ** ((t >= 30) + (t >= 60))),
+    (
+      "cosine",
+      20,
+      lambda t: 0.1 * t / 20 if t < 20 else 0.05 * (1 + math.cos(math.pi * (t - 20) / 80)),
+    ),
+  ],
 )
 def test_schedule_matches_closed_form(schedule, warmup, expect):
-  c = small_config(**{"total_steps": 100, "optimizer.lr": 0.1, "optimizer.schedule": schedule,
-                      "optimizer.warmup_steps": warmup, "optimizer.step_boundaries": (30, 60),
-                      "optimizer.step_factor": 0.5})
+  c = small_config(
+    **{
+      "total_steps": 100,
+      "optimizer.lr": 0.1,
+      "optimizer.schedule": schedule,
+      "optimizer.warmup_steps": warmup,
+      "optimizer.step_boundaries": (30, 60),
+      "optimizer.step_factor": 0.5,
+    }
+  )
   sched = train.make_schedule(c.optimizer, c.total_steps)
   for t in (0, 1, 19, 20, 29, 30, 59, 60, 61, 99):
     np.testing.assert_allclose(float(sched(t)), expect(t), rtol=1e-5, atol=1e-7, err_msg=str(t))
@@ -162,9 +174,15 @@ def _numpy_reference(x_steps, y_steps, w, b, *, lr, mu, wd, decay):
 
 
 def test_train_step_matches_numpy_sgd_momentum_ema():
-  c = small_config(**{"optimizer.lr": 0.3, "optimizer.momentum": 0.9,
-                      "optimizer.weight_decay": 0.01, "averaging.method": "ema",
-                      "averaging.decay": 0.25})
+  c = small_config(
+    **{
+      "optimizer.lr": 0.3,
+      "optimizer.momentum": 0.9,
+      "optimizer.weight_decay": 0.01,
+      "averaging.method": "ema",
+      "averaging.decay": 0.25,
+    }
+  )
   model, mesh = Linear(), one_device_mesh()
   state, shardings = train.create_train_state(c, model, (5,), mesh)
   p0 = jax.device_get(state.params)
@@ -212,16 +230,23 @@ def test_nonfinite_step_freezes_state_and_names_the_step():
   assert float(metrics["ok"]) == 0.0
   # Frozen: a later good step is a no-op too.
   state, _ = step(state, good)
-  np.testing.assert_array_equal(jax.device_get(state.params)["Dense_0"]["kernel"],
-                                before.params["Dense_0"]["kernel"])
+  np.testing.assert_array_equal(
+    jax.device_get(state.params)["Dense_0"]["kernel"], before.params["Dense_0"]["kernel"]
+  )
   err = train._health_error(jax.device_get(state.health), "/ckpt/1")
   assert "loss" in str(err) and "gradient" in str(err) and "step 1" in str(err)
   assert "/ckpt/1" in str(err)
 
 
 def test_skip_nonfinite_keeps_averages_and_caps_consecutive_skips():
-  c = small_config(**{"averaging.method": "ema", "averaging.decay": 0.5, "nonfinite.skip": True,
-                      "nonfinite.max_consecutive_skips": 2})
+  c = small_config(
+    **{
+      "averaging.method": "ema",
+      "averaging.decay": 0.5,
+      "nonfinite.skip": True,
+      "nonfinite.max_consecutive_skips": 2,
+    }
+  )
   model, mesh = Linear(), one_device_mesh()
   state, shardings = train.create_train_state(c, model, (5,), mesh)
   step = train.make_train_step(c, model, mesh, shardings)
@@ -234,8 +259,11 @@ def test_skip_nonfinite_keeps_averages_and_caps_consecutive_skips():
   after = jax.device_get(state)
   assert int(after.step) == 2  # the batch was consumed
   assert int(after.health.total_skips) == 1 and int(after.health.bad_step) == -1
-  for a, b in zip(jax.tree.leaves((before.params, before.opt_state)),
-                  jax.tree.leaves((after.params, after.opt_state)), strict=True):
+  for a, b in zip(
+    jax.tree.leaves((before.params, before.opt_state)),
+    jax.tree.leaves((after.params, after.opt_state)),
+    strict=True,
+  ):
     np.testing.assert_array_equal(a, b)  # params, momentum and the EMA did not move
   state, _ = step(state, good)  # a good step resets the run of skips
   assert int(state.health.consecutive_skips) == 0
@@ -252,17 +280,24 @@ def test_recompute_batch_stats_is_cumulative_mean_of_batch_moments():
   model, mesh = DenseBN(), one_device_mesh()
   r = np.random.default_rng(3)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6)), train=False)
-  batches = [{"image": (r.normal(size=(16, 6)) * (i + 1) + i).astype(np.float32),
-              "label": np.zeros(16, np.int32)} for i in range(3)]
+  batches = [
+    {
+      "image": (r.normal(size=(16, 6)) * (i + 1) + i).astype(np.float32),
+      "label": np.zeros(16, np.int32),
+    }
+    for i in range(3)
+  ]
   ev = train.Evaluator(model, mesh)
   stats = ev.recompute_batch_stats(variables["params"], variables["batch_stats"], batches)
   k = np.float64(variables["params"]["first"]["kernel"])
   b = np.float64(variables["params"]["first"]["bias"])
   hs = [np.float64(bt["image"]) @ k + b for bt in batches]
-  np.testing.assert_allclose(stats["bn"]["mean"], np.mean([h.mean(0) for h in hs], 0),
-                             rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(stats["bn"]["var"], np.mean([h.var(0) for h in hs], 0),
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    stats["bn"]["mean"], np.mean([h.mean(0) for h in hs], 0), rtol=1e-4, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    stats["bn"]["var"], np.mean([h.var(0) for h in hs], 0), rtol=1e-4, atol=1e-5
+  )
 
 
 # --------------------------------------------------------------------------- the driver

@@ -61,10 +61,10 @@ def _is_committed(path: str) -> bool:
   # atomic rename (POSIX) or in place (object stores), so its presence in a
   # step-named directory is the commit.
   return (
-      _STEP_RE.match(os.path.basename(path)) is not None
-      and os.path.isfile(os.path.join(path, _COMMIT_FILE))
-      and os.path.isdir(os.path.join(path, "state"))
-      and os.path.isdir(os.path.join(path, "meta"))
+    _STEP_RE.match(os.path.basename(path)) is not None
+    and os.path.isfile(os.path.join(path, _COMMIT_FILE))
+    and os.path.isdir(os.path.join(path, "state"))
+    and os.path.isdir(os.path.join(path, "meta"))
   )
 
 
@@ -124,16 +124,16 @@ def make_metadata(config, *, step: int) -> dict:
   """The JSON stored beside the state of checkpoint ``step``."""
   d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   return {
-      "step": int(step),
-      # Batch i is a pure function of (seed, i): the stream position is the step.
-      "data_position": int(step),
-      "config": json.loads(json.dumps(d, default=list)),
-      "config_hash": config_hash(config),
-      "versions": versions(),
-      "process_count": jax.process_count(),
-      "device_count": jax.device_count(),
-      "all_finite": True,
-      "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    "step": int(step),
+    # Batch i is a pure function of (seed, i): the stream position is the step.
+    "data_position": int(step),
+    "config": json.loads(json.dumps(d, default=list)),
+    "config_hash": config_hash(config),
+    "versions": versions(),
+    "process_count": jax.process_count(),
+    "device_count": jax.device_count(),
+    "all_finite": True,
+    "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
   }
 
 
@@ -178,14 +178,14 @@ class Checkpointer:
 
       multihost_utils.sync_global_devices("trajax.checkpoint.quarantine")
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        keep_period=keep_period,
-        enable_async_checkpointing=bool(async_save),
-        cleanup_tmp_directories=True,
-        create=True,
+      max_to_keep=max_to_keep,
+      keep_period=keep_period,
+      enable_async_checkpointing=bool(async_save),
+      cleanup_tmp_directories=True,
+      create=True,
     )
     self.manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "meta")
+      self.directory, options=options, item_names=("state", "meta")
     )
 
   def path(self, step: int) -> str:
@@ -200,11 +200,11 @@ class Checkpointer:
     if step in self.manager.all_steps():
       return False
     return self.manager.save(
-        int(step),
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_to_tree(state)), meta=ocp.args.JsonSave(meta)
-        ),
-        force=True,
+      int(step),
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_to_tree(state)), meta=ocp.args.JsonSave(meta)
+      ),
+      force=True,
     )
 
   def restore(self, step: int, target) -> tuple[Any, dict]:
@@ -212,10 +212,10 @@ class Checkpointer:
     ocp = _ocp()
     abstract = _abstract(_to_tree(target))
     out = self.manager.restore(
-        int(step),
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-        ),
+      int(step),
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+      ),
     )
     return _from_tree(target, out.state), dict(out.meta)
 
@@ -237,7 +237,7 @@ def resolve_directory(path: str) -> str:
   if os.path.isdir(path) and (committed_steps(path) or os.path.basename(path) == "checkpoints"):
     return path
   raise FileNotFoundError(
-      f"no checkpoints directory at {path!r} (expected WORKDIR or WORKDIR/checkpoints)"
+    f"no checkpoints directory at {path!r} (expected WORKDIR or WORKDIR/checkpoints)"
   )
 
 

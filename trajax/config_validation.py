@@ -26,13 +26,13 @@ from typing import Any
 DATASETS = ("mnist1d", "digits", "cifar10", "cifar100", "imagenet2012")
 TFDS_DATASETS = ("cifar10", "cifar100", "imagenet2012")
 MODELS = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "cifar_resnet18",
-    "cifar_resnet34",
-    "cnn1d",
-    "resnet1d",
+  "resnet18",
+  "resnet34",
+  "resnet50",
+  "cifar_resnet18",
+  "cifar_resnet34",
+  "cnn1d",
+  "resnet1d",
 )
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("constant", "cosine", "linear", "step")
@@ -43,21 +43,21 @@ BATCH_NORM = ("recompute", "average")
 # or where things are read from, never the sequence of parameters. total_steps
 # is allowed only for schedules that do not depend on it (see check_resume).
 RESUME_ALLOWED = frozenset(
-    {
-        "total_steps",
-        "log_every_steps",
-        "eval_every_steps",
-        "checkpoint_every_steps",
-        "eval_batch_size",
-        "data_dir",
-        "log_batch_fingerprints",
-        "checkpoint.max_to_keep",
-        "checkpoint.keep_period",
-        "checkpoint.async_save",
-        "averaging.bn_recompute_batches",
-        "mesh.data",
-        "mesh.shard_params",
-    }
+  {
+    "total_steps",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "eval_batch_size",
+    "data_dir",
+    "log_batch_fingerprints",
+    "checkpoint.max_to_keep",
+    "checkpoint.keep_period",
+    "checkpoint.async_save",
+    "averaging.bn_recompute_batches",
+    "mesh.data",
+    "mesh.shard_params",
+  }
 )
 
 
@@ -90,49 +90,49 @@ _OPT_POS_INT = (lambda x: x is None or (_int(x) and x > 0), "must be None or an 
 
 # dotted field -> (check, what is allowed). The single list of known fields.
 SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (_int, "must be an integer"),
-    "total_steps": _POS_INT,
-    "batch_size": _POS_INT,
-    "eval_batch_size": _POS_INT,
-    "checkpoint_every_steps": _POS_INT,
-    "log_every_steps": _POS_INT,
-    "eval_every_steps": _POS_INT,
-    "data_dir": (lambda x: x is None or isinstance(x, str), "must be None or a path string"),
-    "log_batch_fingerprints": _BOOL,
-    "dataset.name": _one_of(DATASETS),
-    "dataset.label_noise": (lambda x: _real(x) and 0 <= x <= 1, "must be a number in [0, 1]"),
-    "dataset.num_train": _POS_INT,
-    "dataset.augment": _BOOL,
-    "model.name": _one_of(MODELS),
-    "model.width": _POS_INT,
-    "model.dtype": _one_of(DTYPES),
-    "optimizer.lr": (lambda x: _real(x) and x > 0, "must be a finite number > 0"),
-    "optimizer.momentum": (lambda x: _real(x) and 0 <= x < 1, "must be a number in [0, 1)"),
-    "optimizer.nesterov": _BOOL,
-    "optimizer.weight_decay": (lambda x: _real(x) and x >= 0, "must be a finite number >= 0"),
-    "optimizer.schedule": _one_of(SCHEDULES),
-    "optimizer.warmup_steps": _NONNEG_INT,
-    "optimizer.step_boundaries": (
-        lambda x: isinstance(x, (tuple, list)) and all(_int(b) and b > 0 for b in x),
-        "must be a tuple of integers > 0",
-    ),
-    "optimizer.step_factor": (lambda x: _real(x) and 0 < x <= 1, "must be a number in (0, 1]"),
-    "averaging.method": _one_of(AVERAGING),
-    "averaging.decay": (lambda x: _real(x) and 0 < x <= 1, "must be a number in (0, 1]"),
-    "averaging.start_step": _NONNEG_INT,
-    "averaging.every": _POS_INT,
-    "averaging.gap": _POS_INT,
-    "averaging.n": (lambda x: _int(x) and x >= 2, "must be an integer >= 2"),
-    "averaging.debias": _BOOL,
-    "averaging.batch_norm": _one_of(BATCH_NORM),
-    "averaging.bn_recompute_batches": _POS_INT,
-    "checkpoint.max_to_keep": _OPT_POS_INT,
-    "checkpoint.keep_period": _OPT_POS_INT,
-    "checkpoint.async_save": _BOOL,
-    "mesh.data": (lambda x: _int(x) and (x == -1 or x > 0), "must be -1 (all devices) or > 0"),
-    "mesh.shard_params": _BOOL,
-    "nonfinite.skip": _BOOL,
-    "nonfinite.max_consecutive_skips": _POS_INT,
+  "seed": (_int, "must be an integer"),
+  "total_steps": _POS_INT,
+  "batch_size": _POS_INT,
+  "eval_batch_size": _POS_INT,
+  "checkpoint_every_steps": _POS_INT,
+  "log_every_steps": _POS_INT,
+  "eval_every_steps": _POS_INT,
+  "data_dir": (lambda x: x is None or isinstance(x, str), "must be None or a path string"),
+  "log_batch_fingerprints": _BOOL,
+  "dataset.name": _one_of(DATASETS),
+  "dataset.label_noise": (lambda x: _real(x) and 0 <= x <= 1, "must be a number in [0, 1]"),
+  "dataset.num_train": _POS_INT,
+  "dataset.augment": _BOOL,
+  "model.name": _one_of(MODELS),
+  "model.width": _POS_INT,
+  "model.dtype": _one_of(DTYPES),
+  "optimizer.lr": (lambda x: _real(x) and x > 0, "must be a finite number > 0"),
+  "optimizer.momentum": (lambda x: _real(x) and 0 <= x < 1, "must be a number in [0, 1)"),
+  "optimizer.nesterov": _BOOL,
+  "optimizer.weight_decay": (lambda x: _real(x) and x >= 0, "must be a finite number >= 0"),
+  "optimizer.schedule": _one_of(SCHEDULES),
+  "optimizer.warmup_steps": _NONNEG_INT,
+  "optimizer.step_boundaries": (
+    lambda x: isinstance(x, (tuple, list)) and all(_int(b) and b > 0 for b in x),
+    "must be a tuple of integers > 0",
+  ),
+  "optimizer.step_factor": (lambda x: _real(x) and 0 < x <= 1, "must be a number in (0, 1]"),
+  "averaging.method": _one_of(AVERAGING),
+  "averaging.decay": (lambda x: _real(x) and 0 < x <= 1, "must be a number in (0, 1]"),
+  "averaging.start_step": _NONNEG_INT,
+  "averaging.every": _POS_INT,
+  "averaging.gap": _POS_INT,
+  "averaging.n": (lambda x: _int(x) and x >= 2, "must be an integer >= 2"),
+  "averaging.debias": _BOOL,
+  "averaging.batch_norm": _one_of(BATCH_NORM),
+  "averaging.bn_recompute_batches": _POS_INT,
+  "checkpoint.max_to_keep": _OPT_POS_INT,
+  "checkpoint.keep_period": _OPT_POS_INT,
+  "checkpoint.async_save": _BOOL,
+  "mesh.data": (lambda x: _int(x) and (x == -1 or x > 0), "must be -1 (all devices) or > 0"),
+  "mesh.shard_params": _BOOL,
+  "nonfinite.skip": _BOOL,
+  "nonfinite.max_consecutive_skips": _POS_INT,
 }
 
 
@@ -195,23 +195,21 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
       continue
     if flat[field] % data_axis:
       problems.append(
-          (field, flat[field], f"must be divisible by the {data_axis} devices on the data axis")
+        (field, flat[field], f"must be divisible by the {data_axis} devices on the data axis")
       )
     elif flat[field] % process_count:
-      problems.append(
-          (field, flat[field], f"must be divisible by the {process_count} processes")
-      )
+      problems.append((field, flat[field], f"must be divisible by the {process_count} processes"))
 
   if good("dataset.name", "data_dir") and flat["dataset.name"] in TFDS_DATASETS:
     data_dir = flat["data_dir"]
     if not data_dir:
       problems.append(
-          (
-              "data_dir",
-              data_dir,
-              f"TFDS dataset {flat['dataset.name']!r} needs the directory it was prepared "
-              "in (training never downloads)",
-          )
+        (
+          "data_dir",
+          data_dir,
+          f"TFDS dataset {flat['dataset.name']!r} needs the directory it was prepared "
+          "in (training never downloads)",
+        )
       )
     elif "://" not in data_dir and not os.path.isdir(data_dir):
       problems.append(("data_dir", data_dir, "must be an existing directory"))
@@ -221,27 +219,35 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
     problems.append(("model.name", flat["model.name"], "mnist1d needs 'cnn1d' or 'resnet1d'"))
   elif flat["dataset.name"] != "mnist1d" and flat["model.name"].endswith("1d"):
     problems.append(
-        ("model.name", flat["model.name"], f"{flat['dataset.name']} needs a 2-D image model")
+      ("model.name", flat["model.name"], f"{flat['dataset.name']} needs a 2-D image model")
     )
 
   if good("optimizer.warmup_steps") and flat["optimizer.warmup_steps"] >= total:
     problems.append(
-        ("optimizer.warmup_steps", flat["optimizer.warmup_steps"], f"must be < total_steps={total}")
+      ("optimizer.warmup_steps", flat["optimizer.warmup_steps"], f"must be < total_steps={total}")
     )
   bounds = tuple(flat["optimizer.step_boundaries"])
   if good("optimizer.schedule", "optimizer.step_boundaries") and (
-      flat["optimizer.schedule"] == "step"
+    flat["optimizer.schedule"] == "step"
   ):
     if not bounds:
       problems.append(("optimizer.step_boundaries", bounds, "the 'step' schedule needs >= 1"))
     elif list(bounds) != sorted(set(bounds)):
       problems.append(("optimizer.step_boundaries", bounds, "must be strictly increasing"))
   method = flat["averaging.method"] if good("averaging.method") else None
-  if good("averaging.start_step") and method in ("ema", "swa") and flat["averaging.start_step"] >= total:
+  if (
+    good("averaging.start_step")
+    and method in ("ema", "swa")
+    and flat["averaging.start_step"] >= total
+  ):
     problems.append(
-        ("averaging.start_step", flat["averaging.start_step"], f"must be < total_steps={total}")
+      ("averaging.start_step", flat["averaging.start_step"], f"must be < total_steps={total}")
     )
-  if good("averaging.gap") and method in ("two_point", "multi_point") and flat["averaging.gap"] > total:
+  if (
+    good("averaging.gap")
+    and method in ("two_point", "multi_point")
+    and flat["averaging.gap"] > total
+  ):
     problems.append(("averaging.gap", flat["averaging.gap"], f"must be <= total_steps={total}"))
   if good("averaging.n") and method == "multi_point" and flat["averaging.n"] > 1000:
     problems.append(("averaging.n", flat["averaging.n"], "must be <= 1000 (memory: n copies)"))
@@ -276,10 +282,10 @@ def check_resume(stored, new, *, allowed=RESUME_ALLOWED) -> list[tuple[str, Any,
     horizon = field == "total_steps" and schedule not in ("constant", "step")
     if field not in allowed or horizon:
       why = (
-          f"the {schedule!r} schedule depends on total_steps"
-          if horizon
-          else f"differs from the checkpoint's value {old!r}; only {sorted(allowed)} may change "
-          "on resume (start a new workdir or branch a side-trip instead)"
+        f"the {schedule!r} schedule depends on total_steps"
+        if horizon
+        else f"differs from the checkpoint's value {old!r}; only {sorted(allowed)} may change "
+        "on resume (start a new workdir or branch a side-trip instead)"
       )
       bad.append((field, cur, why))
   if bad:

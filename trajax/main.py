@@ -21,16 +21,16 @@ from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).")
 _RESUME = flags.DEFINE_enum(
-    "resume",
-    "auto",
-    ["auto", "require", "never"],
-    "auto: continue if the workdir has a checkpoint; require: error if it has none; "
-    "never: error if it has one.",
+  "resume",
+  "auto",
+  ["auto", "require", "never"],
+  "auto: continue if the workdir has a checkpoint; require: error if it has none; "
+  "never: error if it has one.",
 )
 _DISTRIBUTED = flags.DEFINE_bool(
-    "jax_distributed",
-    False,
-    "Call jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set).",
+  "jax_distributed",
+  False,
+  "Call jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set).",
 )
 flags.mark_flag_as_required("workdir")
 

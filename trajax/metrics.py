@@ -100,5 +100,5 @@ def progress_reporter(total_steps: int, writer, every_steps: int):
   from clu import periodic_actions
 
   return periodic_actions.ReportProgress(
-      num_train_steps=total_steps, writer=writer, every_steps=every_steps
+    num_train_steps=total_steps, writer=writer, every_steps=every_steps
   )

@@ -144,9 +144,7 @@ def make_schedule(opt_config, total_steps: int) -> optax.Schedule:
     factor = float(opt_config.step_factor)
     main = optax.piecewise_constant_schedule(lr, {b: factor for b in bounds if b > 0})
   else:
-    raise ValueError(
-        f"optimizer.schedule must be one of constant|cosine|linear|step, got {kind!r}"
-    )
+    raise ValueError(f"optimizer.schedule must be one of constant|cosine|linear|step, got {kind!r}")
   if warmup == 0:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
@@ -156,16 +154,16 @@ def make_averager(avg_config) -> averaging.Averager:
   """The :class:`trajax.averaging.Averager` named by ``averaging.method``."""
   method = avg_config.method
   params = {
-      "none": {},
-      "ema": dict(
-          decay=avg_config.decay,
-          start_step=avg_config.start_step,
-          every=avg_config.every,
-          debias=avg_config.debias,
-      ),
-      "swa": dict(start_step=avg_config.start_step, every=avg_config.every),
-      "two_point": dict(gap=avg_config.gap, start_step=avg_config.start_step),
-      "multi_point": dict(n=avg_config.n, gap=avg_config.gap, start_step=avg_config.start_step),
+    "none": {},
+    "ema": dict(
+      decay=avg_config.decay,
+      start_step=avg_config.start_step,
+      every=avg_config.every,
+      debias=avg_config.debias,
+    ),
+    "swa": dict(start_step=avg_config.start_step, every=avg_config.every),
+    "two_point": dict(gap=avg_config.gap, start_step=avg_config.start_step),
+    "multi_point": dict(n=avg_config.n, gap=avg_config.gap, start_step=avg_config.start_step),
   }
   if method not in params:
     raise ValueError(f"averaging.method must be one of {sorted(params)}, got {method!r}")
@@ -190,7 +188,7 @@ def make_optimizer(config) -> optax.GradientTransformationExtraArgs:
   if opt.weight_decay:
     parts.append(optax.add_decayed_weights(float(opt.weight_decay), mask=_decay_mask))
   parts.append(
-      optax.sgd(schedule, momentum=float(opt.momentum) or None, nesterov=bool(opt.nesterov))
+    optax.sgd(schedule, momentum=float(opt.momentum) or None, nesterov=bool(opt.nesterov))
   )
   inner = optax.chain(*parts) if len(parts) > 1 else parts[0]
   return averaging.wrap(inner, make_averager(config.averaging))
@@ -226,7 +224,7 @@ def state_shardings(abstract_state: PyTree, mesh: Mesh, *, shard_params: bool) -
   """NamedShardings for every state leaf: replicated, or FSDP when ``shard_params``."""
   size = mesh.shape["data"]
   return jax.tree.map(
-      lambda x: NamedSharding(mesh, _leaf_spec(x.shape, size, shard_params)), abstract_state
+    lambda x: NamedSharding(mesh, _leaf_spec(x.shape, size, shard_params)), abstract_state
   )
 
 
@@ -238,8 +236,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def _global_batch(batch: dict, sharding: NamedSharding) -> dict:
   """This process's share of a batch -> global arrays over the mesh."""
   return {
-      k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-      for k, v in batch.items()
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
   }
 
 
@@ -251,9 +248,7 @@ def _bn_averages(config) -> bool:
   return config.averaging.method != "none" and config.averaging.batch_norm == "average"
 
 
-def init_state(
-    rng: jax.Array, *, model, optimizer, input_shape, bn_averager=None
-) -> TrainState:
+def init_state(rng: jax.Array, *, model, optimizer, input_shape, bn_averager=None) -> TrainState:
   """A fresh state from ``rng`` (see :func:`init_key`; pure, jitted by :func:`create_train_state`)."""
   x = jnp.zeros((1, *tuple(input_shape)), jnp.float32)
   variables = model.init(rng, x, train=False)
@@ -263,13 +258,13 @@ def init_state(
   batch_stats = variables.get("batch_stats", {})
   zero = jnp.zeros([], jnp.int32)
   return TrainState(
-      step=zero,
-      params=params,
-      batch_stats=batch_stats,
-      opt_state=optimizer.init(params),
-      rng=step_rng,
-      bn_average=bn_averager.init(batch_stats) if bn_averager is not None else (),
-      health=Health(zero - 1, zero, zero, zero),
+    step=zero,
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=optimizer.init(params),
+    rng=step_rng,
+    bn_average=bn_averager.init(batch_stats) if bn_averager is not None else (),
+    health=Health(zero - 1, zero, zero, zero),
   )
 
 
@@ -282,7 +277,7 @@ def create_train_state(config, model, input_shape, mesh: Mesh):
   optimizer = make_optimizer(config)
   bn_averager = make_averager(config.averaging) if _bn_averages(config) else None
   init = lambda rng: init_state(
-      rng, model=model, optimizer=optimizer, input_shape=input_shape, bn_averager=bn_averager
+    rng, model=model, optimizer=optimizer, input_shape=input_shape, bn_averager=bn_averager
   )
   rng = init_key(config.seed)
   abstract = jax.eval_shape(init, rng)
@@ -328,15 +323,15 @@ def _select(pred, new, old):
 
 
 def train_step(
-    state: TrainState,
-    batch: dict,
-    *,
-    model,
-    optimizer,
-    schedule: optax.Schedule,
-    bn_averager=None,
-    skip_nonfinite: bool = False,
-    max_consecutive_skips: int = 10,
+  state: TrainState,
+  batch: dict,
+  *,
+  model,
+  optimizer,
+  schedule: optax.Schedule,
+  bn_averager=None,
+  skip_nonfinite: bool = False,
+  max_consecutive_skips: int = 10,
 ) -> tuple[TrainState, dict]:
   """One SGD step on ``batch`` (pure; see the module docstring for the maths).
 
@@ -355,27 +350,25 @@ def train_step(
 
   def loss_fn(params):
     logits, updates = model.apply(
-        {"params": params, "batch_stats": state.batch_stats},
-        batch["image"],
-        train=True,
-        mutable=["batch_stats"],
-        rngs={"dropout": rng},
+      {"params": params, "batch_stats": state.batch_stats},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": rng},
     )
     loss = jnp.mean(cross_entropy(logits, batch["label"]))
     return loss, (logits, updates.get("batch_stats", {}))
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params
-  )
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   bn_average = bn_averager.update(batch_stats, state.bn_average) if bn_averager else ()
 
   grad_norm = optax.global_norm(grads)
   bad_what = (
-      jnp.where(jnp.isfinite(loss), 0, 1)
-      + jnp.where(jnp.isfinite(grad_norm), 0, 2)
-      + jnp.where(_all_finite(batch_stats), 0, 4)
+    jnp.where(jnp.isfinite(loss), 0, 1)
+    + jnp.where(jnp.isfinite(grad_norm), 0, 2)
+    + jnp.where(_all_finite(batch_stats), 0, 4)
   ).astype(jnp.int32)
   ok = bad_what == 0
   h = state.health
@@ -389,27 +382,27 @@ def train_step(
   apply = healthy & ok
   advance = healthy & ~fail  # a skipped step consumes its batch; a failed one does not
   health = Health(
-      bad_step=jnp.where(fail, state.step, h.bad_step),
-      bad_what=jnp.where(fail, bad_what, h.bad_what),
-      consecutive_skips=jnp.where(healthy, consecutive, h.consecutive_skips),
-      total_skips=h.total_skips + (healthy & ~ok & ~fail).astype(jnp.int32),
+    bad_step=jnp.where(fail, state.step, h.bad_step),
+    bad_what=jnp.where(fail, bad_what, h.bad_what),
+    consecutive_skips=jnp.where(healthy, consecutive, h.consecutive_skips),
+    total_skips=h.total_skips + (healthy & ~ok & ~fail).astype(jnp.int32),
   )
   new_state = TrainState(
-      step=jnp.where(advance, state.step + 1, state.step),
-      params=_select(apply, params, state.params),
-      batch_stats=_select(apply, batch_stats, state.batch_stats),
-      opt_state=_select(apply, opt_state, state.opt_state),
-      rng=state.rng,
-      bn_average=_select(apply, bn_average, state.bn_average),
-      health=health,
+    step=jnp.where(advance, state.step + 1, state.step),
+    params=_select(apply, params, state.params),
+    batch_stats=_select(apply, batch_stats, state.batch_stats),
+    opt_state=_select(apply, opt_state, state.opt_state),
+    rng=state.rng,
+    bn_average=_select(apply, bn_average, state.bn_average),
+    health=health,
   )
   accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
   metrics = {
-      "loss": loss.astype(jnp.float32),
-      "accuracy": accuracy,
-      "grad_norm": grad_norm.astype(jnp.float32),
-      "lr": jnp.asarray(schedule(state.step), jnp.float32),
-      "ok": apply.astype(jnp.float32),
+    "loss": loss.astype(jnp.float32),
+    "accuracy": accuracy,
+    "grad_norm": grad_norm.astype(jnp.float32),
+    "lr": jnp.asarray(schedule(state.step), jnp.float32),
+    "ok": apply.astype(jnp.float32),
   }
   return new_state, metrics
 
@@ -419,20 +412,20 @@ def make_train_step(config, model, mesh: Mesh, shardings) -> Callable:
   import functools
 
   step = functools.partial(
-      train_step,
-      model=model,
-      optimizer=make_optimizer(config),
-      schedule=make_schedule(config.optimizer, config.total_steps),
-      bn_averager=make_averager(config.averaging) if _bn_averages(config) else None,
-      skip_nonfinite=bool(config.nonfinite.skip),
-      max_consecutive_skips=int(config.nonfinite.max_consecutive_skips),
+    train_step,
+    model=model,
+    optimizer=make_optimizer(config),
+    schedule=make_schedule(config.optimizer, config.total_steps),
+    bn_averager=make_averager(config.averaging) if _bn_averages(config) else None,
+    skip_nonfinite=bool(config.nonfinite.skip),
+    max_consecutive_skips=int(config.nonfinite.max_consecutive_skips),
   )
   replicated = NamedSharding(mesh, P())
   return jax.jit(
-      step,
-      in_shardings=(shardings, batch_sharding(mesh)),
-      out_shardings=(shardings, replicated),
-      donate_argnums=0,
+    step,
+    in_shardings=(shardings, batch_sharding(mesh)),
+    out_shardings=(shardings, replicated),
+    donate_argnums=0,
   )
 
 
@@ -443,9 +436,9 @@ def eval_step(params, batch_stats, batch, *, model) -> dict:
   loss = cross_entropy(logits, batch["label"])
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
   return {
-      "loss": jnp.sum(loss * mask),
-      "correct": jnp.sum(correct * mask),
-      "count": jnp.sum(mask),
+    "loss": jnp.sum(loss * mask),
+    "correct": jnp.sum(correct * mask),
+    "count": jnp.sum(mask),
   }
 
 
@@ -476,7 +469,7 @@ class Evaluator:
 
   def _bn_update(self, params, stats, batch):
     _, updates = self.model.apply(
-        {"params": params, "batch_stats": stats}, batch["image"], train=True, mutable=["batch_stats"]
+      {"params": params, "batch_stats": stats}, batch["image"], train=True, mutable=["batch_stats"]
     )
     return updates["batch_stats"]
 
@@ -506,8 +499,8 @@ class Evaluator:
         bad = [float(x) for x in jax.tree.leaves(one_minus_m) if not float(x) > 1e-6]
         if bad:
           raise ValueError(
-              f"BatchNorm momentum is 1 (1 - m = {bad[0]}): statistics never update, "
-              "averaging.batch_norm='recompute' cannot read them back"
+            f"BatchNorm momentum is 1 (1 - m = {bad[0]}): statistics never update, "
+            "averaging.batch_norm='recompute' cannot read them back"
           )
       stats = jax.tree.map(jnp.divide, from_zero, one_minus_m)
       total = stats if total is None else jax.tree.map(jnp.add, total, stats)
@@ -525,9 +518,7 @@ def averaged_variables(state: TrainState, config, evaluator: Evaluator, dataset)
   if mode == "average":
     stats = state.bn_average.average
   else:
-    batches = (
-        dataset.fixed_train_batch(i) for i in range(config.averaging.bn_recompute_batches)
-    )
+    batches = (dataset.fixed_train_batch(i) for i in range(config.averaging.bn_recompute_batches))
     stats = evaluator.recompute_batch_stats(params, state.batch_stats, batches)
   return params, stats
 
@@ -674,9 +665,9 @@ def _health_error(health: Health, last_checkpoint) -> NonFiniteError:
   names = [n for bit, n in _BAD_NAMES.items() if bad_what & bit] or ["value"]
   where = last_checkpoint if last_checkpoint is not None else "none (no checkpoint committed)"
   return NonFiniteError(
-      f"non-finite {' and '.join(names)} at step {int(health.bad_step)} "
-      f"(skipped steps so far: {int(health.total_skips)}); the state was frozen before that "
-      f"step and nothing non-finite was saved; last good checkpoint: {where}"
+    f"non-finite {' and '.join(names)} at step {int(health.bad_step)} "
+    f"(skipped steps so far: {int(health.total_skips)}); the state was frozen before that "
+    f"step and nothing non-finite was saved; last good checkpoint: {where}"
   )
 
 
@@ -687,13 +678,13 @@ RESUME_MODES = ("auto", "require", "never")
 
 
 def train_and_evaluate(
-    config,
-    workdir: str,
-    *,
-    resume: str = "auto",
-    dataset=None,
-    model=None,
-    callbacks: Iterable[Callable[[int], None]] = (),
+  config,
+  workdir: str,
+  *,
+  resume: str = "auto",
+  dataset=None,
+  model=None,
+  callbacks: Iterable[Callable[[int], None]] = (),
 ) -> TrainResult:
   """Trains ``config`` in ``workdir``, resuming from its latest checkpoint.
 
@@ -733,8 +724,8 @@ def train_and_evaluate(
   parent = os.path.dirname(workdir)
   if not os.path.isdir(parent):
     raise ResumeError(
-        f"workdir {workdir!r}: parent directory {parent!r} does not exist "
-        "(create it first; a mistyped path must not start a fresh run)"
+      f"workdir {workdir!r}: parent directory {parent!r} does not exist "
+      "(create it first; a mistyped path must not start a fresh run)"
     )
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ResumeError(f"workdir {workdir!r} exists and is not a directory")
@@ -743,8 +734,8 @@ def train_and_evaluate(
   latest = steps[-1] if steps else None
   if resume == "require" and latest is None:
     raise ResumeError(
-        f"resume='require' but {ckpt_dir!r} holds no committed checkpoint "
-        f"(found: {sorted(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else 'no directory'})"
+      f"resume='require' but {ckpt_dir!r} holds no committed checkpoint "
+      f"(found: {sorted(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else 'no directory'})"
     )
   if resume == "never" and latest is not None:
     raise ResumeError(f"resume='never' but {ckpt_dir!r} holds checkpoints {steps}")
@@ -760,7 +751,7 @@ def train_and_evaluate(
     from trajax import data as data_lib
 
     dataset = data_lib.get_dataset(
-        config, process_index=process_index, process_count=jax.process_count()
+      config, process_index=process_index, process_count=jax.process_count()
     )
   info = dataset.info
   if model is None:
@@ -770,18 +761,17 @@ def train_and_evaluate(
 
   os.makedirs(workdir, exist_ok=True)
   checkpointer = ckpt_lib.Checkpointer(
-      ckpt_dir,
-      max_to_keep=config.checkpoint.max_to_keep,
-      keep_period=config.checkpoint.keep_period,
-      async_save=config.checkpoint.async_save,
+    ckpt_dir,
+    max_to_keep=config.checkpoint.max_to_keep,
+    keep_period=config.checkpoint.keep_period,
+    async_save=config.checkpoint.async_save,
   )
   state, shardings = create_train_state(config, model, tuple(info.input_shape), mesh)
   if latest is not None:
     state, meta = checkpointer.restore(latest, state)
     if meta.get("data_position", latest) != int(state.step):
       raise ResumeError(
-          f"checkpoint {latest}: data position {meta.get('data_position')} != step "
-          f"{int(state.step)}"
+        f"checkpoint {latest}: data position {meta.get('data_position')} != step {int(state.step)}"
       )
     logging.info("resumed from %s at step %d", checkpointer.path(latest), latest)
   step = int(state.step)
@@ -845,8 +835,7 @@ def train_and_evaluate(
       host_batch, batch = next(prefetch)
       if fp_file is not None:
         fp_file.write(
-            json.dumps({"step": step, "fingerprint": data_lib.batch_fingerprint(host_batch)})
-            + "\n"
+          json.dumps({"step": step, "fingerprint": data_lib.batch_fingerprint(host_batch)}) + "\n"
         )
       state, step_metrics = p_step(state, batch)
       step += 1
@@ -860,20 +849,20 @@ def train_and_evaluate(
         now = time.perf_counter()
         summary = _summarize(fetched)
         summary["train/input_wait_fraction"] = (prefetch.wait_s - wait_start) / max(
-            now - window_start, 1e-9
+          now - window_start, 1e-9
         )
         summary["train/skipped_steps"] = float(health.total_skips)
         writer.write_scalars(step, summary)
         logging.info(
-            "step %d/%d  loss %.4f  acc %.3f  lr %.4g  |g| %.3g  %.1f steps/s  input wait %.1f%%",
-            step,
-            total,
-            summary.get("train/loss", math.nan),
-            summary.get("train/accuracy", math.nan),
-            summary["train/lr"],
-            summary.get("train/grad_norm", math.nan),
-            len(window) / max(now - window_start, 1e-9),
-            100 * summary["train/input_wait_fraction"],
+          "step %d/%d  loss %.4f  acc %.3f  lr %.4g  |g| %.3g  %.1f steps/s  input wait %.1f%%",
+          step,
+          total,
+          summary.get("train/loss", math.nan),
+          summary.get("train/accuracy", math.nan),
+          summary["train/lr"],
+          summary.get("train/grad_norm", math.nan),
+          len(window) / max(now - window_start, 1e-9),
+          100 * summary["train/input_wait_fraction"],
         )
         window, window_start, wait_start = [], now, prefetch.wait_s
       if step % config.eval_every_steps == 0 or step == total:

@@ -49,9 +49,9 @@ def verify(workdir: str) -> tuple[bool, list[str]]:
     return False, [f"ERROR {e}"]
   steps = ckpt_lib.committed_steps(directory)
   others = sorted(
-      n
-      for n in os.listdir(directory)
-      if n.split(".")[0].isdigit() and not (n.isdigit() and int(n) in steps)
+    n
+    for n in os.listdir(directory)
+    if n.split(".")[0].isdigit() and not (n.isdigit() and int(n) in steps)
   )
   if not steps:
     problems.append(f"no committed checkpoint in {directory}")
@@ -97,8 +97,8 @@ def verify(workdir: str) -> tuple[bool, list[str]]:
           config_validation.check_resume(first_config[1], config)
         except config_validation.ConfigError as e:
           problems.append(
-              f"{where}: config differs from step {first_config[0]} beyond the resume "
-              f"allow-list: {[p[0] for p in e.problems]}"
+            f"{where}: config differs from step {first_config[0]} beyond the resume "
+            f"allow-list: {[p[0] for p in e.problems]}"
           )
     versions = meta.get("versions", {})
     vtext = " ".join(f"{k}={v}" for k, v in sorted(versions.items()))
