@@ -152,6 +152,41 @@ def bench_pipeline(
   }
 
 
+def _device_config(model_name: str, batch: int, dtype: str, *, total_steps: int):
+  """The ImageNet config's training fields as plain namespaces (no ml_collections on GPU images)."""
+  from types import SimpleNamespace as NS
+
+  return NS(
+    seed=0,
+    total_steps=total_steps,
+    batch_size=batch,
+    model=NS(name=model_name, width=64, dtype=dtype),
+    optimizer=NS(
+      lr=0.05,
+      momentum=0.9,
+      nesterov=False,
+      weight_decay=1e-4,
+      schedule="constant",
+      warmup_steps=0,
+      step_boundaries=(),
+      step_factor=0.1,
+    ),
+    averaging=NS(
+      method="none",
+      decay=1e-4,
+      start_step=0,
+      every=1,
+      gap=5000,
+      n=2,
+      debias=False,
+      batch_norm="recompute",
+      bn_recompute_batches=50,
+    ),
+    mesh=NS(data=-1, shard_params=False),
+    nonfinite=NS(skip=False, max_consecutive_skips=10),
+  )
+
+
 def bench_device(
   model_name: str,
   batch: int,
@@ -164,8 +199,7 @@ def bench_device(
   """Train steps on a batch already on the device: compute only."""
   from trajax import models, train
 
-  c = _config(model_name, batch, dtype)
-  c.total_steps = steps + warmup + 1
+  c = _device_config(model_name, batch, dtype, total_steps=steps + warmup + 1)
   num_classes = 1000
   shape = (image, image, 3)
   model = models.create_model(c.model, num_classes=num_classes)
