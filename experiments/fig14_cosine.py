@@ -104,15 +104,18 @@ def branch_points(config, fractions, k: int) -> list[int]:
 
 def _replay_average(restored, k: int, method: str, params: dict):
   """theta_{S+k} and the window average of the replay from S (trajax.averaging)."""
+  import jax
+
   from trajax import averaging
 
   averager = averaging.make_averager(method, **params)
+  update = jax.jit(averager.update)
   run = f68.Runner(restored)
   avg_state = averager.init(run.params)
   S = int(restored.step)
   for t in range(S + 1, S + k + 1):
     run.advance_to(t)
-    avg_state = averager.update(run.params, avg_state)
+    avg_state = update(run.params, avg_state)
   return run, avg_state.average
 
 
