@@ -199,7 +199,9 @@ def cli(
   config_flags.DEFINE_config_dict(
     "exp", experiment_defaults(), "experiment knobs", flag_values=values, lock_config=False
   )
-  flags.DEFINE_string("workdir", None, "output folder (parent run + JSON + PNG)", flag_values=values)
+  flags.DEFINE_string(
+    "workdir", None, "output folder (parent run + JSON + PNG)", flag_values=values
+  )
   values(full_argv)
   if not values.workdir:
     raise ValueError(f"{name}: --workdir is required (got {values.workdir!r})")
@@ -257,17 +259,19 @@ def parent_config(config, keep_steps: Iterable[int] = ()):
 
   Side-trips and probes restore the parent at branch points, so the parent
   must keep those checkpoints: the cadence becomes the gcd of the branch
-  points (and the old cadence) and retention unlimited. Both are cadence /
+  points (the config's own cadence when there are none) and retention
+  unlimited. Both are cadence /
   retention fields, allowed to change on resume.
   """
   config = copy.deepcopy(config)
-  every = int(config.checkpoint_every_steps)
+  every = 0
   for s in keep_steps:
     s = int(s)
     if s < 0 or s > int(config.total_steps):
       raise ValueError(f"keep_steps: step {s} outside [0, total_steps={config.total_steps}]")
-    if s > 0:
-      every = math.gcd(every, s)
+    every = math.gcd(every, s)
+  # No branch points: the config's own cadence. (The final step is always saved.)
+  every = every or int(config.checkpoint_every_steps)
   with config.unlocked():
     config.checkpoint_every_steps = every
     config.checkpoint.max_to_keep = None
@@ -275,7 +279,9 @@ def parent_config(config, keep_steps: Iterable[int] = ()):
   return config
 
 
-def ensure_parent(config, workdir: str, keep_steps: Iterable[int] = (), *, quiet: bool = False) -> str:
+def ensure_parent(
+  config, workdir: str, keep_steps: Iterable[int] = (), *, quiet: bool = False
+) -> str:
   """Trains (or reuses) the main trajectory in ``workdir/parent``; returns that path.
 
   A parent whose latest committed checkpoint is ``total_steps`` and which
@@ -305,8 +311,10 @@ def ensure_parent(config, workdir: str, keep_steps: Iterable[int] = (), *, quiet
     return pdir
   start = steps[-1] if steps else 0
   if not quiet:
-    log(f"training parent run {pdir}: steps {start} -> {total}, checkpoints every "
-        f"{pconfig.checkpoint_every_steps}")
+    log(
+      f"training parent run {pdir}: steps {start} -> {total}, checkpoints every "
+      f"{pconfig.checkpoint_every_steps}"
+    )
   t0 = time.perf_counter()
   every = max(total // 10, 1)
 
@@ -426,14 +434,19 @@ def restore(run_dir: str, step: int | None = None) -> Restored:
       bn_average=(),
       health=None,
     )
-    state = state._replace(params=jax.tree.map(jax.numpy.asarray, state.params),
-                           batch_stats=jax.tree.map(jax.numpy.asarray, state.batch_stats))
+    state = state._replace(
+      params=jax.tree.map(jax.numpy.asarray, state.params),
+      batch_stats=jax.tree.map(jax.numpy.asarray, state.batch_stats),
+    )
     return Restored(config, model, dataset, state, step, meta)
   mesh = train.make_mesh(config)
   optimizer = train.make_optimizer(config)
   bn_avg = train.make_averager(config.averaging) if train._bn_averages(config) else None
   init = lambda rng: train.init_state(
-    rng, model=model, optimizer=optimizer, input_shape=tuple(dataset.info.input_shape),
+    rng,
+    model=model,
+    optimizer=optimizer,
+    input_shape=tuple(dataset.info.input_shape),
     bn_averager=bn_avg,
   )
   abstract = jax.eval_shape(init, train.init_key(config.seed))
@@ -528,8 +541,7 @@ def heldout_batches(dataset, n: int, batch_size: int, split: str = "test") -> di
       break
   if have < n * batch_size:
     raise ValueError(
-      f"split {split!r} holds {have} examples: too few for n={n} batches of "
-      f"batch_size={batch_size}"
+      f"split {split!r} holds {have} examples: too few for n={n} batches of batch_size={batch_size}"
     )
   x = np.concatenate(images)[: n * batch_size]
   y = np.concatenate(labels)[: n * batch_size]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 
-
 from experiments import common
 
 NAME = "fig1_averaging_vs_sidetrips"
@@ -123,8 +122,18 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     points = sorted({m * h // (n - 1) for h in hs for m in range(1, n)})
     replay_dir = os.path.join(out_dir, f"S{s}", "replay")
     common.log(f"{NAME}: branch {s}: replaying the parent for {max(hs)} steps")
-    replay = _sidetrip(pconfig, parent, s, replay_dir, model, dataset, kind="schedule",
-                       schedule="config", steps=max(hs), eval_at=tuple(points))
+    replay = _sidetrip(
+      pconfig,
+      parent,
+      s,
+      replay_dir,
+      model,
+      dataset,
+      kind="schedule",
+      schedule="config",
+      steps=max(hs),
+      eval_at=tuple(points),
+    )
     for h in hs:
       g = h // (n - 1)
       common.log(f"{NAME}: branch {s}: equivalent {method} side-trip of {h} steps")
@@ -143,30 +152,35 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       # own weights: running statistics lag the weights differently on each
       # path, which at h = 1 alone (identical weights) moves the test loss.
       evals = {}
-      for kind, p in (("raw", raw.state.params), ("average", avg),
-                      ("sidetrip", trip.state.params)):
+      for kind, p in (("raw", raw.state.params), ("average", avg), ("sidetrip", trip.state.params)):
         stats = common.recompute_batch_stats(at_s, p, raw.state.batch_stats)
         evals[kind] = common.evaluate(at_s, p, stats)
-      rows.append(common.to_jsonable({
-        "branch": s,
-        "horizon": h,
-        **evals,
-        "raw_running_bn": _eval_at(replay, h),
-        "sidetrip_running_bn": _eval_at(trip_records, h),
-        "dist_avg_sidetrip": probes.l2_distance(avg, trip.state.params),
-        "dist_avg_raw": probes.l2_distance(avg, raw.state.params),
-        "dist_sidetrip_raw": probes.l2_distance(trip.state.params, raw.state.params),
-        "dist_branch_raw": probes.l2_distance(at_s.state.params, raw.state.params),
-        "param_norm": probes.tree_norm(avg),
-      }))
+      rows.append(
+        common.to_jsonable(
+          {
+            "branch": s,
+            "horizon": h,
+            **evals,
+            "raw_running_bn": _eval_at(replay, h),
+            "sidetrip_running_bn": _eval_at(trip_records, h),
+            "dist_avg_sidetrip": probes.l2_distance(avg, trip.state.params),
+            "dist_avg_raw": probes.l2_distance(avg, raw.state.params),
+            "dist_sidetrip_raw": probes.l2_distance(trip.state.params, raw.state.params),
+            "dist_branch_raw": probes.l2_distance(at_s.state.params, raw.state.params),
+            "param_norm": probes.tree_norm(avg),
+          }
+        )
+      )
   if not rows:
     raise ValueError(
       f"no (branch, horizon) pair fits: branches {branches}, horizons {tuple(exp.horizons)}, "
       f"total_steps {config.total_steps}"
     )
   records = common.read_metrics(parent)
-  curves = {k: [a.tolist() for a in common.metric_series(records, k)]
-            for k in ("eval/loss", "eval/accuracy", "eval_avg/loss", "eval_avg/accuracy")}
+  curves = {
+    k: [a.tolist() for a in common.metric_series(records, k)]
+    for k in ("eval/loss", "eval/accuracy", "eval_avg/loss", "eval_avg/accuracy")
+  }
   payload = {
     "experiment": NAME,
     "config": config.to_dict(),
@@ -180,8 +194,9 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   }
   payload["claims"] = claims(payload)
   json_path = common.write_json(os.path.join(workdir, f"{NAME}.json"), payload)
-  png_path = plot(payload, os.path.join(workdir, f"{NAME}.png"),
-                  common.run_label(config, f"{method} n={n}"))
+  png_path = plot(
+    payload, os.path.join(workdir, f"{NAME}.png"), common.run_label(config, f"{method} n={n}")
+  )
   return {"json": json_path, "png": png_path, "claims": payload["claims"], "rows": rows}
 
 
@@ -197,14 +212,20 @@ def _longest(payload) -> list[dict]:
 def claims(payload) -> list[dict]:
   """Sec. 5 claims, decided by stated criteria at each branch's longest horizon."""
   rows = _longest(payload)
-  name = "two-point average" if payload["method"] == "two_point" else f"{payload['n']}-point average"
+  name = (
+    "two-point average" if payload["method"] == "two_point" else f"{payload['n']}-point average"
+  )
   trip = "λ/2 side-trip" if payload["method"] == "two_point" else "staircase side-trip"
+
   def fmt(r):
-    return (f"S={r['branch']}, h={r['horizon']}: {name} vs {trip}: accuracy "
-            f"{r['average']['accuracy']:.4f} vs {r['sidetrip']['accuracy']:.4f} (raw "
-            f"{r['raw']['accuracy']:.4f}), test loss {r['average']['loss']:.4f} vs "
-            f"{r['sidetrip']['loss']:.4f} (raw {r['raw']['loss']:.4f}), L2 distance "
-            f"{r['dist_avg_sidetrip']:.4g} (average to raw endpoint: {r['dist_avg_raw']:.4g})")
+    return (
+      f"S={r['branch']}, h={r['horizon']}: {name} vs {trip}: accuracy "
+      f"{r['average']['accuracy']:.4f} vs {r['sidetrip']['accuracy']:.4f} (raw "
+      f"{r['raw']['accuracy']:.4f}), test loss {r['average']['loss']:.4f} vs "
+      f"{r['sidetrip']['loss']:.4f} (raw {r['raw']['loss']:.4f}), L2 distance "
+      f"{r['dist_avg_sidetrip']:.4g} (average to raw endpoint: {r['dist_avg_raw']:.4g})"
+    )
+
   loss_gap = lambda r: abs(r["sidetrip"]["loss"] - r["average"]["loss"])
   raw_gap = lambda r: abs(r["raw"]["loss"] - r["average"]["loss"])
   return [
@@ -214,29 +235,38 @@ def claims(payload) -> list[dict]:
       "measured": {str(r["branch"]): [r["average"]["loss"], r["raw"]["loss"]] for r in rows},
       "criterion": "test loss(average) < test loss(raw θ_{S+h}) at every branch point, longest h",
       "reproduced": all(r["average"]["loss"] < r["raw"]["loss"] for r in rows),
-      "text": "; ".join(f"S={r['branch']}: {r['average']['loss']:.4f} vs raw {r['raw']['loss']:.4f}"
-                        for r in rows),
+      "text": "; ".join(
+        f"S={r['branch']}: {r['average']['loss']:.4f} vs raw {r['raw']['loss']:.4f}" for r in rows
+      ),
     },
     {
       "id": "sidetrip_matches_average_loss",
       "claim": f"the equivalent-schedule side-trip reaches the {name}'s test loss (Fig. 1)",
-      "measured": {str(r["branch"]): {"sidetrip_vs_average": loss_gap(r),
-                                      "raw_vs_average": raw_gap(r)} for r in rows},
+      "measured": {
+        str(r["branch"]): {"sidetrip_vs_average": loss_gap(r), "raw_vs_average": raw_gap(r)}
+        for r in rows
+      },
       "criterion": "|loss(side-trip) − loss(average)| < |loss(raw) − loss(average)| at every "
-                   "branch point, longest h",
+      "branch point, longest h",
       "reproduced": all(loss_gap(r) < raw_gap(r) for r in rows),
       "text": "; ".join(fmt(r) for r in rows),
     },
     {
       "id": "sidetrip_close_to_average_in_weights",
       "claim": f"the side-trip ends closer to the {name} in weight space than the raw "
-               "trajectory does (Fig. 6)",
-      "measured": {str(r["branch"]): {"avg_to_sidetrip": r["dist_avg_sidetrip"],
-                                      "avg_to_raw": r["dist_avg_raw"]} for r in rows},
+      "trajectory does (Fig. 6)",
+      "measured": {
+        str(r["branch"]): {
+          "avg_to_sidetrip": r["dist_avg_sidetrip"],
+          "avg_to_raw": r["dist_avg_raw"],
+        }
+        for r in rows
+      },
       "criterion": "‖θ̄ − θ_trip‖ < ‖θ̄ − θ_{S+h}‖ at every branch point, longest h",
       "reproduced": all(r["dist_avg_sidetrip"] < r["dist_avg_raw"] for r in rows),
-      "text": "; ".join(f"S={r['branch']}: {r['dist_avg_sidetrip']:.4g} vs "
-                        f"{r['dist_avg_raw']:.4g}" for r in rows),
+      "text": "; ".join(
+        f"S={r['branch']}: {r['dist_avg_sidetrip']:.4g} vs {r['dist_avg_raw']:.4g}" for r in rows
+      ),
     },
   ]
 
@@ -252,8 +282,14 @@ def plot(payload, path: str, label: str) -> str:
       rs = sorted((r for r in payload["rows"] if r["branch"] == s), key=lambda r: r["horizon"])
       hs = [r["horizon"] for r in rs]
       for kind, (marker, ls) in styles.items():
-        ax.plot(hs, [r[kind][metric] for r in rs], color=f"C{k}", marker=marker, ls=ls,
-                label=f"S={s} {names[kind]}")
+        ax.plot(
+          hs,
+          [r[kind][metric] for r in rs],
+          color=f"C{k}",
+          marker=marker,
+          ls=ls,
+          label=f"S={s} {names[kind]}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("horizon h (steps after the branch point S)")
     ax.set_ylabel("test cross-entropy (nats)" if metric == "loss" else "test accuracy (fraction)")
@@ -278,8 +314,13 @@ def plot(payload, path: str, label: str) -> str:
     ax.plot(c["eval_avg/accuracy"][0], c["eval_avg/accuracy"][1], "C3-", label="average θ̄_t")
   for k, s in enumerate(branches):
     r = max((r for r in payload["rows"] if r["branch"] == s), key=lambda r: r["horizon"])
-    ax.plot([s + r["horizon"]], [r["sidetrip"]["accuracy"]], f"C{k}^", ms=8,
-            label=f"side-trip S={s}, h={r['horizon']}")
+    ax.plot(
+      [s + r["horizon"]],
+      [r["sidetrip"]["accuracy"]],
+      f"C{k}^",
+      ms=8,
+      label=f"side-trip S={s}, h={r['horizon']}",
+    )
   ax.set_xlabel("training step")
   ax.set_ylabel("test accuracy (fraction)")
   ax.set_title("Figs. 5/10: main run, raw vs averaged")

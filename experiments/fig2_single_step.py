@@ -112,8 +112,14 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
         common.heldout_batches(r.dataset, n_held, b), stats, stacked=n_held
       )
       rep = probes.run_step_size_probe(
-        loss_fn, r.state.params, batch, grid, held, degree=int(exp.poly_degree),
-        chunk_size=int(exp.chunk_size) or None, with_eps_max=True,
+        loss_fn,
+        r.state.params,
+        batch,
+        grid,
+        held,
+        degree=int(exp.poly_degree),
+        chunk_size=int(exp.chunk_size) or None,
+        with_eps_max=True,
       )
       i_best = int(np.argmin(rep.curve.train_loss))
       held0 = float(np.mean(rep.curve.heldout_loss0))
@@ -165,8 +171,12 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   os.makedirs(workdir, exist_ok=True)
   json_path = common.write_json(os.path.join(workdir, f"{NAME}.json"), payload)
   png_path = plot(payload, os.path.join(workdir, f"{NAME}.png"), common.run_label(config))
-  return {"json": json_path, "png": png_path, "claims": payload["claims"],
-          "main": _main_entry(payload)}
+  return {
+    "json": json_path,
+    "png": png_path,
+    "claims": payload["claims"],
+    "main": _main_entry(payload),
+  }
 
 
 def _noise_scale(r, loss_fn, b: int, m: int, s: int) -> dict:
@@ -183,11 +193,15 @@ def _noise_scale(r, loss_fn, b: int, m: int, s: int) -> dict:
   # estimate_noise_scale reads B from axis 1 of every leaf, which the
   # broadcast BatchNorm statistics do not have: pass the sizes explicitly.
   ns = probes.noise_scale_from_sq_norms(
-    probes.batch_grad_sq_norms(loss_fn, r.state.params, small), b,
-    probes.batch_grad_sq_norms(loss_fn, r.state.params, big), 4 * b,
+    probes.batch_grad_sq_norms(loss_fn, r.state.params, small),
+    b,
+    probes.batch_grad_sq_norms(loss_fn, r.state.params, big),
+    4 * b,
   )
   # ε_max of the (approximately) true gradient: the concatenated big batches.
-  full = {k: np.asarray(big[k]).reshape(-1, *np.asarray(big[k]).shape[2:]) for k in ("image", "label")}
+  full = {
+    k: np.asarray(big[k]).reshape(-1, *np.asarray(big[k]).shape[2:]) for k in ("image", "label")
+  }
   full = common.with_batch_stats(full, r.state.batch_stats)
   eps_true = probes.epsilon_max(loss_fn, r.state.params, full)
   b_simple = float(ns.b_simple)
@@ -220,14 +234,18 @@ def claims(payload) -> list[dict]:
     {
       "id": "one_step_train_vs_heldout",
       "claim": "one step on the training batch cuts that batch's loss far more than it can "
-               "cut held-out loss (Fig. 2)",
-      "measured": {"train_drop": x, "heldout_best_drop": z, "step": main["step"],
-                   "batch_size": main["batch_size"]},
+      "cut held-out loss (Fig. 2)",
+      "measured": {
+        "train_drop": x,
+        "heldout_best_drop": z,
+        "step": main["step"],
+        "batch_size": main["batch_size"],
+      },
       "criterion": "train_drop >= 5 x max(heldout_best_drop, 0) and train_drop > 0",
       "reproduced": bool(x > 0 and x >= 5 * max(z, 0.0)),
       "text": f"one step (η = {main['train_best_step']:.3g}) on the training batch cuts its "
-              f"loss by {x:.3f} nats, while the best step for held-out batches cuts their mean "
-              f"loss by only {z:.3f}",
+      f"loss by {x:.3f} nats, while the best step for held-out batches cuts their mean "
+      f"loss by only {z:.3f}",
     },
     {
       "id": "heldout_rises_at_train_optimum",
@@ -236,23 +254,31 @@ def claims(payload) -> list[dict]:
       "criterion": "held-out mean loss at the training batch's best η minus at η = 0 > 0",
       "reproduced": bool(y > 0),
       "text": f"at η = {main['train_best_step']:.3g} the training batch's loss falls by "
-              f"{x:.3f} while the held-out mean loss changes by {y:+.3f}",
+      f"{x:.3f} while the held-out mean loss changes by {y:+.3f}",
     },
   ]
-  early = [e for e in payload["results"] if e["step"] == first
-           and e["batch_size"] == payload["main_batch_size"]][0]
-  out.append({
-    "id": "one_step_beats_final_model",
-    "claim": "one step from a mid-training point takes the batch's loss below that of the "
-             "fully trained model on the same batch (Sec. 3)",
-    "measured": {"step": first, "one_step_loss": early["train_best_loss"],
-                 "final_model_loss": early["final_model_loss_on_batch"]},
-    "criterion": "one_step_loss < final_model_loss",
-    "reproduced": bool(early["train_best_loss"] < early["final_model_loss_on_batch"]),
-    "text": f"from step {first}, one step brings the batch's loss to "
-            f"{early['train_best_loss']:.3f}; the final model (step {payload['final_step']}) "
-            f"has {early['final_model_loss_on_batch']:.3f} on it",
-  })
+  early = [
+    e
+    for e in payload["results"]
+    if e["step"] == first and e["batch_size"] == payload["main_batch_size"]
+  ][0]
+  out.append(
+    {
+      "id": "one_step_beats_final_model",
+      "claim": "one step from a mid-training point takes the batch's loss below that of the "
+      "fully trained model on the same batch (Sec. 3)",
+      "measured": {
+        "step": first,
+        "one_step_loss": early["train_best_loss"],
+        "final_model_loss": early["final_model_loss_on_batch"],
+      },
+      "criterion": "one_step_loss < final_model_loss",
+      "reproduced": bool(early["train_best_loss"] < early["final_model_loss_on_batch"]),
+      "text": f"from step {first}, one step brings the batch's loss to "
+      f"{early['train_best_loss']:.3f}; the final model (step {payload['final_step']}) "
+      f"has {early['final_model_loss_on_batch']:.3f} on it",
+    }
+  )
   sizes = payload["batch_sizes"]
   if len(sizes) >= 2:
     ok, pairs = True, {}
@@ -260,29 +286,39 @@ def claims(payload) -> list[dict]:
       d = {e["batch_size"]: e["train_largest_drop"] for e in payload["results"] if e["step"] == s}
       pairs[str(s)] = [d[min(sizes)], d[max(sizes)]]
       ok &= d[min(sizes)] > d[max(sizes)]
-    out.append({
-      "id": "drop_shrinks_with_batch_size",
-      "claim": "the largest one-step drop on the training batch is larger for smaller batches "
-               "(Fig. 13)",
-      "measured": {"drop_smallest_vs_largest_batch_by_step": pairs, "batch_sizes": sizes},
-      "criterion": f"drop(B={min(sizes)}) > drop(B={max(sizes)}) at every position",
-      "reproduced": bool(ok),
-      "text": "; ".join(f"step {s}: {a:.3f} (B={min(sizes)}) vs {b:.3f} (B={max(sizes)})"
-                        for s, (a, b) in pairs.items()),
-    })
+    out.append(
+      {
+        "id": "drop_shrinks_with_batch_size",
+        "claim": "the largest one-step drop on the training batch is larger for smaller batches "
+        "(Fig. 13)",
+        "measured": {"drop_smallest_vs_largest_batch_by_step": pairs, "batch_sizes": sizes},
+        "criterion": f"drop(B={min(sizes)}) > drop(B={max(sizes)}) at every position",
+        "reproduced": bool(ok),
+        "text": "; ".join(
+          f"step {s}: {a:.3f} (B={min(sizes)}) vs {b:.3f} (B={max(sizes)})"
+          for s, (a, b) in pairs.items()
+        ),
+      }
+    )
   ratio = main["eps_max"] / main["train_best_step"] if main["train_best_step"] > 0 else float("inf")
   grid_step = payload["step_sizes"][1] - payload["step_sizes"][0]
-  out.append({
-    "id": "eps_max_predicts_best_step",
-    "claim": "the second-order optimum ε_max = |g|²/gᵀHg of the batch predicts the probe's "
-             "best step (companion notes)",
-    "measured": {"eps_max": main["eps_max"], "best_step": main["train_best_step"],
-                 "ratio": ratio if np.isfinite(ratio) else None, "grid_spacing": grid_step},
-    "criterion": "0.5 <= eps_max / best_step <= 2 (best step resolved to the grid spacing)",
-    "reproduced": bool(np.isfinite(ratio) and 0.5 <= ratio <= 2.0),
-    "text": f"ε_max = {main['eps_max']:.3g} vs best grid step {main['train_best_step']:.3g} "
-            f"(grid spacing {grid_step:.3g})",
-  })
+  out.append(
+    {
+      "id": "eps_max_predicts_best_step",
+      "claim": "the second-order optimum ε_max = |g|²/gᵀHg of the batch predicts the probe's "
+      "best step (companion notes)",
+      "measured": {
+        "eps_max": main["eps_max"],
+        "best_step": main["train_best_step"],
+        "ratio": ratio if np.isfinite(ratio) else None,
+        "grid_spacing": grid_step,
+      },
+      "criterion": "0.5 <= eps_max / best_step <= 2 (best step resolved to the grid spacing)",
+      "reproduced": bool(np.isfinite(ratio) and 0.5 <= ratio <= 2.0),
+      "text": f"ε_max = {main['eps_max']:.3g} vs best grid step {main['train_best_step']:.3g} "
+      f"(grid spacing {grid_step:.3g})",
+    }
+  )
   return out
 
 
@@ -293,16 +329,23 @@ def plot(payload, path: str, label: str) -> str:
   ax = axes[0][0]
   c = main["curve"]
   ax.plot(grid, c["train"], "C0-", label="training batch l_b(η)")
-  ax.plot(grid, np.polyval(c["train_fit_coeffs"], grid), "C0:", lw=1,
-          label=f"deg-{payload['exp']['poly_degree']} fit (rmse {main['train_fit_rmse']:.2g})")
+  ax.plot(
+    grid,
+    np.polyval(c["train_fit_coeffs"], grid),
+    "C0:",
+    lw=1,
+    label=f"deg-{payload['exp']['poly_degree']} fit (rmse {main['train_fit_rmse']:.2g})",
+  )
   ax.plot(grid, c["heldout_mean"], "C1-", label=f"held-out mean of {payload['exp']['num_heldout']}")
   m, sd = np.asarray(c["heldout_mean"]), np.asarray(c["heldout_std"])
   ax.fill_between(grid, m - sd, m + sd, color="C1", alpha=0.25, label="held-out ±1 std")
-  ax.fill_between(grid, c["heldout_min"], c["heldout_max"], color="C1", alpha=0.1,
-                  label="held-out min..max")
+  ax.fill_between(
+    grid, c["heldout_min"], c["heldout_max"], color="C1", alpha=0.1, label="held-out min..max"
+  )
   ax.axvline(main["eps_max"], color="C2", ls="--", lw=1, label=f"ε_max = {main['eps_max']:.3g}")
-  ax.axhline(main["final_model_loss_on_batch"], color="0.5", ls=":", lw=1,
-             label="final model on this batch")
+  ax.axhline(
+    main["final_model_loss_on_batch"], color="0.5", ls=":", lw=1, label="final model on this batch"
+  )
   ax.set_xlabel("step size η (plain GD, one step)")
   ax.set_ylabel("cross-entropy loss (nats)")
   ax.set_title(f"Fig. 2: step {main['step']}, B={main['batch_size']}")
@@ -313,12 +356,23 @@ def plot(payload, path: str, label: str) -> str:
 
   ax = axes[0][1]
   for k, s in enumerate(payload["positions"]):
-    e = [e for e in payload["results"] if e["step"] == s
-         and e["batch_size"] == payload["main_batch_size"]][0]
-    ax.plot(grid, np.asarray(e["curve"]["train"]) - e["train_loss0"], f"C{k}-",
-            label=f"step {s} train batch")
-    ax.plot(grid, np.asarray(e["curve"]["heldout_mean"]) - e["heldout_loss0"], f"C{k}--",
-            label=f"step {s} held-out mean")
+    e = [
+      e
+      for e in payload["results"]
+      if e["step"] == s and e["batch_size"] == payload["main_batch_size"]
+    ][0]
+    ax.plot(
+      grid,
+      np.asarray(e["curve"]["train"]) - e["train_loss0"],
+      f"C{k}-",
+      label=f"step {s} train batch",
+    )
+    ax.plot(
+      grid,
+      np.asarray(e["curve"]["heldout_mean"]) - e["heldout_loss0"],
+      f"C{k}--",
+      label=f"step {s} held-out mean",
+    )
   ax.axhline(0, color="0.5", lw=0.5)
   ax.set_ylim(-1.2 * max(e["train_largest_drop"] for e in payload["results"]), 0.8)
   ax.set_xlabel("step size η")
@@ -330,10 +384,12 @@ def plot(payload, path: str, label: str) -> str:
   for k, s in enumerate(payload["positions"]):
     es = sorted((e for e in payload["results"] if e["step"] == s), key=lambda e: e["batch_size"])
     bs = [e["batch_size"] for e in es]
-    ax.plot(bs, [max(e["train_largest_drop"], 1e-6) for e in es], f"C{k}o-",
-            label=f"step {s} train batch")
-    ax.plot(bs, [max(e["heldout_largest_drop"], 1e-6) for e in es], f"C{k}s--",
-            label=f"step {s} held-out")
+    ax.plot(
+      bs, [max(e["train_largest_drop"], 1e-6) for e in es], f"C{k}o-", label=f"step {s} train batch"
+    )
+    ax.plot(
+      bs, [max(e["heldout_largest_drop"], 1e-6) for e in es], f"C{k}s--", label=f"step {s} held-out"
+    )
   ax.set_xscale("log", base=2)
   ax.set_yscale("log")
   ax.set_xlabel("batch size (examples)")

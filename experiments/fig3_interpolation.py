@@ -72,8 +72,10 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     parent = common.ensure_parent(config, workdir, [t1, t2])
   a, c = common.restore(parent, t1), common.restore(parent, t2)
   b = int(exp.batch_size) if exp.batch_size is not None else int(config.batch_size)
-  common.log(f"{NAME}: {exp.num_steps} GD steps (η={lr:g}) on a fixed batch of {b} from "
-             f"steps {t1} and {t2}, loss along the interpolation")
+  common.log(
+    f"{NAME}: {exp.num_steps} GD steps (η={lr:g}) on a fixed batch of {b} from "
+    f"steps {t1} and {t2}, loss along the interpolation"
+  )
   loss_fn = common.make_loss_fn(a.model, train=True)
   stats = a.state.batch_stats
   fixed = common.with_batch_stats(a.dataset.fixed_train_batch(int(exp.fixed_batch_index), b), stats)
@@ -95,8 +97,11 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   }
   payload["claims"] = claims(payload)
   json_path = common.write_json(os.path.join(workdir, f"{NAME}.json"), payload)
-  png_path = plot(payload, os.path.join(workdir, f"{NAME}.png"),
-                  common.run_label(config, f"fixed batch B={b}, GD η={lr:g}"))
+  png_path = plot(
+    payload,
+    os.path.join(workdir, f"{NAME}.png"),
+    common.run_label(config, f"fixed batch B={b}, GD η={lr:g}"),
+  )
   return {"json": json_path, "png": png_path, "claims": payload["claims"]}
 
 
@@ -115,29 +120,34 @@ def claims(payload) -> list[dict]:
       "claim": "a few gradient-descent steps on one fixed batch drive its loss far down (Fig. 3)",
       "measured": {"start": float(end0), "after_k": float(endk), "k": int(k)},
       "criterion": "fixed-batch loss after k steps <= 0.5 x its loss at the trajectory points "
-                   "(mean of both side-trips)",
+      "(mean of both side-trips)",
       "reproduced": bool(endk <= 0.5 * end0),
       "text": f"{k} GD steps take the fixed batch's loss from {end0:.3f} to {endk:.3f} nats",
     },
     {
       "id": "same_basin_for_fixed_batch",
       "claim": f"fixed-batch side-trips from steps {t1} and {t2} land in the same basin: no "
-               "barrier on the interpolation (Fig. 3)",
-      "measured": {"train_barrier_k": tb, "train_barrier_0": float(payload["train_barrier"][0]),
-                   "loss_at_k": float(endk)},
+      "barrier on the interpolation (Fig. 3)",
+      "measured": {
+        "train_barrier_k": tb,
+        "train_barrier_0": float(payload["train_barrier"][0]),
+        "loss_at_k": float(endk),
+      },
       "criterion": "fixed-batch barrier after k steps <= 0.1 x the fixed-batch loss at the "
-                   "trajectory points",
+      "trajectory points",
       "reproduced": bool(tb <= 0.1 * end0),
-      "text": f"barrier on the fixed batch after {k} steps: {tb:.4f} nats (start loss "
-              f"{end0:.3f})",
+      "text": f"barrier on the fixed batch after {k} steps: {tb:.4f} nats (start loss {end0:.3f})",
     },
     {
       "id": "heldout_rises_same_basin",
       "claim": "held-out loss rises along the side-trips but stays in one basin (Fig. 3)",
-      "measured": {"heldout_start": float(hend0), "heldout_after_k": float(hendk),
-                   "heldout_barrier_k": hb},
+      "measured": {
+        "heldout_start": float(hend0),
+        "heldout_after_k": float(hendk),
+        "heldout_barrier_k": hb,
+      },
       "criterion": "held-out loss after k steps > at the trajectory points, and held-out "
-                   "barrier after k steps <= 0.1 x the held-out loss at the points",
+      "barrier after k steps <= 0.1 x the held-out loss at the points",
       "reproduced": bool(hendk > hend0 and hb <= 0.1 * hend0),
       "text": f"held-out loss {hend0:.3f} -> {hendk:.3f} nats, barrier {hb:.4f}",
     },

@@ -1,0 +1,225 @@
+"""Real-trajectory experiments at tiny size, checked against independent computations.
+
+The figure modules run once (the tiny demo, shared with tests/test_demo.py and
+resumable), then each result is recomputed from the checkpoints by hand:
+NumPy cross-entropy for the probes' losses, the closed-form one-step identity
+for the averaging/side-trip pair, plain parameter arithmetic for distances.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import common, demo
+from experiments import fig1_averaging_vs_sidetrips as fig1
+from experiments import fig2_single_step as fig2
+from experiments import fig3_interpolation as fig3
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  workdir = str(tmp_path_factory.getbasetemp() / "tiny_demo")
+  config, exps = demo.build(tiny=True)
+  demo.run(config, exps, workdir)
+  return workdir, config, exps
+
+
+def _load(workdir, name):
+  return json.load(open(os.path.join(workdir, f"{name}.json")))
+
+
+def _np_loss(restored, params, batch_stats, batch) -> float:
+  """Mean cross-entropy from the model's logits, log-softmax in float64 NumPy."""
+  logits = restored.model.apply(
+    {"params": params, "batch_stats": batch_stats}, batch["image"], train=False
+  )
+  z = np.asarray(logits, np.float64)
+  z = z - z.max(-1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  return float(-np.mean(logp[np.arange(len(batch["label"])), np.asarray(batch["label"])]))
+
+
+def _flat(tree):
+  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+# --------------------------------------------------------------------------- fig 1
+
+
+def test_fig1_one_step_average_is_the_half_rate_step(tiny):
+  """h = 1: (θ_S + θ_{S+1})/2 = θ_S − (λ/2)·m_{S+1}, exactly the λ/2 side-trip's step."""
+  workdir, config, exps = tiny
+  out = _load(workdir, fig1.NAME)
+  rows = {(r["branch"], r["horizon"]): r for r in out["rows"]}
+  s = fig1.branch_steps(config, exps["fig1"])[0]
+  r = rows[(s, 1)]
+  assert r["dist_avg_sidetrip"] <= 1e-5 * r["param_norm"]
+  assert r["dist_avg_raw"] == pytest.approx(0.5 * r["dist_branch_raw"], rel=1e-4)
+
+  trips = os.path.join(workdir, "fig1_sidetrips", f"S{s}")
+  theta_s = common.restore(os.path.join(workdir, "parent"), s).state.params
+  raw = common.restore(os.path.join(trips, "replay"), s + 1).state.params
+  trip = common.restore(os.path.join(trips, "equivalent_h1"), s + 1).state.params
+  avg = 0.5 * (_flat(theta_s) + _flat(raw))
+  np.testing.assert_allclose(_flat(trip), avg, atol=1e-6)
+
+
+def test_fig1_distances_match_hand_computation(tiny):
+  workdir, config, exps = tiny
+  out = _load(workdir, fig1.NAME)
+  s = fig1.branch_steps(config, exps["fig1"])[0]
+  h = max(r["horizon"] for r in out["rows"])
+  r = [r for r in out["rows"] if r["horizon"] == h][0]
+  trips = os.path.join(workdir, "fig1_sidetrips", f"S{s}")
+  theta_s = _flat(common.restore(os.path.join(workdir, "parent"), s).state.params)
+  raw = _flat(common.restore(os.path.join(trips, "replay"), s + h).state.params)
+  trip = _flat(common.restore(os.path.join(trips, f"equivalent_h{h}"), s + h).state.params)
+  avg = 0.5 * (theta_s + raw)
+  assert r["dist_avg_sidetrip"] == pytest.approx(np.linalg.norm(avg - trip), rel=1e-4)
+  assert r["dist_avg_raw"] == pytest.approx(np.linalg.norm(avg - raw), rel=1e-4)
+  # The replay is the parent's own trajectory: where both checkpointed, equal bit for bit.
+  parent_steps = common.committed_steps(os.path.join(workdir, "parent"))
+  both = [t for t in common.committed_steps(os.path.join(trips, "replay")) if t in parent_steps]
+  assert both
+  a = _flat(common.restore(os.path.join(trips, "replay"), both[-1]).state.params)
+  b = _flat(common.restore(os.path.join(workdir, "parent"), both[-1]).state.params)
+  np.testing.assert_array_equal(a, b)
+
+
+def test_fig1_rejects_ema_naming_the_field(tiny):
+  _, config, _ = tiny
+  exp = fig1.experiment_defaults()
+  exp.method = "ema"
+  with pytest.raises(ValueError, match="exp.method = 'ema'"):
+    fig1._method(config, exp)
+
+
+# --------------------------------------------------------------------------- fig 2
+
+
+def test_fig2_losses_at_zero_step_match_numpy(tiny):
+  workdir, config, exps = tiny
+  out = _load(workdir, fig2.NAME)
+  e = [e for e in out["results"] if e["batch_size"] == out["main_batch_size"]][0]
+  r = common.restore(os.path.join(workdir, "parent"), e["step"])
+  fixed = r.dataset.fixed_train_batch(e["step"], e["batch_size"])
+  assert e["train_loss0"] == pytest.approx(
+    _np_loss(r, r.state.params, r.state.batch_stats, fixed), rel=1e-5
+  )
+  assert e["curve"]["train"][0] == pytest.approx(e["train_loss0"], rel=1e-6)
+  held = common.heldout_batches(r.dataset, exps["fig2"].num_heldout, e["batch_size"])
+  per_batch = [
+    _np_loss(r, r.state.params, r.state.batch_stats, {k: v[i] for k, v in held.items()})
+    for i in range(exps["fig2"].num_heldout)
+  ]
+  assert e["heldout_loss0"] == pytest.approx(np.mean(per_batch), rel=1e-5)
+  assert e["curve"]["heldout_std"][0] == pytest.approx(np.std(per_batch), abs=1e-5)
+
+
+def test_fig2_one_step_loss_matches_a_hand_made_gd_step(tiny):
+  """l_b(η_k) of the probe = loss after θ − η_k ∇L_b(θ) computed separately."""
+  workdir, _, _ = tiny
+  out = _load(workdir, fig2.NAME)
+  e = out["results"][-1]
+  r = common.restore(os.path.join(workdir, "parent"), e["step"])
+  fixed = r.dataset.fixed_train_batch(e["step"], e["batch_size"])
+  k = len(out["step_sizes"]) // 2
+  eta = out["step_sizes"][k]
+  loss_fn = common.make_loss_fn(r.model, r.state.batch_stats)
+  g = jax.grad(loss_fn)(r.state.params, fixed)
+  stepped = jax.tree.map(lambda p, gi: p - eta * gi, r.state.params, g)
+  assert e["curve"]["train"][k] == pytest.approx(
+    _np_loss(r, stepped, r.state.batch_stats, fixed), rel=1e-4
+  )
+  assert e["train_largest_drop"] == pytest.approx(
+    e["train_loss0"] - min(e["curve"]["train"]), abs=1e-6
+  )
+
+
+def test_fig2_noise_scale_is_consistent(tiny):
+  workdir, _, _ = tiny
+  main = fig2._main_entry(_load(workdir, fig2.NAME))
+  ns = main["noise_scale"]
+  assert ns["b_simple"] == pytest.approx(ns["trace_cov"] / ns["grad_sq_norm"], rel=1e-5)
+  assert ns["eps_opt"] == pytest.approx(
+    ns["eps_max_true_gradient"] / (1 + ns["b_simple"] / main["batch_size"]), rel=1e-5
+  )
+
+
+# --------------------------------------------------------------------------- fig 3
+
+
+def test_fig3_endpoints_and_barrier(tiny):
+  workdir, config, exps = tiny
+  out = _load(workdir, fig3.NAME)
+  t1, t2 = out["points"]
+  a = common.restore(os.path.join(workdir, "parent"), t1)
+  c = common.restore(os.path.join(workdir, "parent"), t2)
+  fixed = a.dataset.fixed_train_batch(exps["fig3"].fixed_batch_index, config.batch_size)
+  loss_fn = common.make_loss_fn(a.model, a.state.batch_stats, train=True)
+  tr = np.asarray(out["train_loss"])
+  assert tr[0, 0] == pytest.approx(float(loss_fn(a.state.params, fixed)), rel=1e-5)
+  assert tr[0, -1] == pytest.approx(float(loss_fn(c.state.params, fixed)), rel=1e-5)
+  alphas = np.asarray(out["alphas"])
+  line = (1 - alphas) * tr[:, :1] + alphas * tr[:, -1:]
+  np.testing.assert_allclose(out["train_barrier"], np.max(tr - line, axis=1), atol=1e-5)
+  assert out["distance"][0] == pytest.approx(
+    np.linalg.norm(_flat(a.state.params) - _flat(c.state.params)), rel=1e-5
+  )
+
+
+# --------------------------------------------------------------------------- common
+
+
+def test_finished_parent_is_reused_without_training(tiny):
+  workdir, config, exps = tiny
+  keep = sorted({s for n, m in demo.MODULES for s in m.branch_steps(config, exps[n])})
+  pdir = os.path.join(workdir, "parent")
+  before = os.path.getmtime(os.path.join(pdir, "metrics.jsonl"))
+  assert common.ensure_parent(config, workdir, keep, quiet=True) == pdir
+  assert os.path.getmtime(os.path.join(pdir, "metrics.jsonl")) == before
+  with pytest.raises(FileNotFoundError, match="lacks checkpoints"):
+    common.ensure_parent(config, workdir, [keep[0] + 1], quiet=True)
+
+
+def test_metric_series_and_restore_errors(tiny):
+  workdir, config, _ = tiny
+  recs = common.read_metrics(os.path.join(workdir, "parent"))
+  steps, vals = common.metric_series(recs, "eval/loss")
+  assert list(steps) == sorted(steps) and steps[-1] == config.total_steps
+  assert all(math.isfinite(v) for v in vals)
+  with pytest.raises(FileNotFoundError, match="not a committed checkpoint"):
+    common.restore(os.path.join(workdir, "parent"), 7)
+
+
+def test_parent_config_cadence_and_errors(tiny):
+  _, config, _ = tiny
+  p = common.parent_config(config, [30, 45])
+  assert p.checkpoint_every_steps == 15 and p.checkpoint.max_to_keep is None
+  assert common.parent_config(config, []).checkpoint_every_steps == config.checkpoint_every_steps
+  with pytest.raises(ValueError, match="keep_steps: step 999"):
+    common.parent_config(config, [999])
+
+
+def test_write_json_refuses_nan_naming_the_key(tmp_path):
+  with pytest.raises(ValueError, match=r"payload\.a\[1\]"):
+    common.write_json(str(tmp_path / "x.json"), {"a": [1.0, float("nan")]})
+  path = common.write_json(str(tmp_path / "y.json"), {"a": np.float32(2.5), "b": np.arange(2)})
+  assert json.load(open(path)) == {"a": 2.5, "b": [0, 1]}
+
+
+def test_scaled_points_and_heldout_errors(tiny):
+  assert common.scaled_points(6000, (0.25, 0.5, 1.0)) == [1500, 3000, 6000]
+  assert common.scaled_points(10, (0.0, 0.01)) == [1]
+  with pytest.raises(ValueError, match="fractions must lie in"):
+    common.scaled_points(10, (1.5,))
+  workdir, _, _ = tiny
+  r = common.restore(os.path.join(workdir, "parent"))
+  with pytest.raises(ValueError, match="too few for n=1000"):
+    common.heldout_batches(r.dataset, 1000, 64)
