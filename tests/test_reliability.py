@@ -28,12 +28,12 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import numpy as np
@@ -56,19 +56,19 @@ TOTAL = 60
 # a metrics line every 2 steps (the tests watch it to see progress) and the
 # batch fingerprints on.
 RUN_ARGS = [
-    "--config=configs/mnist1d.py:runlocal",
-    f"--config.total_steps={TOTAL}",
-    "--config.checkpoint_every_steps=6",
-    "--config.log_every_steps=2",
-    f"--config.eval_every_steps={TOTAL}",
-    "--config.averaging.gap=20",
-    "--config.log_batch_fingerprints=True",
+  "--config=configs/mnist1d.py:runlocal",
+  f"--config.total_steps={TOTAL}",
+  "--config.checkpoint_every_steps=6",
+  "--config.log_every_steps=2",
+  f"--config.eval_every_steps={TOTAL}",
+  "--config.averaging.gap=20",
+  "--config.log_batch_fingerprints=True",
 ]
 # EMA with averaged BatchNorm statistics: a non-empty ``bn_average`` in the state.
 EMA_ARGS = [
-    "--config.averaging.method=ema",
-    "--config.averaging.decay=0.05",
-    "--config.averaging.batch_norm=average",
+  "--config.averaging.method=ema",
+  "--config.averaging.decay=0.05",
+  "--config.averaging.batch_norm=average",
 ]
 
 _TMP_RE = re.compile(r"^\d+\.orbax-checkpoint-tmp")
@@ -77,10 +77,10 @@ _TMP_RE = re.compile(r"^\d+\.orbax-checkpoint-tmp")
 def _env(**extra):
   env = dict(os.environ)
   env.update(
-      JAX_PLATFORMS="cpu",
-      JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
-      TF_CPP_MIN_LOG_LEVEL="2",
-      PYTHONUNBUFFERED="1",
+    JAX_PLATFORMS="cpu",
+    JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
+    TF_CPP_MIN_LOG_LEVEL="2",
+    PYTHONUNBUFFERED="1",
   )
   env.update(extra)
   return env
@@ -88,20 +88,20 @@ def _env(**extra):
 
 def _command(workdir, data_dir, extra=()):
   return [
-      sys.executable,
-      "-m",
-      "trajax.main",
-      *RUN_ARGS,
-      f"--config.data_dir={data_dir}",
-      f"--workdir={workdir}",
-      *extra,
+    sys.executable,
+    "-m",
+    "trajax.main",
+    *RUN_ARGS,
+    f"--config.data_dir={data_dir}",
+    f"--workdir={workdir}",
+    *extra,
   ]
 
 
 def _run(cmd, log_path, *, env=None, timeout=RUN_TIMEOUT_S):
   with open(log_path, "ab") as log:
     proc = subprocess.run(
-        cmd, cwd=REPO, env=env or _env(), stdout=log, stderr=subprocess.STDOUT, timeout=timeout
+      cmd, cwd=REPO, env=env or _env(), stdout=log, stderr=subprocess.STDOUT, timeout=timeout
     )
   return proc.returncode
 
@@ -151,17 +151,17 @@ def _run_and_kill(cmd, workdir, log_path, *, after_step, mid_save, sig=signal.SI
       while True:
         if proc.poll() is not None:
           raise AssertionError(
-              f"the run ended (rc {proc.returncode}) before the kill point "
-              f"(step >= {after_step}, mid_save={mid_save}):\n{_tail(log_path)}"
+            f"the run ended (rc {proc.returncode}) before the kill point "
+            f"(step >= {after_step}, mid_save={mid_save}):\n{_tail(log_path)}"
           )
         if time.monotonic() > deadline:
           raise AssertionError(f"no progress to step {after_step}:\n{_tail(log_path)}")
         # This process's own lines only (a restart first rewrites the file).
         fresh = os.path.exists(metrics) and os.stat(metrics).st_mtime_ns > started_ns
         if (
-            fresh
-            and _logged_steps(workdir) >= after_step
-            and (not mid_save or _saves_in_flight(workdir))
+          fresh
+          and _logged_steps(workdir) >= after_step
+          and (not mid_save or _saves_in_flight(workdir))
         ):
           proc.send_signal(sig)
           break
@@ -173,11 +173,11 @@ def _run_and_kill(cmd, workdir, log_path, *, after_step, mid_save, sig=signal.SI
         proc.wait()
   ckdir = os.path.join(workdir, "checkpoints")
   return {
-      "rc": rc,
-      "logged_step": _logged_steps(workdir),
-      # Still there after the process died: the write really was cut.
-      "cut_saves": _saves_in_flight(workdir),
-      "committed": ckpt_lib.committed_steps(ckdir),
+    "rc": rc,
+    "logged_step": _logged_steps(workdir),
+    # Still there after the process died: the write really was cut.
+    "cut_saves": _saves_in_flight(workdir),
+    "committed": ckpt_lib.committed_steps(ckdir),
   }
 
 
@@ -194,14 +194,16 @@ def _losses(workdir) -> dict[int, float]:
 def _final_eval(workdir) -> list[dict]:
   records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl")) if x.strip()]
   return [
-      {k: v for k, v in r.items() if k.startswith("eval")}
-      for r in records
-      if any(k.startswith("eval") for k in r)
+    {k: v for k, v in r.items() if k.startswith("eval")}
+    for r in records
+    if any(k.startswith("eval") for k in r)
   ]
 
 
 def _leaves(tree):
-  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def compare_workdirs(got, ref) -> list[str]:
@@ -223,15 +225,17 @@ def compare_workdirs(got, ref) -> list[str]:
       x, y = la[name], lb[name]
       if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(x, y):
         diff = (
-            float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
-            if x.shape == y.shape
-            else "shape"
+          float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
+          if x.shape == y.shape
+          else "shape"
         )
         problems.append(f"step {step}: {name} differs (max |diff| {diff})")
     if int(a["step"]) != step:
       problems.append(f"step {step}: state step {int(a['step'])}")
     if meta_a["config_hash"] != meta_b["config_hash"]:
-      problems.append(f"step {step}: config hash {meta_a['config_hash']} != {meta_b['config_hash']}")
+      problems.append(
+        f"step {step}: config hash {meta_a['config_hash']} != {meta_b['config_hash']}"
+      )
   fp_got, fp_ref = _fingerprints(got), _fingerprints(ref)
   if [s for s, _ in fp_ref] != list(range(TOTAL)):
     problems.append(f"uninterrupted fingerprint steps are not 0..{TOTAL - 1}")
@@ -241,8 +245,8 @@ def compare_workdirs(got, ref) -> list[str]:
     missing = sorted(set(range(TOTAL)) - set(steps))
     wrong = sorted(s for s, f in set(fp_got) - set(fp_ref) if s in dict(fp_ref))
     problems.append(
-        f"batch fingerprints differ: {len(fp_got)} lines for {TOTAL} steps, "
-        f"duplicated steps {dup}, missing steps {missing}, different batches at {wrong}"
+      f"batch fingerprints differ: {len(fp_got)} lines for {TOTAL} steps, "
+      f"duplicated steps {dup}, missing steps {missing}, different batches at {wrong}"
     )
   if _losses(got) != _losses(ref):
     problems.append("logged training losses differ")
@@ -302,9 +306,9 @@ def _report(results):
   print(f"\nkill -9 trials: {passed}/{len(results)} passed")
   for name, problems, landings in results:
     where = "; ".join(
-        f"killed at logged step {x['logged_step']}, committed {x['committed']}, "
-        f"cut writes {x['cut_saves']}"
-        for x in landings
+      f"killed at logged step {x['logged_step']}, committed {x['committed']}, "
+      f"cut writes {x['cut_saves']}"
+      for x in landings
     )
     print(f"  {name}: {'PASS' if not problems else 'FAIL ' + str(problems)} ({where})")
   return passed
@@ -326,18 +330,25 @@ def test_kill9_trials(reference, reference_ema, data_dir, tmp_path):
   """Several kill points: random steps, mid-write, repeated kills, EMA + BN average."""
   rng = random.Random(KILL_SEED + 1)
   trials = []
-  for i in range(3):
+  for _ in range(3):
     after = rng.randrange(1, TOTAL - 4)
     trials.append((f"random step {after}", [(after, False)], (), reference))
-  for i in range(2):
+  for _ in range(2):
     after = rng.randrange(2, TOTAL - 16)
     trials.append((f"mid-save after step {after}", [(after, True)], (), reference))
   points = sorted(rng.sample(range(2, TOTAL - 10), 3))
-  trials.append((f"three kills after steps {points}", [(p, i % 2 == 1) for i, p in
-                                                      enumerate(points)], (), reference))
+  trials.append(
+    (
+      f"three kills after steps {points}",
+      [(p, i % 2 == 1) for i, p in enumerate(points)],
+      (),
+      reference,
+    )
+  )
   after = rng.randrange(2, TOTAL - 16)
-  trials.append((f"EMA + BN average, mid-save after step {after}", [(after, True)], EMA_ARGS,
-                 reference_ema))
+  trials.append(
+    (f"EMA + BN average, mid-save after step {after}", [(after, True)], EMA_ARGS, reference_ema)
+  )
   results = []
   for n, (name, points, extra, ref) in enumerate(trials):
     workdir = str(tmp_path / f"trial{n}")
@@ -347,3 +358,328 @@ def test_kill9_trials(reference, reference_ema, data_dir, tmp_path):
   # At least one kill must really have cut a write (else the mid-save claim is empty).
   assert any(x["cut_saves"] for _, _, landings in results for x in landings), results
   assert passed == len(results), [r for r in results if r[1]]
+
+
+# --------------------------------------------------------------------------- bad configuration
+
+
+def _fake_run(workdir):
+  """A workdir as a crashed run leaves it: one committed checkpoint, one cut write,
+  one unfinalised step directory, logs past the checkpoint.
+
+  Anything that got past the checks would change it: the checkpoint writer
+  quarantines ``18/`` and removes the temporary directory, a resume truncates
+  the logs to step 6.
+  """
+  ck = os.path.join(workdir, "checkpoints")
+  for sub in ("6/state", "6/meta", "12.orbax-checkpoint-tmp-1795444000/state", "18/state"):
+    os.makedirs(os.path.join(ck, sub))
+  with open(os.path.join(ck, "6", "commit_success.txt"), "w") as f:
+    f.write("Checkpoint commit was successful to 6")
+  with open(os.path.join(ck, "6", "meta", "metadata"), "w") as f:
+    json.dump({"step": 6, "data_position": 6, "config": {}, "config_hash": "0"}, f)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps({"step": s, "train/loss": 2.0}) + "\n" for s in (2, 4, 6, 8, 10))
+  with open(os.path.join(workdir, "batch_fingerprints.jsonl"), "w") as f:
+    f.writelines(json.dumps({"step": s, "fingerprint": f"{s:016x}"}) + "\n" for s in range(11))
+
+
+def snapshot(root) -> dict:
+  """Path -> (kind, size, mtime, bytes) of everything under ``root``."""
+  out = {}
+  for dirpath, dirnames, filenames in os.walk(root):
+    for name in dirnames + filenames:
+      path = os.path.join(dirpath, name)
+      st = os.lstat(path)
+      content = open(path, "rb").read() if name in filenames else None
+      out[os.path.relpath(path, root)] = (st.st_mode, st.st_size, st.st_mtime_ns, content)
+  return out
+
+
+def _main(args, *, env_extra=None, timeout=RUN_TIMEOUT_S):
+  return subprocess.run(
+    [sys.executable, "-m", "trajax.main", *args],
+    cwd=REPO,
+    env=_env(**(env_extra or {})),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+MNIST = "--config=configs/mnist1d.py:runlocal"
+CIFAR = "--config=configs/cifar10_resnet34.py:runlocal"
+TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+# (id, config + overrides, extra env, dotted field, value as printed, what is allowed)
+# DATA in an override is replaced by an empty directory of the test; NODIR by a
+# path that does not exist there.
+_FAST, _SLOW = (), (pytest.mark.slow,)
+BAD_CONFIGS = [
+  # Rejected while the flags are parsed (ml_collections, locked config).
+  (
+    "unknown_field",
+    [MNIST, "--config.optimizer.lrr=0.1"],
+    None,
+    "optimizer.lrr",
+    "0.1",
+    "did you mean",
+    _FAST,
+  ),
+  (
+    "type_float",
+    [MNIST, "--config.optimizer.lr=fast"],
+    None,
+    "optimizer.lr",
+    "fast",
+    "float",
+    _FAST,
+  ),
+  ("type_int", [MNIST, "--config.total_steps=1e3"], None, "total_steps", "1e3", "int", _FAST),
+  (
+    "type_bool",
+    [MNIST, "--config.dataset.augment=maybe"],
+    None,
+    "dataset.augment",
+    "maybe",
+    "boolean",
+    _FAST,
+  ),
+  # Rejected by trajax.config_validation before anything is allocated or written.
+  (
+    "lr_negative",
+    [MNIST, "--config.optimizer.lr=-0.1"],
+    None,
+    "optimizer.lr",
+    "-0.1",
+    "must be a finite number > 0",
+    _FAST,
+  ),
+  (
+    "lr_zero",
+    [MNIST, "--config.optimizer.lr=0"],
+    None,
+    "optimizer.lr",
+    "0.0",
+    "must be a finite number > 0",
+    _FAST,
+  ),
+  (
+    "lr_nan",
+    [MNIST, "--config.optimizer.lr=nan"],
+    None,
+    "optimizer.lr",
+    "nan",
+    "must be a finite number > 0",
+    _SLOW,
+  ),
+  (
+    "batch_vs_devices",
+    [MNIST, "--config.batch_size=63"],
+    TWO_DEVICES,
+    "batch_size",
+    "63",
+    "must be divisible by the 2 devices",
+    _FAST,
+  ),
+  (
+    "unknown_dataset",
+    [MNIST, "--config.dataset.name=mnist2d"],
+    None,
+    "dataset.name",
+    "'mnist2d'",
+    "must be one of",
+    _FAST,
+  ),
+  ("tfds_without_data_dir", [CIFAR], None, "data_dir", "None", "training never downloads", _FAST),
+  (
+    "tfds_missing_data_dir",
+    [CIFAR, "--config.data_dir=NODIR"],
+    None,
+    "data_dir",
+    "NODIR",
+    "must be an existing directory",
+    _SLOW,
+  ),
+  (
+    "ema_decay",
+    [MNIST, "--config.averaging.method=ema", "--config.averaging.decay=1.5"],
+    None,
+    "averaging.decay",
+    "1.5",
+    "must be a number in (0, 1]",
+    _FAST,
+  ),
+  (
+    "multi_point_n",
+    [MNIST, "--config.averaging.method=multi_point", "--config.averaging.n=1"],
+    None,
+    "averaging.n",
+    "1",
+    "must be an integer >= 2",
+    _SLOW,
+  ),
+  (
+    "gap_beyond_run",
+    [MNIST, "--config.averaging.gap=100000"],
+    None,
+    "averaging.gap",
+    "100000",
+    "must be <= total_steps=300",
+    _SLOW,
+  ),
+  (
+    "momentum_one",
+    [MNIST, "--config.optimizer.momentum=1.0"],
+    None,
+    "optimizer.momentum",
+    "1.0",
+    "must be a number in [0, 1)",
+    _SLOW,
+  ),
+]
+
+
+@pytest.mark.parametrize(
+  "args,env_extra,field,value,allowed,workdir_kind",
+  [
+    # Alternate an existing (crashed) run's workdir and a new one.
+    pytest.param(*case[1:6], ("crashed_run", "new")[i % 2], id=case[0], marks=case[6])
+    for i, case in enumerate(BAD_CONFIGS)
+  ],
+)
+def test_bad_config_names_field_and_leaves_workdir_untouched(
+  args, env_extra, field, value, allowed, workdir_kind, tmp_path
+):
+  """The CLI fails naming ``field = value`` and what is allowed; no file is written.
+
+  ``crashed_run``: an existing workdir left exactly as it was (no quarantine,
+  no cleanup, no log truncation). ``new``: the workdir is not created. In
+  both, the (empty) data directory stays empty: no dataset cache was built.
+  """
+  data = tmp_path / "data"
+  data.mkdir()
+  workdir = tmp_path / "run"
+  if workdir_kind == "crashed_run":
+    _fake_run(str(workdir))
+  nodir = str(tmp_path / "prepared_tfds")
+  args = [a.replace("DATA", str(data)).replace("NODIR", nodir) for a in args]
+  if not any(a.startswith("--config.data_dir") for a in args) and args[0] == MNIST:
+    args.append(f"--config.data_dir={data}")
+  value = value.replace("NODIR", nodir)
+  before = snapshot(tmp_path)
+  proc = _main([*args, f"--workdir={workdir}"], env_extra=env_extra)
+  out = proc.stdout + proc.stderr
+  assert proc.returncode != 0, out[-3000:]
+  lines = [x for x in out.splitlines() if field in x and value in x]
+  # One line names the dotted field, the value and what is allowed.
+  assert any(allowed.lower() in x.lower() for x in lines), (field, value, allowed, out[-3000:])
+  assert snapshot(tmp_path) == before  # nothing created, moved, truncated or touched
+
+
+# --------------------------------------------------------------------------- SIGTERM through the CLI
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mid_save", [False, True], ids=["random_step", "mid_save"])
+def test_sigterm_exits_zero_with_current_step_committed_and_resumes_exactly(
+  reference, data_dir, tmp_path, mid_save
+):
+  """Preemption: the process saves the step it is at, waits for the commit, exits 0."""
+  rng = random.Random(KILL_SEED + 2 + mid_save)
+  # <= 40: the extra checkpoint is pruned (max_to_keep=3) before the end, so the
+  # final listing matches the uninterrupted run's.
+  after = rng.randrange(2, 40)
+  workdir = str(tmp_path / "run")
+  problems, landings = kill_trial(
+    reference, workdir, data_dir, [(after, mid_save)], sig=signal.SIGTERM
+  )
+  landing = landings[0]
+  assert landing["rc"] == 0, landing
+  # The current step was committed (the last one the process logged or later).
+  assert landing["committed"][-1] >= landing["logged_step"], landing
+  assert landing["committed"][-1] < TOTAL and not landing["cut_saves"], landing
+  assert not problems, problems
+
+
+# --------------------------------------------------------------------------- workdir / restore paths
+
+
+def _path_case(tmp_path, kind):
+  """``(workdir argument, extra flags, text the error must contain)`` for a bad path."""
+  run = tmp_path / "runs" / "mnist1d"
+  _fake_run(str(run))
+  if kind == "typo_resume_require":
+    return str(tmp_path / "runs" / "mnsit1d"), ["--resume=require"], "no committed checkpoint"
+  if kind == "missing_parent":
+    return str(tmp_path / "rnus" / "mnist1d"), [], "parent directory"
+  if kind == "workdir_is_a_file":
+    path = tmp_path / "runs" / "notes.txt"
+    path.write_text("not a run\n")
+    return str(path), [], "not a directory"
+  if kind == "checkpoints_dir_as_workdir":
+    return str(run / "checkpoints"), [], str(run / "checkpoints")
+  if kind == "step_dir_as_workdir":
+    return str(run / "checkpoints" / "6"), [], str(run / "checkpoints" / "6")
+  if kind == "only_uncommitted_resume_require":
+    shutil.rmtree(run / "checkpoints" / "6")
+    return str(run), ["--resume=require"], "no committed checkpoint"
+  if kind == "resume_never_on_a_run":
+    return str(run), ["--resume=never"], "holds checkpoints [6]"
+  raise ValueError(kind)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "kind",
+  [
+    "typo_resume_require",
+    "missing_parent",
+    "workdir_is_a_file",
+    "checkpoints_dir_as_workdir",
+    "step_dir_as_workdir",
+    "only_uncommitted_resume_require",
+    "resume_never_on_a_run",
+  ],
+)
+def test_bad_workdir_is_an_error_never_a_fresh_start(kind, tmp_path):
+  """A mistyped or misdirected ``--workdir`` fails, names the path, and writes nothing.
+
+  ``checkpoints_dir_as_workdir`` / ``step_dir_as_workdir``: pointing at a run's
+  checkpoints (the path one means to *restore from*) must not start a fresh
+  run nested inside them.
+  """
+  workdir, flags, expect = _path_case(tmp_path, kind)
+  before = snapshot(tmp_path)
+  # A short horizon, so that a wrongly accepted workdir costs seconds, not minutes.
+  proc = _main(
+    [
+      MNIST,
+      f"--workdir={workdir}",
+      "--config.total_steps=2",
+      "--config.checkpoint_every_steps=2",
+      "--config.eval_every_steps=2",
+      "--config.log_every_steps=1",
+      "--config.averaging.gap=2",
+      f"--config.data_dir={tmp_path / 'runs'}",
+      *flags,
+    ]
+  )
+  out = proc.stdout + proc.stderr
+  assert proc.returncode != 0, out[-3000:]
+  assert expect in out, out[-3000:]
+  assert snapshot(tmp_path) == before
+
+
+def test_verify_cli_on_a_mistyped_path_fails_naming_it(tmp_path):
+  proc = subprocess.run(
+    [sys.executable, "-m", "trajax.verify", str(tmp_path / "mnsit1d")],
+    cwd=REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 1
+  assert str(tmp_path / "mnsit1d") in proc.stdout + proc.stderr
+  assert not (tmp_path / "mnsit1d").exists()
