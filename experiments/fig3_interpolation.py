@@ -139,17 +139,21 @@ def claims(payload) -> list[dict]:
       "text": f"barrier on the fixed batch after {k} steps: {tb:.4f} nats (start loss {end0:.3f})",
     },
     {
-      "id": "heldout_rises_same_basin",
-      "claim": "held-out loss rises along the side-trips but stays in one basin (Fig. 3)",
-      "measured": {
-        "heldout_start": float(hend0),
-        "heldout_after_k": float(hendk),
-        "heldout_barrier_k": hb,
-      },
-      "criterion": "held-out loss after k steps > at the trajectory points, and held-out "
-      "barrier after k steps <= 0.1 x the held-out loss at the points",
-      "reproduced": bool(hendk > hend0 and hb <= 0.1 * hend0),
-      "text": f"held-out loss {hend0:.3f} -> {hendk:.3f} nats, barrier {hb:.4f}",
+      "id": "heldout_rises",
+      "claim": "held-out loss rises along the fixed-batch side-trips (Fig. 3)",
+      "measured": {"heldout_start": float(hend0), "heldout_after_k": float(hendk)},
+      "criterion": "held-out loss after k steps > held-out loss at the trajectory points "
+      "(mean of both side-trips)",
+      "reproduced": bool(hendk > hend0),
+      "text": f"held-out loss {hend0:.3f} -> {hendk:.3f} nats after {k} fixed-batch steps",
+    },
+    {
+      "id": "heldout_same_basin",
+      "claim": "on the held-out batch, too, the two side-trips stay in one basin (Fig. 3)",
+      "measured": {"heldout_barrier_k": hb, "heldout_start": float(hend0)},
+      "criterion": "held-out barrier after k steps <= 0.1 x the held-out loss at the points",
+      "reproduced": bool(hb <= 0.1 * hend0),
+      "text": f"held-out barrier after {k} steps: {hb:.4f} nats (held-out loss {hend0:.3f})",
     },
   ]
 
