@@ -268,8 +268,14 @@ def restore_readonly(path: str, *, step: int | None = None, target=None) -> tupl
   item = os.path.join(directory, str(step), "state")
   with ocp.StandardCheckpointer() as ckptr:
     if target is None:
-      tree = ckptr.restore(item)
-      state = tree
+      # Onto this process's first device whatever topology wrote it (the
+      # stored shardings may name devices this process does not have).
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      stored = ckptr.metadata(item).item_metadata
+      abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored
+      )
+      state = ckptr.restore(item, abstract)
     else:
       tree = ckptr.restore(item, _abstract(_to_tree(target)))
       state = _from_tree(target, tree)
