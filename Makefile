@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= workdirs/demo
 PYTEST_FLAGS ?= -q -n 2 --durations=15
+# Tests and CLIs they start compile the same train steps many times over:
+# share XLA executables across processes (kept out of git, see .gitignore).
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 
 .PHONY: install test test-slow demo lint format bench clean
 
