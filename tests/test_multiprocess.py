@@ -1,0 +1,239 @@
+"""Two processes (``jax.distributed`` on localhost, CPU, gloo) vs one process.
+
+Each process of the two-process run is the ordinary command
+``python -m trajax.main`` with ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``
+and ``JAX_PROCESS_ID`` in its environment; it owns one CPU device and reads
+its half of every global batch (rows ``[32 p, 32 (p + 1))`` of the 64), and
+the gradients and BatchNorm moments are combined by cross-process all-reduces.
+
+What must hold:
+
+* The same global batches give the same maths, so the two-process run ends at
+  the parameters of one process with two local devices bit for bit (each
+  all-reduce is a single ``a + b`` either way, and IEEE addition commutes),
+  and at those of one process with one device up to float32 summation order
+  (same tolerance as ``test_multidevice.py``, relative to the parameter
+  scale, and compared after 300 steps of chaotic SGD).
+* A checkpoint written by the two processes restores in one process: the
+  one-process continuation of a two-process run stopped half-way is
+  bit-identical to the two-process run that went the whole way.
+
+The run is the offline default at its ``runlocal`` size (300 steps of mnist1d,
+checkpoints at 150 and 300, evaluation of the raw and two-point averaged model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+
+import jax
+import numpy as np
+import pytest
+
+from trajax import checkpoint as ckpt_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE_DIR = os.path.join(tempfile.gettempdir(), "trajax-reliability-jax-cache")
+TIMEOUT_S = 900
+TOTAL = 300
+HALF = 150
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(*, devices=1, process=None, num_processes=None, port=None):
+  env = dict(os.environ)
+  env.update(
+    JAX_PLATFORMS="cpu",
+    JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
+    TF_CPP_MIN_LOG_LEVEL="2",
+    XLA_FLAGS=(env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"),
+  )
+  for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    env.pop(key, None)
+  if process is not None:
+    env.update(
+      JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+      JAX_NUM_PROCESSES=str(num_processes),
+      JAX_PROCESS_ID=str(process),
+      # Cross-process collectives on CPU (the default in this jax, set
+      # explicitly because nothing else works for CPU all-reduces).
+      JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+    )
+  return env
+
+
+def _command(workdir, data_dir, total=TOTAL):
+  return [
+    sys.executable,
+    "-m",
+    "trajax.main",
+    "--config=configs/mnist1d.py:runlocal",
+    f"--config.data_dir={data_dir}",
+    f"--config.total_steps={total}",
+    f"--workdir={workdir}",
+  ]
+
+
+def _tail(path, n=3000):
+  with open(path, errors="replace") as f:
+    return f.read()[-n:]
+
+
+def run_one(workdir, data_dir, *, devices=1, total=TOTAL):
+  log = f"{workdir}.d{devices}.log"
+  with open(log, "ab") as f:
+    rc = subprocess.run(
+      _command(workdir, data_dir, total),
+      cwd=REPO,
+      env=_env(devices=devices),
+      stdout=f,
+      stderr=subprocess.STDOUT,
+      timeout=TIMEOUT_S,
+    ).returncode
+  assert rc == 0, _tail(log)
+
+
+def run_two(workdir, data_dir, *, total=TOTAL):
+  """Both processes of a two-process run; fails with either's log."""
+  port = _free_port()
+  logs = [f"{workdir}.p{i}.log" for i in range(2)]
+  procs = []
+  for i, log in enumerate(logs):
+    with open(log, "ab") as f:
+      procs.append(
+        subprocess.Popen(
+          _command(workdir, data_dir, total),
+          cwd=REPO,
+          env=_env(process=i, num_processes=2, port=port),
+          stdout=f,
+          stderr=subprocess.STDOUT,
+        )
+      )
+  try:
+    rcs = [p.wait(timeout=TIMEOUT_S) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert rcs == [0, 0], "\n".join(
+    f"--- process {i} rc {rc}\n{_tail(log)}"
+    for i, (rc, log) in enumerate(zip(rcs, logs, strict=True))
+  )
+
+
+def _state(workdir, step):
+  """``(leaf path -> array, meta)`` of a checkpoint, read in this one-device process."""
+  tree, meta = ckpt_lib.restore_readonly(workdir, step=step)
+  leaves = {
+    jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+  }
+  return leaves, meta
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(x) for x in f if x.strip()]
+
+
+def _differing(a, b) -> list[str]:
+  assert set(a) == set(b), sorted(set(a) ^ set(b))
+  return [k for k in sorted(a) if a[k].dtype != b[k].dtype or not np.array_equal(a[k], b[k])]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Workdirs: one process (1 and 2 devices), two processes, two then one."""
+  root = tmp_path_factory.mktemp("multiprocess")
+  data_dir = str(root / "data")
+  os.makedirs(data_dir)
+  out = {name: str(root / name) for name in ("one", "one_2dev", "two", "two_then_one")}
+  run_one(out["one"], data_dir)  # also writes the mnist1d pool cache the others read
+  run_one(out["one_2dev"], data_dir, devices=2)
+  run_two(out["two"], data_dir)
+  run_two(out["two_then_one"], data_dir, total=HALF)
+  run_one(out["two_then_one"], data_dir, devices=2)  # same command, full horizon
+  return out
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(runs):
+  two, meta_two = _state(runs["two"], TOTAL)
+  assert meta_two["process_count"] == 2 and meta_two["device_count"] == 2
+  one2, meta_one2 = _state(runs["one_2dev"], TOTAL)
+  assert meta_one2["process_count"] == 1 and meta_one2["device_count"] == 2
+  assert int(two["['step']"]) == TOTAL
+  # Same mesh shape, same per-device programs: identical, every leaf.
+  assert _differing(two, one2) == []
+  assert any(k.startswith("['opt_state']['average']") for k in two), sorted(two)
+  assert any(k.startswith("['batch_stats']") for k in two), sorted(two)
+  rec_two, rec_one2 = _records(runs["two"]), _records(runs["one_2dev"])
+  assert [r for r in rec_two if "hparams" not in r and "eval/loss" in r] == [
+    r for r in rec_one2 if "hparams" not in r and "eval/loss" in r
+  ]
+
+  # One device: the same sums in another order. Round-off differences are
+  # amplified by SGD's chaotic dynamics (after ~100 steps the two runs are
+  # different samples of the same training process), so the check is tight
+  # early and statistical late: the mean training loss of steps 1..50 agrees
+  # to float32 round-off, the final evaluations to well within their noise.
+  rec_one = _records(runs["one"])
+  loss = lambda recs, step: next(
+    r["train/loss"] for r in recs if r["step"] == step and "train/loss" in r
+  )
+  first = 50  # log_every_steps of the runlocal config
+  assert loss(rec_two, first) == pytest.approx(loss(rec_one, first), rel=1e-5)
+  final = lambda recs: next(r for r in recs if r["step"] == TOTAL and "eval/loss" in r)
+  for key in ("eval/loss", "eval_avg/loss"):
+    assert abs(final(rec_two)[key] - final(rec_one)[key]) < 0.1, (
+      key,
+      final(rec_two),
+      final(rec_one),
+    )
+  for key in ("eval/accuracy", "eval_avg/accuracy"):
+    assert abs(final(rec_two)[key] - final(rec_one)[key]) < 0.05, (
+      key,
+      final(rec_two),
+      final(rec_one),
+    )
+  # And it learnt: far above chance (10 classes, 30 % label noise in training).
+  assert final(rec_two)["eval_avg/accuracy"] > 0.5, final(rec_two)
+
+
+@pytest.mark.slow
+def test_two_process_checkpoint_restores_in_one_process(runs):
+  half, meta_half = _state(runs["two_then_one"], HALF)
+  assert meta_half["process_count"] == 2
+  # The half-way checkpoint is the two-process run's own state at that step.
+  assert _differing(half, _state(runs["two"], HALF)[0]) == []
+  final, meta_final = _state(runs["two_then_one"], TOTAL)
+  assert meta_final["process_count"] == 1
+  # Continued by one process from the two-process checkpoint: the same end point.
+  assert _differing(final, _state(runs["two"], TOTAL)[0]) == []
+
+
+@pytest.mark.slow
+def test_verify_reads_two_process_checkpoints_in_one_process(runs):
+  """``python -m trajax.verify`` (one process, one device) on the two-process workdir."""
+  proc = subprocess.run(
+    [sys.executable, "-m", "trajax.verify", runs["two"]],
+    cwd=REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT_S,
+  )
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+  rows = [x.split() for x in proc.stdout.splitlines() if x.split() and x.split()[0].isdigit()]
+  assert [int(r[0]) for r in rows] == [HALF, TOTAL]
+  assert all(r[2] == "True" for r in rows), rows  # every array finite
