@@ -761,69 +761,80 @@ def train_and_evaluate(
 
     model = models.create_model(config.model, num_classes=int(info.num_classes))
 
-  os.makedirs(workdir, exist_ok=True)
-  checkpointer = ckpt_lib.Checkpointer(
-    ckpt_dir,
-    max_to_keep=config.checkpoint.max_to_keep,
-    keep_period=config.checkpoint.keep_period,
-    async_save=config.checkpoint.async_save,
-  )
-  state, shardings = create_train_state(config, model, tuple(info.input_shape), mesh)
-  if latest is not None:
-    state, meta = checkpointer.restore(latest, state)
-    if meta.get("data_position", latest) != int(state.step):
-      raise ResumeError(
-        f"checkpoint {latest}: data position {meta.get('data_position')} != step {int(state.step)}"
-      )
-    logging.info("resumed from %s at step %d", checkpointer.path(latest), latest)
-  step = int(state.step)
-  last_good = checkpointer.path(latest) if latest is not None else None
-
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  fp_path = os.path.join(workdir, "batch_fingerprints.jsonl")
-  if process_index == 0:
-    _truncate_jsonl(metrics_path, step)
-    _truncate_jsonl(fp_path, step)
-  writer = metrics.create_writer(workdir, process_index=process_index)
-  if step == 0:
-    writer.write_hparams(config_validation.flatten(config))
-  progress = metrics.progress_reporter(config.total_steps, writer, config.log_every_steps)
-
-  p_step = make_train_step(config, model, mesh, shardings)
-  evaluator = Evaluator(model, mesh)
-  has_average = config.averaging.method != "none"
+  # From here on SIGTERM means "save at the current step and exit 0" (a
+  # signal during init, restore or compilation is acted on before step 1).
   stop = _StopFlag()
-  total = int(config.total_steps)
-  fp_file = open(fp_path, "a") if config.log_batch_fingerprints and process_index == 0 else None
-  if fp_file is not None:
-    from trajax import data as data_lib
+  checkpointer = None
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    checkpointer = ckpt_lib.Checkpointer(
+      ckpt_dir,
+      max_to_keep=config.checkpoint.max_to_keep,
+      keep_period=config.checkpoint.keep_period,
+      async_save=config.checkpoint.async_save,
+    )
+    state, shardings = create_train_state(config, model, tuple(info.input_shape), mesh)
+    if latest is not None:
+      state, meta = checkpointer.restore(latest, state)
+      if meta.get("data_position", latest) != int(state.step):
+        raise ResumeError(
+          f"checkpoint {latest}: data position {meta.get('data_position')} != step {int(state.step)}"
+        )
+      logging.info("resumed from %s at step %d", checkpointer.path(latest), latest)
+    step = int(state.step)
+    last_good = checkpointer.path(latest) if latest is not None else None
 
-  def check_health():
-    health = jax.device_get(state.health)
-    if int(health.bad_step) >= 0:
-      raise _health_error(health, last_good)
-    return health
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    fp_path = os.path.join(workdir, "batch_fingerprints.jsonl")
+    if process_index == 0:
+      _truncate_jsonl(metrics_path, step)
+      _truncate_jsonl(fp_path, step)
+    writer = metrics.create_writer(workdir, process_index=process_index)
+    if step == 0:
+      writer.write_hparams(config_validation.flatten(config))
+    progress = metrics.progress_reporter(config.total_steps, writer, config.log_every_steps)
 
-  def run_eval():
-    out = {"raw": evaluator.evaluate(state.params, state.batch_stats, dataset.eval_batches("test"))}
-    if has_average:
-      params, stats = averaged_variables(state, config, evaluator, dataset)
-      out["avg"] = evaluator.evaluate(params, stats, dataset.eval_batches("test"))
-    scalars = {f"eval/{k}": v for k, v in out["raw"].items()}
-    scalars.update({f"eval_avg/{k}": v for k, v in out.get("avg", {}).items()})
-    writer.write_scalars(step, scalars)
-    return out
+    p_step = make_train_step(config, model, mesh, shardings)
+    evaluator = Evaluator(model, mesh)
+    has_average = config.averaging.method != "none"
+    total = int(config.total_steps)
+    fp_file = open(fp_path, "a") if config.log_batch_fingerprints and process_index == 0 else None
+    if fp_file is not None:
+      from trajax import data as data_lib
 
-  def save():
-    nonlocal last_good
-    check_health()
-    if not bool(_state_finite(state)):  # belt and braces: health should have caught it
-      raise NonFiniteError(f"state at step {step} holds non-finite values; not saved")
-    meta = ckpt_lib.make_metadata(config, step=step)
-    checkpointer.save(step, state, meta)
-    last_good = checkpointer.path(step)
+    def check_health():
+      health = jax.device_get(state.health)
+      if int(health.bad_step) >= 0:
+        raise _health_error(health, last_good)
+      return health
 
-  prefetch = _Prefetch(dataset.train_batches(step), batch_sharding(mesh), threads=1)
+    def run_eval():
+      out = {
+        "raw": evaluator.evaluate(state.params, state.batch_stats, dataset.eval_batches("test"))
+      }
+      if has_average:
+        params, stats = averaged_variables(state, config, evaluator, dataset)
+        out["avg"] = evaluator.evaluate(params, stats, dataset.eval_batches("test"))
+      scalars = {f"eval/{k}": v for k, v in out["raw"].items()}
+      scalars.update({f"eval_avg/{k}": v for k, v in out.get("avg", {}).items()})
+      writer.write_scalars(step, scalars)
+      return out
+
+    def save():
+      nonlocal last_good
+      check_health()
+      if not bool(_state_finite(state)):  # belt and braces: health should have caught it
+        raise NonFiniteError(f"state at step {step} holds non-finite values; not saved")
+      meta = ckpt_lib.make_metadata(config, step=step)
+      checkpointer.save(step, state, meta)
+      last_good = checkpointer.path(step)
+
+    prefetch = _Prefetch(dataset.train_batches(step), batch_sharding(mesh), threads=1)
+  except BaseException:
+    stop.close()
+    if checkpointer is not None:
+      checkpointer.close()
+    raise
   window, window_start, wait_start, eval_out = [], time.perf_counter(), 0.0, {}
   preempted = False
   try:
