@@ -88,7 +88,9 @@ def test_eight_devices_match_one_and_state_is_sharded():
     env = dict(os.environ)
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "trajax-test-jax-cache")
+    env.setdefault(
+      "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "trajax-test-jax-cache")
+    )
     code = f"REPO = {REPO!r}\nTMP = {tmp!r}\n" + SCRIPT
     proc = subprocess.run(
       [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600

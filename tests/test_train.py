@@ -26,7 +26,9 @@ from trajax import checkpoint as ckpt_lib
 
 # Runs in these tests compile the same small programs many times: a persistent
 # compilation cache makes every run after the first cost seconds, not tens.
-CACHE_DIR = os.path.join(tempfile.gettempdir(), "trajax-test-jax-cache")
+CACHE_DIR = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+  tempfile.gettempdir(), "trajax-test-jax-cache"
+)
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
