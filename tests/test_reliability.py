@@ -3,8 +3,8 @@
 Every run here is ``python -m trajax.main`` in a subprocess, the command a user
 or a restart script types. What the in-process tests of ``test_checkpoint.py``
 cannot show is shown here: a process killed with SIGKILL at an arbitrary
-moment (mid-step, mid-log, in the middle of an asynchronous Orbax write, while
-old checkpoints are being pruned) and restarted with *the same command* ends in
+moment (mid-step, mid-log, in the middle of an asynchronous Orbax write; with
+``max_to_keep=3`` old checkpoints are pruned all along) and restarted with *the same command* ends in
 exactly the state of a run that was never interrupted:
 
 * every committed checkpoint the two runs share (the final one included) is
