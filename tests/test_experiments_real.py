@@ -223,3 +223,31 @@ def test_scaled_points_and_heldout_errors(tiny):
   r = common.restore(os.path.join(workdir, "parent"))
   with pytest.raises(ValueError, match="too few for n=1000"):
     common.heldout_batches(r.dataset, 1000, 64)
+
+
+def test_restore_reads_a_fixed_batch_sidetrip(tiny, tmp_path):
+  """common.restore on a plain-GD side-trip: params = two hand-made GD steps on the batch."""
+  from trajax import sidetrip
+
+  workdir, config, _ = tiny
+  parent = os.path.join(workdir, "parent")
+  s = 30
+  cfg = sidetrip.with_sidetrip(
+    common.parent_config(config, [s]),
+    kind="fixed_batch",
+    steps=2,
+    fixed_batch_index=3,
+    eval_at=(2,),
+  )
+  trip_dir = str(tmp_path / "fixed")
+  sidetrip.run_sidetrip(cfg, parent, s, trip_dir)
+  got = common.restore(trip_dir, s + 2)
+  start = common.restore(parent, s)
+  batch = start.dataset.fixed_train_batch(3)
+  loss_fn = common.make_loss_fn(start.model, start.state.batch_stats, train=True)
+  params = start.state.params
+  for _ in range(2):
+    g = jax.grad(loss_fn)(params, batch)
+    params = jax.tree.map(lambda p, gi: p - config.optimizer.lr * gi, params, g)
+  np.testing.assert_allclose(_flat(got.state.params), _flat(params), rtol=1e-5, atol=1e-6)
+  assert got.meta["lineage"]["kind"] == "fixed_batch"
