@@ -88,7 +88,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from trajax import averaging, schedules, train
+from trajax import schedules, train
 
 __all__ = [
   "KINDS",
@@ -413,28 +413,9 @@ def make_lr_schedule(spec: SidetripSpec, base: optax.Schedule, hyper: dict) -> o
   return schedule
 
 
-def _kernel_mask(params):
-  # Weight decay on kernels only (ndim > 1): trajax.train's rule. The
-  # bit-exact test against a parent run and the structure check in
-  # _optimizer_factory guard that this mirror stays in step with it.
-  return jax.tree.map(lambda p: p.ndim > 1, params)
-
-
 def _optimizer(config, schedule, *, plain: bool) -> optax.GradientTransformationExtraArgs:
-  """``trajax.train.make_optimizer``'s chain with an explicit schedule.
-
-  ``plain``: gradient descent without momentum and without averaging (the
-  fixed-batch side-trip).
-  """
-  opt = config.optimizer
-  parts = []
-  if opt.weight_decay:
-    parts.append(optax.add_decayed_weights(float(opt.weight_decay), mask=_kernel_mask))
-  momentum = None if plain else (float(opt.momentum) or None)
-  parts.append(optax.sgd(schedule, momentum=momentum, nesterov=bool(opt.nesterov) and not plain))
-  inner = optax.chain(*parts) if len(parts) > 1 else parts[0]
-  averager = averaging.make_averager("none") if plain else train.make_averager(config.averaging)
-  return averaging.wrap(inner, averager)
+  """``trajax.train.make_optimizer`` with the side-trip's schedule."""
+  return train.make_optimizer(config, schedule=schedule, plain=plain)
 
 
 def _bn_averages(config, spec) -> bool:
@@ -571,15 +552,8 @@ def _check_optimizer_layout(config, parent_config, params_abstract):
 
   const = lambda t: jnp.float32(0.0)
   mine = jax.eval_shape(_optimizer(config, const, plain=False).init, params_abstract)
-  theirs = jax.eval_shape(train.make_optimizer(config).init, params_abstract)
   parent = jax.eval_shape(train.make_optimizer(parent_config).init, params_abstract)
   shape = lambda t: (jax.tree.structure(t), [(x.shape, x.dtype) for x in jax.tree.leaves(t)])
-  if shape(mine) != shape(theirs):
-    raise RuntimeError(
-      "trajax.sidetrip's optimizer no longer mirrors trajax.train.make_optimizer "
-      f"(state layouts differ: {jax.tree.structure(mine)} vs {jax.tree.structure(theirs)}); "
-      "update trajax.sidetrip._optimizer"
-    )
   if shape(mine) != shape(parent):
     fields = [d for d in cv.diff(parent_config.optimizer.to_dict(), config.optimizer.to_dict())]
     raise cv.ConfigError(
@@ -598,41 +572,6 @@ def _check_optimizer_layout(config, parent_config, params_abstract):
 
 # ----------------------------------------------------------------------------
 # host side
-
-
-def _global_batch(batch: dict, sharding) -> dict:
-  return {
-    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
-  }
-
-
-def _rewrite_jsonl(path: str, keep_through: int | None):
-  """Keeps the records with ``step <= keep_through`` (None: drops all)."""
-  if not os.path.exists(path):
-    return
-  keep = []
-  if keep_through is not None:
-    with open(path) as f:
-      for line in f:
-        try:
-          if json.loads(line).get("step", 0) <= keep_through:
-            keep.append(line)
-        except json.JSONDecodeError:  # a line cut by a kill
-          continue
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
-
-
-def _summary(window: list[dict]) -> dict:
-  ok = np.array([m["ok"] for m in window])
-  out = {"train/lr": float(np.mean([m["lr"] for m in window]))}
-  if ok.sum() > 0:
-    for k in ("loss", "accuracy", "grad_norm"):
-      vals = np.array([m[k] for m in window])
-      out[f"train/{k}"] = float(np.sum(np.where(ok > 0, vals, 0.0)) / ok.sum())
-  return out
 
 
 def _workdir_checks(workdir: str, parent_ckpt_dir: str) -> str:
@@ -886,14 +825,14 @@ def _train(run: _Run, state: train.TrainState, callbacks) -> SidetripResult:
   writes = jax.process_index() == 0
   metrics_path = os.path.join(run.workdir, "metrics.jsonl")
   if writes:
-    _rewrite_jsonl(metrics_path, t if resumed_from.startswith("own") else None)
+    train.truncate_jsonl(metrics_path, t if resumed_from.startswith("own") else None)
   writer = metrics.JsonlWriter(metrics_path) if writes else None
   if writer is not None and resumed_from.startswith("parent"):
     writer.write_hparams(cv.flatten(config))
 
   if spec.kind == "fixed_batch":
     fixed = dataset.fixed_train_batch(spec.fixed_batch_index, spec.fixed_batch_size)
-    fixed_global = _global_batch(fixed, batch_sharding)
+    fixed_global = train.global_batch(fixed, batch_sharding)
     batches = None
   else:
     batches = dataset.train_batches(t)
@@ -952,7 +891,7 @@ def _train(run: _Run, state: train.TrainState, callbacks) -> SidetripResult:
   window, first_step_s = [], None
   t_first = time.perf_counter()
   while t < end:
-    batch = fixed_global if batches is None else _global_batch(next(batches), batch_sharding)
+    batch = fixed_global if batches is None else train.global_batch(next(batches), batch_sharding)
     state, step_metrics = step_fn(state, batch, hyper)
     if first_step_s is None:
       jax.block_until_ready(step_metrics)
@@ -963,7 +902,7 @@ def _train(run: _Run, state: train.TrainState, callbacks) -> SidetripResult:
       cb(t)
     if t % base.log_every_steps == 0 or t == end:
       check_health()
-      write(t, _summary(jax.device_get(window)))
+      write(t, train.summarize(jax.device_get(window)))
       window = []
     if t in eval_points:
       check_health()

@@ -176,22 +176,32 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(
+  config, *, schedule: optax.Schedule | None = None, plain: bool = False
+) -> optax.GradientTransformationExtraArgs:
   """SGD + momentum (+ decoupled-from-schedule L2) wrapped in the averaging method.
+
+  Args:
+    config: the run config (``optimizer``, ``averaging``, ``total_steps``).
+    schedule: the learning rate η_t; defaults to :func:`make_schedule` of the
+      config. Side-trips pass their own (``trajax.sidetrip``).
+    plain: plain gradient descent (no momentum, no averaging) with the same
+      weight decay: the paper's fixed-batch side-trip.
 
   ``averaged_params(opt_state, params)`` reads θ̄ back (the params themselves
   for 'none').
   """
   opt = config.optimizer
-  schedule = make_schedule(opt, config.total_steps)
+  if schedule is None:
+    schedule = make_schedule(opt, config.total_steps)
   parts = []
   if opt.weight_decay:
     parts.append(optax.add_decayed_weights(float(opt.weight_decay), mask=_decay_mask))
-  parts.append(
-    optax.sgd(schedule, momentum=float(opt.momentum) or None, nesterov=bool(opt.nesterov))
-  )
+  momentum = None if plain else (float(opt.momentum) or None)
+  parts.append(optax.sgd(schedule, momentum=momentum, nesterov=bool(opt.nesterov) and not plain))
   inner = optax.chain(*parts) if len(parts) > 1 else parts[0]
-  return averaging.wrap(inner, make_averager(config.averaging))
+  averager = averaging.make_averager("none") if plain else make_averager(config.averaging)
+  return averaging.wrap(inner, averager)
 
 
 # ----------------------------------------------------------------------------
@@ -233,7 +243,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
-def _global_batch(batch: dict, sharding: NamedSharding) -> dict:
+def global_batch(batch: dict, sharding: NamedSharding) -> dict:
   """This process's share of a batch -> global arrays over the mesh."""
   if jax.process_count() == 1:  # one transfer call for the whole dict: ~2x cheaper
     return jax.device_put({k: np.asarray(v) for k, v in batch.items()}, sharding)
@@ -461,7 +471,7 @@ class Evaluator:
     """Mean loss and accuracy over ``batches`` (padding masked out)."""
     total = None
     for batch in batches:
-      out = self._eval(params, batch_stats, _global_batch(batch, self.sharding))
+      out = self._eval(params, batch_stats, global_batch(batch, self.sharding))
       total = out if total is None else jax.tree.map(jnp.add, total, out)
     if total is None:
       raise ValueError("evaluation got no batches")
@@ -493,7 +503,7 @@ class Evaluator:
     ones = jax.tree.map(jnp.ones_like, batch_stats)
     total, k, one_minus_m = None, 0, None
     for batch in batches:
-      batch = _global_batch(batch, self.sharding)
+      batch = global_batch(batch, self.sharding)
       from_zero = self._bn(params, zeros, batch)
       if one_minus_m is None:
         from_one = self._bn(params, ones, batch)
@@ -553,7 +563,7 @@ class _Prefetch:
       self._thread.start()
 
   def _make(self, batch):
-    return batch, _global_batch(batch, self._sharding)
+    return batch, global_batch(batch, self._sharding)
 
   def _run(self):
     try:
@@ -627,12 +637,15 @@ def _any_process(flag: bool) -> bool:
   return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def _truncate_jsonl(path: str, last_step: int):
-  """Drops lines with ``step > last_step`` (a resumed run rewrites them)."""
+def truncate_jsonl(path: str, last_step: int | None):
+  """Drops lines with ``step > last_step`` (a resumed run rewrites them).
+
+  ``last_step=None`` drops every line (a run that restarts from scratch).
+  """
   if not os.path.exists(path):
     return
   with open(path) as f:
-    lines = f.readlines()
+    lines = f.readlines() if last_step is not None else []
   keep = []
   for line in lines:
     try:
@@ -787,8 +800,8 @@ def train_and_evaluate(
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     fp_path = os.path.join(workdir, "batch_fingerprints.jsonl")
     if process_index == 0:
-      _truncate_jsonl(metrics_path, step)
-      _truncate_jsonl(fp_path, step)
+      truncate_jsonl(metrics_path, step)
+      truncate_jsonl(fp_path, step)
     writer = metrics.create_writer(workdir, process_index=process_index)
     if step == 0:
       writer.write_hparams(config_validation.flatten(config))
@@ -860,7 +873,7 @@ def train_and_evaluate(
         fetched = jax.device_get(window)
         health = check_health()
         now = time.perf_counter()
-        summary = _summarize(fetched)
+        summary = summarize(fetched)
         summary["train/input_wait_fraction"] = (prefetch.wait_s - wait_start) / max(
           now - window_start, 1e-9
         )
@@ -895,7 +908,7 @@ def train_and_evaluate(
   return TrainResult(state=state, step=step, preempted=preempted, eval=eval_out)
 
 
-def _summarize(window: list[dict]) -> dict[str, float]:
+def summarize(window: list[dict]) -> dict[str, float]:
   """Means over the applied steps of a log window (``lr`` over all)."""
   ok = np.array([m["ok"] for m in window])
   out = {"train/lr": float(np.mean([m["lr"] for m in window]))}
