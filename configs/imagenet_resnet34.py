@@ -22,48 +22,6 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-  a = common.parse_arg(arg, cosine=False, runlocal=False, averaging="none")
-  c = common.base_config()
-  c.seed = 0
-  c.total_steps = 100_000
-  c.batch_size = 512
-  c.eval_batch_size = 1000
-  c.log_every_steps = 500
-  c.eval_every_steps = 5000
-  c.checkpoint_every_steps = 2500
-
-  c.dataset.name = "imagenet2012"
-  c.dataset.label_noise = 0.0
-  c.dataset.augment = True
-
-  c.model.name = "resnet34"
-  c.model.width = 64
-  c.model.dtype = "bfloat16"
-
-  c.optimizer.lr = 0.05
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.schedule = "cosine" if a["cosine"] else "constant"
-  c.optimizer.warmup_steps = 0
-
-  c.averaging.method = a["averaging"]
-  c.averaging.gap = 5000
-  c.averaging.decay = 1e-4
-  c.averaging.bn_recompute_batches = 50
-
-  # Side-trips branch from the trajectory: keep every 5k-step checkpoint.
-  c.checkpoint.max_to_keep = 2
-  c.checkpoint.keep_period = 5000
-
-  if a["runlocal"]:
-    c.total_steps = 20
-    c.batch_size = 16
-    c.eval_batch_size = 16
-    c.log_every_steps = 5
-    c.eval_every_steps = 10
-    c.checkpoint_every_steps = 10
-    c.model.name = "resnet18"
-    c.model.width = 8
-    c.model.dtype = "float32"
-    c.averaging.bn_recompute_batches = 2
-  return c
+  return common.paper_resnet_config(
+    arg, dataset="imagenet2012", model="resnet34", weight_decay=1e-4
+  )
