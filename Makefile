@@ -36,8 +36,14 @@ format: $(STAMP)
 	$(PY) -m ruff format trajax tests experiments configs bench
 	$(PY) -m ruff check --fix trajax tests experiments configs bench
 
+# CPU benchmarks behind docs/benchmarks.md (each prints its own table).
 bench: $(STAMP)
 	$(PY) -m bench.bench_averaging
+	$(PY) -m bench.bench_theory --repeats 3
+	$(PY) -m bench.bench_probes
+	$(PY) -m bench.bench_sidetrip
+	$(PY) -m bench.bench_data
+	$(PY) -m bench.bench_train --mode=pipeline --workload=mnist1d
 
 clean:
 	rm -rf $(VENV) workdirs .pytest_cache

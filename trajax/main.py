@@ -78,5 +78,36 @@ def main(argv):
     logging.info("preempted at step %d; checkpoint committed, exiting 0", result.step)
 
 
+def check_overrides(argv):
+  """Unknown ``--config.<field>`` overrides name the dotted field and the value.
+
+  ml_collections would raise a bare AttributeError deep in flag parsing.
+  """
+  import difflib
+  import re
+  import sys
+
+  from trajax.config_validation import SCHEMA
+
+  sections = {k.rsplit(".", 1)[0] for k in SCHEMA if "." in k}
+  for i, arg in enumerate(argv[1:], 1):
+    m = re.match(r"^--config\.([^=]+)(?:=(.*))?$", arg)
+    if not m:
+      continue
+    field, value = m.group(1), m.group(2)
+    if value is None:
+      value = argv[i + 1] if i + 1 < len(argv) else None
+    if field in SCHEMA or field in sections:
+      continue
+    close = difflib.get_close_matches(field, SCHEMA, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    sys.exit(
+      f"config error: {field} = {value!r}: unknown field{hint} (known fields: {sorted(SCHEMA)})"
+    )
+
+
 if __name__ == "__main__":
+  import sys
+
+  check_overrides(sys.argv)
   app.run(main)

@@ -744,6 +744,14 @@ def train_and_evaluate(
     )
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ResumeError(f"workdir {workdir!r} exists and is not a directory")
+  for inner in (workdir, parent):
+    # A run's checkpoints/ (or one of its step folders) given as the workdir
+    # would start a fresh run inside the committed checkpoints.
+    if os.path.basename(inner) == "checkpoints" or ckpt_lib.committed_steps(inner):
+      raise ResumeError(
+        f"workdir {workdir!r} lies in a checkpoints directory ({inner!r}); pass the run's "
+        "WORKDIR (the directory that holds checkpoints/), not its checkpoints"
+      )
   ckpt_dir = os.path.join(workdir, "checkpoints")
   steps = ckpt_lib.committed_steps(ckpt_dir)
   latest = steps[-1] if steps else None
@@ -801,7 +809,7 @@ def train_and_evaluate(
     fp_path = os.path.join(workdir, "batch_fingerprints.jsonl")
     if process_index == 0:
       truncate_jsonl(metrics_path, step)
-      truncate_jsonl(fp_path, step)
+      truncate_jsonl(fp_path, step - 1)  # batch `step` is consumed again after the resume
     writer = metrics.create_writer(workdir, process_index=process_index)
     if step == 0:
       writer.write_hparams(config_validation.flatten(config))
@@ -839,6 +847,8 @@ def train_and_evaluate(
       if not bool(_state_finite(state)):  # belt and braces: health should have caught it
         raise NonFiniteError(f"state at step {step} holds non-finite values; not saved")
       meta = ckpt_lib.make_metadata(config, step=step)
+      if fp_file is not None:
+        fp_file.flush()  # the fingerprints of steps < step must survive once `step` commits
       checkpointer.save(step, state, meta)
       last_good = checkpointer.path(step)
 
