@@ -25,17 +25,19 @@ def init_params(key, width=32, classes=10):
   k1, k2, k3 = jax.random.split(key, 3)
   he = lambda k, shape, fan_in: jax.random.normal(k, shape) * np.sqrt(2.0 / fan_in)
   return {
-      "conv1": he(k1, (3, 3, 3, width), 27),
-      "conv2": he(k2, (3, 3, width, 2 * width), 9 * width),
-      "dense": he(k3, (8 * 8 * 2 * width, classes), 8 * 8 * 2 * width),
+    "conv1": he(k1, (3, 3, 3, width), 27),
+    "conv2": he(k2, (3, 3, width, 2 * width), 9 * width),
+    "dense": he(k3, (8 * 8 * 2 * width, classes), 8 * 8 * 2 * width),
   }
 
 
 def loss_fn(params, images, labels):
   conv = lambda x, w: jax.lax.conv_general_dilated(
-      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
-  pool = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  pool = lambda x: jax.lax.reduce_window(
+    x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+  )
   x = pool(jax.nn.relu(conv(images, params["conv1"])))
   x = pool(jax.nn.relu(conv(x, params["conv2"])))
   logits = x.reshape(x.shape[0], -1) @ params["dense"]
@@ -61,12 +63,12 @@ def main():
 
   inner = lambda: optax.sgd(0.05, momentum=0.9)
   variants = {
-      "plain": inner(),
-      "ema": averaging.ema(inner(), 1e-3),
-      "ema_debias": averaging.ema(inner(), 1e-3, debias=True),
-      "swa": averaging.swa(inner(), start_step=10),
-      "two_point": averaging.two_point(inner(), gap=50),
-      "multi_point(n=4)": averaging.multi_point(inner(), n=4, gap=25),
+    "plain": inner(),
+    "ema": averaging.ema(inner(), 1e-3),
+    "ema_debias": averaging.ema(inner(), 1e-3, debias=True),
+    "swa": averaging.swa(inner(), start_step=10),
+    "two_point": averaging.two_point(inner(), gap=50),
+    "multi_point(n=4)": averaging.multi_point(inner(), n=4, gap=25),
   }
   key = jax.random.key(0)
   params = init_params(key)
@@ -93,13 +95,17 @@ def main():
       runs[name] = (step, p, s)
 
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  print(f"device={jax.devices()[0].platform} params={n_params} batch={args.batch} steps={args.steps} repeats={args.repeats}")
+  print(
+    f"device={jax.devices()[0].platform} params={n_params} batch={args.batch} steps={args.steps} repeats={args.repeats}"
+  )
   base = np.asarray(times["plain"])
   print(f"{'variant':<18}{'median ms/step':>16}{'paired ratio':>14}{'IQR':>16}")
   for name, ts in times.items():
     r = np.asarray(ts) / base
     q1, q3 = np.percentile(r, [25, 75])
-    print(f"{name:<18}{1e3 * np.median(ts):>16.3f}{np.median(r):>14.3f}{f'[{q1:.3f}, {q3:.3f}]':>16}")
+    print(
+      f"{name:<18}{1e3 * np.median(ts):>16.3f}{np.median(r):>14.3f}{f'[{q1:.3f}, {q3:.3f}]':>16}"
+    )
 
 
 if __name__ == "__main__":

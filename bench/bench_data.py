@@ -28,13 +28,13 @@ def per_batch(iterator, n):
 def main():
   with tempfile.TemporaryDirectory() as d:
     config = ml_collections.ConfigDict(
-        dict(
-            seed=0,
-            batch_size=64,
-            eval_batch_size=1000,
-            data_dir=d,
-            dataset=dict(name="mnist1d", label_noise=0.3, num_train=40_000, augment=False),
-        )
+      dict(
+        seed=0,
+        batch_size=64,
+        eval_batch_size=1000,
+        data_dir=d,
+        dataset=dict(name="mnist1d", label_noise=0.3, num_train=40_000, augment=False),
+      )
     )
     t = time.process_time()
     ds = get_dataset(config, local_device_count=1)
@@ -44,33 +44,33 @@ def main():
     cached = time.process_time() - t
     per = per_batch(ds.train_batches(0), 5000)
     print(
-        f"mnist1d 40k+10k pool: generate+cache {generate:.2f} s, load cached {cached:.3f} s; "
-        f"batch 64: {per * 1e3:.3f} ms/batch ({64 / per:,.0f} examples/s)"
+      f"mnist1d 40k+10k pool: generate+cache {generate:.2f} s, load cached {cached:.3f} s; "
+      f"batch 64: {per * 1e3:.3f} ms/batch ({64 / per:,.0f} examples/s)"
     )
 
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, 50_000)
   ds = offline.ArrayDataset(
-      DatasetInfo("cifar10", 10, (32, 32, 3), 50_000, 10_000),
-      train_images=images,
-      train_labels=labels,
-      test_images=images[:10_000],
-      test_labels=labels[:10_000],
-      seed=0,
-      label_noise=0.0,
-      batch_size=512,
-      eval_batch_size=1000,
-      process_index=0,
-      process_count=1,
-      augment=offline.PadCropFlip(4, True),
-      mean=(125.3, 123.0, 113.9),
-      std=(63.0, 62.1, 66.7),
+    DatasetInfo("cifar10", 10, (32, 32, 3), 50_000, 10_000),
+    train_images=images,
+    train_labels=labels,
+    test_images=images[:10_000],
+    test_labels=labels[:10_000],
+    seed=0,
+    label_noise=0.0,
+    batch_size=512,
+    eval_batch_size=1000,
+    process_index=0,
+    process_count=1,
+    augment=offline.PadCropFlip(4, True),
+    mean=(125.3, 123.0, 113.9),
+    std=(63.0, 62.1, 66.7),
   )
   per = per_batch(ds.train_batches(0), 100)
   print(
-      f"CIFAR-size in-memory, pad-crop-flip + normalise, batch 512: "
-      f"{per * 1e3:.1f} ms/batch ({512 / per:,.0f} examples/s)"
+    f"CIFAR-size in-memory, pad-crop-flip + normalise, batch 512: "
+    f"{per * 1e3:.1f} ms/batch ({512 / per:,.0f} examples/s)"
   )
 
 

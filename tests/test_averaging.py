@@ -54,20 +54,20 @@ def reference_average(method, thetas, *, start_step=0, **p):
 
 
 CASES = [
-    ("ema", dict(decay=0.3)),
-    ("ema", dict(decay=0.3, start_step=3)),
-    ("ema", dict(decay=0.2, start_step=2, every=3)),
-    ("ema", dict(decay=0.1, debias=True)),
-    ("ema", dict(decay=0.25, debias=True, start_step=4, every=2)),
-    ("ema", dict(decay=1.0, start_step=1)),
-    ("swa", dict()),
-    ("swa", dict(start_step=5)),
-    ("swa", dict(start_step=2, every=3)),
-    ("two_point", dict(gap=4)),
-    ("two_point", dict(gap=1, start_step=3)),
-    ("multi_point", dict(n=3, gap=2)),
-    ("multi_point", dict(n=4, gap=3, start_step=5)),
-    ("multi_point", dict(n=1, gap=2, start_step=1)),
+  ("ema", dict(decay=0.3)),
+  ("ema", dict(decay=0.3, start_step=3)),
+  ("ema", dict(decay=0.2, start_step=2, every=3)),
+  ("ema", dict(decay=0.1, debias=True)),
+  ("ema", dict(decay=0.25, debias=True, start_step=4, every=2)),
+  ("ema", dict(decay=1.0, start_step=1)),
+  ("swa", dict()),
+  ("swa", dict(start_step=5)),
+  ("swa", dict(start_step=2, every=3)),
+  ("two_point", dict(gap=4)),
+  ("two_point", dict(gap=1, start_step=3)),
+  ("multi_point", dict(n=3, gap=2)),
+  ("multi_point", dict(n=4, gap=3, start_step=5)),
+  ("multi_point", dict(n=1, gap=2, start_step=1)),
 ]
 CASE_IDS = [f"{m}-{'-'.join(f'{k}{v}' for k, v in p.items())}" for m, p in CASES]
 
@@ -88,7 +88,7 @@ def random_updates(steps, shape, seed=0):
 def run(opt, params, updates, *, jit=True):
   """Feeds the prescribed updates through sgd(1) (so updates = -grads)."""
   state = opt.init(params)
-  step = (lambda g, s, p: opt.update(g, s, p))
+  step = lambda g, s, p: opt.update(g, s, p)
   if jit:
     step = jax.jit(step)
   thetas, avgs = [params], [averaging.averaged_params(state)]
@@ -131,27 +131,27 @@ def test_boundary_steps_exact():
 # The contract suite: every transform in every composition.
 
 TRANSFORMS = {
-    "ema": lambda inner: averaging.ema(inner, 0.2, start_step=2),
-    "ema_debias": lambda inner: averaging.ema(inner, 0.2, debias=True, every=2),
-    "swa": lambda inner: averaging.swa(inner, start_step=1),
-    "two_point": lambda inner: averaging.two_point(inner, gap=3),
-    "multi_point": lambda inner: averaging.multi_point(inner, n=3, gap=2, start_step=1),
+  "ema": lambda inner: averaging.ema(inner, 0.2, start_step=2),
+  "ema_debias": lambda inner: averaging.ema(inner, 0.2, debias=True, every=2),
+  "swa": lambda inner: averaging.swa(inner, start_step=1),
+  "two_point": lambda inner: averaging.two_point(inner, gap=3),
+  "multi_point": lambda inner: averaging.multi_point(inner, n=3, gap=2, start_step=1),
 }
 
 
 def tree_params():
   rng = np.random.default_rng(0)
   return {
-      "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)},
-      "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32),
+    "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)},
+    "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32),
   }
 
 
 def tree_grads(t):
   rng = np.random.default_rng(100 + t)
   return {
-      "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)},
-      "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32),
+    "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)},
+    "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32),
   }
 
 
@@ -182,7 +182,9 @@ def test_jit_matches_no_jit(transform):
   p1, s1 = train(transform(inner()), jit=True)
   p2, s2 = train(transform(inner()), jit=False)
   assert_trees_close(p1, p2, rtol=1e-5, atol=1e-6)
-  assert_trees_close(averaging.averaged_params(s1), averaging.averaged_params(s2), rtol=1e-5, atol=1e-6)
+  assert_trees_close(
+    averaging.averaged_params(s1), averaging.averaged_params(s2), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_runs_inner_unchanged(transform):
@@ -195,7 +197,9 @@ def test_inside_chain_and_around_chain(transform):
   ref_p, ref_s = train(transform(optax.chain(optax.clip_by_global_norm(1.0), inner())))
   p, s = train(optax.chain(optax.clip_by_global_norm(1.0), transform(inner())))
   assert_trees_close(p, ref_p, rtol=1e-6, atol=1e-7)
-  assert_trees_close(averaging.averaged_params(s), averaging.averaged_params(ref_s), rtol=1e-6, atol=1e-7)
+  assert_trees_close(
+    averaging.averaged_params(s), averaging.averaged_params(ref_s), rtol=1e-6, atol=1e-7
+  )
 
 
 def test_inject_hyperparams_equivalence():
@@ -204,7 +208,7 @@ def test_inject_hyperparams_equivalence():
   _, s1 = train(direct)
   _, s2 = train(injected)
   assert_trees_close(averaging.averaged_params(s1), averaging.averaged_params(s2), rtol=1e-6)
-  assert 'decay' in s2.hyperparams
+  assert "decay" in s2.hyperparams
   # Changing the injected decay mid-run takes effect under jit.
   params = tree_params()
   state = injected.init(params)
@@ -223,7 +227,9 @@ def test_inject_hyperparams_equivalence():
 def test_inject_hyperparams_other_methods(method):
   kwargs = {"two_point": dict(gap=3), "multi_point": dict(n=3, gap=2), "swa": dict(every=2)}[method]
   static = ("n",) if method == "multi_point" else ()
-  injected = optax.inject_hyperparams(getattr(averaging, method), static_args=static)(inner(), **kwargs)
+  injected = optax.inject_hyperparams(getattr(averaging, method), static_args=static)(
+    inner(), **kwargs
+  )
   _, s1 = train(getattr(averaging, method)(inner(), **kwargs))
   _, s2 = train(injected)
   assert_trees_close(averaging.averaged_params(s1), averaging.averaged_params(s2), rtol=1e-6)
@@ -237,7 +243,9 @@ def test_multisteps_one_point_per_real_update(transform):
   p_ms, s_ms = train(ms.gradient_transformation(), steps=6 * k, grads_fn=micro)
   p_ref, s_ref = train(transform(inner()), steps=6)
   assert_trees_close(p_ms, p_ref, rtol=1e-5, atol=1e-6)
-  assert_trees_close(averaging.averaged_params(s_ms), averaging.averaged_params(s_ref), rtol=1e-5, atol=1e-6)
+  assert_trees_close(
+    averaging.averaged_params(s_ms), averaging.averaged_params(s_ref), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_apply_if_finite_skips_average(transform):
@@ -253,7 +261,9 @@ def test_apply_if_finite_skips_average(transform):
   p_ref, s_ref = train(transform(inner()), steps=8)
   assert int(s.total_notfinite) == 1
   assert_trees_close(p, p_ref, rtol=1e-6, atol=1e-7)
-  assert_trees_close(averaging.averaged_params(s), averaging.averaged_params(s_ref), rtol=1e-6, atol=1e-7)
+  assert_trees_close(
+    averaging.averaged_params(s), averaging.averaged_params(s_ref), rtol=1e-6, atol=1e-7
+  )
 
 
 def test_bf16_params_keep_f32_accumulator():
@@ -271,7 +281,9 @@ def test_bf16_params_keep_f32_accumulator():
   avg = averaging.averaged_params(state)["w"]
   assert avg.dtype == jnp.float32
   assert params["w"].dtype == jnp.bfloat16
-  expected = reference_average("ema", np.stack([np.asarray(t, np.float64) for t in thetas]), decay=decay)
+  expected = reference_average(
+    "ema", np.stack([np.asarray(t, np.float64) for t in thetas]), decay=decay
+  )
   np.testing.assert_allclose(np.asarray(avg), expected[-1], rtol=1e-6)
   # A bf16 accumulator would round every increment (≤ 0.0025) away near 1.0.
   bf16 = averaging.ema(optax.sgd(1.0), decay, accumulator_dtype=jnp.bfloat16)
@@ -280,7 +292,9 @@ def test_bf16_params_keep_f32_accumulator():
   for _ in range(40):
     upd, s16 = bf16.update({"w": -delta}, s16, p16)
     p16 = optax.apply_updates(p16, upd)
-  assert abs(float(averaging.averaged_params(s16)["w"][0]) - expected[-1][0]) > 10 * abs(float(avg[0]) - expected[-1][0])
+  assert abs(float(averaging.averaged_params(s16)["w"][0]) - expected[-1][0]) > 10 * abs(
+    float(avg[0]) - expected[-1][0]
+  )
 
 
 def test_non_float_leaves_untouched(transform):
@@ -325,7 +339,9 @@ def test_lax_scan_carries_state(transform):
 
   (p, s), _ = jax.lax.scan(body, (params, opt.init(params)), stacked)
   p_ref, s_ref = train(opt, steps=6)
-  assert_trees_close(averaging.averaged_params(s), averaging.averaged_params(s_ref), rtol=1e-6, atol=1e-7)
+  assert_trees_close(
+    averaging.averaged_params(s), averaging.averaged_params(s_ref), rtol=1e-6, atol=1e-7
+  )
 
 
 def test_init_copies_and_donation_is_safe(transform):
@@ -351,7 +367,7 @@ def test_averager_on_any_pytree():
   stats = {"mean": jnp.zeros(3), "var": jnp.ones(3)}
   st = ema.init(stats)
   seq = [stats]
-  for t in range(4):
+  for _ in range(4):
     stats = {"mean": stats["mean"] + 1.0, "var": stats["var"] * 2.0}
     st = jax.jit(ema.update)(stats, st)
     seq.append(stats)
@@ -374,24 +390,35 @@ def test_memory_footprint():
   n_leaves = lambda opt: len(jax.tree.leaves(opt.init(params).average))
   assert n_leaves(averaging.ema(optax.sgd(1.0), 0.1)) == 2  # count + 1 copy
   assert n_leaves(averaging.swa(optax.sgd(1.0))) == 2
-  assert n_leaves(averaging.multi_point(optax.sgd(1.0), n=4, gap=2)) == 1 + 4  # count + average + 3 snapshots
+  assert (
+    n_leaves(averaging.multi_point(optax.sgd(1.0), n=4, gap=2)) == 1 + 4
+  )  # count + average + 3 snapshots
 
 
 @pytest.mark.parametrize(
-    "call,match",
-    [
-        (lambda: averaging.ema(inner(), 0.0), "decay must be a float in \\(0, 1\\], got 0.0"),
-        (lambda: averaging.ema(inner(), 1.5), "decay must be"),
-        (lambda: averaging.ema(inner(), 0.1, start_step=-1), "start_step must be an integer >= 0, got -1"),
-        (lambda: averaging.swa(inner(), every=0), "every must be an integer >= 1, got 0"),
-        (lambda: averaging.swa(inner(), every=1.5), "every must be an integer"),
-        (lambda: averaging.two_point(inner(), gap=0), "gap must be an integer >= 1, got 0"),
-        (lambda: averaging.multi_point(inner(), n=0, gap=2), "n must be an integer >= 1, got 0"),
-        (lambda: averaging.ema(inner(), 0.1, accumulator_dtype=jnp.int32), "accumulator_dtype must be a floating dtype"),
-        (lambda: averaging.make_averager("polyak"), "averaging method must be one of"),
-        (lambda: averaging.make_averager("ema", gap=3), "averaging method 'ema'"),
-        (lambda: averaging.averaged_params(optax.sgd(0.1).init({"w": jnp.zeros(2)})), "no trajax averaging state"),
-    ],
+  "call,match",
+  [
+    (lambda: averaging.ema(inner(), 0.0), "decay must be a float in \\(0, 1\\], got 0.0"),
+    (lambda: averaging.ema(inner(), 1.5), "decay must be"),
+    (
+      lambda: averaging.ema(inner(), 0.1, start_step=-1),
+      "start_step must be an integer >= 0, got -1",
+    ),
+    (lambda: averaging.swa(inner(), every=0), "every must be an integer >= 1, got 0"),
+    (lambda: averaging.swa(inner(), every=1.5), "every must be an integer"),
+    (lambda: averaging.two_point(inner(), gap=0), "gap must be an integer >= 1, got 0"),
+    (lambda: averaging.multi_point(inner(), n=0, gap=2), "n must be an integer >= 1, got 0"),
+    (
+      lambda: averaging.ema(inner(), 0.1, accumulator_dtype=jnp.int32),
+      "accumulator_dtype must be a floating dtype",
+    ),
+    (lambda: averaging.make_averager("polyak"), "averaging method must be one of"),
+    (lambda: averaging.make_averager("ema", gap=3), "averaging method 'ema'"),
+    (
+      lambda: averaging.averaged_params(optax.sgd(0.1).init({"w": jnp.zeros(2)})),
+      "no trajax averaging state",
+    ),
+  ],
 )
 def test_bad_arguments_name_themselves(call, match):
   with pytest.raises((ValueError, TypeError), match=match):
@@ -412,7 +439,7 @@ def test_core_import_does_not_pull_tensorflow():
 
 
 SHARDING_SCRIPT = textwrap.dedent(
-    """
+  """
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from trajax import averaging
@@ -444,6 +471,8 @@ SHARDING_SCRIPT = textwrap.dedent(
 
 def test_state_sharded_like_params_on_8_devices():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], capture_output=True, text=True, env=env)
+  out = subprocess.run(
+    [sys.executable, "-c", SHARDING_SCRIPT], capture_output=True, text=True, env=env
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.split() == ["ema", "ok", "8", "swa", "ok", "8", "multi_point", "ok", "8"]

@@ -38,7 +38,8 @@ optax optimizer into an optax optimizer whose state carries the average::
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,21 +52,21 @@ PyTree = Any
 _FLOAT32 = jnp.dtype(jnp.float32)
 
 __all__ = [
-    "METHODS",
-    "AverageState",
-    "Averager",
-    "AveragingState",
-    "averaged_params",
-    "ema",
-    "ema_averager",
-    "make_averager",
-    "multi_point",
-    "multi_point_averager",
-    "swa",
-    "swa_averager",
-    "two_point",
-    "two_point_averager",
-    "wrap",
+  "METHODS",
+  "AverageState",
+  "Averager",
+  "AveragingState",
+  "averaged_params",
+  "ema",
+  "ema_averager",
+  "make_averager",
+  "multi_point",
+  "multi_point_averager",
+  "swa",
+  "swa_averager",
+  "two_point",
+  "two_point_averager",
+  "wrap",
 ]
 
 METHODS = ("none", "ema", "swa", "two_point", "multi_point")
@@ -120,9 +121,7 @@ def _check(name: str, value, ok: Callable[[Any], bool], allowed: str, *, integer
   arr = np.asarray(value)
   if arr.shape != ():
     raise ValueError(f"{name} must be a scalar ({allowed}), got {value!r}")
-  if integer and not (
-      isinstance(value, numbers.Integral) or np.issubdtype(arr.dtype, np.integer)
-  ):
+  if integer and not (isinstance(value, numbers.Integral) or np.issubdtype(arr.dtype, np.integer)):
     raise TypeError(f"{name} must be an integer ({allowed}), got {value!r}")
   if not ok(arr.item()):
     raise ValueError(f"{name} must be {allowed}, got {value!r}")
@@ -142,9 +141,7 @@ def _check_decay(decay):
 
 def _check_dtype(accumulator_dtype):
   if not jnp.issubdtype(jnp.dtype(accumulator_dtype), jnp.floating):
-    raise TypeError(
-        f"accumulator_dtype must be a floating dtype, got {accumulator_dtype!r}"
-    )
+    raise TypeError(f"accumulator_dtype must be a floating dtype, got {accumulator_dtype!r}")
 
 
 def _is_float(x) -> bool:
@@ -184,9 +181,7 @@ def _lerp_averager(weight_fn, *, start_step, every, accumulator_dtype) -> Averag
   """An averager of the form a ← (1 − w)·a + w·θ with w = weight_fn(points)."""
 
   def init(tree):
-    return AverageState(
-        count=jnp.zeros([], jnp.int32), average=_copy_as(tree, accumulator_dtype)
-    )
+    return AverageState(count=jnp.zeros([], jnp.int32), average=_copy_as(tree, accumulator_dtype))
 
   def update(tree, state):
     count = state.count + 1
@@ -201,7 +196,7 @@ def _lerp_averager(weight_fn, *, start_step, every, accumulator_dtype) -> Averag
 
 
 def ema_averager(
-    decay, *, start_step=0, every=1, debias=False, accumulator_dtype=_FLOAT32
+  decay, *, start_step=0, every=1, debias=False, accumulator_dtype=_FLOAT32
 ) -> Averager:
   """EMA a_t = (1 − δ)·a_{t−1} + δ·θ_t past ``start_step`` (paper eq. 25).
 
@@ -224,7 +219,7 @@ def ema_averager(
     return jnp.where(debias, d / (1 - (1 - d) ** points.astype(jnp.float32)), d)
 
   return _lerp_averager(
-      weight, start_step=start_step, every=every, accumulator_dtype=accumulator_dtype
+    weight, start_step=start_step, every=every, accumulator_dtype=accumulator_dtype
   )
 
 
@@ -238,10 +233,10 @@ def swa_averager(*, start_step=0, every=1, accumulator_dtype=_FLOAT32) -> Averag
   _check_every(every)
   _check_dtype(accumulator_dtype)
   return _lerp_averager(
-      lambda points: 1.0 / points.astype(jnp.float32),
-      start_step=start_step,
-      every=every,
-      accumulator_dtype=accumulator_dtype,
+    lambda points: 1.0 / points.astype(jnp.float32),
+    start_step=start_step,
+    every=every,
+    accumulator_dtype=accumulator_dtype,
   )
 
 
@@ -250,8 +245,8 @@ def _static_n(n) -> int:
     n_ = int(n)
   except jax.errors.ConcretizationTypeError:
     raise TypeError(
-        "n sets the number of stored snapshots and must be a concrete int; with "
-        "optax.inject_hyperparams pass static_args=('n',)"
+      "n sets the number of stored snapshots and must be a concrete int; with "
+      "optax.inject_hyperparams pass static_args=('n',)"
     ) from None
   if n_ != n or n_ < 1:
     raise ValueError(f"n must be an integer >= 1, got {n!r}")
@@ -305,7 +300,7 @@ def multi_point_averager(*, n, gap, start_step=0) -> Averager:
 
     def hold(_):
       average = jax.tree.map(
-          lambda a, x: a if _is_float(a) else jnp.asarray(x), state.average, tree
+        lambda a, x: a if _is_float(a) else jnp.asarray(x), state.average, tree
       )
       return average, held
 
@@ -336,11 +331,11 @@ def _identity_averager() -> Averager:
 def make_averager(method: str, **params) -> Averager:
   """The averager for ``method`` in :data:`METHODS` with its parameters."""
   factories = {
-      "none": _identity_averager,
-      "ema": ema_averager,
-      "swa": swa_averager,
-      "two_point": two_point_averager,
-      "multi_point": multi_point_averager,
+    "none": _identity_averager,
+    "ema": ema_averager,
+    "swa": swa_averager,
+    "two_point": two_point_averager,
+    "multi_point": multi_point_averager,
   }
   if method not in factories:
     raise ValueError(f"averaging method must be one of {METHODS}, got {method!r}")
@@ -371,9 +366,7 @@ def wrap(inner: optax.GradientTransformation, averager: Averager):
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
-      raise ValueError(
-          "trajax.averaging wrappers need params: call update(updates, state, params)"
-      )
+      raise ValueError("trajax.averaging wrappers need params: call update(updates, state, params)")
     updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
     new_params = optax.apply_updates(params, updates)
     return updates, AveragingState(inner_state, averager.update(new_params, state.average))
@@ -381,27 +374,25 @@ def wrap(inner: optax.GradientTransformation, averager: Averager):
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def ema(
-    inner, decay, *, start_step=0, every=1, debias=False, accumulator_dtype=_FLOAT32
-):
+def ema(inner, decay, *, start_step=0, every=1, debias=False, accumulator_dtype=_FLOAT32):
   """``inner`` plus an EMA of its params (see :func:`ema_averager`)."""
   return wrap(
-      inner,
-      ema_averager(
-          decay,
-          start_step=start_step,
-          every=every,
-          debias=debias,
-          accumulator_dtype=accumulator_dtype,
-      ),
+    inner,
+    ema_averager(
+      decay,
+      start_step=start_step,
+      every=every,
+      debias=debias,
+      accumulator_dtype=accumulator_dtype,
+    ),
   )
 
 
 def swa(inner, *, start_step=0, every=1, accumulator_dtype=_FLOAT32):
   """``inner`` plus SWA of its params (see :func:`swa_averager`)."""
   return wrap(
-      inner,
-      swa_averager(start_step=start_step, every=every, accumulator_dtype=accumulator_dtype),
+    inner,
+    swa_averager(start_step=start_step, every=every, accumulator_dtype=accumulator_dtype),
   )
 
 
@@ -416,9 +407,7 @@ def multi_point(inner, *, n, gap, start_step=0):
 
 
 def _find_states(tree) -> list[AveragingState]:
-  leaves = jax.tree_util.tree_leaves(
-      tree, is_leaf=lambda x: isinstance(x, AveragingState)
-  )
+  leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, AveragingState))
   return [x for x in leaves if isinstance(x, AveragingState)]
 
 
@@ -431,12 +420,12 @@ def averaged_params(opt_state, params: PyTree | None = None) -> PyTree:
   states = _find_states(opt_state)
   if not states:
     raise ValueError(
-        "no trajax averaging state in opt_state: wrap the optimizer with "
-        "trajax.averaging.ema/swa/two_point/multi_point"
+      "no trajax averaging state in opt_state: wrap the optimizer with "
+      "trajax.averaging.ema/swa/two_point/multi_point"
     )
   if len(states) > 1:
     raise ValueError(
-        f"opt_state holds {len(states)} trajax averaging states; nest one wrapper only"
+      f"opt_state holds {len(states)} trajax averaging states; nest one wrapper only"
     )
   average = states[0].average.average
   if average is None:
