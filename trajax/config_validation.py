@@ -213,14 +213,15 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
       )
     elif "://" not in data_dir and not os.path.isdir(data_dir):
       problems.append(("data_dir", data_dir, "must be an existing directory"))
-  if not good("dataset.name", "model.name"):
-    pass
-  elif flat["dataset.name"] == "mnist1d" and not flat["model.name"].endswith("1d"):
-    problems.append(("model.name", flat["model.name"], "mnist1d needs 'cnn1d' or 'resnet1d'"))
-  elif flat["dataset.name"] != "mnist1d" and flat["model.name"].endswith("1d"):
-    problems.append(
-      ("model.name", flat["model.name"], f"{flat['dataset.name']} needs a 2-D image model")
-    )
+  if good("dataset.name", "model.name"):
+    one_d_data = flat["dataset.name"] == "mnist1d"
+    one_d_model = flat["model.name"].endswith("1d")
+    if one_d_data and not one_d_model:
+      problems.append(("model.name", flat["model.name"], "mnist1d needs 'cnn1d' or 'resnet1d'"))
+    elif one_d_model and not one_d_data:
+      problems.append(
+        ("model.name", flat["model.name"], f"{flat['dataset.name']} needs a 2-D image model")
+      )
 
   if good("optimizer.warmup_steps") and flat["optimizer.warmup_steps"] >= total:
     problems.append(

@@ -37,26 +37,13 @@ class JsonlWriter:
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
 
-  def write_summaries(self, step, values, metadata=None):
-    pass  # JSON lines hold scalars only; TensorBoard gets the rest
+  def _not_scalars(self, *args, **kwargs):
+    """JSON lines hold scalars only: summaries, images, videos, audio, text,
+    histograms and point clouds go to the TensorBoard writer beside it."""
+    del args, kwargs
 
-  def write_images(self, step, images):
-    pass  # as above
-
-  def write_videos(self, step, videos):
-    pass  # as above
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass  # as above
-
-  def write_texts(self, step, texts):
-    pass  # as above
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass  # as above
-
-  def write_pointcloud(self, step, point_clouds, *, point_colors=None, configs=None):
-    pass  # as above
+  write_summaries = write_images = write_videos = write_audios = _not_scalars
+  write_texts = write_histograms = write_pointcloud = _not_scalars
 
   def write_hparams(self, hparams: Mapping[str, Any]):
     record = {"step": 0, "hparams": {k: v for k, v in hparams.items()}}
