@@ -65,13 +65,19 @@ def _maybe_initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _maybe_initialize_distributed()
+  from trajax import config_validation, train
+
+  # A bad config fails here, in a second, before TensorFlow is even imported
+  # (train_and_evaluate validates again; that is cheap).
+  try:
+    config_validation.validate(_CONFIG.value)
+  except config_validation.ConfigError as e:
+    raise SystemExit(f"config error: {e}") from None
   # TensorFlow (tf.data, TFDS, TensorBoard) must not take GPU/TPU memory.
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")
-  _maybe_initialize_distributed()
-
-  from trajax import train
 
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
   if result.preempted:
