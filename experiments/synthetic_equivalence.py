@@ -29,15 +29,7 @@ from experiments import synthetic_common as common
 
 
 def get_config():
-  import ml_collections
-
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.kappa_fast = 1.0
-  c.kappa_slow = 0.015
-  c.num_fast = 50
-  c.num_slow = 50
-  c.theta0 = 10.0
+  c = common.fast_slow_config()
   c.lr = 5e-2
   c.start = 3000
   c.window = 400  # two-point gap, SWA window, EMA side-trip length

@@ -25,15 +25,7 @@ from experiments import synthetic_common as common
 
 
 def get_config():
-  import ml_collections
-
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.kappa_fast = 1.0
-  c.kappa_slow = 0.015
-  c.num_fast = 50
-  c.num_slow = 50
-  c.theta0 = 10.0
+  c = common.fast_slow_config()
   c.lr0 = 5e-2
   c.lr1 = 2e-2
   c.ema_decay_steps = 450.0  # δ = 1/450
