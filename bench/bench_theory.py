@@ -84,6 +84,7 @@ def bench_a(args, kappa, groups):
       theta0=1.0,
       num_seeds=args.seeds,
       dof_groups=groups,
+      record_every=args.record_every,
     ).loss
   )
   first_floor, _ = timed(floor)
