@@ -211,6 +211,26 @@ def check_batch_sizes(
   return sizes[0], sizes[1]
 
 
+def stream_args(config, *, process_index: int, process_count: int, local_device_count: int) -> dict:
+  """The keyword arguments every source's stream takes, read and checked once:
+  seed, label_noise, this process's batch_size / eval_batch_size, process_index,
+  process_count."""
+  batch_size, eval_batch_size = check_batch_sizes(
+    config,
+    process_index=process_index,
+    process_count=process_count,
+    local_device_count=local_device_count,
+  )
+  return dict(
+    seed=data_seed(config),
+    label_noise=label_noise_fraction(config),
+    batch_size=batch_size,
+    eval_batch_size=eval_batch_size,
+    process_index=process_index,
+    process_count=process_count,
+  )
+
+
 def label_noise_fraction(config) -> float:
   noise = field(config.dataset, "label_noise", 0.0)
   if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0.0 <= noise <= 1.0:

@@ -33,10 +33,8 @@ import numpy as np
 
 from trajax.data import (
   DatasetInfo,
-  check_batch_sizes,
-  data_seed,
   field,
-  label_noise_fraction,
+  stream_args,
 )
 
 # Stream tags: independent random streams derived from one seed.
@@ -360,23 +358,14 @@ def get_offline_dataset(
 ) -> ArrayDataset:
   """``mnist1d`` or ``digits`` as an ``ArrayDataset`` (see ``trajax.data.get_dataset``)."""
   name = field(config.dataset, "name")
-  batch_size, eval_batch_size = check_batch_sizes(
+  common = stream_args(
     config,
     process_index=process_index,
     process_count=process_count,
     local_device_count=local_device_count,
   )
-  seed = data_seed(config)
-  noise = label_noise_fraction(config)
+  seed = common["seed"]
   augment = bool(field(config.dataset, "augment", False))
-  common = dict(
-    seed=seed,
-    label_noise=noise,
-    batch_size=batch_size,
-    eval_batch_size=eval_batch_size,
-    process_index=process_index,
-    process_count=process_count,
-  )
   if name == "mnist1d":
     if augment:
       raise ValueError(

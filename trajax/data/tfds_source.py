@@ -54,11 +54,9 @@ import numpy as np
 
 from trajax.data import (
   DatasetInfo,
-  check_batch_sizes,
-  data_seed,
   field,
-  label_noise_fraction,
   offline,
+  stream_args,
 )
 
 # Tags for the random streams (distinct from offline's).
@@ -437,23 +435,13 @@ def get_tfds_dataset(config, *, process_index: int, process_count: int, local_de
   if name not in SPECS:
     raise ValueError(f"dataset.name must be one of {list(SPECS)} here, got {name!r}")
   spec = SPECS[name]
-  batch_size, eval_batch_size = check_batch_sizes(
+  common = stream_args(
     config,
     process_index=process_index,
     process_count=process_count,
     local_device_count=local_device_count,
   )
-  seed = data_seed(config)
-  noise = label_noise_fraction(config)
   builder = prepared_builder(name, field(config, "data_dir", None))
-  common = dict(
-    seed=seed,
-    label_noise=noise,
-    batch_size=batch_size,
-    eval_batch_size=eval_batch_size,
-    process_index=process_index,
-    process_count=process_count,
-  )
   if spec.in_memory:
     return _cifar(config, spec, builder, **common)
   info = DatasetInfo(
