@@ -47,7 +47,9 @@ __all__ = [
   "SEED_LIMIT",
   "ConfigError",
   "Problem",
+  "Rule",
   "Schedule",
+  "Shown",
   "base_config",
   "check_fields",
   "check_optimizer",
@@ -235,21 +237,21 @@ class Problem(NamedTuple):
   def __str__(self):
     return f"{self.field} = {self.value!r}: {self.allowed}"
 
+  @classmethod
+  def of(cls, p) -> Problem:
+    """From a ``(field, value, allowed)`` triple or a ``"field = value: allowed"`` line."""
+    if isinstance(p, str):
+      field, _, rest = p.partition(" = ")
+      value, _, allowed = rest.partition(": ")
+      return cls(field.strip(), Shown(value), allowed)
+    return cls(*p)
 
-class _Text(str):
-  """A value known only by its printed form (a problem given as a line)."""
+
+class Shown(str):
+  """A value known only by its printed form (``repr`` is the text itself)."""
 
   def __repr__(self):
     return str(self)
-
-
-def _as_problem(p) -> Problem:
-  if isinstance(p, str):
-    # "field = value: allowed", as owners that report lines write them.
-    field, _, rest = p.partition(" = ")
-    value, _, allowed = rest.partition(": ")
-    return Problem(field.strip(), _Text(value), allowed)
-  return Problem(*p)
 
 
 class ConfigError(ValueError):
@@ -259,7 +261,7 @@ class ConfigError(ValueError):
   """
 
   def __init__(self, problems: Iterable):
-    self.problems = [_as_problem(p) for p in problems]
+    self.problems = [Problem.of(p) for p in problems]
     lines = [f"  {p}" for p in self.problems]
     n = len(self.problems)
     super().__init__(f"{n} problem{'s' * (n != 1)} in the config:\n" + "\n".join(lines))
@@ -268,7 +270,12 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------
 # field rules: (predicate, what is allowed)
 
-Rule = tuple[Callable[[Any], bool], str]
+
+class Rule(NamedTuple):
+  """A field's rule: ``ok(value)`` and the text saying what is allowed."""
+
+  ok: Callable[[Any], bool]
+  allowed: str
 
 
 def is_int(x) -> bool:
@@ -283,14 +290,14 @@ def is_real(x) -> bool:
 
 def one_of(options: Iterable) -> Rule:
   options = list(options)
-  return (lambda x: isinstance(x, str) and x in options, f"must be one of {options}")
+  return Rule(lambda x: isinstance(x, str) and x in options, f"must be one of {options}")
 
 
-POS_INT: Rule = (lambda x: is_int(x) and x > 0, "must be an integer > 0")
-NONNEG_INT: Rule = (lambda x: is_int(x) and x >= 0, "must be an integer >= 0")
-OPT_POS_INT: Rule = (lambda x: x is None or (is_int(x) and x > 0), "must be None or an integer > 0")
-BOOL: Rule = (lambda x: isinstance(x, bool), "must be True or False")
-SEED: Rule = (
+POS_INT = Rule(lambda x: is_int(x) and x > 0, "must be an integer > 0")
+NONNEG_INT = Rule(lambda x: is_int(x) and x >= 0, "must be an integer >= 0")
+OPT_POS_INT = Rule(lambda x: x is None or (is_int(x) and x > 0), "must be None or an integer > 0")
+BOOL = Rule(lambda x: isinstance(x, bool), "must be True or False")
+SEED = Rule(
   lambda x: is_int(x) and 0 <= x < SEED_LIMIT,
   "must be an integer in [0, 2**32) (the init key keeps 32 bits of the seed)",
 )
@@ -299,10 +306,10 @@ SEED: Rule = (
 def check_fields(section: Mapping, rules: Mapping[str, Rule], prefix: str = "") -> list[Problem]:
   """A :class:`Problem` for every field of ``section`` that fails its rule."""
   out = []
-  for name, (ok, allowed) in rules.items():
+  for name, rule in rules.items():
     value = section.get(name)
-    if not ok(value):
-      out.append(Problem(prefix + name, value, allowed))
+    if not rule.ok(value):
+      out.append(Problem(prefix + name, value, rule.allowed))
   return out
 
 
@@ -330,17 +337,17 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 _OPTIMIZER: dict[str, Rule] = {
-  "lr": (lambda x: is_real(x) and x > 0, "must be a finite number > 0"),
-  "momentum": (lambda x: is_real(x) and 0 <= x < 1, "must be a number in [0, 1)"),
+  "lr": Rule(lambda x: is_real(x) and x > 0, "must be a finite number > 0"),
+  "momentum": Rule(lambda x: is_real(x) and 0 <= x < 1, "must be a number in [0, 1)"),
   "nesterov": BOOL,
-  "weight_decay": (lambda x: is_real(x) and x >= 0, "must be a finite number >= 0"),
+  "weight_decay": Rule(lambda x: is_real(x) and x >= 0, "must be a finite number >= 0"),
   "schedule": one_of(SCHEDULES),
   "warmup_steps": NONNEG_INT,
-  "step_boundaries": (
+  "step_boundaries": Rule(
     lambda x: isinstance(x, (tuple, list)) and all(is_int(b) and b > 0 for b in x),
     "must be a tuple of integers > 0",
   ),
-  "step_factor": (lambda x: is_real(x) and 0 < x <= 1, "must be a number in (0, 1]"),
+  "step_factor": Rule(lambda x: is_real(x) and 0 < x <= 1, "must be a number in (0, 1]"),
 }
 
 
@@ -378,13 +385,13 @@ _RUN: dict[str, dict[str, Rule]] = {
     "checkpoint_every_steps": POS_INT,
     "log_every_steps": POS_INT,
     "eval_every_steps": POS_INT,
-    "data_dir": (lambda x: x is None or isinstance(x, str), "must be None or a path string"),
+    "data_dir": Rule(lambda x: x is None or isinstance(x, str), "must be None or a path string"),
     "log_batch_fingerprints": BOOL,
   },
   "averaging": {"batch_norm": one_of(BATCH_NORM), "bn_recompute_batches": POS_INT},
   "checkpoint": {"max_to_keep": OPT_POS_INT, "keep_period": OPT_POS_INT, "async_save": BOOL},
   "mesh": {
-    "data": (lambda x: is_int(x) and (x == -1 or x > 0), "must be -1 (all devices) or > 0"),
+    "data": Rule(lambda x: is_int(x) and (x == -1 or x > 0), "must be -1 (all devices) or > 0"),
     "shard_params": BOOL,
   },
   "nonfinite": {"skip": BOOL, "max_consecutive_skips": POS_INT},

@@ -80,11 +80,13 @@ def _check_averaging(config, *, total_steps: int | None = None) -> list[str]:
   section = config["averaging"]
   rules = {
     "method": config_lib.one_of(averaging.METHODS),
-    "decay": (lambda x: config_lib.is_real(x) and 0 < x <= 1, "must be a number in (0, 1]"),
+    "decay": config_lib.Rule(
+      lambda x: config_lib.is_real(x) and 0 < x <= 1, "must be a number in (0, 1]"
+    ),
     "start_step": config_lib.NONNEG_INT,
     "every": config_lib.POS_INT,
     "gap": config_lib.POS_INT,
-    "n": (lambda x: config_lib.is_int(x) and x >= 2, "must be an integer >= 2"),
+    "n": config_lib.Rule(lambda x: config_lib.is_int(x) and x >= 2, "must be an integer >= 2"),
     "debias": config_lib.BOOL,
   }
   problems = config_lib.check_fields(section, rules, "averaging.")
@@ -134,11 +136,11 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
 
   # Each owner checks its own section.
   problems += config_lib.check_run(c)
-  total = c["total_steps"] if config_lib.POS_INT[0](c["total_steps"]) else None
+  total = c["total_steps"] if config_lib.POS_INT.ok(c["total_steps"]) else None
   problems += config_lib.check_optimizer(c["optimizer"], total_steps=total)
   problems += data.check_config(c["dataset"])
   problems += models.check_config(c["model"])
-  problems = [config_lib._as_problem(p) for p in problems + _check_averaging(c, total_steps=total)]
+  problems = [Problem.of(p) for p in problems + _check_averaging(c, total_steps=total)]
   bad = {p.field for p in problems}
   good = lambda *fields: not bad.intersection(fields)
 
@@ -194,14 +196,8 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
     raise ConfigError(problems)
 
 
-class _Absent:
-  """Marks a field one of two compared configs does not have."""
-
-  def __repr__(self):
-    return "<absent>"
-
-
-ABSENT = _Absent()
+# Marks a field one of two compared configs does not have.
+ABSENT = config_lib.Shown("<absent>")
 
 
 def diff(old, new) -> list[tuple[str, Any, Any]]:
@@ -255,7 +251,7 @@ def check_resume(stored, new, *, allowed=RESUME_ALLOWED) -> list[tuple[str, Any,
       if section not in reported:
         reported.add(section)
         why = f"the checkpoint's config has no {section!r} section; {advice}"
-        bad.append((section, config_lib._Text("{...}"), why))
+        bad.append((section, config_lib.Shown("{...}"), why))
     elif cur is ABSENT:
       bad.append(
         (field, ABSENT, f"the checkpoint's config has it (= {old!r}); this config lacks it")

@@ -27,14 +27,15 @@ probability ``q (K - 1) / K``). The draw is fixed per example by the seed, so
 an example keeps its wrong label for the whole run; evaluation splits are clean.
 
 Seeds: the pool (mnist1d), the split (digits), the label noise, the epoch
-orders and the augmentation all derive from ``config.dataset.seed`` when the
-config has it, else ``config.seed``.
+orders and the augmentation all derive from ``config.dataset.seed`` when it
+is set, else ``config.seed``.
 
-Sources (``config.dataset.name``):
+Sources (``config.dataset.name``, a key of the registry :data:`SOURCES`;
+:func:`check_config` checks the ``dataset`` section):
 
 * ``mnist1d``: ``dataset.num_train`` generated training sequences (default
-  40 000) and ``dataset.num_eval`` test ones (optional field; default
-  ``max(num_train // 4, 1000)``, the package's 80/20 ratio), no download,
+  40 000) and ``dataset.num_eval`` test ones (None: ``max(num_train // 4,
+  1000)``, the package's 80/20 ratio), no download,
   cached on disk; ``dataset.augment`` must be False.
 * ``digits``: scikit-learn's 1 797 8x8 images, 1 500 train / 297 test;
   ``augment`` shifts by up to one pixel.
@@ -110,14 +111,14 @@ def check_config(section, *, prefix: str = "dataset.") -> list:
     section,
     {
       "name": config_lib.one_of(SOURCES),
-      "label_noise": (
+      "label_noise": config_lib.Rule(
         lambda x: config_lib.is_real(x) and 0 <= x <= 1,
         "must be a number in [0, 1]",
       ),
       "num_train": config_lib.POS_INT,
       "num_eval": config_lib.OPT_POS_INT,
-      "seed": (
-        lambda x: x is None or config_lib.SEED[0](x),
+      "seed": config_lib.Rule(
+        lambda x: x is None or config_lib.SEED.ok(x),
         "must be None (use `seed`) or an integer in [0, 2**32)",
       ),
       "augment": config_lib.BOOL,
