@@ -579,3 +579,28 @@ def test_main_refuses_bad_seed_fast_before_tensorflow_with_max_to_keep_none(tmp_
   assert not {"tensorflow", "trajax.train", "orbax.checkpoint"} & imported
   assert not wd.exists()
   print(f"bad config refused in {elapsed:.1f} s")
+
+
+def test_main_on_a_side_trip_workdir_names_the_section_once(tmp_path):
+  """issue 11's "None differs from None", through the CLI: a main run started on
+  a side-trip's workdir is refused with one line saying what to run instead."""
+  from trajax import sidetrip
+
+  wd = tmp_path / "trip"
+  step = wd / "checkpoints" / "6"
+  (step / "meta").mkdir(parents=True)
+  (step / "state").mkdir()  # a committed step as trajax.checkpoint lists it
+  (step / "commit_success.txt").write_text("Checkpoint commit was successful to 6")
+  trip = sidetrip.with_sidetrip(load("mnist1d", "runlocal"), kind="schedule", steps=10)
+  trip.data_dir = str(tmp_path)
+  (step / "meta" / "metadata").write_text(json.dumps({"step": 6, "config": _stored(trip)}))
+  before = sorted(str(p) for p in wd.rglob("*"))
+  proc = _main(
+    ["--config=configs/mnist1d.py:runlocal", f"--config.data_dir={tmp_path}", f"--workdir={wd}"],
+    tmp_path,
+  )
+  assert proc.returncode != 0
+  assert "1 problem in the config" in proc.stderr, proc.stderr[-2000:]
+  assert "sidetrip = <absent>: the checkpoint was written by a side-trip" in proc.stderr
+  assert "differs from the checkpoint's value None" not in proc.stderr
+  assert sorted(str(p) for p in wd.rglob("*")) == before
