@@ -31,8 +31,9 @@ the rest         (the training loop's fields)    :func:`check_run`
 The ``sidetrip`` section is declared by ``trajax.sidetrip.default_section()``
 and added only to side-trip configs (``trajax.sidetrip.with_sidetrip``).
 
-This module imports nothing heavy (ml_collections inside the functions), so
-the validator runs in about a second, before TensorFlow is imported.
+This module imports no JAX and no TensorFlow (only ml_collections and absl,
+to register the ``None`` parsers), so the validator runs in about a second,
+before TensorFlow is imported.
 """
 
 from __future__ import annotations
