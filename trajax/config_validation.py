@@ -68,18 +68,31 @@ RESUME_ALLOWED = frozenset(
 )
 
 
+# The averaging section's method parameters (batch_norm and bn_recompute_batches
+# are the training loop's: trajax.config.check_run).
+_AVERAGING_PARAMS = ("decay", "start_step", "every", "gap", "n", "debias")
+
+
 def _check_averaging(config, *, total_steps: int | None = None) -> list[str]:
   """``averaging.method`` and its parameters, as ``"field = value: allowed"`` lines.
 
-  The one place the validator knows averaging methods. It becomes
-  ``averaging.validate_params(method, params, total_steps=total_steps,
-  prefix="averaging.")`` once ``trajax.averaging`` declares each method's
-  parameters (issue 10, item 1); ``batch_norm`` and ``bn_recompute_batches``
-  are the training loop's (:func:`trajax.config.check_run`).
+  The one place the validator touches averaging methods. When
+  ``trajax.averaging.validate_params`` lands (issue 10, item 1: each method
+  declares its parameters), the ``return`` line calls it instead of
+  :func:`_averaging_problems`, which is then deleted.
   """
   section = config["averaging"]
+  params = {name: section[name] for name in _AVERAGING_PARAMS}
+  return _averaging_problems(
+    section["method"], params, total_steps=total_steps, prefix="averaging."
+  )
+
+
+def _averaging_problems(
+  method, params: dict, *, total_steps: int | None = None, prefix: str = "averaging."
+) -> list[str]:
+  """Stand-in for ``trajax.averaging.validate_params`` (same signature and result)."""
   rules = {
-    "method": config_lib.one_of(averaging.METHODS),
     "decay": config_lib.Rule(
       lambda x: config_lib.is_real(x) and 0 < x <= 1, "must be a number in (0, 1]"
     ),
@@ -89,19 +102,22 @@ def _check_averaging(config, *, total_steps: int | None = None) -> list[str]:
     "n": config_lib.Rule(lambda x: config_lib.is_int(x) and x >= 2, "must be an integer >= 2"),
     "debias": config_lib.BOOL,
   }
-  problems = config_lib.check_fields(section, rules, "averaging.")
+  problems = config_lib.check_fields(
+    {"method": method}, {"method": config_lib.one_of(averaging.METHODS)}, prefix
+  )
+  problems += config_lib.check_fields(params, rules, prefix)
   bad = {p.field for p in problems}
-  good = lambda name: "averaging." + name not in bad
-  method = section["method"] if good("method") else None
+  good = lambda name: prefix + name not in bad
+  method = method if good("method") else None
   total = math.inf if total_steps is None else total_steps
-  if good("start_step") and method in ("ema", "swa") and section["start_step"] >= total:
+  if good("start_step") and method in ("ema", "swa") and params["start_step"] >= total:
     problems.append(
-      Problem("averaging.start_step", section["start_step"], f"must be < total_steps={total}")
+      Problem(prefix + "start_step", params["start_step"], f"must be < total_steps={total}")
     )
-  if good("gap") and method in ("two_point", "multi_point") and section["gap"] > total:
-    problems.append(Problem("averaging.gap", section["gap"], f"must be <= total_steps={total}"))
-  if good("n") and method == "multi_point" and section["n"] > 1000:
-    problems.append(Problem("averaging.n", section["n"], "must be <= 1000 (memory: n copies)"))
+  if good("gap") and method in ("two_point", "multi_point") and params["gap"] > total:
+    problems.append(Problem(prefix + "gap", params["gap"], f"must be <= total_steps={total}"))
+  if good("n") and method == "multi_point" and params["n"] > 1000:
+    problems.append(Problem(prefix + "n", params["n"], "must be <= 1000 (memory: n copies)"))
   return [str(p) for p in problems]
 
 
