@@ -1,9 +1,10 @@
 """Shared defaults: every config in ``configs/`` starts from :func:`base_config`.
 
-Configs only override values, never add fields, so one command-line override
-(``--config.optimizer.lr=0.1``) means the same thing for every config, and
-``trajax.config_validation`` knows every field. The field list is the contract
-in ``docs/architecture.md``.
+:func:`base_config` is ``trajax.config.base_config`` -- the one declaration of
+every field, typed and locked (it lives in the package so that the validator
+and checkpoint restore can build it without ``configs/``). Configs only
+override values, never add fields, so one command-line override
+(``--config.optimizer.lr=0.1``) means the same thing for every config.
 
 A config file's ``get_config(arg)`` receives the text after ``:`` in
 ``--config=configs/x.py:arg``; :func:`parse_arg` reads it as comma-separated
@@ -12,82 +13,9 @@ A config file's ``get_config(arg)`` receives the text after ``:`` in
 
 from __future__ import annotations
 
+from trajax.config import base_config
 
-def base_config():
-  """The full field set with neutral defaults (a config sets the rest)."""
-  import ml_collections
-
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.total_steps = 1000
-  c.batch_size = 64
-  c.eval_batch_size = 1000
-  c.checkpoint_every_steps = 1000
-  c.log_every_steps = 100
-  c.eval_every_steps = 1000
-  # TFDS data root; required (and must exist) for TFDS datasets so that a
-  # training run never downloads or silently reads ~/tensorflow_datasets.
-  c.data_dir = ml_collections.FieldReference(None, field_type=str)
-  # Append one "step fingerprint" line per training batch to
-  # WORKDIR/batch_fingerprints.jsonl (reliability tests; costs a hash per step).
-  c.log_batch_fingerprints = False
-
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "mnist1d"
-  c.dataset.label_noise = 0.0
-  c.dataset.num_train = 40_000
-  c.dataset.augment = False
-
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "cnn1d"
-  c.model.width = 64
-  c.model.dtype = "float32"
-
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.lr = 0.05
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = False
-  c.optimizer.weight_decay = 0.0
-  c.optimizer.schedule = "constant"
-  c.optimizer.warmup_steps = 0
-  c.optimizer.step_boundaries = ()
-  c.optimizer.step_factor = 0.1
-
-  c.averaging = ml_collections.ConfigDict()
-  c.averaging.method = "none"
-  c.averaging.decay = 0.001
-  c.averaging.start_step = 0
-  c.averaging.every = 1
-  c.averaging.gap = 1000
-  c.averaging.n = 2
-  c.averaging.debias = False
-  # BatchNorm statistics for the averaged params. 'recompute' (default): a
-  # cumulative pass over `bn_recompute_batches` fixed training batches, as
-  # torch.optim.swa_utils.update_bn does -- BN statistics of averaged weights
-  # are not the average of the statistics. 'average': the running statistics
-  # are averaged with the same Averager as the params (free, approximate).
-  c.averaging.batch_norm = "recompute"
-  c.averaging.bn_recompute_batches = 20
-
-  c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.max_to_keep = 3
-  c.checkpoint.keep_period = ml_collections.FieldReference(None, field_type=int)
-  c.checkpoint.async_save = True
-
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # devices on the data axis; -1 = all
-  # Shard params/optimizer state over the data axis (ZeRO-3/FSDP style: each
-  # leaf's largest dimension divisible by the axis size); off = replicated.
-  c.mesh.shard_params = False
-
-  c.nonfinite = ml_collections.ConfigDict()
-  # False: the first non-finite loss/grad/BN statistic freezes the state and
-  # the run stops at the next log or checkpoint boundary with an error.
-  # True: such steps are no-ops (params, optimizer and averaging state do not
-  # move); more than `max_consecutive_skips` in a row stops the run.
-  c.nonfinite.skip = False
-  c.nonfinite.max_consecutive_skips = 10
-  return c
+__all__ = ["base_config", "paper_resnet_config", "parse_arg"]
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:

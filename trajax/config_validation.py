@@ -1,13 +1,21 @@
 """Checks a training config before anything is allocated or written.
 
-:func:`validate` runs first in ``train_and_evaluate``: it touches no device
-memory and no file, so a bad config leaves the workdir as it was. Every
-problem is reported at once, each naming the dotted field, the value and what
-is allowed::
+:func:`validate` runs first in ``train_and_evaluate`` (and in ``trajax.main``
+before TensorFlow is imported): it touches no device memory and no file, so a
+bad config leaves the workdir as it was. Every problem is reported at once,
+each naming the dotted field, the value and what is allowed::
 
   ConfigError: 2 problems in the config:
-    optimizer.lr = -0.1: must be > 0
+    optimizer.lr = -0.1: must be a finite number > 0
     batch_size = 60: must be divisible by the 8 devices on the data axis
+
+The fields are declared once, in :func:`trajax.config.base_config` (a field it
+lacks is unknown); each section's values are checked by its owner's registry
+(``trajax.models``, ``trajax.data``, ``trajax.config`` for the optimizer and
+the training loop's fields, :func:`_check_averaging`). This module keeps only
+the rules that span sections: batch sizes against devices and processes, a
+TFDS dataset's ``data_dir``, 1-D data with a 1-D model, warmup and averaging
+against ``total_steps``.
 
 :func:`diff` and :func:`check_resume` compare the config of a run being
 resumed with the one stored in its checkpoint; only the fields on
@@ -17,27 +25,26 @@ changes the trajectory).
 
 from __future__ import annotations
 
+import difflib
 import math
-import numbers
 import os
-from collections.abc import Callable, Mapping
 from typing import Any
 
-DATASETS = ("mnist1d", "digits", "cifar10", "cifar100", "imagenet2012")
-TFDS_DATASETS = ("cifar10", "cifar100", "imagenet2012")
-MODELS = (
-  "resnet18",
-  "resnet34",
-  "resnet50",
-  "cifar_resnet18",
-  "cifar_resnet34",
-  "cnn1d",
-  "resnet1d",
-)
-DTYPES = ("float32", "bfloat16")
-SCHEDULES = ("constant", "cosine", "linear", "step")
-AVERAGING = ("none", "ema", "swa", "two_point", "multi_point")
-BATCH_NORM = ("recompute", "average")
+from trajax import averaging, data, models
+from trajax import config as config_lib
+from trajax.config import ConfigError, Problem, flatten
+
+__all__ = [
+  "RESUME_ALLOWED",
+  "TFDS_DATASETS",
+  "ConfigError",
+  "check_resume",
+  "diff",
+  "flatten",
+  "validate",
+]
+
+TFDS_DATASETS = data.TFDS_NAMES
 
 # Fields that may change when a run is resumed: they change cadence, retention
 # or where things are read from, never the sequence of parameters. total_steps
@@ -61,97 +68,72 @@ RESUME_ALLOWED = frozenset(
 )
 
 
-class ConfigError(ValueError):
-  """A config is invalid; ``problems`` lists ``(field, value, allowed)``."""
-
-  def __init__(self, problems: list[tuple[str, Any, str]]):
-    self.problems = problems
-    lines = [f"  {f} = {v!r}: {a}" for f, v, a in problems]
-    n = len(problems)
-    super().__init__(f"{n} problem{'s' * (n != 1)} in the config:\n" + "\n".join(lines))
+# The averaging section's method parameters (batch_norm and bn_recompute_batches
+# are the training loop's: trajax.config.check_run).
+_AVERAGING_PARAMS = ("decay", "start_step", "every", "gap", "n", "debias")
 
 
-def _int(x) -> bool:
-  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+def _check_averaging(config, *, total_steps: int | None = None) -> list[str]:
+  """``averaging.method`` and its parameters, as ``"field = value: allowed"`` lines.
+
+  The one place the validator touches averaging methods. When
+  ``trajax.averaging.validate_params`` lands (issue 10, item 1: each method
+  declares its parameters), the ``return`` line calls it instead of
+  :func:`_averaging_problems`, which is then deleted.
+  """
+  section = config["averaging"]
+  params = {name: section[name] for name in _AVERAGING_PARAMS}
+  return _averaging_problems(
+    section["method"], params, total_steps=total_steps, prefix="averaging."
+  )
 
 
-def _real(x) -> bool:
-  return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+def _averaging_problems(
+  method, params: dict, *, total_steps: int | None = None, prefix: str = "averaging."
+) -> list[str]:
+  """Stand-in for ``trajax.averaging.validate_params`` (same signature and result)."""
+  rules = {
+    "decay": config_lib.Rule(
+      lambda x: config_lib.is_real(x) and 0 < x <= 1, "must be a number in (0, 1]"
+    ),
+    "start_step": config_lib.NONNEG_INT,
+    "every": config_lib.POS_INT,
+    "gap": config_lib.POS_INT,
+    "n": config_lib.Rule(lambda x: config_lib.is_int(x) and x >= 2, "must be an integer >= 2"),
+    "debias": config_lib.BOOL,
+  }
+  problems = config_lib.check_fields(
+    {"method": method}, {"method": config_lib.one_of(averaging.METHODS)}, prefix
+  )
+  problems += config_lib.check_fields(params, rules, prefix)
+  bad = {p.field for p in problems}
+  good = lambda name: prefix + name not in bad
+  method = method if good("method") else None
+  total = math.inf if total_steps is None else total_steps
+  if good("start_step") and method in ("ema", "swa") and params["start_step"] >= total:
+    problems.append(
+      Problem(prefix + "start_step", params["start_step"], f"must be < total_steps={total}")
+    )
+  if good("gap") and method in ("two_point", "multi_point") and params["gap"] > total:
+    problems.append(Problem(prefix + "gap", params["gap"], f"must be <= total_steps={total}"))
+  if good("n") and method == "multi_point" and params["n"] > 1000:
+    problems.append(Problem(prefix + "n", params["n"], "must be <= 1000 (memory: n copies)"))
+  return [str(p) for p in problems]
 
 
-def _one_of(options):
-  return (lambda x: x in options, f"must be one of {list(options)}")
-
-
-_POS_INT = (lambda x: _int(x) and x > 0, "must be an integer > 0")
-_NONNEG_INT = (lambda x: _int(x) and x >= 0, "must be an integer >= 0")
-_BOOL = (lambda x: isinstance(x, bool), "must be True or False")
-_OPT_POS_INT = (lambda x: x is None or (_int(x) and x > 0), "must be None or an integer > 0")
-
-# dotted field -> (check, what is allowed). The single list of known fields.
-SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
-  "seed": (_int, "must be an integer"),
-  "total_steps": _POS_INT,
-  "batch_size": _POS_INT,
-  "eval_batch_size": _POS_INT,
-  "checkpoint_every_steps": _POS_INT,
-  "log_every_steps": _POS_INT,
-  "eval_every_steps": _POS_INT,
-  "data_dir": (lambda x: x is None or isinstance(x, str), "must be None or a path string"),
-  "log_batch_fingerprints": _BOOL,
-  "dataset.name": _one_of(DATASETS),
-  "dataset.label_noise": (lambda x: _real(x) and 0 <= x <= 1, "must be a number in [0, 1]"),
-  "dataset.num_train": _POS_INT,
-  "dataset.augment": _BOOL,
-  "model.name": _one_of(MODELS),
-  "model.width": _POS_INT,
-  "model.dtype": _one_of(DTYPES),
-  "optimizer.lr": (lambda x: _real(x) and x > 0, "must be a finite number > 0"),
-  "optimizer.momentum": (lambda x: _real(x) and 0 <= x < 1, "must be a number in [0, 1)"),
-  "optimizer.nesterov": _BOOL,
-  "optimizer.weight_decay": (lambda x: _real(x) and x >= 0, "must be a finite number >= 0"),
-  "optimizer.schedule": _one_of(SCHEDULES),
-  "optimizer.warmup_steps": _NONNEG_INT,
-  "optimizer.step_boundaries": (
-    lambda x: isinstance(x, (tuple, list)) and all(_int(b) and b > 0 for b in x),
-    "must be a tuple of integers > 0",
-  ),
-  "optimizer.step_factor": (lambda x: _real(x) and 0 < x <= 1, "must be a number in (0, 1]"),
-  "averaging.method": _one_of(AVERAGING),
-  "averaging.decay": (lambda x: _real(x) and 0 < x <= 1, "must be a number in (0, 1]"),
-  "averaging.start_step": _NONNEG_INT,
-  "averaging.every": _POS_INT,
-  "averaging.gap": _POS_INT,
-  "averaging.n": (lambda x: _int(x) and x >= 2, "must be an integer >= 2"),
-  "averaging.debias": _BOOL,
-  "averaging.batch_norm": _one_of(BATCH_NORM),
-  "averaging.bn_recompute_batches": _POS_INT,
-  "checkpoint.max_to_keep": _OPT_POS_INT,
-  "checkpoint.keep_period": _OPT_POS_INT,
-  "checkpoint.async_save": _BOOL,
-  "mesh.data": (lambda x: _int(x) and (x == -1 or x > 0), "must be -1 (all devices) or > 0"),
-  "mesh.shard_params": _BOOL,
-  "nonfinite.skip": _BOOL,
-  "nonfinite.max_consecutive_skips": _POS_INT,
-}
-
-
-def flatten(config) -> dict[str, Any]:
-  """``{'optimizer.lr': 0.05, ...}`` from a ConfigDict or nested mapping."""
-  if hasattr(config, "to_dict"):
-    config = config.to_dict()
-  out = {}
-
-  def rec(prefix, node):
-    for k, v in node.items():
-      key = f"{prefix}{k}"
-      if isinstance(v, Mapping):
-        rec(key + ".", v)
-      else:
-        out[key] = v
-
-  rec("", config)
-  return out
+def _field_problems(config: dict) -> list[Problem]:
+  """Unknown and missing fields: the declaration is :func:`trajax.config.base_config`."""
+  flat = flatten(config)
+  known = config_lib.field_names()
+  problems = []
+  for field in sorted(set(flat) - set(known)):
+    close = difflib.get_close_matches(field, known, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    allowed = f"unknown field; {hint}(declared in trajax.config.base_config: {list(known)})"
+    problems.append(Problem(field, flat[field], allowed))
+  for field in sorted(set(known) - set(flat)):
+    problems.append(Problem(field, None, "missing field (start from trajax.config.base_config())"))
+  return problems
 
 
 def validate(config, *, num_devices: int | None = None, process_count: int | None = None):
@@ -163,109 +145,93 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
       querying it initialises the backend but allocates nothing).
     process_count: processes in the run (default ``jax.process_count()``).
   """
-  flat = flatten(config)
-  problems: list[tuple[str, Any, str]] = []
-  for field in sorted(set(flat) - set(SCHEMA)):
-    problems.append((field, flat[field], f"unknown field; known fields: {sorted(SCHEMA)}"))
-  for field in sorted(set(SCHEMA) - set(flat)):
-    problems.append((field, None, "missing field (start configs from configs/common.py)"))
-  for field, (ok, allowed) in SCHEMA.items():
-    if field in flat and not ok(flat[field]):
-      problems.append((field, flat[field], allowed))
-  if any(p[2].startswith(("unknown", "missing")) for p in problems):
+  c = config.to_dict() if hasattr(config, "to_dict") else config
+  problems = _field_problems(c)
+  if problems:
     raise ConfigError(problems)
-  bad = {p[0] for p in problems}
+
+  # Each owner checks its own section.
+  problems += config_lib.check_run(c)
+  total = c["total_steps"] if config_lib.POS_INT.ok(c["total_steps"]) else None
+  problems += config_lib.check_optimizer(c["optimizer"], total_steps=total)
+  problems += data.check_config(c["dataset"])
+  problems += models.check_config(c["model"])
+  problems = [Problem.of(p) for p in problems + _check_averaging(c, total_steps=total)]
+  bad = {p.field for p in problems}
   good = lambda *fields: not bad.intersection(fields)
 
+  # Rules that span sections.
   if num_devices is None or process_count is None:
     import jax
 
     num_devices = jax.device_count() if num_devices is None else num_devices
     process_count = jax.process_count() if process_count is None else process_count
-
-  total = flat["total_steps"] if good("total_steps") else math.inf
-  mesh_data = flat["mesh.data"] if good("mesh.data") else -1
+  mesh_data = c["mesh"]["data"] if good("mesh.data") else -1
   if mesh_data > num_devices:
-    problems.append(("mesh.data", mesh_data, f"must be -1 or <= the {num_devices} devices"))
+    problems.append(Problem("mesh.data", mesh_data, f"must be -1 or <= the {num_devices} devices"))
   elif mesh_data != -1 and num_devices % mesh_data:
-    problems.append(("mesh.data", mesh_data, f"must divide the {num_devices} devices"))
+    problems.append(Problem("mesh.data", mesh_data, f"must divide the {num_devices} devices"))
   data_axis = num_devices if mesh_data == -1 else mesh_data
   for field in ("batch_size", "eval_batch_size"):
     if not good(field):
       continue
-    if flat[field] % data_axis:
+    if c[field] % data_axis:
       problems.append(
-        (field, flat[field], f"must be divisible by the {data_axis} devices on the data axis")
+        Problem(field, c[field], f"must be divisible by the {data_axis} devices on the data axis")
       )
-    elif flat[field] % process_count:
-      problems.append((field, flat[field], f"must be divisible by the {process_count} processes"))
+    elif c[field] % process_count:
+      problems.append(
+        Problem(field, c[field], f"must be divisible by the {process_count} processes")
+      )
 
-  if good("dataset.name", "data_dir") and flat["dataset.name"] in TFDS_DATASETS:
-    data_dir = flat["data_dir"]
+  name = c["dataset"]["name"]
+  source = data.SOURCES[name] if good("dataset.name") else None
+  if source is not None and source.tfds and good("data_dir"):
+    data_dir = c["data_dir"]
     if not data_dir:
       problems.append(
-        (
+        Problem(
           "data_dir",
           data_dir,
-          f"TFDS dataset {flat['dataset.name']!r} needs the directory it was prepared "
-          "in (training never downloads)",
+          f"TFDS dataset {name!r} needs the directory it was prepared in (training never "
+          "downloads)",
         )
       )
     elif "://" not in data_dir and not os.path.isdir(data_dir):
-      problems.append(("data_dir", data_dir, "must be an existing directory"))
-  if good("dataset.name", "model.name"):
-    one_d_data = flat["dataset.name"] == "mnist1d"
-    one_d_model = flat["model.name"].endswith("1d")
-    if one_d_data and not one_d_model:
-      problems.append(("model.name", flat["model.name"], "mnist1d needs 'cnn1d' or 'resnet1d'"))
-    elif one_d_model and not one_d_data:
+      problems.append(Problem("data_dir", data_dir, "must be an existing directory"))
+  if source is not None and good("model.name"):
+    model = c["model"]["name"]
+    dims = models.MODELS[model].spatial_dims
+    if dims != source.spatial_dims:
+      fitting = [m for m, spec in models.MODELS.items() if spec.spatial_dims == source.spatial_dims]
+      kind = "1-D sequence" if source.spatial_dims == 1 else f"{source.spatial_dims}-D image"
       problems.append(
-        ("model.name", flat["model.name"], f"{flat['dataset.name']} needs a 2-D image model")
+        Problem("model.name", model, f"{name} needs a {kind} model: one of {fitting}")
       )
-
-  if good("optimizer.warmup_steps") and flat["optimizer.warmup_steps"] >= total:
-    problems.append(
-      ("optimizer.warmup_steps", flat["optimizer.warmup_steps"], f"must be < total_steps={total}")
-    )
-  bounds = tuple(flat["optimizer.step_boundaries"])
-  if good("optimizer.schedule", "optimizer.step_boundaries") and (
-    flat["optimizer.schedule"] == "step"
-  ):
-    if not bounds:
-      problems.append(("optimizer.step_boundaries", bounds, "the 'step' schedule needs >= 1"))
-    elif list(bounds) != sorted(set(bounds)):
-      problems.append(("optimizer.step_boundaries", bounds, "must be strictly increasing"))
-  method = flat["averaging.method"] if good("averaging.method") else None
-  if (
-    good("averaging.start_step")
-    and method in ("ema", "swa")
-    and flat["averaging.start_step"] >= total
-  ):
-    problems.append(
-      ("averaging.start_step", flat["averaging.start_step"], f"must be < total_steps={total}")
-    )
-  if (
-    good("averaging.gap")
-    and method in ("two_point", "multi_point")
-    and flat["averaging.gap"] > total
-  ):
-    problems.append(("averaging.gap", flat["averaging.gap"], f"must be <= total_steps={total}"))
-  if good("averaging.n") and method == "multi_point" and flat["averaging.n"] > 1000:
-    problems.append(("averaging.n", flat["averaging.n"], "must be <= 1000 (memory: n copies)"))
   if problems:
     raise ConfigError(problems)
 
 
+# Marks a field one of two compared configs does not have.
+ABSENT = config_lib.Shown("<absent>")
+
+
 def diff(old, new) -> list[tuple[str, Any, Any]]:
-  """``(field, old value, new value)`` for every field that differs (tuples == lists)."""
+  """``(field, old value, new value)`` for every field that differs (tuples == lists).
+
+  A field of :func:`trajax.config.base_config` that one side lacks counts as
+  its default (a config stored before the field existed ran with the
+  default); any other field one side lacks (a ``sidetrip.*`` field, say) is
+  :data:`ABSENT` on that side.
+  """
   a, b = flatten(old), flatten(new)
-  missing = object()
+  defaults = flatten(config_lib.base_config())
+  norm = lambda v: list(v) if isinstance(v, (tuple, list)) else v
   out = []
   for field in sorted(set(a) | set(b)):
-    x, y = a.get(field, missing), b.get(field, missing)
-    norm = lambda v: list(v) if isinstance(v, (tuple, list)) else v
-    if norm(x) != norm(y):
-      out.append((field, None if x is missing else x, None if y is missing else y))
+    x, y = (d.get(field, defaults.get(field, ABSENT)) for d in (a, b))
+    if x is ABSENT or y is ABSENT or norm(x) != norm(y):
+      out.append((field, x, y))
   return out
 
 
@@ -274,19 +240,46 @@ def check_resume(stored, new, *, allowed=RESUME_ALLOWED) -> list[tuple[str, Any,
 
   Returns the allowed differences (to be logged); raises :class:`ConfigError`
   naming every other differing field with both values. ``total_steps`` is
-  allowed only when the schedule does not depend on it ('constant', 'step').
+  allowed only when the schedule does not depend on it
+  (``trajax.config.SCHEDULES[name].horizon``). A section only one side has
+  (a side-trip's ``sidetrip``) is one problem, not one per field.
   """
   diffs = diff(stored, new)
-  schedule = flatten(new).get("optimizer.schedule")
-  bad = []
+  flat_stored, flat_new = flatten(stored), flatten(new)
+  schedule = flat_new.get("optimizer.schedule")
+  spec = config_lib.SCHEDULES.get(schedule) if isinstance(schedule, str) else None
+  depends_on_horizon = spec is None or spec.horizon
+  advice = "start a new workdir or branch a side-trip instead"
+  has_section = lambda flat, s: any(k.startswith(s + ".") for k in flat)
+  bad, reported = [], set()
   for field, old, cur in diffs:
-    horizon = field == "total_steps" and schedule not in ("constant", "step")
-    if field not in allowed or horizon:
+    section = field.split(".")[0] if "." in field else None
+    if cur is ABSENT and section and not has_section(flat_new, section):
+      if section not in reported:
+        reported.add(section)
+        why = f"the checkpoint's config has a {section!r} section and this config has none"
+        if section == "sidetrip":
+          why = (
+            "the checkpoint was written by a side-trip: resume it with python -m trajax.sidetrip"
+          )
+        bad.append((section, ABSENT, why))
+    elif old is ABSENT and section and not has_section(flat_stored, section):
+      if section not in reported:
+        reported.add(section)
+        why = f"the checkpoint's config has no {section!r} section; {advice}"
+        bad.append((section, config_lib.Shown("{...}"), why))
+    elif cur is ABSENT:
+      bad.append(
+        (field, ABSENT, f"the checkpoint's config has it (= {old!r}); this config lacks it")
+      )
+    elif old is ABSENT:
+      bad.append((field, cur, f"the checkpoint's config has no such field; {advice}"))
+    elif field not in allowed or (field == "total_steps" and depends_on_horizon):
       why = (
         f"the {schedule!r} schedule depends on total_steps"
-        if horizon
+        if field in allowed
         else f"differs from the checkpoint's value {old!r}; only {sorted(allowed)} may change "
-        "on resume (start a new workdir or branch a side-trip instead)"
+        f"on resume ({advice})"
       )
       bad.append((field, cur, why))
   if bad:

@@ -4,7 +4,9 @@ r"""Launch a training run: ``python -m trajax.main --config=configs/X.py --workd
   python -m trajax.main --config=configs/imagenet_resnet34.py:cosine \
       --config.data_dir=DATA --workdir=gs://bucket/run --jax_distributed
 
-The config is locked, so a misspelt ``--config.field`` is an error. Running the
+The config is locked, so a misspelt ``--config.field`` is an error (the fields
+are those of ``trajax.config.base_config()``; ``--config.<field>=None`` sets a
+field where ``None`` means something, e.g. ``checkpoint.max_to_keep``). Running the
 same command again resumes from the workdir's latest committed checkpoint
 (``--resume=require`` makes "nothing to resume" an error, for restart
 scripts). SIGTERM (preemption) saves a checkpoint at the current step and exits
@@ -66,16 +68,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   _maybe_initialize_distributed()
-  from trajax import config_validation, train
+  from trajax import config_validation
 
-  # A bad config fails here, in a second, before TensorFlow is even imported
-  # (train_and_evaluate validates again; that is cheap).
+  # A bad config fails here, in a second, before TensorFlow (or the training
+  # engine) is even imported (train_and_evaluate validates again; that is cheap).
   try:
     config_validation.validate(_CONFIG.value)
   except config_validation.ConfigError as e:
     raise SystemExit(f"config error: {e}") from None
   # TensorFlow (tf.data, TFDS, TensorBoard) must not take GPU/TPU memory.
   import tensorflow as tf
+
+  from trajax import train
 
   tf.config.set_visible_devices([], "GPU")
 
@@ -87,15 +91,17 @@ def main(argv):
 def check_overrides(argv):
   """Unknown ``--config.<field>`` overrides name the dotted field and the value.
 
-  ml_collections would raise a bare AttributeError deep in flag parsing.
+  ml_collections would raise a bare AttributeError deep in flag parsing. The
+  known fields are those of ``trajax.config.base_config()``.
   """
   import difflib
   import re
   import sys
 
-  from trajax.config_validation import SCHEMA
+  from trajax.config import field_names
 
-  sections = {k.rsplit(".", 1)[0] for k in SCHEMA if "." in k}
+  known = field_names()
+  sections = {k.rsplit(".", 1)[0] for k in known if "." in k}
   for i, arg in enumerate(argv[1:], 1):
     m = re.match(r"^--config\.([^=]+)(?:=(.*))?$", arg)
     if not m:
@@ -103,12 +109,12 @@ def check_overrides(argv):
     field, value = m.group(1), m.group(2)
     if value is None:
       value = argv[i + 1] if i + 1 < len(argv) else None
-    if field in SCHEMA or field in sections:
+    if field in known or field in sections:
       continue
-    close = difflib.get_close_matches(field, SCHEMA, n=1)
+    close = difflib.get_close_matches(field, known, n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
     sys.exit(
-      f"config error: {field} = {value!r}: unknown field{hint} (known fields: {sorted(SCHEMA)})"
+      f"config error: {field} = {value!r}: unknown field{hint} (known fields: {list(known)})"
     )
 
 

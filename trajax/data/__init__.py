@@ -27,14 +27,15 @@ probability ``q (K - 1) / K``). The draw is fixed per example by the seed, so
 an example keeps its wrong label for the whole run; evaluation splits are clean.
 
 Seeds: the pool (mnist1d), the split (digits), the label noise, the epoch
-orders and the augmentation all derive from ``config.dataset.seed`` when the
-config has it, else ``config.seed``.
+orders and the augmentation all derive from ``config.dataset.seed`` when it
+is set, else ``config.seed``.
 
-Sources (``config.dataset.name``):
+Sources (``config.dataset.name``, a key of the registry :data:`SOURCES`;
+:func:`check_config` checks the ``dataset`` section):
 
 * ``mnist1d``: ``dataset.num_train`` generated training sequences (default
-  40 000) and ``dataset.num_eval`` test ones (optional field; default
-  ``max(num_train // 4, 1000)``, the package's 80/20 ratio), no download,
+  40 000) and ``dataset.num_eval`` test ones (None: ``max(num_train // 4,
+  1000)``, the package's 80/20 ratio), no download,
   cached on disk; ``dataset.augment`` must be False.
 * ``digits``: scikit-learn's 1 797 8x8 images, 1 500 train / 297 test;
   ``augment`` shifts by up to one pixel.
@@ -48,22 +49,92 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 
+from trajax import config as config_lib
+
 __all__ = [
   "DATASET_NAMES",
+  "SOURCES",
   "Dataset",
   "DatasetInfo",
+  "Source",
   "batch_fingerprint",
+  "check_config",
   "get_dataset",
 ]
 
-OFFLINE_NAMES = ("mnist1d", "digits")
-TFDS_NAMES = ("cifar10", "cifar100", "imagenet2012")
-DATASET_NAMES = OFFLINE_NAMES + TFDS_NAMES
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A registered dataset: where it is built and what it holds.
+
+  Attributes:
+    module: the module whose ``get_<kind>_dataset(config, ...)`` builds it,
+      imported only when the dataset is (TensorFlow only for TFDS sources).
+    builder: that function's name.
+    tfds: read from TFDS already prepared under ``config.data_dir``.
+    spatial_dims: 1 for sequences ``[L, C]``, 2 for images ``[H, W, C]``
+      (``trajax.models.MODELS`` says the same of each model).
+    augment: whether ``dataset.augment=True`` is defined for it.
+  """
+
+  module: str
+  builder: str
+  tfds: bool
+  spatial_dims: int
+  augment: bool
+
+
+_OFFLINE = ("trajax.data.offline", "get_offline_dataset")
+_TFDS = ("trajax.data.tfds_source", "get_tfds_dataset")
+# The registry: ``config.dataset.name`` is one of its keys.
+SOURCES: dict[str, Source] = {
+  "mnist1d": Source(*_OFFLINE, tfds=False, spatial_dims=1, augment=False),
+  "digits": Source(*_OFFLINE, tfds=False, spatial_dims=2, augment=True),
+  "cifar10": Source(*_TFDS, tfds=True, spatial_dims=2, augment=True),
+  "cifar100": Source(*_TFDS, tfds=True, spatial_dims=2, augment=True),
+  "imagenet2012": Source(*_TFDS, tfds=True, spatial_dims=2, augment=True),
+}
+DATASET_NAMES = tuple(SOURCES)
+OFFLINE_NAMES = tuple(n for n, s in SOURCES.items() if not s.tfds)
+TFDS_NAMES = tuple(n for n, s in SOURCES.items() if s.tfds)
+
+
+def check_config(section, *, prefix: str = "dataset.") -> list:
+  """Problems ``(field, value, allowed)`` of a ``dataset`` config section (``[]``: fine)."""
+  problems = config_lib.check_fields(
+    section,
+    {
+      "name": config_lib.one_of(SOURCES),
+      "label_noise": config_lib.Rule(
+        lambda x: config_lib.is_real(x) and 0 <= x <= 1,
+        "must be a number in [0, 1]",
+      ),
+      "num_train": config_lib.POS_INT,
+      "num_eval": config_lib.OPT_POS_INT,
+      "seed": config_lib.Rule(
+        lambda x: x is None or config_lib.SEED.ok(x),
+        "must be None (use `seed`) or an integer in [0, 2**32)",
+      ),
+      "augment": config_lib.BOOL,
+    },
+    prefix,
+  )
+  bad = {p[0] for p in problems}
+  name = section.get("name")
+  if name == "mnist1d" and prefix + "num_train" not in bad and section.get("num_train") < 10:
+    problems.append((prefix + "num_train", section.get("num_train"), "must be >= 10 for mnist1d"))
+  source = SOURCES.get(name) if isinstance(name, str) else None
+  if source is not None and section.get("augment") is True and not source.augment:
+    problems.append(
+      (prefix + "augment", True, f"must be False for {name} (its generator already augments)")
+    )
+  return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +184,7 @@ def get_dataset(
 ) -> Dataset:
   """Builds the dataset named by ``config.dataset.name``.
 
-  Reads ``config.dataset.{name, label_noise, num_train, augment}``,
+  Reads ``config.dataset.{name, label_noise, num_train, num_eval, seed, augment}``,
   ``config.batch_size`` (the GLOBAL batch), ``config.eval_batch_size``,
   ``config.seed`` and ``config.data_dir``.
 
@@ -130,24 +201,15 @@ def get_dataset(
       processes and their devices, or an out-of-range field.
   """
   name = field(config.dataset, "name")
-  if name not in DATASET_NAMES:
-    raise ValueError(f"dataset.name must be one of {list(DATASET_NAMES)}, got {name!r}")
+  if name not in SOURCES:
+    raise ValueError(f"dataset.name must be one of {list(SOURCES)}, got {name!r}")
   if local_device_count is None:
     import jax
 
     local_device_count = jax.local_device_count()
-  if name in OFFLINE_NAMES:
-    from trajax.data import offline
-
-    return offline.get_offline_dataset(
-      config,
-      process_index=process_index,
-      process_count=process_count,
-      local_device_count=local_device_count,
-    )
-  from trajax.data import tfds_source
-
-  return tfds_source.get_tfds_dataset(
+  source = SOURCES[name]
+  build = getattr(importlib.import_module(source.module), source.builder)
+  return build(
     config,
     process_index=process_index,
     process_count=process_count,

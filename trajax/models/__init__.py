@@ -11,36 +11,72 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from trajax import config as config_lib
 from trajax.models.resnet import ResNet, resnet
 from trajax.models.small import CNN1D, ResNet1D
 
 __all__ = [
   "CNN1D",
+  "DTYPES",
+  "MODELS",
   "MODEL_NAMES",
+  "ModelSpec",
   "ResNet",
   "ResNet1D",
+  "check_config",
   "create_model",
   "model_flops_per_example",
   "resnet",
 ]
 
-_BUILDERS = {
-  "resnet18": functools.partial(resnet, 18, stem="imagenet"),
-  "resnet34": functools.partial(resnet, 34, stem="imagenet"),
-  "resnet50": functools.partial(resnet, 50, stem="imagenet"),
-  "cifar_resnet18": functools.partial(resnet, 18, stem="cifar"),
-  "cifar_resnet34": functools.partial(resnet, 34, stem="cifar"),
-  "cifar_resnet50": functools.partial(resnet, 50, stem="cifar"),
-  "cnn1d": CNN1D,
-  "resnet1d": ResNet1D,
+
+class ModelSpec(NamedTuple):
+  """A registered model: its constructor and the inputs it takes.
+
+  ``build(num_classes=, width=, dtype=)`` returns the unbound module;
+  ``spatial_dims`` is 1 for sequences ``[B, L, C]`` and 2 for images
+  ``[B, H, W, C]`` (``trajax.data.SOURCES`` says the same of each dataset).
+  """
+
+  build: Callable[..., nn.Module]
+  spatial_dims: int
+
+
+# The registry: ``config.model.name`` is one of its keys, and every key is a
+# valid ``model.name`` (trajax.config_validation asks nothing else).
+MODELS: dict[str, ModelSpec] = {
+  "resnet18": ModelSpec(functools.partial(resnet, 18, stem="imagenet"), 2),
+  "resnet34": ModelSpec(functools.partial(resnet, 34, stem="imagenet"), 2),
+  "resnet50": ModelSpec(functools.partial(resnet, 50, stem="imagenet"), 2),
+  "cifar_resnet18": ModelSpec(functools.partial(resnet, 18, stem="cifar"), 2),
+  "cifar_resnet34": ModelSpec(functools.partial(resnet, 34, stem="cifar"), 2),
+  "cifar_resnet50": ModelSpec(functools.partial(resnet, 50, stem="cifar"), 2),
+  "cnn1d": ModelSpec(CNN1D, 1),
+  "resnet1d": ModelSpec(ResNet1D, 1),
 }
-MODEL_NAMES = tuple(_BUILDERS)
+MODEL_NAMES = tuple(MODELS)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = tuple(_DTYPES)
+
+
+def check_config(section, *, prefix: str = "model.") -> list:
+  """Problems ``(field, value, allowed)`` of a ``model`` config section (``[]``: fine)."""
+  return config_lib.check_fields(
+    section,
+    {
+      "name": config_lib.one_of(MODELS),
+      "width": config_lib.POS_INT,
+      "dtype": config_lib.one_of(DTYPES),
+    },
+    prefix,
+  )
 
 
 def _field(model_config, name, default=None):
@@ -64,7 +100,7 @@ def create_model(model_config, *, num_classes: int) -> nn.Module:
     An unbound ``flax.linen.Module``.
   """
   name = _field(model_config, "name")
-  if name not in _BUILDERS:
+  if name not in MODELS:
     raise ValueError(f"model.name must be one of {list(MODEL_NAMES)}, got {name!r}")
   width = _field(model_config, "width", 64 if "resnet" in name and name != "resnet1d" else 32)
   if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
@@ -74,7 +110,7 @@ def create_model(model_config, *, num_classes: int) -> nn.Module:
     raise ValueError(f"model.dtype must be one of {list(_DTYPES)}, got {dtype!r}")
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-  return _BUILDERS[name](num_classes=num_classes, width=width, dtype=_DTYPES[dtype])
+  return MODELS[name].build(num_classes=num_classes, width=width, dtype=_DTYPES[dtype])
 
 
 def model_flops_per_example(model_config, input_shape, num_classes: int) -> float:

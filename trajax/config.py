@@ -1,0 +1,446 @@
+"""The run config, declared once: :func:`base_config` is the schema.
+
+Every field a training run reads is declared here, with its type and a neutral
+default. The ``ConfigDict`` is locked and typed: a config file
+(``configs/*.py``) or a ``--config.<field>=...`` override may change a value,
+never add a field or change its type, so a misspelt field is an error and one
+override means the same thing for every config. Fields where ``None`` is
+meaningful are typed placeholders (``config_dict.placeholder(int)``); ``None``
+can be given on the command line (``--config.checkpoint.max_to_keep=None``).
+
+A config stored in a checkpoint's metadata (plain JSON) is read back with
+:func:`from_dict`: ``base_config()`` updated from the stored values, so it is
+typed and locked too, and a config stored before a field existed gets that
+field's default (the behaviour the run had).
+
+Where each section's allowed values live (each owner checks its own section;
+``trajax.config_validation.validate`` calls them and keeps only the rules that
+span sections):
+
+===============  ==============================  ===================================
+section          registry                        check
+===============  ==============================  ===================================
+``model.*``      ``trajax.models.MODELS``        ``trajax.models.check_config``
+``dataset.*``    ``trajax.data.SOURCES``         ``trajax.data.check_config``
+``optimizer.*``  :data:`SCHEDULES`               :func:`check_optimizer`
+``averaging.*``  ``trajax.averaging.METHODS``    ``config_validation._check_averaging``
+the rest         (the training loop's fields)    :func:`check_run`
+``sidetrip.*``   ``trajax.sidetrip.KINDS``       ``trajax.sidetrip.resolve``
+===============  ==============================  ===================================
+
+The ``sidetrip`` section is declared by ``trajax.sidetrip.default_section()``
+and added only to side-trip configs (``trajax.sidetrip.with_sidetrip``).
+
+This module imports no JAX and no TensorFlow (only ml_collections and absl,
+to register the ``None`` parsers), so the validator runs in about a second,
+before TensorFlow is imported.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+__all__ = [
+  "SCHEDULES",
+  "SEED_LIMIT",
+  "ConfigError",
+  "Problem",
+  "Rule",
+  "Schedule",
+  "Shown",
+  "base_config",
+  "check_fields",
+  "check_optimizer",
+  "check_run",
+  "field_names",
+  "flatten",
+  "from_dict",
+  "is_int",
+  "is_real",
+  "one_of",
+]
+
+# The initial-parameter key (``train.init_key``) keeps the low 32 bits of the
+# seed while the data stream uses all of them, so seed 2**32 would start from
+# seed 0's weights on a different data order: seeds outside [0, 2**32) are
+# refused.
+SEED_LIMIT = 2**32
+
+
+def base_config():
+  """The full field set with neutral defaults (a config file sets the rest); locked."""
+  import ml_collections
+  from ml_collections.config_dict import placeholder
+
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # in [0, 2**32): the init key and (unless dataset.seed) the data
+  c.total_steps = 1000
+  c.batch_size = 64  # the GLOBAL batch, split over processes and devices
+  c.eval_batch_size = 1000
+  c.checkpoint_every_steps = 1000
+  c.log_every_steps = 100
+  c.eval_every_steps = 1000
+  # TFDS data root; required (and must exist) for TFDS datasets so that a
+  # training run never downloads or silently reads ~/tensorflow_datasets.
+  # The offline sources cache their generated pools under it when set.
+  c.data_dir = placeholder(str)
+  # Append one "step fingerprint" line per training batch to
+  # WORKDIR/batch_fingerprints.jsonl (reliability tests; costs a hash per step).
+  c.log_batch_fingerprints = False
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "mnist1d"  # a key of trajax.data.SOURCES
+  c.dataset.label_noise = 0.0  # fraction of training labels replaced by a random class
+  c.dataset.num_train = 40_000  # generated pool size (mnist1d); ignored by the others
+  # Generated test sequences (mnist1d); None: max(num_train // 4, 1000).
+  c.dataset.num_eval = placeholder(int)
+  # Seed of the data (pool, split, label noise, order, augmentation); None: `seed`.
+  c.dataset.seed = placeholder(int)
+  c.dataset.augment = False
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "cnn1d"  # a key of trajax.models.MODELS
+  c.model.width = 64  # base channel count
+  c.model.dtype = "float32"  # compute dtype; params stay float32
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 0.05
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.schedule = "constant"  # a key of SCHEDULES
+  c.optimizer.warmup_steps = 0
+  c.optimizer.step_boundaries = ()  # absolute steps ('step' schedule)
+  c.optimizer.step_factor = 0.1
+
+  c.averaging = ml_collections.ConfigDict()
+  c.averaging.method = "none"  # 'none' or a key of trajax.averaging.METHODS
+  c.averaging.decay = 0.001
+  c.averaging.start_step = 0
+  c.averaging.every = 1
+  c.averaging.gap = 1000
+  c.averaging.n = 2
+  c.averaging.debias = False
+  # BatchNorm statistics for the averaged params. 'recompute' (default): a
+  # cumulative pass over `bn_recompute_batches` fixed training batches, as
+  # torch.optim.swa_utils.update_bn does -- BN statistics of averaged weights
+  # are not the average of the statistics. 'average': the running statistics
+  # are averaged with the same Averager as the params (free, approximate).
+  c.averaging.batch_norm = "recompute"
+  c.averaging.bn_recompute_batches = 20
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.max_to_keep = _nullable(3, int)  # None: keep every checkpoint
+  c.checkpoint.keep_period = placeholder(int)  # also keep every step divisible by it
+  c.checkpoint.async_save = True
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # devices on the data axis; -1 = all
+  # Shard params/optimizer state over the data axis (ZeRO-3/FSDP style: each
+  # leaf's largest dimension divisible by the axis size); off = replicated.
+  c.mesh.shard_params = False
+
+  c.nonfinite = ml_collections.ConfigDict()
+  # False: the first non-finite loss/grad/BN statistic freezes the state and
+  # the run stops at the next log or checkpoint boundary with an error.
+  # True: such steps are no-ops (params, optimizer and averaging state do not
+  # move); more than `max_consecutive_skips` in a row stops the run.
+  c.nonfinite.skip = False
+  c.nonfinite.max_consecutive_skips = 10
+  c.lock()
+  return c
+
+
+def _nullable(default, field_type):
+  """A typed field whose value may also be ``None`` (a ``FieldReference``)."""
+  import ml_collections
+
+  return ml_collections.FieldReference(default, field_type=field_type)
+
+
+def field_names() -> tuple[str, ...]:
+  """Every dotted field of :func:`base_config`, sorted."""
+  return tuple(sorted(flatten(base_config())))
+
+
+def flatten(config) -> dict[str, Any]:
+  """``{'optimizer.lr': 0.05, ...}`` from a ConfigDict or nested mapping."""
+  if hasattr(config, "to_dict"):
+    config = config.to_dict()
+  out = {}
+
+  def rec(prefix, node):
+    for k, v in node.items():
+      key = f"{prefix}{k}"
+      if isinstance(v, Mapping):
+        rec(key + ".", v)
+      else:
+        out[key] = v
+
+  rec("", config)
+  return out
+
+
+def from_dict(stored: Mapping):
+  """A typed, locked config from a stored one (``meta['config']`` of a checkpoint).
+
+  ``base_config()`` updated field by field from ``stored``; fields ``stored``
+  lacks keep their defaults. A ``sidetrip`` section is rebuilt on
+  ``trajax.sidetrip.default_section()``.
+
+  Raises:
+    ConfigError: a stored field this version does not declare, or a value of
+      the wrong type (each named with its value).
+  """
+  stored = dict(stored.to_dict() if hasattr(stored, "to_dict") else stored)
+  side = stored.pop("sidetrip", None)
+  config = base_config()
+  problems = []
+  for field, value in flatten(stored).items():
+    *path, last = field.split(".")
+    node = config
+    try:
+      for p in path:
+        node = node[p]
+      known = hasattr(node, "keys") and last in node and not hasattr(node[last], "keys")
+    except (KeyError, TypeError):
+      known = False
+    if not known:
+      problems.append(Problem(field, value, "unknown field (written by a different trajax?)"))
+      continue
+    try:
+      node[last] = value
+    except TypeError as e:
+      problems.append(Problem(field, value, f"wrong type: {e}"))
+  if problems:
+    raise ConfigError(problems)
+  if side is not None:
+    from trajax import sidetrip
+
+    config = sidetrip.with_sidetrip(config, **dict(side))
+  return config
+
+
+# ----------------------------------------------------------------------------
+# problems
+
+
+class Problem(NamedTuple):
+  """One bad field: its dotted name, its value and what is allowed."""
+
+  field: str
+  value: Any
+  allowed: str
+
+  def __str__(self):
+    return f"{self.field} = {self.value!r}: {self.allowed}"
+
+  @classmethod
+  def of(cls, p) -> Problem:
+    """From a ``(field, value, allowed)`` triple or a ``"field = value: allowed"`` line."""
+    if isinstance(p, str):
+      field, _, rest = p.partition(" = ")
+      value, _, allowed = rest.partition(": ")
+      return cls(field.strip(), Shown(value), allowed)
+    return cls(*p)
+
+
+class Shown(str):
+  """A value known only by its printed form (``repr`` is the text itself)."""
+
+  def __repr__(self):
+    return str(self)
+
+
+class ConfigError(ValueError):
+  """A config is invalid; ``problems`` lists :class:`Problem` ``(field, value, allowed)``.
+
+  Accepts ``(field, value, allowed)`` triples or ``"field = value: allowed"`` lines.
+  """
+
+  def __init__(self, problems: Iterable):
+    self.problems = [Problem.of(p) for p in problems]
+    lines = [f"  {p}" for p in self.problems]
+    n = len(self.problems)
+    super().__init__(f"{n} problem{'s' * (n != 1)} in the config:\n" + "\n".join(lines))
+
+
+# ----------------------------------------------------------------------------
+# field rules: (predicate, what is allowed)
+
+
+class Rule(NamedTuple):
+  """A field's rule: ``ok(value)`` and the text saying what is allowed."""
+
+  ok: Callable[[Any], bool]
+  allowed: str
+
+
+def is_int(x) -> bool:
+  """An integer (Python or NumPy), not a bool."""
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def is_real(x) -> bool:
+  """A finite real number, not a bool."""
+  return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def one_of(options: Iterable) -> Rule:
+  options = list(options)
+  return Rule(lambda x: isinstance(x, str) and x in options, f"must be one of {options}")
+
+
+POS_INT = Rule(lambda x: is_int(x) and x > 0, "must be an integer > 0")
+NONNEG_INT = Rule(lambda x: is_int(x) and x >= 0, "must be an integer >= 0")
+OPT_POS_INT = Rule(lambda x: x is None or (is_int(x) and x > 0), "must be None or an integer > 0")
+BOOL = Rule(lambda x: isinstance(x, bool), "must be True or False")
+SEED = Rule(
+  lambda x: is_int(x) and 0 <= x < SEED_LIMIT,
+  "must be an integer in [0, 2**32) (the init key keeps 32 bits of the seed)",
+)
+
+
+def check_fields(section: Mapping, rules: Mapping[str, Rule], prefix: str = "") -> list[Problem]:
+  """A :class:`Problem` for every field of ``section`` that fails its rule."""
+  out = []
+  for name, rule in rules.items():
+    value = section.get(name)
+    if not rule.ok(value):
+      out.append(Problem(prefix + name, value, rule.allowed))
+  return out
+
+
+# ----------------------------------------------------------------------------
+# the optimizer section: schedules
+
+
+class Schedule(NamedTuple):
+  """A learning-rate schedule ``optimizer.schedule`` may name.
+
+  ``horizon``: η_t depends on ``total_steps`` (so ``total_steps`` may not
+  change when a run resumes). ``formula``: η_t after warmup w, with T the
+  total steps. Built by ``trajax.train.make_schedule``.
+  """
+
+  horizon: bool
+  formula: str
+
+
+SCHEDULES: dict[str, Schedule] = {
+  "constant": Schedule(False, "lr"),
+  "cosine": Schedule(True, "lr (1 + cos(π (t − w)/(T − w)))/2"),
+  "linear": Schedule(True, "lr (1 − (t − w)/(T − w))"),
+  "step": Schedule(False, "lr · step_factor^k after the k-th of step_boundaries"),
+}
+
+_OPTIMIZER: dict[str, Rule] = {
+  "lr": Rule(lambda x: is_real(x) and x > 0, "must be a finite number > 0"),
+  "momentum": Rule(lambda x: is_real(x) and 0 <= x < 1, "must be a number in [0, 1)"),
+  "nesterov": BOOL,
+  "weight_decay": Rule(lambda x: is_real(x) and x >= 0, "must be a finite number >= 0"),
+  "schedule": one_of(SCHEDULES),
+  "warmup_steps": NONNEG_INT,
+  "step_boundaries": Rule(
+    lambda x: isinstance(x, (tuple, list)) and all(is_int(b) and b > 0 for b in x),
+    "must be a tuple of integers > 0",
+  ),
+  "step_factor": Rule(lambda x: is_real(x) and 0 < x <= 1, "must be a number in (0, 1]"),
+}
+
+
+def check_optimizer(
+  section: Mapping, *, total_steps: int | None = None, prefix: str = "optimizer."
+) -> list[Problem]:
+  """The ``optimizer`` section; ``total_steps`` (when valid) bounds the warmup."""
+  problems = check_fields(section, _OPTIMIZER, prefix)
+  bad = {p.field for p in problems}
+  warmup = section.get("warmup_steps")
+  if total_steps is not None and prefix + "warmup_steps" not in bad and warmup >= total_steps:
+    problems.append(
+      Problem(prefix + "warmup_steps", warmup, f"must be < total_steps={total_steps}")
+    )
+  if section.get("schedule") == "step" and prefix + "step_boundaries" not in bad:
+    bounds = tuple(section.get("step_boundaries"))
+    if not bounds:
+      problems.append(Problem(prefix + "step_boundaries", bounds, "the 'step' schedule needs >= 1"))
+    elif list(bounds) != sorted(set(bounds)):
+      problems.append(Problem(prefix + "step_boundaries", bounds, "must be strictly increasing"))
+  return problems
+
+
+# ----------------------------------------------------------------------------
+# the training loop's own fields (top level, checkpoint, mesh, nonfinite, BN)
+
+BATCH_NORM = ("recompute", "average")
+
+_RUN: dict[str, dict[str, Rule]] = {
+  "": {
+    "seed": SEED,
+    "total_steps": POS_INT,
+    "batch_size": POS_INT,
+    "eval_batch_size": POS_INT,
+    "checkpoint_every_steps": POS_INT,
+    "log_every_steps": POS_INT,
+    "eval_every_steps": POS_INT,
+    "data_dir": Rule(lambda x: x is None or isinstance(x, str), "must be None or a path string"),
+    "log_batch_fingerprints": BOOL,
+  },
+  "averaging": {"batch_norm": one_of(BATCH_NORM), "bn_recompute_batches": POS_INT},
+  "checkpoint": {"max_to_keep": OPT_POS_INT, "keep_period": OPT_POS_INT, "async_save": BOOL},
+  "mesh": {
+    "data": Rule(lambda x: is_int(x) and (x == -1 or x > 0), "must be -1 (all devices) or > 0"),
+    "shard_params": BOOL,
+  },
+  "nonfinite": {"skip": BOOL, "max_consecutive_skips": POS_INT},
+}
+
+
+def check_run(config: Mapping) -> list[Problem]:
+  """The fields the training loop reads itself (everything no other owner checks)."""
+  problems = []
+  for section, rules in _RUN.items():
+    node = config[section] if section else config
+    problems += check_fields(node, rules, f"{section}." if section else "")
+  return problems
+
+
+# ----------------------------------------------------------------------------
+# command line: `--config.<field>=None` for the fields where None is meaningful
+
+
+def _register_none_parsers():
+  """Lets ``--config.<int or float field>=None`` set ``None``.
+
+  ml_collections parses an override with the parser registered for the
+  field's type, and its int and float parsers reject the text ``None``; a
+  typed placeholder (``checkpoint.max_to_keep``, ``sidetrip.steps``, ...) could
+  then never be reset to ``None`` from the command line. Registered when this
+  module is imported, which every config file does (through
+  ``configs/common.py``) before its overrides are parsed. Any other int or
+  float field given ``None`` is refused by the validator, naming the field.
+  """
+  try:
+    from absl import flags
+    from ml_collections import config_flags
+  except ImportError:  # the core install: no command line
+    return
+
+  def or_none(parser_class):
+    class OrNone(parser_class):
+      def parse(self, argument):
+        if isinstance(argument, str) and argument.strip() in ("None", "none"):
+          return None
+        return super().parse(argument)
+
+    OrNone.__name__ = f"{parser_class.__name__}OrNone"
+    return OrNone()
+
+  config_flags.register_flag_parser_for_type(int, or_none(flags.IntegerParser))
+  config_flags.register_flag_parser_for_type(float, or_none(flags.FloatParser))
+
+
+_register_none_parsers()
