@@ -154,8 +154,11 @@ def test_lineage_is_recorded_in_every_checkpoint(parent, replay):
   for s in (21, 40):
     meta = ckpt_lib.read_metadata(ckpt_dir, s)
     lin = meta["lineage"]
-    assert lin["parent"] == os.path.join(parent.workdir, "checkpoints")
+    assert lin["parent"] == os.path.realpath(os.path.join(parent.workdir, "checkpoints"))
     assert lin["parent_step"] == 20 and lin["kind"] == "schedule"
+    assert lin["version"] == sidetrip.LINEAGE_VERSION and lin["count_at_branch"] == 20
+    assert lin["parent_identity"] == sidetrip.trajectory_hash(parent_meta["config"])
+    assert meta["lr_hyper"] == {"start": 20, "scale": 1.0, "horizon": 20.0}
     assert lin["parent_config"] == parent_meta["config"]
     assert lin["parent_config_hash"] == parent_meta["config_hash"]
     assert lin["params"]["schedule"] == "config" and lin["params"]["steps"] == 20
@@ -479,6 +482,53 @@ def test_fixed_batch_side_trip_is_plain_gradient_descent(parent, tmp_path):
     sidetrip.run_sidetrip(config, str(tmp_path / "trip"), 20 + k, str(tmp_path / "again"))
 
 
+def test_fixed_batch_gd_is_the_probe_rule_and_ignores_weight_decay(parent, tmp_path):
+  """One fixed-batch GD: the side-trip equals probes.gd_trajectory, weight decay or not.
+
+  BatchNorm in train mode normalises with the batch's own statistics, so the
+  parameter path does not depend on the running statistics the side-trip
+  updates: the probe's loss function sees the same gradients.
+  """
+  from trajax import data, models, probes
+
+  k, factor = 4, 2.0
+  config = sidetrip.with_sidetrip(
+    tiny_config(**{"optimizer.weight_decay": 0.5}),  # large: it would show at once
+    kind="fixed_batch",
+    steps=k,
+    lr_factor=factor,
+    fixed_batch_index=1,
+    eval_at=(),
+  )
+  result = sidetrip.run_sidetrip(config, parent.workdir, 10, str(tmp_path / "trip"))
+  dataset = data.get_dataset(parent.config)
+  batch = dataset.fixed_train_batch(1, parent.config.batch_size)
+  model = models.create_model(parent.config.model, num_classes=10)
+  start, _ = ckpt_lib.restore_readonly(parent.workdir, step=10)
+
+  def loss_fn(p, b):
+    logits, _ = model.apply(
+      {"params": p, "batch_stats": start["batch_stats"]},
+      b["image"],
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return train.cross_entropy(logits, b["label"]).mean()
+
+  eta = factor * parent.config.optimizer.lr
+  path = probes.gd_trajectory(loss_fn, start["params"], batch, eta, k)
+  want = jax.tree.map(lambda x: x[-1], path)
+  got = jax.device_get(result.state.params)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # With λ = 0.5 a decayed step would move the kernels by ≈ η·λ·θ: far outside that.
+  decayed = jax.tree.map(lambda p, g: p * (1 - eta * 0.5 * (p.ndim > 1)), want, want)
+  kernel = lambda t: [x for x in jax.tree.leaves(t) if x.ndim > 1][0]
+  assert np.max(np.abs(kernel(decayed) - kernel(want))) > 100 * np.max(
+    np.abs(kernel(got) - kernel(want))
+  )
+
+
 # --------------------------------------------------------------------------- compile once
 
 
@@ -535,3 +585,16 @@ def test_command_line(parent, tmp_path):
     timeout=300,
   )
   assert typo.returncode != 0 and "kindd" in typo.stderr
+  # Errors are the message alone, as trajax.main's: no traceback.
+  for args, says in (
+    (["--step=15"], "side-trip error: step 15 is not a committed checkpoint"),
+    (["--config.sidetrip.lr_factor=-1.0"], "sidetrip.lr_factor = -1.0: must be"),
+    ([f"--parent={tmp_path / 'nope'}"], "side-trip error: parent"),
+  ):
+    names = {a.split("=")[0] for a in args} | {"--workdir"}
+    err = [c for c in cmd if c.split("=")[0] not in names]
+    err += [f"--workdir={tmp_path / 'err'}", *args]
+    bad = subprocess.run(err, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1, bad.stderr[-2000:]
+    assert says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "err")
