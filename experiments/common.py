@@ -503,9 +503,9 @@ def stack_batches(batches: Sequence[dict]) -> dict:
 
 
 def _evaluator(restored: Restored):
-  from trajax import loop, state
+  from trajax import state, train
 
-  return loop.evaluator(restored.model, state.make_mesh(restored.config))
+  return train.evaluator(restored.model, state.make_mesh(restored.config))
 
 
 def evaluate(restored: Restored, params, batch_stats, split: str = "test") -> dict:

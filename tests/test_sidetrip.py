@@ -202,6 +202,89 @@ def test_resume_continues_from_own_checkpoint(parent, tmp_path):
     sidetrip.run_sidetrip(config, parent.workdir, 10, workdir)
 
 
+def test_side_trip_written_before_the_change_resumes(parent, tmp_path):
+  """Checkpoints of the old side-trip engine (no lr_hyper, lineage v1) restore and finish exactly."""
+  import json
+
+  config = sidetrip.with_sidetrip(parent.config, kind="schedule")
+  workdir = str(tmp_path / "trip")
+
+  def crash(step):
+    if step == 34:
+      raise Interrupt
+
+  with pytest.raises(Interrupt):
+    sidetrip.run_sidetrip(config, parent.workdir, 20, workdir, callbacks=[crash])
+  for step in ckpt_lib.committed_steps(os.path.join(workdir, "checkpoints")):
+    path = os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
+    with open(path) as f:
+      meta = json.load(f)
+    del meta["lr_hyper"]
+    for key in ("version", "parent_identity"):
+      del meta["lineage"][key]
+    meta["lineage"]["parent"] = os.path.join(parent.workdir, "checkpoints")  # not resolved
+    with open(path, "w") as f:
+      json.dump(meta, f)
+  result = sidetrip.run_sidetrip(config, parent.workdir, 20, workdir)
+  assert result.resumed_from == "own:30"
+  want, _ = ckpt_lib.restore_readonly(parent.workdir, step=40)
+  assert_identical(serialization.to_state_dict(jax.device_get(result.state)), want)
+
+
+def test_old_fixed_batch_side_trip_with_weight_decay_is_refused(parent, tmp_path):
+  """Old fixed-batch GD included weight decay: such a workdir is refused, saying why."""
+  import json
+
+  config = sidetrip.with_sidetrip(
+    tiny_config(**{"optimizer.weight_decay": 1e-3}),
+    kind="fixed_batch",
+    steps=12,
+    eval_at=(),
+  )
+  workdir = str(tmp_path / "trip")
+
+  def crash(step):
+    if step == 22:
+      raise Interrupt
+
+  with pytest.raises(Interrupt):
+    sidetrip.run_sidetrip(config, parent.workdir, 10, workdir, callbacks=[crash])
+  path = os.path.join(workdir, "checkpoints", "20", "meta", "metadata")
+  with open(path) as f:
+    meta = json.load(f)
+  del meta["lineage"]["version"]
+  with open(path, "w") as f:
+    json.dump(meta, f)
+  with pytest.raises(train.ResumeError, match="included weight decay"):
+    sidetrip.run_sidetrip(config, parent.workdir, 10, workdir)
+
+
+def test_open_run_and_stepper_replay_the_parent_bit_for_bit(parent, replay):
+  from trajax import runs
+
+  run = runs.open_run(parent.workdir)
+  assert run.steps == [10, 20, 30, 40] and run.lineage == {}
+  assert config_validation.diff(run.config, parent.config) == []
+  want, _ = ckpt_lib.restore_readonly(parent.workdir, step=40)
+  assert_identical(serialization.to_state_dict(jax.device_get(run.state_at(40))), want)
+  stepper = runs.Stepper.at(run, 20)
+  stepper.advance_to(40)
+  assert stepper.step == 40
+  assert_identical(serialization.to_state_dict(jax.device_get(stepper.state)), want)
+  # Half the rate: a different trajectory from the same start.
+  half = runs.Stepper.at(run, 20, lr_factor=0.5)
+  half.advance_to(21)
+  one = runs.Stepper.at(run, 20)
+  one.advance_to(21)
+  step_full = tree_dist(one.params, run.state_at(20).params)
+  assert tree_dist(half.params, run.state_at(20).params) == pytest.approx(0.5 * step_full, rel=1e-3)
+  # A side-trip's workdir opens the same way, with its lineage.
+  trip = runs.open_run(replay.workdir)
+  assert trip.lineage["parent_step"] == 20 and "sidetrip" not in trip.config
+  with pytest.raises(FileNotFoundError, match="not a committed checkpoint"):
+    run.state_at(15)
+
+
 # --------------------------------------------------------------------------- errors
 
 

@@ -29,14 +29,14 @@ What differs between runs is data, not code:
   (default the config's training stream; a fixed-batch side-trip repeats one).
 * ``optimizer`` -- 'config' or 'fixed_batch_gd' (:func:`trajax.state.fixed_batch_gd`).
 
-:class:`Stepper` is the same step function driven in lock-step from a state
-in memory (experiments' replays), and :func:`open_run` reads a run's config,
-steps and states read-only.
+The step itself is :func:`trajax.train.make_step` (compiled once per static
+key); :class:`trajax.runs.Stepper` drives the same step in lock-step from a
+state in memory (experiments' replays), and :func:`trajax.runs.open_run`
+reads a run's config, steps and states read-only.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -47,11 +47,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from trajax import state as state_lib
 from trajax import train
@@ -61,9 +57,7 @@ __all__ = [
   "LearningRate",
   "ScaledRate",
   "TrainResult",
-  "evaluator",
   "fit",
-  "make_step",
   "stored_config",
 ]
 
@@ -122,98 +116,6 @@ class TrainResult:
   evals: dict = dataclasses.field(default_factory=dict)
   origin: str = "fresh"
   timings: dict = dataclasses.field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------
-# the step, compiled once per static key
-
-
-_STEPS: dict = {}
-_STATIC_FIELDS = ("total_steps", "optimizer", "averaging", "nonfinite", "mesh")
-
-
-def _model_key(model):
-  # Flax modules are frozen dataclasses (hashable, equal when configured
-  # alike); anything else is keyed by identity.
-  try:
-    hash(model)
-    return model
-  except TypeError:
-    return ("id", id(model))
-
-
-def _hyper_arrays(hyper: dict) -> dict:
-  return {
-    k: jnp.asarray(v, jnp.int32 if isinstance(v, (int, np.integer)) else jnp.float32)
-    for k, v in hyper.items()
-  }
-
-
-def make_step(config, model, mesh, shardings, *, rule=None, optimizer: str = "config"):
-  """The jitted ``(state, batch, hyper) -> (state, metrics)`` (cached per static key).
-
-  ``train.train_step`` with the learning rate ``rule(base, hyper)`` (``rule=None``:
-  the config's schedule η_t itself) and the optimizer layout ``optimizer``. The
-  cache key holds the config sections that shape the step, the rule, the
-  model, the devices and the shardings; ``hyper`` is traced.
-  """
-  cfg = {
-    k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in _STATIC_FIELDS
-  }
-  key = (
-    json.dumps(cfg, sort_keys=True, default=list),
-    rule,
-    optimizer,
-    _model_key(model),
-    tuple(d.id for d in mesh.devices.flat),
-    jax.tree.structure(shardings),
-    tuple(jax.tree.leaves(shardings)),
-  )
-  if key in _STEPS:
-    return _STEPS[key]
-  config = copy.deepcopy(config)
-  base = state_lib.make_schedule(config.optimizer, config.total_steps)
-  plain = optimizer == "fixed_batch_gd"
-  bn = state_lib.bn_averager(config, optimizer=optimizer)
-
-  def step(state, batch, hyper):
-    schedule = base if rule is None else rule(base, hyper)
-    return train.train_step(
-      state,
-      batch,
-      model=model,
-      optimizer=state_lib.make_optimizer(config, schedule=schedule, plain=plain),
-      schedule=schedule,
-      bn_averager=bn,
-      skip_nonfinite=bool(config.nonfinite.skip),
-      max_consecutive_skips=int(config.nonfinite.max_consecutive_skips),
-    )
-
-  replicated = NamedSharding(mesh, P())
-  fn = jax.jit(
-    step,
-    in_shardings=(shardings, state_lib.batch_sharding(mesh), replicated),
-    out_shardings=(shardings, replicated),
-    donate_argnums=0,
-  )
-  _STEPS[key] = fn
-  return fn
-
-
-def _compilations(fn) -> int | None:
-  size = getattr(fn, "_cache_size", None)  # jax's jit cache size; None if not exposed
-  return size() if callable(size) else None
-
-
-_EVALUATORS: dict = {}
-
-
-def evaluator(model, mesh) -> train.Evaluator:
-  """A :class:`trajax.train.Evaluator` for ``model`` on ``mesh`` (cached: compiled once)."""
-  key = (_model_key(model), tuple(d.id for d in mesh.devices.flat))
-  if key not in _EVALUATORS:
-    _EVALUATORS[key] = train.Evaluator(model, mesh)
-  return _EVALUATORS[key]
 
 
 def stored_config(meta: dict):
@@ -409,12 +311,12 @@ def fit(
     if fp_file is not None:
       from trajax import data as data_lib
 
-    p_step = make_step(
+    p_step = train.make_step(
       config, model, mesh, shardings, rule=schedule.rule if schedule else None, optimizer=optimizer
     )
-    cache_before = _compilations(p_step)
-    hyper_arrays = _hyper_arrays(hyper)
-    ev = evaluator(model, mesh)
+    cache_before = train.compilations(p_step)
+    hyper_arrays = train.hyper_arrays(hyper)
+    ev = train.evaluator(model, mesh)
     if eval_average is None:
       eval_average = config.averaging.method != "none" and optimizer == "config"
     eval_points = None if eval_at is None else {int(s) for s in eval_at} | {end}
@@ -530,6 +432,6 @@ def fit(
   timings = {
     "restore_s": restore_s,
     "first_step_s": first_step_s,
-    "compiled": None if cache_before is None else _compilations(p_step) > cache_before,
+    "compiled": None if cache_before is None else train.compilations(p_step) > cache_before,
   }
   return TrainResult(state, step, preempted, eval_out, evals, origin, timings)

@@ -12,7 +12,7 @@ another run's directory::
 :meth:`Run.state_at` reads into :func:`trajax.state.abstract_state` of the
 config stored with that step (the optimizer layout of a fixed-batch side-trip
 included), so nothing is initialised. :class:`Stepper` drives the step
-function of :func:`trajax.loop.fit` (:func:`trajax.loop.make_step`) from a
+function of :func:`trajax.loop.fit` (:func:`trajax.train.make_step`) from a
 state in memory, with η'_t = f·η_t and its own position in the batch stream.
 """
 
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from trajax import loop
+from trajax import loop, train
 from trajax import state as state_lib
 
 __all__ = ["Run", "Stepper", "open_run"]
@@ -175,7 +175,7 @@ class Stepper:
     self.step = int(state.step)
     shardings = state_lib.shardings_of(self.state)
     mesh = jax.tree.leaves(shardings)[0].mesh
-    self._fn = loop.make_step(config, model, mesh, shardings, rule=loop.ScaledRate())
+    self._fn = train.make_step(config, model, mesh, shardings, rule=loop.ScaledRate())
     self._hyper = {"scale": jnp.float32(lr_factor)}
     self._sharding = state_lib.batch_sharding(mesh)
     self._batches = dataset.train_batches(self.step + int(stream_offset))

@@ -45,11 +45,14 @@ ml_collections and TensorFlow are imported inside the functions that use them.
 
 from __future__ import annotations
 
+import copy
 import functools
+import json
 from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -191,7 +194,7 @@ def train_step(
 def make_train_step(config, model, mesh: Mesh, shardings) -> Callable:
   """``train_step`` under the config's schedule, jitted over ``mesh`` with the state donated.
 
-  ``(state, batch) -> (state, metrics)``. :func:`trajax.loop.make_step` is the
+  ``(state, batch) -> (state, metrics)``. :func:`trajax.train.make_step` is the
   general form (a learning-rate rule with traced scalars, the fixed-batch
   optimizer); this is its main-run case.
   """
@@ -211,6 +214,98 @@ def make_train_step(config, model, mesh: Mesh, shardings) -> Callable:
     out_shardings=(shardings, replicated),
     donate_argnums=0,
   )
+
+
+# ----------------------------------------------------------------------------
+# the step, compiled once per static key
+
+
+_STEPS: dict = {}
+_STATIC_FIELDS = ("total_steps", "optimizer", "averaging", "nonfinite", "mesh")
+
+
+def _model_key(model):
+  # Flax modules are frozen dataclasses (hashable, equal when configured
+  # alike); anything else is keyed by identity.
+  try:
+    hash(model)
+    return model
+  except TypeError:
+    return ("id", id(model))
+
+
+def hyper_arrays(hyper: dict) -> dict:
+  return {
+    k: jnp.asarray(v, jnp.int32 if isinstance(v, (int, np.integer)) else jnp.float32)
+    for k, v in hyper.items()
+  }
+
+
+def make_step(config, model, mesh, shardings, *, rule=None, optimizer: str = "config"):
+  """The jitted ``(state, batch, hyper) -> (state, metrics)`` (cached per static key).
+
+  ``train.train_step`` with the learning rate ``rule(base, hyper)`` (``rule=None``:
+  the config's schedule η_t itself) and the optimizer layout ``optimizer``. The
+  cache key holds the config sections that shape the step, the rule, the
+  model, the devices and the shardings; ``hyper`` is traced.
+  """
+  cfg = {
+    k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in _STATIC_FIELDS
+  }
+  key = (
+    json.dumps(cfg, sort_keys=True, default=list),
+    rule,
+    optimizer,
+    _model_key(model),
+    tuple(d.id for d in mesh.devices.flat),
+    jax.tree.structure(shardings),
+    tuple(jax.tree.leaves(shardings)),
+  )
+  if key in _STEPS:
+    return _STEPS[key]
+  config = copy.deepcopy(config)
+  base = make_schedule(config.optimizer, config.total_steps)
+  plain = optimizer == "fixed_batch_gd"
+  bn = bn_averager(config, optimizer=optimizer)
+
+  def step(state, batch, hyper):
+    schedule = base if rule is None else rule(base, hyper)
+    return train_step(
+      state,
+      batch,
+      model=model,
+      optimizer=make_optimizer(config, schedule=schedule, plain=plain),
+      schedule=schedule,
+      bn_averager=bn,
+      skip_nonfinite=bool(config.nonfinite.skip),
+      max_consecutive_skips=int(config.nonfinite.max_consecutive_skips),
+    )
+
+  replicated = NamedSharding(mesh, P())
+  fn = jax.jit(
+    step,
+    in_shardings=(shardings, batch_sharding(mesh), replicated),
+    out_shardings=(shardings, replicated),
+    donate_argnums=0,
+  )
+  _STEPS[key] = fn
+  return fn
+
+
+def compilations(fn) -> int | None:
+  size = getattr(fn, "_cache_size", None)  # jax's jit cache size; None if not exposed
+  return size() if callable(size) else None
+
+
+_EVALUATORS: dict = {}
+
+
+def evaluator(model, mesh) -> Evaluator:
+  """A :class:`trajax.Evaluator` for ``model`` on ``mesh`` (cached: compiled once)."""
+  key = (_model_key(model), tuple(d.id for d in mesh.devices.flat))
+  if key not in _EVALUATORS:
+    _EVALUATORS[key] = Evaluator(model, mesh)
+  return _EVALUATORS[key]
 
 
 def eval_step(params, batch_stats, batch, *, model) -> dict:

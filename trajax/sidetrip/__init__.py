@@ -89,7 +89,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from trajax import loop
+from trajax import loop, train
 from trajax import state as state_lib
 from trajax.sidetrip.lineage import (
   LINEAGE_VERSION,
@@ -287,7 +287,7 @@ def run_sidetrip(
   else:
     hyper = hyper_at_branch
 
-  evaluator = loop.evaluator(model, mesh)
+  evaluator = train.evaluator(model, mesh)
   batches, extra_eval = None, None
   if spec.kind == "fixed_batch":
     fixed = dataset.fixed_train_batch(spec.fixed_batch_index, spec.fixed_batch_size)
