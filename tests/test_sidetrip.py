@@ -306,6 +306,14 @@ def test_clear_errors(parent, tmp_path):
   ema = sidetrip.with_sidetrip(parent.config, kind="equivalent", method="ema", decay=0.1)
   with pytest.raises(config_validation.ConfigError, match="sidetrip.window"):
     sidetrip.run_sidetrip(ema, parent.workdir, 10, str(tmp_path / "a"))
+  # An averager parameter the equivalent schedule cannot express is refused, not dropped.
+  every = sidetrip.with_sidetrip(
+    tiny_config(**{"averaging.method": "ema", "averaging.decay": 0.1, "averaging.every": 3}),
+    kind="equivalent",
+    window=6,
+  )
+  with pytest.raises(config_validation.ConfigError, match="averaging.every = 3: the 'ema'"):
+    sidetrip.run_sidetrip(every, parent.workdir, 10, str(tmp_path / "a"))
   wider = sidetrip.with_sidetrip(tiny_config(**{"model.width": 16}), kind="schedule")
   with pytest.raises(
     config_validation.ConfigError, match="model.width = 16: must equal the parent"

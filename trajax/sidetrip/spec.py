@@ -56,6 +56,16 @@ def _equivalent_params(method: str, section: dict) -> dict:
   }
 
 
+def _unsupported_params(method: str, section: dict) -> list[tuple[str, object, object]]:
+  """Averager parameters set away from their default that the equivalent schedule ignores.
+
+  Refused rather than dropped (issue 10: never a silent approximation); goes
+  away with the stand-in above once ``equivalent_schedule`` takes them.
+  """
+  defaults = {"ema": {"every": 1, "debias": False}, "swa": {"every": 1}}.get(method, {})
+  return [(k, section.get(k), d) for k, d in defaults.items() if section.get(k, d) != d]
+
+
 def _default_window(method: str, params: dict) -> int | None:
   """The steps a method's average spans when the side-trip does not say (None: must be given)."""
   gap, n = params.get("gap"), params.get("n")
@@ -203,6 +213,16 @@ def resolve(config, parent_step: int) -> SidetripSpec:
       section = dict(config.averaging.to_dict())
       section.update({k: s[k] for k in _METHOD_OVERRIDES if s[k] is not None})
       params = _equivalent_params(method, section)
+      for name, value, default in _unsupported_params(method, section):
+        problems.append(
+          (
+            f"averaging.{name}",
+            value,
+            f"the {method!r} averager honours it but trajax.schedules.equivalent_schedule "
+            f"does not take it yet: an equivalent side-trip would run another average "
+            f"(set {default!r}, or branch a 'schedule' side-trip)",
+          )
+        )
       window = s["window"] if s["window"] is not None else _default_window(method, params)
       if window is None:
         bad("window", f"method {method!r} needs the number of steps the average covers")
