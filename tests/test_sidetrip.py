@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -322,6 +323,10 @@ def test_clear_errors(parent, tmp_path):
   faster = sidetrip.with_sidetrip(tiny_config(**{"optimizer.lr": 0.1}), kind="equivalent")
   with pytest.raises(config_validation.ConfigError, match="optimizer.lr"):
     sidetrip.run_sidetrip(faster, parent.workdir, 10, str(tmp_path / "a"))
+  main_run = str(tmp_path / "main_run")  # a main run's workdir is not a side-trip's
+  shutil.copytree(parent.workdir, main_run)
+  with pytest.raises(train.ResumeError, match="not a side-trip"):
+    sidetrip.run_sidetrip(config, parent.workdir, 10, main_run)
   with pytest.raises(train.ResumeError, match="inside the parent"):
     sidetrip.run_sidetrip(config, parent.workdir, 10, os.path.join(parent.workdir, "trip"))
   with pytest.raises(ValueError, match="sidetrip.kindd"):

@@ -114,6 +114,11 @@ def _recorded_parent(lineage: dict, parent, step: int, workdir: str, moved: bool
   """
   from trajax import checkpoint as ckpt_lib
 
+  if not lineage:
+    raise state_lib.ResumeError(
+      f"workdir {workdir!r} holds checkpoints of a run that is not a side-trip (no lineage): "
+      "use a new workdir"
+    )
   recorded = lineage.get("parent")
   recorded_step = lineage.get("parent_step")
   what = f"workdir {workdir!r} holds a side-trip of {recorded!r} at step {recorded_step}"
