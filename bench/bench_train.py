@@ -100,7 +100,7 @@ def bench_pipeline(
   workload: str, batch: int | None, steps: int, warmup: int, threads: int = 0
 ) -> dict:
   """The engine's host loop: prefetched real batches -> jitted, donated step."""
-  from trajax import data, models, train
+  from trajax import data, host, models, train
 
   c = _config(workload, batch, "float32")
   dataset = data.get_dataset(c) if workload == "mnist1d" else _cifar_like_dataset(c)
@@ -108,7 +108,7 @@ def bench_pipeline(
   mesh = train.make_mesh(c)
   state, shardings = train.create_train_state(c, model, tuple(dataset.info.input_shape), mesh)
   step_fn = train.make_train_step(c, model, mesh, shardings)
-  prefetch = train._Prefetch(dataset.train_batches(0), train.batch_sharding(mesh), threads=threads)
+  prefetch = host.Prefetch(dataset.train_batches(0), train.batch_sharding(mesh), threads=threads)
   try:
     for _ in range(warmup):
       _, b = next(prefetch)

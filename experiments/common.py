@@ -374,87 +374,34 @@ _MODEL_CACHE: dict = {}
 
 def _model_and_data(config):
   """(model, dataset) for ``config``, cached by the fields that define them."""
-  from trajax import data as data_lib
-  from trajax import models
+  from trajax import runs
 
-  key = json.dumps(
-    {k: config[k].to_dict() for k in ("dataset", "model")}
-    | {k: config[k] for k in ("seed", "batch_size", "eval_batch_size")}
-    | {"data_dir": config.get("data_dir")},
-    sort_keys=True,
-    default=str,
-  )
-  if key not in _MODEL_CACHE:
-    dataset = data_lib.get_dataset(config)
-    model = models.create_model(config.model, num_classes=int(dataset.info.num_classes))
-    _MODEL_CACHE[key] = (model, dataset)
-  return _MODEL_CACHE[key]
+  return runs.model_and_data(config)
 
 
 def _stored_config(meta: dict):
-  import ml_collections as mlc
+  from trajax import loop
 
-  return mlc.ConfigDict({k: v for k, v in meta["config"].items() if k != "sidetrip"})
+  return loop.stored_config(meta)
 
 
 def restore(run_dir: str, step: int | None = None) -> Restored:
   """The state of the run in ``run_dir`` at ``step`` (default latest), read-only.
 
   Works for a main run and for a side-trip's workdir (its stored config holds
-  a ``sidetrip`` section, which is dropped; side-trips of kind 'fixed_batch'
-  carry a plain SGD state, which is restored as a nested dict of arrays in
-  ``state`` fields via the plain-tree path). The abstract target comes from
-  ``jax.eval_shape`` of the run's own init, so nothing is initialised.
+  a ``sidetrip`` section, which is dropped). :func:`trajax.runs.open_run` does
+  the work: the abstract target is :func:`trajax.state.abstract_state` of the
+  config stored with that step (a fixed-batch side-trip's plain-GD layout
+  included), so nothing is initialised.
   """
-  import jax
+  from trajax import runs
 
-  from trajax import checkpoint as ckpt_lib
-  from trajax import train
-
-  ckpt_dir = ckpt_lib.resolve_directory(run_dir)
-  steps = ckpt_lib.committed_steps(ckpt_dir)
-  if not steps:
-    raise FileNotFoundError(f"no committed checkpoint in {ckpt_dir!r}")
-  step = steps[-1] if step is None else int(step)
-  if step not in steps:
-    raise FileNotFoundError(f"step {step} is not a committed checkpoint of {run_dir!r}: {steps}")
-  meta = ckpt_lib.read_metadata(ckpt_dir, step)
+  run = runs.open_run(run_dir)
+  state = run.state_at(step)
+  step = int(run.steps[-1] if step is None else step)
+  meta = run.meta(step)
   config = _stored_config(meta)
   model, dataset = _model_and_data(config)
-  if meta.get("lineage", {}) and meta["lineage"].get("kind") == "fixed_batch":
-    # Plain-GD side-trip: its optimizer state differs from the training one;
-    # only params and batch_stats are needed by the experiments.
-    tree, _ = ckpt_lib.restore_readonly(ckpt_dir, step=step)
-    state = train.TrainState(
-      step=np.int32(step),
-      params=tree["params"],
-      batch_stats=tree.get("batch_stats", {}),
-      opt_state=tree.get("opt_state"),
-      rng=tree.get("rng"),
-      bn_average=(),
-      health=None,
-    )
-    state = state._replace(
-      params=jax.tree.map(jax.numpy.asarray, state.params),
-      batch_stats=jax.tree.map(jax.numpy.asarray, state.batch_stats),
-    )
-    return Restored(config, model, dataset, state, step, meta)
-  mesh = train.make_mesh(config)
-  optimizer = train.make_optimizer(config)
-  bn_avg = train.make_averager(config.averaging) if train._bn_averages(config) else None
-  init = lambda rng: train.init_state(
-    rng,
-    model=model,
-    optimizer=optimizer,
-    input_shape=tuple(dataset.info.input_shape),
-    bn_averager=bn_avg,
-  )
-  abstract = jax.eval_shape(init, train.init_key(config.seed))
-  shardings = train.state_shardings(abstract, mesh, shard_params=False)
-  target = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-  )
-  state, meta = ckpt_lib.restore_readonly(ckpt_dir, step=step, target=target)
   return Restored(config, model, dataset, state, step, meta)
 
 
@@ -556,12 +503,9 @@ def stack_batches(batches: Sequence[dict]) -> dict:
 
 
 def _evaluator(restored: Restored):
-  from trajax import train
+  from trajax import state, train
 
-  key = ("evaluator", id(restored.model))
-  if key not in _MODEL_CACHE:
-    _MODEL_CACHE[key] = train.Evaluator(restored.model, train.make_mesh(restored.config))
-  return _MODEL_CACHE[key]
+  return train.evaluator(restored.model, state.make_mesh(restored.config))
 
 
 def evaluate(restored: Restored, params, batch_stats, split: str = "test") -> dict:

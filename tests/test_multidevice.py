@@ -79,6 +79,21 @@ SCRIPT = textwrap.dedent(r"""
         for x, y in zip(jax.tree.leaves(jax.device_get(res.state)),
                         jax.tree.leaves(jax.device_get(restored))))
     out["meta_device_count"] = meta["device_count"]
+
+    # An unchanged side-trip from step 20 on 8 devices (FSDP-sharded state)
+    # reproduces the parent's final checkpoint bit for bit, through the loop.
+    from trajax import sidetrip
+    trip = sidetrip.run_sidetrip(sidetrip.with_sidetrip(c8, kind="schedule"), workdir, 20,
+                                 os.path.join(TMP, "trip8"), dataset=FakeDataset(batch_size=32))
+    want, _ = ckpt_lib.restore_readonly(workdir, step=40)
+    got, _ = ckpt_lib.restore_readonly(os.path.join(TMP, "trip8"), step=40)
+    out["sidetrip_resumed_from"] = trip.resumed_from
+    out["sidetrip_leaves"] = len(jax.tree.leaves(want))
+    out["sidetrip_identical_leaves"] = sum(
+        bool(np.array_equal(np.asarray(x), np.asarray(y)))
+        for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got)))
+    out["sidetrip_kernel_devices"] = len(
+        trip.state.params["Conv_1"]["kernel"].sharding.device_set)
     print("RESULT " + json.dumps(out))
 """)
 
@@ -115,3 +130,7 @@ def test_eight_devices_match_one_and_state_is_sharded():
   assert out["meta_device_count"] == 8
   assert out["restored_device_count"] == 1
   assert out["restore_max_diff"] == 0.0
+  # The unchanged side-trip equals the parent bit for bit on 8 devices too.
+  assert out["sidetrip_resumed_from"] == "parent:20"
+  assert out["sidetrip_kernel_devices"] == 8
+  assert out["sidetrip_identical_leaves"] == out["sidetrip_leaves"] > 0, out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -154,8 +155,11 @@ def test_lineage_is_recorded_in_every_checkpoint(parent, replay):
   for s in (21, 40):
     meta = ckpt_lib.read_metadata(ckpt_dir, s)
     lin = meta["lineage"]
-    assert lin["parent"] == os.path.join(parent.workdir, "checkpoints")
+    assert lin["parent"] == os.path.realpath(os.path.join(parent.workdir, "checkpoints"))
     assert lin["parent_step"] == 20 and lin["kind"] == "schedule"
+    assert lin["version"] == sidetrip.LINEAGE_VERSION and lin["count_at_branch"] == 20
+    assert lin["parent_identity"] == sidetrip.trajectory_hash(parent_meta["config"])
+    assert meta["lr_hyper"] == {"start": 20, "scale": 1.0, "horizon": 20.0}
     assert lin["parent_config"] == parent_meta["config"]
     assert lin["parent_config_hash"] == parent_meta["config_hash"]
     assert lin["params"]["schedule"] == "config" and lin["params"]["steps"] == 20
@@ -199,6 +203,89 @@ def test_resume_continues_from_own_checkpoint(parent, tmp_path):
     sidetrip.run_sidetrip(config, parent.workdir, 10, workdir)
 
 
+def test_side_trip_written_before_the_change_resumes(parent, tmp_path):
+  """Checkpoints of the old side-trip engine (no lr_hyper, lineage v1) restore and finish exactly."""
+  import json
+
+  config = sidetrip.with_sidetrip(parent.config, kind="schedule")
+  workdir = str(tmp_path / "trip")
+
+  def crash(step):
+    if step == 34:
+      raise Interrupt
+
+  with pytest.raises(Interrupt):
+    sidetrip.run_sidetrip(config, parent.workdir, 20, workdir, callbacks=[crash])
+  for step in ckpt_lib.committed_steps(os.path.join(workdir, "checkpoints")):
+    path = os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
+    with open(path) as f:
+      meta = json.load(f)
+    del meta["lr_hyper"]
+    for key in ("version", "parent_identity"):
+      del meta["lineage"][key]
+    meta["lineage"]["parent"] = os.path.join(parent.workdir, "checkpoints")  # not resolved
+    with open(path, "w") as f:
+      json.dump(meta, f)
+  result = sidetrip.run_sidetrip(config, parent.workdir, 20, workdir)
+  assert result.resumed_from == "own:30"
+  want, _ = ckpt_lib.restore_readonly(parent.workdir, step=40)
+  assert_identical(serialization.to_state_dict(jax.device_get(result.state)), want)
+
+
+def test_old_fixed_batch_side_trip_with_weight_decay_is_refused(parent, tmp_path):
+  """Old fixed-batch GD included weight decay: such a workdir is refused, saying why."""
+  import json
+
+  config = sidetrip.with_sidetrip(
+    tiny_config(**{"optimizer.weight_decay": 1e-3}),
+    kind="fixed_batch",
+    steps=12,
+    eval_at=(),
+  )
+  workdir = str(tmp_path / "trip")
+
+  def crash(step):
+    if step == 22:
+      raise Interrupt
+
+  with pytest.raises(Interrupt):
+    sidetrip.run_sidetrip(config, parent.workdir, 10, workdir, callbacks=[crash])
+  path = os.path.join(workdir, "checkpoints", "20", "meta", "metadata")
+  with open(path) as f:
+    meta = json.load(f)
+  del meta["lineage"]["version"]
+  with open(path, "w") as f:
+    json.dump(meta, f)
+  with pytest.raises(train.ResumeError, match="included weight decay"):
+    sidetrip.run_sidetrip(config, parent.workdir, 10, workdir)
+
+
+def test_open_run_and_stepper_replay_the_parent_bit_for_bit(parent, replay):
+  from trajax import runs
+
+  run = runs.open_run(parent.workdir)
+  assert run.steps == [10, 20, 30, 40] and run.lineage == {}
+  assert config_validation.diff(run.config, parent.config) == []
+  want, _ = ckpt_lib.restore_readonly(parent.workdir, step=40)
+  assert_identical(serialization.to_state_dict(jax.device_get(run.state_at(40))), want)
+  stepper = runs.Stepper.at(run, 20)
+  stepper.advance_to(40)
+  assert stepper.step == 40
+  assert_identical(serialization.to_state_dict(jax.device_get(stepper.state)), want)
+  # Half the rate: a different trajectory from the same start.
+  half = runs.Stepper.at(run, 20, lr_factor=0.5)
+  half.advance_to(21)
+  one = runs.Stepper.at(run, 20)
+  one.advance_to(21)
+  step_full = tree_dist(one.params, run.state_at(20).params)
+  assert tree_dist(half.params, run.state_at(20).params) == pytest.approx(0.5 * step_full, rel=1e-3)
+  # A side-trip's workdir opens the same way, with its lineage.
+  trip = runs.open_run(replay.workdir)
+  assert trip.lineage["parent_step"] == 20 and "sidetrip" not in trip.config
+  with pytest.raises(FileNotFoundError, match="not a committed checkpoint"):
+    run.state_at(15)
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -220,6 +307,14 @@ def test_clear_errors(parent, tmp_path):
   ema = sidetrip.with_sidetrip(parent.config, kind="equivalent", method="ema", decay=0.1)
   with pytest.raises(config_validation.ConfigError, match="sidetrip.window"):
     sidetrip.run_sidetrip(ema, parent.workdir, 10, str(tmp_path / "a"))
+  # An averager parameter the equivalent schedule cannot express is refused, not dropped.
+  every = sidetrip.with_sidetrip(
+    tiny_config(**{"averaging.method": "ema", "averaging.decay": 0.1, "averaging.every": 3}),
+    kind="equivalent",
+    window=6,
+  )
+  with pytest.raises(config_validation.ConfigError, match="averaging.every = 3: the 'ema'"):
+    sidetrip.run_sidetrip(every, parent.workdir, 10, str(tmp_path / "a"))
   wider = sidetrip.with_sidetrip(tiny_config(**{"model.width": 16}), kind="schedule")
   with pytest.raises(
     config_validation.ConfigError, match="model.width = 16: must equal the parent"
@@ -228,6 +323,10 @@ def test_clear_errors(parent, tmp_path):
   faster = sidetrip.with_sidetrip(tiny_config(**{"optimizer.lr": 0.1}), kind="equivalent")
   with pytest.raises(config_validation.ConfigError, match="optimizer.lr"):
     sidetrip.run_sidetrip(faster, parent.workdir, 10, str(tmp_path / "a"))
+  main_run = str(tmp_path / "main_run")  # a main run's workdir is not a side-trip's
+  shutil.copytree(parent.workdir, main_run)
+  with pytest.raises(train.ResumeError, match="not a side-trip"):
+    sidetrip.run_sidetrip(config, parent.workdir, 10, main_run)
   with pytest.raises(train.ResumeError, match="inside the parent"):
     sidetrip.run_sidetrip(config, parent.workdir, 10, os.path.join(parent.workdir, "trip"))
   with pytest.raises(ValueError, match="sidetrip.kindd"):
@@ -479,6 +578,53 @@ def test_fixed_batch_side_trip_is_plain_gradient_descent(parent, tmp_path):
     sidetrip.run_sidetrip(config, str(tmp_path / "trip"), 20 + k, str(tmp_path / "again"))
 
 
+def test_fixed_batch_gd_is_the_probe_rule_and_ignores_weight_decay(parent, tmp_path):
+  """One fixed-batch GD: the side-trip equals probes.gd_trajectory, weight decay or not.
+
+  BatchNorm in train mode normalises with the batch's own statistics, so the
+  parameter path does not depend on the running statistics the side-trip
+  updates: the probe's loss function sees the same gradients.
+  """
+  from trajax import data, models, probes
+
+  k, factor = 4, 2.0
+  config = sidetrip.with_sidetrip(
+    tiny_config(**{"optimizer.weight_decay": 0.5}),  # large: it would show at once
+    kind="fixed_batch",
+    steps=k,
+    lr_factor=factor,
+    fixed_batch_index=1,
+    eval_at=(),
+  )
+  result = sidetrip.run_sidetrip(config, parent.workdir, 10, str(tmp_path / "trip"))
+  dataset = data.get_dataset(parent.config)
+  batch = dataset.fixed_train_batch(1, parent.config.batch_size)
+  model = models.create_model(parent.config.model, num_classes=10)
+  start, _ = ckpt_lib.restore_readonly(parent.workdir, step=10)
+
+  def loss_fn(p, b):
+    logits, _ = model.apply(
+      {"params": p, "batch_stats": start["batch_stats"]},
+      b["image"],
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return train.cross_entropy(logits, b["label"]).mean()
+
+  eta = factor * parent.config.optimizer.lr
+  path = probes.gd_trajectory(loss_fn, start["params"], batch, eta, k)
+  want = jax.tree.map(lambda x: x[-1], path)
+  got = jax.device_get(result.state.params)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # With λ = 0.5 a decayed step would move the kernels by ≈ η·λ·θ: far outside that.
+  decayed = jax.tree.map(lambda p, g: p * (1 - eta * 0.5 * (p.ndim > 1)), want, want)
+  kernel = lambda t: [x for x in jax.tree.leaves(t) if x.ndim > 1][0]
+  assert np.max(np.abs(kernel(decayed) - kernel(want))) > 100 * np.max(
+    np.abs(kernel(got) - kernel(want))
+  )
+
+
 # --------------------------------------------------------------------------- compile once
 
 
@@ -535,3 +681,16 @@ def test_command_line(parent, tmp_path):
     timeout=300,
   )
   assert typo.returncode != 0 and "kindd" in typo.stderr
+  # Errors are the message alone, as trajax.main's: no traceback.
+  for args, says in (
+    (["--step=15"], "side-trip error: step 15 is not a committed checkpoint"),
+    (["--config.sidetrip.lr_factor=-1.0"], "sidetrip.lr_factor = -1.0: must be"),
+    ([f"--parent={tmp_path / 'nope'}"], "side-trip error: parent"),
+  ):
+    names = {a.split("=")[0] for a in args} | {"--workdir"}
+    err = [c for c in cmd if c.split("=")[0] not in names]
+    err += [f"--workdir={tmp_path / 'err'}", *args]
+    bad = subprocess.run(err, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1, bad.stderr[-2000:]
+    assert says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "err")

@@ -55,6 +55,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -209,7 +210,8 @@ def equivalent_schedule(
     sched = equivalent_schedule('swa', 0.1, start=1000, window=500)
     side_trip = optax.sgd(sched, momentum=0.9)   # continue from step 1000
   """
-  start = _check_int("start", start, 0)
+  if not isinstance(start, jax.Array):  # a traced start serves every branch point (sidetrip)
+    start = _check_int("start", start, 0)
   window, params = _check_method_params(method, window, decay, n, gap)
   if not (callable(base) or isinstance(base, numbers.Real)):
     raise TypeError(f"base must be a float or an optax schedule, got {base!r}")

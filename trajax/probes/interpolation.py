@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from trajax.probes import distances
 
@@ -87,7 +88,10 @@ def gd_trajectory(
 ) -> PyTree:
   """k steps of full-batch gradient descent on one fixed batch (Fig. 3 side-trip).
 
-  theta_{i+1} = theta_i - lr * grad L_b(theta_i), i = 0..k-1.
+  theta_{i+1} = theta_i - lr * grad L_b(theta_i), i = 0..k-1: the update of
+  :func:`trajax.state.fixed_batch_gd`, the same rule the engine's
+  ``sidetrip.kind='fixed_batch'`` runs (no momentum, no weight decay: the
+  side-trip descends the fixed batch's own loss).
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar``; static.
@@ -99,15 +103,19 @@ def gd_trajectory(
   Returns:
     The trajectory theta_0..theta_k, leaves stacked on a leading axis of k+1.
   """
+  from trajax.state import fixed_batch_gd
+
   _check_num_steps(num_steps)
   grad_fn = jax.grad(loss_fn)
+  tx = fixed_batch_gd(learning_rate)
 
-  def step(p, _):
-    g = grad_fn(p, batch)
-    nxt = jax.tree.map(lambda x, gx: x - jnp.asarray(learning_rate, x.dtype) * gx, p, g)
-    return nxt, nxt
+  def step(carry, _):
+    p, opt_state = carry
+    updates, opt_state = tx.update(grad_fn(p, batch), opt_state, p)
+    nxt = optax.apply_updates(p, updates)
+    return (nxt, opt_state), nxt
 
-  _, path = jax.lax.scan(step, params, None, length=num_steps)
+  _, path = jax.lax.scan(step, (params, tx.init(params)), None, length=num_steps)
   return jax.tree.map(lambda x0, xs: jnp.concatenate([x0[None], xs], 0), params, path)
 
 

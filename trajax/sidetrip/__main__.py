@@ -1,0 +1,92 @@
+"""``python -m trajax.sidetrip``: the side-trip command line (one-line errors, SIGTERM exits 0)."""
+
+from __future__ import annotations
+
+from absl import logging
+
+from trajax import state as state_lib
+from trajax.sidetrip import SidetripError, _check_step, run_sidetrip
+from trajax.sidetrip.spec import _base_config, resolve, with_sidetrip
+
+
+def _define_flags():
+  from absl import flags
+  from ml_collections import config_flags
+
+  flags.DEFINE_string("parent", None, "The parent run's WORKDIR (or WORKDIR/checkpoints).")
+  flags.DEFINE_integer("step", None, "A committed step of the parent to branch off.")
+  flags.DEFINE_string("workdir", None, "The side-trip's own directory.")
+  flags.DEFINE_bool(
+    "parent_moved",
+    False,
+    "Restart: the parent now lives at --parent (accepted once its config matches the one "
+    "recorded in the side-trip's lineage).",
+  )
+  for name in ("parent", "step", "workdir"):
+    flags.mark_flag_as_required(name)
+
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Training config file; --config.sidetrip.<field> sets the side-trip.",
+    lock_config=False,
+  )
+  # The config files know nothing of side-trips: the section is added right
+  # after the file is loaded and before the --config.* overrides are applied
+  # (ml_collections applies them after the parser returns), then locked, so
+  # --config.sidetrip.kind=... resolves and a misspelt field is still an error.
+  parser = flags.FLAGS["config"].parser
+  load = parser.parse
+  parser.parse = lambda path: with_sidetrip(load(path))
+  flags.mark_flag_as_required("config")
+  return flags.FLAGS
+
+
+def _main(argv):
+  from absl import app, flags
+
+  from trajax import config_validation as cv
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  FLAGS = flags.FLAGS
+  config = FLAGS.config
+  try:
+    # Bad configs fail here, in about a second, before TensorFlow is imported.
+    cv.validate(_base_config(config))
+    resolve(config, _check_step(FLAGS.step))
+    if config.dataset.name in cv.TFDS_DATASETS:
+      import tensorflow as tf  # tf.data must not take accelerator memory
+
+      tf.config.set_visible_devices([], "GPU")
+    result = run_sidetrip(
+      config, FLAGS.parent, FLAGS.step, FLAGS.workdir, parent_moved=FLAGS.parent_moved
+    )
+  except cv.ConfigError as e:
+    raise SystemExit(f"config error: {e}") from None
+  except (
+    FileNotFoundError,
+    SidetripError,
+    state_lib.ResumeError,
+    state_lib.NonFiniteError,
+  ) as e:
+    raise SystemExit(f"side-trip error: {e}") from None
+  if result.preempted:
+    logging.info("preempted at step %d; checkpoint committed, exiting 0", result.step)
+    return
+  last = result.evals.get(result.sidetrip_steps, {})
+  logging.info(
+    "side-trip done at step %d (%d steps from %d): %s; timings %s",
+    result.step,
+    result.sidetrip_steps,
+    result.parent_step,
+    last,
+    result.timings,
+  )
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  _define_flags()
+  app.run(_main)

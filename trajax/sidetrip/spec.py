@@ -1,0 +1,387 @@
+"""The side-trip spec: the ``sidetrip`` config section, its checks and its learning-rate rule.
+
+See :mod:`trajax.sidetrip` for the kinds and the field table.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from trajax import loop, schedules
+from trajax import state as state_lib
+
+KINDS = ("equivalent", "fixed_batch", "schedule")
+SCHEDULES = ("config", "constant", "linear", "cosine")
+
+# Config fields a side-trip may change relative to its parent, by kind. Every
+# other difference would change what "the parent's state" means (model,
+# data, averaging state layout) and is refused. The cadence/retention fields
+# trajax.config_validation allows on resume are allowed for every kind.
+_FREE_FIELDS = {
+  "equivalent": frozenset({"nonfinite.skip", "nonfinite.max_consecutive_skips"}),
+  "schedule": frozenset(
+    {"total_steps", "batch_size", "nonfinite.skip", "nonfinite.max_consecutive_skips"}
+  ),
+  "fixed_batch": frozenset(
+    {"total_steps", "batch_size", "nonfinite.skip", "nonfinite.max_consecutive_skips"}
+  ),
+}
+_FREE_PREFIXES = {"equivalent": (), "schedule": ("optimizer.",), "fixed_batch": ("optimizer.",)}
+# Fields that may change when a side-trip resumes from its own checkpoint.
+_RESUME_EXTRA = frozenset({"sidetrip.eval_at", "sidetrip.eval_average"})
+# sidetrip.<name> fields that override averaging.<name> for the equivalent schedule.
+_METHOD_OVERRIDES = ("decay", "gap", "n")
+
+
+def _equivalent_params(method: str, section: dict) -> dict:
+  """The averaging parameters ``equivalent_schedule(method, ...)`` takes, from a section.
+
+  Stand-in for ``trajax.averaging.method_params`` (issue 10, item 1), which
+  picks every parameter of the method's averager (``every``, ``debias``,
+  ``start_step`` included) once ``equivalent_schedule`` accepts them all.
+  """
+  names = {"ema": ("decay",), "swa": (), "two_point": ("gap",), "multi_point": ("n", "gap")}
+  out = {name: section.get(name) for name in names.get(method, ())}
+  return {
+    k: float(v) if k == "decay" and isinstance(v, numbers.Real) else v for k, v in out.items()
+  }
+
+
+def _unsupported_params(method: str, section: dict) -> list[tuple[str, object, object]]:
+  """Averager parameters set away from their default that the equivalent schedule ignores.
+
+  Refused rather than dropped (issue 10: never a silent approximation); goes
+  away with the stand-in above once ``equivalent_schedule`` takes them.
+  """
+  defaults = {"ema": {"every": 1, "debias": False}, "swa": {"every": 1}}.get(method, {})
+  return [(k, section.get(k), d) for k, d in defaults.items() if section.get(k, d) != d]
+
+
+def _default_window(method: str, params: dict) -> int | None:
+  """The steps a method's average spans when the side-trip does not say (None: must be given)."""
+  gap, n = params.get("gap"), params.get("n")
+  if method == "two_point":
+    return gap
+  if method == "multi_point" and _is_int(n) and _is_int(gap):
+    return (n - 1) * gap
+  return None
+
+
+class SidetripSpec(NamedTuple):
+  """The side-trip section with every default resolved (see the module table)."""
+
+  kind: str
+  steps: int
+  method: str | None
+  window: int | None
+  params: dict
+  lr_factor: float
+  schedule: str | None
+  fixed_batch_index: int | None
+  fixed_batch_size: int | None
+  eval_at: tuple
+  eval_average: bool
+
+
+# ----------------------------------------------------------------------------
+# config section
+
+
+def default_section():
+  """The ``sidetrip`` ConfigDict with its defaults (None: resolved by :func:`resolve`)."""
+  import ml_collections as mlc
+
+  s = mlc.ConfigDict()
+  s.kind = "schedule"
+  s.steps = mlc.FieldReference(None, field_type=int)
+  s.method = mlc.FieldReference(None, field_type=str)
+  s.window = mlc.FieldReference(None, field_type=int)
+  s.decay = mlc.FieldReference(None, field_type=float)
+  s.gap = mlc.FieldReference(None, field_type=int)
+  s.n = mlc.FieldReference(None, field_type=int)
+  s.lr_factor = 1.0
+  s.schedule = "config"
+  s.fixed_batch_index = 0
+  s.fixed_batch_size = mlc.FieldReference(None, field_type=int)
+  s.eval_at = (1, 10, 100, 1000)
+  s.eval_average = False
+  return s
+
+
+def with_sidetrip(config, **fields):
+  """A locked copy of ``config`` with a ``sidetrip`` section (defaults + ``fields``).
+
+  Example::
+
+    cfg = with_sidetrip(mnist1d.get_config(), kind='equivalent', method='swa', window=500)
+  """
+  config = copy.deepcopy(config)
+  section = default_section()
+  unknown = sorted(set(fields) - set(section.keys()))
+  if unknown:
+    raise ValueError(
+      f"unknown side-trip field(s) {['sidetrip.' + u for u in unknown]}; "
+      f"known: {sorted('sidetrip.' + k for k in section.keys())}"
+    )
+  for key, value in fields.items():
+    section[key] = value
+  with config.unlocked():
+    config.sidetrip = section
+  config.lock()
+  return config
+
+
+def _base_config(config):
+  """The training config without its ``sidetrip`` section (a deep copy)."""
+  config = copy.deepcopy(config)
+  if "sidetrip" in config:
+    with config.unlocked():
+      del config["sidetrip"]
+  return config
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, (numbers.Integral, np.integer)) and not isinstance(x, bool)
+
+
+def resolve(config, parent_step: int) -> SidetripSpec:
+  """Validates ``config.sidetrip`` and fills its defaults from the config.
+
+  Raises:
+    trajax.config_validation.ConfigError: listing every bad field as
+      ``sidetrip.<name> = value: what is allowed``.
+  """
+  from trajax.config_validation import ConfigError
+
+  if "sidetrip" not in config:
+    raise ConfigError([("sidetrip", None, "missing section: build the config with with_sidetrip")])
+  s = config.sidetrip.to_dict()
+  known = set(default_section().keys())
+  problems = [
+    (f"sidetrip.{k}", s[k], f"unknown field; known: {sorted(known)}")
+    for k in sorted(set(s) - known)
+  ]
+  if problems:
+    raise ConfigError(problems)
+  bad = lambda field, allowed: problems.append((f"sidetrip.{field}", s[field], allowed))
+
+  kind = s["kind"]
+  if kind not in KINDS:
+    bad("kind", f"must be one of {list(KINDS)}")
+  lr_factor = s["lr_factor"]
+  if not (
+    isinstance(lr_factor, numbers.Real)
+    and not isinstance(lr_factor, bool)
+    and math.isfinite(lr_factor)
+    and lr_factor > 0
+  ):
+    bad("lr_factor", "must be a finite number > 0")
+  eval_at = s["eval_at"]
+  if not (isinstance(eval_at, (tuple, list)) and all(_is_int(e) and e >= 0 for e in eval_at)):
+    bad("eval_at", "must be a tuple of integers >= 0 (side-trip steps)")
+    eval_at = ()
+  if not isinstance(s["eval_average"], bool):
+    bad("eval_average", "must be True or False")
+
+  method = window = sched = fb_index = fb_size = None
+  params: dict = {}
+  steps = s["steps"]
+  if steps is not None and not (_is_int(steps) and steps > 0):
+    bad("steps", "must be None (default) or an integer > 0")
+    steps = None
+
+  if kind == "equivalent":
+    method = s["method"] if s["method"] is not None else config.averaging.method
+    if method not in schedules.METHODS:
+      where = "" if s["method"] is not None else " (taken from averaging.method)"
+      problems.append(
+        ("sidetrip.method", method, f"must be one of {list(schedules.METHODS)}{where}")
+      )
+    else:
+      # The averaging section with the side-trip's overrides; the method's
+      # own parameters are picked from it by name and checked by
+      # trajax.schedules, the one place that knows each method.
+      section = dict(config.averaging.to_dict())
+      section.update({k: s[k] for k in _METHOD_OVERRIDES if s[k] is not None})
+      params = _equivalent_params(method, section)
+      for name, value, default in _unsupported_params(method, section):
+        problems.append(
+          (
+            f"averaging.{name}",
+            value,
+            f"the {method!r} averager honours it but trajax.schedules.equivalent_schedule "
+            f"does not take it yet: an equivalent side-trip would run another average "
+            f"(set {default!r}, or branch a 'schedule' side-trip)",
+          )
+        )
+      window = s["window"] if s["window"] is not None else _default_window(method, params)
+      if window is None:
+        bad("window", f"method {method!r} needs the number of steps the average covers")
+      else:
+        try:
+          schedules.equivalent_schedule(method, 0.0, start=0, window=window, **params)
+        except (TypeError, ValueError) as e:
+          # Name the field the message is about (schedules names its argument first).
+          values = {**params, "window": window}
+          name = next((k for k in values if str(e).startswith(k)), "window")
+          problems.append((f"sidetrip.{name}", values[name], f"{method}: {e}"))
+      if steps is None and window is not None:
+        steps = window
+  elif kind == "schedule":
+    sched = s["schedule"]
+    if sched not in SCHEDULES:
+      bad("schedule", f"must be one of {list(SCHEDULES)}")
+    if steps is None:
+      steps = int(config.total_steps) - int(parent_step)
+      if steps <= 0:
+        problems.append(
+          (
+            "sidetrip.steps",
+            None,
+            f"default total_steps - step = {config.total_steps} - {parent_step} <= 0: give steps",
+          )
+        )
+  elif kind == "fixed_batch":
+    fb_index = s["fixed_batch_index"]
+    if not (_is_int(fb_index) and fb_index >= 0):
+      bad("fixed_batch_index", "must be an integer >= 0")
+    fb_size = s["fixed_batch_size"] if s["fixed_batch_size"] is not None else config.batch_size
+    if not (_is_int(fb_size) and fb_size > 0):
+      problems.append(("sidetrip.fixed_batch_size", fb_size, "must be an integer > 0"))
+    if steps is None:
+      bad("steps", "kind 'fixed_batch' needs the number of gradient-descent steps")
+  if problems:
+    raise ConfigError(problems)
+  points = tuple(sorted({int(e) for e in eval_at if e <= steps} | {int(steps)}))
+  return SidetripSpec(
+    kind=kind,
+    steps=int(steps),
+    method=method,
+    window=None if window is None else int(window),
+    params=params,
+    lr_factor=float(lr_factor),
+    schedule=sched,
+    fixed_batch_index=None if fb_index is None else int(fb_index),
+    fixed_batch_size=None if fb_size is None else int(fb_size),
+    eval_at=points,
+    eval_average=bool(s["eval_average"]),
+  )
+
+
+def _check_against_parent(base, parent_config: dict, kind: str):
+  """Refuses config differences that would change what the parent's state means."""
+  from trajax import config_validation as cv
+
+  parent = {k: v for k, v in parent_config.items() if k != "sidetrip"}
+  free = cv.RESUME_ALLOWED | _FREE_FIELDS[kind]
+  bad = []
+  for field, old, new in cv.diff(parent, base):
+    if field in free or field.startswith(_FREE_PREFIXES[kind]):
+      logging.info("side-trip: %s = %r (parent: %r)", field, new, old)
+      continue
+    bad.append(
+      (
+        field,
+        new,
+        f"must equal the parent's value {old!r} for a {kind!r} side-trip "
+        f"(may differ: {sorted(free)} and {list(_FREE_PREFIXES[kind])})",
+      )
+    )
+  if bad:
+    raise cv.ConfigError(bad)
+
+
+# ----------------------------------------------------------------------------
+# the learning-rate rule (pure; traced scalars in `hyper`)
+
+
+class SidetripRate(NamedTuple):
+  """η'(t) of the absolute step t for a side-trip kind (a :class:`trajax.loop.LearningRate` rule).
+
+  Static and hashable (one compilation per kind); ``hyper`` holds the traced
+  scalars ``start`` (the optimizer's count at S), ``scale`` (f for 'config'
+  and 'equivalent', f·η_S otherwise) and ``horizon`` (k).
+  """
+
+  kind: str
+  schedule: str | None = None
+  method: str | None = None
+  window: int | None = None
+  params: tuple = ()
+
+  @classmethod
+  def of(cls, spec: SidetripSpec) -> SidetripRate:
+    return cls(
+      spec.kind, spec.schedule, spec.method, spec.window, tuple(sorted(spec.params.items()))
+    )
+
+  @property
+  def absolute(self) -> bool:
+    """Whether ``scale`` is f·η_S (the rate does not follow the config's schedule)."""
+    return self.kind == "fixed_batch" or self.schedule in ("constant", "linear", "cosine")
+
+  def __call__(self, base: optax.Schedule, hyper: dict) -> optax.Schedule:
+    start, scale, horizon = hyper["start"], hyper["scale"], hyper["horizon"]
+    if self.kind == "equivalent":
+      rate = schedules.equivalent_schedule(
+        self.method, base, start=start, window=self.window, **dict(self.params)
+      )
+      return lambda t: rate(jnp.asarray(t) - start) * scale
+    if self.kind == "schedule" and self.schedule == "config":
+      return loop.ScaledRate()(base, {"scale": scale})
+    if self.kind == "fixed_batch" or self.schedule == "constant":
+      return lambda t: jnp.broadcast_to(scale, jnp.shape(t)).astype(jnp.float32)
+    if self.schedule in ("linear", "cosine"):
+
+      def rate(t):
+        frac = jnp.clip((jnp.asarray(t) - start).astype(jnp.float32) / horizon, 0.0, 1.0)
+        if self.schedule == "linear":
+          return scale * (1.0 - frac)
+        return scale * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+      return rate
+    raise ValueError(f"no schedule for kind={self.kind!r}, schedule={self.schedule!r}")
+
+  def hyper(self, spec: SidetripSpec, base: optax.Schedule, count: int) -> dict:
+    """The scalars for a branch whose optimizer count at S is ``count``."""
+    eta_s = float(base(count))
+    scale = spec.lr_factor * eta_s if self.absolute else spec.lr_factor
+    return {"start": int(count), "scale": float(scale), "horizon": float(spec.steps)}
+
+
+def make_lr_schedule(spec: SidetripSpec, base: optax.Schedule, hyper: dict) -> optax.Schedule:
+  """η'(t) of the absolute step t: :class:`SidetripRate` of ``spec`` (``hyper`` may be traced)."""
+  return SidetripRate.of(spec)(base, hyper)
+
+
+def _check_optimizer_layout(config, parent_config, params_abstract):
+  """The side-trip's optimizer state must have the parent's layout (and train's)."""
+  from trajax import config_validation as cv
+
+  const = lambda t: jnp.float32(0.0)
+  mine = jax.eval_shape(state_lib.make_optimizer(config, schedule=const).init, params_abstract)
+  parent = jax.eval_shape(state_lib.make_optimizer(parent_config).init, params_abstract)
+  shape = lambda t: (jax.tree.structure(t), [(x.shape, x.dtype) for x in jax.tree.leaves(t)])
+  if shape(mine) != shape(parent):
+    fields = [d for d in cv.diff(parent_config.optimizer.to_dict(), config.optimizer.to_dict())]
+    raise cv.ConfigError(
+      [
+        (
+          f"optimizer.{f}",
+          new,
+          f"changes the optimizer state's layout (parent: {old!r}); "
+          "momentum and weight_decay cannot switch between zero and non-zero on a side-trip",
+        )
+        for f, old, new in fields
+      ]
+      or [("optimizer", None, "changes the optimizer state layout")]
+    )
