@@ -409,7 +409,7 @@ def check_params(method: str, params: Mapping[str, Any]) -> dict:
       continue
     error = param_error(p, value)
     if error is not None:
-      bad_kind = not _kind_ok(p.kind, value)
+      bad_kind = not _kind_ok(p.kind, value) or (p.static and not _is_concrete(value))
       raise (TypeError if bad_kind else ValueError)(f"{p.name} {error}, got {value!r}")
     out[p.name] = value
   return out
