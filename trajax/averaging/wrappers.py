@@ -44,7 +44,8 @@ class AveragingState(NamedTuple):
     partial_snapshots: the averager's other trees (multi-point's snapshots),
       likewise without their θ_t part.
     newest_weight: (1 + len(partial_snapshots),) w_t, the weight of θ_t in
-      the average and in each snapshot.
+      the average and in each snapshot (float32; float64 with a float64
+      accumulator).
   """
 
   inner_state: optax.OptState
@@ -77,15 +78,20 @@ def _averager_state(state: AveragingState, params: PyTree) -> AverageState:
   return AverageState(state.count, average, snaps)
 
 
+def _weight_dtype(average: PyTree):
+  """float32, or the accumulator's dtype where wider (float64)."""
+  floats = [x for x in jax.tree.leaves(average) if _is_float(x)]
+  return jnp.promote_types(floats[0].dtype, jnp.float32) if floats else _FLOAT32
+
+
 def _newest_weight(averager: Averager, count: jax.Array, full: AverageState) -> jax.Array:
   """The weight of the next θ in each tree of the next state: the averager run
   on θ = 1 from a zero state of scalars (linearity)."""
-  floats = [x for x in jax.tree.leaves(full.average) if _is_float(x)]
-  dtype = jnp.promote_types(floats[0].dtype, jnp.float32) if floats else _FLOAT32
+  dtype = _weight_dtype(full.average)
   zero = jnp.zeros((), dtype)
   probe = AverageState(count, zero, tuple(zero for _ in full.snapshots))
   out = averager.update(jnp.ones((), dtype), probe)
-  return jnp.stack([out.average, *out.snapshots]).astype(jnp.float32)
+  return jnp.stack([out.average, *out.snapshots]).astype(dtype)
 
 
 def wrap(inner: optax.GradientTransformation, averager: Averager):
@@ -103,7 +109,7 @@ def wrap(inner: optax.GradientTransformation, averager: Averager):
     full = averager.init(params)
     if full.average is None:
       return AveragingState(inner.init(params), full.count, None, (), jnp.zeros((0,)))
-    weight = jnp.zeros((1 + len(full.snapshots),), jnp.float32)
+    weight = jnp.zeros((1 + len(full.snapshots),), _weight_dtype(full.average))
     return AveragingState(inner.init(params), full.count, full.average, full.snapshots, weight)
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -174,13 +180,15 @@ def find_states(opt_state) -> list[tuple[str, AveragingState]]:
         found.append((where, leaf))
         visit(leaf.inner_state, where + ".inner_state")
 
-  if isinstance(opt_state, AveragingState):  # the caller picked this wrapper
-    return [("", opt_state)]
-  visit(opt_state, "")
+  if isinstance(opt_state, AveragingState):
+    found.append(("", opt_state))
+    visit(opt_state.inner_state, ".inner_state")
+  else:
+    visit(opt_state, "")
   return found
 
 
-def averaged_params(opt_state, params: PyTree | None = None) -> PyTree:
+def averaged_params(opt_state, params: PyTree | None = None, *, where: str | None = None) -> PyTree:
   """The averaged params a_t held in ``opt_state`` with ``params`` = θ_t.
 
   ``params`` are the current params (after the t-th update). Float leaves
@@ -191,9 +199,9 @@ def averaged_params(opt_state, params: PyTree | None = None) -> PyTree:
   moved since); otherwise it raises.
 
   Several wrappers: disjoint ones (e.g. one per ``optax.multi_transform``
-  partition) are merged; for overlapping ones (a wrapper inside another)
-  pick one with :func:`find_states` and pass its state:
-  ``averaged_params(find_states(opt_state)[i][1], params)``.
+  partition) are merged; overlapping ones (a wrapper inside another) raise
+  unless ``where`` picks one by its path in :func:`find_states`, e.g.
+  ``averaged_params(state, params, where=".inner_state")``.
   """
   states = find_states(opt_state)
   if not states:
@@ -201,6 +209,11 @@ def averaged_params(opt_state, params: PyTree | None = None) -> PyTree:
       "no trajax averaging state in opt_state: wrap the optimizer with "
       "trajax.averaging.ema/swa/two_point/multi_point"
     )
+  if where is not None:
+    states = [(w, s) for w, s in states if w == where]
+    if not states:
+      paths = [w for w, _ in find_states(opt_state)]
+      raise ValueError(f"where={where!r}: no averaging wrapper there; they are at {paths}")
   if params is None:
     return _without_params(states)
   if all(state.partial is None for _, state in states):
@@ -208,7 +221,7 @@ def averaged_params(opt_state, params: PyTree | None = None) -> PyTree:
   is_masked = lambda x: isinstance(x, _MaskedNode)
   leaves, treedef = jax.tree.flatten(params)
   out, owner = list(leaves), [None] * len(leaves)
-  for where, state in states:
+  for path, state in states:
     if state.partial is None:
       continue
     average = _complete_tree(state.partial, state.newest_weight[0], params)
@@ -220,10 +233,10 @@ def averaged_params(opt_state, params: PyTree | None = None) -> PyTree:
         continue
       if owner[i] is not None:
         raise ValueError(
-          f"the averaging wrappers at {owner[i]!r} and {where!r} both average the same "
-          "params: pick one, averaged_params(find_states(opt_state)[i][1], params)"
+          f"the averaging wrappers at {owner[i]!r} and {path!r} both average the same "
+          "params: pick one with averaged_params(opt_state, params, where=<its path>)"
         )
-      out[i], owner[i] = a, where
+      out[i], owner[i] = a, path
   return jax.tree.unflatten(treedef, out)
 
 
@@ -231,7 +244,7 @@ def _without_params(states) -> PyTree:
   if len(states) != 1:
     raise ValueError(
       f"opt_state holds {len(states)} averaging wrappers: pass params to merge them, "
-      "or pick one with find_states"
+      "or where= to pick one (paths: find_states)"
     )
   state = states[0][1]
   reason = None
