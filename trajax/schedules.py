@@ -98,6 +98,10 @@ class Averaging(NamedTuple):
   window: int
 
 
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
   if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
     raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -118,10 +122,10 @@ def _table(method: str, window, params: dict, *, start=0) -> tuple[int, np.ndarr
   start_step = params.pop("start_step", None)
   given = averaging.check_params(method, params)
   for name in params:
-    if not averaging.methods._is_concrete(params[name]):
+    if not _is_concrete(params[name]):
       raise TypeError(f"{name} must be concrete to build a schedule, got a traced value")
   if start_step is not None:
-    if not averaging.methods._is_concrete(start):
+    if not _is_concrete(start):
       raise TypeError(
         f"start_step={start_step!r} with a traced start: the average that a side-trip "
         "reaches starts at the branch point; leave start_step out"
@@ -214,7 +218,7 @@ def equivalent_schedule(
     sched = equivalent_schedule('swa', 0.1, start=1000, window=500)
     side_trip = optax.sgd(sched, momentum=0.9)   # continue from step 1000
   """
-  if averaging.methods._is_concrete(start):
+  if _is_concrete(start):
     start = _check_int("start", start, 0)
   elif not jnp.issubdtype(start.dtype, jnp.integer) or start.shape != ():
     raise TypeError(f"start must be an integer scalar, got {start!r}")

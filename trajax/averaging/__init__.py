@@ -38,31 +38,33 @@ averager factory, its default window and optional closed-form fast paths
 A new method is one :func:`register` call; its schedule and theory follow.
 """
 
-from trajax.averaging.methods import (
+from trajax.averaging.averagers import (
   ACCUMULATOR_DTYPE,
   DEBIAS,
   DECAY,
   EVERY,
   GAP,
-  METHODS,
   START_STEP,
   Averager,
   AverageState,
-  Method,
   N,
   Param,
-  check_params,
   ema_averager,
-  get_method,
   identity_averager,
+  multi_point_averager,
+  swa_averager,
+  two_point_averager,
+)
+from trajax.averaging.methods import (
+  METHODS,
+  Method,
+  check_params,
+  get_method,
   kernel,
   make_averager,
   method_params,
-  multi_point_averager,
   register,
   step_weights_table,
-  swa_averager,
-  two_point_averager,
   validate_params,
 )
 from trajax.averaging.wrappers import (

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import optax
 from optax.transforms import _masking
 
-from trajax.averaging import methods
-from trajax.averaging.methods import _FLOAT32, Averager, AverageState, _is_concrete, _is_float
+from trajax.averaging import averagers
+from trajax.averaging.averagers import _FLOAT32, Averager, AverageState, _is_concrete, _is_float
 
 PyTree = Any
 _MaskedNode = _masking.MaskedNode
@@ -108,7 +108,9 @@ def wrap(inner: optax.GradientTransformation, averager: Averager):
   def init_fn(params):
     full = averager.init(params)
     if full.average is None:
-      return AveragingState(inner.init(params), full.count, None, (), jnp.zeros((0,)))
+      # a_t = θ_t: weight 1 on the newest params (and a non-empty array: Orbax
+      # refuses zero-size ones).
+      return AveragingState(inner.init(params), full.count, None, (), jnp.ones((1,)))
     weight = jnp.zeros((1 + len(full.snapshots),), _weight_dtype(full.average))
     return AveragingState(inner.init(params), full.count, full.average, full.snapshots, weight)
 
@@ -131,7 +133,7 @@ def ema(inner, decay, *, start_step=0, every=1, debias=False, accumulator_dtype=
   """``inner`` plus an EMA of its params (see :func:`trajax.averaging.ema_averager`)."""
   return wrap(
     inner,
-    methods.ema_averager(
+    averagers.ema_averager(
       decay,
       start_step=start_step,
       every=every,
@@ -145,7 +147,7 @@ def swa(inner, *, start_step=0, every=1, accumulator_dtype=_FLOAT32):
   """``inner`` plus SWA of its params (see :func:`trajax.averaging.swa_averager`)."""
   return wrap(
     inner,
-    methods.swa_averager(start_step=start_step, every=every, accumulator_dtype=accumulator_dtype),
+    averagers.swa_averager(start_step=start_step, every=every, accumulator_dtype=accumulator_dtype),
   )
 
 
@@ -153,7 +155,9 @@ def two_point(inner, *, gap, start_step=0, accumulator_dtype=_FLOAT32):
   """``inner`` plus the two-point average ``gap`` steps apart (paper Sec. 4)."""
   return wrap(
     inner,
-    methods.two_point_averager(gap=gap, start_step=start_step, accumulator_dtype=accumulator_dtype),
+    averagers.two_point_averager(
+      gap=gap, start_step=start_step, accumulator_dtype=accumulator_dtype
+    ),
   )
 
 
@@ -161,7 +165,7 @@ def multi_point(inner, *, n, gap, start_step=0, accumulator_dtype=_FLOAT32):
   """``inner`` plus the n-point average, points ``gap`` apart (paper A.4)."""
   return wrap(
     inner,
-    methods.multi_point_averager(
+    averagers.multi_point_averager(
       n=n, gap=gap, start_step=start_step, accumulator_dtype=accumulator_dtype
     ),
   )
