@@ -311,30 +311,26 @@ def multi_point_averager(*, n, gap, start_step=0, accumulator_dtype=_FLOAT32) ->
     stored = jnp.clip(k // gap_, 0, len(held))
     inv_m = (1.0 / (stored + 1).astype(wdt)).astype(wdt)
 
-    def take_snapshot(_):
-      def mean(x, *olds):
-        if not _is_float(x):
-          return jnp.asarray(x)
-        acc = x.astype(dtype)
-        for i, old in enumerate(olds):
-          acc = acc + jnp.where(i < stored, old, jnp.zeros((), dtype))
-        return acc * inv_m.astype(dtype)
+    # Selections, not lax.switch: every output is one fused elementwise pass
+    # (a switch copies whole trees through the conditional on CPU).
+    follow = k < 0
+    snap = (k >= 0) & (k % gap_ == 0)
 
-      average = jax.tree.map(mean, tree, *held)
-      new_held = ((_copy_as(tree, dtype),) + held[:-1]) if held else ()
-      return average, new_held
+    def average_leaf(a, x, *olds):
+      if not _is_float(a):
+        return jnp.asarray(x, a.dtype)
+      x = x.astype(dtype)
+      acc = x
+      for i, old in enumerate(olds):
+        acc = acc + jnp.where(i < stored, old, jnp.zeros((), dtype))
+      return jnp.where(follow, x, jnp.where(snap, acc * inv_m.astype(dtype), a))
 
-    def follow(_):
-      return _copy_as(tree, dtype), held
-
-    def hold(_):
-      average = jax.tree.map(
-        lambda a, x: a if _is_float(a) else jnp.asarray(x), state.average, tree
-      )
-      return average, held
-
-    branch = jnp.where(k < 0, 0, jnp.where((k >= 0) & (k % gap_ == 0), 1, 2))
-    average, new_held = jax.lax.switch(branch, (follow, take_snapshot, hold), None)
+    average = jax.tree.map(average_leaf, state.average, tree, *held)
+    shifted = ((tree,) + held[:-1]) if held else ()
+    new_held = tuple(
+      jax.tree.map(lambda new, old: jnp.where(snap, jnp.asarray(new, old.dtype), old), s, h)
+      for s, h in zip(shifted, held, strict=True)
+    )
     return AverageState(count, average, new_held)
 
   return Averager(init, update)
