@@ -213,7 +213,9 @@ def _derive(method: str, window: int, items: tuple) -> np.ndarray:
   params = dict(items)
   if m.param("accumulator_dtype") is not None:
     params["accumulator_dtype"] = jnp.dtype(np.float64)
-  with jax.enable_x64(True):
+  # Eager even when called while a jit is tracing (the engine builds its
+  # side-trip schedule inside the step function): the kernel is a constant.
+  with jax.enable_x64(True), jax.ensure_compile_time_eval():
     averager = m.averager(**params)
 
     def final(thetas):
