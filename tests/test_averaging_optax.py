@@ -295,3 +295,24 @@ def test_float64_accumulator_keeps_float64_params(method):
   assert got64.dtype == np.float64 and got32.dtype == np.float32
   np.testing.assert_allclose(got64 - 1, want - 1, rtol=1e-6)
   assert np.max(np.abs((got32.astype(np.float64) - 1) - (want - 1))) > 1e-9
+
+
+def test_state_from_a_complete_average_continues_exactly(name):
+  """Old checkpoints held the complete a_t: from_eager_state continues them."""
+  method, p = SPECS[name]
+  opt = make(name, optax.sgd(0.1))
+  thetas, avgs, state = run(opt, jnp.linspace(0.0, 1.0, 4), 5)
+  averager = averaging.make_averager(method, **p)
+  full = averager.init(thetas[0])
+  for theta in thetas[1:]:
+    full = averager.update(theta, full)
+  legacy = averaging.from_eager_state(state.inner_state, tuple(full))
+  np.testing.assert_allclose(averaging.averaged_params(legacy), avgs[-1], rtol=1e-6)
+  grads = jnp.full(4, 0.3)
+  for s in (state, legacy):
+    _, s = opt.update(grads, s, thetas[-1])
+    np.testing.assert_allclose(
+      averaging.averaged_params(s, thetas[-1] - 0.03),
+      reference_average(method, np.stack(thetas + [thetas[-1] - 0.03]), **p)[-1],
+      rtol=1e-5,
+    )

@@ -171,6 +171,24 @@ def multi_point(inner, *, n, gap, start_step=0, accumulator_dtype=_FLOAT32):
   )
 
 
+def from_eager_state(inner_state, average: AverageState) -> AveragingState:
+  """The wrapper state holding a complete averager state a_t (count t).
+
+  For states written before the wrappers kept the newest point apart (an
+  old checkpoint's ``opt_state`` = ``(inner_state, (count, average,
+  snapshots))``, whose average already included θ_t): the result holds
+  partial = a_t with weight 0 on θ_t, so ``averaged_params`` and the next
+  update continue exactly. ``average`` may be any (count, average,
+  snapshots) triple, e.g. the restored dict's values.
+  """
+  count, avg, snapshots = average
+  if avg is None:
+    return AveragingState(inner_state, jnp.asarray(count, jnp.int32), None, (), jnp.ones((1,)))
+  snapshots = tuple(snapshots)
+  weight = jnp.zeros((1 + len(snapshots),), _weight_dtype(avg))
+  return AveragingState(inner_state, jnp.asarray(count, jnp.int32), avg, snapshots, weight)
+
+
 def find_states(opt_state) -> list[tuple[str, AveragingState]]:
   """Every averaging wrapper's state in ``opt_state``, nested ones included,
   as ``(path, state)`` with the path written by ``jax.tree_util.keystr``."""
