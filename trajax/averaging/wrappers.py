@@ -14,7 +14,9 @@ advances to ``partial_{t+1}`` (the averager run on a zero tree) and w_{t+1}
 params)`` completes it the same way; without ``params`` it answers only
 where that is exact (w_t = 0: at init, or between the points of an average).
 Plain-checkpoint readers: the average is ``partial + newest_weight[0] *
-params`` on float leaves, the params themselves on the others.
+params`` on float leaves, the params themselves on the others. A state that
+holds the complete average (the layout before this one) continues through
+:func:`from_eager_state`.
 """
 
 from __future__ import annotations
