@@ -8,9 +8,16 @@ the reported ratio is the median over rounds of the paired per-round ratio
 to plain, which cancels slow drifts in machine load.
 
     .venv/bin/python -m bench.bench_averaging [--steps 20] [--repeats 15] [--batch 64]
+
+``--update-only N`` times the optimizer update alone on N float32 params
+(no model): the memory-bound cost of the wrappers themselves, which the
+small conv net hides on CPU. The wrappers keep the average without its
+newest point (exact in any chain position), so each update also completes
+the previous point: one extra pass over each stored tree.
 """
 
 import argparse
+import functools
 import time
 
 import jax
@@ -54,11 +61,21 @@ def make_step(opt):
   return step
 
 
+def make_update_step(opt):
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, state, grad, _):
+    updates, state = opt.update({"w": grad}, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--repeats", type=int, default=15)
   parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--update-only", type=int, default=0, metavar="N")
   args = parser.parse_args()
 
   inner = lambda: optax.sgd(0.05, momentum=0.9)
@@ -71,16 +88,21 @@ def main():
     "multi_point(n=4)": averaging.multi_point(inner(), n=4, gap=25),
   }
   key = jax.random.key(0)
-  params = init_params(key)
-  rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 3)), jnp.float32)
-  labels = jnp.asarray(rng.integers(0, 10, size=args.batch), jnp.int32)
+  if args.update_only:
+    params = {"w": jax.random.normal(key, (args.update_only,))}
+    images = jax.random.normal(jax.random.key(1), (args.update_only,))  # the "gradient"
+    labels = None
+  else:
+    params = init_params(key)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 3)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, size=args.batch), jnp.int32)
 
   runs = {}
   for name, opt in variants.items():
-    step = make_step(opt)
+    step = make_update_step(opt) if args.update_only else make_step(opt)
     state = opt.init(params)
-    p, s = step(params, state, images, labels)  # compile
+    p, s = step(jax.tree.map(jnp.copy, params), state, images, labels)  # compile
     jax.block_until_ready(p)
     runs[name] = (step, p, s)
 

@@ -65,7 +65,8 @@ def test_stop_and_resume_is_bit_identical(uninterrupted, tmp_path):
   got = _host(second.state)
   _assert_identical(got, ref)  # params, batch_stats, optimizer + averaging state, step, rng
   _assert_identical(
-    averaging.averaged_params(got.opt_state), averaging.averaged_params(ref.opt_state)
+    averaging.averaged_params(got.opt_state, got.params),
+    averaging.averaged_params(ref.opt_state, ref.params),
   )
   _assert_identical(got.bn_average, ref.bn_average)
   records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -107,7 +108,7 @@ def test_checkpoint_restores_with_plain_orbax_without_trajax(uninterrupted, tmp_
       np.testing.assert_array_equal(np.asarray(state["params"]["head"]["kernel"]),
                                     np.load({str(tmp_path / "kernel.npy")!r}))
       assert int(state["step"]) == 30, state["step"]
-      assert "average" in state["opt_state"]  # the averaging state travels with it
+      assert "partial" in state["opt_state"]  # the averaging state travels with it
       assert out.meta["config"]["total_steps"] == 30
       assert not any(m == "trajax" or m.startswith("trajax.") for m in sys.modules)
       print("OK", step)

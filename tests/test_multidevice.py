@@ -59,8 +59,8 @@ SCRIPT = textwrap.dedent(r"""
     scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(a.params))
     out["max_param_diff"] = max(diffs)
     out["param_scale"] = scale
-    avg_a = averaging.averaged_params(a.opt_state)
-    avg_b = averaging.averaged_params(b.opt_state)
+    avg_a = averaging.averaged_params(a.opt_state, a.params)
+    avg_b = averaging.averaged_params(b.opt_state, b.params)
     out["max_avg_diff"] = max(float(np.max(np.abs(x - y)))
                               for x, y in zip(jax.tree.leaves(avg_a), jax.tree.leaves(avg_b)))
     out["max_bn_diff"] = max(float(np.max(np.abs(x - y))) for x, y in

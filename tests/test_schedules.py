@@ -39,20 +39,24 @@ def _inner(lr, momentum):
   return optax.sgd(lr, momentum=momentum)
 
 
+def _averager(method, start, params):
+  """The averager started at ``start`` ('none' takes no start_step)."""
+  if averaging.get_method(method).param("start_step") is not None:
+    params = dict(params, start_step=start)
+  return averaging.make_averager(method, **params)
+
+
 def _side_trip_gap(method, params, *, base, momentum, start, window, seed=0):
   """Max |average − side-trip| and the size of the displacement it is about."""
   key_g, key_p = jax.random.split(jax.random.key(seed))
   grads = jax.random.normal(key_g, (start + window, D))
   theta0 = jax.random.normal(key_p, (D,))
 
-  main = averaging.wrap(
-    _inner(base, momentum),
-    averaging.make_averager(method, start_step=start, **params),
-  )
+  main = averaging.wrap(_inner(base, momentum), _averager(method, start, params))
   state = main.init(theta0)
   theta_s, state_s = _run(main, theta0, state, grads[:start])
-  _, state_end = _run(main, theta_s, state_s, grads[start:])
-  average = averaging.averaged_params(state_end)
+  theta_end, state_end = _run(main, theta_s, state_s, grads[start:])
+  average = averaging.averaged_params(state_end, theta_end)
 
   sched = schedules.equivalent_schedule(method, base, start=start, window=window, **params)
   side = _inner(sched, momentum)
@@ -67,9 +71,19 @@ CASES = [
   ("multi_point", dict(n=4, gap=3), 9),
   ("ema", dict(decay=0.15), 12),
 ]
+# Every parameter the averagers take, and windows other than the default.
+MORE_CASES = [
+  ("ema", dict(decay=0.1, every=3, debias=True), 6),
+  ("ema", dict(decay=0.2, every=2), 9),
+  ("ema", dict(decay=0.15, debias=True), 7),
+  ("swa", dict(every=3), 10),
+  ("two_point", dict(gap=4), 7),  # held after the second point
+  ("multi_point", dict(n=3, gap=2), 9),  # the oldest snapshots have left
+  ("none", dict(), 5),
+]
 
 
-@pytest.mark.parametrize("method,params,window", CASES)
+@pytest.mark.parametrize("method,params,window", CASES + MORE_CASES)
 @pytest.mark.parametrize("momentum", [None, 0.9, "nesterov"])
 def test_side_trip_lands_on_the_average(method, params, window, momentum):
   """Exact for linear losses (float32 rounding only), with a non-constant base
@@ -78,6 +92,74 @@ def test_side_trip_lands_on_the_average(method, params, window, momentum):
   err, scale = _side_trip_gap(method, params, base=base, momentum=momentum, start=7, window=window)
   assert scale > 0.1  # the side-trip really moved
   assert err <= 2e-6 * max(1.0, scale), (err, scale)
+
+
+def test_configured_every_and_debias_give_their_own_weights():
+  """EMA δ = 0.1, every = 3, debias = True over 6 steps: θ_{s+3} enters with
+  weight 1 (debiased first point), θ_{s+6} with 0.1/0.19 = 0.526; the
+  weights are 1 until step 3 and 0.526 after, not the plain EMA's."""
+  w = np.asarray(
+    schedules.step_weights("ema", np.arange(8), window=6, decay=0.1, every=3, debias=True)
+  )
+  late = 0.1 / (1 - 0.9**2)
+  np.testing.assert_allclose(w, [1, 1, 1, late, late, late, 0, 0], rtol=1e-6)
+  plain = np.asarray(schedules.step_weights("ema", np.arange(6), window=6, decay=0.1))
+  np.testing.assert_allclose(plain, 1 - 0.9 ** (6 - np.arange(6)), rtol=1e-6)
+  sched = schedules.equivalent_schedule(
+    "ema", 0.2, start=40, window=6, decay=0.1, every=3, debias=True
+  )
+  np.testing.assert_allclose(np.asarray(sched(jnp.arange(6))), 0.2 * w[:6], rtol=1e-6)
+
+
+def test_start_step_inside_the_window_and_before_it():
+  """An averager that starts 3 steps after the branch point is reached exactly;
+  one that started before it weighs θ the side-trip cannot reach: refused."""
+  start, window, late = 7, 9, 3
+  key_g, key_p = jax.random.split(jax.random.key(3))
+  grads = jax.random.normal(key_g, (start + window, D))
+  theta0 = jax.random.normal(key_p, (D,))
+  main = averaging.swa(optax.sgd(0.1, momentum=0.9), start_step=start + late)
+  theta_s, state_s = _run(main, theta0, main.init(theta0), grads[:start])
+  theta_end, state_end = _run(main, theta_s, state_s, grads[start:])
+  target = averaging.averaged_params(state_end, theta_end)
+  sched = schedules.equivalent_schedule(
+    "swa", 0.1, start=start, window=window, start_step=start + late
+  )
+  side = optax.sgd(sched, momentum=0.9)
+  landed, _ = _run(
+    side, theta_s, _side_trip_state(side, theta_s, state_s.inner_state), grads[start:]
+  )
+  assert float(jnp.max(jnp.abs(landed - target))) <= 2e-6
+  np.testing.assert_allclose(
+    np.asarray(schedules.step_weights("swa", np.arange(window), window=window, start_step=late)),
+    [1, 1, 1] + [(window - j) / (window - late) for j in range(late, window)],
+    rtol=1e-6,
+  )
+  with pytest.raises(ValueError, match="start_step=5 < start=7"):
+    schedules.equivalent_schedule("swa", 0.1, start=7, window=4, start_step=5)
+
+
+def test_traced_start_one_compilation_for_every_branch_point():
+  """The branch step may be traced: the weights are a static table indexed by j,
+  derived (no closed form for every/debias) while the jit traces."""
+  base = optax.cosine_decay_schedule(0.3, decay_steps=100)
+  traces = []
+  params = dict(decay=0.137, every=3, debias=True)  # not derived by any other test
+
+  @jax.jit
+  def lr(start, j):
+    traces.append(None)
+    return schedules.equivalent_schedule("ema", base, start=start, window=6, **params)(j)
+
+  for s in (0, 13, 40):
+    got = np.asarray([lr(jnp.int32(s), jnp.int32(j)) for j in range(8)])
+    ref = schedules.equivalent_schedule("ema", base, start=s, window=6, **params)
+    np.testing.assert_allclose(got, np.asarray(ref(jnp.arange(8))), rtol=1e-6)
+  assert len(traces) == 1
+  with pytest.raises(TypeError, match="start_step=3 with a traced start"):
+    jax.jit(
+      lambda s: schedules.equivalent_schedule("swa", 0.1, start=s, window=4, start_step=3)(0)
+    )(jnp.int32(1))
 
 
 def test_side_trip_from_step_zero_with_constant_base():
@@ -99,8 +181,8 @@ def test_table1_ema_exponent_as_printed_is_off_by_one():
   theta0 = jax.random.normal(key_p, (D,))
   main = averaging.ema(optax.sgd(0.1), decay, start_step=start)
   theta_s, state_s = _run(main, theta0, main.init(theta0), grads[:start])
-  _, state_end = _run(main, theta_s, state_s, grads[start:])
-  target = averaging.averaged_params(state_end)
+  theta_end, state_end = _run(main, theta_s, state_s, grads[start:])
+  target = averaging.averaged_params(state_end, theta_end)
 
   def land(weights):
     return theta_s - 0.1 * jnp.asarray(weights, jnp.float32) @ grads[start:]
@@ -116,14 +198,14 @@ def test_step_weights_match_the_kernel_of_each_averager():
   """w_j = Σ_{i>j} c_i where c is read off the averager itself, by feeding it
   the one-hot trajectory θ_{s+i} = e_i (the averages are linear in θ)."""
   start = 2
-  for method, params, k in CASES + [("ema", dict(decay=1.0), 3)]:
-    avg = averaging.make_averager(method, start_step=start, **params)
+  for method, params, k in CASES + MORE_CASES + [("ema", dict(decay=1.0), 3)]:
+    avg = _averager(method, start, params)
     # θ_0 … θ_{start−1} = 0, then θ_start = e_0, …, θ_{start+k} = e_k.
     thetas = jnp.concatenate([jnp.zeros((start - 1, k + 1)), jnp.eye(k + 1)])
     state, _ = jax.lax.scan(
       lambda st, th, avg=avg: (avg.update(th, st), None), avg.init(jnp.zeros(k + 1)), thetas
     )
-    kernel = np.asarray(state.average, np.float64)
+    kernel = np.asarray(thetas[-1] if state.average is None else state.average, np.float64)
     want = schedules.weights_from_kernel(kernel)
     got = schedules.step_weights(method, np.arange(k), window=k, **params)
     np.testing.assert_allclose(got, want, atol=1e-6, err_msg=method)
@@ -182,14 +264,16 @@ def test_matching_averaging_rejects_what_no_method_matches():
   "kwargs,match",
   [
     (dict(method="sma", window=3), "method must be one of"),
-    (dict(method="two_point", window=3, gap=4), "window must equal gap"),
-    (dict(method="multi_point", window=10, n=3, gap=4), r"\(n - 1\)\*gap = 8"),
     (dict(method="ema", window=3), "needs decay"),
     (dict(method="ema", window=3, decay=1.5), "decay must be a float in"),
-    (dict(method="swa", window=3, decay=0.1), "decay=0.1 is not a parameter"),
+    (dict(method="ema", decay=0.5), "window: averaging method 'ema' has no default window"),
+    (dict(method="ema", window=3, decay=0.5, every=0), "every must be an integer >= 1, got 0"),
+    (dict(method="ema", window=3, decay=0.5, debias=1), "debias must be True or False"),
+    (dict(method="swa", window=3, decay=0.1), "decay=0.1 is not one of its parameters"),
     (dict(method="swa", window=0), "window must be an integer >= 1"),
-    (dict(method="multi_point", window=3, n=1, gap=3), "n must be an integer >= 2"),
+    (dict(method="multi_point", window=3, n=0, gap=3), "n must be an integer >= 1"),
     (dict(method="swa", window=3, start=-1), "start must be an integer >= 0"),
+    (dict(method="swa", window=3, start=4, start_step=2), "start_step=2 < start=4"),
   ],
 )
 def test_bad_arguments_are_named(kwargs, match):

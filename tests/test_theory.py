@@ -335,8 +335,10 @@ def test_whiten_and_modes():
     (lambda: theory.stationary_variance(1.5, 2.0), "lr \\* kappa must be < 2"),
     (lambda: theory.stationary_variance(0.1, 0.0), "kappa must be > 0"),
     (lambda: theory.stationary_variance(0.1, 1.0, "sma"), "method must be one of"),
-    (lambda: theory.stationary_variance(0.1, 1.0, "ema"), "decay must be a float"),
-    (lambda: theory.stationary_variance(0.1, 1.0, "swa", gap=3), "takes \\('window',\\)"),
+    (lambda: theory.stationary_variance(0.1, 1.0, "ema"), "needs decay"),
+    (lambda: theory.stationary_variance(0.1, 1.0, "ema", decay=2.0), "decay must be a float"),
+    (lambda: theory.stationary_variance(0.1, 1.0, "swa", gap=3), "gap=3 is not one of its"),
+    (lambda: theory.stationary_variance(0.1, 1.0, "swa"), "'swa' needs window"),
     (lambda: theory.stationary_variance(0.1, 1.0, "multi_point", gap=3), "needs n"),
     (
       lambda: theory.simulate(jax.random.key(0), [1.0], lr=0.1, num_steps=10, record_every=3),

@@ -199,7 +199,7 @@ def test_train_step_matches_numpy_sgd_momentum_ema():
   got = jax.device_get(state.params)["Dense_0"]
   np.testing.assert_allclose(got["kernel"], w, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got["bias"], b, rtol=1e-5, atol=1e-6)
-  avg = jax.device_get(averaging.averaged_params(state.opt_state))["Dense_0"]
+  avg = jax.device_get(averaging.averaged_params(state.opt_state, state.params))["Dense_0"]
   np.testing.assert_allclose(avg["kernel"], aw, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(avg["bias"], ab, rtol=1e-5, atol=1e-6)
   assert int(state.step) == 3

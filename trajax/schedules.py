@@ -11,7 +11,8 @@ gradient for plain SGD, the momentum trace for ``optax.sgd(lr, momentum)``
 
 Every method of :mod:`trajax.averaging` started at ``start_step=s`` gives, after
 k further steps, a fixed convex combination a_{s+k} = Σ_{i=0..k} c_i θ_{s+i}
-(its *kernel* c on θ_s … θ_{s+k}), so
+(its *kernel* c on θ_s … θ_{s+k}, :func:`trajax.averaging.kernel`, derived by
+running the averager itself), so
 
     a_{s+k} = θ_s − Σ_{j=0}^{k−1} w_j λ_{s+j} g_{s+j},   w_j = Σ_{i>j} c_i.      (*)
 
@@ -23,7 +24,13 @@ rate: a linear loss per batch (the lemma's assumption), with or without
 alone. This module returns that schedule (:func:`equivalent_schedule`) and
 recognises the averaging behind a given schedule (:func:`matching_averaging`).
 
-The step weights w_j, j = 0 … k−1 (0-based: j counts the side-trip's steps):
+The step weights w_j, j = 0 … k−1 (0-based: j counts the side-trip's steps),
+come from that derived kernel for every parameter the averager takes (``every``,
+``debias``, a ``start_step`` inside the window), so they are exact for every
+configuration; the closed forms below are registered fast paths, tested
+against the derivation. For instance EMA with δ = 0.1, every = 3 and
+debias = True over k = 6 puts 0.474 on θ_{s+3} and 0.526 on θ_{s+6}:
+w = (1, 1, 1, 0.526, 0.526, 0.526).
 
 ==============  ============================  ===================================
 method          kernel c on θ_s … θ_{s+k}     w_j
@@ -60,6 +67,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from trajax import averaging
+
 __all__ = [
   "METHODS",
   "Averaging",
@@ -70,17 +79,11 @@ __all__ = [
   "weights_from_kernel",
 ]
 
-METHODS = ("ema", "swa", "two_point", "multi_point")
+# The registry itself (one definition per method): every registered method,
+# 'none' included (its equivalent side-trip is the base schedule).
+METHODS = averaging.METHODS
 
 ScalarOrSchedule = float | optax.Schedule
-
-# The parameters each method takes besides window (names as in trajax.averaging).
-_PARAMS = {
-  "ema": ("decay",),
-  "swa": (),
-  "two_point": ("gap",),
-  "multi_point": ("n", "gap"),
-}
 
 
 class Averaging(NamedTuple):
@@ -95,6 +98,10 @@ class Averaging(NamedTuple):
   window: int
 
 
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
   if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
     raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -103,104 +110,105 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
   return int(value)
 
 
-def _check_method_params(method, window, decay, n, gap):
-  """Validates the method's parameters and returns them as a dict."""
-  if method not in _PARAMS:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-  window = _check_int("window", window, 1)
-  given = {"decay": decay, "n": n, "gap": gap}
-  for name, value in given.items():
-    if value is not None and name not in _PARAMS[method]:
-      raise ValueError(
-        f"{name}={value!r} is not a parameter of method {method!r} "
-        f"(it takes window and {_PARAMS[method] or 'nothing else'})"
+def _table(method: str, window, params: dict, *, start=0) -> tuple[int, np.ndarray]:
+  """(k, w_0 … w_{k−1}) in float64 for ``method`` with the averager's ``params``.
+
+  ``params`` may hold every parameter the averager takes; None means absent.
+  ``start_step`` is the averager's, in absolute steps: it must be >= ``start``
+  (an average started before the branch point also weighs θ before it, which
+  no side-trip from θ_start reaches), and enters as start_step − start.
+  """
+  params = {k: v for k, v in params.items() if v is not None}
+  start_step = params.pop("start_step", None)
+  given = averaging.check_params(method, params)
+  for name in params:
+    if not _is_concrete(params[name]):
+      raise TypeError(f"{name} must be concrete to build a schedule, got a traced value")
+  if start_step is not None:
+    if not _is_concrete(start):
+      raise TypeError(
+        f"start_step={start_step!r} with a traced start: the average that a side-trip "
+        "reaches starts at the branch point; leave start_step out"
       )
-    if value is None and name in _PARAMS[method]:
-      raise ValueError(f"method {method!r} needs {name}")
-  params = {}
-  if method == "ema":
-    if not isinstance(decay, numbers.Real) or not 0.0 < float(decay) <= 1.0:
-      raise ValueError(f"decay must be a float in (0, 1], got {decay!r}")
-    params["decay"] = float(decay)
-  if method in ("two_point", "multi_point"):
-    params["gap"] = _check_int("gap", gap, 1)
-  if method == "multi_point":
-    params["n"] = _check_int("n", n, 2)
-  if method == "two_point" and window != params["gap"]:
-    raise ValueError(
-      f"two_point averages θ_start and θ_(start+gap): window must equal gap={gap}, "
-      f"got window={window}"
-    )
-  if method == "multi_point" and window != (params["n"] - 1) * params["gap"]:
-    raise ValueError(
-      f"multi_point with n={n}, gap={gap} spans (n - 1)*gap = {(n - 1) * gap} steps: "
-      f"window must equal that, got window={window}"
-    )
-  return window, params
+    start_step = _check_int("start_step", start_step, 0)
+    if start_step < start:
+      raise ValueError(
+        f"start_step={start_step} < start={start}: that average also weighs θ before the "
+        "branch point, which no side-trip from θ_start reaches: no exact schedule"
+      )
+    params["start_step"] = start_step - start
+  if window is None:
+    window = averaging.get_method(method).default_window(given)
+    if window is None:
+      raise ValueError(
+        f"window: averaging method {method!r} has no default window; give the number of "
+        "steps the average covers"
+      )
+  window = _check_int("window", window, 1)
+  return window, averaging.step_weights_table(method, window=window, **params)
 
 
-def step_weights(method: str, j, *, window: int, decay=None, n=None, gap=None):
-  """w_j: the factor on the learning rate of side-trip step j (table above).
+def _lookup(table: np.ndarray, j) -> jax.Array:
+  """table[j] as float32 for 0 ≤ j < len(table), else 0; j may be traced."""
+  j = jnp.asarray(j)
+  k = table.shape[0]
+  w = jnp.asarray(table, jnp.float32)[jnp.clip(j, 0, k - 1)]
+  return jnp.where((j >= 0) & (j < k), w, 0.0).astype(jnp.float32)
+
+
+def step_weights(method: str, j, *, window: int | None = None, **params):
+  """w_j: the factor on the learning rate of side-trip step j (module table).
 
   Args:
-    method: 'ema', 'swa', 'two_point' or 'multi_point'.
+    method: a registered method of ``trajax.averaging.METHODS``.
     j: the side-trip's step, 0-based (int or int array, may be traced).
-    window: k, the number of steps the average covers.
-    decay, n, gap: the method's parameters, as in ``trajax.averaging``.
+    window: k, the number of steps the average covers (default: the
+      method's own, e.g. ``gap`` for 'two_point').
+    **params: the averager's parameters (decay, every, debias, n, gap, …;
+      None means absent); ``start_step`` counts from the window's start.
 
   Returns:
     float32 array of j's shape; 0 outside 0 ≤ j < window (the side-trip has
     landed and stays where it is).
   """
-  window, p = _check_method_params(method, window, decay, n, gap)
-  j = jnp.asarray(j)
-  k = jnp.float32(window)
-  jf = j.astype(jnp.float32)
-  if method == "swa":
-    w = (k - jf) / k
-  elif method == "two_point":
-    w = jnp.full(j.shape, 0.5, jnp.float32)
-  elif method == "multi_point":
-    stair = (j // p["gap"]).astype(jnp.float32)
-    w = (p["n"] - 1 - stair) / p["n"]
-  else:  # ema: 1 − (1 − δ)^{k−j}, via expm1/log1p so small δ keeps its digits.
-    w = -jnp.expm1((k - jf) * jnp.log1p(-jnp.float32(p["decay"])))
-  inside = (j >= 0) & (j < window)
-  return jnp.where(inside, w, 0.0).astype(jnp.float32)
+  _, table = _table(method, window, params)
+  return _lookup(table, j)
 
 
 def equivalent_schedule(
   method: str,
   base: ScalarOrSchedule,
   *,
-  start: int,
-  window: int,
-  decay: float | None = None,
-  n: int | None = None,
-  gap: int | None = None,
+  start,
+  window: int | None = None,
+  **params,
 ) -> optax.Schedule:
   """The side-trip schedule equivalent to an averaging method (Table 1, eq. 29).
 
   ``schedule(j) = base(start + j) · w_j`` for the side-trip's own step
-  j = 0 … window−1 (and 0 afterwards), with w_j from the module table. A
-  side-trip that starts from θ_start with the optimizer state at ``start``
-  (momentum trace included; its step counter restarted at 0) and follows this
-  schedule on the batches start … start+window−1 lands exactly where the
-  ``trajax.averaging`` wrapper with ``start_step=start`` is after ``window``
-  further steps, if every batch's gradient is independent of θ (linear loss
-  per batch); for plain SGD and ``optax.sgd`` with (Nesterov) momentum.
+  j = 0 … window−1 (and 0 afterwards), with w_j from the averager's derived
+  kernel. A side-trip that starts from θ_start with the optimizer state at
+  ``start`` (momentum trace included; its step counter restarted at 0) and
+  follows this schedule on the batches start … start+window−1 lands exactly
+  where ``make_averager(method, start_step=start, **params)`` is after
+  ``window`` further steps, if every batch's gradient is independent of θ
+  (linear loss per batch); for plain SGD and ``optax.sgd`` with (Nesterov)
+  momentum. Every parameter the averager takes is honoured.
 
   Args:
-    method: 'ema', 'swa', 'two_point' or 'multi_point'.
+    method: a registered method ('none', 'ema', 'swa', 'two_point', …).
     base: the main run's learning rate: a float or an optax schedule of the
       absolute step.
-    start: the averaging wrapper's ``start_step`` (the step the side-trip
-      branches off at), an integer >= 0.
-    window: the steps the average covers: any k >= 1 for 'ema' and 'swa';
-      ``gap`` for 'two_point'; ``(n − 1)·gap`` for 'multi_point'.
-    decay: EMA weight δ in (0, 1] ('ema' only).
-    n: number of points, >= 2 ('multi_point' only).
-    gap: steps between points ('two_point', 'multi_point').
+    start: the branch step (the averager's start_step), an integer >= 0; may
+      be a traced int scalar, so one compiled step serves every branch point
+      (the weights are a static table indexed by j).
+    window: the steps the average covers (default: the method's own window,
+      ``gap`` for 'two_point', ``(n − 1)·gap`` for 'multi_point'; 'ema' and
+      'swa' need one).
+    **params: the averager's parameters as ``trajax.averaging`` takes them
+      (None means absent). A ``start_step`` must be >= ``start`` (concrete):
+      averaging then begins start_step − start steps into the window; an
+      earlier start has no exact schedule and raises.
 
   Returns:
     An optax schedule of the side-trip step.
@@ -210,16 +218,18 @@ def equivalent_schedule(
     sched = equivalent_schedule('swa', 0.1, start=1000, window=500)
     side_trip = optax.sgd(sched, momentum=0.9)   # continue from step 1000
   """
-  if not isinstance(start, jax.Array):  # a traced start serves every branch point (sidetrip)
+  if _is_concrete(start):
     start = _check_int("start", start, 0)
-  window, params = _check_method_params(method, window, decay, n, gap)
+  elif not jnp.issubdtype(start.dtype, jnp.integer) or start.shape != ():
+    raise TypeError(f"start must be an integer scalar, got {start!r}")
   if not (callable(base) or isinstance(base, numbers.Real)):
     raise TypeError(f"base must be a float or an optax schedule, got {base!r}")
+  _, table = _table(method, window, params, start=start)
 
   def schedule(j):
     j = jnp.asarray(j)
     lr = base(start + j) if callable(base) else jnp.float32(base)
-    return lr * step_weights(method, j, window=window, **params)
+    return lr * _lookup(table, j)
 
   return schedule
 
@@ -257,17 +267,16 @@ def matching_averaging(
 
   Reads the step weights w_j = schedule(j) / base(start + j), turns them into
   the kernel c on θ_start … θ_{start+window} (:func:`kernel_from_weights`) and
-  recognises it, to ``atol``:
-
-  * linear decay to zero, w_j = (k − j)/k (``optax.linear_schedule(λ, 0, k)``
-    on a constant base): 'swa' over the window;
-  * a staircase of n − 1 equal stairs of ``gap`` steps at (n−1)/n, …, 1/n:
-    'multi_point' (n, gap), 'two_point' when n = 2 (a constant half rate);
-  * 1 − (1 − δ)^{k−j}: 'ema' with decay δ.
+  recognises it, to ``atol``: each registered method with a ``match`` rule
+  proposes parameters, and the proposal stands if the method's derived kernel
+  agrees. With the built-in methods: linear decay to zero, w_j = (k − j)/k,
+  is 'swa'; a staircase of n − 1 equal stairs of ``gap`` steps at
+  (n−1)/n, …, 1/n is 'multi_point' (n, gap), 'two_point' when n = 2 (a
+  constant half rate); 1 − (1 − δ)^{k−j} is 'ema' with decay δ.
 
   Other non-increasing weights in [0, 1] are still an average of θ_s … θ_{s+k}
-  (the kernel), just not one of trajax.averaging's methods: that raises, and
-  the message says so.
+  (the kernel), just not a registered method: that raises, and the message
+  says so.
 
   Args:
     schedule: the side-trip schedule of its own step j (or a float).
@@ -289,25 +298,16 @@ def matching_averaging(
   if np.any(lr0 == 0):
     raise ValueError("base is zero on the window: the step weights are undefined")
   c = kernel_from_weights(lr / lr0)
-  close = lambda a, b: bool(np.all(np.abs(np.asarray(a) - b) <= atol))
-  if close(c[0], 0.0) and close(c[1:], 1.0 / k):
-    return Averaging("swa", {}, k)
-  support = np.flatnonzero(np.abs(c) > atol)
-  if support.size >= 2 and support[0] == 0 and support[-1] == k:
-    gaps = np.diff(support)
-    n = support.size
-    if np.all(gaps == gaps[0]) and close(c[support], 1.0 / n):
-      gap = int(gaps[0])
-      if n == 2:
-        return Averaging("two_point", {"gap": gap}, k)
-      return Averaging("multi_point", {"n": n, "gap": gap}, k)
-  delta = c[k]
-  if 0.0 < delta <= 1.0:
-    expected = np.concatenate(
-      [[(1 - delta) ** k], delta * (1 - delta) ** (k - np.arange(1, k + 1))]
-    )
-    if close(c, expected):
-      return Averaging("ema", {"decay": float(delta)}, k)
+  for name, m in averaging.METHODS.items():
+    proposal = None if m.match is None else m.match(c, atol)
+    if proposal is None:
+      continue
+    try:
+      _, w = _table(name, k, dict(proposal))
+    except (TypeError, ValueError):
+      continue
+    if np.all(np.abs(kernel_from_weights(w) - c) <= atol):
+      return Averaging(name, proposal, k)
   if np.any(c < -atol):
     raise ValueError(
       "the schedule's weights schedule(j)/base(start+j) rise somewhere or exceed 1: "
@@ -315,6 +315,6 @@ def matching_averaging(
     )
   raise ValueError(
     "the schedule matches an average of θ_start … θ_(start+window) with kernel "
-    f"{np.array2string(c, precision=4, threshold=12)}, but not one of {METHODS} "
-    "(linear decay to 0, an n-1 stair staircase at (n-1)/n … 1/n, or EMA)"
+    f"{np.array2string(c, precision=4, threshold=12)}, but not one of the registered "
+    f"methods {list(averaging.METHODS)}"
   )

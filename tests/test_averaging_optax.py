@@ -1,0 +1,318 @@
+"""The optax face of trajax.averaging, against optax's own contract.
+
+The checks of ``optax/contrib/_common_test.py`` (jit and extra args without
+recompiling, inject_hyperparams equivalence, dtypes, MultiSteps, state
+shape/dtype stability under ``lax.cond``, ``tree.map_params``), replicated
+for every wrapper (their helpers are private to that test module); then the
+average itself wherever the wrapper sits: a transform after it in a chain,
+``multi_transform`` partitions, several wrappers in one state — each against
+the NumPy reference of ``test_averaging`` on the params really applied.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_averaging import reference_average
+
+from trajax import averaging
+
+SPECS = {
+  "ema": ("ema", dict(decay=0.2, start_step=2)),
+  "ema_debias_every": ("ema", dict(decay=0.2, debias=True, every=2)),
+  "swa": ("swa", dict(start_step=1)),
+  "two_point": ("two_point", dict(gap=3)),
+  "multi_point": ("multi_point", dict(n=3, gap=2, start_step=1)),
+}
+STATIC = {"multi_point": ("n",)}
+
+
+def factory(name):
+  method, _ = SPECS[name]
+  return getattr(averaging, method)
+
+
+def make(name, inner):
+  method, p = SPECS[name]
+  return getattr(averaging, method)(inner, **p)
+
+
+@pytest.fixture(params=sorted(SPECS))
+def name(request):
+  return request.param
+
+
+def parabola(dtype):
+  target = jnp.array([1.0, -1.0, 1.0], dtype)
+  return jnp.array([-1.0, 10.0, 1.0], dtype), lambda p: jnp.sum((p - target) ** 2)
+
+
+# ---------------------------------------------------------------------------
+# optax's contract.
+
+
+def test_extra_args_and_no_recompilation(name):
+  opt = make(name, optax.sgd(0.1))
+  params, objective = parabola(jnp.float32)
+  traces = []
+
+  @jax.jit
+  def step(params, state):
+    traces.append(None)
+    value, grads = jax.value_and_grad(objective)(params)
+    updates, state = opt.update(grads, state, params, unexpected_extra_arg=1, value=value)
+    return optax.apply_updates(params, updates), state
+
+  state = opt.init(params)
+  for _ in range(3):
+    params, state = step(params, state)
+  assert len(traces) == 1
+
+
+def test_inject_hyperparams_equivalence(name):
+  _, hparams = SPECS[name]
+  inner = optax.sgd(0.1, momentum=0.9)
+  direct = factory(name)(inner, **hparams)
+  injected = optax.inject_hyperparams(factory(name), static_args=STATIC.get(name, ()))(
+    inner, **hparams
+  )
+  params = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
+  grads = [jnp.ones((2, 3)), -jnp.ones((2, 5, 2))]
+  s1, s2 = jax.jit(direct.init)(params), jax.jit(injected.init)(params)
+  for _ in range(4):  # past start_step, so the hyperparameters matter
+    u1, s1 = jax.jit(direct.update)(grads, s1, params)
+    u2, s2 = jax.jit(injected.update)(grads, s2, params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u1, u2)
+    params = optax.apply_updates(params, u1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), s2.inner_state, s1)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_updates_keep_the_params_dtype_and_multisteps_accumulates(name, dtype):
+  opt = make(name, optax.sgd(0.1))
+  params = jnp.array([1.0, 2.0], dtype)
+  grads = jax.grad(lambda x: jnp.sum(x**2))(params)
+  updates, _ = jax.jit(opt.update)(grads, jax.jit(opt.init)(params), params)
+  assert updates.dtype == params.dtype
+  ms = optax.MultiSteps(opt, every_k_schedule=4)
+  updates, _ = jax.jit(ms.update)(grads, jax.jit(ms.init)(params), params)
+  np.testing.assert_array_equal(updates, jnp.zeros_like(grads))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_state_shape_and_dtype_stable_under_cond(name, dtype):
+  with jax.enable_x64(dtype == "float64"):
+    opt = make(name, optax.sgd(0.1))
+    params, objective = parabola(jnp.dtype(dtype))
+
+    @jax.jit
+    def step(params, state):
+      grads = jax.grad(objective)(params)
+      cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
+      updates, state = jax.lax.cond(
+        cond, lambda: opt.update(grads, state, params), lambda: (params, state)
+      )
+      return optax.apply_updates(params, updates), state
+
+    state = opt.init(params)
+    for _ in range(2):
+      params, new_state = step(params, state)
+      assert params.dtype == jnp.dtype(dtype)
+      state = jax.lax.cond(True, lambda: state, lambda: new_state)  # noqa: B023
+    mapped = optax.tree.map_params(opt, lambda v: v, state)
+    assert jax.tree.structure(mapped) == jax.tree.structure(state)
+
+
+def test_optimization_converges(name):
+  opt = make(name, optax.sgd(0.1))
+  params, objective = parabola(jnp.float32)
+
+  def body(carry, _):
+    p, s = carry
+    u, s = opt.update(jax.grad(objective)(p), s, p)
+    return (optax.apply_updates(p, u), s), None
+
+  (params, state), _ = jax.lax.scan(body, (params, opt.init(params)), length=300)
+  np.testing.assert_allclose(params, [1.0, -1.0, 1.0], atol=1e-4)
+  assert np.all(np.isfinite(averaging.averaged_params(state, params)))
+
+
+# ---------------------------------------------------------------------------
+# The average, wherever the wrapper sits.
+
+
+def run(opt, params, steps, *, extra=None, read=True):
+  """Updates from fixed pseudo-random gradients; the real θ_t and the
+  averages read with averaged_params(state, θ_t) at every t."""
+  rng = np.random.default_rng(0)
+  state = opt.init(params)
+  update = jax.jit(opt.update)
+  read = averaging.averaged_params if read else lambda state, params: None
+  thetas, avgs = [params], [read(state, params)]
+  for t in range(steps):
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
+    kwargs = {} if extra is None else extra(t)
+    updates, state = update(grads, state, params, **kwargs)
+    params = optax.apply_updates(params, updates)
+    thetas.append(params)
+    avgs.append(read(state, params))
+  return thetas, avgs, state
+
+
+def test_issue_example_swa_then_scale():
+  opt = optax.chain(averaging.swa(optax.sgd(1.0)), optax.scale(0.5))
+  params = jnp.zeros(2)
+  state = opt.init(params)
+  for _ in range(3):
+    updates, state = opt.update(-jnp.ones(2), state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(params, 1.5)
+  np.testing.assert_allclose(averaging.averaged_params(state, params), 1.0)  # (0.5+1+1.5)/3
+
+
+@pytest.mark.parametrize(
+  "after",
+  [
+    pytest.param(lambda: optax.scale(0.5), id="scale"),
+    pytest.param(lambda: optax.add_decayed_weights(0.3), id="decayed_weights"),
+    pytest.param(
+      lambda: optax.contrib.reduce_on_plateau(factor=0.5, patience=1, cooldown=0),
+      id="reduce_on_plateau",
+    ),
+  ],
+)
+def test_average_exact_with_a_transform_after_the_wrapper(name, after):
+  method, p = SPECS[name]
+  opt = optax.chain(make(name, optax.sgd(0.1, momentum=0.9)), after())
+  params = jnp.asarray(np.random.default_rng(1).normal(size=(4,)), jnp.float32)
+  # A loss that never improves: reduce_on_plateau halves the scale on the way.
+  thetas, avgs, _ = run(opt, params, 12, extra=lambda t: {"value": jnp.float32(1.0)})
+  want = reference_average(method, np.stack(thetas), **p)
+  np.testing.assert_allclose(np.stack(avgs), want, rtol=2e-5, atol=2e-6)
+
+
+def test_multi_transform_fills_unaveraged_partitions_and_merges_several():
+  params = {"a": jnp.arange(3.0), "b": jnp.ones(2), "c": -jnp.ones(4)}
+  labels = {"a": "ema", "b": "swa", "c": "plain"}
+  opt = optax.multi_transform(
+    {
+      "ema": averaging.ema(optax.sgd(0.1), 0.3),
+      "swa": averaging.swa(optax.sgd(0.2), start_step=1),
+      "plain": optax.sgd(0.3),
+    },
+    labels,
+  )
+  thetas, avgs, state = run(opt, params, 7)
+  stack = lambda key, trees: np.stack([t[key] for t in trees])
+  np.testing.assert_allclose(
+    stack("a", avgs), reference_average("ema", stack("a", thetas), decay=0.3), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    stack("b", avgs), reference_average("swa", stack("b", thetas), start_step=1), rtol=1e-5
+  )
+  np.testing.assert_array_equal(stack("c", avgs), stack("c", thetas))
+  assert [where for where, _ in averaging.find_states(state)] == [
+    ".inner_states['ema'].inner_state",
+    ".inner_states['swa'].inner_state",
+  ]
+  with pytest.raises(ValueError, match="2 averaging wrappers"):
+    averaging.averaged_params(state)
+
+
+def test_nested_wrappers_are_reachable_one_by_one():
+  opt = averaging.ema(averaging.swa(optax.sgd(0.1), start_step=2), 0.25)
+  params = jnp.linspace(-1.0, 1.0, 5)
+  thetas, _, state = run(opt, params, 8, read=False)
+  with pytest.raises(ValueError, match="both average the same params"):
+    averaging.averaged_params(state, thetas[-1])
+  assert [where for where, _ in averaging.find_states(state)] == ["", ".inner_state"]
+  got_ema = averaging.averaged_params(state, thetas[-1], where="")
+  got_swa = averaging.averaged_params(state, thetas[-1], where=".inner_state")
+  with pytest.raises(ValueError, match=r"where='\.x': no averaging wrapper there"):
+    averaging.averaged_params(state, thetas[-1], where=".x")
+  stacked = np.stack(thetas)
+  np.testing.assert_allclose(got_ema, reference_average("ema", stacked, decay=0.25)[-1], rtol=1e-5)
+  np.testing.assert_allclose(
+    got_swa, reference_average("swa", stacked, start_step=2)[-1], rtol=1e-5
+  )
+
+
+def test_without_params_only_where_exact():
+  params = jnp.ones(3)
+  opt = averaging.multi_point(optax.sgd(0.1), n=2, gap=3)
+  state = opt.init(params)
+  np.testing.assert_array_equal(averaging.averaged_params(state), params)  # a_0 = θ_0
+  thetas, _, state = run(opt, params, 4)  # t = 4: held since the snapshot at 3
+  np.testing.assert_allclose(averaging.averaged_params(state), (thetas[0] + thetas[3]) / 2)
+  _, _, state = run(averaging.ema(optax.sgd(0.1), 0.1), params, 2)
+  with pytest.raises(ValueError, match="carry weight 0.1 .* pass params"):
+    averaging.averaged_params(state)
+  with pytest.raises(ValueError, match="under jit"):
+    jax.jit(averaging.averaged_params)(state)
+
+
+def test_tree_get_finds_one_partial_and_no_stale_average(name):
+  opt = optax.inject_hyperparams(factory(name), static_args=STATIC.get(name, ()))(
+    optax.sgd(0.1), **SPECS[name][1]
+  )
+  thetas, avgs, state = run(opt, jnp.ones(3), 5)
+  assert optax.tree_utils.tree_get_all_with_path(state, "average") == []
+  partial = optax.tree_utils.tree_get(state, "partial")  # unique, or tree_get raises
+  weight = optax.tree_utils.tree_get(state, "newest_weight")
+  # What a plain-checkpoint reader does: partial + w·θ_t.
+  np.testing.assert_allclose(partial + weight[0] * thetas[-1], avgs[-1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["two_point", "multi_point", "ema", "swa"])
+def test_float64_accumulator_keeps_float64_params(method):
+  """Points 1e-9 apart: a float32 accumulator rounds them together."""
+  kwargs = {
+    "two_point": dict(gap=2),
+    "multi_point": dict(n=3, gap=1),
+    "ema": dict(decay=0.5),
+    "swa": dict(),
+  }[method]
+  with jax.enable_x64(True):
+    params = jnp.full((2,), 1.0, jnp.float64)
+    step = jnp.full((2,), -1e-9, jnp.float64)  # sgd(1): θ_t = 1 + t·1e-9
+
+    def final(accumulator_dtype):
+      opt = getattr(averaging, method)(
+        optax.sgd(1.0), accumulator_dtype=accumulator_dtype, **kwargs
+      )
+      p, state = params, opt.init(params)
+      thetas = [p]
+      for _ in range(4):
+        u, state = opt.update(step, state, p)
+        p = optax.apply_updates(p, u)
+        thetas.append(p)
+      return np.asarray(averaging.averaged_params(state, p)), np.stack(thetas)
+
+    got64, thetas = final(jnp.float64)
+    got32, _ = final(jnp.float32)
+  want = reference_average(method, np.asarray(thetas), **kwargs)[-1]
+  assert got64.dtype == np.float64 and got32.dtype == np.float32
+  np.testing.assert_allclose(got64 - 1, want - 1, rtol=1e-6)
+  assert np.max(np.abs((got32.astype(np.float64) - 1) - (want - 1))) > 1e-9
+
+
+def test_state_from_a_complete_average_continues_exactly(name):
+  """Old checkpoints held the complete a_t: from_eager_state continues them."""
+  method, p = SPECS[name]
+  opt = make(name, optax.sgd(0.1))
+  thetas, avgs, state = run(opt, jnp.linspace(0.0, 1.0, 4), 5)
+  averager = averaging.make_averager(method, **p)
+  full = averager.init(thetas[0])
+  for theta in thetas[1:]:
+    full = averager.update(theta, full)
+  legacy = averaging.from_eager_state(state.inner_state, tuple(full))
+  np.testing.assert_allclose(averaging.averaged_params(legacy), avgs[-1], rtol=1e-6)
+  grads = jnp.full(4, 0.3)
+  for s in (state, legacy):
+    _, s = opt.update(grads, s, thetas[-1])
+    np.testing.assert_allclose(
+      averaging.averaged_params(s, thetas[-1] - 0.03),
+      reference_average(method, np.stack(thetas + [thetas[-1] - 0.03]), **p)[-1],
+      rtol=1e-5,
+    )

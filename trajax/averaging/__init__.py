@@ -1,0 +1,117 @@
+"""Parameter averaging: each method defined once, with its three faces.
+
+Let θ_0 be the params given to ``init`` and θ_t the params after the t-th
+update. With s = start_step, the average a_t after the t-th update is
+
+* t ≤ s: ``a_t = θ_t`` (the average follows the params until averaging starts);
+* EMA (paper eq. 25): ``a_t = (1 − δ)·a_{t−1} + δ·θ_t`` with ``a_s = θ_s``;
+  with ``debias=True`` the accumulator starts from zero at s and is divided by
+  ``1 − (1 − δ)^p`` after p points, so θ_s itself is not part of the average;
+* SWA (Izmailov et al. 2018; paper eqs. 22-24): the mean of θ_{s+1}, …, θ_t;
+* ``every=c`` (EMA, SWA): θ_t enters only when (t − s) is a multiple of c,
+  and the average is held in between (SWA's cycle length);
+* multi-point (paper A.4), n points ``gap`` apart: a snapshot of θ_t is taken
+  whenever t ≥ s and (t − s) is a multiple of ``gap``; the average is the mean
+  of the n most recent snapshots (of all of them while fewer than n exist).
+  Between snapshot steps it is held. Two-point (paper Sec. 4, A.3) is n = 2.
+
+Every method but multi-point is one update ``a ← (1 − w_t)·a + w_t·θ_t`` (w_t
+is 1 while following, 0 between points, δ for EMA, 1/p for SWA,
+δ / (1 − (1 − δ)^p) for debiased EMA); the lerp is exact at w = 0 and 1.
+
+One definition, three faces. :data:`METHODS` maps each name to a
+:class:`Method`: its parameters (type, range, default, static or not), its
+averager factory, its default window and optional closed-form fast paths
+(:mod:`trajax.kernels`). Everything else derives from it:
+
+* the arithmetic: :func:`make_averager` → :class:`Averager` (pure
+  ``init``/``update`` on any pytree, e.g. Flax ``batch_stats``), and the optax
+  wrappers (:func:`wrap`, :func:`ema`, … in ``trajax.averaging.wrappers``, exact in any
+  ``optax.chain`` position: read the average with ``averaged_params(state, params)``);
+* the kernel c_i, the weight of θ_i in a_k, *derived* by running the averager
+  (it is linear in θ) — :func:`kernel` — from which :mod:`trajax.schedules`
+  builds the equivalent learning-rate schedule and :mod:`trajax.theory` the
+  stationary variance;
+* config checks: :func:`validate_params` and :func:`method_params` read the
+  flat ``averaging`` config section.
+
+A new method is one :func:`register` call; its schedule and theory follow.
+"""
+
+from trajax.averaging.averagers import (
+  ACCUMULATOR_DTYPE,
+  DEBIAS,
+  DECAY,
+  EVERY,
+  GAP,
+  START_STEP,
+  Averager,
+  AverageState,
+  N,
+  Param,
+  ema_averager,
+  identity_averager,
+  multi_point_averager,
+  swa_averager,
+  two_point_averager,
+)
+from trajax.averaging.methods import (
+  METHODS,
+  Method,
+  check_params,
+  get_method,
+  kernel,
+  make_averager,
+  method_params,
+  register,
+  step_weights_table,
+  validate_params,
+)
+from trajax.averaging.wrappers import (
+  AveragingState,
+  averaged_params,
+  ema,
+  find_states,
+  from_eager_state,
+  multi_point,
+  swa,
+  two_point,
+  wrap,
+)
+
+__all__ = [
+  "ACCUMULATOR_DTYPE",
+  "DEBIAS",
+  "DECAY",
+  "EVERY",
+  "GAP",
+  "METHODS",
+  "N",
+  "START_STEP",
+  "AverageState",
+  "Averager",
+  "AveragingState",
+  "Method",
+  "Param",
+  "averaged_params",
+  "check_params",
+  "ema",
+  "ema_averager",
+  "find_states",
+  "from_eager_state",
+  "get_method",
+  "identity_averager",
+  "kernel",
+  "make_averager",
+  "method_params",
+  "multi_point",
+  "multi_point_averager",
+  "register",
+  "step_weights_table",
+  "swa",
+  "swa_averager",
+  "two_point",
+  "two_point_averager",
+  "validate_params",
+  "wrap",
+]

@@ -1,0 +1,330 @@
+"""The registry of averaging methods, and what derives from a record alone.
+
+:data:`METHODS` maps each name to its :class:`Method` record (parameters,
+averager factory, windows, closed-form fast paths). From a record alone:
+:func:`make_averager`, :func:`validate_params`, :func:`method_params`, the
+derived :func:`kernel` and the step weights :func:`step_weights_table`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trajax import kernels
+from trajax.averaging.averagers import (
+  EMA_PARAMS,
+  MULTI_POINT_PARAMS,
+  SWA_PARAMS,
+  TWO_POINT_PARAMS,
+  Averager,
+  Param,
+  _is_concrete,
+  check_spec,
+  ema_averager,
+  identity_averager,
+  multi_point_averager,
+  param_error,
+  swa_averager,
+  two_point_averager,
+)
+
+# ----------------------------------------------------------------------------
+# The registry.
+
+
+class Method(NamedTuple):
+  """One averaging method, defined once.
+
+  Attributes:
+    name: the registry key and ``averaging.method`` config value.
+    params: its parameters, in the order of the factory's keywords.
+    averager: factory ``averager(**params) -> Averager``; it must be linear in
+      θ (see :class:`Averager`) and, to give float64 kernels, take
+      ``accumulator_dtype``.
+    default_window: ``params -> int | None``: the window an equivalent
+      side-trip covers by default (None: the caller must give one).
+    memory: ``params -> int | None``: the window after which the kernel on
+      lags no longer changes (to 1e-12): the stationary kernel's support
+      (None: never, e.g. SWA's running mean; give a window).
+    step_weights: optional closed form ``(window, params) -> w | None`` of
+      the step weights (:mod:`trajax.kernels`); None where it does not apply.
+    bracket: optional closed form ``(gamma, params, window) -> | None`` of
+      the stationary bracket of eq. 19 (window None: ``memory``).
+    match: optional ``(kernel, atol) -> params | None`` proposing parameters
+      from a kernel, for :func:`trajax.schedules.matching_averaging` (the
+      proposal is accepted only if the derived kernel agrees).
+  """
+
+  name: str
+  params: tuple[Param, ...]
+  averager: Callable[..., Averager]
+  default_window: Callable[[dict], int | None] = lambda p: None
+  memory: Callable[[dict], int | None] = lambda p: None
+  step_weights: Callable[[int, dict], np.ndarray | None] | None = None
+  bracket: Callable[..., np.ndarray | None] | None = None
+  match: Callable[[np.ndarray, float], dict | None] | None = None
+
+  def param(self, name: str) -> Param | None:
+    return next((p for p in self.params if p.name == name), None)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+  """Adds ``method`` to :data:`METHODS` (replacing one of the same name)."""
+  if not isinstance(method, Method):
+    raise TypeError(f"register needs a trajax.averaging.Method, got {method!r}")
+  METHODS[method.name] = method
+  return method
+
+
+def get_method(method: str) -> Method:
+  """The registered :class:`Method` named ``method``."""
+  if not isinstance(method, str) or method not in METHODS:
+    raise ValueError(f"averaging method must be one of {list(METHODS)}, got {method!r}")
+  return METHODS[method]
+
+
+def check_params(method: str, params: Mapping[str, Any]) -> dict:
+  """``params`` with defaults filled in, checked against ``method``'s record.
+
+  A value of None means "not given" (the default). Raises ValueError or
+  TypeError naming the first bad parameter, its value and what is allowed.
+  """
+  return check_spec(method, get_method(method).params, params)
+
+
+def make_averager(method: str, **params) -> Averager:
+  """The :class:`Averager` of registered ``method`` with ``params``."""
+  m = get_method(method)
+  given = check_params(method, params)
+  return m.averager(**given)
+
+
+def method_params(method: str, section: Mapping) -> dict:
+  """The parameters ``method`` takes, picked from a flat config section.
+
+  ``section`` is the ``averaging`` config (a dict or ConfigDict) holding the
+  parameters of every method; fields the method does not take, or set to
+  None, are left out. The result feeds :func:`make_averager` and
+  :func:`trajax.schedules.equivalent_schedule` alike.
+  """
+  m = get_method(method)
+  out = {}
+  for p in m.params:
+    try:
+      value = section[p.name]
+    except (KeyError, AttributeError):
+      continue
+    if value is not None:
+      out[p.name] = value
+  return out
+
+
+def validate_params(
+  method: str,
+  params: Mapping[str, Any],
+  *,
+  total_steps: int | None = None,
+  prefix: str = "averaging.",
+) -> list[str]:
+  """Human error messages for ``method`` with ``params`` (empty: all good).
+
+  Each names the dotted field (``prefix`` + name), its value and what is
+  allowed. Keys ``method`` does not take are ignored (the config holds every
+  method's parameters in one flat section). With ``total_steps``, the same
+  rules hold for every method: ``start_step < total_steps``, and step
+  counts (``every``, ``gap``) at most ``total_steps``.
+  """
+  if not isinstance(method, str) or method not in METHODS:
+    return [f"{prefix}method = {method!r}: must be one of {list(METHODS)}"]
+  errors = []
+  for p in METHODS[method].params:
+    value = params.get(p.name)
+    field = f"{prefix}{p.name}"
+    if value is None:
+      if p.required:
+        errors.append(f"{field} = None: averaging method {method!r} needs it ({p.allowed})")
+      continue
+    error = param_error(p, value)
+    if error is not None:
+      errors.append(f"{field} = {value!r}: {error}")
+    elif total_steps is not None and p.kind == "int":
+      if p.name == "start_step" and value >= total_steps:
+        errors.append(f"{field} = {value!r}: must be < total_steps={total_steps}")
+      elif p.steps and value > total_steps:
+        errors.append(f"{field} = {value!r}: must be <= total_steps={total_steps}")
+  return errors
+
+
+# ----------------------------------------------------------------------------
+# The kernel, derived from the averager.
+
+
+def _check_window(window, name: str = "window", minimum: int = 1) -> int:
+  if (
+    isinstance(window, bool)
+    or not isinstance(window, (numbers.Integral, np.integer))
+    or window < minimum
+  ):
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {window!r}")
+  return int(window)
+
+
+def _hashable(params: dict) -> tuple:
+  return tuple(sorted((k, str(v) if k == "accumulator_dtype" else v) for k, v in params.items()))
+
+
+def kernel(method: str, *, window: int, **params) -> np.ndarray:
+  """c_i, i = 0 … window: the weight of θ_i in a_window, derived (float64).
+
+  The average after ``window`` updates of ``make_averager(method, **params)``
+  (``start_step`` as given, default 0) is a_k = Σ_i c_i θ_i. Because the
+  averager is linear, c = ∂a_k/∂θ: the averager itself is run on a scalar
+  trajectory and differentiated (reverse mode: the transpose of running it
+  on the one-hot trajectories θ_i = e_i, at O(k) cost), in float64. For an
+  average, c ≥ 0 and Σ c = 1.
+  """
+  window = _check_window(window)
+  given = check_params(method, params)
+  for name, value in given.items():
+    if not _is_concrete(value):
+      raise TypeError(f"kernel: {name} must be concrete, got a traced value")
+  given.pop("accumulator_dtype", None)
+  try:
+    key = _hashable(given)
+    hash(key)
+  except TypeError:
+    return _derive(method, window, tuple(given.items())).copy()
+  return _derive_cached(method, window, key).copy()
+
+
+def _derive(method: str, window: int, items: tuple) -> np.ndarray:
+  m = METHODS[method]
+  params = dict(items)
+  if m.param("accumulator_dtype") is not None:
+    params["accumulator_dtype"] = jnp.dtype(np.float64)
+  # Eager even when called while a jit is tracing (the engine builds its
+  # side-trip schedule inside the step function): the kernel is a constant.
+  with jax.enable_x64(True), jax.ensure_compile_time_eval():
+    averager = m.averager(**params)
+
+    def final(thetas):
+      state = averager.init(thetas[0])
+      state, _ = jax.lax.scan(lambda s, th: (averager.update(th, s), None), state, thetas[1:])
+      return thetas[-1] if state.average is None else state.average
+
+    c = jax.jit(jax.grad(final))(jnp.zeros(window + 1, jnp.float64))
+    return np.asarray(c, np.float64)
+
+
+@functools.lru_cache(maxsize=256)
+def _derive_cached(method: str, window: int, key: tuple) -> np.ndarray:
+  items = tuple((k, v) for k, v in key)
+  return _derive(method, window, items)
+
+
+def step_weights_table(method: str, *, window: int, **params) -> np.ndarray:
+  """w_j = Σ_{i>j} c_i, j = 0 … window−1 (float64): the closed form where one
+  is registered and applies, else from the derived :func:`kernel`."""
+  window = _check_window(window)
+  m = get_method(method)
+  given = check_params(method, params)
+  if m.step_weights is not None:
+    fast = m.step_weights(window, given)
+    if fast is not None:
+      return np.asarray(fast, np.float64)
+  c = kernel(method, window=window, **params)
+  if abs(c.sum() - 1.0) > 1e-9:
+    raise ValueError(
+      f"averaging method {method!r}: its kernel sums to {c.sum():.12g}, not 1, so it is "
+      "not an average of the trajectory and has no equivalent step weights"
+    )
+  return np.cumsum(c[::-1])[::-1][1:]
+
+
+def _ema_memory(p: dict) -> int:
+  decay = float(p["decay"])
+  points = 1 if decay == 1 else math.ceil(math.log(1e-12) / math.log1p(-decay))
+  return int(p.get("every", 1)) * max(points, 1)
+
+
+def _support(c: np.ndarray, atol: float) -> np.ndarray:
+  return np.flatnonzero(np.abs(c) > atol)
+
+
+def _match_swa(c, atol):
+  return {} if abs(c[0]) <= atol and np.all(np.abs(c[1:] - c[-1]) <= atol) else None
+
+
+def _match_points(c, atol):
+  s = _support(c, atol)
+  if s.size < 2 or s[0] != 0 or s[-1] != c.size - 1 or np.any(np.diff(s) != s[1] - s[0]):
+    return None
+  return {"n": int(s.size), "gap": int(s[1] - s[0])}
+
+
+def _match_two_point(c, atol):
+  p = _match_points(c, atol)
+  return {"gap": p["gap"]} if p is not None and p["n"] == 2 else None
+
+
+def _match_ema(c, atol):
+  return {"decay": float(c[-1])} if 0 < c[-1] <= 1 else None
+
+
+register(Method("none", (), identity_averager))
+register(
+  Method(
+    "ema",
+    EMA_PARAMS,
+    ema_averager,
+    memory=_ema_memory,
+    step_weights=kernels.ema_step_weights,
+    bracket=kernels.ema_bracket,
+    match=_match_ema,
+  )
+)
+register(
+  Method(
+    "swa",
+    SWA_PARAMS,
+    swa_averager,
+    step_weights=kernels.swa_step_weights,
+    bracket=kernels.swa_bracket,
+    match=_match_swa,
+  )
+)
+register(
+  Method(
+    "two_point",
+    TWO_POINT_PARAMS,
+    two_point_averager,
+    default_window=lambda p: int(p["gap"]),
+    memory=lambda p: int(p["gap"]),
+    step_weights=kernels.multi_point_step_weights,
+    bracket=kernels.two_point_bracket,
+    match=_match_two_point,
+  )
+)
+register(
+  Method(
+    "multi_point",
+    MULTI_POINT_PARAMS,
+    multi_point_averager,
+    default_window=lambda p: (int(p["n"]) - 1) * int(p["gap"]),
+    memory=lambda p: (int(p["n"]) - 1) * int(p["gap"]),
+    step_weights=kernels.multi_point_step_weights,
+    bracket=kernels.multi_point_bracket,
+    match=_match_points,
+  )
+)
