@@ -638,25 +638,10 @@ def _any_process(flag: bool) -> bool:
 
 
 def truncate_jsonl(path: str, last_step: int | None):
-  """Drops lines with ``step > last_step`` (a resumed run rewrites them).
+  """Drops lines with ``step > last_step`` (see :func:`trajax.metrics.rewind_jsonl`)."""
+  from trajax import metrics
 
-  ``last_step=None`` drops every line (a run that restarts from scratch).
-  """
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = f.readlines() if last_step is not None else []
-  keep = []
-  for line in lines:
-    try:
-      if json.loads(line).get("step", 0) <= last_step:
-        keep.append(line)
-    except json.JSONDecodeError:  # a line cut by a kill: drop it
-      continue
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
+  metrics.rewind_jsonl(path, last_step)
 
 
 @dataclasses.dataclass
@@ -796,7 +781,10 @@ def train_and_evaluate(
     )
     state, shardings = create_train_state(config, model, tuple(info.input_shape), mesh)
     if latest is not None:
-      state, meta = checkpointer.restore(latest, state)
+      # The newest checkpoint that passes its digest and value checks; damaged
+      # newer ones are quarantined (trajax.checkpoint.Checkpointer.restore_latest_good).
+      latest, state, meta = checkpointer.restore_latest_good(state) or (None, state, {})
+    if latest is not None:
       if meta.get("data_position", latest) != int(state.step):
         raise ResumeError(
           f"checkpoint {latest}: data position {meta.get('data_position')} != step {int(state.step)}"
@@ -808,7 +796,7 @@ def train_and_evaluate(
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     fp_path = os.path.join(workdir, "batch_fingerprints.jsonl")
     if process_index == 0:
-      truncate_jsonl(metrics_path, step)
+      truncate_jsonl(metrics_path, step or None)  # None: a fresh start archives the old file
       truncate_jsonl(fp_path, step - 1)  # batch `step` is consumed again after the resume
     writer = metrics.create_writer(workdir, process_index=process_index)
     if step == 0:
