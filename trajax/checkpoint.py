@@ -340,19 +340,32 @@ def _meta_args():
   return _META_ARGS
 
 
-def _snapshot(x):
-  """A copy of a leaf that the next (donating) train step cannot delete.
+@jax.jit
+def _copy_tree(tree):
+  # A jitted function never returns its (undonated) inputs' buffers: fresh copies.
+  return jax.tree.map(jax.numpy.copy, tree)
 
-  A device-side copy: dispatched asynchronously, so the training thread does
-  not wait for a device-to-host transfer; the digest thread reads it.
+
+def _snapshot(tree):
+  """A copy of ``tree`` that the next (donating) train step cannot delete.
+
+  Copied on device in one asynchronous dispatch, so the training thread does
+  not wait for a device-to-host transfer; the digest thread reads the copy.
+  Leaves sharded across processes are not copied (:func:`tree_digests` skips
+  them); whole ones held by another device set are copied leaf by leaf.
   """
-  if isinstance(x, jax.Array):
-    if x.is_fully_addressable:
-      return jax.numpy.array(x, copy=True)
-    if x.is_fully_replicated:
-      return jax.numpy.array(x.addressable_data(0), copy=True)
-    return x  # sharded across processes: skipped by tree_digests, never read
-  return np.array(x, copy=True)
+  leaves, treedef = jax.tree.flatten(tree)
+  local = [isinstance(x, jax.Array) and x.is_fully_addressable for x in leaves]
+  copies = iter(_copy_tree([x for x, ok in zip(leaves, local, strict=True) if ok]))
+  out = []
+  for x, ok in zip(leaves, local, strict=True):
+    if ok:
+      out.append(next(copies))
+    elif isinstance(x, jax.Array):
+      out.append(jax.numpy.array(x.addressable_data(0), copy=True) if x.is_fully_replicated else x)
+    else:
+      out.append(np.array(x, copy=True))
+  return jax.tree.unflatten(treedef, out)
 
 
 class Checkpointer:
@@ -430,7 +443,7 @@ class Checkpointer:
       return False
     tree = _to_tree(state)
     if jax.process_index() == 0:  # only the primary host writes ``meta``
-      snapshot = jax.tree.map(_snapshot, tree)
+      snapshot = _snapshot(tree)
       meta = _PendingMeta(meta, self._digester.submit(tree_digests, snapshot))
     return self.manager.save(
       int(step),
