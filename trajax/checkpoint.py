@@ -507,6 +507,7 @@ class Checkpointer:
     """
     steps = committed_steps(self.directory)
     moved = []
+    _quiet_closed_loop_callbacks()
     for step in reversed(steps):
       try:
         state, meta = self.restore(step, target)
@@ -560,6 +561,35 @@ class Checkpointer:
       if self._digester is not None:
         self._digester.shutdown(wait=True)
       self._lock.release()
+
+
+_QUIET_INSTALLED = False
+
+
+def _quiet_closed_loop_callbacks():
+  """Drops the "Event loop is closed" noise of a failed TensorStore read.
+
+  When one array of a damaged checkpoint fails to read, Orbax closes its event
+  loop while the other reads are in flight; each of their completion
+  callbacks then reports ``RuntimeError('Event loop is closed')`` through
+  ``sys.unraisablehook`` -- dozens of tracebacks after the one-line reason.
+  Only that exact error is dropped; everything else reaches the previous hook.
+  """
+  global _QUIET_INSTALLED
+  if _QUIET_INSTALLED:
+    return
+  import sys
+
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+  _QUIET_INSTALLED = True
 
 
 def _first_line(e: BaseException) -> str:
