@@ -262,3 +262,61 @@ def test_rerun_after_checkpoints_were_deleted_archives_old_metrics(data_dir, tmp
   new = [json.loads(x) for x in open(metrics) if x.strip()]
   assert sum("hparams" in r for r in new) == 1
   assert [r["step"] for r in new if "train/loss" in r] == list(range(2, 13, 2))
+
+
+def _hold_lock(workdir):
+  """A process holding ``workdir``'s lock (kill it to release)."""
+  script = (
+    "import time\n"
+    "from trajax import workdir_lock\n"
+    f"workdir_lock.acquire({workdir!r})\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(600)\n"
+  )
+  proc = subprocess.Popen(
+    [sys.executable, "-c", script], cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True
+  )
+  assert proc.stdout.readline().strip() == "locked"
+  return proc
+
+
+@pytest.mark.slow
+def test_two_process_run_on_a_busy_workdir_fails_on_every_process_without_hanging(
+  data_dir,  # noqa: F811
+  tmp_path,
+):
+  """Process 0 takes the lock for both; process 1 learns the refusal by broadcast."""
+  import test_multiprocess as mp
+
+  workdir = str(tmp_path / "run")
+  holder = _hold_lock(workdir)
+  try:
+    port = mp._free_port()
+    logs = [str(tmp_path / f"p{i}.log") for i in range(2)]
+    procs = []
+    for i, log in enumerate(logs):
+      with open(log, "wb") as f:
+        procs.append(
+          subprocess.Popen(
+            [*mp._command(workdir, data_dir, total=12), "--config.averaging.gap=4"],
+            cwd=REPO,
+            env=mp._env(process=i, num_processes=2, port=port),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+          )
+        )
+    try:
+      rcs = [p.wait(timeout=RUN_TIMEOUT_S) for p in procs]
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+          p.wait()
+  finally:
+    holder.kill()
+    holder.wait()
+  assert rcs[0] != 0 and rcs[1] != 0, rcs
+  for log in logs:
+    out = _tail(log, 3000)
+    assert f"is in use by pid {holder.pid} on host" in out, out
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # nothing written
