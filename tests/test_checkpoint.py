@@ -469,6 +469,9 @@ def test_second_writer_on_a_workdir_is_refused_naming_the_holder(tmp_path):
     first.close()
   assert (tmp_path / "run" / ".trajax.lock").read_text() == ""  # released cleanly
   ckpt_lib.Checkpointer(str(tmp_path / "run" / "checkpoints")).close()
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(workdir_lock.WorkdirLockError, match="cannot lock workdir .*a_file"):
+    workdir_lock.acquire(str(tmp_path / "a_file"))
 
 
 def test_force_takeover_overrides_only_a_holder_that_is_not_alive_here(tmp_path, caplog):

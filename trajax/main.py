@@ -95,7 +95,7 @@ def main(argv):
     workdir_lock.request_takeover(_WORKDIR.value)
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
-  except (workdir_lock.WorkdirBusyError, checkpoint.CheckpointCorruptError) as e:
+  except (workdir_lock.WorkdirLockError, checkpoint.CheckpointCorruptError) as e:
     raise SystemExit(f"error: {e}") from None
   if result.preempted:
     logging.info("preempted at step %d; checkpoint committed, exiting 0", result.step)

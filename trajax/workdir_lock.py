@@ -49,7 +49,11 @@ _MESSAGE_BYTES = 2048
 _takeover_requested: set[str] = set()
 
 
-class WorkdirBusyError(RuntimeError):
+class WorkdirLockError(RuntimeError):
+  """The workdir cannot be locked for this run."""
+
+
+class WorkdirBusyError(WorkdirLockError):
   """Another live process holds the workdir's lock."""
 
 
@@ -240,6 +244,7 @@ def acquire(workdir: str, *, force_takeover: bool | None = None) -> WorkdirLock:
   Raises:
     WorkdirBusyError: another live writer holds the lock (on every process of
       a multi-host run).
+    WorkdirLockError: the lock file cannot be created (read-only workdir...).
   """
   import jax
 
@@ -247,18 +252,24 @@ def acquire(workdir: str, *, force_takeover: bool | None = None) -> WorkdirLock:
   if force_takeover is None:
     force_takeover = workdir in _takeover_requested
   _takeover_requested.discard(workdir)
-  error, lock = None, WorkdirLock(lock_path(workdir), None)
+  error, busy, lock = None, True, WorkdirLock(lock_path(workdir), None)
   if jax.process_index() == 0:
     try:
       os.makedirs(workdir, exist_ok=True)
       lock = _acquire_local(workdir, force_takeover)
     except WorkdirBusyError as e:
       error = str(e)
+    except OSError as e:  # a read-only or full filesystem, a permission
+      error = (
+        f"cannot lock workdir {workdir}: {e.strerror or e} on {e.filename or lock_path(workdir)} "
+        "(a run needs a writable workdir)"
+      )
+      busy = False
   if jax.process_count() > 1:
     error = _broadcast_error(error)
   if error is not None:
     lock.release()
-    raise WorkdirBusyError(error)
+    raise (WorkdirBusyError if busy else WorkdirLockError)(error)
   return lock
 
 
