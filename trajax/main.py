@@ -10,9 +10,10 @@ same command again resumes from the workdir's latest committed checkpoint
 scripts). SIGTERM (preemption) saves a checkpoint at the current step and exits
 0. One process writes a workdir: a second launch on a busy workdir is refused
 naming the holder (``--force_takeover`` overrides a lock whose holder died on
-another host; see :mod:`trajax.workdir_lock`). Multi-host: ``--jax_distributed`` or the environment (``JAX_COORDINATOR_ADDRESS``,
-``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; or a TPU/SLURM cluster) calls
-``jax.distributed.initialize()`` before anything touches the devices.
+another host; see :mod:`trajax.workdir_lock`). Multi-host: ``--jax_distributed``
+or the environment (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+``JAX_PROCESS_ID``; or a TPU/SLURM cluster) calls ``jax.distributed.initialize()``
+before anything touches the devices.
 """
 
 from __future__ import annotations
