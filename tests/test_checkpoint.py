@@ -505,3 +505,23 @@ def test_force_takeover_overrides_only_a_holder_that_is_not_alive_here(tmp_path,
       mine.release()
   finally:
     held.release()
+
+
+def test_a_target_that_does_not_fit_is_an_error_never_a_quarantine(uninterrupted, tmp_path):
+  """A code or config change (wrong shapes) must not move good checkpoints aside."""
+  import shutil
+
+  src, ref = uninterrupted
+  workdir = tmp_path / "run"
+  shutil.copytree(src, workdir)
+  target = jax.tree.map(np.asarray, ref)
+  kernel = target.params["head"]["kernel"]
+  target.params["head"]["kernel"] = np.zeros((kernel.shape[0] + 1, kernel.shape[1]), kernel.dtype)
+  writer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"))
+  try:
+    with pytest.raises(ValueError, match="not compatible with the stored shape"):
+      writer.restore_latest_good(target)  # Orbax's own error, unchanged
+  finally:
+    writer.close()
+  assert ckpt_lib.committed_steps(str(workdir / "checkpoints")) == [10, 20, 30]
+  assert not (workdir / "quarantined_checkpoints").exists()
