@@ -232,3 +232,297 @@ def test_verify_lists_checkpoints_and_flags_inconsistencies(uninterrupted, tmp_p
   ok, lines = verify.verify(str(tmp_path / "bad"))
   assert not ok and any("non-finite" in x and "params/w" in x for x in lines)
   assert verify.main([str(tmp_path / "missing")]) == 1
+
+
+# --------------------------------------------------------------------------- integrity (issue 11)
+
+
+def test_crc32_leaf_digest_catches_every_single_flipped_byte():
+  """The guarantee the digest is chosen for: any one damaged byte changes it."""
+  arr = np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32)
+  ref = ckpt_lib.leaf_digest(arr)
+  raw = arr.tobytes()
+  for i in range(len(raw)):
+    for flip in (0x01, 0x80, 0xFF):
+      damaged = bytearray(raw)
+      damaged[i] ^= flip
+      got = ckpt_lib.leaf_digest(np.frombuffer(bytes(damaged), np.float32).reshape(7, 5))
+      assert got != ref, (i, flip)
+  assert ckpt_lib.leaf_digest(arr.copy()) == ref
+  assert ckpt_lib.leaf_digest(np.float32(-0.0)) != ckpt_lib.leaf_digest(np.float32(0.0))
+  assert ckpt_lib.leaf_digest(np.int32(3)).startswith("int32[]:")
+
+
+def test_check_state_flags_values_whose_square_overflows():
+  limit = float(np.sqrt(np.float64(np.finfo(np.float32).max)))  # independent of the library
+  assert ckpt_lib.magnitude_limit(np.float32) == pytest.approx(limit, rel=1e-12)
+  below = np.nextafter(np.float32(limit), np.float32(0))
+  assert np.isfinite(np.float32(below) ** 2)
+  ok = {"params": {"w": np.array([1.0, -below], np.float32)}, "step": np.int32(3)}
+  meta = {"digests": ckpt_lib.tree_digests(ok)}
+  assert ckpt_lib.check_state(ok, meta) == []
+  huge = {"params": {"w": np.array([1.0, -3e38], np.float32)}, "step": np.int32(3)}
+  (problem,) = ckpt_lib.check_state(huge, {"digests": ckpt_lib.tree_digests(huge)})
+  assert "params/w" in problem and "overflows" in problem
+  problems = ckpt_lib.check_state(huge, meta)  # against the digests of `ok`
+  assert any("digest mismatch" in p and "params/w" in p for p in problems)
+  nan = {"params": {"w": np.array([np.nan, 1.0], np.float32)}, "step": np.int32(3)}
+  assert any("non-finite" in p for p in ckpt_lib.check_state(nan, None))
+
+
+def _array_files(step_dir):
+  """The OCDBT data files of a step's arrays, the writing process's largest first.
+
+  Large arrays stay in the writing process's ``ocdbt.process_<i>/d/`` (stored
+  without a checksum); small ones are inlined into the merged tree's
+  ``state/d/`` at commit (its b-tree nodes carry a CRC-32C).
+  """
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+  return sorted(
+    files, key=lambda p: (not p.parent.parent.name.startswith("ocdbt."), -p.stat().st_size)
+  )
+
+
+def damage_checkpoint(step_dir, how):
+  """Damages a committed checkpoint the way disks, copies and hands do."""
+  if how == "flipped_byte":
+    # A byte whose flip the storage format does not notice (the file still
+    # reads, with other values): only the digest can tell. Arrays are stored
+    # compressed, so such a byte is found by trying positions across the file.
+    directory, step = step_dir.parent, int(step_dir.name)
+    for path in _array_files(step_dir):
+      original = path.read_bytes()
+      for at in np.linspace(0, len(original) - 1, 100).astype(int):
+        data = bytearray(original)
+        data[at] ^= 0xFF
+        path.write_bytes(bytes(data))
+        try:
+          tree, meta = ckpt_lib.restore_readonly(str(directory), step=step, check=False)
+        except Exception:  # noqa: BLE001 -- the format caught this one; try another byte
+          continue
+        if any("digest mismatch" in p for p in ckpt_lib.check_state(tree, meta)):
+          return
+      path.write_bytes(original)
+    raise AssertionError(f"no silently readable byte flip found in {step_dir}")
+  elif how == "truncated_file":
+    # Cut the way an interrupted copy leaves them (a file that is read for
+    # nothing may be cut too; cutting them all makes the restore need one).
+    for path in _array_files(step_dir):
+      data = path.read_bytes()
+      path.write_bytes(data[: len(data) // 2])
+  elif how in ("huge_value", "nan"):
+    # Rewritten with consistent digests: only the value checks can tell.
+    directory, step = step_dir.parent, int(step_dir.name)
+    tree, meta = ckpt_lib.restore_readonly(str(directory), step=step, check=False)
+    tree = jax.tree.map(np.array, tree)
+    tree["params"]["head"]["kernel"].flat[0] = 1e30 if how == "huge_value" else np.nan
+    import shutil
+
+    shutil.rmtree(step_dir)
+    writer = ckpt_lib.Checkpointer(str(directory), async_save=False)
+    writer.save(step, tree, meta)
+    writer.close()
+  else:
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize(
+  "how",
+  [
+    "flipped_byte",
+    "huge_value",
+    pytest.param("truncated_file", marks=pytest.mark.slow),
+    pytest.param("nan", marks=pytest.mark.slow),
+  ],
+)
+def test_damaged_latest_checkpoint_is_quarantined_and_resume_falls_back(
+  uninterrupted, tmp_path, how, caplog
+):
+  import shutil
+
+  from trajax import verify
+
+  src, ref = uninterrupted
+  workdir = tmp_path / "run"
+  shutil.copytree(src, workdir)
+  damage_checkpoint(workdir / "checkpoints" / "30", how)
+  ok, lines = verify.verify(str(workdir))
+  assert not ok and any(x.startswith("ERROR step 30") for x in lines), lines
+  with caplog.at_level("WARNING"):
+    result = train.train_and_evaluate(_config(), str(workdir), dataset=FakeDataset())
+  assert result.step == 30
+  _assert_identical(_host(result.state), ref)  # resumed from 20, bit-identical
+  (line,) = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+  assert "step 30" in line
+  expected = {
+    "flipped_byte": "digest mismatch",
+    "truncated_file": "cannot be read",
+    "huge_value": "overflows",
+    "nan": "non-finite",
+  }[how]
+  assert expected in line, line
+  (moved,) = os.listdir(workdir / "quarantined_checkpoints")  # moved, not deleted
+  assert moved.startswith("30-")
+  reason = (workdir / "quarantined_checkpoints" / moved / "quarantine_reason.txt").read_text()
+  assert expected in reason
+  assert ckpt_lib.committed_steps(str(workdir / "checkpoints")) == [10, 20, 30]
+  assert verify.verify(str(workdir))[0]
+
+
+def test_no_good_checkpoint_error_says_so_and_what_to_do(uninterrupted, tmp_path):
+  import shutil
+
+  src, _ = uninterrupted
+  workdir = tmp_path / "run"
+  shutil.copytree(src, workdir)
+  for step, how in ((10, "truncated_file"), (20, "huge_value"), (30, "truncated_file")):
+    damage_checkpoint(workdir / "checkpoints" / str(step), how)
+  with pytest.raises(ckpt_lib.CheckpointCorruptError) as e:
+    train.train_and_evaluate(_config(), str(workdir), dataset=FakeDataset())
+  msg = str(e.value)
+  assert "no good checkpoint" in msg and "[10, 20, 30]" in msg and "Nothing was deleted" in msg
+  assert "trajax.verify" in msg and "start this run afresh" in msg
+  assert sorted(n.split("-")[0] for n in os.listdir(workdir / "quarantined_checkpoints")) == [
+    "10",
+    "20",
+    "30",
+  ]
+  assert ckpt_lib.committed_steps(str(workdir / "checkpoints")) == []
+
+
+def test_fresh_start_archives_an_earlier_runs_metrics_instead_of_truncating(tmp_path, caplog):
+  import shutil
+
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(_config(total_steps=10), str(workdir), dataset=FakeDataset())
+  old = (workdir / "metrics.jsonl").read_text()
+  assert old.count("\n") >= 2
+  shutil.rmtree(workdir / "checkpoints")  # checkpoints gone: the rerun starts from step 0
+  with caplog.at_level("WARNING"):
+    train.train_and_evaluate(_config(total_steps=10), str(workdir), dataset=FakeDataset())
+  (archive,) = [n for n in os.listdir(workdir) if n.startswith("metrics.jsonl.")]
+  assert archive.endswith(".bak")
+  assert (workdir / archive).read_text() == old  # every old line kept, beside
+  assert any("archived" in r.getMessage() and archive in r.getMessage() for r in caplog.records)
+  new = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert sum("hparams" in r for r in new) == 1  # only the new run's lines
+
+
+def test_rewind_jsonl_keeps_steps_up_to_the_resume_point(tmp_path):
+  from trajax import metrics
+
+  path = tmp_path / "m.jsonl"
+  lines = [json.dumps({"step": s}) + "\n" for s in range(5)] + ['{"step": 5, "x": 1']
+  path.write_text("".join(lines))
+  assert metrics.rewind_jsonl(str(path), 2) is None
+  assert path.read_text() == "".join(lines[:3])
+  assert metrics.rewind_jsonl(str(path), 0) is None  # a resume at step 0 keeps step 0
+  assert path.read_text() == lines[0]
+  archive = metrics.rewind_jsonl(str(path), -1)
+  assert not path.exists() and open(archive).read() == lines[0]
+
+
+def test_verify_reports_steps_pruned_while_reading_not_failed(uninterrupted, tmp_path, monkeypatch):
+  """A live run's keep policy deletes a step after the listing: before or after its read."""
+  import shutil
+
+  from trajax import verify
+
+  src, _ = uninterrupted
+  workdir = tmp_path / "run"
+  shutil.copytree(src, workdir)
+  real = ckpt_lib.restore_readonly
+
+  def pruning(directory, *, step=None, **kw):
+    if step == 10:  # pruned before its read
+      shutil.rmtree(os.path.join(directory, "10"))
+    out = real(directory, step=step, **kw)
+    if step == 20:  # pruned right after its read
+      shutil.rmtree(os.path.join(directory, "20"))
+    return out
+
+  monkeypatch.setattr(ckpt_lib, "restore_readonly", pruning)
+  ok, lines = verify.verify(str(workdir))
+  assert ok, lines
+  pruned = [x.split()[0] for x in lines if "pruned while reading" in x]
+  assert pruned == ["10", "20"]
+  assert not any("FAILED" in x or x.startswith("ERROR") for x in lines)
+  assert [x.split()[0] for x in lines if x.split()[0].isdigit() and "crc32" in x] == ["30"]
+
+
+# --------------------------------------------------------------------------- one writer (issue 11)
+
+
+def test_second_writer_on_a_workdir_is_refused_naming_the_holder(tmp_path):
+  import socket
+
+  from trajax import workdir_lock
+
+  first = ckpt_lib.Checkpointer(str(tmp_path / "run" / "checkpoints"))
+  try:
+    with pytest.raises(workdir_lock.WorkdirBusyError) as e:
+      ckpt_lib.Checkpointer(str(tmp_path / "run" / "checkpoints"))
+    msg = str(e.value)
+    assert f"pid {os.getpid()}" in msg and socket.gethostname() in msg and "started" in msg
+    record = json.loads((tmp_path / "run" / ".trajax.lock").read_text())
+    assert record["pid"] == os.getpid()
+  finally:
+    first.close()
+  assert (tmp_path / "run" / ".trajax.lock").read_text() == ""  # released cleanly
+  ckpt_lib.Checkpointer(str(tmp_path / "run" / "checkpoints")).close()
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(workdir_lock.WorkdirLockError, match="cannot lock workdir .*a_file"):
+    workdir_lock.acquire(str(tmp_path / "a_file"))
+
+
+def test_force_takeover_overrides_only_a_holder_that_is_not_alive_here(tmp_path, caplog):
+  from trajax import workdir_lock
+
+  workdir = tmp_path / "run"
+  os.makedirs(workdir)
+  held = workdir_lock._acquire_local(str(workdir), False)  # noqa: SLF001 -- the "other host"
+  try:
+    fd = held._fd  # noqa: SLF001
+    fake = {"host": "node-that-died", "pid": 4242, "started": "2026-01-01T00:00:00", "argv": "x"}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(fake).encode(), 0)
+    with pytest.raises(workdir_lock.WorkdirBusyError, match="node-that-died.*--force_takeover"):
+      workdir_lock.acquire(str(workdir))
+    workdir_lock.request_takeover(str(workdir))
+    with caplog.at_level("WARNING"):
+      lock = workdir_lock.acquire(str(workdir))
+    assert lock.held
+    (line,) = [r.getMessage() for r in caplog.records if "--force_takeover" in r.getMessage()]
+    assert "node-that-died" in line and "corrupt each other" in line
+    (aside,) = [n for n in os.listdir(workdir) if ".taken-over-" in n]
+    assert "node-that-died" in (workdir / aside).read_text()
+    lock.release()
+    # A holder alive on this host is never taken over.
+    mine = workdir_lock.acquire(str(workdir))
+    try:
+      with pytest.raises(workdir_lock.WorkdirBusyError, match="alive on this host"):
+        workdir_lock.acquire(str(workdir), force_takeover=True)
+    finally:
+      mine.release()
+  finally:
+    held.release()
+
+
+def test_a_target_that_does_not_fit_is_an_error_never_a_quarantine(uninterrupted, tmp_path):
+  """A code or config change (wrong shapes) must not move good checkpoints aside."""
+  import shutil
+
+  src, ref = uninterrupted
+  workdir = tmp_path / "run"
+  shutil.copytree(src, workdir)
+  target = jax.tree.map(np.asarray, ref)
+  kernel = target.params["head"]["kernel"]
+  target.params["head"]["kernel"] = np.zeros((kernel.shape[0] + 1, kernel.shape[1]), kernel.dtype)
+  writer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"))
+  try:
+    with pytest.raises(ValueError, match="not compatible with the stored shape"):
+      writer.restore_latest_good(target)  # Orbax's own error, unchanged
+  finally:
+    writer.close()
+  assert ckpt_lib.committed_steps(str(workdir / "checkpoints")) == [10, 20, 30]
+  assert not (workdir / "quarantined_checkpoints").exists()

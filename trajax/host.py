@@ -5,7 +5,6 @@ Used by :func:`trajax.loop.fit` (and ``bench/``); no device computation here.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -124,25 +123,13 @@ def any_process(flag: bool) -> bool:
 
 
 def truncate_jsonl(path: str, last_step: int | None):
-  """Drops lines with ``step > last_step`` (a resumed run rewrites them).
+  """Drops lines with ``step > last_step``; a fresh start archives the old file.
 
-  ``last_step=None`` drops every line (a run that restarts from scratch).
+  See :func:`trajax.metrics.rewind_jsonl`: an existing log is never emptied.
   """
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = f.readlines() if last_step is not None else []
-  keep = []
-  for line in lines:
-    try:
-      if json.loads(line).get("step", 0) <= last_step:
-        keep.append(line)
-    except json.JSONDecodeError:  # a line cut by a kill: drop it
-      continue
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
+  from trajax import metrics
+
+  metrics.rewind_jsonl(path, last_step)
 
 
 def summarize(window: list[dict]) -> dict[str, float]:

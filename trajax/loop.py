@@ -260,8 +260,12 @@ def fit(
       async_save=config.checkpoint.async_save,
     )
     hyper = {}
-    if latest is not None:
-      state, meta = checkpointer.restore(latest, abstract)
+    # The newest own checkpoint that passes its digest and value checks; damaged
+    # newer ones are quarantined (Checkpointer.restore_latest_good).
+    good = checkpointer.restore_latest_good(abstract) if latest is not None else None
+    latest = None if good is None else good[0]
+    if good is not None:
+      _, state, meta = good
       step = int(state.step)
       if meta.get("data_position", step) != step:
         raise state_lib.ResumeError(

@@ -10,9 +10,12 @@ field where ``None`` means something, e.g. ``checkpoint.max_to_keep``). Running 
 same command again resumes from the workdir's latest committed checkpoint
 (``--resume=require`` makes "nothing to resume" an error, for restart
 scripts). SIGTERM (preemption) saves a checkpoint at the current step and exits
-0. Multi-host: ``--jax_distributed`` or the environment (``JAX_COORDINATOR_ADDRESS``,
-``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; or a TPU/SLURM cluster) calls
-``jax.distributed.initialize()`` before anything touches the devices.
+0. One process writes a workdir: a second launch on a busy workdir is refused
+naming the holder (``--force_takeover`` overrides a lock whose holder died on
+another host; see :mod:`trajax.workdir_lock`). Multi-host: ``--jax_distributed``
+or the environment (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+``JAX_PROCESS_ID``; or a TPU/SLURM cluster) calls ``jax.distributed.initialize()``
+before anything touches the devices.
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ _DISTRIBUTED = flags.DEFINE_bool(
   "jax_distributed",
   False,
   "Call jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set).",
+)
+_FORCE_TAKEOVER = flags.DEFINE_bool(
+  "force_takeover",
+  False,
+  "Take the workdir's lock even though another process holds it: only for a holder that "
+  "is dead on another host (a network-filesystem lock can outlive its host). It overrides "
+  "the one-writer-per-workdir guarantee; a live holder and this run would destroy each "
+  "other's checkpoints. Refused when the holder is alive on this host.",
 )
 flags.mark_flag_as_required("workdir")
 
@@ -83,7 +94,14 @@ def main(argv):
 
   tf.config.set_visible_devices([], "GPU")
 
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
+  from trajax import checkpoint, workdir_lock
+
+  if _FORCE_TAKEOVER.value:
+    workdir_lock.request_takeover(_WORKDIR.value)
+  try:
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
+  except (workdir_lock.WorkdirLockError, checkpoint.CheckpointCorruptError) as e:
+    raise SystemExit(f"error: {e}") from None
   if result.preempted:
     logging.info("preempted at step %d; checkpoint committed, exiting 0", result.step)
 

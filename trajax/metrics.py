@@ -2,8 +2,10 @@
 
 ``metrics.jsonl`` has one JSON object per write, ``{"step": s, "<name>": v}``,
 flushed at once so experiments can read a run while it trains; a resumed run
-first drops the lines after its checkpoint (``trajax.train``), so each step
-appears at most once per name. Only process 0 writes files; other processes
+first drops the lines after its checkpoint (:func:`rewind_jsonl`), so each step
+appears at most once per name. A run that starts from step 0 in a workdir that
+holds an earlier run's lines never truncates them: the old file is archived
+beside it (``metrics.jsonl.<time>.bak``) and a log line says so. Only process 0 writes files; other processes
 log only. clu and TensorFlow are imported inside the functions.
 """
 
@@ -12,8 +14,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
+
+from absl import logging
 
 
 def _float(v) -> float | None:
@@ -56,6 +61,60 @@ class JsonlWriter:
   def close(self):
     if not self._file.closed:
       self._file.close()
+
+
+def rewind_jsonl(path: str, last_step: int | None) -> str | None:
+  """Prepares a JSON-lines log for a run that continues after ``last_step``.
+
+  A resume (``last_step >= 0``) drops the lines with ``step > last_step``:
+  the resumed run writes those steps again, bit-identically (a line cut by a
+  kill is dropped too); one log line gives the count. A fresh start
+  (``last_step`` None or < 0: nothing of the old run continues) never
+  empties the file: it is renamed to ``<path>.<time>.bak`` beside it and the
+  new run starts a new file.
+
+  Returns:
+    The archive's path, or None when nothing was archived.
+  """
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return None
+  if last_step is None or last_step < 0:
+    archive = f"{path}.{time.strftime('%Y%m%dT%H%M%S')}.bak"
+    n = 0
+    while os.path.exists(archive):  # two restarts in one second
+      n += 1
+      archive = f"{path}.{time.strftime('%Y%m%dT%H%M%S')}-{n}.bak"
+    os.replace(path, archive)
+    logging.warning(
+      "%s held lines of an earlier run and this run starts from step 0: archived it to %s",
+      path,
+      archive,
+    )
+    return archive
+  keep, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:  # a line cut by a kill
+        dropped += 1
+        continue
+      if record.get("step", 0) <= last_step:
+        keep.append(line)
+      else:
+        dropped += 1
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+    logging.info(
+      "%s: dropped %d line(s) after step %d (the resumed run writes them again)",
+      path,
+      dropped,
+      last_step,
+    )
+  return None
 
 
 def read_jsonl(path: str) -> list[dict]:

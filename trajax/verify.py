@@ -8,13 +8,18 @@ consistent and 1 otherwise. Checked per checkpoint:
   directory's step, and its ``config_hash`` matches the stored config;
 * the state's ``step`` array equals the directory's step and its health record
   shows no non-finite step;
-* every array is finite;
+* every array's CRC-32 equals the digest stored in ``meta`` at save time (a
+  flipped byte in the array data is caught), every float is finite and below
+  ``sqrt(finfo.max)`` (``trajax.checkpoint.check_state``);
 * across checkpoints, the configs differ only in fields that a resume may
   change (``trajax.config_validation.RESUME_ALLOWED``).
 
 Leftover temporary or uncommitted directories are listed as warnings (Orbax
 ignores them; the run's writer cleans or quarantines them). Reading is
-read-only (``trajax.checkpoint.restore_readonly``).
+read-only (``trajax.checkpoint.restore_readonly``) and takes no lock, so it
+may run beside a live run: a step that the run's keep policy prunes between
+the listing and its read is reported as ``pruned while reading`` (not a
+failure), and the steps read are the ones still committed afterwards.
 """
 
 from __future__ import annotations
@@ -23,17 +28,6 @@ import os
 import sys
 
 import numpy as np
-
-
-def _leaves_with_paths(tree, prefix=""):
-  if isinstance(tree, dict):
-    for k, v in tree.items():
-      yield from _leaves_with_paths(v, f"{prefix}/{k}" if prefix else str(k))
-  elif isinstance(tree, (list, tuple)):
-    for i, v in enumerate(tree):
-      yield from _leaves_with_paths(v, f"{prefix}/{i}")
-  else:
-    yield prefix, tree
 
 
 def verify(workdir: str) -> tuple[bool, list[str]]:
@@ -56,23 +50,31 @@ def verify(workdir: str) -> tuple[bool, list[str]]:
   if not steps:
     problems.append(f"no committed checkpoint in {directory}")
   lines.append(f"{directory}: {len(steps)} committed checkpoint(s)")
-  lines.append(f"{'step':>10}  {'config hash':16}  {'finite':6}  versions")
+  lines.append(f"{'step':>10}  {'config hash':16}  {'finite':6}  {'digests':7}  versions")
   first_config = None
+  pruned = []
+
+  def gone(step):  # pruned by a live run's keep policy since the listing
+    return step not in ckpt_lib.committed_steps(directory)
+
   for step in steps:
     where = f"step {step}"
     try:
-      tree, meta = ckpt_lib.restore_readonly(directory, step=step)
+      tree, meta = ckpt_lib.restore_readonly(directory, step=step, check=False)
     except Exception as e:  # report every unreadable checkpoint, keep going
+      if gone(step):
+        pruned.append(step)
+        continue
       problems.append(f"{where}: cannot restore: {type(e).__name__}: {e}")
       continue
-    bad = []
-    for path, leaf in _leaves_with_paths(tree):
-      arr = np.asarray(leaf)
-      if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
-        bad.append(path)
-    finite = not bad
-    if bad:
-      problems.append(f"{where}: non-finite arrays: {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+    if gone(step):  # read while it was being deleted: the values may be partial
+      pruned.append(step)
+      continue
+    checks = ckpt_lib.check_state(tree, meta)
+    problems.extend(f"{where}: {p}" for p in checks)
+    if not meta.get("digests"):
+      lines.append(f"WARNING {where}: no digests stored (written before checksums existed)")
+    finite = not any(p.startswith("non-finite") for p in checks)
     if meta.get("step") != step:
       problems.append(f"{where}: meta step {meta.get('step')!r} != directory step")
     if meta.get("data_position") != step:
@@ -102,7 +104,12 @@ def verify(workdir: str) -> tuple[bool, list[str]]:
           )
     versions = meta.get("versions", {})
     vtext = " ".join(f"{k}={v}" for k, v in sorted(versions.items()))
-    lines.append(f"{step:>10}  {str(meta.get('config_hash')):16}  {str(finite):6}  {vtext}")
+    digests = "crc32" if meta.get("digests") else "none"
+    lines.append(
+      f"{step:>10}  {str(meta.get('config_hash')):16}  {str(finite):6}  {digests:7}  {vtext}"
+    )
+  for step in pruned:
+    lines.append(f"{step:>10}  pruned while reading (the live run's keep policy removed it)")
   for name in others:
     lines.append(f"WARNING not committed (ignored for restore): {os.path.join(directory, name)}")
   for p in problems:

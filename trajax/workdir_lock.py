@@ -1,0 +1,289 @@
+"""One writer per workdir: an OS lock on ``WORKDIR/.trajax.lock``.
+
+Every process that writes into a workdir -- a main run or a side-trip --
+constructs a :class:`trajax.checkpoint.Checkpointer`, which takes this lock
+before it writes, moves or deletes anything there. A second writer is refused
+at once with a :class:`WorkdirBusyError` naming the holder.
+
+The lock is ``fcntl.flock(LOCK_EX | LOCK_NB)`` on the file, held for the
+writer's life. The kernel drops it when the holder's file descriptor closes,
+which includes every way a process can end (exit, exception, SIGKILL, OOM
+kill), so a lock can never outlive its holder on the same host: a later run
+finds the old holder's record with the lock free, logs that the stale lock was
+recognised, and takes it. The file is never deleted (deleting it would let two
+processes lock two different files of the same name).
+
+The file holds the holder's record, ``{"host", "pid", "started", "argv"}``,
+written after the lock is taken and cleared on a clean release, so a record
+found with the lock free is the trace of a holder that died.
+
+Network filesystems: on NFS, Linux maps ``flock`` to NFS locks, which the
+server keeps for a dead client until its lease expires (or forever if lockd
+is broken), so a crashed host can block its workdir. ``--force_takeover``
+(``trajax.main``; :func:`request_takeover`) is the deliberate override: the
+busy lock file is renamed aside and a new one is locked; the old holder, if it
+is alive after all, keeps writing, which is why it is refused when the holder
+runs on this host and is alive.
+
+Multi-host runs: process 0 takes the lock, then broadcasts whether it got it
+(and the refusal message), so every process fails together with the same
+error instead of waiting at the next barrier.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+
+from absl import logging
+
+LOCK_NAME = ".trajax.lock"
+# The refusal message travels to the other processes in a fixed-size buffer.
+_MESSAGE_BYTES = 2048
+
+_takeover_requested: set[str] = set()
+
+
+class WorkdirLockError(RuntimeError):
+  """The workdir cannot be locked for this run."""
+
+
+class WorkdirBusyError(WorkdirLockError):
+  """Another live process holds the workdir's lock."""
+
+
+def lock_path(workdir: str) -> str:
+  return os.path.join(os.path.abspath(os.fspath(workdir)), LOCK_NAME)
+
+
+def request_takeover(workdir: str):
+  """Lets the next :func:`acquire` on ``workdir`` override a busy lock (``--force_takeover``)."""
+  _takeover_requested.add(os.path.abspath(os.fspath(workdir)))
+
+
+def _record() -> dict:
+  return {
+    "host": socket.gethostname(),
+    "pid": os.getpid(),
+    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    "argv": " ".join(sys.argv)[:500],
+  }
+
+
+def _read_record(fd: int) -> dict | None:
+  try:
+    text = os.pread(fd, 65536, 0).decode(errors="replace").strip()
+  except OSError:
+    return None
+  if not text:
+    return None
+  try:
+    rec = json.loads(text)
+  except json.JSONDecodeError:
+    return {"host": "?", "pid": "?", "started": "?", "argv": text[:200]}
+  return rec if isinstance(rec, dict) else None
+
+
+def _describe(rec: dict | None) -> str:
+  if not rec:
+    return "an unknown process (it has not written its record yet)"
+  return (
+    f"pid {rec.get('pid')} on host {rec.get('host')} (started {rec.get('started')}; "
+    f"command: {rec.get('argv', '?')})"
+  )
+
+
+def _alive_here(rec: dict | None) -> bool | None:
+  """True/False if the holder runs on this host and is/is not alive; None if elsewhere."""
+  if not rec or rec.get("host") != socket.gethostname():
+    return None
+  try:
+    os.kill(int(rec["pid"]), 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, ValueError, TypeError, KeyError):
+    return True
+  return True
+
+
+class WorkdirLock:
+  """The held lock (release with :meth:`release`; the OS releases it on any exit)."""
+
+  def __init__(self, path: str, fd: int | None):
+    self.path = path
+    self._fd = fd
+
+  @property
+  def held(self) -> bool:
+    return self._fd is not None
+
+  def release(self):
+    """Clears the record and drops the lock (idempotent)."""
+    if self._fd is None:
+      return
+    fd, self._fd = self._fd, None
+    try:
+      os.ftruncate(fd, 0)  # an empty record: released cleanly, not a crash
+    except OSError:
+      pass
+    finally:
+      os.close(fd)  # closing the descriptor drops the flock
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def _try_flock(fd: int) -> bool:
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return True
+  except OSError as e:
+    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+      return False
+    raise
+
+
+def _open(path: str) -> int:
+  # No O_TRUNC: the holder's record must survive a refused attempt.
+  return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def _write_record(fd: int):
+  data = (json.dumps(_record()) + "\n").encode()
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, data, 0)
+  os.fsync(fd)
+
+
+def _acquire_local(workdir: str, force_takeover: bool) -> WorkdirLock:
+  path = lock_path(workdir)
+  fd = _open(path)
+  try:
+    if _try_flock(fd):
+      previous = _read_record(fd)
+      if previous:
+        logging.warning(
+          "workdir lock %s: stale lock of %s recognised (that process ended without "
+          "releasing it); taking it",
+          path,
+          _describe(previous),
+        )
+      if force_takeover:
+        logging.warning("--force_takeover: the workdir lock %s was free; nothing overridden", path)
+      _write_record(fd)
+      return WorkdirLock(path, fd)
+    holder = _read_record(fd)
+    for _ in range(20):  # a holder that has just locked writes its record within ms
+      if holder:
+        break
+      time.sleep(0.05)
+      holder = _read_record(fd)
+  except BaseException:
+    os.close(fd)
+    raise
+  os.close(fd)
+  alive = _alive_here(holder)
+  if not force_takeover:
+    hint = (
+      "wait for it to finish or stop it, or use another --workdir"
+      if alive is not False
+      else "its pid is gone, so a process it started still holds the lock "
+      f"(`fuser {path}` names it); stop that process"
+    )
+    if alive is None:
+      hint += (
+        "; if that host is down for good (a lock on a network filesystem can outlive it), "
+        "rerun with --force_takeover"
+      )
+    raise WorkdirBusyError(
+      f"workdir {os.path.dirname(path)} is in use by {_describe(holder)}; {hint}"
+    )
+  if alive:
+    raise WorkdirBusyError(
+      f"--force_takeover refused: workdir {os.path.dirname(path)} is held by "
+      f"{_describe(holder)}, which is alive on this host; stop it first"
+    )
+  # The busy file is kept (renamed) as the record of what was overridden; a
+  # new file of the same name is locked, so later writers see this process.
+  aside = f"{path}.taken-over-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+  os.replace(path, aside)
+  logging.warning(
+    "--force_takeover: overriding the workdir lock of %s without its release (old lock "
+    "file kept as %s); if that process is still alive it will keep writing here and the "
+    "two runs will corrupt each other's checkpoints and logs",
+    _describe(holder),
+    aside,
+  )
+  fd = _open(path)
+  if not _try_flock(fd):
+    os.close(fd)
+    raise WorkdirBusyError(f"--force_takeover: {path} was locked again by another process")
+  _write_record(fd)
+  return WorkdirLock(path, fd)
+
+
+def acquire(workdir: str, *, force_takeover: bool | None = None) -> WorkdirLock:
+  """Locks ``workdir`` for this run (every process calls it; process 0 locks).
+
+  Args:
+    workdir: the run directory (created if missing; its parent must exist).
+    force_takeover: override a busy lock whose holder cannot be seen to be
+      alive; None: as requested by :func:`request_takeover` for this workdir.
+
+  Returns:
+    A :class:`WorkdirLock`; on processes other than 0 one that holds nothing.
+
+  Raises:
+    WorkdirBusyError: another live writer holds the lock (on every process of
+      a multi-host run).
+    WorkdirLockError: the lock file cannot be created (read-only workdir...).
+  """
+  import jax
+
+  workdir = os.path.abspath(os.fspath(workdir))
+  if force_takeover is None:
+    force_takeover = workdir in _takeover_requested
+  _takeover_requested.discard(workdir)
+  error, busy, lock = None, True, WorkdirLock(lock_path(workdir), None)
+  if jax.process_index() == 0:
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      lock = _acquire_local(workdir, force_takeover)
+    except WorkdirBusyError as e:
+      error = str(e)
+    except OSError as e:  # a read-only or full filesystem, a permission
+      error = (
+        f"cannot lock workdir {workdir}: {e.strerror or e} on {e.filename or lock_path(workdir)} "
+        "(a run needs a writable workdir)"
+      )
+      busy = False
+  if jax.process_count() > 1:
+    error = _broadcast_error(error)
+  if error is not None:
+    lock.release()
+    raise (WorkdirBusyError if busy else WorkdirLockError)(error)
+  return lock
+
+
+def _broadcast_error(error: str | None) -> str | None:
+  """Process 0's refusal (or None) on every process."""
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  buf = np.zeros(_MESSAGE_BYTES, np.uint8)
+  if error is not None:
+    data = error.encode()[: _MESSAGE_BYTES - 1]
+    buf[0] = 1
+    buf[1 : 1 + len(data)] = np.frombuffer(data, np.uint8)
+  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+  if not buf[0]:
+    return None
+  return bytes(buf[1:]).rstrip(b"\0").decode(errors="replace")
