@@ -52,6 +52,7 @@ __all__ = [
   "new_figure",
   "apply_overrides",
   "parent_config",
+  "probe_batches",
   "read_metrics",
   "recompute_batch_stats",
   "restore",
@@ -523,29 +524,76 @@ def train_batch(dataset, step: int) -> dict:
   return {"image": np.asarray(batch["image"]), "label": np.asarray(batch["label"])}
 
 
-def heldout_batches(dataset, n: int, batch_size: int, split: str = "test") -> dict:
-  """``n`` disjoint held-out batches of ``batch_size`` stacked on a leading axis.
+def heldout_batches(
+  dataset, n: int, batch_size: int, split: str = "train", *, offset: int = 0
+) -> dict:
+  """``n`` disjoint batches of ``batch_size`` from ``split``, stacked on a leading axis.
 
-  Taken in order from ``dataset.eval_batches(split)`` with padding dropped;
-  raises naming ``n``/``batch_size`` when the split is too small.
+  The paper's held-out batch is "a *fixed* batch different from the training
+  mini-batch" (Sec. 3), a *training* batch, not a validation one
+  (Introduction): the default ``split='train'`` reads the training split with
+  its noisy labels, as trained, through ``dataset.eval_batches('train')`` (the
+  public interface; stored order, no augmentation). Batch ``i`` holds examples
+  ``offset + i·B … offset + (i+1)·B − 1`` of the split, so batches taken at
+  non-overlapping offsets are disjoint by construction. ``split='test'`` only
+  where the paper says validation/test. Raises naming ``n``/``batch_size``/
+  ``offset`` when the split is too small.
   """
-  if n < 1 or batch_size < 1:
-    raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+  if n < 1 or batch_size < 1 or offset < 0:
+    raise ValueError(
+      f"n and batch_size must be >= 1 and offset >= 0, got n={n}, batch_size={batch_size}, "
+      f"offset={offset}"
+    )
+  need = offset + n * batch_size
   images, labels, have = [], [], 0
   for b in dataset.eval_batches(split):
     keep = np.asarray(b["mask"]) > 0 if "mask" in b else slice(None)
     images.append(np.asarray(b["image"])[keep])
     labels.append(np.asarray(b["label"])[keep])
     have += len(labels[-1])
-    if have >= n * batch_size:
+    if have >= need:
       break
-  if have < n * batch_size:
+  if have < need:
     raise ValueError(
-      f"split {split!r} holds {have} examples: too few for n={n} batches of batch_size={batch_size}"
+      f"split {split!r} holds {have} examples: too few for n={n} batches of "
+      f"batch_size={batch_size} from offset={offset}"
     )
-  x = np.concatenate(images)[: n * batch_size]
-  y = np.concatenate(labels)[: n * batch_size]
+  x = np.concatenate(images)[offset:need]
+  y = np.concatenate(labels)[offset:need]
   return {"image": x.reshape(n, batch_size, *x.shape[1:]), "label": y.reshape(n, batch_size)}
+
+
+def probe_batches(
+  dataset, batch_size: int, num_heldout: int, *, offset: int = 0
+) -> tuple[dict, dict, dict]:
+  """``(probed, heldout, provenance)``: one training batch and ``num_heldout`` disjoint ones.
+
+  All ``1 + num_heldout`` batches come from one :func:`heldout_batches` call
+  on the training split (noisy labels, as trained): the probed batch is
+  examples ``[offset, offset + B)``, held-out batch ``i`` the next ``B``
+  examples after it, so none shares an example with the probed batch.
+  ``provenance`` records the split and the example ranges, for the figure's
+  JSON and for the criteria (``heldout_split``, ``heldout_disjoint``).
+  """
+  stacked = heldout_batches(dataset, 1 + int(num_heldout), int(batch_size), "train", offset=offset)
+  probed = {k: v[0] for k, v in stacked.items()}
+  held = {k: v[1:] for k, v in stacked.items()}
+  b = int(batch_size)
+  probed_range = [int(offset), int(offset) + b]
+  held_ranges = [
+    [int(offset) + i * b, int(offset) + (i + 1) * b] for i in range(1, num_heldout + 1)
+  ]
+  disjoint = all(r[0] >= probed_range[1] or r[1] <= probed_range[0] for r in held_ranges)
+  provenance = {
+    "probed_split": "train",
+    "heldout_split": "train",
+    "probed_examples": probed_range,
+    "heldout_examples": held_ranges,
+    "heldout_disjoint": bool(disjoint),
+    "source": "dataset.eval_batches('train'): training split, noisy labels as trained, "
+    "stored order, ranges are [first, last + 1) example positions",
+  }
+  return probed, held, provenance
 
 
 def stack_batches(batches: Sequence[dict]) -> dict:
