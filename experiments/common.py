@@ -38,6 +38,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
+  "Runner",
+  "trajectory_grid",
+  "eval_points",
+  "train_eval_batches",
+  "evaluate_point",
+  "midpoint",
+  "l2",
+  "norm",
+  "branch_step",
+  "window",
+  "parent_dir",
+  "evaluator",
   "Restored",
   "cli",
   "committed_steps",
@@ -627,6 +639,209 @@ def recompute_batch_stats(restored: Restored, params, batch_stats):
   n = int(restored.config.averaging.bn_recompute_batches)
   batches = (restored.dataset.fixed_train_batch(i) for i in range(n))
   return _evaluator(restored).recompute_batch_stats(params, batch_stats, batches)
+
+
+# ----------------------------------------------------------------------------
+# the lock-step driver (Figs. 6, 7, 8, 14)
+
+
+_STEPPERS: dict = {}
+_EVALUATORS: dict = {}
+
+
+def _put(batch: dict, sharding) -> dict:
+  import jax
+
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in batch.items()
+    if k in ("image", "label")
+  }
+
+
+def _stepper(restored, lr_factor: float):
+  """The engine's jitted train step under ``optimizer.lr * lr_factor`` (cached).
+
+  Scaling ``optimizer.lr`` scales every schedule (constant, cosine, linear,
+  step, warm-up) by the factor: eta'_t = f * eta_t, the side-trip
+  ``kind='schedule', schedule='config', lr_factor=f`` of :mod:`trajax.sidetrip`.
+  """
+  import jax
+
+  from trajax import train
+
+  config = restored.config
+  key = (
+    id(restored.model),
+    float(lr_factor),
+    json.dumps(config.to_dict(), sort_keys=True, default=str),
+  )
+  if key not in _STEPPERS:
+    cfg = copy.deepcopy(config)
+    with cfg.unlocked():
+      cfg.optimizer.lr = float(config.optimizer.lr) * float(lr_factor)
+    shardings = jax.tree.map(lambda x: x.sharding, restored.state)
+    mesh = train.make_mesh(cfg)
+    _STEPPERS[key] = (
+      train.make_train_step(cfg, restored.model, mesh, shardings),
+      train.batch_sharding(mesh),
+    )
+  return _STEPPERS[key]
+
+
+def evaluator(restored):
+  """A cached :class:`trajax.train.Evaluator` for the restored run's model."""
+  from trajax import train
+
+  key = id(restored.model)
+  if key not in _EVALUATORS:
+    _EVALUATORS[key] = train.Evaluator(restored.model, train.make_mesh(restored.config))
+  return _EVALUATORS[key]
+
+
+class Runner:
+  """One copy of a restored state, stepped by the engine's own train step.
+
+  Args:
+    restored: :class:`experiments.common.Restored` (its state is copied, never
+      donated).
+    lr_factor: f in eta'_t = f * eta_t (the config's schedule, absolute step t).
+    stream_offset: reads training batch ``t + stream_offset`` at step t; 0 is
+      the parent's batch order, ``total_steps`` a different order on the same
+      data (positions the parent never reached).
+  """
+
+  def __init__(self, restored, *, lr_factor: float = 1.0, stream_offset: int = 0):
+    import jax
+    import jax.numpy as jnp
+
+    if not lr_factor > 0:
+      raise ValueError(f"lr_factor must be > 0, got {lr_factor!r}")
+    if int(stream_offset) < 0:
+      raise ValueError(f"stream_offset must be >= 0, got {stream_offset!r}")
+    self.state = jax.tree.map(jnp.copy, restored.state)
+    self.step = int(restored.step)
+    self._fn, self._sharding = _stepper(restored, lr_factor)
+    self._batches = restored.dataset.train_batches(self.step + int(stream_offset))
+
+  @property
+  def params(self):
+    return self.state.params
+
+  def advance_to(self, step: int) -> None:
+    """Takes steps until the state is at absolute step ``step``."""
+    if step < self.step:
+      raise ValueError(f"cannot go back from step {self.step} to {step}")
+    while self.step < step:
+      self.state, _ = self._fn(self.state, _put(next(self._batches), self._sharding))
+      self.step += 1
+
+
+def trajectory_grid(k: int, points: int, *, log_points: bool = True) -> list[int]:
+  """0, about ``points`` evenly spaced steps up to k, and 1, 10, 100, ... <= k."""
+  if k < 1 or points < 1:
+    raise ValueError(f"window k and points must be >= 1, got k={k}, points={points}")
+  out = {int(round(x)) for x in np.linspace(0, k, points + 1)}
+  if log_points:
+    p = 1
+    while p <= k:
+      out.add(p)
+      p *= 10
+  return sorted(out)
+
+
+def eval_points(k: int) -> list[int]:
+  """The paper's evaluation steps 1, 10, 100, 1000, ... <= k, and k itself."""
+  out, p = {int(k)}, 1
+  while p <= k:
+    out.add(p)
+    p *= 10
+  return sorted(out)
+
+
+def train_eval_batches(restored, n: int) -> list[dict]:
+  """``n`` fixed training batches (indices 1000..; index 0 is Fig. 7's fixed batch)."""
+  if n < 1:
+    raise ValueError(f"train_eval_batches must be >= 1, got {n}")
+  return [restored.dataset.fixed_train_batch(1000 + i) for i in range(n)]
+
+
+def evaluate_point(restored, params, batch_stats, train_batches, *, recompute_bn: bool) -> dict:
+  """Test loss/accuracy over the test split and training loss/accuracy on fixed batches.
+
+  ``recompute_bn``: BatchNorm statistics recomputed for ``params`` (averaged
+  weights), as :func:`trajax.train.averaged_variables` does.
+  """
+  import jax
+
+  if recompute_bn and jax.tree.leaves(batch_stats):
+    batch_stats = recompute_batch_stats(restored, params, batch_stats)
+  ev = evaluator(restored)
+  test = ev.evaluate(params, batch_stats, restored.dataset.eval_batches("test"))
+  tr = ev.evaluate(params, batch_stats, train_batches)
+  return {
+    "test_loss": test["loss"],
+    "test_accuracy": test["accuracy"],
+    "train_loss": tr["loss"],
+    "train_accuracy": tr["accuracy"],
+  }
+
+
+def midpoint(a, b):
+  """(a + b)/2 leaf by leaf (the two-point average); one compiled call, not one per leaf."""
+  import jax
+
+  global _MIDPOINT
+  if _MIDPOINT is None:
+    _MIDPOINT = jax.jit(lambda a, b: jax.tree.map(lambda x, y: 0.5 * (x + y), a, b))
+  return _MIDPOINT(a, b)
+
+
+_MIDPOINT = None
+
+
+def l2(a, b) -> float:
+  from trajax import probes
+
+  return float(probes.l2_distance(a, b))
+
+
+def norm(a) -> float:
+  from trajax import probes
+
+  return float(probes.tree_norm(a))
+
+
+def branch_step(config, fraction: float, name: str) -> int:
+  """round(fraction * total_steps), validated (named after the --exp field)."""
+  if not 0 < fraction < 1:
+    raise ValueError(f"exp.{name} must lie in (0, 1), got {fraction!r}")
+  step = int(round(fraction * int(config.total_steps)))
+  if not 0 < step < int(config.total_steps):
+    raise ValueError(
+      f"exp.{name}={fraction} gives step {step}, outside (0, total_steps={config.total_steps})"
+    )
+  return step
+
+
+def window(config, exp) -> int:
+  k = exp.window if exp.window is not None else int(config.averaging.gap)
+  if not int(k) >= 1:
+    raise ValueError(f"exp.window (default averaging.gap) must be >= 1, got {k!r}")
+  return int(k)
+
+
+def parent_dir(config, exp, workdir: str, keep_steps) -> str:
+  """``exp.parent`` if given (must hold the steps), else ``ensure_parent``."""
+  if exp.parent:
+    have = committed_steps(exp.parent)
+    missing = [s for s in keep_steps if s not in have]
+    if missing:
+      raise FileNotFoundError(
+        f"exp.parent={exp.parent!r} lacks committed checkpoints at {missing} (has {have})"
+      )
+    return os.path.abspath(exp.parent)
+  return ensure_parent(config, workdir, keep_steps)
 
 
 # ----------------------------------------------------------------------------

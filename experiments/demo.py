@@ -41,6 +41,9 @@ from experiments import common
 from experiments import fig1_averaging_vs_sidetrips as fig1
 from experiments import fig2_single_step as fig2
 from experiments import fig3_interpolation as fig3
+from experiments import fig6_8_distances as fig6_8
+from experiments import fig7_alignment as fig7
+from experiments import fig14_cosine as fig14
 
 DEFAULT_CONFIG = "configs/mnist1d.py"
 DEFAULT_SEEDS = (0, 1, 2)
@@ -60,9 +63,11 @@ TINY_CONFIG = {
 TINY_EXP = {
   "fig1": {"branch_fractions": (0.5,), "horizons": (1, 15)},
   "fig2": {
+    # Few probe shapes: each new (batch size, held-out count) compiles the probe.
     "position_fractions": (0.5, 1.0),
+    "main_fraction": 0.5,
     "sweep_fractions": (0.5,),
-    "batch_sizes": (16, 32, 64),
+    "batch_sizes": (32, 64),
     "num_fine": 4,
     "num_coarse": 4,
     "num_heldout": 2,
@@ -70,16 +75,47 @@ TINY_EXP = {
     "chunk_size": 0,
   },
   "fig3": {"point_fractions": (0.5, 0.75), "num_steps": 3, "num_alphas": 5},
+  "fig6_8": {"branch_fraction": 0.5, "burnin_fraction": 0.5, "points": 4, "train_eval_batches": 2},
+  "fig7": {"branch_fraction": 0.5, "points": 3, "extra_batch_factors": (2,)},
+  "fig14": {"branch_fractions": (0.25, 0.5), "train_eval_batches": 2},
+  "fig5_ema": {"branch_fractions": (0.25,), "ema_window": 30, "ema_history": 20},
+  "fig14_cosine": {"branch_fractions": (0.25, 0.5), "train_eval_batches": 2},
 }
-MODULES = (("fig1", fig1), ("fig2", fig2), ("fig3", fig3))
+# Knobs the demo sets on top of each module's defaults (all sizes).
+DEMO_EXP = {
+  "fig14": {"train_eval_batches": 4},
+  # EMA history 4800 (weight of older points e^-4.8 < 1 %) rather than 5/δ =
+  # 5000: the replay then starts at a multiple of the parent's checkpoint
+  # cadence (300), which 1000 would cut to 100.
+  "fig5_ema": {
+    "method": "ema",
+    "branch_fractions": (0.5,),
+    "ema_history": 4800,
+    "train_eval_batches": 4,
+  },
+  "fig14_cosine": {"train_eval_batches": 4},
+}
+# Stages on the constant-rate parent, in order; fig14 on it is Fig. 14's top
+# row and Fig. 5's SWA panel, fig5_ema its EMA panel (same module, EMA knobs).
+MODULES = (
+  ("fig1", fig1),
+  ("fig2", fig2),
+  ("fig3", fig3),
+  ("fig6_8", fig6_8),
+  ("fig7", fig7),
+  ("fig14", fig14),
+  ("fig5_ema", fig14),
+)
+# Fig. 14's bottom row runs on a second, cosine-schedule parent per seed.
+COSINE_MODULES = (("fig14_cosine", fig14),)
 
 
 def build(config_path: str = DEFAULT_CONFIG, tiny: bool = False):
   """``(config, {name: exp})`` for the demo; ``tiny`` applies the smoke size."""
   config = common.load_config(config_path, TINY_CONFIG if tiny else None)
   exps = {}
-  for name, module in MODULES:
-    exp = module.experiment_defaults()
+  for name, module in MODULES + COSINE_MODULES:
+    exp = common.apply_overrides(module.experiment_defaults(), DEMO_EXP.get(name, {}))
     if tiny:
       exp = common.apply_overrides(exp, TINY_EXP[name])
     exps[name] = exp
@@ -113,9 +149,27 @@ def run_seed(config, exps: dict, workdir: str, seed: int) -> dict:
     for policy, m in res.get("bn_sensitivity", {}).items():
       bn.setdefault(policy, {}).update(m)
     figures[name] = os.path.relpath(res["png"], os.path.abspath(workdir))
+    for extra, path in res.get("extra_pngs", {}).items():
+      figures[extra] = os.path.relpath(path, os.path.abspath(workdir))
+    results[name] = res
+  # Fig. 14's bottom row: the same config under the cosine schedule, its own parent.
+  cos_config = common.apply_overrides(config, {"optimizer.schedule": "cosine"})
+  cdir = os.path.join(sdir, "cosine")
+  keep = sorted({s for name, m in COSINE_MODULES for s in m.branch_steps(cos_config, exps[name])})
+  t = time.perf_counter()
+  cos_parent = common.ensure_parent(cos_config, cdir, keep)
+  timings["cosine parent"] = time.perf_counter() - t
+  for name, module in COSINE_MODULES:
+    common.log(f"demo seed {seed}: stage {name} (cosine parent)")
+    t = time.perf_counter()
+    res = module.run(cos_config, exps[name], cdir, parent=cos_parent)
+    timings[name] = time.perf_counter() - t
+    measured |= res["measured"]
+    figures[name] = os.path.relpath(res["png"], os.path.abspath(workdir))
     results[name] = res
   return {
     "parent": parent,
+    "cosine_parent": cos_parent,
     "measured": measured,
     "bn_sensitivity": bn,
     "figures": figures,
@@ -141,6 +195,7 @@ def run(config, exps: dict, workdir: str, seeds=DEFAULT_SEEDS) -> dict:
   report = {
     "seeds": seeds,
     "parents": {str(s): r["parent"] for s, r in per_seed.items()},
+    "cosine_parents": {str(s): r["cosine_parent"] for s, r in per_seed.items()},
     "claims": records,
     "bn_policy": fig1.BN_POLICY,
     "bn_sensitivity": sensitivity,
@@ -350,6 +405,12 @@ def render(report: dict) -> str:
     "fig1": "Figures 1, 5: averaging vs equivalent side-trips",
     "fig2": "Figures 2, 12, 13: one step vs step size, batch size and position",
     "fig3": "Figure 3: fixed-batch side-trips and their interpolation",
+    "fig6_8": "Figure 6: the average vs the λ/2 side-trip vs two batch orders in weight space",
+    "fig8": "Figure 8: distance to an independently trained solution",
+    "fig7": "Figure 7: fixed-batch gradient alignment along side-trips",
+    "fig14": "Figures 14 (top row) and 5 (SWA): constant-rate run, SWA vs its side-trip",
+    "fig5_ema": "Figure 5 (EMA): whole-trajectory EMA vs its 3000-step side-trip",
+    "fig14_cosine": "Figure 14 (bottom row): cosine-schedule run, SWA vs its side-trip",
   }
   lines += ["", "## Figures", ""]
   for seed, figs in report["figures"].items():

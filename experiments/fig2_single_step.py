@@ -64,7 +64,7 @@ def experiment_defaults():
   e.fine_max = 2.0
   e.num_fine = 21
   e.max_step = 100.0
-  e.num_coarse = 30
+  e.num_coarse = 20
   e.poly_degree = 4
   # Batches per size for the noise-scale estimate (sizes B and 4B).
   e.noise_batches = 16

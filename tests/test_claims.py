@@ -226,8 +226,12 @@ def test_fig7_both_norm_readings_and_direction_at_every_batch_size():
   assert not direction({"fixed_batches": [b, b | {"min_cosine": 0.4}]})
   assert not direction({"fixed_batches": [b | {"mean_abs_independent_cosine": 0.9}]})
   par = claims.CLAIMS["fig7.parallel_closer_than_start"].test
-  assert par({"final_parallel_cosine": 0.9, "final_cosine_constant": 0.7})
-  assert not par({"final_parallel_cosine": 0.6, "final_cosine_constant": 0.7})
+  assert par(
+    {"final_parallel_cosine": 0.9, "final_cosine_constant": 0.7, "final_cosine_linear": 0.8}
+  )
+  assert not par(
+    {"final_parallel_cosine": 0.75, "final_cosine_constant": 0.7, "final_cosine_linear": 0.8}
+  )
 
 
 def test_fig8_saturation():

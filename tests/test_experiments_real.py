@@ -26,7 +26,9 @@ from experiments import fig3_interpolation as fig3
 def tiny(tmp_path_factory):
   root = str(tmp_path_factory.getbasetemp() / "tiny_demo")
   config, exps = demo.build(tiny=True)
-  demo.run(config, exps, root, demo.TINY_SEEDS)
+  # tests/test_demo.py runs the same tiny demo first in a whole-suite session.
+  if not os.path.exists(os.path.join(root, "report.json")):
+    demo.run(config, exps, root, demo.TINY_SEEDS)
   # Seed 0's parent and figures; its config is the demo's with seed 0.
   return demo.seed_dir(root, 0), common.apply_overrides(config, {"seed": 0}), exps
 
