@@ -1,30 +1,35 @@
-r"""``make demo``: the paper's Secs. 3 and 5 on a real, offline run, as one report.
+r"""``make demo``: the paper's claims, measured as the paper measured them, over several seeds.
 
-    python -m experiments.demo --workdir=workdirs/demo            # ~5-10 min, 2 CPU cores
-    python -m experiments.demo --workdir=/tmp/d --tiny            # < 1 min smoke size
+    python -m experiments.demo --workdir=workdirs/demo            # 3 seeds, 2 CPU cores
+    python -m experiments.demo --workdir=workdirs/demo --seeds=0,1,2,3,4
+    python -m experiments.demo --workdir=/tmp/d --tiny            # smoke size, 2 seeds
 
-On a machine with no accelerator and no download:
+For every parent seed (``--seeds``, default 0, 1, 2), in ``WORKDIR/seed_<s>``:
 
 1. trains the offline default config (``configs/mnist1d.py``: mnist1d with 30 %
-   label noise, a 1-D CNN, SGD + momentum at a constant rate, two-point
-   averaging 1 000 steps apart) in ``WORKDIR/parent``, checkpointing at every
-   step an experiment branches from -- or reuses it when it is already
-   finished (the demo is resumable: every stage reuses what a previous
-   invocation finished);
-2. runs :mod:`experiments.fig1_averaging_vs_sidetrips` (two-point average vs.
-   the λ/2 side-trip at three branch points, horizons 1, 10, 100, 1000 steps),
-   :mod:`experiments.fig2_single_step` (one-step loss vs step size, drops vs
-   batch size and position, ε_max, noise scale) and
-   :mod:`experiments.fig3_interpolation` (fixed-batch side-trips and their
-   interpolation) on that one parent;
-3. writes ``WORKDIR/report.md`` (figures embedded by relative path, a table of
-   measured numbers, and for each of the paper's claims the number that
-   decides it, the stated criterion and the verdict, all computed -- nothing
-   in the verdicts is fixed text) and ``WORKDIR/report.json`` (the same numbers).
+   label noise, a 1-D CNN with BatchNorm, SGD + momentum at a constant rate,
+   two-point averaging 1 000 steps apart) in ``parent/``, checkpointing at
+   every step an experiment branches from -- or reuses it when finished (every
+   stage is resumable);
+2. runs on it Figs. 1/5 (two-point average vs the λ/2 side-trip, with λ/10 and
+   3λ/4 controls), 2/12/13 (one step vs step size, position and batch size,
+   held-out = disjoint training batches), 3 (fixed-batch side-trips, step from
+   the batch's ε_max), 6/8 (weight-space distances, two batch orders), 7
+   (fixed-batch gradient alignment), 14's top row = 5's SWA panel, and 5's EMA
+   panel (whole-trajectory EMA vs the 3000-step side-trip);
+3. trains a cosine-schedule parent in ``cosine/parent`` for Fig. 14's bottom row.
+
+Then every claim of :data:`experiments.claims.CLAIMS` is judged on every seed
+(criteria fixed in code before the run; verdict ``reproduced`` / ``mixed`` /
+``not reproduced``; :data:`experiments.claims.NOT_TESTABLE` listed with the
+reason), and ``WORKDIR/report.md`` and its machine-readable twin
+``WORKDIR/report.json`` (``seeds``, ``parents``, ``claims`` records with
+``id, figure, quote, criterion, per_seed: [{seed, measured, holds}], verdict``)
+are written, with the BatchNorm policy and its sensitivity rows.
 
 Progress lines go to stderr. ``--tiny`` shrinks the config (60 steps, width-8
-CNN, 1 000 examples) and every experiment so the whole pipeline runs in well
-under a minute; its numbers exercise the code, not the paper's regime.
+CNN, 1 000 examples) and every experiment so the pipeline runs in about a
+minute per seed; its numbers exercise the code, not the paper's regime.
 """
 
 from __future__ import annotations
@@ -332,6 +337,19 @@ def _effect_text(rec: dict) -> str:
   return f"{eff['name']} = {eff['mean']:.4g}{spread} (min {eff['min']:.4g}, max {eff['max']:.4g})"
 
 
+def _seed_cell(rec: dict, row: dict) -> str:
+  """``seed s: holds (effect = v; note)`` for one seed of a claim record."""
+  out = f"seed {row['seed']}: {'holds' if row['holds'] else 'fails'}"
+  extra = []
+  name = (rec.get("effect") or {}).get("name")
+  value = row["measured"].get(name) if name else None
+  if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+    extra.append(f"{name} {value:.4g}")
+  if row["measured"].get("note"):
+    extra.append(str(row["measured"]["note"]))
+  return out + (f" ({'; '.join(extra)})" if extra else "")
+
+
 def render(report: dict) -> str:
   """``report.md`` from the report dict (verdicts and numbers come from it only)."""
   records = report["claims"]
@@ -363,9 +381,7 @@ def render(report: dict) -> str:
     if r["verdict"] == "not testable here":
       per = "not testable here: " + r["reason"]
     else:
-      per = "; ".join(
-        f"seed {x['seed']}: {'holds' if x['holds'] else 'fails'}" for x in r["per_seed"]
-      )
+      per = "; ".join(_seed_cell(r, x) for x in r["per_seed"])
     crit = r["criterion"] + (f" (control: {r['control']})" if r.get("control") else "")
     cells = (
       r["id"],

@@ -312,6 +312,11 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   res = {
     "schedule": str(config.optimizer.schedule),
     "method": method,
+    "data": {
+      "test_loss": "split 'test' (the paper's validation split)",
+      "train_loss": f"dataset.fixed_train_batch(1000 + i), i < {int(exp.train_eval_batches)}",
+      "bn_recompute_batches": "dataset.fixed_train_batch(i), i < averaging.bn_recompute_batches",
+    },
     "method_params": params,
     "window": k,
     "total_steps": T,

@@ -234,6 +234,12 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     "rows": rows,
     "parent_curves": curves,
     "bn_policy": BN_POLICY,
+    "data": {
+      "evaluation_split": "test (the paper's Figs. 1/5 report validation accuracy)",
+      "bn_recompute_batches": "dataset.fixed_train_batch(i), i = 0 .. "
+      f"{int(config.averaging.bn_recompute_batches) - 1} (training split, noisy labels)",
+      "sidetrip_batches": "the parent's own training stream, batches S+1 .. S+h",
+    },
   }
   payload["measured"] = measured(payload)
   payload["bn_sensitivity"] = {
@@ -262,8 +268,13 @@ def _longest(payload) -> list[dict]:
 
 
 BN_POLICY = (
-  "BatchNorm statistics recomputed for every weight vector (raw θ_{S+h}, the average, every "
-  "side-trip) over the same averaging.bn_recompute_batches fixed training batches"
+  "every weight vector that is compared with another (raw θ_{S+h}, the average, every "
+  "side-trip; Figs. 1, 5, 6, 14) is evaluated with BatchNorm statistics recomputed for its own "
+  "weights over the same averaging.bn_recompute_batches fixed training batches (an average has "
+  "no running statistics of its own, and running statistics lag the weights differently on "
+  "each path). Single-point probes keep one rule each: Fig. 2 evaluates θ − ηg with θ's "
+  "running statistics (the loss is a function of the step alone), Figs. 3 and 7 normalise with "
+  "each batch's own statistics, as the gradient steps themselves do"
 )
 # Sensitivity rows: which evaluation of each row the headline claims read.
 BN_SENSITIVITY = {
@@ -344,6 +355,8 @@ def measured(payload, evals_key: str | None = None) -> dict:
     out["fig1.table1_rate_is_specific"] = {
       "branches": spec,
       "min_recovered_fraction": min(fracs) if fracs else None,
+      "note": "best-matching factor (predicted 0.5): "
+      + ", ".join(f"S={b['branch']}: {b['best_factor']:g}" for b in spec),
     }
   if payload["method"] != "two_point":
     # Fig. 5's two-point claim is about the two-point average only.

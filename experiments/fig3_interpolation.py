@@ -197,7 +197,7 @@ def plot(payload, path: str, label: str) -> str:
   ho = np.asarray(payload["heldout_loss"])
   k = tr.shape[0] - 1
   show = sorted({0, 1, min(3, k), k // 2, k})
-  fig, axes = common.new_figure(1, 3, width=4.6, height=3.8)
+  fig, axes = common.new_figure(1, 4, width=4.6, height=3.8)
   t1, t2 = payload["points"]
   for col, (data, what) in enumerate(((tr, "fixed training batch"), (ho, "held-out batch"))):
     ax = axes[0][col]
@@ -220,6 +220,15 @@ def plot(payload, path: str, label: str) -> str:
   h1, l1 = ax.get_legend_handles_labels()
   h2, l2 = ax2.get_legend_handles_labels()
   ax.legend(h1 + h2, l1 + l2, fontsize=6)
+  ax = axes[0][3]
+  for j, (_, v) in enumerate(sorted(payload["by_step_factor"].items(), key=lambda x: float(x[0]))):
+    steps = np.arange(len(v["heldout_endpoints"]))
+    ax.plot(steps, v["heldout_endpoints"], f"C{j}o-", ms=3, label=f"held-out, η = {v['gd_lr']:.3g}")
+    ax.plot(steps, v["train_endpoints"], f"C{j}:", label=f"fixed batch, η = {v['gd_lr']:.3g}")
+  ax.set_xlabel("gradient-descent step i on the fixed batch")
+  ax.set_ylabel("loss at the side-trips' ends, mean of both (nats)")
+  ax.set_title("held-out loss at several GD step sizes")
+  ax.legend(fontsize=6)
   return common.save_figure(fig, path, label)
 
 

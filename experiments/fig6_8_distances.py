@@ -362,6 +362,13 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   common.log(f"fig6: branch at S={S}, window k={k}: lambda, lambda/2 and a second batch order")
   f6 = figure6(parent, S, k, int(exp.points), int(exp.train_eval_batches))
   f6.update(branch_step=S, window=k, total_steps=T, parent=parent, seed=int(config.seed))
+  f6["data"] = {
+    "test_loss": "split 'test'",
+    "train_loss": f"dataset.fixed_train_batch(1000 + i), i < {int(exp.train_eval_batches)} "
+    "(training split, noisy labels)",
+    "bn_recompute_batches": "dataset.fixed_train_batch(i), i < averaging.bn_recompute_batches",
+    "batch_orders": f"θ' reads training batches S+j, θ'' batches S+j+{T} (= + total_steps)",
+  }
   last = f6["evals"][str(k)]
   f6["summary"] = {
     "dist_avg_vs_half": f6["dist_avg_vs_half"][-1],

@@ -217,6 +217,13 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     "parent": parent,
     "seed": int(config.seed),
     "fixed_batch_index": int(exp.fixed_batch_index),
+    "data": {
+      "fixed_batch": f"dataset.fixed_train_batch({int(exp.fixed_batch_index)}, size) for the "
+      "sizes in by_batch_size (training split, noisy labels)",
+      "independent_batches": f"training stream batches S+j+i and S+j+i+{T}, i < "
+      f"{int(exp.independent_pairs)}",
+      "train_batch_loss": "training stream batch S+j (the batch the step at j uses)",
+    },
     "fixed_batch_size": int(b["label"].shape[0]),
     "grad_norm_at_branch": float(align["constant"].grad_norm[0] / align["constant"].norm_ratio[0]),
     "cosine": {s: [1.0] + np.asarray(align[s].cosine).tolist() for s in trips},

@@ -277,3 +277,112 @@ def test_judge_all_refuses_unknown_ids_and_seeds_missing_a_claim():
     claims.judge_all({0: {"fig99.nothing": {}}})
   with pytest.raises(KeyError, match=r"not measured for seed\(s\) \[1\]"):
     claims.judge_all({0: {"fig1.sidetrip_matches_average": good}, 1: {}})
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def _ev(loss, acc=0.9):
+  return {"loss": loss, "accuracy": acc}
+
+
+def test_fig1_measured_reports_recovered_fraction_and_best_factor():
+  from experiments import fig1_averaging_vs_sidetrips as fig1
+
+  row = {
+    "branch": 100,
+    "horizon": 50,
+    "raw": _ev(1.0, 0.80),
+    "average": _ev(0.9, 0.82),
+    "sidetrip": _ev(0.987, 0.80),  # recovers 13 % of the gain
+    "factor_0.1": _ev(0.91),
+    "factor_0.75": _ev(0.99),
+    "bn_running": {"raw": _ev(1.0), "average": _ev(0.95), "sidetrip": _ev(0.96)},
+    "bn_averaged_stats": {"raw": _ev(1.0), "average": _ev(0.92), "sidetrip": _ev(0.96)},
+  }
+  short = dict(row, horizon=1)
+  payload = {"method": "two_point", "rows": [short, row]}
+  m = fig1.measured(payload)
+  b = m["fig1.sidetrip_matches_average"]["branches"]
+  assert len(b) == 1 and b[0]["horizon"] == 50  # judged at the longest horizon
+  assert b[0]["recovered_fraction"] == pytest.approx(0.13)
+  assert not claims.CLAIMS["fig1.sidetrip_matches_average"].test(m["fig1.sidetrip_matches_average"])
+  spec = m["fig1.table1_rate_is_specific"]
+  assert spec["branches"][0]["best_factor"] == 0.1 and "S=100: 0.1" in spec["note"]
+  assert not claims.CLAIMS["fig1.table1_rate_is_specific"].test(spec)
+  assert claims.CLAIMS["fig5.two_point_average_improves"].test(m["fig5.two_point_average_improves"])
+  # The BatchNorm sensitivity rows read their own evaluations.
+  run = fig1.measured(payload, evals_key="bn_running")["fig1.sidetrip_matches_average"]
+  assert run["branches"][0]["recovered_fraction"] == pytest.approx(0.8)
+  assert "fig1.table1_rate_is_specific" not in fig1.measured(payload, evals_key="bn_running")
+
+
+def test_fig6_8_fig7_fig14_measured_from_their_results():
+  from experiments import fig6_8_distances as f68
+  from experiments import fig7_alignment as f7
+  from experiments import fig14_cosine as f14
+
+  ev = lambda tr: {"train_loss": tr, "test_loss": tr - 0.5}
+  f6 = {
+    "branch_step": 30,
+    "window": 10,
+    "dist_avg_vs_half": [0.0, 0.3],
+    "dist_batch_orders": [0.0, 1.0],
+    "dist_travel_lambda": [0.0, 1.8],
+    "evals": {"10": {"lambda": ev(1.0), "average": ev(0.9), "half": ev(0.91)}},
+  }
+  f8 = {"burnin_step": 20, "summary": f68.saturation_summary([0, 1, 2, 3], [4.0, 3.0, 2.5, 2.4])}
+  m = f68.measured(f6, f8)
+  assert m["fig6.much_closer_than_batch_orders"]["dist_avg_vs_never_moved"] == pytest.approx(0.9)
+  assert claims.CLAIMS["fig6.much_closer_than_batch_orders"].test(
+    m["fig6.much_closer_than_batch_orders"]
+  )
+  assert m["fig6.train_loss_matches"]["recovered_fraction"] == pytest.approx(0.9)
+  assert claims.CLAIMS["fig8.distance_decreases_and_saturates"].test(
+    m["fig8.distance_decreases_and_saturates"]
+  )
+  res = {
+    "fixed_batch_size": 64,
+    "summary": {
+      "max_abs_norm_ratio_minus_1": 0.048,
+      "max_abs_norm_change_between_schedules": 0.177,
+      "mean_abs_independent_cosine": 0.05,
+      "final_parallel_cosine": 0.9,
+      "final_cosine_constant": 0.7,
+      "final_cosine_linear": 0.8,
+    },
+    "by_batch_size": {
+      "64": {"min_cosine_constant": 0.7, "min_cosine_linear": 0.8},
+      "256": {"min_cosine_constant": 0.45, "min_cosine_linear": 0.6},
+    },
+  }
+  m7 = f7.measured(res)
+  assert [b["batch_size"] for b in m7["fig7.fixed_batch_direction_stable"]["fixed_batches"]] == [
+    64,
+    256,
+  ]
+  # Holds at B=64, fails at 4B: the claim fails.
+  assert not claims.CLAIMS["fig7.fixed_batch_direction_stable"].test(
+    m7["fig7.fixed_batch_direction_stable"]
+  )
+  assert not claims.CLAIMS["fig7.norm_changes_little"].test(m7["fig7.norm_changes_little"])
+  pt = lambda loss: {"test_loss": loss}
+  r14 = {
+    "method": "swa",
+    "schedule": "constant",
+    "window": 10,
+    "branches": [
+      {
+        "branch_step": 10,
+        "average_from": 10,
+        "raw": pt(1.0),
+        "average": pt(0.8),
+        "sidetrip": pt(0.82),
+      }
+    ],
+  }
+  m14 = f14.measured(r14)
+  assert set(m14) == {"fig14.constant_row", "fig5.swa_sidetrip_matches"}
+  assert claims.CLAIMS["fig14.constant_row"].test(m14["fig14.constant_row"])
+  assert set(f14.measured(r14 | {"schedule": "cosine"})) == {"fig14.cosine_row"}
+  assert set(f14.measured(r14 | {"method": "ema"})) == {"fig5.ema_sidetrip_matches"}
