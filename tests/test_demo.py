@@ -37,6 +37,12 @@ def test_report_json_follows_the_schema(report):
   for seed, parent in on_disk["parents"].items():
     assert parent == os.path.join(demo.seed_dir(workdir, int(seed)), "parent")
     assert os.path.isdir(os.path.join(parent, "checkpoints"))
+    cos = on_disk["cosine_parents"][seed]
+    assert cos == os.path.join(demo.seed_dir(workdir, int(seed)), "cosine", "parent")
+    # Every parent and figure ran under its own seed.
+    assert json.load(
+      open(os.path.join(demo.seed_dir(workdir, int(seed)), "fig2_single_step.json"))
+    )["config"]["seed"] == int(seed)
   ids = [c["id"] for c in on_disk["claims"]]
   assert len(ids) == len(set(ids))
   for c in on_disk["claims"]:
@@ -63,6 +69,16 @@ def test_report_json_follows_the_schema(report):
     "fig13.gap_closes_with_batch_size",
     "fig3.heldout_rises",
     "fig3.same_basin",
+    "fig5.swa_sidetrip_matches",
+    "fig5.ema_sidetrip_matches",
+    "fig6.much_closer_than_batch_orders",
+    "fig6.train_loss_matches",
+    "fig7.norm_changes_little",
+    "fig7.fixed_batch_direction_stable",
+    "fig7.parallel_closer_than_start",
+    "fig8.distance_decreases_and_saturates",
+    "fig14.constant_row",
+    "fig14.cosine_row",
   ):
     assert cid in ids, cid
 
