@@ -392,6 +392,11 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   common.log(f"fig8: independent batch order from B={B} to T={T}")
   f8 = figure8(parent, B, int(exp.points))
   f8.update(burnin_step=B, total_steps=T, parent=parent, seed=int(config.seed))
+  f8["data"] = {
+    "main": "training stream batches t (the parent's order)",
+    "independent": f"training stream batches t + {T} (the same data, another order)",
+    "final_test": "split 'test'",
+  }
   f8["summary"] = saturation_summary(f8["t"], f8["dist_main_to_alt_final"])
   common.write_json(
     os.path.join(workdir, "fig8_basin.json"), {"config": config.to_dict(), **f8}, allow_nan=True

@@ -310,9 +310,11 @@ def _plot(res: dict, path: str, label: str) -> None:
   a = ax[0][1]
   a.plot(j, res["norm_ratio"]["constant"], "C0-o", ms=3, label="constant lr")
   a.plot(j, res["norm_ratio"]["linear"], "C0--", label="linearly decaying lr")
+  between = np.asarray(res["norm_ratio"]["constant"]) / np.asarray(res["norm_ratio"]["linear"])
+  a.plot(j, between, "C3-s", ms=3, label=r"between schedules $|g_b(\theta_j)|/|g_b(\theta'_j)|$")
   a.axhline(1, color="0.7", lw=0.5)
   a.set_xlabel("side-trip step j")
-  a.set_ylabel(r"$|g_b(\theta_j)| / |g_b(\theta_S)|$ (ratio)")
+  a.set_ylabel("gradient norm ratio (dimensionless)")
   a.set_title(f"gradient norm ratio (|g_b(theta_S)| = {res['grad_norm_at_branch']:.3g})")
   a.legend(fontsize=7)
   a = ax[0][2]

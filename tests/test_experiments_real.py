@@ -191,6 +191,22 @@ def test_fig3_endpoints_and_barrier(tiny):
   assert out["distance"][0] == pytest.approx(
     np.linalg.norm(_flat(a.state.params) - _flat(c.state.params)), rel=1e-5
   )
+  # The held-out batch is the training batch right after the fixed one.
+  ho = np.asarray(out["heldout_loss"])
+  held0 = {k: v[0] for k, v in held.items()}
+  assert ho[0, 0] == pytest.approx(float(loss_fn(a.state.params, held0)), rel=1e-5)
+  # The GD step is ε_max = |g|²/gᵀHg of the fixed batch at t1 (Hessian-vector
+  # product by forward-over-reverse differentiation, independent of the probe).
+  grad = lambda p: jax.grad(loss_fn)(p, fixed)
+  g = grad(a.state.params)
+  _, hg = jax.jvp(grad, (a.state.params,), (g,))
+  eps = float(np.sum(_flat(g) ** 2) / np.sum(_flat(g) * _flat(hg)))
+  assert out["gd_lr_source"].startswith("ε_max")
+  assert out["gd_lr"] == pytest.approx(eps, rel=1e-3)
+  assert set(out["by_step_factor"]) == {"0.5", "1", "2"}
+  assert out["by_step_factor"]["1"]["heldout_endpoints"][-1] == pytest.approx(
+    (ho[-1, 0] + ho[-1, -1]) / 2, rel=1e-6
+  )
 
 
 # --------------------------------------------------------------------------- common
