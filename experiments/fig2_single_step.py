@@ -449,6 +449,14 @@ def plot(payload, path: str, label: str) -> str:
     main["final_model_loss_on_batch"], color="0.5", ls=":", lw=1, label="final model on this batch"
   )
   ax.set_xscale("symlog", linthresh=max(float(grid[1]) * 5, 1e-8))
+  ax.set_xlim(left=0)
+  ax.axhline(
+    main["final_model_heldout_loss"],
+    color="k",
+    ls="-.",
+    lw=1,
+    label="final model, held-out mean (Sec. 3's bar)",
+  )
   ax.set_xlabel("step size η (plain GD, one step; linear up to the fine grid, then log)")
   ax.set_ylabel("cross-entropy loss (nats)")
   ax.set_title(f"Fig. 2: step {main['step']}, B={main['batch_size']}")
@@ -479,6 +487,7 @@ def plot(payload, path: str, label: str) -> str:
   ax.axhline(0, color="0.5", lw=0.5)
   ax.set_ylim(-1.2 * max(e["train_largest_drop"] for e in payload["results"]), 0.8)
   ax.set_xscale("symlog", linthresh=max(float(grid[1]) * 5, 1e-8))
+  ax.set_xlim(left=0)
   ax.set_xlabel("step size η (symlog)")
   ax.set_ylabel("loss change after one step (nats)")
   ax.set_title(f"Fig. 12: along the trajectory (B={payload['main_batch_size']})")
