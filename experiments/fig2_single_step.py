@@ -52,8 +52,8 @@ def experiment_defaults():
   e.position_fractions = (0.25, 0.5, 0.75, 1.0)
   e.main_fraction = 0.75
   # Fig. 13's batch-size sweep, at sweep_fractions of training; None:
-  # (B/4, B, 4B, 16B) of the config's B, those the training pool can hold
-  # together with two disjoint held-out batches.
+  # (B/4, B, 4B, 16B, 64B) of the config's B, those the training pool can
+  # hold together with two disjoint held-out batches (the widest range).
   e.batch_sizes = mlc.FieldReference(None, field_type=tuple)
   e.sweep_fractions = (0.5, 0.75)
   # Held-out batches per probe at the config's batch size; larger batches use
@@ -87,7 +87,7 @@ def _batch_sizes(config, exp, num_train: int) -> list[int]:
     sizes = [int(b) for b in exp.batch_sizes]
   else:
     b = int(config.batch_size)
-    sizes = [max(b // 4, 2), b, 4 * b, 16 * b]
+    sizes = [max(b // 4, 2), b, 4 * b, 16 * b, 64 * b]
     sizes = [s for s in sizes if 3 * s <= num_train]
   if any(s < 2 for s in sizes):
     raise ValueError(f"exp.batch_sizes must all be >= 2, got {sizes}")

@@ -386,3 +386,15 @@ def test_fig6_8_fig7_fig14_measured_from_their_results():
   assert claims.CLAIMS["fig14.constant_row"].test(m14["fig14.constant_row"])
   assert set(f14.measured(r14 | {"schedule": "cosine"})) == {"fig14.cosine_row"}
   assert set(f14.measured(r14 | {"method": "ema"})) == {"fig5.ema_sidetrip_matches"}
+
+
+def test_fig13_sweep_spans_the_widest_range_the_pool_holds():
+  import ml_collections as mlc
+
+  config = mlc.ConfigDict({"batch_size": 64})
+  exp = fig2.experiment_defaults()
+  assert fig2._batch_sizes(config, exp, 40_000) == [16, 64, 256, 1024, 4096]
+  assert fig2._batch_sizes(config, exp, 1_000) == [16, 64, 256]
+  exp.batch_sizes = (64, 512)
+  with pytest.raises(ValueError, match=r"exp.batch_sizes \[512\]: a probe needs"):
+    fig2._batch_sizes(config, exp, 1_000)
