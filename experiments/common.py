@@ -38,6 +38,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
+  "Runner",
+  "trajectory_grid",
+  "eval_points",
+  "train_eval_batches",
+  "evaluate_point",
+  "midpoint",
+  "l2",
+  "norm",
+  "branch_step",
+  "window",
+  "parent_dir",
+  "evaluator",
   "Restored",
   "cli",
   "committed_steps",
@@ -52,6 +64,7 @@ __all__ = [
   "new_figure",
   "apply_overrides",
   "parent_config",
+  "probe_batches",
   "read_metrics",
   "recompute_batch_stats",
   "restore",
@@ -470,29 +483,76 @@ def train_batch(dataset, step: int) -> dict:
   return {"image": np.asarray(batch["image"]), "label": np.asarray(batch["label"])}
 
 
-def heldout_batches(dataset, n: int, batch_size: int, split: str = "test") -> dict:
-  """``n`` disjoint held-out batches of ``batch_size`` stacked on a leading axis.
+def heldout_batches(
+  dataset, n: int, batch_size: int, split: str = "train", *, offset: int = 0
+) -> dict:
+  """``n`` disjoint batches of ``batch_size`` from ``split``, stacked on a leading axis.
 
-  Taken in order from ``dataset.eval_batches(split)`` with padding dropped;
-  raises naming ``n``/``batch_size`` when the split is too small.
+  The paper's held-out batch is "a *fixed* batch different from the training
+  mini-batch" (Sec. 3), a *training* batch, not a validation one
+  (Introduction): the default ``split='train'`` reads the training split with
+  its noisy labels, as trained, through ``dataset.eval_batches('train')`` (the
+  public interface; stored order, no augmentation). Batch ``i`` holds examples
+  ``offset + i·B … offset + (i+1)·B − 1`` of the split, so batches taken at
+  non-overlapping offsets are disjoint by construction. ``split='test'`` only
+  where the paper says validation/test. Raises naming ``n``/``batch_size``/
+  ``offset`` when the split is too small.
   """
-  if n < 1 or batch_size < 1:
-    raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+  if n < 1 or batch_size < 1 or offset < 0:
+    raise ValueError(
+      f"n and batch_size must be >= 1 and offset >= 0, got n={n}, batch_size={batch_size}, "
+      f"offset={offset}"
+    )
+  need = offset + n * batch_size
   images, labels, have = [], [], 0
   for b in dataset.eval_batches(split):
     keep = np.asarray(b["mask"]) > 0 if "mask" in b else slice(None)
     images.append(np.asarray(b["image"])[keep])
     labels.append(np.asarray(b["label"])[keep])
     have += len(labels[-1])
-    if have >= n * batch_size:
+    if have >= need:
       break
-  if have < n * batch_size:
+  if have < need:
     raise ValueError(
-      f"split {split!r} holds {have} examples: too few for n={n} batches of batch_size={batch_size}"
+      f"split {split!r} holds {have} examples: too few for n={n} batches of "
+      f"batch_size={batch_size} from offset={offset}"
     )
-  x = np.concatenate(images)[: n * batch_size]
-  y = np.concatenate(labels)[: n * batch_size]
+  x = np.concatenate(images)[offset:need]
+  y = np.concatenate(labels)[offset:need]
   return {"image": x.reshape(n, batch_size, *x.shape[1:]), "label": y.reshape(n, batch_size)}
+
+
+def probe_batches(
+  dataset, batch_size: int, num_heldout: int, *, offset: int = 0
+) -> tuple[dict, dict, dict]:
+  """``(probed, heldout, provenance)``: one training batch and ``num_heldout`` disjoint ones.
+
+  All ``1 + num_heldout`` batches come from one :func:`heldout_batches` call
+  on the training split (noisy labels, as trained): the probed batch is
+  examples ``[offset, offset + B)``, held-out batch ``i`` the next ``B``
+  examples after it, so none shares an example with the probed batch.
+  ``provenance`` records the split and the example ranges, for the figure's
+  JSON and for the criteria (``heldout_split``, ``heldout_disjoint``).
+  """
+  stacked = heldout_batches(dataset, 1 + int(num_heldout), int(batch_size), "train", offset=offset)
+  probed = {k: v[0] for k, v in stacked.items()}
+  held = {k: v[1:] for k, v in stacked.items()}
+  b = int(batch_size)
+  probed_range = [int(offset), int(offset) + b]
+  held_ranges = [
+    [int(offset) + i * b, int(offset) + (i + 1) * b] for i in range(1, num_heldout + 1)
+  ]
+  disjoint = all(r[0] >= probed_range[1] or r[1] <= probed_range[0] for r in held_ranges)
+  provenance = {
+    "probed_split": "train",
+    "heldout_split": "train",
+    "probed_examples": probed_range,
+    "heldout_examples": held_ranges,
+    "heldout_disjoint": bool(disjoint),
+    "source": "dataset.eval_batches('train'): training split, noisy labels as trained, "
+    "stored order, ranges are [first, last + 1) example positions",
+  }
+  return probed, held, provenance
 
 
 def stack_batches(batches: Sequence[dict]) -> dict:
@@ -523,6 +583,209 @@ def recompute_batch_stats(restored: Restored, params, batch_stats):
   n = int(restored.config.averaging.bn_recompute_batches)
   batches = (restored.dataset.fixed_train_batch(i) for i in range(n))
   return _evaluator(restored).recompute_batch_stats(params, batch_stats, batches)
+
+
+# ----------------------------------------------------------------------------
+# the lock-step driver (Figs. 6, 7, 8, 14)
+
+
+_STEPPERS: dict = {}
+_EVALUATORS: dict = {}
+
+
+def _put(batch: dict, sharding) -> dict:
+  import jax
+
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in batch.items()
+    if k in ("image", "label")
+  }
+
+
+def _stepper(restored, lr_factor: float):
+  """The engine's jitted train step under ``optimizer.lr * lr_factor`` (cached).
+
+  Scaling ``optimizer.lr`` scales every schedule (constant, cosine, linear,
+  step, warm-up) by the factor: eta'_t = f * eta_t, the side-trip
+  ``kind='schedule', schedule='config', lr_factor=f`` of :mod:`trajax.sidetrip`.
+  """
+  import jax
+
+  from trajax import train
+
+  config = restored.config
+  key = (
+    id(restored.model),
+    float(lr_factor),
+    json.dumps(config.to_dict(), sort_keys=True, default=str),
+  )
+  if key not in _STEPPERS:
+    cfg = copy.deepcopy(config)
+    with cfg.unlocked():
+      cfg.optimizer.lr = float(config.optimizer.lr) * float(lr_factor)
+    shardings = jax.tree.map(lambda x: x.sharding, restored.state)
+    mesh = train.make_mesh(cfg)
+    _STEPPERS[key] = (
+      train.make_train_step(cfg, restored.model, mesh, shardings),
+      train.batch_sharding(mesh),
+    )
+  return _STEPPERS[key]
+
+
+def evaluator(restored):
+  """A cached :class:`trajax.train.Evaluator` for the restored run's model."""
+  from trajax import train
+
+  key = id(restored.model)
+  if key not in _EVALUATORS:
+    _EVALUATORS[key] = train.Evaluator(restored.model, train.make_mesh(restored.config))
+  return _EVALUATORS[key]
+
+
+class Runner:
+  """One copy of a restored state, stepped by the engine's own train step.
+
+  Args:
+    restored: :class:`experiments.common.Restored` (its state is copied, never
+      donated).
+    lr_factor: f in eta'_t = f * eta_t (the config's schedule, absolute step t).
+    stream_offset: reads training batch ``t + stream_offset`` at step t; 0 is
+      the parent's batch order, ``total_steps`` a different order on the same
+      data (positions the parent never reached).
+  """
+
+  def __init__(self, restored, *, lr_factor: float = 1.0, stream_offset: int = 0):
+    import jax
+    import jax.numpy as jnp
+
+    if not lr_factor > 0:
+      raise ValueError(f"lr_factor must be > 0, got {lr_factor!r}")
+    if int(stream_offset) < 0:
+      raise ValueError(f"stream_offset must be >= 0, got {stream_offset!r}")
+    self.state = jax.tree.map(jnp.copy, restored.state)
+    self.step = int(restored.step)
+    self._fn, self._sharding = _stepper(restored, lr_factor)
+    self._batches = restored.dataset.train_batches(self.step + int(stream_offset))
+
+  @property
+  def params(self):
+    return self.state.params
+
+  def advance_to(self, step: int) -> None:
+    """Takes steps until the state is at absolute step ``step``."""
+    if step < self.step:
+      raise ValueError(f"cannot go back from step {self.step} to {step}")
+    while self.step < step:
+      self.state, _ = self._fn(self.state, _put(next(self._batches), self._sharding))
+      self.step += 1
+
+
+def trajectory_grid(k: int, points: int, *, log_points: bool = True) -> list[int]:
+  """0, about ``points`` evenly spaced steps up to k, and 1, 10, 100, ... <= k."""
+  if k < 1 or points < 1:
+    raise ValueError(f"window k and points must be >= 1, got k={k}, points={points}")
+  out = {int(round(x)) for x in np.linspace(0, k, points + 1)}
+  if log_points:
+    p = 1
+    while p <= k:
+      out.add(p)
+      p *= 10
+  return sorted(out)
+
+
+def eval_points(k: int) -> list[int]:
+  """The paper's evaluation steps 1, 10, 100, 1000, ... <= k, and k itself."""
+  out, p = {int(k)}, 1
+  while p <= k:
+    out.add(p)
+    p *= 10
+  return sorted(out)
+
+
+def train_eval_batches(restored, n: int) -> list[dict]:
+  """``n`` fixed training batches (indices 1000..; index 0 is Fig. 7's fixed batch)."""
+  if n < 1:
+    raise ValueError(f"train_eval_batches must be >= 1, got {n}")
+  return [restored.dataset.fixed_train_batch(1000 + i) for i in range(n)]
+
+
+def evaluate_point(restored, params, batch_stats, train_batches, *, recompute_bn: bool) -> dict:
+  """Test loss/accuracy over the test split and training loss/accuracy on fixed batches.
+
+  ``recompute_bn``: BatchNorm statistics recomputed for ``params`` (averaged
+  weights), as :func:`trajax.train.averaged_variables` does.
+  """
+  import jax
+
+  if recompute_bn and jax.tree.leaves(batch_stats):
+    batch_stats = recompute_batch_stats(restored, params, batch_stats)
+  ev = evaluator(restored)
+  test = ev.evaluate(params, batch_stats, restored.dataset.eval_batches("test"))
+  tr = ev.evaluate(params, batch_stats, train_batches)
+  return {
+    "test_loss": test["loss"],
+    "test_accuracy": test["accuracy"],
+    "train_loss": tr["loss"],
+    "train_accuracy": tr["accuracy"],
+  }
+
+
+def midpoint(a, b):
+  """(a + b)/2 leaf by leaf (the two-point average); one compiled call, not one per leaf."""
+  import jax
+
+  global _MIDPOINT
+  if _MIDPOINT is None:
+    _MIDPOINT = jax.jit(lambda a, b: jax.tree.map(lambda x, y: 0.5 * (x + y), a, b))
+  return _MIDPOINT(a, b)
+
+
+_MIDPOINT = None
+
+
+def l2(a, b) -> float:
+  from trajax import probes
+
+  return float(probes.l2_distance(a, b))
+
+
+def norm(a) -> float:
+  from trajax import probes
+
+  return float(probes.tree_norm(a))
+
+
+def branch_step(config, fraction: float, name: str) -> int:
+  """round(fraction * total_steps), validated (named after the --exp field)."""
+  if not 0 < fraction < 1:
+    raise ValueError(f"exp.{name} must lie in (0, 1), got {fraction!r}")
+  step = int(round(fraction * int(config.total_steps)))
+  if not 0 < step < int(config.total_steps):
+    raise ValueError(
+      f"exp.{name}={fraction} gives step {step}, outside (0, total_steps={config.total_steps})"
+    )
+  return step
+
+
+def window(config, exp) -> int:
+  k = exp.window if exp.window is not None else int(config.averaging.gap)
+  if not int(k) >= 1:
+    raise ValueError(f"exp.window (default averaging.gap) must be >= 1, got {k!r}")
+  return int(k)
+
+
+def parent_dir(config, exp, workdir: str, keep_steps) -> str:
+  """``exp.parent`` if given (must hold the steps), else ``ensure_parent``."""
+  if exp.parent:
+    have = committed_steps(exp.parent)
+    missing = [s for s in keep_steps if s not in have]
+    if missing:
+      raise FileNotFoundError(
+        f"exp.parent={exp.parent!r} lacks committed checkpoints at {missing} (has {have})"
+      )
+    return os.path.abspath(exp.parent)
+  return ensure_parent(config, workdir, keep_steps)
 
 
 # ----------------------------------------------------------------------------

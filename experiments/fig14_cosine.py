@@ -1,7 +1,14 @@
-"""Figure 14: a cosine-schedule run, its weight average, and equivalent side-trips (App. B.2).
+"""Figures 14 and 5: a run, its weight average, and equivalent side-trips (App. B.2, Sec. 5).
 
-The main trajectory uses the cosine schedule eta_t = lr (1 + cos(pi t/T))/2
-(the config's ``:cosine`` variant). At branch points S_i (``exp.branch_fractions``
+Fig. 14 has two rows: a constant-rate run (top) and a cosine-schedule run
+eta_t = lr (1 + cos(pi t/T))/2 (bottom, the config's ``:cosine`` variant); the
+row is the config's ``optimizer.schedule`` ('constant' or 'cosine'). On a
+constant-rate run the same measurement is Fig. 5's SWA panel, and with
+``exp.method='ema'`` its EMA panel: there the average is the EMA of the
+*whole* trajectory (the replay starts ``exp.ema_history`` steps before S + k,
+default 5/δ, so every point that still weighs more than e^-5 is in it, not an
+EMA pinned at S) and the side-trips are ``exp.ema_window`` = 3000 steps as in
+the paper. At branch points S_i (``exp.branch_fractions``
 of T) three things are compared k steps later (k = ``exp.window``, default
 ``averaging.gap``):
 
@@ -46,10 +53,10 @@ import time
 import numpy as np
 
 from experiments import common
-from experiments import fig6_8_distances as f68
 
 NAME = "fig14_cosine"
 METHODS = ("swa", "ema", "two_point", "multi_point")
+ROWS = ("constant", "cosine")
 
 
 def experiment_defaults():
@@ -60,6 +67,11 @@ def experiment_defaults():
   e.branch_fractions = (0.25, 0.5, 0.75)  # S_i = round(f * total_steps)
   e.window = mlc.FieldReference(None, field_type=int)  # k; default averaging.gap
   e.method = "swa"  # averaging compared with its equivalent side-trip
+  # EMA only: the side-trip length (paper: 3000 steps) and how far back the
+  # replayed EMA starts before S + window (None: 5/δ, the whole trajectory
+  # up to a weight e^-5).
+  e.ema_window = 3000
+  e.ema_history = mlc.FieldReference(None, field_type=int)
   e.train_eval_batches = 10  # fixed training batches for the training loss
   e.parent = ""  # reuse an existing parent WORKDIR
   return e
@@ -102,28 +114,99 @@ def branch_points(config, fractions, k: int) -> list[int]:
   return sorted(set(out))
 
 
-def _replay_average(restored, k: int, method: str, params: dict):
-  """theta_{S+k} and the window average of the replay from S (trajax.averaging)."""
+def _replay_average(restored, end: int, method: str, params: dict):
+  """theta_end and the average of the replay from the restored step to ``end`` (trajax.averaging)."""
   import jax
 
   from trajax import averaging
 
   averager = averaging.make_averager(method, **params)
   update = jax.jit(averager.update)
-  run = f68.Runner(restored)
+  run = common.Runner(restored)
   avg_state = averager.init(run.params)
-  S = int(restored.step)
-  for t in range(S + 1, S + k + 1):
+  for t in range(int(restored.step) + 1, int(end) + 1):
     run.advance_to(t)
     avg_state = update(run.params, avg_state)
   return run, avg_state.average
+
+
+def average_start(config, exp, S: int, k: int) -> int:
+  """Where the replayed average starts: S (SWA, two-point, multi-point), S + k − history (EMA)."""
+  if str(exp.method) != "ema":
+    return S
+  h = exp.ema_history
+  if h is None:
+    h = int(round(5.0 / float(config.averaging.decay)))
+  start = S + k - int(h)
+  if start < 1:
+    # Step 0 is never a checkpoint; a shorter history is the user's call.
+    raise ValueError(
+      f"exp.ema_history = {h} reaches back to step {start} from S + k = {S + k}: the EMA replay "
+      "must start at a checkpoint >= 1; use a later branch point or set exp.ema_history"
+    )
+  return start
+
+
+def window_for(config, exp) -> int:
+  """k: ``exp.ema_window`` for EMA (the paper's 3000-step side-trips), else ``exp.window``."""
+  if str(exp.method) == "ema":
+    return int(exp.ema_window)
+  return common.window(config, exp)
+
+
+def branch_steps(config, exp) -> list[int]:
+  """Parent checkpoints: every S, where each average starts, and T.
+
+  (S + k is not required: where the parent has it, the replay is checked
+  against it bit for bit.)
+  """
+  k = window_for(config, exp)
+  starts = branch_points(config, tuple(exp.branch_fractions), k)
+  keep = {*starts, int(config.total_steps)}
+  keep |= {average_start(config, exp, s, k) for s in starts}
+  return sorted(x for x in keep if x > 0)
+
+
+def measured(res: dict) -> dict:
+  """``{claim id: measured}``: the Fig. 14 row of the run's schedule, and Fig. 5's panel."""
+  from experiments import claims
+
+  rows = []
+  for b in res["branches"]:
+    raw, avg, trip = (b[w]["test_loss"] for w in ("raw", "average", "sidetrip"))
+    rows.append(
+      {
+        "branch": b["branch_step"],
+        "horizon": res["window"],
+        "average_from": b["average_from"],
+        "raw": raw,
+        "average": avg,
+        "sidetrip": trip,
+        "recovered_fraction": claims.recovered_fraction(raw, avg, trip),
+      }
+    )
+  fr = [r["recovered_fraction"] for r in rows if r["recovered_fraction"] is not None]
+  m = {
+    "method": res["method"],
+    "schedule": res["schedule"],
+    "branches": rows,
+    "min_recovered_fraction": min(fr) if fr else None,
+  }
+  out = {}
+  if res["method"] == "swa":
+    out[f"fig14.{res['schedule']}_row"] = m
+    if res["schedule"] == "constant":
+      out["fig5.swa_sidetrip_matches"] = m
+  elif res["method"] == "ema" and res["schedule"] == "constant":
+    out["fig5.ema_sidetrip_matches"] = m
+  return out
 
 
 def _trip(parent: str, restored, method: str, params: dict, k: int, workdir: str):
   from trajax import sidetrip
 
   S = int(restored.step)
-  tdir = os.path.join(workdir, "trips", f"equivalent_{S}")
+  tdir = os.path.join(workdir, "trips", f"equivalent_{method}_{S}")
   os.makedirs(os.path.dirname(tdir), exist_ok=True)
   if (S + k) not in common.committed_steps(tdir):
     cfg = copy.deepcopy(restored.config)
@@ -134,7 +217,7 @@ def _trip(parent: str, restored, method: str, params: dict, k: int, workdir: str
       kind="equivalent",
       method=method,
       window=int(k),
-      eval_at=tuple(f68.eval_points(k)),
+      eval_at=tuple(common.eval_points(k)),
       **params,
     )
     res = sidetrip.run_sidetrip(cfg, parent, S, tdir)
@@ -142,32 +225,42 @@ def _trip(parent: str, restored, method: str, params: dict, k: int, workdir: str
   return tdir
 
 
-def run(config, exp, workdir: str) -> dict:
-  """Figure 14 for ``config``; writes JSON + PNG into ``workdir``; returns a summary."""
+def output_name(config, exp) -> str:
+  """``fig14_<schedule>`` (SWA) or ``fig14_<schedule>_<method>``: one file per row and method."""
+  method = str(exp.method)
+  base = f"fig14_{config.optimizer.schedule}"
+  return base if method == "swa" else f"{base}_{method}"
+
+
+def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
+  """Figure 14 (the config's row) for ``config``; writes JSON + PNG; returns a summary."""
   from trajax import config_validation
 
   config_validation.validate(config)
-  if config.optimizer.schedule != "cosine":
+  if config.optimizer.schedule not in ROWS:
     raise ValueError(
-      f"optimizer.schedule must be 'cosine' for Figure 14, got {config.optimizer.schedule!r} "
-      "(use the config's ':cosine' variant, e.g. --config=configs/mnist1d.py:cosine)"
+      f"optimizer.schedule must be one of {list(ROWS)} (Fig. 14's rows), got "
+      f"{config.optimizer.schedule!r}"
     )
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   T = int(config.total_steps)
-  k = f68.window(config, exp)
+  k = window_for(config, exp)
   method = str(exp.method)
   params = method_params(config, method, k)
   starts = branch_points(config, tuple(exp.branch_fractions), k)
-  keep = sorted({*starts, *(s + k for s in starts), T})
-  parent = f68.parent_dir(config, exp, workdir, keep)
+  if parent is None:
+    parent = common.parent_dir(config, exp, workdir, branch_steps(config, exp))
+  name = output_name(config, exp)
 
   branches = []
   t0 = time.perf_counter()
   for S in starts:
     r = common.restore(parent, S)
-    tr_batches = f68.train_eval_batches(r, int(exp.train_eval_batches))
-    raw_run, avg_params = _replay_average(r, k, method, params)
+    tr_batches = common.train_eval_batches(r, int(exp.train_eval_batches))
+    start = average_start(config, exp, S, k)
+    r_start = r if start == S else common.restore(parent, start)
+    raw_run, avg_params = _replay_average(r_start, S + k, method, params)
     tdir = _trip(parent, r, method, params, k, workdir)
     trip = common.restore(tdir, S + k).state
     records = common.read_metrics(tdir)
@@ -175,23 +268,26 @@ def run(config, exp, workdir: str) -> dict:
     _, trip_acc = common.metric_series(records, "eval/accuracy")
     b = {
       "branch_step": S,
+      "average_from": start,
       "trip_steps": (js - S).tolist(),
       "trip_test_loss": trip_loss.tolist(),
       "trip_test_accuracy": trip_acc.tolist(),
-      "raw": f68.evaluate_point(
+      "raw": common.evaluate_point(
         r, raw_run.params, raw_run.state.batch_stats, tr_batches, recompute_bn=True
       ),
-      "average": f68.evaluate_point(
+      "average": common.evaluate_point(
         r, avg_params, raw_run.state.batch_stats, tr_batches, recompute_bn=True
       ),
-      "sidetrip": f68.evaluate_point(
+      "sidetrip": common.evaluate_point(
         r, trip.params, trip.batch_stats, tr_batches, recompute_bn=True
       ),
-      "dist_sidetrip_vs_average": f68.l2(trip.params, avg_params),
-      "dist_raw_vs_average": f68.l2(raw_run.params, avg_params),
+      "dist_sidetrip_vs_average": common.l2(trip.params, avg_params),
+      "dist_raw_vs_average": common.l2(raw_run.params, avg_params),
     }
     if S + k in common.committed_steps(parent):
-      b["replay_vs_parent_l2"] = f68.l2(raw_run.params, common.restore(parent, S + k).state.params)
+      b["replay_vs_parent_l2"] = common.l2(
+        raw_run.params, common.restore(parent, S + k).state.params
+      )
     common.log(
       f"fig14 S={S}: test loss raw {b['raw']['test_loss']:.4f}, {method} {b['average']['test_loss']:.4f}, "
       f"side-trip {b['sidetrip']['test_loss']:.4f}; test acc raw {b['raw']['test_accuracy']:.4f}, "
@@ -214,7 +310,13 @@ def run(config, exp, workdir: str) -> dict:
       curves[key] = {"step": s.tolist(), "value": v.tolist()}
 
   res = {
+    "schedule": str(config.optimizer.schedule),
     "method": method,
+    "data": {
+      "test_loss": "split 'test' (the paper's validation split)",
+      "train_loss": f"dataset.fixed_train_batch(1000 + i), i < {int(exp.train_eval_batches)}",
+      "bn_recompute_batches": "dataset.fixed_train_batch(i), i < averaging.bn_recompute_batches",
+    },
     "method_params": params,
     "window": k,
     "total_steps": T,
@@ -238,11 +340,15 @@ def run(config, exp, workdir: str) -> dict:
     "test_accuracy_average": [b["average"]["test_accuracy"] for b in branches],
     "test_accuracy_sidetrip": [b["sidetrip"]["test_accuracy"] for b in branches],
   }
-  common.write_json(os.path.join(workdir, "fig14_cosine.json"), {"config": config.to_dict(), **res})
-  _plot(
-    res, os.path.join(workdir, "fig14_cosine.png"), common.run_label(config, f"{method}, k={k}")
-  )
-  return {**res["summary"], "files": ["fig14_cosine.json", "fig14_cosine.png"]}
+  common.write_json(os.path.join(workdir, f"{name}.json"), {"config": config.to_dict(), **res})
+  png = os.path.join(workdir, f"{name}.png")
+  _plot(res, png, common.run_label(config, f"{method}, k={k}"))
+  return {
+    **res["summary"],
+    "files": [f"{name}.json", f"{name}.png"],
+    "measured": measured(res),
+    "png": png,
+  }
 
 
 def _plot(res: dict, path: str, label: str) -> None:

@@ -6,9 +6,17 @@ one training batch b, g = ∇L_b(θ), and measure over a grid of step sizes η
     l_b(η) = L_b(θ − η g)      (the batch that gave the direction),
     l_h(η) = L_h(θ − η g)      (N held-out batches h of the same size),
 
-with :func:`trajax.probes.run_step_size_probe` (one vmap over η). Fig. 2 is
-one such pair of curves; Fig. 12 repeats it at several positions along the
-trajectory; Fig. 13 plots the largest one-step drop Δ_b = l_b(0) − min l_b and
+where b and the h are *training* batches (noisy labels, as trained) with no
+example in common (:func:`experiments.common.probe_batches`: the paper's
+held-out batch is "a *fixed* batch different from the training mini-batch",
+Sec. 3); the JSON records the split and the example ranges of every batch.
+
+with :func:`trajax.probes.run_step_size_probe` (one vmap over η). The grid
+is fixed by the optimizer's rate λ alone: a fine linear part [0, 2λ] that
+resolves where held-out loss improves (Fig. 2's right panel) and a geometric
+part up to 100λ that brackets the training batch's best step. Fig. 2 is one
+pair of curves (at 75 % of training, as the paper); Fig. 12 repeats it at
+several positions along the trajectory; Fig. 13 plots the largest one-step drop Δ_b = l_b(0) − min l_b and
 Δ_h (the same for the held-out mean) against the batch size. The companion
 notes' second-order prediction ε_max = |g|²/(gᵀH_b g) of the same batch is
 set against the probe's best step, and the gradient noise scale
@@ -39,16 +47,24 @@ def experiment_defaults():
   import ml_collections as mlc
 
   e = mlc.ConfigDict()
-  # Positions along the trajectory, as fractions of total_steps (Fig. 12).
-  e.position_fractions = (0.25, 0.5, 1.0)
-  # Batch sizes of the probe (Fig. 13); None: (B/2, B, 4B) of the config's B.
+  # Positions along the trajectory, as fractions of total_steps (Fig. 12);
+  # Fig. 2 itself is the one at main_fraction (the paper: 75K of 100K).
+  e.position_fractions = (0.25, 0.5, 0.75, 1.0)
+  e.main_fraction = 0.75
+  # Fig. 13's batch-size sweep, at sweep_fractions of training; None:
+  # (B/4, B, 4B, 16B, 64B) of the config's B, those the training pool can
+  # hold together with two disjoint held-out batches (the widest range).
   e.batch_sizes = mlc.FieldReference(None, field_type=tuple)
+  e.sweep_fractions = (0.5, 0.75)
+  # Held-out batches per probe at the config's batch size; larger batches use
+  # fewer (at least 2) so that every probe sees about as many examples.
   e.num_heldout = 8
-  e.num_step_sizes = 41
-  # Largest step size on the grid; None: 2.5 x the largest ε_max of the
-  # config-size batches at the probed positions (so the grid brackets the
-  # minimum the quadratic model predicts), at least 20 x optimizer.lr.
-  e.max_step = mlc.FieldReference(None, field_type=float)
+  # The step grid, in units of optimizer.lr: num_fine points on [0, fine_max]
+  # and num_coarse geometric points on (fine_max, max_step].
+  e.fine_max = 2.0
+  e.num_fine = 21
+  e.max_step = 100.0
+  e.num_coarse = 20
   e.poly_degree = 4
   # Batches per size for the noise-scale estimate (sizes B and 4B).
   e.noise_batches = 16
@@ -57,114 +73,177 @@ def experiment_defaults():
   return e
 
 
-def _batch_sizes(config, exp) -> list[int]:
+def step_grid(config, exp) -> np.ndarray:
+  """The η grid: fine linear [0, fine_max·λ] then geometric up to max_step·λ (λ = optimizer.lr)."""
+  lr = float(config.optimizer.lr)
+  fine_max, top = float(exp.fine_max) * lr, float(exp.max_step) * lr
+  fine = np.linspace(0.0, fine_max, int(exp.num_fine))
+  coarse = np.geomspace(fine_max, top, int(exp.num_coarse) + 1)[1:]
+  return np.concatenate([fine, coarse]).astype(np.float32)
+
+
+def _batch_sizes(config, exp, num_train: int) -> list[int]:
   if exp.batch_sizes:
     sizes = [int(b) for b in exp.batch_sizes]
   else:
     b = int(config.batch_size)
-    sizes = [max(b // 2, 2), b, 4 * b]
+    sizes = [max(b // 4, 2), b, 4 * b, 16 * b, 64 * b]
+    sizes = [s for s in sizes if 3 * s <= num_train]
   if any(s < 2 for s in sizes):
     raise ValueError(f"exp.batch_sizes must all be >= 2, got {sizes}")
+  too_big = [s for s in sizes if 3 * s > num_train]
+  if too_big:
+    raise ValueError(
+      f"exp.batch_sizes {too_big}: a probe needs the batch and two disjoint held-out batches "
+      f"of that size from the {num_train} training examples"
+    )
   return sorted(set(sizes))
 
 
 def branch_steps(config, exp) -> list[int]:
   """Parent checkpoints this experiment reads."""
-  return common.scaled_points(config.total_steps, exp.position_fractions)
+  fr = (*exp.position_fractions, exp.main_fraction, *exp.sweep_fractions)
+  return common.scaled_points(config.total_steps, fr)
 
 
 def _check(exp):
-  if int(exp.num_heldout) < 1:
-    raise ValueError(f"exp.num_heldout must be >= 1, got {exp.num_heldout}")
-  if int(exp.num_step_sizes) <= int(exp.poly_degree) + 1:
+  if int(exp.num_heldout) < 2:
+    raise ValueError(f"exp.num_heldout must be >= 2, got {exp.num_heldout}")
+  if int(exp.num_fine) < 3 or int(exp.num_coarse) < 1:
     raise ValueError(
-      f"exp.num_step_sizes = {exp.num_step_sizes} must exceed exp.poly_degree + 1 = "
-      f"{exp.poly_degree + 1}"
+      f"exp.num_fine must be >= 3 and exp.num_coarse >= 1, got {exp.num_fine}, {exp.num_coarse}"
     )
-  if exp.max_step is not None and not float(exp.max_step) > 0:
-    raise ValueError(f"exp.max_step must be > 0 or None, got {exp.max_step}")
+  if int(exp.num_fine) + int(exp.num_coarse) <= int(exp.poly_degree) + 1:
+    raise ValueError(
+      f"exp.num_fine + exp.num_coarse = {exp.num_fine + exp.num_coarse} must exceed "
+      f"exp.poly_degree + 1 = {exp.poly_degree + 1}"
+    )
+  if not 0 < float(exp.fine_max) < float(exp.max_step):
+    raise ValueError(
+      f"need 0 < exp.fine_max < exp.max_step, got fine_max={exp.fine_max}, max_step={exp.max_step}"
+    )
+
+
+def _fit_near_minimum(grid, losses, best_step: float, degree: int) -> float:
+  """rmse / range of a degree-d fit over [0, 2·best step] (Fig. 2's plotted window)."""
+  from trajax import probes
+
+  grid, losses = np.asarray(grid, np.float64), np.asarray(losses, np.float64)
+  keep = grid <= 2.0 * best_step if best_step > 0 else grid <= grid[degree + 1]
+  if keep.sum() <= degree + 1:
+    keep = np.zeros_like(keep)
+    keep[: degree + 2] = True
+  x, y = grid[keep], losses[keep]
+  fit = probes.fit_polynomial(x, y, degree)
+  span = float(np.max(y) - np.min(y))
+  return float(fit.rmse) / span if span > 0 else 0.0
+
+
+def _probe(r, loss_fn, final, grid, s: int, b: int, n_held: int, offset: int, exp) -> dict:
+  from trajax import probes
+
+  stats = r.state.batch_stats
+  fixed, held_raw, prov = common.probe_batches(r.dataset, b, n_held, offset=offset)
+  batch = common.with_batch_stats(fixed, stats)
+  held = common.with_batch_stats(held_raw, stats, stacked=n_held)
+  rep = probes.run_step_size_probe(
+    loss_fn,
+    r.state.params,
+    batch,
+    grid,
+    held,
+    degree=int(exp.poly_degree),
+    chunk_size=int(exp.chunk_size) or None,
+    with_eps_max=True,
+  )
+  i_best = int(np.argmin(rep.curve.train_loss))
+  held0 = float(np.mean(rep.curve.heldout_loss0))
+  hmean = np.asarray(rep.heldout.mean, np.float64)
+  improving = np.asarray(grid)[1:][hmean[1:] < held0]
+  # "The average loss of a fully trained model": the final checkpoint on the same held-out batches.
+  final_loss = float(
+    np.mean(
+      [
+        loss_fn(
+          final.state.params,
+          common.with_batch_stats({k: v[i] for k, v in held_raw.items()}, final.state.batch_stats),
+        )
+        for i in range(n_held)
+      ]
+    )
+  )
+  best_step = float(rep.train.best_step_size)
+  return {
+    "step": s,
+    "batch_size": b,
+    "num_heldout": n_held,
+    **prov,
+    "train_loss0": float(rep.train.loss0),
+    "train_best_loss": float(rep.train.best_loss),
+    "train_best_step": best_step,
+    "train_best_interior": bool(0 < i_best < len(grid) - 1),
+    "train_largest_drop": float(rep.train.largest_drop),
+    "heldout_loss0": held0,
+    "heldout_best_loss": float(rep.heldout_mean.best_loss),
+    "heldout_best_step": float(rep.heldout_mean.best_step_size),
+    "heldout_largest_drop": float(rep.heldout_mean.largest_drop),
+    "heldout_change_at_train_best": float(hmean[i_best]) - held0,
+    "heldout_improves_at_first_step": bool(hmean[1] < held0),
+    "largest_improving_step": float(improving.max()) if improving.size else 0.0,
+    "train_rel_rmse": _fit_near_minimum(
+      grid, rep.curve.train_loss, best_step, int(exp.poly_degree)
+    ),
+    "heldout_rel_rmse": _fit_near_minimum(grid, hmean, best_step, int(exp.poly_degree)),
+    "eps_max": float(rep.eps_max.eps_max),
+    "final_model_heldout_loss": final_loss,
+    "final_model_loss_on_batch": float(
+      loss_fn(final.state.params, common.with_batch_stats(fixed, final.state.batch_stats))
+    ),
+    "curve": {
+      "train": rep.curve.train_loss,
+      "heldout_mean": rep.heldout.mean,
+      "heldout_std": rep.heldout.std,
+      "heldout_min": rep.heldout.min,
+      "heldout_max": rep.heldout.max,
+      "train_fit_coeffs": rep.train.fit.coeffs,
+      "heldout_fit_coeffs": rep.heldout_mean.fit.coeffs,
+    },
+  }
 
 
 def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   """Runs the probe at every (position, batch size); writes JSON + PNG; returns the summary."""
-  from trajax import probes
-
   _check(exp)
-  positions = branch_steps(config, exp)
+  positions = common.scaled_points(config.total_steps, exp.position_fractions)
+  (main_step,) = common.scaled_points(config.total_steps, (exp.main_fraction,))
+  sweep = common.scaled_points(config.total_steps, exp.sweep_fractions)
+  positions = sorted({*positions, main_step})
   if parent is None:
-    parent = common.ensure_parent(config, workdir, positions)
-  sizes = _batch_sizes(config, exp)
-  main_b = int(config.batch_size) if int(config.batch_size) in sizes else sizes[len(sizes) // 2]
+    parent = common.ensure_parent(config, workdir, branch_steps(config, exp))
   final = common.restore(parent)
+  main_b = int(config.batch_size)
+  sizes = _batch_sizes(config, exp, int(final.dataset.info.num_train))
+  if main_b not in sizes:
+    sizes = sorted({*sizes, main_b})
   # One loss function object for every checkpoint: the statistics ride in the batch.
   loss_fn = common.make_loss_fn(final.model)
-  n_held = int(exp.num_heldout)
-  if exp.max_step is not None:
-    max_step = float(exp.max_step)
-  else:
-    eps = []
-    for s in positions:
-      r = common.restore(parent, s)
-      batch = common.with_batch_stats(r.dataset.fixed_train_batch(s, main_b), r.state.batch_stats)
-      eps.append(float(probes.epsilon_max(loss_fn, r.state.params, batch).eps_max))
-    finite = [e for e in eps if np.isfinite(e) and e > 0]
-    max_step = max([20.0 * float(config.optimizer.lr)] + [2.5 * e for e in finite])
-  grid = np.linspace(0.0, max_step, int(exp.num_step_sizes)).astype(np.float32)
+  grid = step_grid(config, exp)
+  n_main = int(exp.num_heldout)
+  pairs = sorted({(s, main_b) for s in positions} | {(s, b) for s in sweep for b in sizes})
 
   results = []
-  for s in positions:
+  for k, (s, b) in enumerate(pairs):
     r = common.restore(parent, s)
-    stats = r.state.batch_stats
-    for b in sizes:
-      common.log(f"{NAME}: step {s}, batch size {b}: single-step probe over {len(grid)} step sizes")
-      fixed = r.dataset.fixed_train_batch(s, b)
-      batch = common.with_batch_stats(fixed, stats)
-      held = common.with_batch_stats(
-        common.heldout_batches(r.dataset, n_held, b), stats, stacked=n_held
-      )
-      rep = probes.run_step_size_probe(
-        loss_fn,
-        r.state.params,
-        batch,
-        grid,
-        held,
-        degree=int(exp.poly_degree),
-        chunk_size=int(exp.chunk_size) or None,
-        with_eps_max=True,
-      )
-      i_best = int(np.argmin(rep.curve.train_loss))
-      held0 = float(np.mean(rep.curve.heldout_loss0))
-      entry = {
-        "step": s,
-        "batch_size": b,
-        "train_loss0": float(rep.train.loss0),
-        "train_best_loss": float(rep.train.best_loss),
-        "train_best_step": float(rep.train.best_step_size),
-        "train_largest_drop": float(rep.train.largest_drop),
-        "train_fit_rmse": float(rep.train.fit.rmse),
-        "heldout_loss0": held0,
-        "heldout_best_loss": float(rep.heldout_mean.best_loss),
-        "heldout_best_step": float(rep.heldout_mean.best_step_size),
-        "heldout_largest_drop": float(rep.heldout_mean.largest_drop),
-        "heldout_fit_rmse": float(rep.heldout_mean.fit.rmse),
-        "heldout_change_at_train_best": float(rep.heldout.mean[i_best]) - held0,
-        "eps_max": float(rep.eps_max.eps_max),
-        "final_model_loss_on_batch": float(
-          loss_fn(final.state.params, common.with_batch_stats(fixed, final.state.batch_stats))
-        ),
-        "curve": {
-          "train": rep.curve.train_loss,
-          "heldout_mean": rep.heldout.mean,
-          "heldout_std": rep.heldout.std,
-          "heldout_min": rep.heldout.min,
-          "heldout_max": rep.heldout.max,
-          "train_fit_coeffs": rep.train.fit.coeffs,
-          "heldout_fit_coeffs": rep.heldout_mean.fit.coeffs,
-        },
-      }
-      if b == main_b:
-        entry["noise_scale"] = _noise_scale(r, loss_fn, b, int(exp.noise_batches), s)
-      results.append(common.to_jsonable(entry))
+    n_held = max(2, min(n_main, (n_main * main_b) // b))
+    # A different stretch of the training split for every probe (wrapping round the pool).
+    span = (1 + n_held) * b
+    room = int(r.dataset.info.num_train) - span
+    offset = (k * span) % (room + 1)
+    common.log(f"{NAME}: step {s}, batch size {b}: single-step probe over {len(grid)} step sizes")
+    entry = _probe(r, loss_fn, final, grid, s, b, n_held, offset, exp)
+    if b == main_b and s == main_step:
+      entry["noise_scale"] = _noise_scale(r, loss_fn, b, int(exp.noise_batches), s)
+    results.append(common.to_jsonable(entry))
 
   payload = {
     "experiment": NAME,
@@ -174,18 +253,22 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     "step_sizes": grid,
     "batch_sizes": sizes,
     "positions": positions,
+    "sweep_positions": sweep,
+    "main_step": main_step,
     "main_batch_size": main_b,
     "final_step": final.step,
+    "heldout": "training batches disjoint from the probed batch (common.probe_batches); "
+    "every result records probed_examples / heldout_examples",
     "results": results,
   }
-  payload["claims"] = claims(payload)
+  payload["measured"] = measured(payload)
   os.makedirs(workdir, exist_ok=True)
   json_path = common.write_json(os.path.join(workdir, f"{NAME}.json"), payload)
   png_path = plot(payload, os.path.join(workdir, f"{NAME}.png"), common.run_label(config))
   return {
     "json": json_path,
     "png": png_path,
-    "claims": payload["claims"],
+    "measured": payload["measured"],
     "main": _main_entry(payload),
   }
 
@@ -227,113 +310,117 @@ def _noise_scale(r, loss_fn, b: int, m: int, s: int) -> dict:
 
 
 def _main_entry(payload) -> dict:
-  """The Fig. 2 point: the last position at the config's batch size."""
-  last = max(payload["positions"])
+  """The Fig. 2 point: the main position (75 % of training) at the config's batch size."""
   for e in payload["results"]:
-    if e["step"] == last and e["batch_size"] == payload["main_batch_size"]:
+    if e["step"] == payload["main_step"] and e["batch_size"] == payload["main_batch_size"]:
       return e
   raise KeyError("no result at the main point")
 
 
-def claims(payload) -> list[dict]:
-  """The paper's Sec. 3 claims, each decided by a stated criterion on measured numbers."""
-  main = _main_entry(payload)
-  first = min(payload["positions"])
-  x, z = main["train_largest_drop"], main["heldout_largest_drop"]
-  y = main["heldout_change_at_train_best"]
-  out = [
+# Held-out drops below this (nats) are below float32 resolution of a loss ~ 1.
+DROP_FLOOR = 1e-7
+
+
+def log10_drop_ratio(train_drop: float, heldout_drop: float) -> float:
+  """log10(Δ_train/Δ_held), both floored at :data:`DROP_FLOOR` (no drop = the floor)."""
+  return float(np.log10(max(train_drop, DROP_FLOOR) / max(heldout_drop, DROP_FLOOR)))
+
+
+def _split_fields(e) -> dict:
+  return {"heldout_split": e["heldout_split"], "heldout_disjoint": e["heldout_disjoint"]}
+
+
+def measured(payload) -> dict:
+  """``{claim id: measured numbers}`` for the Sec. 3 / Figs. 2, 12, 13 claims (experiments.claims)."""
+  b0 = payload["main_batch_size"]
+  main = sorted((e for e in payload["results"] if e["batch_size"] == b0), key=lambda e: e["step"])
+  ratio = lambda e: log10_drop_ratio(e["train_largest_drop"], e["heldout_largest_drop"])
+  small = [
     {
-      "id": "one_step_train_vs_heldout",
-      "claim": "one step on the training batch cuts that batch's loss far more than it can "
-      "cut held-out loss (Fig. 2)",
-      "measured": {
-        "train_drop": x,
-        "heldout_best_drop": z,
-        "step": main["step"],
-        "batch_size": main["batch_size"],
-      },
-      "criterion": "train_drop >= 5 x max(heldout_best_drop, 0) and train_drop > 0",
-      "reproduced": bool(x > 0 and x >= 5 * max(z, 0.0)),
-      "text": f"one step (η = {main['train_best_step']:.3g}) on the training batch cuts its "
-      f"loss by {x:.3f} nats, while the best step for held-out batches cuts their mean "
-      f"loss by only {z:.3f}",
-    },
-    {
-      "id": "heldout_rises_at_train_optimum",
-      "claim": "at the step size that is best for the training batch, held-out loss rises (Fig. 2)",
-      "measured": {"heldout_change": y, "train_best_step": main["train_best_step"]},
-      "criterion": "held-out mean loss at the training batch's best η minus at η = 0 > 0",
-      "reproduced": bool(y > 0),
-      "text": f"at η = {main['train_best_step']:.3g} the training batch's loss falls by "
-      f"{x:.3f} while the held-out mean loss changes by {y:+.3f}",
-    },
-  ]
-  early = [
-    e
-    for e in payload["results"]
-    if e["step"] == first and e["batch_size"] == payload["main_batch_size"]
-  ][0]
-  out.append(
-    {
-      "id": "one_step_beats_final_model",
-      "claim": "one step from a mid-training point takes the batch's loss below that of the "
-      "fully trained model on the same batch (Sec. 3)",
-      "measured": {
-        "step": first,
-        "one_step_loss": early["train_best_loss"],
-        "final_model_loss": early["final_model_loss_on_batch"],
-      },
-      "criterion": "one_step_loss < final_model_loss",
-      "reproduced": bool(early["train_best_loss"] < early["final_model_loss_on_batch"]),
-      "text": f"from step {first}, one step brings the batch's loss to "
-      f"{early['train_best_loss']:.3f}; the final model (step {payload['final_step']}) "
-      f"has {early['final_model_loss_on_batch']:.3f} on it",
+      "step": e["step"],
+      **_split_fields(e),
+      "heldout_improves_at_first_step": e["heldout_improves_at_first_step"],
+      "first_step_size": payload["step_sizes"][1],
+      "largest_improving_step": e["largest_improving_step"],
+      "train_best_step": e["train_best_step"],
+      "heldout_change_at_train_best": e["heldout_change_at_train_best"],
+      "heldout_examples": e["heldout_examples"],
+      "probed_examples": e["probed_examples"],
     }
-  )
-  sizes = payload["batch_sizes"]
-  if len(sizes) >= 2:
-    ok, pairs = True, {}
-    for s in payload["positions"]:
-      d = {e["batch_size"]: e["train_largest_drop"] for e in payload["results"] if e["step"] == s}
-      pairs[str(s)] = [d[min(sizes)], d[max(sizes)]]
-      ok &= d[min(sizes)] > d[max(sizes)]
-    out.append(
+    for e in main
+  ]
+  orders = [
+    {
+      "step": e["step"],
+      **_split_fields(e),
+      "train_drop": e["train_largest_drop"],
+      "heldout_drop": e["heldout_largest_drop"],
+      "log10_ratio": ratio(e),
+      "train_best_interior": e["train_best_interior"],
+    }
+    for e in main
+  ]
+  below = [
+    {
+      "step": e["step"],
+      "one_step_loss": e["train_best_loss"],
+      "final_model_loss": e["final_model_heldout_loss"],
+      "margin": e["final_model_heldout_loss"] - e["train_best_loss"],
+    }
+    for e in main
+    if e["step"] < payload["final_step"]
+  ]
+  poly = [
+    {
+      "step": e["step"],
+      "train_rel_rmse": e["train_rel_rmse"],
+      "heldout_rel_rmse": e["heldout_rel_rmse"],
+    }
+    for e in main
+  ]
+  sweep = []
+  for s in payload["sweep_positions"]:
+    es = sorted((e for e in payload["results"] if e["step"] == s), key=lambda e: e["batch_size"])
+    rs = {str(e["batch_size"]): ratio(e) for e in es}
+    sweep.append(
       {
-        "id": "drop_shrinks_with_batch_size",
-        "claim": "the largest one-step drop on the training batch is larger for smaller batches "
-        "(Fig. 13)",
-        "measured": {"drop_smallest_vs_largest_batch_by_step": pairs, "batch_sizes": sizes},
-        "criterion": f"drop(B={min(sizes)}) > drop(B={max(sizes)}) at every position",
-        "reproduced": bool(ok),
-        "text": "; ".join(
-          f"step {s}: {a:.3f} (B={min(sizes)}) vs {b:.3f} (B={max(sizes)})"
-          for s, (a, b) in pairs.items()
-        ),
+        "step": s,
+        "heldout_split": "train" if all(e["heldout_split"] == "train" for e in es) else "mixed",
+        "heldout_disjoint": all(e["heldout_disjoint"] for e in es),
+        "log10_ratio_by_batch": rs,
+        "decrease": rs[str(es[0]["batch_size"])] - rs[str(es[-1]["batch_size"])],
       }
     )
-  ratio = main["eps_max"] / main["train_best_step"] if main["train_best_step"] > 0 else float("inf")
-  grid_step = payload["step_sizes"][1] - payload["step_sizes"][0]
-  interior = main["train_best_step"] < payload["step_sizes"][-1]
-  out.append(
-    {
-      "id": "eps_max_predicts_best_step",
-      "claim": "the second-order optimum ε_max = |g|²/gᵀHg of the batch predicts the probe's "
-      "best step (companion notes)",
-      "measured": {
-        "eps_max": main["eps_max"],
-        "best_step": main["train_best_step"],
-        "ratio": ratio if np.isfinite(ratio) else None,
-        "grid_spacing": grid_step,
-        "grid_max": payload["step_sizes"][-1],
-      },
-      "criterion": "0.5 <= eps_max / best_step <= 2, with the best step inside the grid "
-      "(not its largest value: a minimum at the edge is not resolved)",
-      "reproduced": bool(np.isfinite(ratio) and 0.5 <= ratio <= 2.0 and interior),
-      "text": f"ε_max = {main['eps_max']:.3g} vs best grid step {main['train_best_step']:.3g} "
-      f"(grid spacing {grid_step:.3g})",
-    }
-  )
-  return out
+  improving = [
+    p["largest_improving_step"] / p["train_best_step"] for p in small if p["train_best_step"] > 0
+  ]
+  return {
+    "fig2.one_step_below_final_model": {
+      "positions": below,
+      "min_margin": min((p["margin"] for p in below), default=None),
+    },
+    "fig2.heldout_improves_only_for_small_steps": {
+      "positions": small,
+      "max_improving_over_best_step": max(improving, default=None),
+    },
+    "fig2.low_degree_polynomial": {
+      "positions": poly,
+      "max_rel_rmse": max(max(p["train_rel_rmse"], p["heldout_rel_rmse"]) for p in poly),
+    },
+    "fig12.typical_along_trajectory": {
+      "positions": [a | b for a, b in zip(small, orders, strict=True)],
+      "min_log10_ratio": min(p["log10_ratio"] for p in orders),
+    },
+    "fig13.orders_of_magnitude": {
+      "positions": orders,
+      "min_log10_ratio": min(p["log10_ratio"] for p in orders),
+    },
+    "fig13.gap_closes_with_batch_size": {
+      "positions": sweep,
+      "batch_sizes": payload["batch_sizes"],
+      "min_decrease": min((p["decrease"] for p in sweep), default=None),
+    },
+  }
 
 
 def plot(payload, path: str, label: str) -> str:
@@ -348,7 +435,8 @@ def plot(payload, path: str, label: str) -> str:
     np.polyval(c["train_fit_coeffs"], grid),
     "C0:",
     lw=1,
-    label=f"deg-{payload['exp']['poly_degree']} fit (rmse {main['train_fit_rmse']:.2g})",
+    label=f"deg-{payload['exp']['poly_degree']} fit (rmse/range near min "
+    f"{main['train_rel_rmse']:.2g})",
   )
   ax.plot(grid, c["heldout_mean"], "C1-", label=f"held-out mean of {payload['exp']['num_heldout']}")
   m, sd = np.asarray(c["heldout_mean"]), np.asarray(c["heldout_std"])
@@ -360,7 +448,16 @@ def plot(payload, path: str, label: str) -> str:
   ax.axhline(
     main["final_model_loss_on_batch"], color="0.5", ls=":", lw=1, label="final model on this batch"
   )
-  ax.set_xlabel("step size η (plain GD, one step)")
+  ax.set_xscale("symlog", linthresh=max(float(grid[1]) * 5, 1e-8))
+  ax.set_xlim(left=0)
+  ax.axhline(
+    main["final_model_heldout_loss"],
+    color="k",
+    ls="-.",
+    lw=1,
+    label="final model, held-out mean (Sec. 3's bar)",
+  )
+  ax.set_xlabel("step size η (plain GD, one step; linear up to the fine grid, then log)")
   ax.set_ylabel("cross-entropy loss (nats)")
   ax.set_title(f"Fig. 2: step {main['step']}, B={main['batch_size']}")
   lo = min(np.min(c["train"]), np.min(c["heldout_min"]))
@@ -389,7 +486,9 @@ def plot(payload, path: str, label: str) -> str:
     )
   ax.axhline(0, color="0.5", lw=0.5)
   ax.set_ylim(-1.2 * max(e["train_largest_drop"] for e in payload["results"]), 0.8)
-  ax.set_xlabel("step size η")
+  ax.set_xscale("symlog", linthresh=max(float(grid[1]) * 5, 1e-8))
+  ax.set_xlim(left=0)
+  ax.set_xlabel("step size η (symlog)")
   ax.set_ylabel("loss change after one step (nats)")
   ax.set_title(f"Fig. 12: along the trajectory (B={payload['main_batch_size']})")
   ax.legend(fontsize=6)

@@ -47,16 +47,14 @@ give the paper's scale, where k = 5000 and S = 75k)::
 
 Writes ``WORKDIR/fig6_distances.{json,png}`` and ``WORKDIR/fig8_basin.{json,png}``.
 
-This module also holds :class:`Runner`, the lock-step driver the other
-real-trajectory figures reuse: a copy of a restored state stepped with the
-engine's own jitted ``trajax.train`` step, with a learning-rate factor and a
-position in the training stream of its own.
+The lock-step driver (:class:`experiments.common.Runner`: a copy of a
+restored state stepped with the engine's own jitted ``trajax.train`` step,
+with a learning-rate factor and a position in the training stream of its
+own) lives in :mod:`experiments.common`, shared with Figs. 7 and 14.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import os
 import time
 from typing import Any
@@ -91,209 +89,6 @@ def experiment_defaults():
 
 
 # ----------------------------------------------------------------------------
-# the lock-step driver
-
-
-_STEPPERS: dict = {}
-_EVALUATORS: dict = {}
-
-
-def _put(batch: dict, sharding) -> dict:
-  import jax
-
-  return {
-    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-    for k, v in batch.items()
-    if k in ("image", "label")
-  }
-
-
-def _stepper(restored, lr_factor: float):
-  """The engine's jitted train step under ``optimizer.lr * lr_factor`` (cached).
-
-  Scaling ``optimizer.lr`` scales every schedule (constant, cosine, linear,
-  step, warm-up) by the factor: eta'_t = f * eta_t, the side-trip
-  ``kind='schedule', schedule='config', lr_factor=f`` of :mod:`trajax.sidetrip`.
-  """
-  import jax
-
-  from trajax import train
-
-  config = restored.config
-  key = (
-    id(restored.model),
-    float(lr_factor),
-    json.dumps(config.to_dict(), sort_keys=True, default=str),
-  )
-  if key not in _STEPPERS:
-    cfg = copy.deepcopy(config)
-    with cfg.unlocked():
-      cfg.optimizer.lr = float(config.optimizer.lr) * float(lr_factor)
-    shardings = jax.tree.map(lambda x: x.sharding, restored.state)
-    mesh = train.make_mesh(cfg)
-    _STEPPERS[key] = (
-      train.make_train_step(cfg, restored.model, mesh, shardings),
-      train.batch_sharding(mesh),
-    )
-  return _STEPPERS[key]
-
-
-def evaluator(restored):
-  """A cached :class:`trajax.train.Evaluator` for the restored run's model."""
-  from trajax import train
-
-  key = id(restored.model)
-  if key not in _EVALUATORS:
-    _EVALUATORS[key] = train.Evaluator(restored.model, train.make_mesh(restored.config))
-  return _EVALUATORS[key]
-
-
-class Runner:
-  """One copy of a restored state, stepped by the engine's own train step.
-
-  Args:
-    restored: :class:`experiments.common.Restored` (its state is copied, never
-      donated).
-    lr_factor: f in eta'_t = f * eta_t (the config's schedule, absolute step t).
-    stream_offset: reads training batch ``t + stream_offset`` at step t; 0 is
-      the parent's batch order, ``total_steps`` a different order on the same
-      data (positions the parent never reached).
-  """
-
-  def __init__(self, restored, *, lr_factor: float = 1.0, stream_offset: int = 0):
-    import jax
-    import jax.numpy as jnp
-
-    if not lr_factor > 0:
-      raise ValueError(f"lr_factor must be > 0, got {lr_factor!r}")
-    if int(stream_offset) < 0:
-      raise ValueError(f"stream_offset must be >= 0, got {stream_offset!r}")
-    self.state = jax.tree.map(jnp.copy, restored.state)
-    self.step = int(restored.step)
-    self._fn, self._sharding = _stepper(restored, lr_factor)
-    self._batches = restored.dataset.train_batches(self.step + int(stream_offset))
-
-  @property
-  def params(self):
-    return self.state.params
-
-  def advance_to(self, step: int) -> None:
-    """Takes steps until the state is at absolute step ``step``."""
-    if step < self.step:
-      raise ValueError(f"cannot go back from step {self.step} to {step}")
-    while self.step < step:
-      self.state, _ = self._fn(self.state, _put(next(self._batches), self._sharding))
-      self.step += 1
-
-
-def grid(k: int, points: int, *, log_points: bool = True) -> list[int]:
-  """0, about ``points`` evenly spaced steps up to k, and 1, 10, 100, ... <= k."""
-  if k < 1 or points < 1:
-    raise ValueError(f"window k and points must be >= 1, got k={k}, points={points}")
-  out = {int(round(x)) for x in np.linspace(0, k, points + 1)}
-  if log_points:
-    p = 1
-    while p <= k:
-      out.add(p)
-      p *= 10
-  return sorted(out)
-
-
-def eval_points(k: int) -> list[int]:
-  """The paper's evaluation steps 1, 10, 100, 1000, ... <= k, and k itself."""
-  out, p = {int(k)}, 1
-  while p <= k:
-    out.add(p)
-    p *= 10
-  return sorted(out)
-
-
-def train_eval_batches(restored, n: int) -> list[dict]:
-  """``n`` fixed training batches (indices 1000..; index 0 is Fig. 7's fixed batch)."""
-  if n < 1:
-    raise ValueError(f"train_eval_batches must be >= 1, got {n}")
-  return [restored.dataset.fixed_train_batch(1000 + i) for i in range(n)]
-
-
-def evaluate_point(restored, params, batch_stats, train_batches, *, recompute_bn: bool) -> dict:
-  """Test loss/accuracy over the test split and training loss/accuracy on fixed batches.
-
-  ``recompute_bn``: BatchNorm statistics recomputed for ``params`` (averaged
-  weights), as :func:`trajax.train.averaged_variables` does.
-  """
-  import jax
-
-  if recompute_bn and jax.tree.leaves(batch_stats):
-    batch_stats = common.recompute_batch_stats(restored, params, batch_stats)
-  ev = evaluator(restored)
-  test = ev.evaluate(params, batch_stats, restored.dataset.eval_batches("test"))
-  tr = ev.evaluate(params, batch_stats, train_batches)
-  return {
-    "test_loss": test["loss"],
-    "test_accuracy": test["accuracy"],
-    "train_loss": tr["loss"],
-    "train_accuracy": tr["accuracy"],
-  }
-
-
-def midpoint(a, b):
-  """(a + b)/2 leaf by leaf (the two-point average); one compiled call, not one per leaf."""
-  import jax
-
-  global _MIDPOINT
-  if _MIDPOINT is None:
-    _MIDPOINT = jax.jit(lambda a, b: jax.tree.map(lambda x, y: 0.5 * (x + y), a, b))
-  return _MIDPOINT(a, b)
-
-
-_MIDPOINT = None
-
-
-def l2(a, b) -> float:
-  from trajax import probes
-
-  return float(probes.l2_distance(a, b))
-
-
-def norm(a) -> float:
-  from trajax import probes
-
-  return float(probes.tree_norm(a))
-
-
-def branch_step(config, fraction: float, name: str) -> int:
-  """round(fraction * total_steps), validated (named after the --exp field)."""
-  if not 0 < fraction < 1:
-    raise ValueError(f"exp.{name} must lie in (0, 1), got {fraction!r}")
-  step = int(round(fraction * int(config.total_steps)))
-  if not 0 < step < int(config.total_steps):
-    raise ValueError(
-      f"exp.{name}={fraction} gives step {step}, outside (0, total_steps={config.total_steps})"
-    )
-  return step
-
-
-def window(config, exp) -> int:
-  k = exp.window if exp.window is not None else int(config.averaging.gap)
-  if not int(k) >= 1:
-    raise ValueError(f"exp.window (default averaging.gap) must be >= 1, got {k!r}")
-  return int(k)
-
-
-def parent_dir(config, exp, workdir: str, keep_steps) -> str:
-  """``exp.parent`` if given (must hold the steps), else ``ensure_parent``."""
-  if exp.parent:
-    have = common.committed_steps(exp.parent)
-    missing = [s for s in keep_steps if s not in have]
-    if missing:
-      raise FileNotFoundError(
-        f"exp.parent={exp.parent!r} lacks committed checkpoints at {missing} (has {have})"
-      )
-    return os.path.abspath(exp.parent)
-  return common.ensure_parent(config, workdir, keep_steps)
-
-
-# ----------------------------------------------------------------------------
 # Figure 6
 
 
@@ -302,12 +97,12 @@ def figure6(parent: str, S: int, k: int, points: int, n_train_eval: int) -> dict
   r = common.restore(parent, S)
   T = int(r.config.total_steps)
   theta_S = r.state.params
-  lam = Runner(r)
-  half = Runner(r, lr_factor=0.5)
-  other = Runner(r, stream_offset=T)
-  tr_batches = train_eval_batches(r, n_train_eval)
-  evals_at = set(eval_points(k))
-  steps = grid(k, points)
+  lam = common.Runner(r)
+  half = common.Runner(r, lr_factor=0.5)
+  other = common.Runner(r, stream_offset=T)
+  tr_batches = common.train_eval_batches(r, n_train_eval)
+  evals_at = set(common.eval_points(k))
+  steps = common.trajectory_grid(k, points)
   out: dict[str, Any] = {
     "j": [],
     "dist_avg_vs_half": [],
@@ -320,19 +115,21 @@ def figure6(parent: str, S: int, k: int, points: int, n_train_eval: int) -> dict
   for j in steps:
     for run in (lam, half, other):
       run.advance_to(S + j)
-    avg = midpoint(theta_S, lam.params)
+    avg = common.midpoint(theta_S, lam.params)
     out["j"].append(j)
-    out["dist_avg_vs_half"].append(l2(avg, half.params))
-    out["dist_batch_orders"].append(l2(lam.params, other.params))
-    out["dist_travel_lambda"].append(l2(lam.params, theta_S))
-    out["dist_travel_half"].append(l2(half.params, theta_S))
+    out["dist_avg_vs_half"].append(common.l2(avg, half.params))
+    out["dist_batch_orders"].append(common.l2(lam.params, other.params))
+    out["dist_travel_lambda"].append(common.l2(lam.params, theta_S))
+    out["dist_travel_half"].append(common.l2(half.params, theta_S))
     if j in evals_at:
       out["evals"][str(j)] = {
-        "average": evaluate_point(r, avg, lam.state.batch_stats, tr_batches, recompute_bn=True),
-        "half": evaluate_point(
+        "average": common.evaluate_point(
+          r, avg, lam.state.batch_stats, tr_batches, recompute_bn=True
+        ),
+        "half": common.evaluate_point(
           r, half.params, half.state.batch_stats, tr_batches, recompute_bn=True
         ),
-        "lambda": evaluate_point(
+        "lambda": common.evaluate_point(
           r, lam.params, lam.state.batch_stats, tr_batches, recompute_bn=True
         ),
       }
@@ -347,8 +144,8 @@ def figure6(parent: str, S: int, k: int, points: int, n_train_eval: int) -> dict
   # The lambda run must be the parent itself (same step, same batches).
   if S + k in common.committed_steps(parent):
     ref = common.restore(parent, S + k).state.params
-    out["replay_vs_parent_l2"] = l2(lam.params, ref)
-  out["norm_theta_S"] = norm(theta_S)
+    out["replay_vs_parent_l2"] = common.l2(lam.params, ref)
+  out["norm_theta_S"] = common.norm(theta_S)
   out["lr"] = float(r.config.optimizer.lr)
   return out
 
@@ -414,9 +211,9 @@ def figure8(parent: str, B: int, points: int) -> dict:
   rB = common.restore(parent, B)
   T = int(rB.config.total_steps)
   theta_T = common.restore(parent, T).state.params
-  main = Runner(rB)
-  alt = Runner(rB, stream_offset=T)
-  ts = [B + j for j in grid(T - B, points, log_points=False)]
+  main = common.Runner(rB)
+  alt = common.Runner(rB, stream_offset=T)
+  ts = [B + j for j in common.trajectory_grid(T - B, points, log_points=False)]
   snapshots = {}
   out: dict[str, Any] = {
     "t": ts,
@@ -429,19 +226,19 @@ def figure8(parent: str, B: int, points: int) -> dict:
     main.advance_to(t)
     alt.advance_to(t)
     snapshots[t] = jax.device_get(main.params)
-    out["dist_alt_to_main_final"].append(l2(alt.params, theta_T))
-    out["dist_parallel"].append(l2(main.params, alt.params))
-    out["dist_main_to_main_final"].append(l2(main.params, theta_T))
+    out["dist_alt_to_main_final"].append(common.l2(alt.params, theta_T))
+    out["dist_parallel"].append(common.l2(main.params, alt.params))
+    out["dist_main_to_main_final"].append(common.l2(main.params, theta_T))
   theta_alt_T = alt.params
-  out["dist_main_to_alt_final"] = [l2(jax.device_put(snapshots[t]), theta_alt_T) for t in ts]
+  out["dist_main_to_alt_final"] = [common.l2(jax.device_put(snapshots[t]), theta_alt_T) for t in ts]
   out["seconds"] = time.perf_counter() - t0
   out["replay_vs_parent_l2"] = out["dist_main_to_main_final"][-1]
-  ev = evaluator(rB)
+  ev = common.evaluator(rB)
   out["final_test"] = {
     "main": ev.evaluate(main.params, main.state.batch_stats, rB.dataset.eval_batches("test")),
     "independent": ev.evaluate(alt.params, alt.state.batch_stats, rB.dataset.eval_batches("test")),
   }
-  out["norm_theta_T"] = norm(theta_T)
+  out["norm_theta_T"] = common.norm(theta_T)
   return out
 
 
@@ -492,25 +289,86 @@ def _plot8(res: dict, path: str, label: str) -> None:
 # driver
 
 
-def run(config, exp, workdir: str) -> dict:
-  """Figures 6 and 8 for ``config``; writes JSON + PNG into ``workdir``; returns a summary."""
+def branch_steps(config, exp) -> list[int]:
+  """Parent checkpoints Figs. 6 and 8 read: S, the burn-in B and T."""
+  S = common.branch_step(config, float(exp.branch_fraction), "branch_fraction")
+  B = common.branch_step(config, float(exp.burnin_fraction), "burnin_fraction")
+  return sorted({S, B, int(config.total_steps)})
+
+
+def measured(f6: dict, f8: dict) -> dict:
+  """``{claim id: measured}`` for the Figs. 6 and 8 claims (experiments.claims), at j = k."""
+  from experiments import claims
+
+  k = str(f6["window"])
+  ev = f6["evals"][k]
+  d_half, d_orders = f6["dist_avg_vs_half"][-1], f6["dist_batch_orders"][-1]
+  # ‖(θ_S + θ_{S+k})/2 − θ_S‖ = ‖θ_{S+k} − θ_S‖/2: the side-trip that never moves.
+  d_still = 0.5 * f6["dist_travel_lambda"][-1]
+  tr = {n: ev[n]["train_loss"] for n in ("lambda", "average", "half")}
+  s8 = f8["summary"]
+  return {
+    "fig6.much_closer_than_batch_orders": {
+      "branch_step": f6["branch_step"],
+      "window": f6["window"],
+      "dist_avg_vs_half": d_half,
+      "dist_batch_orders": d_orders,
+      "dist_avg_vs_never_moved": d_still,
+      "ratio": d_half / d_orders if d_orders > 0 else None,
+      "control_ratio": d_still / d_orders if d_orders > 0 else None,
+    },
+    "fig6.train_loss_matches": {
+      "dist_avg_vs_half": d_half,
+      "train_raw": tr["lambda"],
+      "train_average": tr["average"],
+      "train_half": tr["half"],
+      "recovered_fraction": claims.recovered_fraction(tr["lambda"], tr["average"], tr["half"]),
+      "test_raw": ev["lambda"]["test_loss"],
+      "test_average": ev["average"]["test_loss"],
+      "test_half": ev["half"]["test_loss"],
+    },
+    "fig8.distance_decreases_and_saturates": {
+      "burnin_step": f8["burnin_step"],
+      "fraction_decreasing": s8["fraction_of_decreasing_steps"],
+      "start": s8["start"],
+      "end": s8["end"],
+      "end_over_start": s8["end"] / s8["start"] if s8["start"] > 0 else None,
+      "drop_in_last_quarter_fraction": s8["drop_in_last_quarter_fraction"],
+    },
+  }
+
+
+def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
+  """Figures 6 and 8 for ``config``; writes JSON + PNG into ``workdir``; returns a summary.
+
+  ``parent``: an already trained parent run holding S, B and T (the demo's);
+  otherwise ``exp.parent`` or ``WORKDIR/parent`` (trained when missing).
+  """
   from trajax import config_validation
 
   config_validation.validate(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   T = int(config.total_steps)
-  S = branch_step(config, float(exp.branch_fraction), "branch_fraction")
-  B = branch_step(config, float(exp.burnin_fraction), "burnin_fraction")
-  k = window(config, exp)
+  S = common.branch_step(config, float(exp.branch_fraction), "branch_fraction")
+  B = common.branch_step(config, float(exp.burnin_fraction), "burnin_fraction")
+  k = common.window(config, exp)
   if int(exp.points) < 1:
     raise ValueError(f"exp.points must be >= 1, got {exp.points!r}")
-  parent = parent_dir(config, exp, workdir, sorted({S, B, T}))
+  if parent is None:
+    parent = common.parent_dir(config, exp, workdir, sorted({S, B, T}))
   label = common.run_label(config, f"workdir {os.path.basename(workdir)}")
 
   common.log(f"fig6: branch at S={S}, window k={k}: lambda, lambda/2 and a second batch order")
   f6 = figure6(parent, S, k, int(exp.points), int(exp.train_eval_batches))
   f6.update(branch_step=S, window=k, total_steps=T, parent=parent, seed=int(config.seed))
+  f6["data"] = {
+    "test_loss": "split 'test'",
+    "train_loss": f"dataset.fixed_train_batch(1000 + i), i < {int(exp.train_eval_batches)} "
+    "(training split, noisy labels)",
+    "bn_recompute_batches": "dataset.fixed_train_batch(i), i < averaging.bn_recompute_batches",
+    "batch_orders": f"θ' reads training batches S+j, θ'' batches S+j+{T} (= + total_steps)",
+  }
   last = f6["evals"][str(k)]
   f6["summary"] = {
     "dist_avg_vs_half": f6["dist_avg_vs_half"][-1],
@@ -534,6 +392,11 @@ def run(config, exp, workdir: str) -> dict:
   common.log(f"fig8: independent batch order from B={B} to T={T}")
   f8 = figure8(parent, B, int(exp.points))
   f8.update(burnin_step=B, total_steps=T, parent=parent, seed=int(config.seed))
+  f8["data"] = {
+    "main": "training stream batches t (the parent's order)",
+    "independent": f"training stream batches t + {T} (the same data, another order)",
+    "final_test": "split 'test'",
+  }
   f8["summary"] = saturation_summary(f8["t"], f8["dist_main_to_alt_final"])
   common.write_json(
     os.path.join(workdir, "fig8_basin.json"), {"config": config.to_dict(), **f8}, allow_nan=True
@@ -549,6 +412,9 @@ def run(config, exp, workdir: str) -> dict:
     },
     "fig8": {"burnin_step": B, **f8["summary"], "replay_vs_parent_l2": f8["replay_vs_parent_l2"]},
     "files": ["fig6_distances.json", "fig6_distances.png", "fig8_basin.json", "fig8_basin.png"],
+    "measured": measured(f6, f8),
+    "png": os.path.join(workdir, "fig6_distances.png"),
+    "extra_pngs": {"fig8": os.path.join(workdir, "fig8_basin.png")},
   }
   return summary
 

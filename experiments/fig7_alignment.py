@@ -41,7 +41,6 @@ import time
 import numpy as np
 
 from experiments import common
-from experiments import fig6_8_distances as f68
 
 NAME = "fig7_alignment"
 
@@ -55,6 +54,8 @@ def experiment_defaults():
   e.window = mlc.FieldReference(None, field_type=int)  # k; default averaging.gap
   e.points = 20  # grid points over [0, k] (plus 1, 10, 100, ...)
   e.fixed_batch_index = 0  # b = dataset.fixed_train_batch(index)
+  # Further fixed-batch sizes for the direction claim, as multiples of batch_size.
+  e.extra_batch_factors = (4,)
   e.independent_pairs = 2  # pairs of independent training batches per point
   e.parent = ""  # reuse an existing parent WORKDIR
   return e
@@ -111,7 +112,41 @@ def _params_along(tdir: str, S: int, points, theta_S):
   return out
 
 
-def run(config, exp, workdir: str) -> dict:
+def branch_steps(config, exp) -> list[int]:
+  """The parent checkpoint Fig. 7 branches from."""
+  return [common.branch_step(config, float(exp.branch_fraction), "branch_fraction")]
+
+
+def measured(res: dict) -> dict:
+  """``{claim id: measured}`` for the Fig. 7 claims (experiments.claims)."""
+  s = res["summary"]
+  return {
+    "fig7.norm_changes_little": {
+      "fixed_batch_size": res["fixed_batch_size"],
+      "max_norm_change_vs_start": s["max_abs_norm_ratio_minus_1"],
+      "max_norm_change_between": s["max_abs_norm_change_between_schedules"],
+    },
+    "fig7.fixed_batch_direction_stable": {
+      "fixed_batches": [
+        {
+          "batch_size": int(b),
+          "min_cosine": v["min_cosine_constant"],
+          "min_cosine_linear": v["min_cosine_linear"],
+          "mean_abs_independent_cosine": s["mean_abs_independent_cosine"],
+        }
+        for b, v in sorted(res["by_batch_size"].items(), key=lambda kv: int(kv[0]))
+      ],
+      "min_cosine": min(v["min_cosine_constant"] for v in res["by_batch_size"].values()),
+    },
+    "fig7.parallel_closer_than_start": {
+      "final_parallel_cosine": s["final_parallel_cosine"],
+      "final_cosine_constant": s["final_cosine_constant"],
+      "final_cosine_linear": s["final_cosine_linear"],
+    },
+  }
+
+
+def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   """Figure 7 for ``config``; writes JSON + PNG into ``workdir``; returns a summary."""
   import jax
 
@@ -121,17 +156,18 @@ def run(config, exp, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   T = int(config.total_steps)
-  S = f68.branch_step(config, float(exp.branch_fraction), "branch_fraction")
-  k = f68.window(config, exp)
+  S = common.branch_step(config, float(exp.branch_fraction), "branch_fraction")
+  k = common.window(config, exp)
   if int(exp.points) < 1:
     raise ValueError(f"exp.points must be >= 1, got {exp.points!r}")
   if int(exp.independent_pairs) < 1:
     raise ValueError(f"exp.independent_pairs must be >= 1, got {exp.independent_pairs!r}")
   if int(exp.fixed_batch_index) < 0:
     raise ValueError(f"exp.fixed_batch_index must be >= 0, got {exp.fixed_batch_index!r}")
-  parent = f68.parent_dir(config, exp, workdir, [S])
+  if parent is None:
+    parent = common.parent_dir(config, exp, workdir, [S])
   r = common.restore(parent, S)
-  points = f68.grid(k, int(exp.points))
+  points = common.trajectory_grid(k, int(exp.points))
   t0 = time.perf_counter()
   trips = {s: run_trip(parent, r, s, k, points, workdir) for s in ("constant", "linear")}
   trip_seconds = time.perf_counter() - t0
@@ -158,6 +194,17 @@ def run(config, exp, workdir: str) -> dict:
     )
     train_batch_loss.append(float(loss_jit(params, common.train_batch(r.dataset, S + j))))
   fixed_loss = {s: [float(loss_jit(p, b)) for p in seqs[s]] for s in trips}
+  # The direction claim at further fixed-batch sizes (same trips, bigger b).
+  by_size = {}
+  for f in exp.extra_batch_factors:
+    size = int(f) * int(b["label"].shape[0])
+    bb = r.dataset.fixed_train_batch(int(exp.fixed_batch_index), size)
+    bb = {"image": np.asarray(bb["image"]), "label": np.asarray(bb["label"])}
+    al = {s: probes.gradient_alignment(loss_fn, theta_S, tail[s], bb) for s in trips}
+    by_size[str(size)] = {
+      "min_cosine_constant": float(np.min(np.asarray(al["constant"].cosine))),
+      "min_cosine_linear": float(np.min(np.asarray(al["linear"].cosine))),
+    }
   probe_seconds = time.perf_counter() - t1
 
   # j = 0 is the reference itself: cos 1, ratio 1.
@@ -170,6 +217,13 @@ def run(config, exp, workdir: str) -> dict:
     "parent": parent,
     "seed": int(config.seed),
     "fixed_batch_index": int(exp.fixed_batch_index),
+    "data": {
+      "fixed_batch": f"dataset.fixed_train_batch({int(exp.fixed_batch_index)}, size) for the "
+      "sizes in by_batch_size (training split, noisy labels)",
+      "independent_batches": f"training stream batches S+j+i and S+j+i+{T}, i < "
+      f"{int(exp.independent_pairs)}",
+      "train_batch_loss": "training stream batch S+j (the batch the step at j uses)",
+    },
     "fixed_batch_size": int(b["label"].shape[0]),
     "grad_norm_at_branch": float(align["constant"].grad_norm[0] / align["constant"].norm_ratio[0]),
     "cosine": {s: [1.0] + np.asarray(align[s].cosine).tolist() for s in trips},
@@ -189,10 +243,26 @@ def run(config, exp, workdir: str) -> dict:
     "max_abs_norm_ratio_minus_1": float(
       max(np.max(np.abs(np.asarray(res["norm_ratio"][s]) - 1)) for s in trips)
     ),
+    # The middle panel's caption: "the change in gradient norm between different
+    # schedules", |g_b(θ_j)| / |g_b(θ'_j)| − 1 at parallel points j.
+    "max_abs_norm_change_between_schedules": float(
+      np.max(
+        np.abs(
+          np.asarray(res["norm_ratio"]["constant"]) / np.asarray(res["norm_ratio"]["linear"]) - 1
+        )
+      )
+    ),
     "final_parallel_cosine": res["parallel_cosine"][-1],
     "mean_abs_independent_cosine": float(np.mean(np.abs(independent))),
     "fixed_batch_loss_change_constant": fixed_loss["constant"][-1] - fixed_loss["constant"][0],
     "fixed_batch_loss_change_linear": fixed_loss["linear"][-1] - fixed_loss["linear"][0],
+  }
+  res["by_batch_size"] = {
+    str(res["fixed_batch_size"]): {
+      "min_cosine_constant": res["summary"]["min_cosine_constant"],
+      "min_cosine_linear": res["summary"]["min_cosine_linear"],
+    },
+    **by_size,
   }
   for key, value in res["summary"].items():
     common.log(f"fig7 {key}: {value:.4g}")
@@ -205,6 +275,8 @@ def run(config, exp, workdir: str) -> dict:
     "branch_step": S,
     "window": k,
     "files": ["fig7_alignment.json", "fig7_alignment.png"],
+    "measured": measured(res),
+    "png": os.path.join(workdir, "fig7_alignment.png"),
   }
 
 
@@ -238,9 +310,11 @@ def _plot(res: dict, path: str, label: str) -> None:
   a = ax[0][1]
   a.plot(j, res["norm_ratio"]["constant"], "C0-o", ms=3, label="constant lr")
   a.plot(j, res["norm_ratio"]["linear"], "C0--", label="linearly decaying lr")
+  between = np.asarray(res["norm_ratio"]["constant"]) / np.asarray(res["norm_ratio"]["linear"])
+  a.plot(j, between, "C3-s", ms=3, label=r"between schedules $|g_b(\theta_j)|/|g_b(\theta'_j)|$")
   a.axhline(1, color="0.7", lw=0.5)
   a.set_xlabel("side-trip step j")
-  a.set_ylabel(r"$|g_b(\theta_j)| / |g_b(\theta_S)|$ (ratio)")
+  a.set_ylabel("gradient norm ratio (dimensionless)")
   a.set_title(f"gradient norm ratio (|g_b(theta_S)| = {res['grad_norm_at_branch']:.3g})")
   a.legend(fontsize=7)
   a = ax[0][2]

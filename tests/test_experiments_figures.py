@@ -170,11 +170,26 @@ def test_fig14_cosine(parent, tmp_path):
   assert len(summary["test_loss_sidetrip"]) == 2
 
 
-def test_fig14_refuses_a_constant_schedule(tmp_path):
+def test_fig14_refuses_an_unknown_schedule_and_plans_the_ema_replay(tmp_path):
   config = common.load_config(os.path.join(ROOT, "configs", "mnist1d.py") + ":runlocal", TINY)
-  with pytest.raises(ValueError, match="optimizer.schedule must be 'cosine'"):
-    fig14_cosine.run(config, fig14_cosine.experiment_defaults(), str(tmp_path))
+  bad = common.apply_overrides(config, {"optimizer.schedule": "linear"})
+  with pytest.raises(
+    ValueError, match=r"optimizer.schedule must be one of \['constant', 'cosine'\]"
+  ):
+    fig14_cosine.run(bad, fig14_cosine.experiment_defaults(), str(tmp_path))
   assert not os.path.exists(os.path.join(tmp_path, "parent"))
+  # EMA: the whole-trajectory average starts 5/δ steps before S + k (clipped at 0).
+  exp = fig14_cosine.experiment_defaults()
+  exp.method, exp.ema_window, exp.branch_fractions = "ema", 10, (0.5,)
+  cfg = common.apply_overrides(config, {"averaging.decay": 0.25})
+  assert fig14_cosine.window_for(cfg, exp) == 10
+  assert fig14_cosine.average_start(cfg, exp, 20, 10) == 10  # 20 + 10 - 5/0.25
+  assert fig14_cosine.branch_steps(cfg, exp) == [10, 20, 40]
+  assert fig14_cosine.output_name(cfg, exp) == "fig14_constant_ema"
+  with pytest.raises(ValueError, match="exp.ema_history = 20 reaches back to step -5"):
+    fig14_cosine.average_start(cfg, exp, 5, 10)
+  exp.method = "swa"
+  assert fig14_cosine.average_start(cfg, exp, 20, 10) == 20
 
 
 def test_bad_experiment_fields_are_named(tmp_path):
@@ -199,10 +214,10 @@ def test_bad_experiment_fields_are_named(tmp_path):
 
 
 def test_grid_and_saturation_summary():
-  assert fig6_8_distances.grid(1000, 4) == [0, 1, 10, 100, 250, 500, 750, 1000]
-  assert fig6_8_distances.grid(10, 2, log_points=False) == [0, 5, 10]
-  assert fig6_8_distances.eval_points(1000) == [1, 10, 100, 1000]
-  assert fig6_8_distances.eval_points(30) == [1, 10, 30]
+  assert common.trajectory_grid(1000, 4) == [0, 1, 10, 100, 250, 500, 750, 1000]
+  assert common.trajectory_grid(10, 2, log_points=False) == [0, 5, 10]
+  assert common.eval_points(1000) == [1, 10, 100, 1000]
+  assert common.eval_points(30) == [1, 10, 30]
   s = fig6_8_distances.saturation_summary([0, 1, 2, 3, 4], [10.0, 6.0, 4.0, 3.5, 3.0])
   # Drop 7; the last quarter (t >= 3) goes 3.5 -> 3.0: 0.5/7 of it.
   assert s["total_drop"] == 7.0 and s["end"] == 3.0 and s["min"] == 3.0

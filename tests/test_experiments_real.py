@@ -24,10 +24,13 @@ from experiments import fig3_interpolation as fig3
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-  workdir = str(tmp_path_factory.getbasetemp() / "tiny_demo")
+  root = str(tmp_path_factory.getbasetemp() / "tiny_demo")
   config, exps = demo.build(tiny=True)
-  demo.run(config, exps, workdir)
-  return workdir, config, exps
+  # tests/test_demo.py runs the same tiny demo first in a whole-suite session.
+  if not os.path.exists(os.path.join(root, "report.json")):
+    demo.run(config, exps, root, demo.TINY_SEEDS)
+  # Seed 0's parent and figures; its config is the demo's with seed 0.
+  return demo.seed_dir(root, 0), common.apply_overrides(config, {"seed": 0}), exps
 
 
 def _load(workdir, name):
@@ -108,16 +111,26 @@ def test_fig2_losses_at_zero_step_match_numpy(tiny):
   out = _load(workdir, fig2.NAME)
   e = [e for e in out["results"] if e["batch_size"] == out["main_batch_size"]][0]
   r = common.restore(os.path.join(workdir, "parent"), e["step"])
-  fixed = r.dataset.fixed_train_batch(e["step"], e["batch_size"])
+  # The probed batch and the held-out ones: consecutive stretches of the
+  # training split (noisy labels), read here without the probe's helper.
+  n = e["num_heldout"]
+  x, y = [], []
+  for b in r.dataset.eval_batches("train"):
+    x.append(b["image"][b["mask"] > 0])
+    y.append(b["label"][b["mask"] > 0])
+  x, y = np.concatenate(x), np.concatenate(y)
+  a, c = e["probed_examples"]
+  fixed = {"image": x[a:c], "label": y[a:c]}
+  assert e["heldout_split"] == "train" and e["heldout_disjoint"]
   assert e["train_loss0"] == pytest.approx(
     _np_loss(r, r.state.params, r.state.batch_stats, fixed), rel=1e-5
   )
   assert e["curve"]["train"][0] == pytest.approx(e["train_loss0"], rel=1e-6)
-  held = common.heldout_batches(r.dataset, exps["fig2"].num_heldout, e["batch_size"])
   per_batch = [
-    _np_loss(r, r.state.params, r.state.batch_stats, {k: v[i] for k, v in held.items()})
-    for i in range(exps["fig2"].num_heldout)
+    _np_loss(r, r.state.params, r.state.batch_stats, {"image": x[lo:hi], "label": y[lo:hi]})
+    for lo, hi in e["heldout_examples"]
   ]
+  assert len(per_batch) == n
   assert e["heldout_loss0"] == pytest.approx(np.mean(per_batch), rel=1e-5)
   assert e["curve"]["heldout_std"][0] == pytest.approx(np.std(per_batch), abs=1e-5)
 
@@ -128,7 +141,10 @@ def test_fig2_one_step_loss_matches_a_hand_made_gd_step(tiny):
   out = _load(workdir, fig2.NAME)
   e = out["results"][-1]
   r = common.restore(os.path.join(workdir, "parent"), e["step"])
-  fixed = r.dataset.fixed_train_batch(e["step"], e["batch_size"])
+  fixed, _, prov = common.probe_batches(
+    r.dataset, e["batch_size"], e["num_heldout"], offset=e["probed_examples"][0]
+  )
+  assert prov["heldout_examples"] == e["heldout_examples"]
   k = len(out["step_sizes"]) // 2
   eta = out["step_sizes"][k]
   loss_fn = common.make_loss_fn(r.model, r.state.batch_stats)
@@ -161,7 +177,10 @@ def test_fig3_endpoints_and_barrier(tiny):
   t1, t2 = out["points"]
   a = common.restore(os.path.join(workdir, "parent"), t1)
   c = common.restore(os.path.join(workdir, "parent"), t2)
-  fixed = a.dataset.fixed_train_batch(exps["fig3"].fixed_batch_index, config.batch_size)
+  fixed, held, prov = common.probe_batches(
+    a.dataset, config.batch_size, 1, offset=exps["fig3"].batch_offset
+  )
+  assert out["heldout_split"] == "train" and out["probed_examples"] == prov["probed_examples"]
   loss_fn = common.make_loss_fn(a.model, a.state.batch_stats, train=True)
   tr = np.asarray(out["train_loss"])
   assert tr[0, 0] == pytest.approx(float(loss_fn(a.state.params, fixed)), rel=1e-5)
@@ -171,6 +190,22 @@ def test_fig3_endpoints_and_barrier(tiny):
   np.testing.assert_allclose(out["train_barrier"], np.max(tr - line, axis=1), atol=1e-5)
   assert out["distance"][0] == pytest.approx(
     np.linalg.norm(_flat(a.state.params) - _flat(c.state.params)), rel=1e-5
+  )
+  # The held-out batch is the training batch right after the fixed one.
+  ho = np.asarray(out["heldout_loss"])
+  held0 = {k: v[0] for k, v in held.items()}
+  assert ho[0, 0] == pytest.approx(float(loss_fn(a.state.params, held0)), rel=1e-5)
+  # The GD step is ε_max = |g|²/gᵀHg of the fixed batch at t1 (Hessian-vector
+  # product by forward-over-reverse differentiation, independent of the probe).
+  grad = lambda p: jax.grad(loss_fn)(p, fixed)
+  g = grad(a.state.params)
+  _, hg = jax.jvp(grad, (a.state.params,), (g,))
+  eps = float(np.sum(_flat(g) ** 2) / np.sum(_flat(g) * _flat(hg)))
+  assert out["gd_lr_source"].startswith("ε_max")
+  assert out["gd_lr"] == pytest.approx(eps, rel=1e-3)
+  assert set(out["by_step_factor"]) == {"0.5", "1", "2"}
+  assert out["by_step_factor"]["1"]["heldout_endpoints"][-1] == pytest.approx(
+    (ho[-1, 0] + ho[-1, -1]) / 2, rel=1e-6
   )
 
 
@@ -223,6 +258,16 @@ def test_scaled_points_and_heldout_errors(tiny):
   r = common.restore(os.path.join(workdir, "parent"))
   with pytest.raises(ValueError, match="too few for n=1000"):
     common.heldout_batches(r.dataset, 1000, 64)
+  with pytest.raises(ValueError, match="offset=-1"):
+    common.heldout_batches(r.dataset, 1, 64, offset=-1)
+  # Default: the training split (noisy labels), consecutive and disjoint.
+  h = common.heldout_batches(r.dataset, 3, 8, offset=5)
+  train = next(r.dataset.eval_batches("train"))
+  np.testing.assert_array_equal(h["label"].reshape(-1), train["label"][5:29])
+  p, held, prov = common.probe_batches(r.dataset, 8, 2, offset=5)
+  np.testing.assert_array_equal(p["label"], train["label"][5:13])
+  assert prov["probed_examples"] == [5, 13]
+  assert prov["heldout_examples"] == [[13, 21], [21, 29]] and prov["heldout_disjoint"]
 
 
 def test_restore_reads_a_fixed_batch_sidetrip(tiny, tmp_path):

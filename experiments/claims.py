@@ -1,0 +1,660 @@
+r"""The paper's claims as records: quote, criterion fixed before the run, verdict over seeds.
+
+Every claim the demo judges is a :class:`Claim` in :data:`CLAIMS`, keyed by a
+stable id ``figN.<name>``. A claim holds
+
+* ``quote``: the sentence of the paper it tests, verbatim (``tests/test_claims.py``
+  checks every quote is a substring of the paper text after whitespace
+  normalisation, :func:`quote_in_paper`);
+* ``criterion``: the test in words, and ``test``: the same test as code, a
+  pure function of the numbers one seed measured (``measured -> bool``). The
+  thresholds are module constants read from the paper's wording (below), not
+  tuned to any run;
+* ``control``: the negative control in words, where one exists. Its numbers
+  travel in ``measured`` and the test requires the control to *fail* (a
+  criterion a side-trip that never moves also passes is no evidence).
+
+:func:`judge` turns the per-seed measurements into the record written to
+``report.json``: ``{id, figure, quote, criterion, control, per_seed: [{seed,
+measured, holds}], verdict, effect}``, with verdict ``'reproduced'`` (holds for
+every seed), ``'mixed'`` (for some), ``'not reproduced'`` (for none) and
+``'not testable here'`` for the claims in :data:`NOT_TESTABLE`.
+
+Thresholds (the words of the paper they read):
+
+* :data:`MATCH_TOLERANCE` = 0.5: "match" of an averaging method and its
+  equivalent side-trip (Sec. 5, Table 1) -- the side-trip recovers between 50 %
+  and 150 % of the averaging gain ``recovered = (L_raw − L_trip)/(L_raw − L_avg)``;
+  a side-trip recovering 13 % of the gain does not match.
+* :data:`SEVERAL_ORDERS` = 2: "several orders of magnitude" (Fig. 13) -- the
+  least reading, log10(Δ_train/Δ_heldout) >= 2.
+* :data:`GAP_DECREASE` = log10(2): "the difference decreases" (Fig. 13) -- the
+  log10 ratio falls by at least a factor 2 from the smallest to the largest
+  batch size probed; a flat ratio does not.
+* :data:`MUCH_CLOSER` = 0.5: "much closer than two independently trained
+  solution[s]" (Fig. 6) -- at most half the distance of two runs on different
+  batch orders.
+* :data:`NEARLY_ZERO` = 0.1: "reaches nearly 0" (Fig. 3) -- at most 10 % of
+  the loss at the trajectory point.
+* :data:`NO_BARRIER` = 0.05: "the same basin" (Fig. 3, after Frankle et al.)
+  -- the barrier on the interpolation is at most 5 % of the loss at the points.
+* :data:`DRAMATIC_RISE` = 0.1: "increasing dramatically" (Fig. 3) -- held-out
+  loss up by at least 10 % of its value at the points.
+* :data:`SMOOTH_FIT` = 0.05: "well approximated by a low-degree polynomial"
+  (Sec. 3) -- a degree-4 least-squares fit with rmse at most 5 % of the
+  curve's range.
+* :data:`NORM_CHANGE` = 0.05, :data:`MIN_COSINE` = 0.5: Fig. 7's "the gradient
+  norm changed less than 5%, while *cos* stayed generally above 0.5".
+
+Held-out batches must be *training* batches (Sec. 3: "a *fixed* batch
+different from the training mini-batch"), disjoint from the probed batch:
+every criterion that reads a held-out loss requires ``heldout_split ==
+'train'`` and ``heldout_disjoint`` in its measurement, so a "held-out" batch
+drawn from the test split fails it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+  "CLAIMS",
+  "NOT_TESTABLE",
+  "VERDICTS",
+  "Claim",
+  "find_paper",
+  "heldout_ok",
+  "judge",
+  "judge_all",
+  "normalise",
+  "quote_in_paper",
+  "recovered_fraction",
+  "verdict",
+]
+
+MATCH_TOLERANCE = 0.5
+SEVERAL_ORDERS = 2.0
+GAP_DECREASE = math.log10(2.0)
+MUCH_CLOSER = 0.5
+NEARLY_ZERO = 0.1
+NO_BARRIER = 0.05
+DRAMATIC_RISE = 0.1
+SMOOTH_FIT = 0.05
+NORM_CHANGE = 0.05
+MIN_COSINE = 0.5
+
+VERDICTS = ("reproduced", "mixed", "not reproduced", "not testable here")
+PAPER_FILE = "training-trajectories-paper.txt"
+
+
+# ----------------------------------------------------------------------------
+# the paper text
+
+
+def normalise(text: str) -> str:
+  """Runs of whitespace (line breaks included) -> one space, ends stripped."""
+  return " ".join(str(text).split())
+
+
+def find_paper(start: str | None = None) -> str:
+  """Path of the paper's text: ``$TRAJAX_PAPER_TEXT``, else ``shared/papers/`` above ``start``.
+
+  ``start`` defaults to this repository's root; every parent directory is
+  tried (the project keeps the paper in ``../shared/papers/`` of a checkout).
+  """
+  env = os.environ.get("TRAJAX_PAPER_TEXT")
+  if env:
+    if not os.path.isfile(env):
+      raise FileNotFoundError(f"TRAJAX_PAPER_TEXT={env!r} is not a file")
+    return env
+  here = os.path.abspath(start or os.path.join(os.path.dirname(__file__), os.pardir))
+  while True:
+    path = os.path.join(here, "shared", "papers", PAPER_FILE)
+    if os.path.isfile(path):
+      return path
+    up = os.path.dirname(here)
+    if up == here:
+      raise FileNotFoundError(
+        f"paper text {PAPER_FILE!r} not found under shared/papers/ above {start!r}; "
+        "set TRAJAX_PAPER_TEXT to its path"
+      )
+    here = up
+
+
+def quote_in_paper(quote: str, paper_text: str) -> bool:
+  """Whether ``quote`` occurs verbatim in ``paper_text`` (whitespace normalised)."""
+  q = normalise(quote)
+  return bool(q) and q in normalise(paper_text)
+
+
+# ----------------------------------------------------------------------------
+# building blocks of the criteria
+
+
+def heldout_ok(m: dict) -> bool:
+  """The held-out batches are training batches disjoint from the probed batch."""
+  return m.get("heldout_split") == "train" and bool(m.get("heldout_disjoint"))
+
+
+def recovered_fraction(raw: float, average: float, trip: float) -> float | None:
+  """(L_raw − L_trip)/(L_raw − L_avg): the share of the averaging gain the side-trip recovers.
+
+  None when averaging gains nothing (L_raw <= L_avg): there is no gain to recover.
+  """
+  gain = float(raw) - float(average)
+  if not gain > 0:
+    return None
+  return (float(raw) - float(trip)) / gain
+
+
+def _matches(raw, average, trip) -> bool:
+  r = recovered_fraction(raw, average, trip)
+  return r is not None and abs(r - 1.0) <= MATCH_TOLERANCE
+
+
+def _all(items: Iterable, fn: Callable) -> bool:
+  items = list(items)
+  return bool(items) and all(bool(fn(x)) for x in items)
+
+
+# ----------------------------------------------------------------------------
+# criteria: ``measured`` dict of one seed -> bool
+
+
+def _fig1_matches(m: dict) -> bool:
+  return _all(m["branches"], lambda b: _matches(b["raw"], b["average"], b["sidetrip"]))
+
+
+def _fig1_specific(m: dict) -> bool:
+  return _all(m["branches"], lambda b: b["best_factor"] == b["predicted_factor"])
+
+
+def _fig5_improves(m: dict) -> bool:
+  return _all(
+    m["branches"], lambda b: b["average_accuracy"] > b["raw_accuracy"] and b["average"] < b["raw"]
+  )
+
+
+def _fig2_below_final(m: dict) -> bool:
+  return _all(m["positions"], lambda p: p["one_step_loss"] < p["final_model_loss"])
+
+
+def _fig2_small_steps_only(m: dict) -> bool:
+  def ok(p):
+    return (
+      heldout_ok(p)
+      and p["heldout_improves_at_first_step"]
+      and p["largest_improving_step"] < p["train_best_step"]
+      and p["heldout_change_at_train_best"] > 0
+    )
+
+  return _all(m["positions"], ok)
+
+
+def _fig2_polynomial(m: dict) -> bool:
+  return _all(
+    m["positions"],
+    lambda p: p["train_rel_rmse"] <= SMOOTH_FIT and p["heldout_rel_rmse"] <= SMOOTH_FIT,
+  )
+
+
+def _fig13_orders(m: dict) -> bool:
+  return _all(m["positions"], lambda p: heldout_ok(p) and p["log10_ratio"] >= SEVERAL_ORDERS)
+
+
+def _fig13_gap_closes(m: dict) -> bool:
+  def ok(p):
+    ratios = p["log10_ratio_by_batch"]
+    sizes = sorted(ratios, key=int)
+    return (
+      heldout_ok(p)
+      and len(sizes) >= 3
+      and ratios[sizes[-1]] <= ratios[sizes[0]] - GAP_DECREASE
+      # "decreases as the batch size grows": the largest batch has the smallest ratio.
+      and ratios[sizes[-1]] <= min(ratios[s] for s in sizes)
+    )
+
+  return _all(m["positions"], ok)
+
+
+def _fig3_nearly_zero(m: dict) -> bool:
+  return m["train_loss_after_3"] <= NEARLY_ZERO * m["train_loss_start"]
+
+
+def _fig3_same_basin(m: dict) -> bool:
+  return m["train_barrier_k"] <= NO_BARRIER * m["train_loss_start"]
+
+
+def _fig3_heldout_rises(m: dict) -> bool:
+  return heldout_ok(m) and m["heldout_after_k"] >= (1.0 + DRAMATIC_RISE) * m["heldout_start"]
+
+
+def _fig3_heldout_basin(m: dict) -> bool:
+  return heldout_ok(m) and m["heldout_barrier_k"] <= NO_BARRIER * m["heldout_start"]
+
+
+def _fig6_much_closer(m: dict) -> bool:
+  # The never-moving side-trip (θ_S) must not pass: otherwise the criterion tells nothing.
+  return (
+    m["dist_avg_vs_half"] <= MUCH_CLOSER * m["dist_batch_orders"]
+    and not m["dist_avg_vs_never_moved"] <= MUCH_CLOSER * m["dist_batch_orders"]
+  )
+
+
+def _fig6_train_loss(m: dict) -> bool:
+  return m["dist_avg_vs_half"] > 0 and _matches(m["train_raw"], m["train_average"], m["train_half"])
+
+
+def _fig7_norm(m: dict) -> bool:
+  return all(
+    abs(m[k]) < NORM_CHANGE for k in ("max_norm_change_vs_start", "max_norm_change_between")
+  )
+
+
+def _fig7_direction(m: dict) -> bool:
+  return _all(
+    m["fixed_batches"],
+    lambda b: b["min_cosine"] > MIN_COSINE and b["mean_abs_independent_cosine"] < b["min_cosine"],
+  )
+
+
+def _fig7_parallel(m: dict) -> bool:
+  return m["final_parallel_cosine"] > max(m["final_cosine_constant"], m["final_cosine_linear"])
+
+
+def _fig8_saturates(m: dict) -> bool:
+  return m["fraction_decreasing"] >= 0.5 and m["end"] < m["start"] and m["end"] > 0
+
+
+# ----------------------------------------------------------------------------
+# the records
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """One claim of the paper, with its criterion fixed before the run.
+
+  id: stable ``figN.<name>``; figure: e.g. ``'Fig. 3'``; quote: the paper's
+  sentence, verbatim; criterion: the test in words; test: the test in code
+  (``measured -> bool``); control: the negative control in words ('' when
+  none exists); effect: the key of ``measured`` summarised over seeds (mean,
+  spread), '' when none; not_testable: the reason the offline setting cannot
+  test it ('' when it can).
+  """
+
+  id: str
+  figure: str
+  quote: str
+  criterion: str
+  test: Callable[[dict], bool] | None = None
+  control: str = ""
+  effect: str = ""
+  not_testable: str = ""
+
+
+_HELDOUT = (
+  "held-out batches are training batches (noisy labels, as trained) disjoint from the probed "
+  "batch; "
+)
+
+CLAIMS: dict[str, Claim] = {
+  c.id: c
+  for c in (
+    Claim(
+      "fig1.sidetrip_matches_average",
+      "Figs. 1, 5",
+      "In this experiment we show that learning rate schedules described in Table 1 match "
+      "stochastic averaging on several large datasets.",
+      f"at every branch point S (longest horizon h) averaging lowers the test loss "
+      f"(L_raw > L_avg) and the Table 1 side-trip recovers between "
+      f"{1 - MATCH_TOLERANCE:.0%} and {1 + MATCH_TOLERANCE:.0%} of that gain: "
+      "|(L_raw − L_trip)/(L_raw − L_avg) − 1| <= 0.5",
+      _fig1_matches,
+      control="a side-trip recovering 13 % of the gain fails (tests/test_claims.py)",
+      effect="min_recovered_fraction",
+    ),
+    Claim(
+      "fig1.table1_rate_is_specific",
+      "Table 1",
+      "Table 1: Equivalent learning rate schedules for different averaging methods.",
+      "of the constant-rate side-trips λ/10, λ/2 (Table 1's rate for the two-point average) and "
+      "3λ/4 from S, λ/2 ends with the test loss closest to the average's, at every branch point",
+      _fig1_specific,
+      control="λ/10 and 3λ/4 side-trips on the same batches; the best-matching factor is reported",
+      effect="min_recovered_fraction",
+    ),
+    Claim(
+      "fig5.two_point_average_improves",
+      "Figs. 5, 10",
+      "Our theoretical model predicts that an even simpler averaging technique, averaging just "
+      "two points a few steps apart, also significantly improves accuracy compared to the "
+      "baseline.",
+      "at every branch point the two-point average (θ_S + θ_{S+h})/2 has higher test accuracy and "
+      "lower test loss than the raw endpoint θ_{S+h}",
+      _fig5_improves,
+      effect="mean_accuracy_gain",
+    ),
+    Claim(
+      "fig5.swa_sidetrip_matches",
+      "Fig. 5",
+      "Despite that, we can see from Figure 5 that *loss* exhibit remarkable match between "
+      "different averaging schemas and learning rate schedules.",
+      "on the constant-rate run, at every branch point S, SWA over [S, S + k] lowers the test "
+      "loss below θ_{S+k} and the Table 1 SWA side-trip (λ(k + 1 − i)/k) recovers 50 %-150 % "
+      "of that gain",
+      _fig1_matches,
+      control="a side-trip recovering 13 % of the gain fails (tests/test_claims.py)",
+      effect="min_recovered_fraction",
+    ),
+    Claim(
+      "fig5.ema_sidetrip_matches",
+      "Fig. 5",
+      "In particular, for Exponential Moving Average (EMA) and Stochastic Weight Averaging we "
+      "show that our proposed model matches the observed training trajectories on ImageNet.",
+      "on the constant-rate run, the EMA of the whole trajectory at S + 3000 (replayed from "
+      "S + 3000 − 5/δ) has lower test loss than θ_{S+3000}, and the 3000-step Table 1 EMA "
+      "side-trip from S recovers 50 %-150 % of that gain",
+      _fig1_matches,
+      control="a side-trip recovering 13 % of the gain fails (tests/test_claims.py)",
+      effect="min_recovered_fraction",
+    ),
+    Claim(
+      "fig14.constant_row",
+      "Fig. 14 (top row)",
+      "Each graph shows momentary v.s. Stochastic Averaging (SWA) and side-trips (red) with "
+      "appropriate learning rate schedule.",
+      "constant-rate run: at every branch point SWA over [S, S + k] lowers the test loss and its "
+      "Table 1 side-trip recovers 50 %-150 % of the gain (the measurement of fig5.swa)",
+      _fig1_matches,
+      effect="min_recovered_fraction",
+    ),
+    Claim(
+      "fig14.cosine_row",
+      "Fig. 14 (bottom row)",
+      "The bottom row shows the trajectory for cosine learning rate schedule",
+      "cosine-schedule run (a second parent per seed): at every branch point SWA over [S, S + k] "
+      "lowers the test loss and its Table 1 side-trip (cosine rate × (k + 1 − i)/k) recovers "
+      "50 %-150 % of the gain",
+      _fig1_matches,
+      effect="min_recovered_fraction",
+    ),
+    Claim(
+      "fig2.one_step_below_final_model",
+      "Fig. 2",
+      "the loss on the training batch reaches loss value below the average loss of a fully "
+      "trained model in a single step",
+      "at every probed position before the end, the best single step on the batch takes its loss "
+      "below the final model's mean loss on held-out training batches of the same size",
+      _fig2_below_final,
+      effect="min_margin",
+    ),
+    Claim(
+      "fig2.heldout_improves_only_for_small_steps",
+      "Fig. 2",
+      "The loss on the heldout batch behaves very differently: only sufficiently small learning "
+      "rate leads to any improvement to the loss on the full distribution.",
+      _HELDOUT + "at every probed position the held-out mean loss improves at the smallest "
+      "step on the grid (the improvement is resolved), every improving step is smaller than the "
+      "training batch's best step, and at that best step the held-out loss is above its value at "
+      "η = 0",
+      _fig2_small_steps_only,
+      control="a 'held-out' batch from the test split fails (tests/test_claims.py)",
+      effect="max_improving_over_best_step",
+    ),
+    Claim(
+      "fig2.low_degree_polynomial",
+      "Fig. 2 (Sec. 3)",
+      "the loss for both curves is smooth and can be well approximated by a low-degree polynomial",
+      f"a degree-4 least-squares fit of the training-batch and held-out curves over the step grid "
+      f"has rmse <= {SMOOTH_FIT:.0%} of the curve's range, at every probed position",
+      _fig2_polynomial,
+      control="an oscillating curve fails (tests/test_claims.py)",
+      effect="max_rel_rmse",
+    ),
+    Claim(
+      "fig12.typical_along_trajectory",
+      "Fig. 12",
+      "The behavior is typical for other steps as well.",
+      "the Fig. 2 criteria 'held-out improves only for small steps' and 'several orders of "
+      "magnitude' hold at every probed position (25 %, 50 %, 75 %, 100 % of training)",
+      lambda m: _fig2_small_steps_only(m) and _fig13_orders(m),
+      effect="min_log10_ratio",
+    ),
+    Claim(
+      "fig13.orders_of_magnitude",
+      "Fig. 13",
+      "training batch drops several orders of magnitude more than held out batch",
+      _HELDOUT + f"at the config's batch size and every probed position, log10(Δ_train/Δ_held) "
+      f">= {SEVERAL_ORDERS:g}, Δ the largest one-step drop over the step grid",
+      _fig13_orders,
+      control="a 'held-out' batch from the test split fails (tests/test_claims.py)",
+      effect="min_log10_ratio",
+    ),
+    Claim(
+      "fig13.gap_closes_with_batch_size",
+      "Fig. 13",
+      "however as the batch size reaches larger values such as 32768 the difference decreases",
+      _HELDOUT + "over at least three batch sizes, log10(Δ_train/Δ_held) at the largest batch is "
+      "the smallest and at least log10(2) below its value at the smallest batch, at every "
+      "position of the batch-size sweep",
+      _fig13_gap_closes,
+      control="a flat drop ratio across batch sizes fails (tests/test_claims.py)",
+      effect="min_decrease",
+    ),
+    Claim(
+      "fig3.fixed_batch_loss_nearly_zero",
+      "Fig. 3",
+      "note how within just 3 steps it reaches nearly 0",
+      f"3 GD steps on the fixed batch (step η = ε_max = |g|²/gᵀHg of that batch at the first "
+      f"point, the Fig. 2 probe's second-order optimum) take its loss (mean of both side-trips) "
+      f"to <= {NEARLY_ZERO:.0%} of its value at the points",
+      _fig3_nearly_zero,
+      effect="ratio_after_3",
+    ),
+    Claim(
+      "fig3.same_basin",
+      "Fig. 3",
+      "In Figure 3 we show that the side-trip using the same fixed batch along the main "
+      "training trajectory leads to the same basin.",
+      f"after k GD steps the fixed-batch barrier on the interpolation between the two side-trips "
+      f"is <= {NO_BARRIER:.0%} of the fixed-batch loss at the points",
+      _fig3_same_basin,
+      control="the barrier between the two points before any GD step is reported beside it",
+      effect="train_barrier_k",
+    ),
+    Claim(
+      "fig3.heldout_rises",
+      "Fig. 3",
+      "Remarkably, the held-out batch loss while increasing dramatically also stays in the same "
+      "basin as the main trajectory.",
+      _HELDOUT + f"held-out loss after k fixed-batch steps >= {1 + DRAMATIC_RISE:g} x its value "
+      "at the trajectory points (mean of both side-trips), at the Fig. 2 step",
+      _fig3_heldout_rises,
+      control="a 'held-out' batch from the test split fails (tests/test_claims.py)",
+      effect="heldout_rise",
+    ),
+    Claim(
+      "fig3.heldout_same_basin",
+      "Fig. 3",
+      "Remarkably, the held-out batch loss while increasing dramatically also stays in the same "
+      "basin as the main trajectory.",
+      _HELDOUT + f"held-out barrier after k steps <= {NO_BARRIER:.0%} of the held-out loss at "
+      "the points",
+      _fig3_heldout_basin,
+      control="the barrier before any GD step is reported beside it",
+      effect="heldout_barrier_k",
+    ),
+    Claim(
+      "fig6.much_closer_than_batch_orders",
+      "Fig. 6",
+      "Even though the average point is significantly apart, in relative terms the two solutions "
+      "are much closer than two independently trained solution with identical learning rate.",
+      f"‖avg(θ_S, θ^λ_{{S+k}}) − θ^{{λ/2}}_{{S+k}}‖ <= {MUCH_CLOSER:g} x ‖θ'_{{S+k}} − "
+      "θ''_{S+k}‖ (two λ runs on different batch orders from S), and a side-trip that never "
+      "moves (θ_S) does not pass the same test",
+      _fig6_much_closer,
+      control="the never-moving side-trip θ_S: ‖avg − θ_S‖ against the same baseline",
+      effect="ratio",
+    ),
+    Claim(
+      "fig6.train_loss_matches",
+      "Fig. 6",
+      "As can be seen, the training loss matches our estimate fairly close, while arriving at "
+      "two distinct solutions.",
+      "on fixed training batches at j = k, the λ/2 side-trip recovers between 50 % and 150 % of "
+      "the two-point average's training-loss gain over θ^λ_{S+k}, and the two solutions differ "
+      "(‖avg − θ^{λ/2}‖ > 0)",
+      _fig6_train_loss,
+      effect="recovered_fraction",
+    ),
+    Claim(
+      "fig7.norm_changes_little",
+      "Fig. 7",
+      "As can be seen, the gradient norm changed less than 5%, while *cos* stayed generally "
+      "above 0.5.",
+      "both readings of the norm change stay below 5 %: |‖g_b(θ_j)‖/‖g_b(θ_S)‖ − 1| along the "
+      "constant and linear side-trips (change from the start) and |‖g_b(θ_j)‖/‖g_b(θ'_j)‖ − 1| "
+      "between the two schedules (the middle panel's caption), max over the grid",
+      _fig7_norm,
+      effect="max_norm_change_between",
+    ),
+    Claim(
+      "fig7.fixed_batch_direction_stable",
+      "Fig. 7",
+      "For fixed batch the direction of the gradient changes very slowly over 1000 steps (blue "
+      "curve), while for different batches (orange curve) all nearly orthogonal even at the same "
+      "step.",
+      f"for every fixed-batch size probed, cos(g_b(θ_j), g_b(θ_S)) > {MIN_COSINE:g} along the "
+      "constant side-trip, and the mean |cos| of two independent training batches at the same "
+      "point is below that minimum",
+      _fig7_direction,
+      control="two independent training batches at the same point (the orange curve)",
+      effect="min_cosine",
+    ),
+    Claim(
+      "fig7.parallel_closer_than_start",
+      "Fig. 7",
+      "Remarkably, the angle between two parallel points of two trajectories (green curve) is "
+      "even closer aligned than the gradient between the end-point and the start point.",
+      "at j = k, cos(g_b(θ_k), g_b(θ'_k)) (constant vs linear schedule, parallel points) exceeds "
+      "cos(g_b(θ_k), g_b(θ_S)) of both side-trips (end point vs start point)",
+      _fig7_parallel,
+      effect="final_parallel_cosine",
+    ),
+    Claim(
+      "fig8.distance_decreases_and_saturates",
+      "Fig. 8",
+      "the final point of one trajectory and an independent trajectory re-trained using "
+      "different sequence of mini-batches monotonically decreases until saturates at some "
+      "constant level",
+      "d(t) = ‖θ_t − θ'_T‖ decreases at most grid steps (>= 50 %), ends below its start and "
+      "stays above 0 (saturates at a positive level)",
+      _fig8_saturates,
+      effect="end_over_start",
+    ),
+  )
+}
+
+NOT_TESTABLE: dict[str, Claim] = {
+  c.id: c
+  for c in (
+    Claim(
+      "fig13.batch_32768",
+      "Fig. 13",
+      "however as the batch size reaches larger values such as 32768 the difference decreases",
+      "the drop ratio at a batch of 32768",
+      not_testable="the offline pool (mnist1d, 40 000 training examples) cannot hold a batch of "
+      "32768 together with disjoint held-out batches of that size; the demo sweeps B/4 … 64B "
+      "(16 … 4096 examples), the widest power-of-4 range the pool holds with two disjoint "
+      "held-out batches (fig13.gap_closes_with_batch_size)",
+    ),
+  )
+}
+
+
+# ----------------------------------------------------------------------------
+# verdicts over seeds
+
+
+def verdict(holds: Sequence[bool]) -> str:
+  """'reproduced' (holds for every seed), 'mixed' (some), 'not reproduced' (none or no seed)."""
+  holds = [bool(h) for h in holds]
+  if holds and all(holds):
+    return "reproduced"
+  if any(holds):
+    return "mixed"
+  return "not reproduced"
+
+
+def _summary(values: list[float]) -> dict | None:
+  vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+  if not vals:
+    return None
+  a = np.asarray(vals)
+  return {
+    "mean": float(a.mean()),
+    "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+    "min": float(a.min()),
+    "max": float(a.max()),
+    "n": len(vals),
+  }
+
+
+def judge(claim: Claim, per_seed: Sequence[tuple[int, dict]]) -> dict:
+  """The record of ``claim`` from ``[(seed, measured), ...]`` (the report.json contract)."""
+  rec = {
+    "id": claim.id,
+    "figure": claim.figure,
+    "quote": claim.quote,
+    "criterion": claim.criterion,
+    "control": claim.control,
+  }
+  if claim.not_testable:
+    return rec | {"per_seed": [], "verdict": "not testable here", "reason": claim.not_testable}
+  if not per_seed:
+    raise ValueError(f"claim {claim.id!r}: no seed measured it")
+  rows = []
+  for seed, measured in per_seed:
+    try:
+      holds = bool(claim.test(measured))
+    except KeyError as e:
+      raise KeyError(f"claim {claim.id!r}, seed {seed}: measurement lacks {e}") from None
+    rows.append({"seed": int(seed), "measured": measured, "holds": holds})
+  rec["per_seed"] = rows
+  rec["verdict"] = verdict([r["holds"] for r in rows])
+  if claim.effect:
+    rec["effect"] = {
+      "name": claim.effect,
+      **(_summary([r["measured"].get(claim.effect) for r in rows]) or {"n": 0}),
+    }
+  return rec
+
+
+def judge_all(measured_by_seed: dict[int, dict[str, dict]], *, strict: bool = True) -> list[dict]:
+  """Records of every claim in :data:`CLAIMS` measured by some seed, then :data:`NOT_TESTABLE`.
+
+  ``measured_by_seed``: seed -> {claim id -> measured}. An id not in
+  :data:`CLAIMS` is an error; with ``strict`` a claim measured for some seeds
+  but not others is too (every verdict rests on every seed).
+  """
+  seeds = sorted(measured_by_seed)
+  for s in seeds:
+    unknown = sorted(set(measured_by_seed[s]) - set(CLAIMS))
+    if unknown:
+      raise KeyError(f"seed {s}: measurements for unknown claim id(s) {unknown}")
+  out = []
+  for cid, claim in CLAIMS.items():
+    have = [(s, measured_by_seed[s][cid]) for s in seeds if cid in measured_by_seed[s]]
+    if not have:
+      continue
+    if strict and len(have) != len(seeds):
+      missing = [s for s in seeds if cid not in measured_by_seed[s]]
+      raise KeyError(f"claim {cid!r} was not measured for seed(s) {missing}")
+    out.append(judge(claim, have))
+  out += [judge(c, []) for c in NOT_TESTABLE.values()]
+  return out
