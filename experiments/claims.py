@@ -326,7 +326,7 @@ CLAIMS: dict[str, Claim] = {
       "3λ/4 from S, λ/2 ends with the test loss closest to the average's, at every branch point",
       _fig1_specific,
       control="λ/10 and 3λ/4 side-trips on the same batches; the best-matching factor is reported",
-      effect="min_recovered_fraction",
+      effect="share_predicted_best",
     ),
     Claim(
       "fig5.two_point_average_improves",

@@ -354,7 +354,7 @@ def measured(payload, evals_key: str | None = None) -> dict:
   if spec:
     out["fig1.table1_rate_is_specific"] = {
       "branches": spec,
-      "min_recovered_fraction": min(fracs) if fracs else None,
+      "share_predicted_best": float(np.mean([b["best_factor"] == 0.5 for b in spec])),
       "note": "best-matching factor (predicted 0.5): "
       + ", ".join(f"S={b['branch']}: {b['best_factor']:g}" for b in spec),
     }

@@ -309,6 +309,7 @@ def test_fig1_measured_reports_recovered_fraction_and_best_factor():
   assert not claims.CLAIMS["fig1.sidetrip_matches_average"].test(m["fig1.sidetrip_matches_average"])
   spec = m["fig1.table1_rate_is_specific"]
   assert spec["branches"][0]["best_factor"] == 0.1 and "S=100: 0.1" in spec["note"]
+  assert spec["share_predicted_best"] == 0.0
   assert not claims.CLAIMS["fig1.table1_rate_is_specific"].test(spec)
   assert claims.CLAIMS["fig5.two_point_average_improves"].test(m["fig5.two_point_average_improves"])
   # The BatchNorm sensitivity rows read their own evaluations.
