@@ -13,9 +13,17 @@ precedence (big_vision's):
 
 Whatever the start, every run gets the same machinery: the workdir's
 ``Checkpointer`` opened before anything else is written there, SIGTERM saves
-at the current step and returns (exit 0 from the CLIs), prefetched batches,
+at the current step and returns (exit 0 from the CLIs), the input pipeline,
 per-step batch fingerprints, the progress reporter, TensorBoard + JSON-lines
 metrics, and the health / finiteness checks before every save.
+
+Input: an in-memory source (mnist1d, digits, CIFAR) keeps its training pool on
+the devices and the train step gathers batch i there from its pool indices
+(:mod:`trajax.data.device`; bit-identical to the host batch i, whose
+fingerprint is the one logged); streamed sources and custom ``batches`` go
+through the host pipeline with prefetch. No host sync per step: a log step's
+metrics (stacked on device, one transfer) and health record are read after
+the next step is dispatched; only log, eval and save points wait on the device.
 
 What differs between runs is data, not code:
 
