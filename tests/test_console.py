@@ -137,3 +137,30 @@ def test_verify_is_quiet_by_default(runs):
     cmd[:-1] + ["--verbose_libs", cmd[-1]], cwd=REPO, env=env, capture_output=True, text=True
   )
   assert loud.returncode == 0 and loud.stdout.rstrip().endswith("OK")
+
+
+def test_sidetrip_cli_is_quiet_and_shows_its_progress(runs):
+  root, _, _ = runs
+  cmd = [
+    sys.executable,
+    "-m",
+    "trajax.sidetrip",
+    f"--parent={root / 'quiet'}",
+    "--step=50",
+    f"--workdir={root / 'trip'}",
+    "--config=configs/mnist1d.py:runlocal",
+    f"--config.data_dir={root / 'data'}",
+    "--config.total_steps=100",
+    "--config.checkpoint_every_steps=50",
+    "--config.eval_every_steps=50",
+    "--config.sidetrip.kind=schedule",
+    "--config.sidetrip.lr_factor=0.5",
+    "--config.sidetrip.steps=50",
+    "--config.sidetrip.eval_at=()",
+  ]
+  proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+  out = proc.stdout + proc.stderr
+  assert proc.returncode == 0, out[-4000:]
+  assert not ORBAX_INFO.search(out), ORBAX_INFO.search(out).group(0)
+  assert "oneDNN" not in out
+  assert re.search(r"step 100/100  loss \d+\.\d{4} .* steps/s  ETA \S+  input wait", out), out
