@@ -403,3 +403,118 @@ def test_imagenet_eval_centre_crop_geometry_on_a_ramp_image():
     start = (size - crop + 1) // 2
     profile = out[inner, 112, 0] if axis == 0 else out[112, inner, 0]
     np.testing.assert_allclose(profile, ((start + src) * slope)[inner], atol=1.5)
+
+
+# --- device-resident pools (trajax.data.device) ---------------------------------------
+
+_DEVICE_SCRIPT = r"""
+import itertools, json, sys
+import jax, ml_collections, numpy as np
+from trajax import state as state_lib
+from trajax.data import batch_fingerprint, device, get_dataset
+
+def config(name, augment, batch_size, data_dir):
+  return ml_collections.ConfigDict({
+    "seed": 3, "batch_size": batch_size, "eval_batch_size": 48, "data_dir": data_dir,
+    "mesh": {"data": -1},
+    "dataset": {"name": name, "label_noise": 0.3, "num_train": 400, "augment": augment}})
+
+out = {"devices": jax.device_count(), "checked": 0}
+mesh = state_lib.make_mesh(config("mnist1d", False, 24, sys.argv[1]))
+for name, augment in (("mnist1d", False), ("digits", True)):
+  c = config(name, augment, 24, sys.argv[1])
+  ds = get_dataset(c)
+  pool = device.DevicePool(ds, mesh, chunk=5)
+  start = ds.steps_per_epoch - 3  # across an epoch and two chunk boundaries
+  stream = pool.stream(start)
+  for step in range(start, start + 12):
+    _, inputs = next(stream)
+    batch = pool.gather(inputs)
+    assert len(batch["image"].sharding.device_set) == jax.device_count()
+    host = ds.train_batch(step)
+    got = jax.device_get(batch)
+    for key in ("image", "label"):
+      assert got[key].dtype == host[key].dtype and got[key].shape == host[key].shape, key
+      assert got[key].tobytes() == host[key].tobytes(), (name, step, key)
+    assert batch_fingerprint(got) == batch_fingerprint(host)
+    out["checked"] += 1
+  # Each of 3 processes gathers exactly its own rows of the global batch.
+  whole = ds.train_batch(start)
+  rows = []
+  for p in range(3):
+    part = get_dataset(c, process_index=p, process_count=3, local_device_count=1)
+    keys = state_lib.global_batch(part.train_keys(start), pool.key_sharding)
+    got = jax.device_get(pool.batch(keys))
+    host = part.train_batch(start)
+    assert got["image"].tobytes() == host["image"].tobytes()
+    rows.append(got["image"])
+  assert np.concatenate(rows).tobytes() == whole["image"].tobytes()
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _run_device_script(data_dir, devices):
+  import subprocess
+  import sys
+
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run(
+    [sys.executable, "-c", _DEVICE_SCRIPT, str(data_dir)],
+    cwd=repo,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+  import json
+
+  return json.loads(line[len("RESULT ") :])
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_device_gathered_batches_equal_host_batches_bit_for_bit(data_dir, devices):
+  # mnist1d and digits with label noise and pad-crop augmentation, across an
+  # epoch boundary and the key chunks, on 1 and 8 devices, and per process.
+  out = _run_device_script(data_dir, devices)
+  assert out == {"devices": devices, "checked": 24}
+
+
+def test_train_keys_are_the_draws_of_train_batch(data_dir):
+  ds = _ds(data_dir, name="digits", augment=True, batch_size=24)
+  keys = ds.train_keys(7)
+  assert set(keys) == {"index", "dy", "dx", "flip"}
+  assert keys["index"].dtype == np.int32 and keys["index"].shape == (24,)
+  # Rebuild the batch on the host from the keys alone: the pool rows, cropped.
+  pad, (h, w) = 1, ds.info.input_shape[:2]
+  pool = ds.normalized_train_images()
+  fill = ds.pad_fill()
+  assert fill.shape == (h + 2 * pad, w + 2 * pad, 1)
+  rebuilt = []
+  for i, dy, dx in zip(keys["index"], keys["dy"], keys["dx"], strict=True):
+    padded = fill.copy()
+    padded[pad : pad + h, pad : pad + w] = pool[i]
+    rebuilt.append(padded[dy : dy + h, dx : dx + w])
+  batch = ds.train_batch(7)
+  assert np.stack(rebuilt).tobytes() == batch["image"].tobytes()
+  np.testing.assert_array_equal(ds.train_labels[keys["index"]], batch["label"])
+  assert not keys["flip"].any()  # digits: PadCropFlip(flip=False)
+
+
+def test_streamed_or_oversized_sources_have_no_device_pool(data_dir):
+  import jax
+
+  from trajax.data import device
+
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+  ds = _ds(data_dir)
+  assert device.device_pool(ds, mesh, max_bytes=1) is None
+  assert device.device_pool(object(), mesh) is None
+  assert isinstance(device.device_pool(ds, mesh), device.DevicePool)
+  with pytest.raises(ValueError, match="chunk must be a positive"):
+    device.DevicePool(ds, mesh, chunk=0)

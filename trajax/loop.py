@@ -13,9 +13,17 @@ precedence (big_vision's):
 
 Whatever the start, every run gets the same machinery: the workdir's
 ``Checkpointer`` opened before anything else is written there, SIGTERM saves
-at the current step and returns (exit 0 from the CLIs), prefetched batches,
+at the current step and returns (exit 0 from the CLIs), the input pipeline,
 per-step batch fingerprints, the progress reporter, TensorBoard + JSON-lines
 metrics, and the health / finiteness checks before every save.
+
+Input: an in-memory source (mnist1d, digits, CIFAR) keeps its training pool on
+the devices and the train step gathers batch i there from its pool indices
+(:mod:`trajax.data.device`; bit-identical to the host batch i, whose
+fingerprint is the one logged); streamed sources and custom ``batches`` go
+through the host pipeline with prefetch. No host sync per step: a log step's
+metrics (stacked on device, one transfer) and health record are read after
+the next step is dispatched; only log, eval and save points wait on the device.
 
 What differs between runs is data, not code:
 
@@ -40,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -127,6 +134,11 @@ def stored_config(meta: dict):
 
 # ----------------------------------------------------------------------------
 # the loop
+
+# A copy on device (an add, so jit cannot forward the donated input buffer).
+# A log window's per-step metrics as one [n] array per name: one transfer, same values.
+_stack = jax.jit(lambda window: jax.tree.map(lambda *xs: jax.numpy.stack(xs), *window))
+_snapshot = jax.jit(lambda tree: jax.tree.map(lambda x: x + jax.numpy.zeros_like(x), tree))
 
 
 def _restore_start(start, model, input_shape, mesh):
@@ -315,10 +327,6 @@ def fit(
     if fp_file is not None:
       from trajax import data as data_lib
 
-    p_step = train.make_step(
-      config, model, mesh, shardings, rule=schedule.rule if schedule else None, optimizer=optimizer
-    )
-    cache_before = train.compilations(p_step)
     hyper_arrays = train.hyper_arrays(hyper)
     ev = train.evaluator(model, mesh)
     if eval_average is None:
@@ -361,8 +369,29 @@ def fit(
       checkpointer.save(step, state, meta)
       last_good = checkpointer.path(step)
 
-    stream = (batches or dataset.train_batches)(step)
-    prefetch = host.Prefetch(stream, state_lib.batch_sharding(mesh), threads=1)
+    pool = None
+    if batches is None:
+      from trajax.data import device as data_device
+
+      # In-memory sources: the pool lives on the devices and only the batch's
+      # pool indices travel each step (trajax.data.device; same batches, bit
+      # for bit). Streamed sources and custom batches keep the host pipeline.
+      pool = data_device.device_pool(dataset, mesh)
+    p_step = train.make_step(
+      config,
+      model,
+      mesh,
+      shardings,
+      rule=schedule.rule if schedule else None,
+      optimizer=optimizer,
+      gather=None if pool is None else data_device.gather_step,
+    )
+    cache_before = train.compilations(p_step)
+    if pool is not None:
+      prefetch = pool.stream(step)
+    else:
+      stream = (batches or dataset.train_batches)(step)
+      prefetch = host.Prefetch(stream, state_lib.batch_sharding(mesh), threads=1)
   except BaseException:
     stop.close()
     if checkpointer is not None:
@@ -370,6 +399,28 @@ def fit(
     raise
   window, window_start, wait_start = [], time.perf_counter(), 0.0
   eval_out, evals, preempted, first_step_s = {}, {}, False, None
+  pending = None  # a log point's (step, metrics, health, clock, wait), read one step late
+
+  def write_log(log_step, fetched_window, health_ref, now, wait_now):
+    # Blocks on step `log_step` only; the next step is already queued behind it.
+    columns, health = jax.device_get((_stack(fetched_window), health_ref))
+    fetched = [{k: v[i] for k, v in columns.items()} for i in range(len(fetched_window))]
+    if int(health.bad_step) >= 0:
+      raise state_lib.health_error(health, last_good)
+    summary = host.summarize(fetched)
+    elapsed = max(now - window_start, 1e-9)
+    summary["train/input_wait_fraction"] = (wait_now - wait_start) / elapsed
+    summary["train/skipped_steps"] = float(health.total_skips)
+    writer.write_scalars(log_step, {**summary, **extra(log_step)})
+    logging.info("%s", metrics.progress_line(log_step, end, summary, len(fetched_window) / elapsed))
+
+  def flush_pending():
+    nonlocal pending, window_start, wait_start
+    if pending is not None:
+      write_log(*pending)
+      window_start, wait_start = pending[3], pending[4]
+      pending = None
+
   try:
     if not own and eval_points is not None and step in eval_points:
       eval_out = run_eval()
@@ -377,53 +428,44 @@ def fit(
     while step < end:
       if stop.requested and (jax.process_count() == 1 or step % config.log_every_steps == 0):
         if host.any_process(stop.requested):
+          flush_pending()
           save()
           checkpointer.wait()
           preempted = True
           break
       host_batch, batch = next(prefetch)
       if fp_file is not None:
-        fp = data_lib.batch_fingerprint(host_batch)
+        # From the host batch of the same step (the device gather equals it).
+        fp_batch = dataset.train_batch(step) if pool is not None else host_batch
+        fp = data_lib.batch_fingerprint(fp_batch)
         fp_file.write(json.dumps({"step": step, "fingerprint": fp}) + "\n")
       state, step_metrics = p_step(state, batch, hyper_arrays)
       if first_step_s is None:
         jax.block_until_ready(step_metrics)
         first_step_s = time.perf_counter() - t_first
       step += 1
+      # Step `step` is dispatched: now read the previous log point's values.
+      flush_pending()
       window.append(step_metrics)
       progress(step)
       for cb in callbacks:
         cb(step)
-      if step % config.log_every_steps == 0 or step == end:
-        fetched = jax.device_get(window)
-        health = check_health()
-        now = time.perf_counter()
-        summary = host.summarize(fetched)
-        summary["train/input_wait_fraction"] = (prefetch.wait_s - wait_start) / max(
-          now - window_start, 1e-9
-        )
-        summary["train/skipped_steps"] = float(health.total_skips)
-        writer.write_scalars(step, {**summary, **extra(step)})
-        logging.info(
-          "step %d/%d  loss %.4f  acc %.3f  lr %.4g  |g| %.3g  %.1f steps/s  input wait %.1f%%",
-          step,
-          end,
-          summary.get("train/loss", math.nan),
-          summary.get("train/accuracy", math.nan),
-          summary["train/lr"],
-          summary.get("train/grad_norm", math.nan),
-          len(window) / max(now - window_start, 1e-9),
-          100 * summary["train/input_wait_fraction"],
-        )
-        window, window_start, wait_start = [], now, prefetch.wait_s
       evaluate_now = step == end or (
         step % config.eval_every_steps == 0 if eval_points is None else step in eval_points
       )
+      save_now = step % config.checkpoint_every_steps == 0 or step == end or step in save_points
+      if step % config.log_every_steps == 0 or step == end:
+        # The health record is donated with the state: keep a copy of this step's.
+        pending = (step, window, _snapshot(state.health), time.perf_counter(), prefetch.wait_s)
+        window = []
+        if evaluate_now or save_now:  # these synchronise anyway
+          flush_pending()
       if evaluate_now:
         check_health()
         eval_out = run_eval()
-      if step % config.checkpoint_every_steps == 0 or step == end or step in save_points:
+      if save_now:
         save()
+    flush_pending()
     checkpointer.wait()
   finally:
     prefetch.close()

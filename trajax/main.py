@@ -15,7 +15,10 @@ naming the holder (``--force_takeover`` overrides a lock whose holder died on
 another host; see :mod:`trajax.workdir_lock`). Multi-host: ``--jax_distributed``
 or the environment (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
 ``JAX_PROCESS_ID``; or a TPU/SLURM cluster) calls ``jax.distributed.initialize()``
-before anything touches the devices.
+before anything touches the devices. The console shows one progress line per
+log step (step, loss, accuracy, lr, |g|, steps/s, ETA, input wait) and every
+warning; third-party INFO logging (Orbax, clu, TensorFlow's C++ notices) is
+off unless ``--verbose_libs``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ _FORCE_TAKEOVER = flags.DEFINE_bool(
   "is dead on another host (a network-filesystem lock can outlive its host). It overrides "
   "the one-writer-per-workdir guarantee; a live holder and this run would destroy each "
   "other's checkpoints. Refused when the holder is alive on this host.",
+)
+_VERBOSE_LIBS = flags.DEFINE_bool(
+  "verbose_libs",
+  False,
+  "Show third-party INFO logging (Orbax, clu, TensorFlow notices); off by default, "
+  "warnings and errors always show (trajax.metrics.configure_console).",
 )
 flags.mark_flag_as_required("workdir")
 
@@ -78,6 +87,9 @@ def _maybe_initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from trajax import metrics
+
+  metrics.configure_console(verbose_libs=_VERBOSE_LIBS.value)  # before TensorFlow is imported
   _maybe_initialize_distributed()
   from trajax import config_validation
 
@@ -88,7 +100,7 @@ def main(argv):
   except config_validation.ConfigError as e:
     raise SystemExit(f"config error: {e}") from None
   # TensorFlow (tf.data, TFDS, TensorBoard) must not take GPU/TPU memory.
-  import tensorflow as tf
+  tf = metrics.import_tensorflow(verbose_libs=_VERBOSE_LIBS.value)
 
   from trajax import train
 

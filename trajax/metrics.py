@@ -14,11 +14,111 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from absl import logging
+
+# --- the console -----------------------------------------------------------------------
+
+VERBOSE_LIBS_HELP = (
+  "Show third-party INFO logging (Orbax, clu, TensorFlow's C++ notices such as oneDNN). "
+  "Off by default: the console shows trajax's own lines (one progress line per log step) "
+  "and every library's warnings and errors."
+)
+
+
+def _trajax_dir() -> str:
+  return os.path.dirname(os.path.abspath(__file__))
+
+
+def _is_third_party(path: str) -> bool:
+  path = os.path.abspath(path or "")
+  if path.startswith(_trajax_dir() + os.sep):
+    return False
+  parts = path.split(os.sep)
+  return "site-packages" in parts or "dist-packages" in parts
+
+
+def configure_console(verbose_libs: bool = False) -> None:
+  """Third-party INFO off (default) or on; call before TensorFlow is imported.
+
+  Quiet (``verbose_libs=False``): records below WARNING whose source file lies
+  in an installed package (``site-packages``/``dist-packages``, trajax itself
+  excepted) are dropped from the console handlers -- Orbax's per-save INFO
+  lines, clu's per-write logging of every scalar and its progress notes --
+  and ``TF_CPP_MIN_LOG_LEVEL`` defaults to 1 (TensorFlow's C++ INFO notices
+  such as oneDNN's; its warnings and errors stay). trajax's own INFO lines,
+  and WARNING and above from anyone, always show. The metrics files are
+  written by writers, not by logging, and do not change. Idempotent.
+  """
+  import logging as std_logging
+
+  from absl import logging as absl_logging
+
+  handlers = [absl_logging.get_absl_handler(), *std_logging.getLogger().handlers]
+  for handler in {id(h): h for h in handlers}.values():
+    for f in [f for f in handler.filters if getattr(f, "_trajax_quiet", False)]:
+      handler.removeFilter(f)
+    if not verbose_libs:
+      handler.addFilter(_quiet_filter)
+  if verbose_libs:
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "1" and _SET_TF_LEVEL[0]:
+      del os.environ["TF_CPP_MIN_LOG_LEVEL"]
+    _SET_TF_LEVEL[0] = False
+  elif "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+    _SET_TF_LEVEL[0] = True
+
+
+_SET_TF_LEVEL = [False]
+# TensorFlow's native INFO lines ("I0000 00:00:... port.cc:153] oneDNN custom
+# operations are on ...") and absl's pre-initialisation banner. TensorFlow
+# 2.21 logs these through absl C++ logging, which TF_CPP_MIN_LOG_LEVEL does
+# not reach, so they are filtered out of what the import writes to stderr.
+_NATIVE_INFO = re.compile(r"^I\d{4} |^WARNING: All log messages before absl::InitializeLog\(\)")
+
+
+def import_tensorflow(verbose_libs: bool = False):
+  """``import tensorflow``; unless ``verbose_libs``, its native INFO notices are dropped.
+
+  The file descriptor 2 is captured while the import runs (the notices come
+  from C++), and every captured line that is not an INFO line (``I....``) or
+  absl's "before InitializeLog" banner -- warnings (``W....``), errors
+  (``E....``), anything else -- is written back to stderr.
+  """
+  import sys
+
+  if verbose_libs or "tensorflow" in sys.modules:
+    import tensorflow as tf
+
+    return tf
+  import tempfile
+
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as tmp:
+    os.dup2(tmp.fileno(), 2)
+    try:
+      import tensorflow as tf
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      tmp.seek(0)
+      for line in tmp.read().decode(errors="replace").splitlines(keepends=True):
+        if not _NATIVE_INFO.match(line):
+          sys.stderr.write(line)
+      sys.stderr.flush()
+  return tf
+
+
+def _quiet_filter(record) -> bool:
+  return record.levelno >= 30 or not _is_third_party(record.pathname)
+
+
+_quiet_filter._trajax_quiet = True  # type: ignore[attr-defined]
 
 
 def _float(v) -> float | None:
@@ -136,6 +236,31 @@ def create_writer(workdir: str, *, process_index: int = 0):
     return metric_writers.LoggingWriter()
   tb = metric_writers.create_default_writer(workdir, asynchronous=True)
   return metric_writers.MultiWriter([tb, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  h, rest = divmod(seconds, 3600)
+  m, s = divmod(rest, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def progress_line(step: int, end: int, summary: Mapping[str, float], steps_per_s: float) -> str:
+  """The console's one line per log step: step, loss, accuracy, lr, |g|, rate, ETA, input wait.
+
+  ``summary`` holds the ``train/*`` means of the log window (``host.summarize``
+  plus ``train/input_wait_fraction``); ETA = (end − step) / rate.
+  """
+  eta = (end - step) / steps_per_s if steps_per_s > 0 else math.inf
+  return (
+    f"step {step}/{end}  loss {summary.get('train/loss', math.nan):.4f}  "
+    f"acc {summary.get('train/accuracy', math.nan):.3f}  "
+    f"lr {summary.get('train/lr', math.nan):.4g}  |g| {summary.get('train/grad_norm', math.nan):.3g}  "
+    f"{steps_per_s:.1f} steps/s  ETA {_duration(eta)}  "
+    f"input wait {100 * summary.get('train/input_wait_fraction', math.nan):.1f}%"
+  )
 
 
 def progress_reporter(total_steps: int, writer, every_steps: int):

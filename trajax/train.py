@@ -241,13 +241,19 @@ def hyper_arrays(hyper: dict) -> dict:
   }
 
 
-def make_step(config, model, mesh, shardings, *, rule=None, optimizer: str = "config"):
+def make_step(config, model, mesh, shardings, *, rule=None, optimizer: str = "config", gather=None):
   """The jitted ``(state, batch, hyper) -> (state, metrics)`` (cached per static key).
 
   ``train.train_step`` with the learning rate ``rule(base, hyper)`` (``rule=None``:
   the config's schedule η_t itself) and the optimizer layout ``optimizer``. The
   cache key holds the config sections that shape the step, the rule, the
-  model, the devices and the shardings; ``hyper`` is traced.
+  model, the devices, the shardings and ``gather``; ``hyper`` is traced.
+
+  ``gather``: None (``batch`` is ``{'image', 'label'}`` sharded over the data
+  axis) or a hashable function ``gather(inputs) -> batch`` run first, inside
+  the same compiled step, on whatever arrays ``inputs`` holds, laid out as
+  they come (:func:`trajax.data.device.gather_step`: a batch gathered from a
+  device-resident pool).
   """
   cfg = {
     k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in _STATIC_FIELDS
@@ -256,6 +262,7 @@ def make_step(config, model, mesh, shardings, *, rule=None, optimizer: str = "co
     json.dumps(cfg, sort_keys=True, default=list),
     rule,
     optimizer,
+    gather,
     _model_key(model),
     tuple(d.id for d in mesh.devices.flat),
     jax.tree.structure(shardings),
@@ -270,6 +277,8 @@ def make_step(config, model, mesh, shardings, *, rule=None, optimizer: str = "co
 
   def step(state, batch, hyper):
     schedule = base if rule is None else rule(base, hyper)
+    if gather is not None:
+      batch = gather(batch)
     return train_step(
       state,
       batch,
@@ -284,7 +293,7 @@ def make_step(config, model, mesh, shardings, *, rule=None, optimizer: str = "co
   replicated = NamedSharding(mesh, P())
   fn = jax.jit(
     step,
-    in_shardings=(shardings, batch_sharding(mesh), replicated),
+    in_shardings=(shardings, batch_sharding(mesh) if gather is None else None, replicated),
     out_shardings=(shardings, replicated),
     donate_argnums=0,
   )

@@ -120,9 +120,15 @@ def verify(workdir: str) -> tuple[bool, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  verbose_libs = "--verbose_libs" in argv
+  argv = [a for a in argv if a != "--verbose_libs"]
   if len(argv) != 1 or argv[0].startswith("-"):
-    print("usage: python -m trajax.verify WORKDIR", file=sys.stderr)
+    print("usage: python -m trajax.verify [--verbose_libs] WORKDIR", file=sys.stderr)
     return 2
+  from trajax import metrics
+
+  # --verbose_libs: also show Orbax's (and other libraries') INFO logging.
+  metrics.configure_console(verbose_libs=verbose_libs)
   ok, lines = verify(argv[0])
   print("\n".join(lines))
   return 0 if ok else 1

@@ -174,14 +174,62 @@ class ArrayDataset:
       images = self.augment.apply(images, {k: v[local] for k, v in params.items()})
     return {"image": self._normalize(images), "label": self._train_labels[indices[local]]}
 
-  def train_batch(self, step: int) -> dict:
-    """This process's share of the global batch of training step ``step``."""
+  def _step_indices(self, step: int) -> tuple[np.ndarray, np.random.Generator | None]:
     if step < 0:
       raise ValueError(f"step must be >= 0, got {step}")
     epoch, offset = divmod(int(step), self.steps_per_epoch)
     indices = self._permutation(epoch)[offset * self.batch_size : (offset + 1) * self.batch_size]
     aug_rng = np.random.default_rng([self.seed, _AUG, int(step)]) if self.augment else None
-    return self._gather(indices, aug_rng)
+    return indices, aug_rng
+
+  def train_batch(self, step: int) -> dict:
+    """This process's share of the global batch of training step ``step``."""
+    return self._gather(*self._step_indices(step))
+
+  def train_keys(self, step: int) -> dict:
+    """What :meth:`train_batch` of ``step`` is made of, without the images: this
+    process's rows of the global batch as pool ``index`` (int32) and, with
+    augmentation, its crop offsets ``dy``, ``dx`` (int32) and ``flip`` (bool)
+    -- the same draws, in the same order, as :meth:`train_batch`.
+    :class:`trajax.data.device.DevicePool` turns them into the batch on device."""
+    indices, aug_rng = self._step_indices(step)
+    local = self._local(indices.shape[0])
+    keys = {"index": indices[local].astype(np.int32)}
+    if self.augment is not None:
+      params = self.augment.sample(aug_rng, indices.shape[0])
+      keys["dy"] = params["dy"][local].astype(np.int32)
+      keys["dx"] = params["dx"][local].astype(np.int32)
+      keys["flip"] = np.asarray(params["flip"][local], bool)
+    return keys
+
+  def train_key_batches(self, start_step: int = 0) -> Iterator[dict]:
+    """:meth:`train_keys` of ``start_step, start_step + 1, ...``."""
+    if start_step < 0:
+      raise ValueError(f"start_step must be >= 0, got {start_step}")
+    for step in itertools.count(start_step):
+      yield self.train_keys(step)
+
+  def normalized_train_images(self) -> np.ndarray:
+    """The whole training pool normalised as :meth:`train_batch` normalises a batch.
+
+    Normalisation is elementwise per channel (``x * gain + offset`` in float32,
+    two roundings), and cropping and flipping only move pixels, so gathering
+    (and cropping) rows of this array gives :meth:`train_batch` bit for bit.
+    """
+    return self._normalize(self._train_images)
+
+  def pad_fill(self) -> np.ndarray | None:
+    """The normalised value of a padded (zero) pixel, ``[h + 2p, w + 2p, c]``; None without augmentation."""
+    if self.augment is None:
+      return None
+    h, w, c = self._train_images.shape[1:]
+    p = self.augment.pad
+    return self._normalize(np.zeros((1, h + 2 * p, w + 2 * p, c), self._train_images.dtype))[0]
+
+  @property
+  def train_labels(self) -> np.ndarray:
+    """The (noisy) training labels, int32 ``[num_train]``, as batches carry them."""
+    return self._train_labels
 
   def train_batches(self, start_step: int = 0) -> Iterator[dict]:
     if start_step < 0:

@@ -22,6 +22,12 @@ def _define_flags():
     "Restart: the parent now lives at --parent (accepted once its config matches the one "
     "recorded in the side-trip's lineage).",
   )
+  flags.DEFINE_bool(
+    "verbose_libs",
+    False,
+    "Show third-party INFO logging (Orbax, clu, TensorFlow notices); off by default, "
+    "warnings and errors always show (trajax.metrics.configure_console).",
+  )
   for name in ("parent", "step", "workdir"):
     flags.mark_flag_as_required(name)
 
@@ -50,6 +56,12 @@ def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   FLAGS = flags.FLAGS
+  from trajax import metrics
+
+  metrics.configure_console(verbose_libs=FLAGS.verbose_libs)
+  # TensorFlow comes in anyway (TensorBoard writer, tf.data): import it now,
+  # with its native INFO notices dropped unless --verbose_libs.
+  metrics.import_tensorflow(verbose_libs=FLAGS.verbose_libs)
   config = FLAGS.config
   try:
     # Bad configs fail here, in about a second, before TensorFlow is imported.
