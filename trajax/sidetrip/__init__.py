@@ -211,8 +211,6 @@ def run_sidetrip(
     SidetripError: a bad step or a fixed-batch parent.
     trajax.state.NonFiniteError: a non-finite step.
   """
-  import ml_collections as mlc
-
   from trajax import checkpoint as ckpt_lib
   from trajax import config_validation as cv
 
@@ -242,9 +240,7 @@ def run_sidetrip(
     parent_dir, parent_meta = _fresh_parent(parent, step)
   _check_against_parent(base, parent_meta["config"], spec.kind)
   workdir = _workdir_checks(workdir, parent_dir)
-  parent_config = mlc.ConfigDict(
-    {k: v for k, v in parent_meta["config"].items() if k != "sidetrip"}
-  )
+  parent_config = loop.stored_config(parent_meta)
 
   mesh = state_lib.make_mesh(base)
   if dataset is None:
