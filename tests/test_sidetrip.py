@@ -756,3 +756,47 @@ def test_command_line(parent, tmp_path):
     assert bad.returncode == 1, bad.stderr[-2000:]
     assert says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
   assert not os.path.exists(tmp_path / "err")
+
+
+def test_command_line_busy_workdir_and_force_takeover(parent, tmp_path):
+  """A side-trip workdir locked by a holder that died on another host: refused in one line
+  naming it; ``--force_takeover`` (as for ``trajax.main``) overrides it and the trip runs."""
+  import json as json_lib
+
+  from trajax import workdir_lock
+
+  workdir = tmp_path / "cli"
+  os.makedirs(workdir)
+  held = workdir_lock._acquire_local(str(workdir), False)  # noqa: SLF001 -- the "other host"
+  try:
+    fake = {"host": "node-that-died", "pid": 4242, "started": "2026-01-01T00:00:00", "argv": "x"}
+    os.ftruncate(held._fd, 0)  # noqa: SLF001
+    os.pwrite(held._fd, json_lib.dumps(fake).encode(), 0)  # noqa: SLF001
+    cmd = [
+      sys.executable,
+      "-m",
+      "trajax.sidetrip",
+      f"--parent={parent.workdir}",
+      "--step=30",
+      f"--workdir={workdir}",
+      "--config=configs/mnist1d.py:runlocal",
+      *[f"--config.{k}={v}" for k, v in TINY.items()],
+      "--config.sidetrip.kind=fixed_batch",
+      "--config.sidetrip.steps=2",
+      "--config.sidetrip.eval_at=()",
+    ]
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR, PYTHONPATH=REPO)
+    run = lambda extra: subprocess.run(
+      cmd + extra, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    busy = run([])
+    assert busy.returncode == 1, busy.stderr[-3000:]
+    assert "node-that-died" in busy.stderr and "--force_takeover" in busy.stderr
+    assert "Traceback" not in busy.stderr, busy.stderr[-3000:]
+    assert not os.path.exists(workdir / "checkpoints" / "32")
+    taken = run(["--force_takeover"])
+    assert taken.returncode == 0, taken.stderr[-3000:]
+    assert "--force_takeover" in taken.stderr and "node-that-died" in taken.stderr
+    assert ckpt_lib.committed_steps(str(workdir / "checkpoints")) == [32]
+  finally:
+    held.release()
