@@ -43,6 +43,12 @@ everyone else (side-trips, probes, ``trajax.verify``): it never opens a
 ``CheckpointManager`` able to write or prune in another run's directory.
 A step directory counts only once Orbax has finalised it
 (:func:`committed_steps`); half-written temporary directories are ignored.
+A train state written in an older layout (the averaging wrapper's complete
+average) is converted on every restore (:mod:`trajax.checkpoint_layout`).
+
+Why one module of ~520 lines: the writer and the read-only reader define one
+on-disk format (step directories, the two items, the commit marker) and must
+change together; integrity and old layouts live in their own modules.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+
+from trajax import checkpoint_layout as layout
 
 # Integrity lives in trajax.checkpoint_digest; its public names are this module's too.
 from trajax.checkpoint_digest import (  # noqa: F401 -- re-exported
@@ -284,9 +292,13 @@ class Checkpointer:
     """
     ocp = _ocp()
     abstract = _abstract(_to_tree(target))
+    old = layout.stored_in_old_layout(os.path.join(self.path(step), "state"))
     out = self.manager.restore(
       int(step),
-      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=_meta_args()[1]()),
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(layout.old_averaging_target(abstract) if old else abstract),
+        meta=_meta_args()[1](),
+      ),
     )
     meta = dict(out.meta)
     if check:
@@ -294,7 +306,8 @@ class Checkpointer:
       if _any_process(bool(problems)):
         where = "; ".join(problems) or "failed its checks on another process"
         raise CheckpointCorruptError(f"checkpoint {self.path(step)}: {where}")
-    return _from_tree(target, out.state), meta
+    tree = layout.upgrade_averaging(out.state, abstract) if old else out.state
+    return _from_tree(target, tree), meta
 
   def quarantine(self, step: int, reason: str) -> str:
     """Moves committed checkpoint ``step`` to ``../quarantined_checkpoints`` (never deletes).
@@ -500,12 +513,15 @@ def restore_readonly(
       )
       tree = state = ckptr.restore(item, abstract)
     else:
-      tree = ckptr.restore(item, _abstract(_to_tree(target)))
-      state = _from_tree(target, tree)
+      abstract = _abstract(_to_tree(target))
+      old = layout.stored_in_old_layout(item)
+      tree = ckptr.restore(item, layout.old_averaging_target(abstract) if old else abstract)
   meta = read_metadata(directory, step)
   if check:
     problems = check_state(tree, meta)
     if problems:
       where = os.path.join(directory, str(step))
       raise CheckpointCorruptError(f"checkpoint {where}: {'; '.join(problems)}")
+  if target is not None:
+    state = _from_tree(target, layout.upgrade_averaging(tree, abstract) if old else tree)
   return state, meta
