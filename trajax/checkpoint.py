@@ -411,11 +411,25 @@ def _quiet_closed_loop_callbacks():
   callbacks then reports ``RuntimeError('Event loop is closed')`` through
   ``sys.unraisablehook`` -- dozens of tracebacks after the one-line reason.
   Only that exact error is dropped; everything else reaches the previous hook.
+  Likewise asyncio's "Task exception was never retrieved" for Orbax's other
+  TensorStore reads of the same damaged step (their errors carry a
+  ``tensorstore_spec``), logged whenever the garbage collector meets them: the
+  quarantine line already gave the reason.
   """
   global _QUIET_INSTALLED
   if _QUIET_INSTALLED:
     return
+  import logging as py_logging
   import sys
+
+  class _OrphanedReads(py_logging.Filter):
+    def filter(self, record):
+      text = record.getMessage()
+      return not (
+        text.startswith("Task exception was never retrieved") and "tensorstore_spec" in text
+      )
+
+  py_logging.getLogger("asyncio").addFilter(_OrphanedReads())
 
   previous = sys.unraisablehook
 
