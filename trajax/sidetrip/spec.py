@@ -209,16 +209,17 @@ def resolve(config, parent_step: int) -> SidetripSpec:
       section.update({k: s[k] for k in _METHOD_OVERRIDES if s[k] is not None})
       params = _equivalent_params(method, section)
       window = s["window"] if s["window"] is not None else _default_window(method, params)
-      if window is None:
-        bad("window", f"method {method!r} needs the number of steps the average covers")
-      else:
-        try:
-          schedules.equivalent_schedule(method, 0.0, start=0, window=window, **params)
-        except (TypeError, ValueError) as e:
-          # Name the field the message is about (schedules names its argument first).
-          values = {**params, "window": window}
-          name = next((k for k in values if str(e).startswith(k)), "window")
-          problems.append((f"sidetrip.{name}", values[name], f"{method}: {e}"))
+      try:
+        schedules.equivalent_schedule(method, 0.0, start=0, window=window, **params)
+      except (TypeError, ValueError) as e:
+        # Name the field the message is about (schedules names its argument
+        # first): sidetrip.<name> where the side-trip set it, else averaging.<name>.
+        values = {**params, "window": window}
+        name = next((k for k in values if str(e).startswith(k)), "window")
+        given_here = name == "window" or (name in _METHOD_OVERRIDES and s[name] is not None)
+        field = f"{'sidetrip' if given_here else 'averaging'}.{name}"
+        problems.append((field, values[name], f"{method}: {e}"))
+        window = None
       if steps is None and window is not None:
         steps = window
   elif kind == "schedule":
