@@ -46,7 +46,7 @@ A step directory counts only once Orbax has finalised it
 A train state written in an older layout (the averaging wrapper's complete
 average) is converted on every restore (:mod:`trajax.checkpoint_layout`).
 
-Why one module of ~520 lines: the writer and the read-only reader define one
+Why one module of over 500 lines: the writer and the read-only reader define one
 on-disk format (step directories, the two items, the commit marker) and must
 change together; integrity and old layouts live in their own modules.
 """
