@@ -526,3 +526,78 @@ def test_a_target_that_does_not_fit_is_an_error_never_a_quarantine(uninterrupted
     writer.close()
   assert ckpt_lib.committed_steps(str(workdir / "checkpoints")) == [10, 20, 30]
   assert not (workdir / "quarantined_checkpoints").exists()
+
+
+_WRAPPER_KEYS = {"inner_state", "count", "partial", "partial_snapshots", "newest_weight"}
+
+
+def _to_old_averaging_layout(tree, params):
+  """A state dict with each wrapper node in the layout before issue 10 (complete average).
+
+  Built by hand: ``{"inner_state", "average": {"count", "average": a_t, "snapshots"}}`` with
+  a_t = partial + w_t·θ_t, the average the old wrapper stored.
+  """
+  if isinstance(tree, dict) and set(tree) == _WRAPPER_KEYS:
+    w = np.asarray(tree["newest_weight"])[0]
+    complete = jax.tree.map(
+      lambda p, x: (
+        np.asarray(p) + w.astype(np.asarray(p).dtype) * np.asarray(x, np.asarray(p).dtype)
+      ),
+      tree["partial"],
+      params,
+    )
+    return {
+      "inner_state": tree["inner_state"],
+      "average": {"count": tree["count"], "average": complete, "snapshots": {}},
+    }
+  if isinstance(tree, dict):
+    return {k: _to_old_averaging_layout(v, params) for k, v in tree.items()}
+  return tree
+
+
+def test_checkpoint_of_the_old_averaging_layout_resumes(uninterrupted, tmp_path):
+  """A checkpoint holding ``AveragingState(inner_state, average)`` (the complete average,
+  before the wrapper kept the newest point apart) restores through ``loop.fit``: params and
+  optimizer continue bit for bit, the average continues from the stored a_t."""
+  import shutil
+
+  import orbax.checkpoint as ocp
+
+  src, ref = uninterrupted
+  tree, meta = ckpt_lib.restore_readonly(str(src), step=10)
+  old = _to_old_averaging_layout(jax.tree.map(np.asarray, tree), tree["params"])
+  assert old["opt_state"] != tree["opt_state"] and "average" in str(old["opt_state"].keys())
+  step_dir = tmp_path / "run" / "checkpoints" / "10"
+  shutil.copytree(src / "checkpoints" / "10", step_dir)
+  shutil.rmtree(step_dir / "state")
+  with ocp.StandardCheckpointer() as writer:
+    writer.save(str(step_dir / "state"), old)
+  meta_path = step_dir / "meta" / "metadata"
+  stored = json.loads(meta_path.read_text())
+  del stored["digests"]  # written before digests existed
+  meta_path.write_text(json.dumps(stored))
+
+  # The stored complete average reads back unchanged (weight 0 on the newest point).
+  restored, _ = ckpt_lib.restore_readonly(str(tmp_path / "run"), step=10, target=_host(ref))
+  np.testing.assert_array_equal(
+    np.asarray(averaging.averaged_params(restored.opt_state, restored.params)["head"]["kernel"]),
+    old["opt_state"]["average"]["average"]["head"]["kernel"],
+  )
+
+  result = train.train_and_evaluate(
+    _config(), str(tmp_path / "run"), resume="require", dataset=FakeDataset()
+  )
+  assert result.step == 30 and result.origin == "own:10"
+  got = _host(result.state)
+  _assert_identical(got.params, ref.params)
+  [(_, mine)] = averaging.find_states(got.opt_state)
+  [(_, theirs)] = averaging.find_states(ref.opt_state)
+  _assert_identical(mine.inner_state, theirs.inner_state)
+  assert int(mine.count) == int(theirs.count) == 30
+  _assert_identical(got.bn_average, ref.bn_average)
+  for x, y in zip(
+    jax.tree.leaves(averaging.averaged_params(got.opt_state, got.params)),
+    jax.tree.leaves(averaging.averaged_params(ref.opt_state, ref.params)),
+    strict=True,
+  ):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)

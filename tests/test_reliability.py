@@ -507,7 +507,7 @@ BAD_CONFIGS = [
     None,
     "averaging.decay",
     "1.5",
-    "must be a number in (0, 1]",
+    "must be a float in (0, 1]",
     _FAST,
   ),
   (

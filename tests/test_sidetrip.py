@@ -307,14 +307,10 @@ def test_clear_errors(parent, tmp_path):
   ema = sidetrip.with_sidetrip(parent.config, kind="equivalent", method="ema", decay=0.1)
   with pytest.raises(config_validation.ConfigError, match="sidetrip.window"):
     sidetrip.run_sidetrip(ema, parent.workdir, 10, str(tmp_path / "a"))
-  # An averager parameter the equivalent schedule cannot express is refused, not dropped.
-  every = sidetrip.with_sidetrip(
-    tiny_config(**{"averaging.method": "ema", "averaging.decay": 0.1, "averaging.every": 3}),
-    kind="equivalent",
-    window=6,
-  )
-  with pytest.raises(config_validation.ConfigError, match="averaging.every = 3: the 'ema'"):
-    sidetrip.run_sidetrip(every, parent.workdir, 10, str(tmp_path / "a"))
+  # A window the averager's parameters cannot fill is named, with the method.
+  short = sidetrip.with_sidetrip(parent.config, kind="equivalent", method="two_point", window=0)
+  with pytest.raises(config_validation.ConfigError, match="sidetrip.window = 0"):
+    sidetrip.run_sidetrip(short, parent.workdir, 10, str(tmp_path / "a"))
   wider = sidetrip.with_sidetrip(tiny_config(**{"model.width": 16}), kind="schedule")
   with pytest.raises(
     config_validation.ConfigError, match="model.width = 16: must equal the parent"
@@ -494,6 +490,68 @@ def test_equivalent_schedule_lands_on_the_average_for_a_linear_loss(
   got = np.asarray(result.state.params["w"], np.float64)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   # ... and not on the raw endpoint: the check has teeth.
+  assert np.max(np.abs(theta(s + k) - want)) > 100 * np.max(np.abs(got - want)) + 1e-4
+
+
+EMA_EVERY_DEBIAS = {
+  "averaging.method": "ema",
+  "averaging.decay": 0.1,
+  "averaging.every": 3,
+  "averaging.debias": True,
+}
+
+
+@pytest.fixture(scope="module")
+def linear_ema_parent(tmp_path_factory, linear_parent):
+  """The linear parent's run with EMA δ = 0.1, every = 3, debias = True (same θ_t: no feedback)."""
+  config = copy.deepcopy(linear_parent.config)
+  for key, value in EMA_EVERY_DEBIAS.items():
+    config.averaging[key.split(".")[1]] = value
+  workdir = tmp_path_factory.mktemp("linear_ema") / "run"
+  train.train_and_evaluate(config, str(workdir), dataset=LinearData(), model=LinearLoss())
+  return types.SimpleNamespace(config=config, workdir=str(workdir))
+
+
+def test_equivalent_side_trip_honours_every_and_debias(linear_parent, linear_ema_parent, tmp_path):
+  """Issue 10's silent wrong result: EMA δ = 0.1, every = 3, debias over k = 6.
+
+  The debiased accumulator takes θ_{S+3} and θ_{S+6}: a = ((1−δ)·θ_{S+3} + θ_{S+6})/(2 − δ),
+  so the rate weights are w = (1, 1, 1, 1/(2−δ), …) = (1 1 1 .526 .526 .526), not plain
+  EMA's 1 − (1−δ)^{k−j} = (.469 .41 .344 .271 .19 .1). With a loss linear per batch the
+  step θ_{t+1} − θ_t is −η_t times a momentum trace built from the batches alone, so the
+  side-trip's step over the parent's step is w_j exactly, and the side-trip lands on the
+  average computed here from the parent's θ_t.
+  """
+  s, k, d = 4, 6, 0.1
+  base = copy.deepcopy(linear_ema_parent.config)
+  base.checkpoint_every_steps = 100
+  config = sidetrip.with_sidetrip(base, kind="equivalent", window=k, eval_at=tuple(range(1, k)))
+  trip = str(tmp_path / "trip")
+  result = sidetrip.run_sidetrip(
+    config, linear_ema_parent.workdir, s, trip, dataset=LinearData(), model=LinearLoss()
+  )
+  assert result.step == s + k
+  parent_w = lambda t: ckpt_lib.restore_readonly(linear_ema_parent.workdir, step=t)[0]["params"][
+    "w"
+  ]
+  thetas = {t: np.asarray(parent_w(t), np.float64) for t in range(s, s + k + 1)}
+  np.testing.assert_array_equal(thetas[s + k], linear_parent.thetas[s + k - 1])  # same θ_t
+  theta = thetas.__getitem__
+  mine = [theta(s)] + [
+    np.asarray(ckpt_lib.restore_readonly(trip, step=s + j)[0]["params"]["w"], np.float64)
+    for j in range(1, k + 1)
+  ]
+  ratios = [
+    np.median((mine[j + 1] - mine[j]) / (theta(s + j + 1) - theta(s + j))) for j in range(k)
+  ]
+  want_w = np.array([1, 1, 1, 1 / (2 - d), 1 / (2 - d), 1 / (2 - d)])
+  np.testing.assert_allclose(ratios, want_w, rtol=1e-3)
+  np.testing.assert_allclose(want_w, [1, 1, 1, 0.526, 0.526, 0.526], atol=1e-3)
+  plain = 1 - (1 - d) ** (k - np.arange(k))  # what the trip ran before the fix
+  assert np.max(np.abs(np.array(ratios) - plain)) > 0.3
+  want = ((1 - d) * theta(s + 3) + theta(s + 6)) / (2 - d)
+  got = np.asarray(result.state.params["w"], np.float64)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   assert np.max(np.abs(theta(s + k) - want)) > 100 * np.max(np.abs(got - want)) + 1e-4
 
 
@@ -698,3 +756,47 @@ def test_command_line(parent, tmp_path):
     assert bad.returncode == 1, bad.stderr[-2000:]
     assert says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
   assert not os.path.exists(tmp_path / "err")
+
+
+def test_command_line_busy_workdir_and_force_takeover(parent, tmp_path):
+  """A side-trip workdir locked by a holder that died on another host: refused in one line
+  naming it; ``--force_takeover`` (as for ``trajax.main``) overrides it and the trip runs."""
+  import json as json_lib
+
+  from trajax import workdir_lock
+
+  workdir = tmp_path / "cli"
+  os.makedirs(workdir)
+  held = workdir_lock._acquire_local(str(workdir), False)  # noqa: SLF001 -- the "other host"
+  try:
+    fake = {"host": "node-that-died", "pid": 4242, "started": "2026-01-01T00:00:00", "argv": "x"}
+    os.ftruncate(held._fd, 0)  # noqa: SLF001
+    os.pwrite(held._fd, json_lib.dumps(fake).encode(), 0)  # noqa: SLF001
+    cmd = [
+      sys.executable,
+      "-m",
+      "trajax.sidetrip",
+      f"--parent={parent.workdir}",
+      "--step=30",
+      f"--workdir={workdir}",
+      "--config=configs/mnist1d.py:runlocal",
+      *[f"--config.{k}={v}" for k, v in TINY.items()],
+      "--config.sidetrip.kind=fixed_batch",
+      "--config.sidetrip.steps=2",
+      "--config.sidetrip.eval_at=()",
+    ]
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR, PYTHONPATH=REPO)
+    run = lambda extra: subprocess.run(
+      cmd + extra, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    busy = run([])
+    assert busy.returncode == 1, busy.stderr[-3000:]
+    assert "node-that-died" in busy.stderr and "--force_takeover" in busy.stderr
+    assert "Traceback" not in busy.stderr, busy.stderr[-3000:]
+    assert not os.path.exists(workdir / "checkpoints" / "32")
+    taken = run(["--force_takeover"])
+    assert taken.returncode == 0, taken.stderr[-3000:]
+    assert "--force_takeover" in taken.stderr and "node-that-died" in taken.stderr
+    assert ckpt_lib.committed_steps(str(workdir / "checkpoints")) == [32]
+  finally:
+    held.release()

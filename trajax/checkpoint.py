@@ -15,7 +15,8 @@ On disk, each step holds two Orbax items:
   versions, process/device counts, ``all_finite`` (checked before saving) and
   ``digests``: a CRC-32 of every saved array (:func:`tree_digests`).
 
-Integrity. The digests are computed from a device-side copy of the state in a
+Integrity (:mod:`trajax.checkpoint_digest`, whose public names this module
+re-exports). The digests are computed from a device-side copy of the state in a
 background thread while Orbax writes the arrays, and the ``meta`` item (which
 holds them) is written by a JSON handler that waits for them, so they are on
 disk before Orbax's commit marker: no committed checkpoint lacks them. Every
@@ -42,25 +43,44 @@ everyone else (side-trips, probes, ``trajax.verify``): it never opens a
 ``CheckpointManager`` able to write or prune in another run's directory.
 A step directory counts only once Orbax has finalised it
 (:func:`committed_steps`); half-written temporary directories are ignored.
+A train state written in an older layout (the averaging wrapper's complete
+average) is converted on every restore (:mod:`trajax.checkpoint_layout`).
+
+Why one module of over 500 lines: the writer and the read-only reader define one
+on-disk format (step directories, the two items, the commit marker) and must
+change together; integrity and old layouts live in their own modules.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import hashlib
 import json
-import math
 import os
 import platform
 import re
 import time
-import zlib
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+
+from trajax import checkpoint_layout as layout
+
+# Integrity lives in trajax.checkpoint_digest; its public names are this module's too.
+from trajax.checkpoint_digest import (  # noqa: F401 -- re-exported
+  DIGEST_ALGORITHM,
+  CheckpointCorruptError,
+  _meta_args,
+  _PendingMeta,
+  _snapshot,
+  check_state,
+  leaf_digest,
+  leaf_paths,
+  magnitude_limit,
+  tree_digests,
+)
 
 _STEP_RE = re.compile(r"^\d+$")
 _COMMIT_FILE = "commit_success.txt"
@@ -180,197 +200,6 @@ def _from_tree(target, tree):
   return serialization.from_state_dict(target, tree)
 
 
-# ----------------------------------------------------------------------------
-# integrity: digests, finiteness, magnitude
-
-DIGEST_ALGORITHM = "crc32"
-
-
-class CheckpointCorruptError(RuntimeError):
-  """A checkpoint failed its digest, finiteness or magnitude check, or cannot be read."""
-
-
-def _key_name(k) -> str:
-  for attr in ("key", "idx", "name"):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
-
-
-def leaf_paths(tree) -> list[tuple[str, Any]]:
-  """``[("params/head/kernel", leaf), ...]`` of a state dict (the names verify prints)."""
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return [("/".join(_key_name(k) for k in path), leaf) for path, leaf in flat]
-
-
-def _host_array(x) -> np.ndarray | None:
-  """The full value of a leaf on this host, or None when other processes hold parts of it."""
-  if isinstance(x, jax.Array):
-    if x.is_fully_addressable:
-      return np.asarray(x)
-    if x.is_fully_replicated:
-      return np.asarray(x.addressable_data(0))
-    return None
-  return np.asarray(x)
-
-
-def leaf_digest(arr: np.ndarray) -> str:
-  """``"<dtype>[<shape>]:<crc32 of the C-order bytes, 8 hex digits>"``."""
-  shape = ",".join(map(str, np.shape(arr)))
-  flat = np.ascontiguousarray(arr).reshape(-1)
-  crc = zlib.crc32(flat.view(np.uint8)) if flat.size else 0
-  return f"{flat.dtype.name}[{shape}]:{crc:08x}"
-
-
-def tree_digests(tree) -> dict:
-  """``{"algorithm": "crc32", "leaves": {path: digest}, "skipped": [paths]}``.
-
-  ``skipped``: leaves sharded across processes (no process holds them whole).
-  """
-  leaves, skipped = {}, []
-  for path, leaf in leaf_paths(tree):
-    arr = _host_array(leaf)
-    if arr is None:
-      skipped.append(path)
-    else:
-      leaves[path] = leaf_digest(arr)
-  return {"algorithm": DIGEST_ALGORITHM, "leaves": leaves, "skipped": skipped}
-
-
-def magnitude_limit(dtype) -> float:
-  """``sqrt(finfo(dtype).max)``: the largest |x| whose square is finite.
-
-  A trained network never holds such values, and its first squared use (a
-  BatchNorm variance, ‖g‖², weight decay's ‖θ‖²) would overflow to inf: a
-  finite but larger value can only be damage.
-  """
-  return math.sqrt(float(jax.numpy.finfo(dtype).max))
-
-
-def check_state(tree, meta: dict | None) -> list[str]:
-  """Problems of a restored state dict against its ``meta`` (empty: good).
-
-  Checks every leaf held whole on this host: its digest equals the stored one
-  (leaves missing from either side count), every float is finite and
-  ``|x| < sqrt(finfo.max)`` (:func:`magnitude_limit`). A checkpoint written
-  before digests existed (no ``digests`` in ``meta``) gets the value checks only.
-  """
-  problems, nonfinite, huge, mismatch = [], [], [], []
-  stored = (meta or {}).get("digests")
-  expected = dict(stored.get("leaves", {})) if stored else None
-  seen = set()
-  for path, leaf in leaf_paths(tree):
-    arr = _host_array(leaf)
-    if arr is None:
-      continue
-    seen.add(path)
-    if expected is not None and path in expected and leaf_digest(arr) != expected[path]:
-      mismatch.append(path)
-    if arr.dtype.kind in "fc" and arr.size:
-      if not np.isfinite(arr).all():
-        nonfinite.append(path)
-      elif float(np.max(np.abs(arr))) >= magnitude_limit(arr.dtype):
-        huge.append(f"{path} (max |x| {float(np.max(np.abs(arr))):.3g})")
-
-  def some(names):
-    return f"{names[:4]}{f' and {len(names) - 4} more' if len(names) > 4 else ''}"
-
-  if expected is not None:
-    if stored.get("algorithm") != DIGEST_ALGORITHM:
-      problems.append(f"unknown digest algorithm {stored.get('algorithm')!r}")
-    missing = sorted(set(expected) - seen - set(stored.get("skipped", [])))
-    extra = sorted(p for p in seen - set(expected) if p not in stored.get("skipped", []))
-    if mismatch:
-      problems.append(f"digest mismatch (data changed after saving) in {some(mismatch)}")
-    if missing or extra:
-      problems.append(f"leaves differ from the digest list: missing {missing}, unlisted {extra}")
-  if nonfinite:
-    problems.append(f"non-finite values in {some(nonfinite)}")
-  if huge:
-    problems.append(f"values beyond sqrt(finfo.max) (their square overflows) in {some(huge)}")
-  return problems
-
-
-class _PendingMeta(dict):
-  """The ``meta`` JSON whose ``digests`` a background future is still computing."""
-
-  def __init__(self, meta: dict, digests: concurrent.futures.Future):
-    super().__init__(meta)
-    self.digests = digests
-
-
-_META_ARGS = None
-
-
-def _meta_args():
-  """``(save_args_cls, restore_args_cls)`` of the ``meta`` item's JSON handler.
-
-  The handler waits for the digests before writing ``meta``: Orbax runs
-  every item's write, then writes the commit marker, so the digests are on
-  disk before the commit. On disk it is a plain ``JsonCheckpointHandler`` item
-  (same typestr), so plain Orbax restores it without trajax.
-  """
-  global _META_ARGS
-  if _META_ARGS is None:
-    import dataclasses
-
-    ocp = _ocp()
-
-    class _DigestingJsonHandler(ocp.JsonCheckpointHandler):
-      async def _save_fn(self, x, directory):
-        if isinstance(x, _PendingMeta):
-          digests = await asyncio.wrap_future(x.digests)
-          x = dict(x, digests=digests)
-        await super()._save_fn(x, directory)
-
-    @ocp.args.register_with_handler(_DigestingJsonHandler, for_save=True)
-    @dataclasses.dataclass
-    class _MetaSave(ocp.args.JsonSave):
-      pass
-
-    @ocp.args.register_with_handler(_DigestingJsonHandler, for_restore=True)
-    @dataclasses.dataclass
-    class _MetaRestore(ocp.args.JsonRestore):
-      pass
-
-    # Recorded in the step's metadata as the plain JSON handler (set after the
-    # registration above, which keys the registry by the class's own name).
-    _DigestingJsonHandler.typestr = classmethod(lambda cls: ocp.JsonCheckpointHandler.typestr())
-    _META_ARGS = (_MetaSave, _MetaRestore)
-  return _META_ARGS
-
-
-@jax.jit
-def _copy_tree(tree):
-  # A jitted function never returns its (undonated) inputs' buffers: fresh copies.
-  return jax.tree.map(jax.numpy.copy, tree)
-
-
-def _snapshot(tree):
-  """A copy of ``tree`` that the next (donating) train step cannot delete.
-
-  Copied on device in one asynchronous dispatch, so the training thread does
-  not wait for a device-to-host transfer; the digest thread reads the copy.
-  Cost: one extra state in device memory from the save until its digests are
-  computed (``bench/bench_checkpoint.py``: +0.01-0.03 s on the training thread
-  for a 174 MB ResNet-34 state on CPU).
-  Leaves sharded across processes are not copied (:func:`tree_digests` skips
-  them); whole ones held by another device set are copied leaf by leaf.
-  """
-  leaves, treedef = jax.tree.flatten(tree)
-  local = [isinstance(x, jax.Array) and x.is_fully_addressable for x in leaves]
-  copies = iter(_copy_tree([x for x, ok in zip(leaves, local, strict=True) if ok]))
-  out = []
-  for x, ok in zip(leaves, local, strict=True):
-    if ok:
-      out.append(next(copies))
-    elif isinstance(x, jax.Array):
-      out.append(jax.numpy.array(x.addressable_data(0), copy=True) if x.is_fully_replicated else x)
-    else:
-      out.append(np.array(x, copy=True))
-  return jax.tree.unflatten(treedef, out)
-
-
 class Checkpointer:
   """The run's own ``CheckpointManager`` (the only writer in its workdir).
 
@@ -463,9 +292,13 @@ class Checkpointer:
     """
     ocp = _ocp()
     abstract = _abstract(_to_tree(target))
+    old = layout.stored_in_old_layout(os.path.join(self.path(step), "state"))
     out = self.manager.restore(
       int(step),
-      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=_meta_args()[1]()),
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(layout.old_averaging_target(abstract) if old else abstract),
+        meta=_meta_args()[1](),
+      ),
     )
     meta = dict(out.meta)
     if check:
@@ -473,7 +306,8 @@ class Checkpointer:
       if _any_process(bool(problems)):
         where = "; ".join(problems) or "failed its checks on another process"
         raise CheckpointCorruptError(f"checkpoint {self.path(step)}: {where}")
-    return _from_tree(target, out.state), meta
+    tree = layout.upgrade_averaging(out.state, abstract) if old else out.state
+    return _from_tree(target, tree), meta
 
   def quarantine(self, step: int, reason: str) -> str:
     """Moves committed checkpoint ``step`` to ``../quarantined_checkpoints`` (never deletes).
@@ -577,11 +411,25 @@ def _quiet_closed_loop_callbacks():
   callbacks then reports ``RuntimeError('Event loop is closed')`` through
   ``sys.unraisablehook`` -- dozens of tracebacks after the one-line reason.
   Only that exact error is dropped; everything else reaches the previous hook.
+  Likewise asyncio's "Task exception was never retrieved" for Orbax's other
+  TensorStore reads of the same damaged step (their errors carry a
+  ``tensorstore_spec``), logged whenever the garbage collector meets them: the
+  quarantine line already gave the reason.
   """
   global _QUIET_INSTALLED
   if _QUIET_INSTALLED:
     return
+  import logging as py_logging
   import sys
+
+  class _OrphanedReads(py_logging.Filter):
+    def filter(self, record):
+      text = record.getMessage()
+      return not (
+        text.startswith("Task exception was never retrieved") and "tensorstore_spec" in text
+      )
+
+  py_logging.getLogger("asyncio").addFilter(_OrphanedReads())
 
   previous = sys.unraisablehook
 
@@ -679,12 +527,15 @@ def restore_readonly(
       )
       tree = state = ckptr.restore(item, abstract)
     else:
-      tree = ckptr.restore(item, _abstract(_to_tree(target)))
-      state = _from_tree(target, tree)
+      abstract = _abstract(_to_tree(target))
+      old = layout.stored_in_old_layout(item)
+      tree = ckptr.restore(item, layout.old_averaging_target(abstract) if old else abstract)
   meta = read_metadata(directory, step)
   if check:
     problems = check_state(tree, meta)
     if problems:
       where = os.path.join(directory, str(step))
       raise CheckpointCorruptError(f"checkpoint {where}: {'; '.join(problems)}")
+  if target is not None:
+    state = _from_tree(target, layout.upgrade_averaging(tree, abstract) if old else tree)
   return state, meta

@@ -26,7 +26,6 @@ changes the trajectory).
 from __future__ import annotations
 
 import difflib
-import math
 import os
 from typing import Any
 
@@ -68,57 +67,32 @@ RESUME_ALLOWED = frozenset(
 )
 
 
-# The averaging section's method parameters (batch_norm and bn_recompute_batches
-# are the training loop's: trajax.config.check_run).
-_AVERAGING_PARAMS = ("decay", "start_step", "every", "gap", "n", "debias")
+# A run's multi-point average holds n copies of the params; one point is no
+# average (the averager accepts it: it is the held latest snapshot).
+_RUN_MAX_POINTS = 1000
 
 
 def _check_averaging(config, *, total_steps: int | None = None) -> list[str]:
   """``averaging.method`` and its parameters, as ``"field = value: allowed"`` lines.
 
-  The one place the validator touches averaging methods. When
-  ``trajax.averaging.validate_params`` lands (issue 10, item 1: each method
-  declares its parameters), the ``return`` line calls it instead of
-  :func:`_averaging_problems`, which is then deleted.
+  The method's own record checks them (:func:`trajax.averaging.validate_params`
+  reads the parameters ``averaging.method`` takes from the flat section and
+  ignores the others); a run adds only the bound on ``n``.
   """
   section = config["averaging"]
-  params = {name: section[name] for name in _AVERAGING_PARAMS}
-  return _averaging_problems(
-    section["method"], params, total_steps=total_steps, prefix="averaging."
-  )
-
-
-def _averaging_problems(
-  method, params: dict, *, total_steps: int | None = None, prefix: str = "averaging."
-) -> list[str]:
-  """Stand-in for ``trajax.averaging.validate_params`` (same signature and result)."""
-  rules = {
-    "decay": config_lib.Rule(
-      lambda x: config_lib.is_real(x) and 0 < x <= 1, "must be a number in (0, 1]"
-    ),
-    "start_step": config_lib.NONNEG_INT,
-    "every": config_lib.POS_INT,
-    "gap": config_lib.POS_INT,
-    "n": config_lib.Rule(lambda x: config_lib.is_int(x) and x >= 2, "must be an integer >= 2"),
-    "debias": config_lib.BOOL,
-  }
-  problems = config_lib.check_fields(
-    {"method": method}, {"method": config_lib.one_of(averaging.METHODS)}, prefix
-  )
-  problems += config_lib.check_fields(params, rules, prefix)
-  bad = {p.field for p in problems}
-  good = lambda name: prefix + name not in bad
-  method = method if good("method") else None
-  total = math.inf if total_steps is None else total_steps
-  if good("start_step") and method in ("ema", "swa") and params["start_step"] >= total:
-    problems.append(
-      Problem(prefix + "start_step", params["start_step"], f"must be < total_steps={total}")
+  errors = averaging.validate_params(section["method"], section, total_steps=total_steps)
+  n = section.get("n")
+  if (
+    section["method"] == "multi_point"
+    and config_lib.is_int(n)
+    and not 2 <= n <= _RUN_MAX_POINTS
+    and not any(e.startswith("averaging.n =") for e in errors)
+  ):
+    errors.append(
+      f"averaging.n = {n!r}: must be an integer >= 2 (one point is no average) and "
+      f"<= {_RUN_MAX_POINTS} (a run holds n copies of the params)"
     )
-  if good("gap") and method in ("two_point", "multi_point") and params["gap"] > total:
-    problems.append(Problem(prefix + "gap", params["gap"], f"must be <= total_steps={total}"))
-  if good("n") and method == "multi_point" and params["n"] > 1000:
-    problems.append(Problem(prefix + "n", params["n"], "must be <= 1000 (memory: n copies)"))
-  return [str(p) for p in problems]
+  return errors
 
 
 def _field_problems(config: dict) -> list[Problem]:

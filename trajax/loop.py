@@ -126,10 +126,15 @@ class TrainResult:
 
 
 def stored_config(meta: dict):
-  """The training config stored in a checkpoint's metadata (its ``sidetrip`` section dropped)."""
-  import ml_collections as mlc
+  """The training config stored in a checkpoint's metadata (its ``sidetrip`` section dropped).
 
-  return mlc.ConfigDict({k: v for k, v in meta["config"].items() if k != "sidetrip"})
+  Typed and locked (:func:`trajax.config.from_dict`): fields the stored config
+  lacks keep ``base_config()``'s defaults; one this version does not declare
+  raises :class:`trajax.config.ConfigError` naming it.
+  """
+  from trajax import config as config_lib
+
+  return config_lib.from_dict({k: v for k, v in meta["config"].items() if k != "sidetrip"})
 
 
 # ----------------------------------------------------------------------------

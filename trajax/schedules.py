@@ -219,6 +219,9 @@ def equivalent_schedule(
     side_trip = optax.sgd(sched, momentum=0.9)   # continue from step 1000
   """
   if _is_concrete(start):
+    if isinstance(start, (jax.Array, np.ndarray, np.generic)) and np.shape(start) == ():
+      if jnp.issubdtype(start.dtype, jnp.integer):
+        start = int(start)  # a concrete integer scalar (e.g. jnp.int32(S) outside jit)
     start = _check_int("start", start, 0)
   elif not jnp.issubdtype(start.dtype, jnp.integer) or start.shape != ():
     raise TypeError(f"start must be an integer scalar, got {start!r}")

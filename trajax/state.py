@@ -136,29 +136,10 @@ def make_schedule(opt_config, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-# The averager's parameters by method (names as trajax.averaging takes them).
-# Stand-in for trajax.averaging's registry (issue 10, item 1): swap for
-# `averaging.method_params` when it lands.
-_AVERAGER_PARAMS = {
-  "none": (),
-  "ema": ("decay", "start_step", "every", "debias"),
-  "swa": ("start_step", "every"),
-  "two_point": ("gap", "start_step"),
-  "multi_point": ("n", "gap", "start_step"),
-}
-
-
-def method_params(method: str, section) -> dict:
-  """The averager parameters of ``method`` read from a config section (``averaging``)."""
-  if method not in _AVERAGER_PARAMS:
-    raise ValueError(f"averaging.method must be one of {sorted(_AVERAGER_PARAMS)}, got {method!r}")
-  return {name: section[name] for name in _AVERAGER_PARAMS[method]}
-
-
 def make_averager(avg_config) -> averaging.Averager:
   """The :class:`trajax.averaging.Averager` named by ``averaging.method``."""
   method = avg_config.method
-  return averaging.make_averager(method, **method_params(method, avg_config))
+  return averaging.make_averager(method, **averaging.method_params(method, avg_config))
 
 
 def decay_mask(params) -> PyTree:

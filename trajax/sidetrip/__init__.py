@@ -20,12 +20,15 @@ step t (equal to the parent's unless ``optimizer.*`` is overridden), f =
 ``sidetrip.lr_factor``, j = t − S the side-trip's own step and k its length:
 
 * ``'equivalent'`` -- η'_t = f · :func:`trajax.schedules.equivalent_schedule`
-  (paper Table 1, eq. 29) of the averaging method and its parameters (from
-  ``averaging.*``, overridden by ``sidetrip.{decay, gap, n}``), with S traced,
-  on the parent's batch stream from S on (batch t is a pure function of
-  (seed, t)) with the parent's optimizer state. For a loss linear per batch it
-  lands exactly on the average that method started at S reaches after k steps
-  (Lemma 2); on a real network approximately (Figs. 1, 5, 10).
+  (paper Table 1, eq. 29) of the averaging method and every parameter its
+  averager takes (from ``averaging.*`` -- ``every`` and ``debias`` included --
+  overridden by ``sidetrip.{decay, gap, n}``), with S traced, on the parent's
+  batch stream from S on (batch t is a pure function of (seed, t)) with the
+  parent's optimizer state. For a loss linear per batch it lands exactly on
+  the average that method started at S reaches after k steps (Lemma 2); on a
+  real network approximately (Figs. 1, 5, 10). The average starts at the
+  branch step: S is the schedule's ``start``, the averager's start step, and
+  ``averaging.start_step`` (when the *parent's* averager starts) does not enter.
 * ``'fixed_batch'`` -- :func:`trajax.state.fixed_batch_gd`, plain gradient
   descent θ ← θ − η'∇L_b(θ) on the fixed batch's loss alone (no momentum, no
   average, no weight decay: the same rule as :func:`trajax.probes.gd_trajectory`)
@@ -65,7 +68,8 @@ method              an averaging method of trajax.schedules.METHODS; default
                     the config's ``averaging.method``
 window              steps the average covers; default gap (two_point),
                     (n − 1)·gap (multi_point), required for ema/swa
-decay, gap, n       override ``averaging.*`` for the equivalent schedule
+decay, gap, n       override ``averaging.*`` for the equivalent schedule (the
+                    other parameters, e.g. every and debias, are the parent's)
 lr_factor           f > 0 (default 1)
 schedule            'config' | 'constant' | 'linear' | 'cosine' ('schedule' kind)
 fixed_batch_index   index of the fixed batch (>= 0)
@@ -207,8 +211,6 @@ def run_sidetrip(
     SidetripError: a bad step or a fixed-batch parent.
     trajax.state.NonFiniteError: a non-finite step.
   """
-  import ml_collections as mlc
-
   from trajax import checkpoint as ckpt_lib
   from trajax import config_validation as cv
 
@@ -238,9 +240,7 @@ def run_sidetrip(
     parent_dir, parent_meta = _fresh_parent(parent, step)
   _check_against_parent(base, parent_meta["config"], spec.kind)
   workdir = _workdir_checks(workdir, parent_dir)
-  parent_config = mlc.ConfigDict(
-    {k: v for k, v in parent_meta["config"].items() if k != "sidetrip"}
-  )
+  parent_config = loop.stored_config(parent_meta)
 
   mesh = state_lib.make_mesh(base)
   if dataset is None:

@@ -28,6 +28,15 @@ def _define_flags():
     "Show third-party INFO logging (Orbax, clu, TensorFlow notices); off by default, "
     "warnings and errors always show (trajax.metrics.configure_console).",
   )
+  flags.DEFINE_bool(
+    "force_takeover",
+    False,
+    "Take the side-trip workdir's lock even though another process holds it: only for a "
+    "holder that is dead on another host (a network-filesystem lock can outlive its host). "
+    "It overrides the one-writer-per-workdir guarantee; a live holder and this run would "
+    "destroy each other's checkpoints. Refused when the holder is alive on this host. "
+    "(The parent is only read and never locked.)",
+  )
   for name in ("parent", "step", "workdir"):
     flags.mark_flag_as_required(name)
 
@@ -51,6 +60,7 @@ def _define_flags():
 def _main(argv):
   from absl import app, flags
 
+  from trajax import checkpoint, workdir_lock
   from trajax import config_validation as cv
 
   if len(argv) > 1:
@@ -71,6 +81,8 @@ def _main(argv):
       import tensorflow as tf  # tf.data must not take accelerator memory
 
       tf.config.set_visible_devices([], "GPU")
+    if FLAGS.force_takeover:
+      workdir_lock.request_takeover(FLAGS.workdir)
     result = run_sidetrip(
       config, FLAGS.parent, FLAGS.step, FLAGS.workdir, parent_moved=FLAGS.parent_moved
     )
@@ -81,6 +93,8 @@ def _main(argv):
     SidetripError,
     state_lib.ResumeError,
     state_lib.NonFiniteError,
+    workdir_lock.WorkdirLockError,
+    checkpoint.CheckpointCorruptError,
   ) as e:
     raise SystemExit(f"side-trip error: {e}") from None
   if result.preempted:

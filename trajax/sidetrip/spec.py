@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from trajax import loop, schedules
+from trajax import averaging, loop, schedules
 from trajax import state as state_lib
 
 KINDS = ("equivalent", "fixed_batch", "schedule")
@@ -43,37 +43,31 @@ _METHOD_OVERRIDES = ("decay", "gap", "n")
 
 
 def _equivalent_params(method: str, section: dict) -> dict:
-  """The averaging parameters ``equivalent_schedule(method, ...)`` takes, from a section.
+  """The averager parameters an equivalent side-trip of ``method`` runs, from a section.
 
-  Stand-in for ``trajax.averaging.method_params`` (issue 10, item 1), which
-  picks every parameter of the method's averager (``every``, ``debias``,
-  ``start_step`` included) once ``equivalent_schedule`` accepts them all.
+  Every parameter the method's averager takes (:func:`trajax.averaging.method_params`:
+  ``decay``, ``every``, ``debias``, ``n``, ``gap``, …), except ``start_step``.
+  The side-trip's average is the one that starts at its branch step S:
+  :func:`trajax.schedules.equivalent_schedule` takes S as ``start``, the
+  averager's start step (an absolute ``start_step`` must be >= ``start`` there,
+  and S is traced so one compilation serves every branch point).
+  ``averaging.start_step`` says when the *parent's* averager starts; a
+  side-trip branched at S reaches the average started at S, whatever it is.
   """
-  names = {"ema": ("decay",), "swa": (), "two_point": ("gap",), "multi_point": ("n", "gap")}
-  out = {name: section.get(name) for name in names.get(method, ())}
+  params = averaging.method_params(method, section)
+  params.pop("start_step", None)
   return {
-    k: float(v) if k == "decay" and isinstance(v, numbers.Real) else v for k, v in out.items()
+    k: float(v) if k == "decay" and isinstance(v, numbers.Real) else v for k, v in params.items()
   }
-
-
-def _unsupported_params(method: str, section: dict) -> list[tuple[str, object, object]]:
-  """Averager parameters set away from their default that the equivalent schedule ignores.
-
-  Refused rather than dropped (issue 10: never a silent approximation); goes
-  away with the stand-in above once ``equivalent_schedule`` takes them.
-  """
-  defaults = {"ema": {"every": 1, "debias": False}, "swa": {"every": 1}}.get(method, {})
-  return [(k, section.get(k), d) for k, d in defaults.items() if section.get(k, d) != d]
 
 
 def _default_window(method: str, params: dict) -> int | None:
   """The steps a method's average spans when the side-trip does not say (None: must be given)."""
-  gap, n = params.get("gap"), params.get("n")
-  if method == "two_point":
-    return gap
-  if method == "multi_point" and _is_int(n) and _is_int(gap):
-    return (n - 1) * gap
-  return None
+  try:
+    given = averaging.check_params(method, params)
+  except (TypeError, ValueError):
+    return None  # reported by the equivalent_schedule check in resolve
+  return averaging.get_method(method).default_window(given)
 
 
 class SidetripSpec(NamedTuple):
@@ -208,32 +202,24 @@ def resolve(config, parent_step: int) -> SidetripSpec:
       )
     else:
       # The averaging section with the side-trip's overrides; the method's
-      # own parameters are picked from it by name and checked by
-      # trajax.schedules, the one place that knows each method.
+      # own parameters are picked from it by its registry record and checked
+      # by trajax.schedules.equivalent_schedule (every/debias included: the
+      # step weights come from the averager's derived kernel).
       section = dict(config.averaging.to_dict())
       section.update({k: s[k] for k in _METHOD_OVERRIDES if s[k] is not None})
       params = _equivalent_params(method, section)
-      for name, value, default in _unsupported_params(method, section):
-        problems.append(
-          (
-            f"averaging.{name}",
-            value,
-            f"the {method!r} averager honours it but trajax.schedules.equivalent_schedule "
-            f"does not take it yet: an equivalent side-trip would run another average "
-            f"(set {default!r}, or branch a 'schedule' side-trip)",
-          )
-        )
       window = s["window"] if s["window"] is not None else _default_window(method, params)
-      if window is None:
-        bad("window", f"method {method!r} needs the number of steps the average covers")
-      else:
-        try:
-          schedules.equivalent_schedule(method, 0.0, start=0, window=window, **params)
-        except (TypeError, ValueError) as e:
-          # Name the field the message is about (schedules names its argument first).
-          values = {**params, "window": window}
-          name = next((k for k in values if str(e).startswith(k)), "window")
-          problems.append((f"sidetrip.{name}", values[name], f"{method}: {e}"))
+      try:
+        schedules.equivalent_schedule(method, 0.0, start=0, window=window, **params)
+      except (TypeError, ValueError) as e:
+        # Name the field the message is about (schedules names its argument
+        # first): sidetrip.<name> where the side-trip set it, else averaging.<name>.
+        values = {**params, "window": window}
+        name = next((k for k in values if str(e).startswith(k)), "window")
+        given_here = name == "window" or (name in _METHOD_OVERRIDES and s[name] is not None)
+        field = f"{'sidetrip' if given_here else 'averaging'}.{name}"
+        problems.append((field, values[name], f"{method}: {e}"))
+        window = None
       if steps is None and window is not None:
         steps = window
   elif kind == "schedule":
