@@ -1,0 +1,169 @@
+"""trajax.posthoc: averages rebuilt from checkpoints, against runs that averaged in training.
+
+Two tiny mnist1d runs (12 steps, a checkpoint at every step): one with EMA
+(δ = 0.2 from step 2), one with SWA from step 4. Their in-training averages
+are the reference for the exact case; the least-squares case is checked for
+optimality against random feasible combinations, and its params against a
+NumPy sum of the restored snapshots.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from tests.test_sidetrip import REPO, snapshot, tiny_config
+from trajax import averaging, posthoc, runs, schedules, train
+
+
+def _run(tmp_path_factory, name, **avg):
+  config = tiny_config(
+    total_steps=12,
+    checkpoint_every_steps=1,
+    eval_every_steps=12,
+    log_every_steps=6,
+    **{f"averaging.{k}": v for k, v in avg.items()},
+  )
+  workdir = tmp_path_factory.mktemp(name) / "run"
+  train.train_and_evaluate(config, str(workdir))
+  return types.SimpleNamespace(config=config, workdir=str(workdir), run=runs.open_run(str(workdir)))
+
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory):
+  return _run(tmp_path_factory, "ema", method="ema", decay=0.2, start_step=2)
+
+
+@pytest.fixture(scope="module")
+def swa_run(tmp_path_factory):
+  return _run(tmp_path_factory, "swa", method="swa", start_step=4)
+
+
+def in_training(run, step):
+  state = run.state_at(step)
+  return averaging.averaged_params(state.opt_state, state.params)
+
+
+def max_diff(a, b):
+  return max(
+    float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  )
+
+
+def test_exact_ema_and_swa_equal_the_in_training_average(ema_run, swa_run):
+  before = snapshot(ema_run.workdir), snapshot(swa_run.workdir)
+  assert ema_run.run.steps == list(range(1, 13))
+  for r, method, params in (
+    (ema_run, "ema", {"decay": 0.2, "start_step": 2}),
+    (swa_run, "swa", {"start_step": 4}),
+  ):
+    tgt = posthoc.target(method, end=12, **params)
+    plan = posthoc.plan(r.run, tgt, sources=("params",), exact=True)
+    assert plan.exact and plan.residual < 1e-12
+    assert {s for s, _ in plan.coefficients} == set(range(2 if method == "ema" else 5, 13))
+    avg = posthoc.combine(r.run, [plan])[0]
+    ref = in_training(r.run, 12)
+    assert max_diff(avg.params, ref) < 1e-6
+    # ... and not trivially: the average is far from the last params.
+    assert max_diff(avg.params, r.run.state_at(12).params) > 1e-3
+    for leaf, ref_leaf in zip(jax.tree.leaves(avg.params), jax.tree.leaves(ref), strict=True):
+      assert leaf.dtype == ref_leaf.dtype
+  assert (snapshot(ema_run.workdir), snapshot(swa_run.workdir)) == before
+
+
+def test_run_average_column_reproduces_its_own_average_from_sparse_steps(ema_run):
+  tgt = posthoc.target("ema", end=12, decay=0.2, start_step=2)
+  plan = posthoc.plan(ema_run.run, tgt, steps=[4, 8, 12])
+  assert plan.exact
+  assert plan.coefficients[(12, "average")] == pytest.approx(1.0, abs=1e-9)
+  avg = posthoc.combine(ema_run.run, [plan])[0]
+  assert max_diff(avg.params, in_training(ema_run.run, 12)) < 1e-6
+  # Without the average column the same steps cannot be exact, and strict mode says which are missing.
+  with pytest.raises(posthoc.MissingSnapshotsError, match=r"needs steps \[2, 3, 5, 6, 7, 9"):
+    posthoc.plan(ema_run.run, tgt, steps=[4, 8, 12], sources=("params",), exact=True)
+
+
+def test_least_squares_is_optimal_and_combines_the_snapshots(ema_run):
+  tgt = posthoc.target("ema", end=12, decay=0.05, start_step=2)
+  steps = [3, 6, 9, 12]
+  plan = posthoc.plan(ema_run.run, tgt, steps=steps)
+  assert not plan.exact and plan.residual > 1e-3
+  x = np.array(list(plan.coefficients.values()))
+  assert x.sum() == pytest.approx(1.0, abs=1e-9)
+  columns, B = posthoc.basis(ema_run.run, 12, steps=steps)
+  full = np.array([plan.coefficients.get(col, 0.0) for col in columns])
+  best = np.sum((B @ full - tgt[1]) ** 2)
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    d = rng.normal(size=full.size) * 0.05
+    d -= d.mean()  # keep Σ x = 1
+    assert np.sum((B @ (full + d) - tgt[1]) ** 2) >= best - 1e-12
+  avg = posthoc.combine(ema_run.run, [plan])[0]
+  ref = None
+  for (t, src), coef in plan.coefficients.items():
+    snap = ema_run.run.state_at(t).params if src == "params" else in_training(ema_run.run, t)
+    term = jax.tree.map(lambda a, c=coef: c * np.asarray(a, np.float64), snap)
+    ref = term if ref is None else jax.tree.map(np.add, ref, term)
+  assert max_diff(avg.params, ref) < 1e-6
+
+
+def test_user_kernel_and_one_pass_for_many_plans(ema_run):
+  run = ema_run.run
+  k = posthoc.user_kernel({4: 1.0, 12: 3.0})
+  plans = [
+    posthoc.plan(run, k, exact=True),
+    posthoc.plan(run, posthoc.target("two_point", end=12, gap=4, start_step=4), exact=True),
+  ]
+  a, b = posthoc.combine(run, plans)
+  p4, p8, p12 = (run.state_at(s).params for s in (4, 8, 12))
+  ref_a = jax.tree.map(
+    lambda x, y: 0.25 * np.asarray(x, np.float64) + 0.75 * np.asarray(y), p4, p12
+  )
+  ref_b = jax.tree.map(lambda x, y: 0.5 * np.asarray(x, np.float64) + 0.5 * np.asarray(y), p8, p12)
+  assert max_diff(a.params, ref_a) < 1e-6 and max_diff(b.params, ref_b) < 1e-6
+  one = posthoc.posthoc_average(run, kernel={4: 1.0, 12: 3.0})
+  assert max_diff(one.params, a.params) == 0.0
+
+
+def test_equivalent_schedule_is_the_schedules_one():
+  _, c = posthoc.target("ema", end=30, decay=0.2, start_step=10)
+  start, window, sched = posthoc.equivalent_schedule(c, 0.05)
+  assert (start, window) == (10, 20)
+  ref = schedules.equivalent_schedule("ema", 0.05, start=10, window=20, decay=0.2)
+  j = np.arange(25)
+  np.testing.assert_allclose(np.asarray(sched(j)), np.asarray(ref(j)), rtol=1e-6, atol=1e-9)
+  _, c = posthoc.user_kernel({10: 1.0, 20: 1.0})
+  start, window, sched = posthoc.equivalent_schedule(c, lambda t: 0.1 + 0 * t)
+  assert (start, window) == (10, 10)
+  np.testing.assert_allclose(np.asarray(sched(np.arange(11))), [0.05] * 10 + [0.0], rtol=1e-6)
+
+
+def test_clear_errors(ema_run):
+  run = ema_run.run
+  with pytest.raises(ValueError, match="total weight is -1"):
+    posthoc.user_kernel({3: 1.0, 4: -2.0})
+  with pytest.raises(posthoc.MissingSnapshotsError, match=r"steps \[13, 40\] are not committed"):
+    posthoc.plan(run, posthoc.user_kernel({4: 1.0}, end=12), steps=[4, 13, 40])
+  with pytest.raises(posthoc.MissingSnapshotsError, match="ends at step 20, after the run's last"):
+    posthoc.plan(run, posthoc.target("swa", end=20))
+  with pytest.raises(ValueError, match="kernel step must be an integer >= 0, got -3"):
+    posthoc.user_kernel({-3: 1.0})
+  with pytest.raises(ValueError, match="sources: 'grads'"):
+    posthoc.plan(run, posthoc.user_kernel({4: 1.0}), sources=("grads",))
+  with pytest.raises(ValueError, match="exactly one of method="):
+    posthoc.posthoc_average(run)
+
+
+def test_no_tensorflow_at_import():
+  code = "import sys, trajax.posthoc; print('tensorflow' in sys.modules)"
+  env = dict(os.environ, PYTHONPATH=REPO)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == "False"
