@@ -167,3 +167,47 @@ def test_no_tensorflow_at_import():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == "False"
+
+
+def _cli(*args):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  cmd = [sys.executable, "-m", "trajax.posthoc", *args]
+  return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+
+
+def test_command_line_writes_evaluates_and_sweeps(ema_run, tmp_path):
+  import json
+
+  import orbax.checkpoint as ocp
+
+  before = snapshot(ema_run.workdir)
+  out = tmp_path / "one"
+  r = _cli(f"--workdir={ema_run.workdir}", "--decay=0.2", "--start_step=2", f"--out={out}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  report = json.loads((out / "posthoc.json").read_text())
+  (row,) = report["averages"]
+  assert row["exact"] and 0 <= row["accuracy"] <= 1 and row["equivalent_schedule"]["start"] == 2
+  with ocp.StandardCheckpointer() as ckptr:
+    restored = ckptr.restore(str(out / "averaged"))
+  assert max_diff(restored["params"], in_training(ema_run.run, 12)) < 1e-6
+  sweep = tmp_path / "sweep"
+  r = _cli(
+    f"--workdir={ema_run.workdir}",
+    "--sweep",
+    "--decays=0.1,0.2",
+    "--start_step=2",
+    f"--out={sweep}",
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  report = json.loads((sweep / "sweep.json").read_text())
+  assert [a["value"] for a in report["averages"]] == [0.1, 0.2]
+  # The post-hoc δ = 0.2 is the in-training average: same test metrics.
+  assert report["averages"][1]["loss"] == pytest.approx(report["in_training"]["loss"], abs=1e-5)
+  assert (sweep / "sweep.png").stat().st_size > 1000
+  r = _cli(f"--workdir={ema_run.workdir}", "--method=ema", f"--out={tmp_path / 'x'}")
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+    "error: --method=ema needs --decay (or --sweep)"
+  )
+  r = _cli(f"--workdir={ema_run.workdir}", "--decay=0.1", f"--out={ema_run.workdir}/avg")
+  assert r.returncode == 1 and "lies inside the run's directory" in r.stderr.splitlines()[-1]
+  assert snapshot(ema_run.workdir) == before
