@@ -132,6 +132,22 @@ def test_user_kernel_and_one_pass_for_many_plans(ema_run):
   assert max_diff(one.params, a.params) == 0.0
 
 
+@pytest.mark.parametrize(
+  "method,params",
+  [
+    ("ema", {"decay": 0.01, "start_step": 37}),
+    ("ema", {"decay": 0.1, "every": 3, "debias": True, "start_step": 11}),
+    ("swa", {"start_step": 50}),
+    ("two_point", {"gap": 30, "start_step": 40}),
+    ("multi_point", {"n": 3, "gap": 20, "start_step": 7}),
+  ],
+)
+def test_target_is_the_derived_kernel(method, params):
+  # target() shifts start_step out to use the closed forms; the derivation runs the averager.
+  _, c = posthoc.target(method, end=200, **params)
+  np.testing.assert_allclose(c, averaging.kernel(method, window=200, **params), atol=1e-14)
+
+
 def test_equivalent_schedule_is_the_schedules_one():
   _, c = posthoc.target("ema", end=30, decay=0.2, start_step=10)
   start, window, sched = posthoc.equivalent_schedule(c, 0.05)

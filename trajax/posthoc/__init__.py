@@ -111,10 +111,24 @@ def target(method: str, *, end: int, **params) -> tuple[str, np.ndarray]:
   T: ``target('swa', end=T, start_step=T - W)``.
   """
   end = _check_int("end", end, 1)
-  c = averaging.kernel(method, window=end, **params)
   given = {k: v for k, v in params.items() if v is not None}
+  start = given.get("start_step", 0)
+  if isinstance(start, (numbers.Integral, np.integer)) and 0 < start < end:
+    # Every method follows θ until start_step and is defined in t − start_step
+    # after it, so its kernel is the start_step = 0 one on the last end − s
+    # steps: the closed-form fast paths (trajax.kernels) then apply.
+    rest = {k: v for k, v in given.items() if k != "start_step"}
+    c = np.concatenate([np.zeros(start), _kernel(method, end - start, rest)])
+  else:
+    c = _kernel(method, end, given)
   label = f"{method}({', '.join(f'{k}={v}' for k, v in sorted(given.items()))})"
   return label, c
+
+
+def _kernel(method: str, window: int, params: dict) -> np.ndarray:
+  """The kernel on θ_0 … θ_window from the step weights (closed form where registered)."""
+  w = averaging.step_weights_table(method, window=window, **params)
+  return schedules.kernel_from_weights(w)
 
 
 def user_kernel(
@@ -215,7 +229,7 @@ def basis(
       columns.append((t, PARAMS))
       vectors.append(e)
     if AVERAGE in sources and method != "none" and t >= 1:
-      k = averaging.kernel(method, window=t, **params)
+      _, k = target(method, end=t, **params)
       columns.append((t, AVERAGE))
       vectors.append(np.concatenate([k, np.zeros(end - t)]))
   return columns, np.stack(vectors, axis=1)
