@@ -101,7 +101,8 @@ def main():
   )
   for d, m, a in zip(decays, metrics, averages, strict=True):
     print(
-      f"  decay {d:.2e}: loss {m['loss']:.4f} acc {m['accuracy']:.4f} residual {a.plan.residual:.3f}"
+      f"  decay {d:.2e}: loss {m['loss']:.4f} acc {m['accuracy']:.4f} residual {a.plan.residual:.3f} "
+      f"sched {a.plan.schedule_residual:.3f}"
     )
 
 

@@ -99,12 +99,20 @@ def test_least_squares_is_optimal_and_combines_the_snapshots(ema_run):
   assert x.sum() == pytest.approx(1.0, abs=1e-9)
   columns, B = posthoc.basis(ema_run.run, 12, steps=steps)
   full = np.array([plan.coefficients.get(col, 0.0) for col in columns])
-  best = np.sum((B @ full - tgt[1]) ** 2)
+
+  def objective(x):  # ‖W(Bx − c)‖², W the tail sums Σ_{i>j}, written out directly
+    r = B @ x - tgt[1]
+    return sum(float(np.sum(r[j + 1 :])) ** 2 for j in range(r.size - 1))
+
+  best = objective(full)
+  assert plan.schedule_residual == pytest.approx(
+    np.sqrt(best) / np.linalg.norm(schedules.weights_from_kernel(tgt[1])), rel=1e-9
+  )
   rng = np.random.default_rng(0)
   for _ in range(200):
     d = rng.normal(size=full.size) * 0.05
     d -= d.mean()  # keep Σ x = 1
-    assert np.sum((B @ (full + d) - tgt[1]) ** 2) >= best - 1e-12
+    assert objective(full + d) >= best - 1e-12
   avg = posthoc.combine(ema_run.run, [plan])[0]
   ref = None
   for (t, src), coef in plan.coefficients.items():
@@ -128,6 +136,8 @@ def test_user_kernel_and_one_pass_for_many_plans(ema_run):
   )
   ref_b = jax.tree.map(lambda x, y: 0.5 * np.asarray(x, np.float64) + 0.5 * np.asarray(y), p8, p12)
   assert max_diff(a.params, ref_a) < 1e-6 and max_diff(b.params, ref_b) < 1e-6
+  # Exact from the params alone: the run's averages are not mixed in.
+  assert all(src == "params" for _, src in plans[0].coefficients)
   one = posthoc.posthoc_average(run, kernel={4: 1.0, 12: 3.0})
   assert max_diff(one.params, a.params) == 0.0
 
@@ -146,6 +156,21 @@ def test_target_is_the_derived_kernel(method, params):
   # target() shifts start_step out to use the closed forms; the derivation runs the averager.
   _, c = posthoc.target(method, end=200, **params)
   np.testing.assert_allclose(c, averaging.kernel(method, window=200, **params), atol=1e-14)
+
+
+def test_sparse_snapshots_weigh_the_kernel_where_its_mass_lies(ema_run):
+  """A fast EMA rebuilt from θ_4, θ_8, θ_12 leans on θ_12; a slow one spreads out."""
+  fast = posthoc.plan(
+    ema_run.run, posthoc.target("ema", end=12, decay=0.9), steps=[4, 8, 12], sources=("params",)
+  )
+  assert fast.coefficients[(12, "params")] > 0.9
+  slow = posthoc.plan(
+    ema_run.run, posthoc.target("swa", end=12), steps=[4, 8, 12], sources=("params",)
+  )
+  x = [slow.coefficients.get((t, "params"), 0.0) for t in (4, 8, 12)]
+  assert (
+    all(v > 0.15 for v in x) and slow.schedule_residual < 0.25 and fast.schedule_residual < 0.05
+  )
 
 
 def test_equivalent_schedule_is_the_schedules_one():

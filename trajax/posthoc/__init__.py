@@ -6,17 +6,32 @@ finished run saved some snapshots: the params θ_t at each committed step t,
 and, if it averaged during training, the in-training average a^run_t, itself
 a known kernel k^run_t (derived from the run's own averager). Each snapshot is
 a column of a basis B over steps (a one-hot column e_t for θ_t, k^run_t for
-a^run_t); post-hoc averaging solves
+a^run_t).
 
-    x* = argmin_x ‖B x − c‖²  subject to  Σ_j x_j = 1                      (PH)
+Which combination Bx is "best"? With θ_t = θ_0 − Σ_{j<t} Δ_j (Δ_j = λ_j g_j,
+the j-th update) and both kernels summing to one,
 
-and returns Σ_j x*_j · snapshot_j. Where c's support lies on saved steps the
-one-hot columns reproduce it exactly (residual 0): the result is the
-in-training average of the same method to float32 round-off. Elsewhere it is
-the least-squares best combination of what was saved (the anchor is Karras et
-al. 2024's post-hoc EMA, whose basis is a few in-training EMA profiles), and
-:attr:`Plan.residual` = ‖B x* − c‖₁ is the kernel mass put in the wrong place
-(0: exact; 2: nothing in common).
+    Σ_t (Bx − c)_t θ_t = −Σ_j (W(Bx)_j − W(c)_j) Δ_j,   W(v)_j = Σ_{i>j} v_i,
+
+where W(c) are the step weights of c's equivalent schedule (eq. * of
+:mod:`trajax.schedules`). When the updates are uncorrelated with equal
+variance (SGD's noise-dominated phase, the paper's quadratic model in its
+stationary regime) the expected squared error of the rebuilt average is
+σ² ‖W(Bx − c)‖², so post-hoc averaging solves
+
+    x* = argmin_x ‖W(B x − c)‖²  subject to  Σ_j x_j = 1                   (PH)
+
+and returns Σ_j x*_j · snapshot_j. (A plain ‖Bx − c‖² would ignore where the
+missing mass lies: for one-hot columns its answer hardly depends on c.) W is
+invertible on kernels summing to one, so where c's support lies on saved
+steps (PH) reproduces it exactly: the result is the in-training average of
+the same method to float32 round-off, and if the params alone do that they
+are used alone. Elsewhere it is the least-squares best combination of what
+was saved (the anchor is Karras et al. 2024's post-hoc EMA, whose basis is a
+few in-training EMA profiles). Reported with it: :attr:`Plan.residual` =
+‖B x* − c‖₁, the kernel mass put in the wrong place (0: exact, up to 2), and
+:attr:`Plan.schedule_residual` = ‖W(Bx* − c)‖₂ / ‖W(c)‖₂, the relative error
+of the equivalent schedule, which (PH) minimises.
 
 Each kernel has its equivalent side-trip schedule (:func:`equivalent_schedule`,
 through :func:`trajax.schedules.weights_from_kernel`, eq. * there): a
@@ -76,6 +91,8 @@ class Plan(NamedTuple):
       'average' (the run's in-training average at step); zeros dropped.
     residual: ‖B x − c‖₁, the kernel mass misplaced (0 where exact).
     exact: residual <= 1e-9.
+    schedule_residual: ‖W(Bx − c)‖₂ / ‖W(c)‖₂, the relative error of the
+      equivalent schedule's step weights (what the least squares minimises).
   """
 
   label: str
@@ -83,6 +100,7 @@ class Plan(NamedTuple):
   coefficients: dict
   residual: float
   exact: bool
+  schedule_residual: float = 0.0
 
   @property
   def support(self) -> tuple[int, int]:
@@ -235,15 +253,20 @@ def basis(
   return columns, np.stack(vectors, axis=1)
 
 
+def _tail(v: np.ndarray) -> np.ndarray:
+  """W(v)_j = Σ_{i>j} v_i, j = 0 … end−1 (along axis 0)."""
+  return np.cumsum(v[::-1], axis=0)[::-1][1:]
+
+
 def _solve(B: np.ndarray, c: np.ndarray) -> np.ndarray:
-  """(PH): the KKT system of min ‖Bx − c‖² s.t. 1ᵀx = 1, in least squares (B may be rank-deficient)."""
+  """(PH) via its KKT system, in least squares (B may be rank-deficient)."""
+  tb, tc = _tail(B), _tail(c)
   n = B.shape[1]
   kkt = np.zeros((n + 1, n + 1))
-  kkt[:n, :n] = B.T @ B
+  kkt[:n, :n] = tb.T @ tb
   kkt[:n, n] = kkt[n, :n] = 1.0
-  rhs = np.concatenate([B.T @ c, [1.0]])
-  sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
-  return sol[:n]
+  rhs = np.concatenate([tb.T @ tc, [1.0]])
+  return np.linalg.lstsq(kkt, rhs, rcond=None)[0][:n]
 
 
 def plan(
@@ -274,8 +297,20 @@ def plan(
       f"{run.steps[-1]} ({run.directory!r})"
     )
   columns, B = basis(run, end, sources=sources, steps=steps)
-  x = _solve(B, c)
+  x = None
+  own = [i for i, (_, src) in enumerate(columns) if src == PARAMS]
+  if len(own) < len(columns) and own:
+    # The params alone, if they are exact: the plainest combination.
+    x_own = _solve(B[:, own], c)
+    if np.abs(B[:, own] @ x_own - c).sum() <= EXACT_ATOL:
+      x = np.zeros(len(columns))
+      x[own] = x_own
+  if x is None:
+    x = _solve(B, c)
   residual = float(np.abs(B @ x - c).sum())
+  tc = _tail(c)
+  norm = float(np.linalg.norm(tc))
+  sched_res = float(np.linalg.norm(_tail(B @ x - c)) / norm) if norm > 0 else 0.0
   coefficients = {col: float(v) for col, v in zip(columns, x, strict=True) if abs(v) > 1e-12}
   is_exact = residual <= EXACT_ATOL
   if exact and not is_exact:
@@ -286,7 +321,7 @@ def plan(
       f"{label}: not exact from the run's snapshots (kernel residual {residual:.3g}); "
       f"it needs steps {shown} ({len(missing)} missing) in {run.directory!r}"
     )
-  return Plan(label, c, coefficients, residual, is_exact)
+  return Plan(label, c, coefficients, residual, is_exact, sched_res)
 
 
 # --------------------------------------------------------------------------- one pass

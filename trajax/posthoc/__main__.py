@@ -181,6 +181,7 @@ def run_cli() -> dict:
         "label": avg.plan.label,
         "value": value,
         "residual": avg.plan.residual,
+        "schedule_residual": avg.plan.schedule_residual,
         "exact": avg.plan.exact,
         "coefficients": {f"{t}:{src}": x for (t, src), x in avg.plan.coefficients.items()},
         "equivalent_schedule": {
@@ -233,7 +234,8 @@ def main(argv):
   for r in report["averages"]:
     print(
       f"{r['label']}: test loss {r['loss']:.4f} accuracy {r['accuracy']:.4f} "
-      f"(kernel residual {r['residual']:.3g}{', exact' if r['exact'] else ''})"
+      f"(kernel residual {r['residual']:.3g}, schedule residual {r['schedule_residual']:.3g}"
+      f"{', exact' if r['exact'] else ''})"
     )
   if report.get("in_training"):
     it = report["in_training"]
