@@ -104,13 +104,14 @@ class _Evaluator:
     return self.ev.evaluate(params, batch_stats, self.run.dataset.eval_batches("test"))
 
 
-def _in_training(run, evaluate) -> dict | None:
+def _in_training(run, evaluate, end: int) -> dict | None:
+  """The run's own average at ``end`` (None: it did not average, or ``end`` is not saved)."""
   from trajax import train
 
   config = run.config
-  if config.averaging.method == "none":
+  if config.averaging.method == "none" or end not in run.steps:
     return None
-  state = run.state_at(run.steps[-1])
+  state = run.state_at(end)
   params, stats = train.averaged_variables(state, config, evaluate.ev, run.dataset)
   return {
     "method": config.averaging.method,
@@ -201,7 +202,7 @@ def run_cli() -> dict:
   os.makedirs(out, exist_ok=True)
   report = {"workdir": run.directory, "end": end, "pass_seconds": t_pass, "averages": rows}
   if _SWEEP.value:
-    report["in_training"] = _in_training(run, evaluate)
+    report["in_training"] = _in_training(run, evaluate, end)
     xlabel = "decay" if _METHOD.value == "ema" else "window"
     _plot(
       os.path.join(out, "sweep.png"),
