@@ -356,3 +356,79 @@ def test_whiten_and_modes():
 def test_bad_arguments_are_named(call, match):
   with pytest.raises((ValueError, TypeError), match=match):
     call()
+
+
+# --------------------------------------------------------------------------- batch size
+
+
+def test_batch_size_scales_the_noise_exactly():
+  """C/B: expected_loss at batch B is the unit-batch one with noise_cov/B, and so is simulate."""
+  kw = dict(lr=0.3, num_steps=200, theta0=THETA0, record_every=10)
+  a = theory.expected_loss(A_FULL, noise_cov=C_FULL, batch_size=8, **kw)
+  b = theory.expected_loss(A_FULL, noise_cov=C_FULL / 8, **kw)
+  np.testing.assert_allclose(np.asarray(a.loss), np.asarray(b.loss), rtol=1e-6)
+  s1 = theory.simulate(jax.random.key(0), A_FULL, noise_cov=C_FULL, batch_size=8, **kw)
+  s2 = theory.simulate(jax.random.key(0), A_FULL, noise_cov=C_FULL / 8, **kw)
+  np.testing.assert_allclose(np.asarray(s1.loss), np.asarray(s2.loss), rtol=1e-5)
+  np.testing.assert_allclose(
+    theory.stationary_variance(0.3, 0.7, "ema", decay=0.1, batch_size=4),
+    theory.stationary_variance(0.3, 0.7, "ema", decay=0.1) / 4,
+    rtol=1e-12,
+  )
+  for bad in (0, -2, float("nan"), True):
+    with pytest.raises(ValueError, match="batch_size must be"):
+      theory.expected_loss(A_FULL, lr=0.1, num_steps=10, batch_size=bad)
+
+
+def test_batch_vs_lr_closed_forms_against_exact_moments():
+  """F_L, F_S and their ratio (2 − λκ/k)/(2 − λκ) against long-run expected_loss."""
+  kappas, lr, k, b = np.array([0.02, 0.5]), 0.8, 4, 2
+  cmp = theory.batch_vs_lr(lr, kappas, k, batch_size=b)
+  large = theory.expected_loss(kappas, lr=lr, num_steps=3000, batch_size=k * b)
+  small = theory.expected_loss(kappas, lr=lr / k, num_steps=12000, batch_size=b)
+  f_large = 2 * np.asarray(large.loss_by_dof)[-1] / kappas
+  f_small = 2 * np.asarray(small.loss_by_dof)[-1] / kappas
+  np.testing.assert_allclose(f_large, cmp.variance_large, rtol=1e-4)
+  np.testing.assert_allclose(f_small, cmp.variance_small, rtol=1e-4)
+  x = lr * kappas
+  np.testing.assert_allclose(cmp.variance_ratio, (2 - x / k) / (2 - x), rtol=1e-12)
+  # Stationary level: agree to O(λκ) on the slow mode, differ by 19 % on the stiff one.
+  assert abs(cmp.variance_ratio[0] - 1) < 0.01 and cmp.variance_ratio[1] > 1.18
+  # Speed: per step the large batch is ~k times faster along the slow mode; per example equal.
+  assert cmp.rate_per_step_large[0] / cmp.rate_per_step_small[0] == pytest.approx(k, rel=0.01)
+  assert cmp.rate_per_example_large[0] / cmp.rate_per_example_small[0] == pytest.approx(1, abs=0.01)
+  with pytest.raises(ValueError, match="k must be >= 1"):
+    theory.batch_vs_lr(lr, kappas, 0.5)
+
+
+def test_batch_vs_lr_against_monte_carlo():
+  """Per step vs per example on the slow mode, and the stationary levels, by simulation."""
+  kappas, lr, k, b, seeds = np.array([0.02, 0.5]), 0.8, 4, 2, 4000
+  cmp = theory.batch_vs_lr(lr, kappas, k, batch_size=b)
+  v0 = np.array([5.0, 0.0])
+  # Transient: 100 large-batch steps and 400 small-batch steps see the same 800 examples.
+  kw = dict(theta0=v0, num_seeds=seeds, record_every=100)
+  large = theory.simulate(jax.random.key(1), kappas, lr=lr, num_steps=100, batch_size=k * b, **kw)
+  small = theory.simulate(jax.random.key(2), kappas, lr=lr / k, num_steps=400, batch_size=b, **kw)
+  for sim, steps, per_step_example, rates in (
+    (large, 100, k * b, (cmp.rate_per_step_large, cmp.rate_per_example_large)),
+    (small, 400, b, (cmp.rate_per_step_small, cmp.rate_per_example_small)),
+  ):
+    theta = np.asarray(sim.params)[:, 0]
+    se = theta.std() / np.sqrt(seeds)
+    assert abs(theta.mean() - v0[0] * np.exp(-rates[0][0] * steps)) < 4 * se
+    assert abs(theta.mean() - v0[0] * np.exp(-rates[1][0] * steps * per_step_example)) < 4 * se
+  # Per example the two means agree (to O(λκ)); per step (after 100 steps each) they do not.
+  mean_large = np.asarray(large.params)[:, 0].mean()
+  mean_small_100 = v0[0] * np.exp(-cmp.rate_per_step_small[0] * 100)
+  assert abs(mean_large - np.asarray(small.params)[:, 0].mean()) < 0.05
+  assert mean_small_100 - mean_large > 2.0
+  # Stationary variances from a long zero start.
+  kw = dict(num_seeds=seeds, record_every=500)
+  large = theory.simulate(jax.random.key(3), kappas, lr=lr, num_steps=2000, batch_size=k * b, **kw)
+  small = theory.simulate(jax.random.key(4), kappas, lr=lr / k, num_steps=8000, batch_size=b, **kw)
+  var_large = np.asarray(large.params).var(0)
+  var_small = np.asarray(small.params).var(0)
+  np.testing.assert_allclose(var_large, cmp.variance_large, rtol=0.1)
+  np.testing.assert_allclose(var_small, cmp.variance_small, rtol=0.1)
+  assert 1.05 < var_large[1] / var_small[1] < 1.35  # the stiff mode sits higher at batch kB

@@ -38,6 +38,11 @@ copied: "the coefficient of 2 emerges because C_δ = −C_δ" means C_{−δ} = 
 A.2 calls κ an eigenvalue of Γ in places where it is one of Ω (as in eq. 20),
 and the averaging time that matters is compared with 1/(λκ), not 1/κ.
 
+Batch size: ``noise_cov`` is per example and the batch's is C/B with
+``batch_size=B`` (:func:`simulate`, :func:`expected_loss`,
+:func:`stationary_variance`); :mod:`trajax.theory.batch_size` compares
+"λ at batch kB" with "λ/k at batch B" exactly (:func:`batch_vs_lr`).
+
 Layout: :mod:`trajax.theory.model` (A, C, the modes), ``monte_carlo``
 (:func:`simulate`), ``moments`` (:func:`expected_loss`) and ``stationary``
 (eqs. 12-13, 19-21). Every averaging method enters through its one
@@ -46,7 +51,8 @@ its averager, the stationary forms use its derived kernel (or a closed form
 it registers), so a newly registered method needs nothing here.
 """
 
-from trajax.theory.model import LearningRate, Modes, modes, whiten
+from trajax.theory.batch_size import BatchVsLr, batch_vs_lr
+from trajax.theory.model import LearningRate, Modes, batch_noise_cov, modes, whiten
 from trajax.theory.moments import LossCurves, expected_loss
 from trajax.theory.monte_carlo import SimulationResult, simulate
 from trajax.theory.stationary import (
@@ -57,11 +63,14 @@ from trajax.theory.stationary import (
 )
 
 __all__ = [
+  "BatchVsLr",
   "LearningRate",
   "LossCurves",
   "Modes",
   "SimulationResult",
   "averaging_kernel",
+  "batch_noise_cov",
+  "batch_vs_lr",
   "effective_lr",
   "expected_loss",
   "modes",

@@ -67,6 +67,24 @@ def _noise_cov(noise_cov, d: int) -> np.ndarray:
   return c
 
 
+def check_batch_size(batch_size) -> float:
+  """B > 0 (finite): the examples per step whose gradients a batch averages."""
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (numbers.Real, np.number)):
+    raise ValueError(f"batch_size must be a number > 0, got {batch_size!r}")
+  if not (np.isfinite(batch_size) and batch_size > 0):
+    raise ValueError(f"batch_size must be a finite number > 0, got {batch_size!r}")
+  return float(batch_size)
+
+
+def batch_noise_cov(noise_cov, batch_size, d: int) -> np.ndarray:
+  """C_B = C / B: the noise covariance of a batch of B examples (C: one example's).
+
+  The batch gradient is the mean of B independent per-example gradients, so
+  its covariance is the per-example one divided by B (the term b_t of eq. 14).
+  """
+  return _noise_cov(noise_cov, d) / check_batch_size(batch_size)
+
+
 def modes(hessian, noise_cov=None) -> Modes:
   """Eigen-decomposition of the model into decoupled modes (module docstring).
 

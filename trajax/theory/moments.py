@@ -17,6 +17,7 @@ from trajax.theory.model import (
   _hessian,
   _lr_table,
   _to_groups,
+  batch_noise_cov,
   modes,
 )
 
@@ -48,6 +49,7 @@ def expected_loss(
   method: str = "none",
   dof_groups=None,
   record_every: int = 1,
+  batch_size: float = 1,
   **method_params,
 ) -> LossCurves:
   """The exact E[L] curve of :func:`simulate`'s model, without sampling.
@@ -66,7 +68,8 @@ def expected_loss(
   lerp-form method) takes a fused path over the three moments of (v, a) with
   its coefficients read off the averager. Modes with identical (κ, c, v_0) are computed once. Compiled
   functions are cached per structure. Same arguments as :func:`simulate`,
-  without key and seeds; float32 throughout (relative error ~1e-5 against
+  without key and seeds (``batch_size`` B: ``noise_cov`` is one example's,
+  the batch's is C/B, :func:`trajax.theory.model.batch_noise_cov`); float32 throughout (relative error ~1e-5 against
   a float64 reference in the tests).
 
   Returns:
@@ -76,7 +79,7 @@ def expected_loss(
   averaging.make_averager(method, **method_params)  # validates the parameters
   a = _hessian(hessian)
   d = a.shape[0]
-  m = modes(a, noise_cov)
+  m = modes(a, batch_noise_cov(noise_cov, batch_size, d))
   theta0 = np.broadcast_to(np.asarray(theta0, np.float64), (d,))
   v0 = theta0 if m.basis is None else m.basis.T @ theta0
   lrs, has_l = _lr_table(lr, num_steps)

@@ -17,8 +17,8 @@ from trajax.theory.model import (
   _groups,
   _hessian,
   _lr_table,
-  _noise_cov,
   _to_groups,
+  batch_noise_cov,
   modes,
 )
 
@@ -56,6 +56,7 @@ def simulate(
   method: str = "none",
   dof_groups=None,
   record_every: int = 1,
+  batch_size: float = 1,
   **method_params,
 ) -> SimulationResult:
   """Monte Carlo runs of eq. 14, θ_{t+1} = θ_t − λ_t(Aθ_t − Qξ_t), ξ_t ~ N(0, I).
@@ -81,6 +82,9 @@ def simulate(
     dof_groups: optional (d,) group ids for ``loss_by_dof`` (modes in the order
       of :func:`modes`).
     record_every: record every r-th step (r must divide T).
+    batch_size: B > 0; ``noise_cov`` is one example's gradient covariance and
+      the batch's is C/B (the mean of B independent examples). Default 1:
+      ``noise_cov`` is the batch's own.
     **method_params: the averaging parameters (decay, start_step, n, gap, …).
 
   Returns:
@@ -96,7 +100,7 @@ def simulate(
   averaging.make_averager(method, **method_params)  # validates the parameters
   a = _hessian(hessian)
   d = a.shape[0]
-  c = _noise_cov(noise_cov, d)
+  c = batch_noise_cov(noise_cov, batch_size, d)
   m = modes(a, c)
   theta0 = np.broadcast_to(np.asarray(theta0, np.float32), (d,))
   lrs, has_l = _lr_table(lr, num_steps)

@@ -14,6 +14,7 @@ import numbers
 import numpy as np
 
 from trajax import averaging
+from trajax.theory.model import check_batch_size
 
 # Not averaging methods, but accepted by the stationary functions: plain SGD
 # and an explicit kernel.
@@ -107,7 +108,9 @@ def _bracket(gamma, method, params) -> np.ndarray:
   return np.polynomial.polynomial.polyval(gamma, coeffs)
 
 
-def stationary_variance(lr, kappa, method: str = "sgd", **method_params) -> np.ndarray:
+def stationary_variance(
+  lr, kappa, method: str = "sgd", *, batch_size: float = 1, **method_params
+) -> np.ndarray:
   """Per-mode stationary variance of the (averaged) iterate for unit noise (eq. 19).
 
   F = S_λ (C_0 + 2Σ_δ C_δ Γ^δ), S_λ = λ/(2κ − λκ²), Γ = 1 − λκ: exact in the
@@ -119,6 +122,8 @@ def stationary_variance(lr, kappa, method: str = "sgd", **method_params) -> np.n
   G1, G2; 'swa' (window w: the mean of the last w iterates) the same sums
   with n = w, Δ = 1. 'sgd' ('none') is F = S_λ; 'kernel' takes an arbitrary
   finite μ_0 … μ_{K−1}. For a mode with noise variance c multiply by c.
+  With ``batch_size`` B the unit noise is one example's and the batch's is
+  1/B, so F scales by 1/B (see :func:`trajax.theory.batch_vs_lr`).
 
   Args:
     lr: λ > 0 (broadcasts with kappa).
@@ -135,7 +140,7 @@ def stationary_variance(lr, kappa, method: str = "sgd", **method_params) -> np.n
   lr, kappa = _lr_kappa(lr, kappa)
   gamma = 1.0 - lr * kappa
   s = lr / (kappa * (2.0 - lr * kappa))
-  return s * _bracket(gamma, method, method_params)
+  return s * _bracket(gamma, method, method_params) / check_batch_size(batch_size)
 
 
 def effective_lr(lr, kappa, method: str, *, exact: bool = True, **method_params) -> np.ndarray:

@@ -1,0 +1,423 @@
+"""Averages chosen after training: any kernel, rebuilt from a run's checkpoints.
+
+Every average of the trajectory is a kernel c over steps (paper eqs. 22-29,
+:func:`trajax.averaging.kernel`): a_T = Σ_t c_t θ_t with c ≥ 0, Σ c = 1. A
+finished run saved some snapshots: the params θ_t at each committed step t,
+and, if it averaged during training, the in-training average a^run_t, itself
+a known kernel k^run_t (derived from the run's own averager). Each snapshot is
+a column of a basis B over steps (a one-hot column e_t for θ_t, k^run_t for
+a^run_t).
+
+Which combination Bx is "best"? With θ_t = θ_0 − Σ_{j<t} Δ_j (Δ_j = λ_j g_j,
+the j-th update) and both kernels summing to one,
+
+    Σ_t (Bx − c)_t θ_t = −Σ_j (W(Bx)_j − W(c)_j) Δ_j,   W(v)_j = Σ_{i>j} v_i,
+
+where W(c) are the step weights of c's equivalent schedule (eq. * of
+:mod:`trajax.schedules`). When the updates are uncorrelated with equal
+variance (SGD's noise-dominated phase, the paper's quadratic model in its
+stationary regime) the expected squared error of the rebuilt average is
+σ² ‖W(Bx − c)‖², so post-hoc averaging solves
+
+    x* = argmin_x ‖W(B x − c)‖²  subject to  Σ_j x_j = 1                   (PH)
+
+and returns Σ_j x*_j · snapshot_j. (A plain ‖Bx − c‖² would ignore where the
+missing mass lies: for one-hot columns its answer hardly depends on c.) W is
+invertible on kernels summing to one, so where c's support lies on saved
+steps (PH) reproduces it exactly: the result is the in-training average of
+the same method to float32 round-off, and if the params alone do that they
+are used alone. Elsewhere it is the least-squares best combination of what
+was saved (the anchor is Karras et al. 2024's post-hoc EMA, whose basis is a
+few in-training EMA profiles). Reported with it: :attr:`Plan.residual` =
+‖B x* − c‖₁, the kernel mass put in the wrong place (0: exact, up to 2), and
+:attr:`Plan.schedule_residual` = ‖W(Bx* − c)‖₂ / ‖W(c)‖₂, the relative error
+of the equivalent schedule, which (PH) minimises.
+
+Each kernel has its equivalent side-trip schedule (:func:`equivalent_schedule`,
+through :func:`trajax.schedules.weights_from_kernel`, eq. * there): a
+side-trip from the first step S of c's support, with learning rate
+w_j · η_{S+j}, lands on the average for a loss linear per batch.
+
+Usage::
+
+  run = open_run("workdirs/mnist1d")
+  plans = [posthoc.plan(run, posthoc.target("ema", end=6000, decay=d)) for d in decays]
+  for plan, avg in zip(plans, posthoc.combine(run, plans)):
+    print(plan.label, plan.residual, avg.params)
+
+Nothing in the run's directory is written (reads go through
+:meth:`trajax.runs.Run.state_at`). Core: no TensorFlow import here.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from trajax import averaging, schedules
+
+__all__ = [
+  "Average",
+  "MissingSnapshotsError",
+  "Plan",
+  "basis",
+  "combine",
+  "equivalent_schedule",
+  "plan",
+  "posthoc_average",
+  "target",
+  "user_kernel",
+]
+
+PARAMS, AVERAGE = "params", "average"
+EXACT_ATOL = 1e-9
+
+
+class MissingSnapshotsError(ValueError):
+  """The run lacks the snapshots an exact post-hoc average needs."""
+
+
+class Plan(NamedTuple):
+  """How one target kernel is rebuilt from a run's snapshots.
+
+  Attributes:
+    label: a name for the target ('ema(decay=0.001)', 'kernel', ...).
+    kernel: the target c over steps 0 … end (float64, sums to 1).
+    coefficients: {(step, source): x} with source 'params' (θ_step) or
+      'average' (the run's in-training average at step); zeros dropped.
+    residual: ‖B x − c‖₁, the kernel mass misplaced (0 where exact).
+    exact: residual <= 1e-9.
+    schedule_residual: ‖W(Bx − c)‖₂ / ‖W(c)‖₂, the relative error of the
+      equivalent schedule's step weights (what the least squares minimises).
+  """
+
+  label: str
+  kernel: np.ndarray
+  coefficients: dict
+  residual: float
+  exact: bool
+  schedule_residual: float = 0.0
+
+  @property
+  def support(self) -> tuple[int, int]:
+    """First and last step where the target kernel is non-zero."""
+    nz = np.flatnonzero(self.kernel)
+    return int(nz[0]), int(nz[-1])
+
+
+class Average(NamedTuple):
+  """A post-hoc average: params, the (combined) BatchNorm statistics, its plan."""
+
+  params: Any
+  batch_stats: Any
+  plan: Plan
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def target(method: str, *, end: int, **params) -> tuple[str, np.ndarray]:
+  """The kernel of registered ``method`` at step ``end``: ``(label, c_0 … c_end)``.
+
+  The average ``make_averager(method, **params)`` holds after ``end`` updates
+  from θ_0 (its ``start_step`` as given), derived by running the averager
+  (:func:`trajax.averaging.kernel`). E.g. SWA over the last W steps of a run of
+  T: ``target('swa', end=T, start_step=T - W)``.
+  """
+  end = _check_int("end", end, 1)
+  given = {k: v for k, v in params.items() if v is not None}
+  start = given.get("start_step", 0)
+  if isinstance(start, (numbers.Integral, np.integer)) and 0 < start < end:
+    # Every method follows θ until start_step and is defined in t − start_step
+    # after it, so its kernel is the start_step = 0 one on the last end − s
+    # steps: the closed-form fast paths (trajax.kernels) then apply.
+    rest = {k: v for k, v in given.items() if k != "start_step"}
+    c = np.concatenate([np.zeros(start), _kernel(method, end - start, rest)])
+  else:
+    c = _kernel(method, end, given)
+  label = f"{method}({', '.join(f'{k}={v}' for k, v in sorted(given.items()))})"
+  return label, c
+
+
+def _kernel(method: str, window: int, params: dict) -> np.ndarray:
+  """The kernel on θ_0 … θ_window from the step weights (closed form where registered)."""
+  w = averaging.step_weights_table(method, window=window, **params)
+  return schedules.kernel_from_weights(w)
+
+
+def user_kernel(
+  weights, *, end: int | None = None, label: str = "kernel"
+) -> tuple[str, np.ndarray]:
+  """A user kernel ``{step: weight}`` (or a 1-D array over steps 0 …) as a target.
+
+  Weights may be unnormalised; they are divided by their total, which must be
+  positive and finite. ``end`` (default the last step given) sets the length.
+  """
+  if isinstance(weights, Mapping):
+    if not weights:
+      raise ValueError("kernel: no steps given")
+    steps = {}
+    for k, v in weights.items():
+      s = _check_int("kernel step", k, 0)
+      if not isinstance(v, numbers.Real) or not np.isfinite(v):
+        raise ValueError(f"kernel[{s}] = {v!r}: must be a finite number")
+      steps[s] = float(v)
+    last = max(steps)
+    end = last if end is None else _check_int("end", end, last)
+    c = np.zeros(end + 1)
+    for s, v in steps.items():
+      c[s] += v
+  else:
+    c = np.asarray(weights, np.float64)
+    if c.ndim != 1 or c.size < 1:
+      raise ValueError(f"kernel must be a mapping or a 1-D array, got shape {c.shape}")
+    if not np.all(np.isfinite(c)):
+      raise ValueError("kernel: weights must be finite")
+    if end is not None:
+      end = _check_int("end", end, c.size - 1)
+      c = np.concatenate([c, np.zeros(end + 1 - c.size)])
+  total = float(c.sum())
+  if not total > 0:
+    raise ValueError(
+      f"kernel: total weight is {total:.6g}; an average needs a positive total "
+      "(the weights are divided by it)"
+    )
+  return label, c / total
+
+
+def _check_int(name, value, minimum) -> int:
+  if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  return int(value)
+
+
+# --------------------------------------------------------------------------- basis and plan
+
+
+def run_averaging(run) -> tuple[str, dict]:
+  """``(method, params)`` of the run's in-training averaging (config of its last step)."""
+  section = run.config.averaging
+  method = section.method
+  return method, averaging.method_params(method, section)
+
+
+def basis(
+  run, end: int, *, sources: Sequence[str] = (PARAMS, AVERAGE), steps: Iterable[int] | None = None
+) -> tuple[list[tuple[int, str]], np.ndarray]:
+  """The snapshot columns over steps 0 … end: ``(columns, B)`` with B of shape (end+1, n).
+
+  ``steps`` (default: every committed step <= end) must all be committed.
+  The 'average' columns are the run's derived kernels k^run_t (none if the
+  run did not average).
+  """
+  for s in sources:
+    if s not in (PARAMS, AVERAGE):
+      raise ValueError(f"sources: {s!r} is not one of {(PARAMS, AVERAGE)}")
+  committed = run.steps
+  if steps is None:
+    steps = [s for s in committed if s <= end]
+  else:
+    steps = sorted({int(s) for s in steps})
+    missing = [s for s in steps if s not in committed]
+    if missing:
+      raise MissingSnapshotsError(
+        f"steps {missing} are not committed checkpoints of {run.directory!r} "
+        f"(committed: {committed})"
+      )
+    late = [s for s in steps if s > end]
+    if late:
+      raise ValueError(f"steps {late} lie after the kernel's end step {end}")
+  if not steps:
+    raise MissingSnapshotsError(
+      f"no committed checkpoint at or before step {end} in {run.directory!r} "
+      f"(committed: {committed})"
+    )
+  method, params = run_averaging(run)
+  columns, vectors = [], []
+  for t in steps:
+    if PARAMS in sources:
+      e = np.zeros(end + 1)
+      e[t] = 1.0
+      columns.append((t, PARAMS))
+      vectors.append(e)
+    if AVERAGE in sources and method != "none" and t >= 1:
+      _, k = target(method, end=t, **params)
+      columns.append((t, AVERAGE))
+      vectors.append(np.concatenate([k, np.zeros(end - t)]))
+  return columns, np.stack(vectors, axis=1)
+
+
+def _tail(v: np.ndarray) -> np.ndarray:
+  """W(v)_j = Σ_{i>j} v_i, j = 0 … end−1 (along axis 0)."""
+  return np.cumsum(v[::-1], axis=0)[::-1][1:]
+
+
+def _solve(B: np.ndarray, c: np.ndarray) -> np.ndarray:
+  """(PH) via its KKT system, in least squares (B may be rank-deficient)."""
+  tb, tc = _tail(B), _tail(c)
+  n = B.shape[1]
+  kkt = np.zeros((n + 1, n + 1))
+  kkt[:n, :n] = tb.T @ tb
+  kkt[:n, n] = kkt[n, :n] = 1.0
+  rhs = np.concatenate([tb.T @ tc, [1.0]])
+  return np.linalg.lstsq(kkt, rhs, rcond=None)[0][:n]
+
+
+def plan(
+  run,
+  kernel: tuple[str, np.ndarray],
+  *,
+  sources: Sequence[str] = (PARAMS, AVERAGE),
+  steps: Iterable[int] | None = None,
+  exact: bool = False,
+) -> Plan:
+  """Solves (PH) for ``kernel`` = ``(label, c)`` (from :func:`target`, :func:`user_kernel`).
+
+  Args:
+    run: a :class:`trajax.runs.Run`.
+    kernel: the target.
+    sources: which snapshots may be used: 'params' (θ_t), 'average' (the run's
+      in-training average at t).
+    steps: restrict to these committed steps (default all up to the end).
+    exact: raise :class:`MissingSnapshotsError` naming the missing steps
+      unless the result is exact.
+  """
+  label, c = kernel
+  c = np.asarray(c, np.float64)
+  end = c.size - 1
+  if end > run.steps[-1]:
+    raise MissingSnapshotsError(
+      f"{label}: the kernel ends at step {end}, after the run's last committed step "
+      f"{run.steps[-1]} ({run.directory!r})"
+    )
+  columns, B = basis(run, end, sources=sources, steps=steps)
+  x = None
+  own = [i for i, (_, src) in enumerate(columns) if src == PARAMS]
+  if len(own) < len(columns) and own:
+    # The params alone, if they are exact: the plainest combination.
+    x_own = _solve(B[:, own], c)
+    if np.abs(B[:, own] @ x_own - c).sum() <= EXACT_ATOL:
+      x = np.zeros(len(columns))
+      x[own] = x_own
+  if x is None:
+    x = _solve(B, c)
+  residual = float(np.abs(B @ x - c).sum())
+  tc = _tail(c)
+  norm = float(np.linalg.norm(tc))
+  sched_res = float(np.linalg.norm(_tail(B @ x - c)) / norm) if norm > 0 else 0.0
+  coefficients = {col: float(v) for col, v in zip(columns, x, strict=True) if abs(v) > 1e-12}
+  is_exact = residual <= EXACT_ATOL
+  if exact and not is_exact:
+    saved = {t for t, _ in columns}
+    missing = [int(t) for t in np.flatnonzero(c) if t not in saved]
+    shown = missing[:20] + (["…"] if len(missing) > 20 else [])
+    raise MissingSnapshotsError(
+      f"{label}: not exact from the run's snapshots (kernel residual {residual:.3g}); "
+      f"it needs steps {shown} ({len(missing)} missing) in {run.directory!r}"
+    )
+  return Plan(label, c, coefficients, residual, is_exact, sched_res)
+
+
+# --------------------------------------------------------------------------- one pass
+
+
+def combine(run, plans: Sequence[Plan]) -> list[Average]:
+  """Every plan's average, reading each needed checkpoint once (float64 sums).
+
+  Params and BatchNorm statistics are combined with the same coefficients
+  (the run's averaged statistics for 'average' columns, where it kept them).
+  """
+  plans = list(plans)
+  needed = sorted({t for p in plans for (t, _) in p.coefficients})
+  acc = [None] * len(plans)
+  dtypes = None
+  for t in needed:
+    state = run.state_at(t)
+    snap = {PARAMS: (state.params, state.batch_stats)}
+    if any((t, AVERAGE) in p.coefficients for p in plans):
+      avg = averaging.averaged_params(state.opt_state, state.params)
+      bn = getattr(state.bn_average, "average", None)
+      snap[AVERAGE] = (avg, bn if bn is not None else state.batch_stats)
+    snap = {k: jax.tree.map(lambda a: np.asarray(a, np.float64), v) for k, v in snap.items()}
+    if dtypes is None:
+      dtypes = jax.tree.map(lambda a: np.asarray(a).dtype, (state.params, state.batch_stats))
+    for i, p in enumerate(plans):
+      for src in (PARAMS, AVERAGE):
+        x = p.coefficients.get((t, src))
+        if x is None:
+          continue
+        term = jax.tree.map(lambda a, x=x: x * a, snap[src])
+        acc[i] = term if acc[i] is None else jax.tree.map(np.add, acc[i], term)
+  out = []
+  for p, a in zip(plans, acc, strict=True):
+    params, stats = jax.tree.map(lambda v, d: np.asarray(v, d), a, dtypes)
+    out.append(Average(params, stats, p))
+  return out
+
+
+def posthoc_average(
+  run,
+  method: str | None = None,
+  *,
+  kernel=None,
+  end: int | None = None,
+  sources: Sequence[str] = (PARAMS, AVERAGE),
+  exact: bool = False,
+  **params,
+) -> Average:
+  """One post-hoc average: of registered ``method`` (with ``params``) or of a user ``kernel``.
+
+  ``end`` defaults to the run's last committed step (a method's average at
+  ``end``; a user kernel's length).
+  """
+  if (method is None) == (kernel is None):
+    raise ValueError("give exactly one of method= (a registered averaging method) or kernel=")
+  if method is not None:
+    tgt = target(method, end=run.steps[-1] if end is None else end, **params)
+  else:
+    tgt = user_kernel(kernel, end=end)
+  return combine(run, [plan(run, tgt, sources=sources, exact=exact)])[0]
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def equivalent_schedule(kernel, base) -> tuple[int, int, Any]:
+  """The side-trip equivalent to a post-hoc kernel: ``(start, window, schedule)``.
+
+  ``kernel``: a :class:`Plan` or a 1-D kernel c over steps 0 … end. With S the
+  first and E the last step of c's support (S = E − 1 for a one-point
+  kernel), w_j = Σ_{i>j} c_{S+i} (:func:`trajax.schedules.weights_from_kernel`)
+  and ``schedule(j) = base(S + j) · w_j`` for j < E − S, 0 after: a side-trip
+  from θ_S with it lands on Σ_t c_t θ_t for a loss linear per batch (eq. * of
+  :mod:`trajax.schedules`). ``base``: the run's learning rate (float or
+  schedule of the absolute step), e.g. ``state.make_schedule(config.optimizer,
+  config.total_steps)``.
+  """
+  import jax.numpy as jnp
+
+  c = np.asarray(kernel.kernel if isinstance(kernel, Plan) else kernel, np.float64)
+  nz = np.flatnonzero(c)
+  if nz.size == 0:
+    raise ValueError("kernel is zero everywhere")
+  first, last = int(nz[0]), int(nz[-1])
+  if first == last:
+    first = max(last - 1, 0)
+    if first == last:
+      raise ValueError("a kernel on step 0 alone has no side-trip (it is θ_0)")
+  w = schedules.weights_from_kernel(c[first : last + 1])
+  table = jnp.asarray(np.concatenate([w, [0.0]]), jnp.float32)
+  k = last - first
+
+  def schedule(j):
+    j = jnp.asarray(j)
+    lr = base(first + j) if callable(base) else jnp.float32(base)
+    return lr * table[jnp.clip(j, 0, k)]
+
+  return first, k, schedule

@@ -1,0 +1,247 @@
+"""``python -m trajax.posthoc``: an average chosen after training, written and evaluated.
+
+  python -m trajax.posthoc --workdir=RUN --method=ema --decay=0.001 --out=DIR
+  python -m trajax.posthoc --workdir=RUN --method=swa --window=2000 --out=DIR
+  python -m trajax.posthoc --workdir=RUN --method=ema --sweep --decays=1e-4,3e-4,1e-3 --out=DIR
+
+One average: DIR/averaged is a plain Orbax checkpoint ``{'params',
+'batch_stats'}`` (BatchNorm statistics by the run's ``averaging.batch_norm``:
+'recompute' over its ``bn_recompute_batches`` fixed training batches, as
+:func:`trajax.train.averaged_variables`; 'average': the snapshots' statistics
+combined with the params' coefficients), DIR/posthoc.json the plan (kernel
+residual, coefficients), test metrics and the equivalent side-trip schedule.
+``--sweep``: every decay (or window) is planned, the checkpoints are read once
+(:func:`trajax.posthoc.combine`), each average evaluated; DIR/sweep.json and
+DIR/sweep.png (test loss and accuracy against the decay or window, the run's
+in-training average marked). The run's directory is never written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "The finished run (WORKDIR or WORKDIR/checkpoints)."
+)
+_OUT = flags.DEFINE_string("out", None, "Output directory (outside the run's).")
+_METHOD = flags.DEFINE_string(
+  "method", "ema", "Averaging method: ema, swa, two_point, multi_point."
+)
+_DECAY = flags.DEFINE_float("decay", None, "EMA decay δ.")
+_WINDOW = flags.DEFINE_integer("window", None, "SWA: average the last WINDOW steps.")
+_GAP = flags.DEFINE_integer("gap", None, "two_point / multi_point gap.")
+_N = flags.DEFINE_integer("n", None, "multi_point: number of points.")
+_START = flags.DEFINE_integer("start_step", None, "Averaging start step (ema, two_point, ...).")
+_END = flags.DEFINE_integer("end", None, "The step the average is taken at (default: last).")
+_EXACT = flags.DEFINE_bool("exact", False, "Fail unless the average is exact from saved steps.")
+_SWEEP = flags.DEFINE_bool("sweep", False, "Evaluate a grid (--decays or --windows) and plot it.")
+_DECAYS = flags.DEFINE_list("decays", None, "Sweep: EMA decays (default 20 log-spaced).")
+_WINDOWS = flags.DEFINE_list("windows", None, "Sweep: SWA windows.")
+
+
+def _targets(posthoc, end: int) -> list[tuple[float | None, tuple]]:
+  import numpy as np
+
+  method = _METHOD.value
+  common = {"start_step": _START.value}
+  if not _SWEEP.value:
+    values = [None]
+  elif method == "ema":
+    values = (
+      [float(d) for d in _DECAYS.value] if _DECAYS.value else list(np.geomspace(1e-4, 0.1, 20))
+    )
+  elif method == "swa":
+    if not _WINDOWS.value:
+      raise ValueError("--sweep with --method=swa needs --windows=W1,W2,...")
+    values = [int(w) for w in _WINDOWS.value]
+  else:
+    raise ValueError(f"--sweep supports --method=ema or swa, got {method!r}")
+  out = []
+  for v in values:
+    if method == "ema":
+      decay = _DECAY.value if v is None else v
+      if decay is None:
+        raise ValueError("--method=ema needs --decay (or --sweep)")
+      tgt = posthoc.target("ema", end=end, decay=decay, **common)
+      out.append((decay, tgt))
+    elif method == "swa":
+      window = _WINDOW.value if v is None else v
+      if window is None or not 1 <= window <= end:
+        raise ValueError(f"--window = {window!r}: --method=swa needs a window in 1 … {end}")
+      out.append((window, posthoc.target("swa", end=end, start_step=end - window)))
+    else:
+      params = {"gap": _GAP.value, "n": _N.value, **common}
+      m = posthoc.averaging.get_method(method)
+      params = {k: v for k, v in params.items() if m.param(k) is not None}
+      out.append((None, posthoc.target(method, end=end, **params)))
+  return out
+
+
+class _Evaluator:
+  """The run's evaluation and BatchNorm policy for averaged params."""
+
+  def __init__(self, run):
+    from trajax import state as state_lib
+    from trajax import train
+
+    self.run = run
+    self.config = run.config
+    self.ev = train.evaluator(run.model, state_lib.make_mesh(run.config))
+
+  def variables(self, params, batch_stats):
+    avg = self.config.averaging
+    if avg.batch_norm == "recompute":
+      n = int(avg.bn_recompute_batches)
+      batches = (self.run.dataset.fixed_train_batch(i) for i in range(n))
+      batch_stats = self.ev.recompute_batch_stats(params, batch_stats, batches)
+    return params, batch_stats
+
+  def __call__(self, params, batch_stats) -> dict:
+    return self.ev.evaluate(params, batch_stats, self.run.dataset.eval_batches("test"))
+
+
+def _in_training(run, evaluate, end: int) -> dict | None:
+  """The run's own average at ``end`` (None: it did not average, or ``end`` is not saved)."""
+  from trajax import train
+
+  config = run.config
+  if config.averaging.method == "none" or end not in run.steps:
+    return None
+  state = run.state_at(end)
+  params, stats = train.averaged_variables(state, config, evaluate.ev, run.dataset)
+  return {
+    "method": config.averaging.method,
+    "params": averaging_params(config),
+    **evaluate(params, stats),
+  }
+
+
+def averaging_params(config) -> dict:
+  from trajax import averaging
+
+  return averaging.method_params(config.averaging.method, config.averaging)
+
+
+def _plot(path, xs, rows, xlabel, reference):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+    ax.plot(xs, [r[key] for r in rows], "o-", label="post-hoc")
+    if reference is not None:
+      x_ref = reference["params"].get("decay") if xlabel == "decay" else None
+      if x_ref is not None:
+        ax.plot(
+          [x_ref], [reference[key]], "r*", ms=14, label=f"in training ({reference['method']})"
+        )
+      else:
+        ax.axhline(reference[key], color="r", ls="--", label=f"in training ({reference['method']})")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"test {key}")
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def run_cli() -> dict:
+  import numpy as np
+
+  from trajax import posthoc, runs
+  from trajax import state as state_lib
+
+  if not _WORKDIR.value or not _OUT.value:
+    raise ValueError("--workdir and --out are required")
+  run = runs.open_run(_WORKDIR.value)
+  out = os.path.abspath(_OUT.value)
+  run_root = os.path.abspath(os.path.dirname(run.directory))
+  if out == run_root or out.startswith(run_root + os.sep):
+    raise ValueError(f"--out = {_OUT.value!r} lies inside the run's directory {run_root!r}")
+  end = run.steps[-1] if _END.value is None else _END.value
+  targets = _targets(posthoc, end)
+  t0 = time.perf_counter()
+  plans = [posthoc.plan(run, tgt, exact=_EXACT.value) for _, tgt in targets]
+  averages = posthoc.combine(run, plans)
+  t_pass = time.perf_counter() - t0
+  evaluate = _Evaluator(run)
+  base = state_lib.make_schedule(run.config.optimizer, run.config.total_steps)
+  rows = []
+  for (value, _), avg in zip(targets, averages, strict=True):
+    params, stats = evaluate.variables(avg.params, avg.batch_stats)
+    start, window, sched = posthoc.equivalent_schedule(avg.plan, base)
+    rows.append(
+      {
+        "label": avg.plan.label,
+        "value": value,
+        "residual": avg.plan.residual,
+        "schedule_residual": avg.plan.schedule_residual,
+        "exact": avg.plan.exact,
+        "coefficients": {f"{t}:{src}": x for (t, src), x in avg.plan.coefficients.items()},
+        "equivalent_schedule": {
+          "start": start,
+          "window": window,
+          "lr": [float(v) for v in np.asarray(sched(np.arange(window)))][:10_000],
+        },
+        **evaluate(params, stats),
+      }
+    )
+    if not _SWEEP.value:
+      import orbax.checkpoint as ocp
+
+      os.makedirs(out, exist_ok=True)
+      with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(out, "averaged"), {"params": params, "batch_stats": stats})
+  os.makedirs(out, exist_ok=True)
+  report = {"workdir": run.directory, "end": end, "pass_seconds": t_pass, "averages": rows}
+  if _SWEEP.value:
+    report["in_training"] = _in_training(run, evaluate, end)
+    xlabel = "decay" if _METHOD.value == "ema" else "window"
+    _plot(
+      os.path.join(out, "sweep.png"),
+      [r["value"] for r in rows],
+      rows,
+      xlabel,
+      report["in_training"],
+    )
+  with open(os.path.join(out, "sweep.json" if _SWEEP.value else "posthoc.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  return report
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # As trajax.main: tf.data must not take accelerator memory.
+  try:
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+  except ImportError:
+    pass
+  from trajax import posthoc
+
+  try:
+    report = run_cli()
+  except (ValueError, FileNotFoundError, posthoc.MissingSnapshotsError) as e:
+    raise SystemExit(f"error: {e}") from None
+  for r in report["averages"]:
+    print(
+      f"{r['label']}: test loss {r['loss']:.4f} accuracy {r['accuracy']:.4f} "
+      f"(kernel residual {r['residual']:.3g}, schedule residual {r['schedule_residual']:.3g}"
+      f"{', exact' if r['exact'] else ''})"
+    )
+  if report.get("in_training"):
+    it = report["in_training"]
+    print(f"in training ({it['method']}): test loss {it['loss']:.4f} accuracy {it['accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
