@@ -271,3 +271,39 @@ def test_bad_input_errors_name_the_argument():
     probes.hutchinson_trace(loss_fn, params, batch, "10")
   with pytest.raises(ValueError, match=r"params has no array leaves"):
     probes.hutchinson_trace(loss_fn, {}, batch, 10)
+
+
+# ---------------------------------------------------------------------------
+# experiment plumbing
+
+
+def test_curvature_experiment_runs_and_is_consistent(tmp_path):
+  import json
+
+  from experiments import common
+  from experiments import curvature as exp_mod
+
+  config = common.load_config(
+    "configs/mnist1d.py:runlocal",
+    {"total_steps": 100, "averaging.gap": 50, "checkpoint_every_steps": 50},
+  )
+  exp = exp_mod.experiment_defaults()
+  exp.k, exp.lanczos_iters, exp.probes, exp.batches = 2, 6, 3, 2
+  out = exp_mod.run(config, exp, str(tmp_path))
+  res = json.loads((tmp_path / "curvature.json").read_text())
+  assert res["steps"] == [50, 100]
+  assert set(res["points"]) == {"raw_50", "raw_100", "two_point_average"}
+  for t in res["trajectory"]:
+    lam = np.asarray(t["eigenvalues"])
+    assert lam.shape == (2, 2) and np.all(lam[:, 0] >= lam[:, 1])
+    np.testing.assert_allclose(t["gd_edge"], 2.0 / t["lambda_max"])
+    np.testing.assert_allclose(t["momentum_edge"], 2.0 * 1.9 / t["lambda_max"])
+    assert t["lr"] == pytest.approx(0.05)
+  # The final raw point measured twice (trajectory and endpoint) on the same
+  # batches T, T+1 with the same key gives the same numbers.
+  assert res["points"]["raw_100"]["eigenvalues"] == res["trajectory"][-1]["eigenvalues"]
+  assert out["lambda_max_final"] == res["trajectory"][-1]["lambda_max"]
+  assert (tmp_path / "curvature.png").exists()
+  with pytest.raises(ValueError, match=r"exp.probes must be >= 2, got 1"):
+    exp.probes = 1
+    exp_mod.run(config, exp, str(tmp_path))
