@@ -26,15 +26,35 @@ Not measured here (beyond what fits, issue 14): the sqrt(lambda) shell law and
 the drift/drag split; SWA/EMA and side-trip points other than the two-point
 average.
 
-Usage (not part of the default ``make demo``)::
+Claims (:data:`CLAIMS`, records as :mod:`experiments.claims` writes them,
+criteria fixed here before any run), judged over ``--exp.seeds``:
+
+* ``curv.contracting``: the paper's Appendix A assumes every eigenvalue of
+  Gamma = I - lambda Omega lies in (0, 1), i.e. 0 < lambda omega < 1 for every
+  curvature omega of the loss. With momentum beta the paper's lambda is the
+  effective rate eta/(1 - beta); the test is eta_eff * lambda_max < 1 at every
+  checkpoint of the trajectory (lambda_max of training-batch Hessians, mean
+  over ``exp.batches`` batches: a batch Hessian's top eigenvalue is biased up
+  relative to the full-data Omega, so a narrow failure is not conclusive).
+* ``curv.average_flatter``: Izmailov et al. (companion notes) -- the two-point
+  average has a smaller lambda_max and a smaller trace than both raw
+  endpoints, on the same training batches, the trace by more than 2 standard
+  errors of the difference (Hutchinson SE).
+
+Usage (not part of the default ``make demo``; one parent run per seed, about
+1-3 min each on 2 CPU cores, plus ~1 min of probes)::
 
   python -m experiments.curvature --config=configs/mnist1d.py --workdir=workdirs/curv
+  python -m experiments.curvature --config=configs/mnist1d.py --workdir=workdirs/curv \
+    --exp.seeds='(0, 1, 2)'
 
-Writes ``WORKDIR/curvature.{json,png}``.
+Writes ``WORKDIR/curvature.{json,png}`` (one seed) or ``WORKDIR/seed_N/...``
+and ``WORKDIR/curvature_claims.json`` (seeds).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -54,7 +74,9 @@ def experiment_defaults():
   e.k = 3  # top-k eigenvalues
   e.lanczos_iters = 30  # HVPs per Lanczos run (bench: top-5 to 1 % in <= 24)
   e.probes = 20  # Hutchinson probes per batch
-  e.batches = 2  # training batches per point
+  e.batches = 4  # training batches per point
+  # Seeds for the claim records (curvature_claims.json); empty: one run at config.seed.
+  e.seeds = ()
   e.seed = 0  # Lanczos / Hutchinson key
   e.parent = ""  # reuse an existing parent WORKDIR
   return e
@@ -250,8 +272,124 @@ def _plot(res: dict, path: str, label: str) -> None:
   common.save_figure(fig, path, label)
 
 
+# ----------------------------------------------------------------------------
+# claims
+
+FLAT_SE = 2.0  # the average's trace must sit this many SE of the difference below
+CONTRACTION = 1.0  # Appendix A: eigenvalues of I - lambda Omega in (0, 1)
+
+
+def _contracting(m: dict) -> bool:
+  return m["max_eff_lr_times_lambda_max"] < CONTRACTION
+
+
+def _flatter(m: dict) -> bool:
+  return (
+    m["lambda_max_average"] < min(m["lambda_max_endpoints"]) and m["trace_margin_in_se"] > FLAT_SE
+  )
+
+
+def _claims():
+  from experiments import claims
+
+  return {
+    c.id: c
+    for c in (
+      claims.Claim(
+        "curv.contracting",
+        "Appendix A",
+        "assuming that all eigenvalues κ_k of Γ are characterized by $0 < \\kappa_k < 1$",
+        "at every checkpoint of the parent trajectory, eta/(1 - beta) * lambda_max < 1 "
+        "(lambda_max: mean over the probed training batches of the batch Hessian's top "
+        "eigenvalue, Lanczos; eta/(1 - beta) the paper's lambda for SGD with momentum beta)",
+        _contracting,
+        control="",
+        effect="max_eff_lr_times_lambda_max",
+      ),
+      claims.Claim(
+        "curv.average_flatter",
+        "companion notes (Izmailov et al.)",
+        "Averaging Weights Leads to Wider Optima and Better Generalization.",
+        "the two-point average (theta_{T-h} + theta_T)/2 has a smaller lambda_max than both raw "
+        f"endpoints and a trace smaller than both by more than {FLAT_SE:g} standard errors of the "
+        "difference, on the same training batches",
+        _flatter,
+        control="the raw endpoints themselves, on the same batches (their difference is reported)",
+        effect="trace_drop_fraction",
+      ),
+    )
+  }
+
+
+def measured(res: dict) -> dict:
+  """``{claim id: measured}`` for :data:`CLAIMS` from one seed's result JSON."""
+  beta = float(res["momentum"])
+  traj = res["trajectory"]
+  pts = res["points"]
+  avg = pts["two_point_average"]
+  ends = [p for k, p in pts.items() if k != "two_point_average"]
+  margins = [
+    (e["trace_mean"] - avg["trace_mean"])
+    / np.hypot(e["trace_mean_stderr"], avg["trace_mean_stderr"])
+    for e in ends
+  ]
+  lowest = min(e["trace_mean"] for e in ends)
+  return {
+    "curv.contracting": {
+      "steps": [t["step"] for t in traj],
+      "eff_lr_times_lambda_max": [t["lr"] / (1 - beta) * t["lambda_max"] for t in traj],
+      "max_eff_lr_times_lambda_max": max(t["lr"] / (1 - beta) * t["lambda_max"] for t in traj),
+      "batches_per_point": len(traj[0]["trace"]),
+    },
+    "curv.average_flatter": {
+      "lambda_max_average": avg["lambda_max"],
+      "lambda_max_endpoints": [e["lambda_max"] for e in ends],
+      "trace_average": avg["trace_mean"],
+      "trace_endpoints": [e["trace_mean"] for e in ends],
+      "trace_margin_in_se": float(min(margins)),
+      "trace_drop_fraction": float((lowest - avg["trace_mean"]) / lowest),
+    },
+  }
+
+
+def run_seeds(config, exp, workdir: str) -> dict:
+  """``run`` per seed in ``exp.seeds`` (``WORKDIR/seed_N``) and the claim records."""
+  import copy
+
+  from experiments import claims
+
+  seeds = [int(s) for s in exp.seeds]
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"exp.seeds must be distinct, got {tuple(exp.seeds)!r}")
+  if exp.parent:
+    raise ValueError("exp.parent cannot be combined with exp.seeds (one parent per seed)")
+  per_seed = []
+  for seed in seeds:
+    cfg = copy.deepcopy(config)
+    with cfg.unlocked():
+      cfg.seed = seed
+    sdir = os.path.join(os.path.abspath(workdir), f"seed_{seed}")
+    run(cfg, exp, sdir)
+    with open(os.path.join(sdir, "curvature.json")) as f:
+      per_seed.append((seed, measured(json.load(f))))
+  records = [claims.judge(c, [(s, m[c.id]) for s, m in per_seed]) for c in CLAIMS.values()]
+  common.write_json(os.path.join(workdir, "curvature_claims.json"), {"claims": records})
+  for r in records:
+    common.log(f"claim {r['id']}: {r['verdict']}")
+  return {"claims": {r["id"]: r["verdict"] for r in records}, "seeds": seeds}
+
+
+def _cli_run(config, exp, workdir: str) -> dict:
+  if tuple(exp.seeds):
+    return run_seeds(config, exp, workdir)
+  return run(config, exp, workdir)
+
+
+CLAIMS = _claims()
+
+
 def main(argv=None):
-  return common.cli(NAME, run, experiment_defaults, argv)
+  return common.cli(NAME, _cli_run, experiment_defaults, argv)
 
 
 if __name__ == "__main__":

@@ -280,7 +280,7 @@ def test_bad_input_errors_name_the_argument():
 def test_curvature_experiment_runs_and_is_consistent(tmp_path):
   import json
 
-  from experiments import common
+  from experiments import claims, common
   from experiments import curvature as exp_mod
 
   config = common.load_config(
@@ -289,8 +289,17 @@ def test_curvature_experiment_runs_and_is_consistent(tmp_path):
   )
   exp = exp_mod.experiment_defaults()
   exp.k, exp.lanczos_iters, exp.probes, exp.batches = 2, 6, 3, 2
-  out = exp_mod.run(config, exp, str(tmp_path))
-  res = json.loads((tmp_path / "curvature.json").read_text())
+  exp.seeds = (0, 1)
+  out = exp_mod.run_seeds(config, exp, str(tmp_path))
+  assert out["seeds"] == [0, 1]
+  rec = json.loads((tmp_path / "curvature_claims.json").read_text())["claims"]
+  assert [r["id"] for r in rec] == ["curv.contracting", "curv.average_flatter"]
+  for r in rec:
+    assert [row["seed"] for row in r["per_seed"]] == [0, 1]
+    assert r["verdict"] == claims.verdict([row["holds"] for row in r["per_seed"]])
+  res = json.loads((tmp_path / "seed_0" / "curvature.json").read_text())
+  assert res["seed"] == 0
+  assert json.loads((tmp_path / "seed_1" / "curvature.json").read_text())["seed"] == 1
   assert res["steps"] == [50, 100]
   assert set(res["points"]) == {"raw_50", "raw_100", "two_point_average"}
   for t in res["trajectory"]:
@@ -302,8 +311,62 @@ def test_curvature_experiment_runs_and_is_consistent(tmp_path):
   # The final raw point measured twice (trajectory and endpoint) on the same
   # batches T, T+1 with the same key gives the same numbers.
   assert res["points"]["raw_100"]["eigenvalues"] == res["trajectory"][-1]["eigenvalues"]
-  assert out["lambda_max_final"] == res["trajectory"][-1]["lambda_max"]
-  assert (tmp_path / "curvature.png").exists()
+  assert res["summary"]["lambda_max_final"] == res["trajectory"][-1]["lambda_max"]
+  assert (tmp_path / "seed_0" / "curvature.png").exists()
+  m = exp_mod.measured(res)["curv.contracting"]
+  np.testing.assert_allclose(
+    m["max_eff_lr_times_lambda_max"], max(0.5 * t["lambda_max"] for t in res["trajectory"])
+  )
   with pytest.raises(ValueError, match=r"exp.probes must be >= 2, got 1"):
     exp.probes = 1
     exp_mod.run(config, exp, str(tmp_path))
+
+
+def test_curvature_claim_quotes_are_verbatim():
+  from experiments import claims
+  from experiments import curvature as exp_mod
+
+  paper = open(claims.find_paper()).read()
+  notes_path = claims.find_paper().replace(claims.PAPER_FILE, "sgd-convergence-notes.md")
+  notes = open(notes_path).read()
+  c = exp_mod.CLAIMS
+  assert claims.quote_in_paper(c["curv.contracting"].quote, paper)
+  assert claims.quote_in_paper(c["curv.average_flatter"].quote, notes)
+  assert not claims.quote_in_paper(c["curv.average_flatter"].quote, paper)
+
+
+def _fake_result(lams, traces, ses, lr=0.05, beta=0.9):
+  traj = [
+    {"step": 1000 * (i + 1), "lr": lr, "lambda_max": lam, "trace": [1.0, 1.0]}
+    for i, lam in enumerate(lams)
+  ]
+  names = ["raw_5000", "raw_6000", "two_point_average"]
+  points = {
+    n: {"lambda_max": lam, "trace_mean": t, "trace_mean_stderr": se}
+    for n, lam, t, se in zip(names, lams[-3:], traces, ses, strict=True)
+  }
+  return {"momentum": beta, "trajectory": traj, "points": points}
+
+
+def test_curvature_claim_criteria_pass_and_fail():
+  from experiments import claims
+  from experiments import curvature as exp_mod
+
+  c = exp_mod.CLAIMS
+  # eta_eff = 0.5: lambda_max 1.9 -> 0.95 < 1 holds; 2.1 -> 1.05 fails.
+  good = exp_mod.measured(_fake_result([1.9, 1.8, 1.7, 1.5], [30.0, 31.0, 25.0], [1.0] * 3))
+  bad = exp_mod.measured(_fake_result([2.1, 1.8, 1.7, 1.5], [30.0, 31.0, 28.0], [1.0] * 3))
+  assert c["curv.contracting"].test(good["curv.contracting"])
+  assert not c["curv.contracting"].test(bad["curv.contracting"])
+  np.testing.assert_allclose(bad["curv.contracting"]["max_eff_lr_times_lambda_max"], 1.05)
+  # Average trace 25 vs endpoints 30, 31 with SE 1: margin 5/sqrt(2) = 3.5 SE holds;
+  # 28 vs 30: margin 1.4 SE fails (as does a larger lambda_max at the average).
+  assert c["curv.average_flatter"].test(good["curv.average_flatter"])
+  np.testing.assert_allclose(good["curv.average_flatter"]["trace_margin_in_se"], 5 / np.sqrt(2))
+  assert not c["curv.average_flatter"].test(bad["curv.average_flatter"])
+  sharper = exp_mod.measured(_fake_result([1.0, 1.6, 1.5, 1.7], [30.0, 31.0, 25.0], [1.0] * 3))
+  assert not c["curv.average_flatter"].test(sharper["curv.average_flatter"])
+  rec = claims.judge(
+    c["curv.contracting"], [(0, good["curv.contracting"]), (1, bad["curv.contracting"])]
+  )
+  assert rec["verdict"] == "mixed" and rec["effect"]["n"] == 2
