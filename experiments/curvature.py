@@ -22,9 +22,13 @@ mode, the loss a step differentiates):
   iff eta lambda < 2(1+beta)); and eps_max = |g_b|^2 / (g_b^T H_b g_b) of the
   companion notes on the same batch (the best step along that batch's gradient).
 
-Not measured here (beyond what fits, issue 14): the sqrt(lambda) shell law and
-the drift/drag split; SWA/EMA and side-trip points other than the two-point
-average.
+With ``--exp.shell=True`` (:func:`shell_law`): pairs of constant-rate
+side-trips from theta_{T-h} at f * eta, f = 1, 1/2, 1/4, 1/8, on two batch
+orders; the exponent p of pair distance ~ f^p, fitted with its standard error,
+in the top-k Hessian eigendirections at the branch ("fast") and the rest.
+
+Not measured here (beyond what fits, issue 14): the drift/drag split of each
+update; SWA/EMA and side-trip points other than the two-point average.
 
 Claims (:data:`CLAIMS`, records as :mod:`experiments.claims` writes them,
 criteria fixed here before any run), judged over ``--exp.seeds``:
@@ -36,6 +40,8 @@ criteria fixed here before any run), judged over ``--exp.seeds``:
   checkpoint of the trajectory (lambda_max of training-batch Hessians, mean
   over ``exp.batches`` batches: a batch Hessian's top eigenvalue is biased up
   relative to the full-data Omega, so a narrow failure is not conclusive).
+* ``curv.sqrt_lambda_shell`` (with ``--exp.shell=True``): Lemma 1 -- the
+  fast-direction exponent lies within 0.15 of 1/2.
 * ``curv.average_flatter``: Izmailov et al. (companion notes) -- the two-point
   average has a smaller lambda_max and a smaller trace than both raw
   endpoints, on the same training batches, the trace by more than 2 standard
@@ -46,7 +52,7 @@ Usage (not part of the default ``make demo``; one parent run per seed, about
 
   python -m experiments.curvature --config=configs/mnist1d.py --workdir=workdirs/curv
   python -m experiments.curvature --config=configs/mnist1d.py --workdir=workdirs/curv \
-    --exp.seeds='(0, 1, 2)'
+    --exp.seeds='(0, 1, 2)' --exp.shell=True
 
 Writes ``WORKDIR/curvature.{json,png}`` (one seed) or ``WORKDIR/seed_N/...``
 and ``WORKDIR/curvature_claims.json`` (seeds).
@@ -79,6 +85,12 @@ def experiment_defaults():
   e.seeds = ()
   e.seed = 0  # Lanczos / Hutchinson key
   e.parent = ""  # reuse an existing parent WORKDIR
+  # The sqrt(lambda) shell law (off by default: 2 x len(shell_factors) side-trips).
+  e.shell = False
+  e.shell_factors = (1.0, 0.5, 0.25, 0.125)  # lr factors f of the side-trip pairs
+  e.shell_steps = mlc.FieldReference(None, field_type=int)  # L; default averaging.gap
+  e.shell_points = 6  # measurement times over the trip's second half
+  e.shell_k = 5  # top Hessian eigenvectors at the branch spanning the "fast" directions
   return e
 
 
@@ -203,7 +215,15 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     "max_lr_times_lambda_max": max(t["lr"] * t["lambda_max"] for t in trajectory),
     "lr_below_gd_edge_everywhere": all(t["lr"] < t["gd_edge"] for t in trajectory),
   }
+  shell = None
+  if exp.shell:
+    shell = shell_law(restored[T - h], loss_fn, exp, key, T)
+    summary.update(
+      {f"shell_exponent_{d}": shell["fit"][d]["exponent"] for d in ("total", "fast", "slow")}
+    )
+    summary["shell_all_stationary"] = all(t["stationary"] for t in shell["trips"])
   res = {
+    "shell": shell,
     "steps": steps,
     "total_steps": T,
     "gap": h,
@@ -273,14 +293,134 @@ def _plot(res: dict, path: str, label: str) -> None:
 
 
 # ----------------------------------------------------------------------------
+# the sqrt(lambda) shell law (Lemma 1)
+
+STATIONARY_CHANGE = 0.1  # quasi-stationary: second-half mean distance within 10 % of first
+
+
+def fit_exponent(factors, values) -> dict:
+  """Least-squares slope p of log(values) on log(factors), with its standard error."""
+  x, y = np.log(np.asarray(factors, float)), np.log(np.asarray(values, float))
+  if x.size < 3:
+    raise ValueError(f"fit_exponent needs >= 3 learning rates, got {x.size}")
+  a = np.stack([x, np.ones_like(x)], axis=1)
+  coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+  resid = y - a @ coef
+  sigma2 = float(resid @ resid) / (x.size - 2)
+  cov = sigma2 * np.linalg.inv(a.T @ a)
+  return {"exponent": float(coef[0]), "stderr": float(np.sqrt(cov[0, 0]))}
+
+
+def shell_law(restored, loss_fn, exp, key, total_steps: int) -> dict:
+  """Pairs of constant-rate side-trips at f * eta from theta_S on two batch orders.
+
+  For each factor f two copies of the parent state at S run L steps with the
+  engine's train step at f * eta, one on the parent's batch order, one on
+  batches offset by total_steps (positions the parent never reached). Lemma 1
+  (quadratic model): each settles on a shell of radius proportional to
+  sqrt(f eta) around the minimum, and two independent samples on it are a
+  distance ~ sqrt(2) x radius apart, so the pair distance d(f) ~ f^(1/2) once
+  stationary. d is split into the component in the span of the top
+  ``exp.shell_k`` Hessian eigenvectors at theta_S (training batch S, Lanczos)
+  -- the fast directions, which equilibrate within L steps when f eta
+  lambda_i is not small -- and the rest (slow directions, where L steps of
+  diffusion need not reach the shell). Measured at ``exp.shell_points`` times
+  over [L/2, L]; a trip is quasi-stationary when the mean distance over the
+  later half of those times is within 10 % of the earlier half's.
+  """
+  import jax
+  from jax.flatten_util import ravel_pytree
+
+  from trajax import probes
+
+  factors = [float(f) for f in exp.shell_factors]
+  if len(factors) < 3 or any(not f > 0 for f in factors) or len(set(factors)) != len(factors):
+    raise ValueError(f"exp.shell_factors must be >= 3 distinct positive factors, got {factors}")
+  L = int(exp.shell_steps if exp.shell_steps is not None else restored.config.averaging.gap)
+  if L < 2:
+    raise ValueError(f"exp.shell_steps must be >= 2, got {L}")
+  if int(exp.shell_points) < 2:
+    raise ValueError(f"exp.shell_points must be >= 2, got {exp.shell_points!r}")
+  S = int(restored.step)
+  b = common.with_batch_stats(common.train_batch(restored.dataset, S), restored.state.batch_stats)
+  eig = probes.hessian_top_eigs(
+    loss_fn,
+    restored.state.params,
+    b,
+    int(exp.shell_k),
+    key=key,
+    num_iters=max(int(exp.lanczos_iters), int(exp.shell_k)),
+  )
+  u = np.asarray(jax.vmap(lambda t: ravel_pytree(t)[0])(eig.eigenvectors), np.float64)
+  times = sorted({int(round(t)) for t in np.linspace(L / 2, L, int(exp.shell_points))})
+  trips = []
+  t0 = time.perf_counter()
+  for f in factors:
+    a = common.Runner(restored, lr_factor=f, stream_offset=0)
+    c = common.Runner(restored, lr_factor=f, stream_offset=int(total_steps))
+    total, fast, from_s = [], [], []
+    theta_s = np.asarray(ravel_pytree(restored.state.params)[0], np.float64)
+    for t in times:
+      a.advance_to(S + t)
+      c.advance_to(S + t)
+      pa = np.asarray(ravel_pytree(a.params)[0], np.float64)
+      diff = pa - np.asarray(ravel_pytree(c.params)[0], np.float64)
+      total.append(float(np.linalg.norm(diff)))
+      fast.append(float(np.linalg.norm(u @ diff)))
+      from_s.append(float(np.linalg.norm(pa - theta_s)))
+    total_a, fast_a = np.asarray(total), np.asarray(fast)
+    slow = np.sqrt(np.maximum(total_a**2 - fast_a**2, 0.0))
+    half = len(times) // 2
+    change = abs(total_a[half:].mean() - total_a[:half].mean()) / total_a[:half].mean()
+    trips.append(
+      {
+        "factor": f,
+        "lr": f * float(restored.config.optimizer.lr),
+        "times": times,
+        "pair_distance": total,
+        "pair_distance_fast": fast,
+        "pair_distance_slow": slow.tolist(),
+        "distance_from_branch": from_s,
+        "relative_change": float(change),
+        "stationary": bool(change < STATIONARY_CHANGE),
+      }
+    )
+    common.log(f"shell f={f:g}: pair distance {total_a.mean():.4g} (fast {fast_a.mean():.3g})")
+  fit = {
+    d: fit_exponent(factors, [np.mean(t[key_]) for t in trips])
+    for d, key_ in (
+      ("total", "pair_distance"),
+      ("fast", "pair_distance_fast"),
+      ("slow", "pair_distance_slow"),
+    )
+  }
+  return {
+    "branch_step": S,
+    "steps": L,
+    "factors": factors,
+    "top_eigenvalues_at_branch": np.asarray(eig.eigenvalues).tolist(),
+    "fast_directions": f"span of the top {int(exp.shell_k)} Hessian eigenvectors at theta_S "
+    "(training batch S, BN in training mode)",
+    "trips": trips,
+    "fit": fit,
+    "seconds": time.perf_counter() - t0,
+  }
+
+
+# ----------------------------------------------------------------------------
 # claims
 
+SHELL_TOLERANCE = 0.15  # |fitted fast-direction exponent - 1/2| allowed by "proportional to sqrt"
 FLAT_SE = 2.0  # the average's trace must sit this many SE of the difference below
 CONTRACTION = 1.0  # Appendix A: eigenvalues of I - lambda Omega in (0, 1)
 
 
 def _contracting(m: dict) -> bool:
   return m["max_eff_lr_times_lambda_max"] < CONTRACTION
+
+
+def _shell(m: dict) -> bool:
+  return abs(m["exponent_fast"] - 0.5) <= SHELL_TOLERANCE
 
 
 def _flatter(m: dict) -> bool:
@@ -305,6 +445,19 @@ def _claims():
         _contracting,
         control="",
         effect="max_eff_lr_times_lambda_max",
+      ),
+      claims.Claim(
+        "curv.sqrt_lambda_shell",
+        "Lemma 1",
+        "the trajectory will stabilize at an ellipsoid of a fixed size proportional to the "
+        "square root of the learning rate",
+        "pairs of constant-rate side-trips from theta_{T-h} at f * eta, f in exp.shell_factors, "
+        "on two batch orders: the least-squares exponent p of pair distance ~ f^p, in the span "
+        f"of the top exp.shell_k Hessian eigenvectors, satisfies |p - 1/2| <= {SHELL_TOLERANCE:g}",
+        _shell,
+        control="the same fit in the remaining (slow) directions and in total is reported beside "
+        "it, with each trip's quasi-stationarity",
+        effect="exponent_fast",
       ),
       claims.Claim(
         "curv.average_flatter",
@@ -334,7 +487,19 @@ def measured(res: dict) -> dict:
     for e in ends
   ]
   lowest = min(e["trace_mean"] for e in ends)
-  return {
+  out = {}
+  if res.get("shell"):
+    sh = res["shell"]
+    out["curv.sqrt_lambda_shell"] = {
+      "factors": sh["factors"],
+      "exponent_fast": sh["fit"]["fast"]["exponent"],
+      "exponent_fast_stderr": sh["fit"]["fast"]["stderr"],
+      "exponent_slow": sh["fit"]["slow"]["exponent"],
+      "exponent_total": sh["fit"]["total"]["exponent"],
+      "stationary": [t["stationary"] for t in sh["trips"]],
+      "fast_directions": sh["fast_directions"],
+    }
+  return out | {
     "curv.contracting": {
       "steps": [t["step"] for t in traj],
       "eff_lr_times_lambda_max": [t["lr"] / (1 - beta) * t["lambda_max"] for t in traj],
@@ -372,7 +537,11 @@ def run_seeds(config, exp, workdir: str) -> dict:
     run(cfg, exp, sdir)
     with open(os.path.join(sdir, "curvature.json")) as f:
       per_seed.append((seed, measured(json.load(f))))
-  records = [claims.judge(c, [(s, m[c.id]) for s, m in per_seed]) for c in CLAIMS.values()]
+  records = [
+    claims.judge(c, [(s, m[c.id]) for s, m in per_seed])
+    for c in CLAIMS.values()
+    if all(c.id in m for _, m in per_seed)
+  ]
   common.write_json(os.path.join(workdir, "curvature_claims.json"), {"claims": records})
   for r in records:
     common.log(f"claim {r['id']}: {r['verdict']}")

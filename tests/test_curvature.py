@@ -290,10 +290,16 @@ def test_curvature_experiment_runs_and_is_consistent(tmp_path):
   exp = exp_mod.experiment_defaults()
   exp.k, exp.lanczos_iters, exp.probes, exp.batches = 2, 6, 3, 2
   exp.seeds = (0, 1)
+  exp.shell, exp.shell_steps, exp.shell_points, exp.shell_k = True, 8, 2, 2
+  exp.shell_factors = (1.0, 0.5, 0.25)
   out = exp_mod.run_seeds(config, exp, str(tmp_path))
   assert out["seeds"] == [0, 1]
   rec = json.loads((tmp_path / "curvature_claims.json").read_text())["claims"]
-  assert [r["id"] for r in rec] == ["curv.contracting", "curv.average_flatter"]
+  assert [r["id"] for r in rec] == [
+    "curv.contracting",
+    "curv.sqrt_lambda_shell",
+    "curv.average_flatter",
+  ]
   for r in rec:
     assert [row["seed"] for row in r["per_seed"]] == [0, 1]
     assert r["verdict"] == claims.verdict([row["holds"] for row in r["per_seed"]])
@@ -313,6 +319,18 @@ def test_curvature_experiment_runs_and_is_consistent(tmp_path):
   assert res["points"]["raw_100"]["eigenvalues"] == res["trajectory"][-1]["eigenvalues"]
   assert res["summary"]["lambda_max_final"] == res["trajectory"][-1]["lambda_max"]
   assert (tmp_path / "seed_0" / "curvature.png").exists()
+  sh = res["shell"]
+  assert sh["branch_step"] == 50 and sh["steps"] == 8
+  assert [t["factor"] for t in sh["trips"]] == [1.0, 0.5, 0.25]
+  for t in sh["trips"]:
+    assert t["times"] == [4, 8]
+    d, f, sl = (
+      np.asarray(t[k]) for k in ("pair_distance", "pair_distance_fast", "pair_distance_slow")
+    )
+    assert np.all(d > 0) and np.all(f <= d + 1e-9)
+    np.testing.assert_allclose(f**2 + sl**2, d**2, rtol=1e-9)
+  fit = exp_mod.fit_exponent(sh["factors"], [np.mean(t["pair_distance"]) for t in sh["trips"]])
+  assert fit == sh["fit"]["total"]
   m = exp_mod.measured(res)["curv.contracting"]
   np.testing.assert_allclose(
     m["max_eff_lr_times_lambda_max"], max(0.5 * t["lambda_max"] for t in res["trajectory"])
@@ -331,6 +349,7 @@ def test_curvature_claim_quotes_are_verbatim():
   notes = open(notes_path).read()
   c = exp_mod.CLAIMS
   assert claims.quote_in_paper(c["curv.contracting"].quote, paper)
+  assert claims.quote_in_paper(c["curv.sqrt_lambda_shell"].quote, paper)
   assert claims.quote_in_paper(c["curv.average_flatter"].quote, notes)
   assert not claims.quote_in_paper(c["curv.average_flatter"].quote, paper)
 
@@ -370,3 +389,22 @@ def test_curvature_claim_criteria_pass_and_fail():
     c["curv.contracting"], [(0, good["curv.contracting"]), (1, bad["curv.contracting"])]
   )
   assert rec["verdict"] == "mixed" and rec["effect"]["n"] == 2
+
+
+def test_fit_exponent_recovers_power_law_and_its_error():
+  from experiments import curvature as exp_mod
+
+  f = np.array([1.0, 0.5, 0.25, 0.125])
+  exact = exp_mod.fit_exponent(f, 3.0 * f**0.5)
+  assert exact["exponent"] == pytest.approx(0.5, abs=1e-12) and exact["stderr"] < 1e-10
+  # Independent reference: numpy.polyfit's slope and covariance.
+  y = 2.0 * f**0.8 * np.exp(np.array([0.05, -0.03, 0.02, -0.04]))
+  got = exp_mod.fit_exponent(f, y)
+  coef, cov = np.polyfit(np.log(f), np.log(y), 1, cov="unscaled")
+  resid = np.log(y) - np.polyval(coef, np.log(f))
+  se = np.sqrt(cov[0, 0] * (resid @ resid) / (f.size - 2))
+  assert got["exponent"] == pytest.approx(coef[0]) and got["stderr"] == pytest.approx(se)
+  with pytest.raises(ValueError, match=r"needs >= 3 learning rates, got 2"):
+    exp_mod.fit_exponent([1.0, 0.5], [1.0, 0.7])
+  shell = exp_mod.CLAIMS["curv.sqrt_lambda_shell"].test
+  assert shell({"exponent_fast": 0.6}) and not shell({"exponent_fast": 1.0})
