@@ -91,6 +91,7 @@ def experiment_defaults():
   e.shell_steps = mlc.FieldReference(None, field_type=int)  # L; default averaging.gap
   e.shell_points = 6  # measurement times over the trip's second half
   e.shell_k = 5  # top Hessian eigenvectors at the branch spanning the "fast" directions
+  e.drag_steps = 100  # steps after L split into drag (toward the centre) and drift; 0: off
   return e
 
 
@@ -218,9 +219,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   shell = None
   if exp.shell:
     shell = shell_law(restored[T - h], loss_fn, exp, key, T)
-    summary.update(
-      {f"shell_exponent_{d}": shell["fit"][d]["exponent"] for d in ("total", "fast", "slow")}
-    )
+    summary.update({f"shell_exponent_{d}": v["exponent"] for d, v in shell["fit"].items()})
     summary["shell_all_stationary"] = all(t["stationary"] for t in shell["trips"])
   res = {
     "shell": shell,
@@ -311,6 +310,42 @@ def fit_exponent(factors, values) -> dict:
   return {"exponent": float(coef[0]), "stderr": float(np.sqrt(cov[0, 0]))}
 
 
+def _drift_drag(runner, samples, steps: int) -> dict:
+  """Splits ``steps`` further updates of ``runner`` into drag and drift (paper Fig. 4a).
+
+  The quasi-stationary centre c is the running average of the trip's samples
+  over its second half (both batch orders, the shell's measurement times).
+  For each update Delta_t = theta_{t+1} - theta_t, with r_t = (c - theta_t) /
+  |c - theta_t|: drag_t = <Delta_t, r_t> (the pull back toward the centre,
+  Sec. 4's -lambda gamma theta), drift_t = |Delta_t - drag_t r_t| (the
+  orthogonal remainder, Sec. 4's xi). Fig. 4's caption: |drag| ~ sqrt(lambda),
+  drift ~ lambda.
+  """
+  from jax.flatten_util import ravel_pytree
+
+  centre = np.mean(samples, axis=0)
+  prev = np.asarray(ravel_pytree(runner.params)[0], np.float64)
+  drag, drift, size = [], [], []
+  for _ in range(steps):
+    runner.advance_to(runner.step + 1)
+    cur = np.asarray(ravel_pytree(runner.params)[0], np.float64)
+    delta, r = cur - prev, centre - prev
+    r = r / np.linalg.norm(r)
+    g = float(delta @ r)
+    drag.append(g)
+    drift.append(float(np.linalg.norm(delta - g * r)))
+    size.append(float(np.linalg.norm(delta)))
+    prev = cur
+  return {
+    "steps": steps,
+    "centre": f"mean of {len(samples)} samples of the trip's second half, both batch orders",
+    "mean_drag": float(np.mean(drag)),
+    "mean_abs_drag": float(np.mean(np.abs(drag))),
+    "mean_drift": float(np.mean(drift)),
+    "mean_update_norm": float(np.mean(size)),
+  }
+
+
 def shell_law(restored, loss_fn, exp, key, total_steps: int) -> dict:
   """Pairs of constant-rate side-trips at f * eta from theta_S on two batch orders.
 
@@ -358,13 +393,15 @@ def shell_law(restored, loss_fn, exp, key, total_steps: int) -> dict:
   for f in factors:
     a = common.Runner(restored, lr_factor=f, stream_offset=0)
     c = common.Runner(restored, lr_factor=f, stream_offset=int(total_steps))
-    total, fast, from_s = [], [], []
+    total, fast, from_s, samples = [], [], [], []
     theta_s = np.asarray(ravel_pytree(restored.state.params)[0], np.float64)
     for t in times:
       a.advance_to(S + t)
       c.advance_to(S + t)
       pa = np.asarray(ravel_pytree(a.params)[0], np.float64)
-      diff = pa - np.asarray(ravel_pytree(c.params)[0], np.float64)
+      pc = np.asarray(ravel_pytree(c.params)[0], np.float64)
+      samples += [pa, pc]
+      diff = pa - pc
       total.append(float(np.linalg.norm(diff)))
       fast.append(float(np.linalg.norm(u @ diff)))
       from_s.append(float(np.linalg.norm(pa - theta_s)))
@@ -372,6 +409,7 @@ def shell_law(restored, loss_fn, exp, key, total_steps: int) -> dict:
     slow = np.sqrt(np.maximum(total_a**2 - fast_a**2, 0.0))
     half = len(times) // 2
     change = abs(total_a[half:].mean() - total_a[:half].mean()) / total_a[:half].mean()
+    split = _drift_drag(a, samples, int(exp.drag_steps)) if int(exp.drag_steps) > 0 else None
     trips.append(
       {
         "factor": f,
@@ -383,6 +421,7 @@ def shell_law(restored, loss_fn, exp, key, total_steps: int) -> dict:
         "distance_from_branch": from_s,
         "relative_change": float(change),
         "stationary": bool(change < STATIONARY_CHANGE),
+        "drift_drag": split,
       }
     )
     common.log(f"shell f={f:g}: pair distance {total_a.mean():.4g} (fast {fast_a.mean():.3g})")
@@ -394,6 +433,9 @@ def shell_law(restored, loss_fn, exp, key, total_steps: int) -> dict:
       ("slow", "pair_distance_slow"),
     )
   }
+  if int(exp.drag_steps) > 0:
+    for d, key_ in (("drag", "mean_abs_drag"), ("drift", "mean_drift")):
+      fit[d] = fit_exponent(factors, [t["drift_drag"][key_] for t in trips])
   return {
     "branch_step": S,
     "steps": L,
@@ -421,6 +463,13 @@ def _contracting(m: dict) -> bool:
 
 def _shell(m: dict) -> bool:
   return abs(m["exponent_fast"] - 0.5) <= SHELL_TOLERANCE
+
+
+def _drift_drag_claim(m: dict) -> bool:
+  return (
+    abs(m["exponent_drag"] - 0.5) <= SHELL_TOLERANCE
+    and abs(m["exponent_drift"] - 1.0) <= SHELL_TOLERANCE
+  )
 
 
 def _flatter(m: dict) -> bool:
@@ -458,6 +507,19 @@ def _claims():
         control="the same fit in the remaining (slow) directions and in total is reported beside "
         "it, with each trip's quasi-stationarity",
         effect="exponent_fast",
+      ),
+      claims.Claim(
+        "curv.drift_drag",
+        "Fig. 4a",
+        "The magnitude of the drag component changes as $\\sqrt{\\lambda}$, while the magnitude "
+        "of the drift component is proportional to λ",
+        "over exp.drag_steps updates after each constant-rate side-trip at f * eta, the mean "
+        "|component toward the running-average centre| (drag) and mean orthogonal remainder "
+        f"(drift) fit f^p with |p_drag - 1/2| <= {SHELL_TOLERANCE:g} and "
+        f"|p_drift - 1| <= {SHELL_TOLERANCE:g}",
+        _drift_drag_claim,
+        control="the update norm and the signed mean drag are reported beside them",
+        effect="exponent_drag",
       ),
       claims.Claim(
         "curv.average_flatter",
@@ -499,6 +561,16 @@ def measured(res: dict) -> dict:
       "stationary": [t["stationary"] for t in sh["trips"]],
       "fast_directions": sh["fast_directions"],
     }
+    if "drag" in sh["fit"]:
+      out["curv.drift_drag"] = {
+        "factors": sh["factors"],
+        "exponent_drag": sh["fit"]["drag"]["exponent"],
+        "exponent_drag_stderr": sh["fit"]["drag"]["stderr"],
+        "exponent_drift": sh["fit"]["drift"]["exponent"],
+        "exponent_drift_stderr": sh["fit"]["drift"]["stderr"],
+        "mean_signed_drag": [t["drift_drag"]["mean_drag"] for t in sh["trips"]],
+        "mean_update_norm": [t["drift_drag"]["mean_update_norm"] for t in sh["trips"]],
+      }
   return out | {
     "curv.contracting": {
       "steps": [t["step"] for t in traj],

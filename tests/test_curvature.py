@@ -292,12 +292,14 @@ def test_curvature_experiment_runs_and_is_consistent(tmp_path):
   exp.seeds = (0, 1)
   exp.shell, exp.shell_steps, exp.shell_points, exp.shell_k = True, 8, 2, 2
   exp.shell_factors = (1.0, 0.5, 0.25)
+  exp.drag_steps = 3
   out = exp_mod.run_seeds(config, exp, str(tmp_path))
   assert out["seeds"] == [0, 1]
   rec = json.loads((tmp_path / "curvature_claims.json").read_text())["claims"]
   assert [r["id"] for r in rec] == [
     "curv.contracting",
     "curv.sqrt_lambda_shell",
+    "curv.drift_drag",
     "curv.average_flatter",
   ]
   for r in rec:
@@ -329,6 +331,11 @@ def test_curvature_experiment_runs_and_is_consistent(tmp_path):
     )
     assert np.all(d > 0) and np.all(f <= d + 1e-9)
     np.testing.assert_allclose(f**2 + sl**2, d**2, rtol=1e-9)
+    dd = t["drift_drag"]
+    assert dd["steps"] == 3 and dd["mean_abs_drag"] >= abs(dd["mean_drag"])
+    # |Delta|^2 = drag^2 + drift^2 step by step, so the means obey the triangle bounds.
+    assert dd["mean_update_norm"] <= dd["mean_abs_drag"] + dd["mean_drift"] + 1e-12
+    assert dd["mean_update_norm"] >= max(dd["mean_abs_drag"], dd["mean_drift"]) - 1e-12
   fit = exp_mod.fit_exponent(sh["factors"], [np.mean(t["pair_distance"]) for t in sh["trips"]])
   assert fit == sh["fit"]["total"]
   m = exp_mod.measured(res)["curv.contracting"]
@@ -350,6 +357,7 @@ def test_curvature_claim_quotes_are_verbatim():
   c = exp_mod.CLAIMS
   assert claims.quote_in_paper(c["curv.contracting"].quote, paper)
   assert claims.quote_in_paper(c["curv.sqrt_lambda_shell"].quote, paper)
+  assert claims.quote_in_paper(c["curv.drift_drag"].quote, paper)
   assert claims.quote_in_paper(c["curv.average_flatter"].quote, notes)
   assert not claims.quote_in_paper(c["curv.average_flatter"].quote, paper)
 
@@ -408,3 +416,7 @@ def test_fit_exponent_recovers_power_law_and_its_error():
     exp_mod.fit_exponent([1.0, 0.5], [1.0, 0.7])
   shell = exp_mod.CLAIMS["curv.sqrt_lambda_shell"].test
   assert shell({"exponent_fast": 0.6}) and not shell({"exponent_fast": 1.0})
+  dd = exp_mod.CLAIMS["curv.drift_drag"].test
+  assert dd({"exponent_drag": 0.45, "exponent_drift": 1.1})
+  assert not dd({"exponent_drag": 1.5, "exponent_drift": 1.0})
+  assert not dd({"exponent_drag": 0.5, "exponent_drift": 0.5})
