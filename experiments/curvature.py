@@ -246,7 +246,8 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
 
 
 def _plot(res: dict, path: str, label: str) -> None:
-  fig, ax = common.new_figure(1, 3, width=4.6)
+  sh = res.get("shell")
+  fig, ax = common.new_figure(1, 4 if sh else 3, width=4.6)
   tr = res["trajectory"]
   s = np.asarray([t["step"] for t in tr])
   lam = np.asarray([np.mean(t["eigenvalues"], axis=0) for t in tr])
@@ -288,6 +289,38 @@ def _plot(res: dict, path: str, label: str) -> None:
   a.set_ylabel("step size")
   a.set_title("learning rate vs curvature references")
   a.legend(fontsize=6)
+  if sh:
+    a = ax[0][3]
+    f = np.asarray(sh["factors"])
+    series = [
+      ("total", "pair_distance", "k-o", "pair distance"),
+      (
+        "fast",
+        "pair_distance_fast",
+        "C0-o",
+        f"pair distance, top-{len(sh['top_eigenvalues_at_branch'])} dirs",
+      ),
+      ("slow", "pair_distance_slow", "C1-o", "pair distance, other dirs"),
+    ]
+    for d, key_, style, name in series:
+      fit = sh["fit"][d]
+      y = [np.mean(t[key_]) for t in sh["trips"]]
+      a.loglog(f, y, style, ms=3, label=f"{name}: p = {fit['exponent']:.2f} ± {fit['stderr']:.2f}")
+    if "drag" in sh["fit"]:
+      for d, key_, style in (("drag", "mean_abs_drag", "C2--s"), ("drift", "mean_drift", "C3--s")):
+        fit = sh["fit"][d]
+        y = [t["drift_drag"][key_] for t in sh["trips"]]
+        a.loglog(
+          f,
+          y,
+          style,
+          ms=3,
+          label=f"|{d}| per step: p = {fit['exponent']:.2f} ± {fit['stderr']:.2f}",
+        )
+    a.set_xlabel(r"learning-rate factor f (side-trip at f$\eta$)")
+    a.set_ylabel("L2 distance (parameter units)")
+    a.set_title(f"shell law from step {sh['branch_step']} ({sh['steps']} steps)")
+    a.legend(fontsize=6)
   common.save_figure(fig, path, label)
 
 
