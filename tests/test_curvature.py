@@ -289,12 +289,13 @@ def test_curvature_experiment_runs_and_is_consistent(tmp_path):
   )
   exp = exp_mod.experiment_defaults()
   exp.k, exp.lanczos_iters, exp.probes, exp.batches = 2, 6, 3, 2
-  exp.seeds = (0, 1)
+  # One seed keeps the test fast; the verdict over seeds is claims.judge's (tested there).
+  exp.seeds = (3,)
   exp.shell, exp.shell_steps, exp.shell_points, exp.shell_k = True, 8, 2, 2
   exp.shell_factors = (1.0, 0.5, 0.25)
   exp.drag_steps = 3
   out = exp_mod.run_seeds(config, exp, str(tmp_path))
-  assert out["seeds"] == [0, 1]
+  assert out["seeds"] == [3]
   rec = json.loads((tmp_path / "curvature_claims.json").read_text())["claims"]
   assert [r["id"] for r in rec] == [
     "curv.contracting",
@@ -303,11 +304,10 @@ def test_curvature_experiment_runs_and_is_consistent(tmp_path):
     "curv.average_flatter",
   ]
   for r in rec:
-    assert [row["seed"] for row in r["per_seed"]] == [0, 1]
+    assert [row["seed"] for row in r["per_seed"]] == [3]
     assert r["verdict"] == claims.verdict([row["holds"] for row in r["per_seed"]])
-  res = json.loads((tmp_path / "seed_0" / "curvature.json").read_text())
-  assert res["seed"] == 0
-  assert json.loads((tmp_path / "seed_1" / "curvature.json").read_text())["seed"] == 1
+  res = json.loads((tmp_path / "seed_3" / "curvature.json").read_text())
+  assert res["seed"] == 3
   assert res["steps"] == [50, 100]
   assert set(res["points"]) == {"raw_50", "raw_100", "two_point_average"}
   for t in res["trajectory"]:
@@ -320,7 +320,7 @@ def test_curvature_experiment_runs_and_is_consistent(tmp_path):
   # batches T, T+1 with the same key gives the same numbers.
   assert res["points"]["raw_100"]["eigenvalues"] == res["trajectory"][-1]["eigenvalues"]
   assert res["summary"]["lambda_max_final"] == res["trajectory"][-1]["lambda_max"]
-  assert (tmp_path / "seed_0" / "curvature.png").exists()
+  assert (tmp_path / "seed_3" / "curvature.png").exists()
   sh = res["shell"]
   assert sh["branch_step"] == 50 and sh["steps"] == 8
   assert [t["factor"] for t in sh["trips"]] == [1.0, 0.5, 0.25]
