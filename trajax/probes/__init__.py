@@ -14,6 +14,7 @@ leading axis.
 | ``alignment`` | Fig. 7 | cosine / norm ratio of fixed-batch gradients along side-trips |
 | ``distances`` | Fig. 6, 8 | L2 distances between parameter pytrees and along trajectories |
 | ``noise_scale`` | companion notes | B_simple = tr(Sigma)/abs(G)^2 and eps_max = abs(G)^2/(G^T H G) |
+| ``curvature`` | Sec. 4 (Lemma 1), companion notes | top-k Hessian eigenpairs (Lanczos), trace (Hutchinson) |
 """
 
 from trajax.probes.alignment import (
@@ -23,6 +24,15 @@ from trajax.probes.alignment import (
   independent_batch_cosine,
   norm_ratio,
   parallel_gradient_cosine,
+)
+from trajax.probes.curvature import (
+  HessianEigs,
+  HutchinsonTrace,
+  LanczosResult,
+  hessian_top_eigs,
+  hutchinson_trace,
+  lanczos,
+  num_params,
 )
 from trajax.probes.distances import (
   distance_sequence,
@@ -70,7 +80,10 @@ __all__ = [
   "Alignment",
   "EpsilonMax",
   "HeldoutStats",
+  "HessianEigs",
+  "HutchinsonTrace",
   "InterpolationResult",
+  "LanczosResult",
   "NoiseScale",
   "OneStepSummary",
   "PolynomialFit",
@@ -85,13 +98,17 @@ __all__ = [
   "gd_trajectory",
   "gradient_alignment",
   "heldout_stats",
+  "hessian_top_eigs",
+  "hutchinson_trace",
   "hvp",
   "independent_batch_cosine",
   "interpolate",
   "interpolation_losses",
   "l2_distance",
+  "lanczos",
   "noise_scale_from_sq_norms",
   "norm_ratio",
+  "num_params",
   "optimal_step_size",
   "pairwise_distance_sequence",
   "parallel_gradient_cosine",
