@@ -90,8 +90,13 @@ def _command(workdir, data_dir, total=TOTAL):
 
 
 def _tail(path, n=3000):
+  """The log's end; for a crash, the interpreter's fatal-error report and its stack."""
   with open(path, errors="replace") as f:
-    return f.read()[-n:]
+    text = f.read()
+  fatal = text.find("Fatal Python error")
+  if fatal >= 0:  # the end of such a log is only the list of extension modules
+    return text[max(0, fatal - n // 2) : fatal + n]
+  return text[-n:]
 
 
 def run_one(workdir, data_dir, *, devices=1, total=TOTAL):
