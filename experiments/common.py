@@ -589,48 +589,7 @@ def recompute_batch_stats(restored: Restored, params, batch_stats):
 # the lock-step driver (Figs. 6, 7, 8, 14)
 
 
-_STEPPERS: dict = {}
 _EVALUATORS: dict = {}
-
-
-def _put(batch: dict, sharding) -> dict:
-  import jax
-
-  return {
-    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-    for k, v in batch.items()
-    if k in ("image", "label")
-  }
-
-
-def _stepper(restored, lr_factor: float):
-  """The engine's jitted train step under ``optimizer.lr * lr_factor`` (cached).
-
-  Scaling ``optimizer.lr`` scales every schedule (constant, cosine, linear,
-  step, warm-up) by the factor: eta'_t = f * eta_t, the side-trip
-  ``kind='schedule', schedule='config', lr_factor=f`` of :mod:`trajax.sidetrip`.
-  """
-  import jax
-
-  from trajax import train
-
-  config = restored.config
-  key = (
-    id(restored.model),
-    float(lr_factor),
-    json.dumps(config.to_dict(), sort_keys=True, default=str),
-  )
-  if key not in _STEPPERS:
-    cfg = copy.deepcopy(config)
-    with cfg.unlocked():
-      cfg.optimizer.lr = float(config.optimizer.lr) * float(lr_factor)
-    shardings = jax.tree.map(lambda x: x.sharding, restored.state)
-    mesh = train.make_mesh(cfg)
-    _STEPPERS[key] = (
-      train.make_train_step(cfg, restored.model, mesh, shardings),
-      train.batch_sharding(mesh),
-    )
-  return _STEPPERS[key]
 
 
 def evaluator(restored):
@@ -643,42 +602,31 @@ def evaluator(restored):
   return _EVALUATORS[key]
 
 
-class Runner:
-  """One copy of a restored state, stepped by the engine's own train step.
+def Runner(restored, *, lr_factor: float = 1.0, stream_offset: int = 0):
+  """A copy of a restored state stepped by the engine's own step (:class:`trajax.runs.Stepper`).
 
   Args:
     restored: :class:`experiments.common.Restored` (its state is copied, never
       donated).
-    lr_factor: f in eta'_t = f * eta_t (the config's schedule, absolute step t).
+    lr_factor: f in eta'_t = f * eta_t (the config's schedule, absolute step t),
+      the side-trip ``kind='schedule', schedule='config', lr_factor=f``.
     stream_offset: reads training batch ``t + stream_offset`` at step t; 0 is
       the parent's batch order, ``total_steps`` a different order on the same
       data (positions the parent never reached).
+
+  Returns:
+    The stepper (``.state``, ``.step``, ``.params``, ``.advance_to(step)``).
   """
+  from trajax import runs
 
-  def __init__(self, restored, *, lr_factor: float = 1.0, stream_offset: int = 0):
-    import jax
-    import jax.numpy as jnp
-
-    if not lr_factor > 0:
-      raise ValueError(f"lr_factor must be > 0, got {lr_factor!r}")
-    if int(stream_offset) < 0:
-      raise ValueError(f"stream_offset must be >= 0, got {stream_offset!r}")
-    self.state = jax.tree.map(jnp.copy, restored.state)
-    self.step = int(restored.step)
-    self._fn, self._sharding = _stepper(restored, lr_factor)
-    self._batches = restored.dataset.train_batches(self.step + int(stream_offset))
-
-  @property
-  def params(self):
-    return self.state.params
-
-  def advance_to(self, step: int) -> None:
-    """Takes steps until the state is at absolute step ``step``."""
-    if step < self.step:
-      raise ValueError(f"cannot go back from step {self.step} to {step}")
-    while self.step < step:
-      self.state, _ = self._fn(self.state, _put(next(self._batches), self._sharding))
-      self.step += 1
+  return runs.Stepper(
+    restored.config,
+    restored.model,
+    restored.dataset,
+    restored.state,
+    lr_factor=lr_factor,
+    stream_offset=stream_offset,
+  )
 
 
 def trajectory_grid(k: int, points: int, *, log_points: bool = True) -> list[int]:
