@@ -68,6 +68,7 @@ __all__ = [
   "VERDICTS",
   "Claim",
   "find_paper",
+  "find_source",
   "heldout_ok",
   "judge",
   "judge_all",
@@ -90,6 +91,9 @@ MIN_COSINE = 0.5
 
 VERDICTS = ("reproduced", "mixed", "not reproduced", "not testable here")
 PAPER_FILE = "training-trajectories-paper.txt"
+NOTES_FILE = "sgd-convergence-notes.md"
+# Where a claim's quote comes from (Claim.source) -> the file under shared/papers/.
+SOURCES = {"paper": PAPER_FILE, "notes": NOTES_FILE}
 
 
 # ----------------------------------------------------------------------------
@@ -99,6 +103,23 @@ PAPER_FILE = "training-trajectories-paper.txt"
 def normalise(text: str) -> str:
   """Runs of whitespace (line breaks included) -> one space, ends stripped."""
   return " ".join(str(text).split())
+
+
+def find_source(source: str, start: str | None = None) -> str:
+  """Path of a claim source's text (``'paper'`` or ``'notes'``, :data:`SOURCES`).
+
+  The notes sit beside the paper (``shared/papers/``): found through
+  :func:`find_paper`, so ``$TRAJAX_PAPER_TEXT`` moves both.
+  """
+  if source not in SOURCES:
+    raise ValueError(f"claim source {source!r}: must be one of {sorted(SOURCES)}")
+  paper = find_paper(start)
+  if source == "paper":
+    return paper
+  path = os.path.join(os.path.dirname(paper), SOURCES[source])
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{SOURCES[source]!r} not found beside the paper text {paper!r}")
+  return path
 
 
 def find_paper(start: str | None = None) -> str:
@@ -279,8 +300,9 @@ def _fig8_saturates(m: dict) -> bool:
 class Claim:
   """One claim of the paper, with its criterion fixed before the run.
 
-  id: stable ``figN.<name>``; figure: e.g. ``'Fig. 3'``; quote: the paper's
-  sentence, verbatim; criterion: the test in words; test: the test in code
+  id: stable ``figN.<name>``; figure: e.g. ``'Fig. 3'``; quote: the
+  sentence of ``source`` (``'paper'`` or the companion ``'notes'``),
+  verbatim; criterion: the test in words; test: the test in code
   (``measured -> bool``); control: the negative control in words ('' when
   none exists); effect: the key of ``measured`` summarised over seeds (mean,
   spread), '' when none; not_testable: the reason the offline setting cannot
@@ -295,6 +317,7 @@ class Claim:
   control: str = ""
   effect: str = ""
   not_testable: str = ""
+  source: str = "paper"
 
 
 _HELDOUT = (
@@ -610,6 +633,7 @@ def judge(claim: Claim, per_seed: Sequence[tuple[int, dict]]) -> dict:
   rec = {
     "id": claim.id,
     "figure": claim.figure,
+    "source": claim.source,
     "quote": claim.quote,
     "criterion": claim.criterion,
     "control": claim.control,
@@ -635,20 +659,28 @@ def judge(claim: Claim, per_seed: Sequence[tuple[int, dict]]) -> dict:
   return rec
 
 
-def judge_all(measured_by_seed: dict[int, dict[str, dict]], *, strict: bool = True) -> list[dict]:
-  """Records of every claim in :data:`CLAIMS` measured by some seed, then :data:`NOT_TESTABLE`.
+def judge_all(
+  measured_by_seed: dict[int, dict[str, dict]],
+  *,
+  strict: bool = True,
+  catalog: dict[str, Claim] | None = None,
+) -> list[dict]:
+  """Records of every claim in ``catalog`` measured by some seed, then :data:`NOT_TESTABLE`.
 
-  ``measured_by_seed``: seed -> {claim id -> measured}. An id not in
-  :data:`CLAIMS` is an error; with ``strict`` a claim measured for some seeds
-  but not others is too (every verdict rests on every seed).
+  ``measured_by_seed``: seed -> {claim id -> measured}; ``catalog``: the
+  claims by id (default :data:`CLAIMS`; the demo adds the claims other
+  experiment modules define). An id not in it is an error; with ``strict`` a
+  claim measured for some seeds but not others is too (every verdict rests
+  on every seed).
   """
+  catalog = CLAIMS if catalog is None else catalog
   seeds = sorted(measured_by_seed)
   for s in seeds:
-    unknown = sorted(set(measured_by_seed[s]) - set(CLAIMS))
+    unknown = sorted(set(measured_by_seed[s]) - set(catalog))
     if unknown:
       raise KeyError(f"seed {s}: measurements for unknown claim id(s) {unknown}")
   out = []
-  for cid, claim in CLAIMS.items():
+  for cid, claim in catalog.items():
     have = [(s, measured_by_seed[s][cid]) for s in seeds if cid in measured_by_seed[s]]
     if not have:
       continue

@@ -564,6 +564,7 @@ def _claims():
         _flatter,
         control="the raw endpoints themselves, on the same batches (their difference is reported)",
         effect="trace_drop_fraction",
+        source="notes",
       ),
     )
   }

@@ -115,6 +115,16 @@ MODULES = (
 COSINE_MODULES = (("fig14_cosine", fig14),)
 
 
+def catalog() -> dict:
+  """Every claim the demo can judge: :data:`experiments.claims.CLAIMS` and the stages' own ``CLAIMS``."""
+  out = dict(claims_lib.CLAIMS)
+  for _, module in MODULES + COSINE_MODULES:
+    for cid, claim in getattr(module, "CLAIMS", {}).items():
+      if out.setdefault(cid, claim) is not claim:
+        raise KeyError(f"claim id {cid!r} defined twice ({module.__name__})")
+  return out
+
+
 def build(config_path: str = DEFAULT_CONFIG, tiny: bool = False):
   """``(config, {name: exp})`` for the demo; ``tiny`` applies the smoke size."""
   config = common.load_config(config_path, TINY_CONFIG if tiny else None)
@@ -193,7 +203,7 @@ def run(config, exps: dict, workdir: str, seeds=DEFAULT_SEEDS) -> dict:
   if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
     raise ValueError(f"seeds must be distinct non-negative ints, got {seeds}")
   per_seed = {s: run_seed(config, exps, workdir, s) for s in seeds}
-  records = claims_lib.judge_all({s: r["measured"] for s, r in per_seed.items()})
+  records = claims_lib.judge_all({s: r["measured"] for s, r in per_seed.items()}, catalog=catalog())
   sensitivity = bn_sensitivity(per_seed)
   timings = {f"seed {s}": sum(r["timings_s"].values()) for s, r in per_seed.items()}
   timings["total"] = time.perf_counter() - t_start
@@ -234,7 +244,7 @@ def bn_sensitivity(per_seed: dict) -> list[dict]:
   for policy in policies:
     ids = sorted({c for r in per_seed.values() for c in r["bn_sensitivity"].get(policy, {})})
     for cid in ids:
-      claim = claims_lib.CLAIMS[cid]
+      claim = catalog()[cid]
       have = [
         (s, r["bn_sensitivity"][policy][cid])
         for s, r in per_seed.items()

@@ -24,6 +24,14 @@ def test_every_quote_is_verbatim_in_the_paper():
   text = open(claims.find_paper()).read()
   for c in ALL.values():
     assert claims.quote_in_paper(c.quote, text), (c.id, c.quote)
+  # Every claim the demo judges, other stages' included, against its own source.
+  from experiments import demo
+
+  sources = {s: open(claims.find_source(s)).read() for s in claims.SOURCES}
+  for c in demo.catalog().values():
+    assert claims.quote_in_paper(c.quote, sources[c.source]), (c.id, c.source, c.quote)
+  with pytest.raises(ValueError, match=r"claim source 'blog'"):
+    claims.find_source("blog")
   # Whitespace is normalised, words are not.
   assert claims.quote_in_paper("note how  within\njust 3 steps", text)
   assert not claims.quote_in_paper("note how within just 2 steps", text)
