@@ -27,20 +27,16 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 
-import jax
-import numpy as np
 import pytest
 
+from tests import workdir_checks as wc
 from trajax import checkpoint as ckpt_lib
-from trajax import verify
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A cache of our own: a process killed with SIGKILL must not be able to leave
@@ -71,19 +67,9 @@ EMA_ARGS = [
   "--config.averaging.batch_norm=average",
 ]
 
-_TMP_RE = re.compile(r"^\d+\.orbax-checkpoint-tmp")
-
 
 def _env(**extra):
-  env = dict(os.environ)
-  env.update(
-    JAX_PLATFORMS="cpu",
-    JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
-    TF_CPP_MIN_LOG_LEVEL="2",
-    PYTHONUNBUFFERED="1",
-  )
-  env.update(extra)
-  return env
+  return wc.subprocess_env(CACHE_DIR, **extra)
 
 
 def _command(workdir, data_dir, extra=()):
@@ -99,111 +85,21 @@ def _command(workdir, data_dir, extra=()):
 
 
 def _run(cmd, log_path, *, env=None, timeout=RUN_TIMEOUT_S):
-  with open(log_path, "ab") as log:
-    proc = subprocess.run(
-      cmd, cwd=REPO, env=env or _env(), stdout=log, stderr=subprocess.STDOUT, timeout=timeout
-    )
-  return proc.returncode
-
-
-def _tail(path, n=4000):
-  with open(path, errors="replace") as f:
-    return f.read()[-n:]
-
-
-def _logged_steps(workdir) -> int:
-  """Largest step with a training-loss line in metrics.jsonl (flushed per write)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return -1
-  best = -1
-  with open(path) as f:
-    for line in f:
-      if '"train/loss"' in line:
-        try:
-          best = max(best, int(json.loads(line)["step"]))
-        except (json.JSONDecodeError, KeyError):
-          pass  # a line being written right now
-  return best
-
-
-def _saves_in_flight(workdir) -> list[str]:
-  ckdir = os.path.join(workdir, "checkpoints")
-  try:
-    return [n for n in os.listdir(ckdir) if _TMP_RE.match(n)]
-  except FileNotFoundError:
-    return []
+  return wc.run_logged(cmd, log_path, env=env or _env(), timeout=timeout)
 
 
 def _run_and_kill(cmd, workdir, log_path, *, after_step, mid_save, sig=signal.SIGKILL):
-  """Starts ``cmd`` and sends ``sig`` once ``after_step`` steps are logged.
-
-  With ``mid_save`` the signal waits, after that, for an asynchronous
-  checkpoint write to be in flight (an Orbax temporary directory present).
-  Returns a dict describing where the signal landed.
-  """
-  with open(log_path, "ab") as log:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    started_ns = time.time_ns()
-    metrics = os.path.join(workdir, "metrics.jsonl")
-    try:
-      while True:
-        if proc.poll() is not None:
-          raise AssertionError(
-            f"the run ended (rc {proc.returncode}) before the kill point "
-            f"(step >= {after_step}, mid_save={mid_save}):\n{_tail(log_path)}"
-          )
-        if time.monotonic() > deadline:
-          raise AssertionError(f"no progress to step {after_step}:\n{_tail(log_path)}")
-        # This process's own lines only (a restart first rewrites the file).
-        fresh = os.path.exists(metrics) and os.stat(metrics).st_mtime_ns > started_ns
-        if (
-          fresh
-          and _logged_steps(workdir) >= after_step
-          and (not mid_save or _saves_in_flight(workdir))
-        ):
-          proc.send_signal(sig)
-          break
-        time.sleep(0.002)
-      rc = proc.wait(timeout=RUN_TIMEOUT_S)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-  ckdir = os.path.join(workdir, "checkpoints")
-  return {
-    "rc": rc,
-    "logged_step": _logged_steps(workdir),
-    # Still there after the process died: the write really was cut.
-    "cut_saves": _saves_in_flight(workdir),
-    "committed": ckpt_lib.committed_steps(ckdir),
-  }
-
-
-def _fingerprints(workdir) -> list[tuple[int, str]]:
-  with open(os.path.join(workdir, "batch_fingerprints.jsonl")) as f:
-    return [(r["step"], r["fingerprint"]) for r in map(json.loads, f) if r]
-
-
-def _losses(workdir) -> dict[int, float]:
-  records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl")) if x.strip()]
-  return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
-
-
-def _final_eval(workdir) -> list[dict]:
-  records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl")) if x.strip()]
-  return [
-    {k: v for k, v in r.items() if k.startswith("eval")}
-    for r in records
-    if any(k.startswith("eval") for k in r)
-  ]
-
-
-def _leaves(tree):
-  return {
-    jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
-  }
+  """Starts ``cmd`` and sends ``sig`` once ``after_step`` steps are logged (see run_and_signal)."""
+  return wc.run_and_signal(
+    cmd,
+    workdir,
+    log_path,
+    after_step=after_step,
+    sig=sig,
+    env=_env(),
+    timeout=RUN_TIMEOUT_S,
+    mid_save=mid_save,
+  )
 
 
 def compare_workdirs(got, ref) -> list[str]:
@@ -216,46 +112,9 @@ def compare_workdirs(got, ref) -> list[str]:
   if TOTAL not in steps_got:
     problems.append(f"no final checkpoint at step {TOTAL}: {steps_got}")
   for step in sorted(set(steps_got) & set(steps_ref)):
-    a, meta_a = ckpt_lib.restore_readonly(ck_got, step=step)
-    b, meta_b = ckpt_lib.restore_readonly(ck_ref, step=step)
-    la, lb = _leaves(a), _leaves(b)
-    if set(la) != set(lb):
-      problems.append(f"step {step}: state leaves differ: {sorted(set(la) ^ set(lb))}")
-    for name in sorted(set(la) & set(lb)):
-      x, y = la[name], lb[name]
-      if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(x, y):
-        diff = (
-          float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
-          if x.shape == y.shape
-          else "shape"
-        )
-        problems.append(f"step {step}: {name} differs (max |diff| {diff})")
-    if int(a["step"]) != step:
-      problems.append(f"step {step}: state step {int(a['step'])}")
-    if meta_a["config_hash"] != meta_b["config_hash"]:
-      problems.append(
-        f"step {step}: config hash {meta_a['config_hash']} != {meta_b['config_hash']}"
-      )
-  fp_got, fp_ref = _fingerprints(got), _fingerprints(ref)
-  if [s for s, _ in fp_ref] != list(range(TOTAL)):
-    problems.append(f"uninterrupted fingerprint steps are not 0..{TOTAL - 1}")
-  if fp_got != fp_ref:
-    steps = [s for s, _ in fp_got]
-    dup = sorted({s for s in steps if steps.count(s) > 1})
-    missing = sorted(set(range(TOTAL)) - set(steps))
-    wrong = sorted(s for s, f in set(fp_got) - set(fp_ref) if s in dict(fp_ref))
-    problems.append(
-      f"batch fingerprints differ: {len(fp_got)} lines for {TOTAL} steps, "
-      f"duplicated steps {dup}, missing steps {missing}, different batches at {wrong}"
-    )
-  if _losses(got) != _losses(ref):
-    problems.append("logged training losses differ")
-  if _final_eval(got) != _final_eval(ref):
-    problems.append(f"evaluations differ: {_final_eval(got)} vs {_final_eval(ref)}")
-  ok, lines = verify.verify(got)
-  if not ok:
-    problems.append("trajax.verify: " + " | ".join(x for x in lines if x.startswith("ERROR")))
-  return problems
+    problems += wc.compare_states(ck_got, ck_ref, step)
+  problems += wc.fingerprint_problems(got, ref, range(TOTAL))
+  return problems + wc.compare_logs(got, ref)
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +126,7 @@ def _reference(tmp_path_factory, data_dir, extra=()):
   workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
   log = workdir + ".log"
   rc = _run(_command(workdir, data_dir, extra), log)
-  assert rc == 0, _tail(log)
+  assert rc == 0, wc.tail(log)
   assert ckpt_lib.committed_steps(os.path.join(workdir, "checkpoints"))[-1] == TOTAL
   return workdir
 
@@ -297,7 +156,7 @@ def kill_trial(ref, workdir, data_dir, kill_points, *, extra=(), sig=signal.SIGK
     landings.append(landing)
   rc = _run(cmd, log)
   if rc != 0:
-    return [f"restart exited {rc}:\n{_tail(log)}"], landings
+    return [f"restart exited {rc}:\n{wc.tail(log)}"], landings
   return compare_workdirs(workdir, ref), landings
 
 

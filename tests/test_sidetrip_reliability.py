@@ -27,15 +27,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
-import jax
-import numpy as np
 import pytest
 
 from configs import mnist1d
+from tests import workdir_checks as wc
 from trajax import checkpoint as ckpt_lib
-from trajax import train, verify
+from trajax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Own cache: a SIGKILLed process must not leave a half-written entry in a shared one.
@@ -76,14 +74,7 @@ def parent_config():
 
 
 def _env():
-  return dict(
-    os.environ,
-    JAX_PLATFORMS="cpu",
-    JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
-    TF_CPP_MIN_LOG_LEVEL="2",
-    PYTHONUNBUFFERED="1",
-    PYTHONPATH=REPO,
-  )
+  return wc.subprocess_env(CACHE_DIR)
 
 
 def command(parent, workdir, *extra, trip=TRIP):
@@ -101,11 +92,7 @@ def command(parent, workdir, *extra, trip=TRIP):
 
 
 def run(cmd, log_path):
-  with open(log_path, "ab") as log:
-    proc = subprocess.run(
-      cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S
-    )
-  return proc.returncode
+  return wc.run_logged(cmd, log_path, env=_env(), timeout=RUN_TIMEOUT_S)
 
 
 def run_capture(cmd):
@@ -114,105 +101,21 @@ def run_capture(cmd):
   )
 
 
-def tail(path, n=4000):
-  with open(path, errors="replace") as f:
-    return f.read()[-n:]
-
-
-def logged_step(workdir) -> int:
-  path = os.path.join(workdir, "metrics.jsonl")
-  best = -1
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        if '"train/loss"' in line:
-          try:
-            best = max(best, int(json.loads(line)["step"]))
-          except (json.JSONDecodeError, KeyError):
-            pass  # a line being written right now
-  return best
-
-
 def run_and_signal(cmd, workdir, log_path, *, after_step, sig):
   """Starts ``cmd``, sends ``sig`` once ``after_step`` is logged; returns where it landed."""
-  metrics = os.path.join(workdir, "metrics.jsonl")
-  with open(log_path, "ab") as log:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    started_ns, deadline = time.time_ns(), time.monotonic() + RUN_TIMEOUT_S
-    try:
-      while True:
-        if proc.poll() is not None:
-          raise AssertionError(
-            f"ended (rc {proc.returncode}) before step {after_step}:\n{tail(log_path)}"
-          )
-        if time.monotonic() > deadline:
-          raise AssertionError(f"no progress to step {after_step}:\n{tail(log_path)}")
-        fresh = os.path.exists(metrics) and os.stat(metrics).st_mtime_ns > started_ns
-        if fresh and logged_step(workdir) >= after_step:
-          proc.send_signal(sig)
-          break
-        time.sleep(0.002)
-      rc = proc.wait(timeout=RUN_TIMEOUT_S)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-  return {
-    "rc": rc,
-    "logged_step": logged_step(workdir),
-    "committed": ckpt_lib.committed_steps(os.path.join(workdir, "checkpoints")),
-  }
-
-
-def _leaves(tree):
-  return {
-    jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
-  }
-
-
-def _records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(x) for x in f if x.strip()]
-
-
-def _fingerprints(workdir):
-  with open(os.path.join(workdir, "batch_fingerprints.jsonl")) as f:
-    return [(r["step"], r["fingerprint"]) for r in map(json.loads, f) if r]
+  return wc.run_and_signal(
+    cmd, workdir, log_path, after_step=after_step, sig=sig, env=_env(), timeout=RUN_TIMEOUT_S
+  )
 
 
 def compare(got, ref) -> list[str]:
   """Every difference between a restarted side-trip and the uninterrupted one."""
-  problems = []
   steps = ckpt_lib.committed_steps(os.path.join(got, "checkpoints"))
   if END not in steps:
     return [f"no final checkpoint at {END}: {steps}"]
-  a, meta_a = ckpt_lib.restore_readonly(got, step=END)
-  b, meta_b = ckpt_lib.restore_readonly(ref, step=END)
-  la, lb = _leaves(a), _leaves(b)
-  if set(la) != set(lb):
-    problems.append(f"state leaves differ: {sorted(set(la) ^ set(lb))}")
-  for name in sorted(set(la) & set(lb)):
-    if la[name].dtype != lb[name].dtype or not np.array_equal(la[name], lb[name]):
-      problems.append(f"final checkpoint: {name} differs")
-  if meta_a["config_hash"] != meta_b["config_hash"]:
-    problems.append("config hash differs")
-  if meta_a["lr_hyper"] != meta_b["lr_hyper"]:
-    problems.append(f"lr scalars differ: {meta_a['lr_hyper']} vs {meta_b['lr_hyper']}")
-  fa, fb = _fingerprints(got), _fingerprints(ref)
-  if [s for s, _ in fb] != list(range(S, END)):
-    problems.append("uninterrupted fingerprints are not steps S..END-1")
-  if fa != fb:
-    problems.append(f"batch fingerprints differ ({len(fa)} lines for {K} steps)")
-  loss = lambda w: {r["step"]: r["train/loss"] for r in _records(w) if "train/loss" in r}
-  if loss(got) != loss(ref):
-    problems.append("logged training losses differ")
-  ev = lambda w: {r["step"]: r["eval/loss"] for r in _records(w) if "eval/loss" in r}
-  if ev(got) != ev(ref):
-    problems.append(f"evaluations differ: {ev(got)} vs {ev(ref)}")
-  ok, lines = verify.verify(got)
-  if not ok:
-    problems.append("trajax.verify: " + " | ".join(x for x in lines if x.startswith("ERROR")))
-  return problems
+  problems = wc.compare_states(got, ref, END)
+  problems += wc.fingerprint_problems(got, ref, range(S, END))
+  return problems + wc.compare_logs(got, ref)
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +132,7 @@ def reference(parent, tmp_path_factory):
   """The side-trip, never interrupted."""
   workdir = str(tmp_path_factory.mktemp("reference") / "trip")
   rc = run(command(parent, workdir), workdir + ".log")
-  assert rc == 0, tail(workdir + ".log")
+  assert rc == 0, wc.tail(workdir + ".log")
   return workdir
 
 
@@ -247,12 +150,12 @@ def test_sigterm_saves_the_current_step_exits_zero_and_resumes_exactly(parent, r
   cmd, log = command(parent, workdir), str(tmp_path / "trip.log")
   landing = run_and_signal(cmd, workdir, log, after_step=after, sig=signal.SIGTERM)
   # Saved where it was (not cut): exit 0 with the current step committed.
-  assert landing["rc"] == 0, (landing, tail(log))
+  assert landing["rc"] == 0, (landing, wc.tail(log))
   assert landing["committed"][-1] >= landing["logged_step"], landing
   assert landing["committed"][-1] < END, landing
-  assert "preempted at step" in tail(log)
-  assert run(cmd, log) == 0, tail(log)
-  restarted = tail(log, 10**7).split("preempted at step")[-1]
+  assert "preempted at step" in wc.tail(log)
+  assert run(cmd, log) == 0, wc.tail(log)
+  restarted = wc.tail(log, 10**7).split("preempted at step")[-1]
   assert f"starting at step {landing['committed'][-1]} (own:" in restarted
   assert not compare(workdir, reference), compare(workdir, reference)
 
@@ -267,7 +170,7 @@ def test_kill9_of_a_sidetrip_then_restart_matches_the_uninterrupted_one(
   for after in sorted(rng.sample(range(S + 2, END - 8), 2)):
     landing = run_and_signal(cmd, workdir, log, after_step=after, sig=signal.SIGKILL)
     assert landing["rc"] == -signal.SIGKILL, landing
-  assert run(cmd, log) == 0, tail(log)
+  assert run(cmd, log) == 0, wc.tail(log)
   assert not compare(workdir, reference), compare(workdir, reference)
 
 
@@ -281,11 +184,11 @@ def test_restart_needs_only_its_own_checkpoints_when_the_branch_step_was_pruned(
   workdir = str(tmp_path / "trip")
   cmd, log = command(mine, workdir), str(tmp_path / "trip.log")
   landing = run_and_signal(cmd, workdir, log, after_step=S + 14, sig=signal.SIGTERM)
-  assert landing["rc"] == 0 and landing["committed"], (landing, tail(log))
+  assert landing["rc"] == 0 and landing["committed"], (landing, wc.tail(log))
   # The parent's retention prunes S (as max_to_keep would) while the side-trip is down.
   shutil.rmtree(os.path.join(mine, "checkpoints", str(S)))
   assert S not in ckpt_lib.committed_steps(os.path.join(mine, "checkpoints"))
-  assert run(cmd, log) == 0, tail(log)
+  assert run(cmd, log) == 0, wc.tail(log)
   assert not compare(workdir, reference), compare(workdir, reference)
   # A *new* side-trip from the pruned step is refused, naming the steps there.
   out = run_capture(command(mine, str(tmp_path / "new")))
@@ -305,7 +208,7 @@ def test_symlinked_and_moved_parent_are_recognised_by_identity(parent, reference
   landing = run_and_signal(
     command(link, workdir), workdir, log, after_step=S + 6, sig=signal.SIGTERM
   )
-  assert landing["rc"] == 0, (landing, tail(log))
+  assert landing["rc"] == 0, (landing, wc.tail(log))
   lineage = ckpt_lib.read_metadata(os.path.join(workdir, "checkpoints"), landing["committed"][-1])[
     "lineage"
   ]
@@ -314,7 +217,7 @@ def test_symlinked_and_moved_parent_are_recognised_by_identity(parent, reference
   landing = run_and_signal(
     command(real, workdir), workdir, log, after_step=S + 16, sig=signal.SIGTERM
   )
-  assert landing["rc"] == 0, (landing, tail(log))
+  assert landing["rc"] == 0, (landing, wc.tail(log))
   # Moved: refused without --parent_moved, in one line that says what to do.
   moved = str(tmp_path / "moved")
   os.rename(real, moved)
@@ -334,7 +237,7 @@ def test_symlinked_and_moved_parent_are_recognised_by_identity(parent, reference
   out = run_capture(command(other, workdir, "--parent_moved"))
   assert out.returncode == 1 and "is a different run" in out.stderr, out.stderr[-3000:]
   # The moved parent with the flag: finishes exactly as the uninterrupted side-trip.
-  assert run(command(moved, workdir, "--parent_moved"), log) == 0, tail(log)
+  assert run(command(moved, workdir, "--parent_moved"), log) == 0, wc.tail(log)
   assert not compare(workdir, reference), compare(workdir, reference)
   final = ckpt_lib.read_metadata(os.path.join(workdir, "checkpoints"), END)["lineage"]
   assert final["parent"] == os.path.join(os.path.realpath(moved), "checkpoints")
