@@ -198,6 +198,40 @@ def test_kill_and_resume_is_bit_identical(parent, tmp_path):  # noqa: F811
     sidetrip.run_sidetrip(changed, parent.workdir, 20, workdir)
 
 
+def test_side_trip_written_before_the_batch_fields_resumes(parent, tmp_path):  # noqa: F811
+  """A checkpoint whose stored sidetrip section lacks batch_growth/batch_sizes resumes exactly."""
+  config = sidetrip.with_sidetrip(parent.config, kind="schedule", steps=8, eval_at=(3,))
+  whole = sidetrip.run_sidetrip(config, parent.workdir, 20, str(tmp_path / "whole"))
+  workdir = str(tmp_path / "trip")
+
+  def crash(step):
+    if step == 25:
+      raise Interrupt
+
+  with pytest.raises(Interrupt):
+    sidetrip.run_sidetrip(config, parent.workdir, 20, workdir, callbacks=[crash])
+  path = os.path.join(workdir, "checkpoints", "23", "meta", "metadata")
+  with open(path) as f:
+    meta = json.load(f)
+  for name in ("batch_growth", "batch_sizes"):
+    del meta["config"]["sidetrip"][name]
+  with open(path, "w") as f:
+    json.dump(meta, f)
+  grown = sidetrip.with_sidetrip(
+    parent.config, kind="schedule", steps=8, eval_at=(3,), batch_growth=2.0
+  )
+  with pytest.raises(config_validation.ConfigError, match="sidetrip.batch_growth"):
+    sidetrip.run_sidetrip(grown, parent.workdir, 20, workdir)
+  result = sidetrip.run_sidetrip(config, parent.workdir, 20, workdir)
+  assert result.resumed_from == "own:23"
+  assert_identical(
+    serialization.to_state_dict(jax.device_get(result.state)),
+    serialization.to_state_dict(jax.device_get(whole.state)),
+  )
+  stored = ckpt_lib.read_metadata(os.path.join(workdir, "checkpoints"), 28)["config"]
+  assert "batch_growth" not in stored["sidetrip"]
+
+
 def test_bad_fields_are_named(parent, tmp_path):  # noqa: F811
   def problems(**fields):
     with pytest.raises(config_validation.ConfigError) as e:

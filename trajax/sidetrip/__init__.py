@@ -109,6 +109,7 @@ batch_sizes         'batch_size' kind, instead of batch_growth: a schedule
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -133,6 +134,7 @@ from trajax.sidetrip.lineage import (
   trajectory_hash,
 )
 from trajax.sidetrip.spec import (
+  _BATCH_FIELDS,
   _RESUME_EXTRA,
   KINDS,
   SCHEDULES,
@@ -202,6 +204,27 @@ class SidetripResult:
 # the run
 
 
+def _as_stored(config, own_config: dict):
+  """``config`` as a side-trip written before the batch-size fields existed stored it.
+
+  Such a checkpoint's ``sidetrip`` section lacks ``batch_growth`` and
+  ``batch_sizes``; left at None they change nothing, so they are dropped from
+  the config the resume is checked against (and that its checkpoints store)
+  rather than refused as new fields. Set, they are a change and are refused.
+  """
+  old = own_config.get("sidetrip")
+  if not isinstance(old, dict) or "sidetrip" not in config:
+    return config
+  drop = [n for n in _BATCH_FIELDS if n not in old and config.sidetrip[n] is None]
+  if not drop:
+    return config
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for name in drop:
+      del config.sidetrip[name]
+  return config
+
+
 def run_sidetrip(
   config,
   parent: str,
@@ -256,7 +279,9 @@ def run_sidetrip(
   own_dir = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints") if workdir else ""
   own_steps = ckpt_lib.committed_steps(own_dir) if own_dir else []
   if own_steps:
-    own_lineage = ckpt_lib.read_metadata(own_dir, own_steps[-1]).get("lineage") or {}
+    own_meta = ckpt_lib.read_metadata(own_dir, own_steps[-1])
+    own_lineage = own_meta.get("lineage") or {}
+    stored = _as_stored(config, own_meta.get("config") or {})
     parent_dir = _recorded_parent(own_lineage, parent, step, workdir, parent_moved)
     parent_meta = {
       "config": own_lineage["parent_config"],
@@ -271,7 +296,7 @@ def run_sidetrip(
         "(trajax.state.fixed_batch_gd): restart it in a new workdir"
       )
   else:
-    own_lineage = None
+    own_lineage, stored = None, config
     parent_dir, parent_meta = _fresh_parent(parent, step)
   _check_against_parent(base, parent_meta["config"], spec.kind)
   workdir = _workdir_checks(workdir, parent_dir)
@@ -374,7 +399,7 @@ def run_sidetrip(
     save_at=points,
     scalars=scalars,
     metadata=lambda t: {"lineage": lineage, "sidetrip_step": t - step},
-    stored=config,
+    stored=stored,
     resume_allowed=cv.RESUME_ALLOWED | _RESUME_EXTRA,
     dataset=dataset,
     model=model,
