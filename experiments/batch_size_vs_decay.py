@@ -143,17 +143,22 @@ def _trip(parent: str, pconfig, S: int, tdir: str, **fields) -> str:
   return tdir
 
 
-def _curve(tdir: str) -> dict:
-  """The trip's own evaluations (running BatchNorm statistics): steps, examples, loss, accuracy."""
+def _curve(tdir: str, S: int, start_params) -> dict:
+  """The trip along the way: its own evaluations (running BatchNorm statistics) and ‖θ − θ_S‖."""
   rows = sorted(
     (r for r in common.read_metrics(tdir) if "eval/loss" in r and "sidetrip/step" in r),
     key=lambda r: r["sidetrip/step"],
   )
+  steps = [int(r["sidetrip/step"]) for r in rows]
   return {
-    "step": [int(r["sidetrip/step"]) for r in rows],
+    "step": steps,
     "examples_seen": [int(r["sidetrip/examples_seen"]) for r in rows],
     "test_loss": [float(r["eval/loss"]) for r in rows],
     "test_accuracy": [float(r["eval/accuracy"]) for r in rows],
+    "distance_from_start": [
+      0.0 if j == 0 else common.l2(common.restore(tdir, S + j).state.params, start_params)
+      for j in steps
+    ],
   }
 
 
@@ -185,7 +190,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       schedule="constant",
       lr_factor=1.0 / k,
       steps=h,
-      eval_at=tuple(sorted(set(_grid(h)) | set(_grid(J)))),
+      eval_at=(0, *sorted(set(_grid(h)) | set(_grid(J)))),
     )
     large_dir = _trip(
       parent,
@@ -196,7 +201,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       batch_growth=float(k),
       schedule="constant",
       steps=J,
-      eval_at=tuple(_grid(J)),
+      eval_at=(0, *_grid(J)),
     )
     large = common.restore(large_dir, S + J).state
     small_h = common.restore(small_dir, S + h).state
@@ -232,7 +237,10 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       "examples": h * B,
       "evals": ev,
       "distances": dist,
-      "curves": {"large": _curve(large_dir), "small": _curve(small_dir)},
+      "curves": {
+        "large": _curve(large_dir, S, at_s.state.params),
+        "small": _curve(small_dir, S, at_s.state.params),
+      },
     }
     common.log(
       f"{NAME} S={S}: test loss start {ev['start']['test_loss']:.4f}, λ@{k}B×{J} "
@@ -412,42 +420,58 @@ CLAIMS = _claims()
 
 
 def _plot(res: dict, path: str, label: str) -> None:
-  fig, ax = common.new_figure(2, 2, width=5.2)
-  k, B = res["k"], res["batch_size"]
+  """Rows: per example seen, per step. Columns: test loss, test accuracy, ‖θ − θ_S‖."""
+  fig, ax = common.new_figure(2, 3, width=4.8)
+  k, B, h = res["k"], res["batch_size"], res["horizon"]
   colors = ["C0", "C1", "C2", "C3"]
+  panels = (
+    ("test_loss", "test loss (nats)", "undecayed", "two_point_average"),
+    ("test_accuracy", "test accuracy (fraction)", "undecayed", "two_point_average"),
+    ("distance_from_start", "‖θ − θ_S‖ (L2, all params)", None, None),
+  )
   for i, b in enumerate(res["branches"]):
     S, c = b["branch_step"], colors[i % len(colors)]
-    start = b["evals"]["start"]
-    for row, key, name in ((0, "test_loss", "test loss"), (1, "test_accuracy", "test accuracy")):
-      for col, x_key in ((0, "examples_seen"), (1, "step")):
+    d = b["distances"]
+    for row, x_key in ((0, "examples_seen"), (1, "step")):
+      x_end = b["examples"] if x_key == "examples_seen" else h
+      for col, (key, ylabel, ctrl, avg) in enumerate(panels):
         a = ax[row][col]
         for trip, style, lab in (
-          ("large", "-o", f"λ at {k}B (S={S})"),
-          ("small", "--s", f"λ/{k} at B (S={S})"),
+          ("large", "-o", f"λ at {k}B, {h // k} steps (S={S})"),
+          ("small", "--s", f"λ/{k} at B, {h} steps (S={S})"),
         ):
           cv = b["curves"][trip]
-          a.plot([0] + cv[x_key], [start[key]] + cv[key], style, color=c, ms=3, lw=1, label=lab)
-        x_end = b["examples"] if x_key == "examples_seen" else res["horizon"]
-        a.plot(
-          [x_end],
-          [b["evals"]["undecayed"][key]],
-          "k^",
-          ms=6,
-          label="undecayed parent θ_{S+h} (BN recomputed)" if i == 0 else None,
-        )
-        a.plot(
-          [x_end],
-          [b["evals"]["two_point_average"][key]],
-          "bx",
-          ms=7,
-          mew=2,
-          label="(θ_S + θ_{S+h})/2 (BN recomputed)" if i == 0 else None,
-        )
+          a.plot(cv[x_key], cv[key], style, color=c, ms=3, lw=1, label=lab)
+        if ctrl:
+          a.plot(
+            [x_end],
+            [b["evals"][ctrl][key]],
+            "k^",
+            ms=6,
+            label="undecayed parent θ_{S+h} (BN recomputed)" if i == 0 else None,
+          )
+          a.plot(
+            [x_end],
+            [b["evals"][avg][key]],
+            "bx",
+            ms=7,
+            mew=2,
+            label="(θ_S + θ_{S+h})/2 (BN recomputed)" if i == 0 else None,
+          )
+        else:
+          a.plot(
+            [x_end],
+            [d["undecayed_from_start"]],
+            "k^",
+            ms=6,
+            label="undecayed parent θ_{S+h}" if i == 0 else None,
+          )
         a.set_xlabel(
-          f"training examples seen since S (B = {B})" if col == 0 else "side-trip steps j"
+          f"training examples seen since S (B = {B})" if row == 0 else "side-trip steps j"
         )
-        a.set_ylabel(name + (" (nats)" if key == "test_loss" else " (fraction)"))
-        a.set_title(f"{name} per {'example' if col == 0 else 'step'} (trips: running BN)")
+        a.set_ylabel(ylabel)
+        per = "per example seen" if row == 0 else "per step"
+        a.set_title(f"{ylabel.split(' (')[0]}, {per}" + (" (running BN)" if ctrl else ""))
         a.legend(fontsize=6)
   common.save_figure(fig, path, label)
 
