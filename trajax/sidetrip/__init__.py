@@ -156,6 +156,7 @@ from trajax.sidetrip.stream import flat_stream_batches
 __all__ = [
   "KINDS",
   "batch_size_at",
+  "check_batch_devices",
   "examples_before",
   "flat_stream_batches",
   "LINEAGE_VERSION",
