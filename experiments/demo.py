@@ -41,6 +41,7 @@ import platform
 import sys
 import time
 
+from experiments import batch_size_vs_decay as bs
 from experiments import claims as claims_lib
 from experiments import common
 from experiments import fig1_averaging_vs_sidetrips as fig1
@@ -85,6 +86,7 @@ TINY_EXP = {
   "fig14": {"branch_fractions": (0.25, 0.5), "train_eval_batches": 2},
   "fig5_ema": {"branch_fractions": (0.25,), "ema_window": 30, "ema_history": 20},
   "fig14_cosine": {"branch_fractions": (0.25, 0.5), "train_eval_batches": 2},
+  "batch_size_vs_decay": {"branch_fractions": (0.5,), "horizon": 30, "train_eval_batches": 1},
 }
 # Knobs the demo sets on top of each module's defaults (all sizes).
 DEMO_EXP = {
@@ -99,6 +101,9 @@ DEMO_EXP = {
     "train_eval_batches": 4,
   },
   "fig14_cosine": {"train_eval_batches": 4},
+  # h = 1200 (not averaging.gap = 1000): S + h = 4200, 5700 are multiples of
+  # the parent's checkpoint cadence (300), which S + 1000 would cut to 100.
+  "batch_size_vs_decay": {"horizon": 1200},
 }
 # Stages on the constant-rate parent, in order; fig14 on it is Fig. 14's top
 # row and Fig. 5's SWA panel, fig5_ema its EMA panel (same module, EMA knobs).
@@ -110,6 +115,7 @@ MODULES = (
   ("fig7", fig7),
   ("fig14", fig14),
   ("fig5_ema", fig14),
+  ("batch_size_vs_decay", bs),
 )
 # Fig. 14's bottom row runs on a second, cosine-schedule parent per seed.
 COSINE_MODULES = (("fig14_cosine", fig14),)

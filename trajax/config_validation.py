@@ -200,7 +200,10 @@ def diff(old, new) -> list[tuple[str, Any, Any]]:
   """
   a, b = flatten(old), flatten(new)
   defaults = flatten(config_lib.base_config())
-  norm = lambda v: list(v) if isinstance(v, (tuple, list)) else v
+
+  def norm(v):  # nested too: a stored ((j, b), ...) comes back as [[j, b], ...]
+    return [norm(x) for x in v] if isinstance(v, (tuple, list)) else v
+
   out = []
   for field in sorted(set(a) | set(b)):
     x, y = (d.get(field, defaults.get(field, ABSENT)) for d in (a, b))

@@ -39,10 +39,24 @@ step t (equal to the parent's unless ``optimizer.*`` is overridden), f =
   and f = 1 the side-trip reproduces the parent bit for bit), ``'constant'``
   η' = f · η_S, ``'linear'`` η'_t = f · η_S · max(0, 1 − j/k), ``'cosine'``
   η'_t = f · η_S · (1 + cos(π min(j, k)/k))/2.
+* ``'batch_size'`` -- the batch size changes instead of (or with) the rate:
+  the parent's optimizer state, the learning rate of ``sidetrip.schedule`` and
+  ``lr_factor`` exactly as for 'schedule', and the batch of side-trip step j
+  holds b_j examples read on from the parent's stream taken as one flat stream
+  of examples (parent batch t = examples [tB, (t+1)B); the side-trip from S
+  reads from example S·B on; :mod:`trajax.sidetrip.stream`). With
+  ``batch_growth`` = k every batch is kB: batch j is the parent's batches
+  S + kj … S + kj + k − 1 concatenated, so "λ at kB for J steps" and "λ/k at
+  B for kJ steps" ('schedule', ``schedule='constant'``, ``lr_factor=1/k``) see
+  the same examples in the same order (Smith et al. 2018; the quadratic model's
+  comparison is :func:`trajax.theory.batch_vs_lr`). Each global batch must be
+  a multiple of the data-parallel devices (checked before anything is written).
 
 The step counter is the absolute step t (checkpoints, metrics and the data
 stream line up with the parent's); every metrics record carries
-``sidetrip/step`` = j. S, f·η_S and k enter the step as traced scalars, so one
+``sidetrip/step`` = j and, except for 'fixed_batch', ``sidetrip/examples_seen``
+= Σ_{i<j} b_i, the training examples consumed since S (j·B unless the batch
+size changes). S, f·η_S and k enter the step as traced scalars, so one
 compilation serves every branch point (Fig. 1).
 
 Start and restart (big_vision's precedence, :func:`trajax.loop.fit`): the
@@ -56,14 +70,21 @@ that resolves to the recorded one is the parent; a parent moved elsewhere is
 accepted with ``--parent_moved`` (``parent_moved=True``) once its config
 matches the recorded one.
 
+Fields a side-trip may change relative to its parent: ``total_steps``,
+``nonfinite.*`` and, except for 'equivalent', ``optimizer.*`` (within the
+parent's optimizer-state layout); ``batch_size`` only for 'fixed_batch' (the
+default ``fixed_batch_size``): the parent's B defines the stream the other
+kinds continue. The batch-size fields enter the lineage and the stored config,
+so a restart under another batch schedule is refused like any other change.
+
 The ``sidetrip`` config section (added by :func:`with_sidetrip` or by the
 CLI before the config is locked; every field is dotted as ``sidetrip.<name>``
 in errors):
 
 ==================  ==========================================================
-kind                'equivalent' | 'fixed_batch' | 'schedule'
+kind                'equivalent' | 'fixed_batch' | 'schedule' | 'batch_size'
 steps               k; default: window ('equivalent'), total_steps − S
-                    ('schedule'); required for 'fixed_batch'
+                    ('schedule', 'batch_size'); required for 'fixed_batch'
 method              an averaging method of trajax.schedules.METHODS; default
                     the config's ``averaging.method``
 window              steps the average covers; default gap (two_point),
@@ -71,20 +92,28 @@ window              steps the average covers; default gap (two_point),
 decay, gap, n       override ``averaging.*`` for the equivalent schedule (the
                     other parameters, e.g. every and debias, are the parent's)
 lr_factor           f > 0 (default 1)
-schedule            'config' | 'constant' | 'linear' | 'cosine' ('schedule' kind)
+schedule            'config' | 'constant' | 'linear' | 'cosine' ('schedule' and
+                    'batch_size' kinds)
 fixed_batch_index   index of the fixed batch (>= 0)
 fixed_batch_size    its size; default ``batch_size``
 eval_at             side-trip steps j to evaluate and checkpoint at (0 … k);
                     points beyond k are dropped, k is always evaluated
 eval_average        also evaluate the averaged params (kinds that keep them)
+batch_growth        'batch_size' kind: k > 0, every batch k·B (k·B a whole
+                    number; B = ``batch_size``, the parent's)
+batch_sizes         'batch_size' kind, instead of batch_growth: a schedule
+                    ((0, b_0), (j_1, b_1), …): global batch b_i from side-trip
+                    step j_i on (starts strictly increasing, each < steps)
 ==================  ==========================================================
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
+import math
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -105,6 +134,7 @@ from trajax.sidetrip.lineage import (
   trajectory_hash,
 )
 from trajax.sidetrip.spec import (
+  _BATCH_FIELDS,
   _RESUME_EXTRA,
   KINDS,
   SCHEDULES,
@@ -113,14 +143,22 @@ from trajax.sidetrip.spec import (
   _base_config,
   _check_against_parent,
   _check_optimizer_layout,
+  batch_size_at,
+  check_batch_devices,
   default_section,
+  examples_before,
   make_lr_schedule,
   resolve,
   with_sidetrip,
 )
+from trajax.sidetrip.stream import flat_stream_batches
 
 __all__ = [
   "KINDS",
+  "batch_size_at",
+  "check_batch_devices",
+  "examples_before",
+  "flat_stream_batches",
   "LINEAGE_VERSION",
   "SCHEDULES",
   "SidetripError",
@@ -165,6 +203,27 @@ class SidetripResult:
 
 # ----------------------------------------------------------------------------
 # the run
+
+
+def _as_stored(config, own_config: dict):
+  """``config`` as a side-trip written before the batch-size fields existed stored it.
+
+  Such a checkpoint's ``sidetrip`` section lacks ``batch_growth`` and
+  ``batch_sizes``; left at None they change nothing, so they are dropped from
+  the config the resume is checked against (and that its checkpoints store)
+  rather than refused as new fields. Set, they are a change and are refused.
+  """
+  old = own_config.get("sidetrip")
+  if not isinstance(old, dict) or "sidetrip" not in config:
+    return config
+  drop = [n for n in _BATCH_FIELDS if n not in old and config.sidetrip[n] is None]
+  if not drop:
+    return config
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for name in drop:
+      del config.sidetrip[name]
+  return config
 
 
 def run_sidetrip(
@@ -221,7 +280,9 @@ def run_sidetrip(
   own_dir = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints") if workdir else ""
   own_steps = ckpt_lib.committed_steps(own_dir) if own_dir else []
   if own_steps:
-    own_lineage = ckpt_lib.read_metadata(own_dir, own_steps[-1]).get("lineage") or {}
+    own_meta = ckpt_lib.read_metadata(own_dir, own_steps[-1])
+    own_lineage = own_meta.get("lineage") or {}
+    stored = _as_stored(config, own_meta.get("config") or {})
     parent_dir = _recorded_parent(own_lineage, parent, step, workdir, parent_moved)
     parent_meta = {
       "config": own_lineage["parent_config"],
@@ -236,13 +297,24 @@ def run_sidetrip(
         "(trajax.state.fixed_batch_gd): restart it in a new workdir"
       )
   else:
-    own_lineage = None
+    own_lineage, stored = None, config
     parent_dir, parent_meta = _fresh_parent(parent, step)
   _check_against_parent(base, parent_meta["config"], spec.kind)
   workdir = _workdir_checks(workdir, parent_dir)
   parent_config = loop.stored_config(parent_meta)
 
   mesh = state_lib.make_mesh(base)
+  if spec.kind == "batch_size":
+    # As trajax.data requires of batch_size: whole rows per process and device.
+    per_host = jax.process_count() * jax.local_device_count()
+    unit = math.lcm(int(mesh.shape["data"]), per_host)
+    check_batch_devices(
+      config,
+      spec,
+      unit,
+      f"{mesh.shape['data']} data-parallel devices (mesh.data), {jax.process_count()} "
+      f"process(es) x {jax.local_device_count()} local devices",
+    )
   if dataset is None:
     from trajax import data as data_lib
 
@@ -298,6 +370,19 @@ def run_sidetrip(
       fb = evaluator.evaluate(state.params, state.batch_stats, [masked])
       return {f"sidetrip/fixed_batch_{k}": v for k, v in fb.items()}
 
+  if spec.kind == "batch_size":
+    batches = flat_stream_batches(
+      dataset, step, spec.batch_sizes, int(base.batch_size), jax.process_count()
+    )
+  # Examples consumed since S (the parent's B per step unless the kind sets it).
+  sizes = spec.batch_sizes or ((0, int(base.batch_size)),)
+
+  def scalars(t):
+    out = {"sidetrip/step": t - step}
+    if spec.kind != "fixed_batch":
+      out["sidetrip/examples_seen"] = examples_before(sizes, t - step)
+    return out
+
   points = [step + j for j in spec.eval_at]
   result = loop.fit(
     base,
@@ -313,9 +398,9 @@ def run_sidetrip(
     ),
     extra_eval=extra_eval,
     save_at=points,
-    scalars=lambda t: {"sidetrip/step": t - step},
+    scalars=scalars,
     metadata=lambda t: {"lineage": lineage, "sidetrip_step": t - step},
-    stored=config,
+    stored=stored,
     resume_allowed=cv.RESUME_ALLOWED | _RESUME_EXTRA,
     dataset=dataset,
     model=model,

@@ -19,23 +19,37 @@ from absl import logging
 from trajax import averaging, loop, schedules
 from trajax import state as state_lib
 
-KINDS = ("equivalent", "fixed_batch", "schedule")
+KINDS = ("equivalent", "fixed_batch", "schedule", "batch_size")
 SCHEDULES = ("config", "constant", "linear", "cosine")
 
 # Config fields a side-trip may change relative to its parent, by kind. Every
 # other difference would change what "the parent's state" means (model,
 # data, averaging state layout) and is refused. The cadence/retention fields
 # trajax.config_validation allows on resume are allowed for every kind.
+#
+# ``batch_size`` is free only for 'fixed_batch', where it is no more than the
+# default of ``sidetrip.fixed_batch_size``. Elsewhere the parent's B defines
+# the stream the side-trip continues (batch t of the parent's stream under
+# another B holds other examples), so it must be the parent's; the batch size
+# changes on the parent's stream through kind 'batch_size'.
 _FREE_FIELDS = {
   "equivalent": frozenset({"nonfinite.skip", "nonfinite.max_consecutive_skips"}),
-  "schedule": frozenset(
-    {"total_steps", "batch_size", "nonfinite.skip", "nonfinite.max_consecutive_skips"}
-  ),
+  "schedule": frozenset({"total_steps", "nonfinite.skip", "nonfinite.max_consecutive_skips"}),
+  "batch_size": frozenset({"total_steps", "nonfinite.skip", "nonfinite.max_consecutive_skips"}),
   "fixed_batch": frozenset(
     {"total_steps", "batch_size", "nonfinite.skip", "nonfinite.max_consecutive_skips"}
   ),
 }
-_FREE_PREFIXES = {"equivalent": (), "schedule": ("optimizer.",), "fixed_batch": ("optimizer.",)}
+_FREE_PREFIXES = {
+  "equivalent": (),
+  "schedule": ("optimizer.",),
+  "batch_size": ("optimizer.",),
+  "fixed_batch": ("optimizer.",),
+}
+# Kinds that follow sidetrip.schedule (and lr_factor) for their learning rate.
+_SCHEDULE_KINDS = ("schedule", "batch_size")
+# The batch-size fields, refused for every other kind.
+_BATCH_FIELDS = ("batch_growth", "batch_sizes")
 # Fields that may change when a side-trip resumes from its own checkpoint.
 _RESUME_EXTRA = frozenset({"sidetrip.eval_at", "sidetrip.eval_average"})
 # sidetrip.<name> fields that override averaging.<name> for the equivalent schedule.
@@ -84,6 +98,9 @@ class SidetripSpec(NamedTuple):
   fixed_batch_size: int | None
   eval_at: tuple
   eval_average: bool
+  # 'batch_size' kind: ((j_0 = 0, b_0), (j_1, b_1), ...), global batch b_i from
+  # side-trip step j_i on (batch_growth k resolves to ((0, k·B),)); else None.
+  batch_sizes: tuple | None = None
 
 
 # ----------------------------------------------------------------------------
@@ -108,6 +125,8 @@ def default_section():
   s.fixed_batch_size = mlc.FieldReference(None, field_type=int)
   s.eval_at = (1, 10, 100, 1000)
   s.eval_average = False
+  s.batch_growth = mlc.FieldReference(None, field_type=float)
+  s.batch_sizes = mlc.FieldReference(None, field_type=tuple)
   return s
 
 
@@ -222,7 +241,7 @@ def resolve(config, parent_step: int) -> SidetripSpec:
         window = None
       if steps is None and window is not None:
         steps = window
-  elif kind == "schedule":
+  elif kind in _SCHEDULE_KINDS:
     sched = s["schedule"]
     if sched not in SCHEDULES:
       bad("schedule", f"must be one of {list(SCHEDULES)}")
@@ -245,6 +264,13 @@ def resolve(config, parent_step: int) -> SidetripSpec:
       problems.append(("sidetrip.fixed_batch_size", fb_size, "must be an integer > 0"))
     if steps is None:
       bad("steps", "kind 'fixed_batch' needs the number of gradient-descent steps")
+  batch_sizes = None
+  if kind == "batch_size":
+    batch_sizes = _resolve_batch_sizes(s, int(config.batch_size), steps, problems)
+  else:
+    for name in _BATCH_FIELDS:
+      if s[name] is not None:
+        bad(name, f"only for kind 'batch_size' (kind is {kind!r}); leave it None")
   if problems:
     raise ConfigError(problems)
   points = tuple(sorted({int(e) for e in eval_at if e <= steps} | {int(steps)}))
@@ -260,6 +286,134 @@ def resolve(config, parent_step: int) -> SidetripSpec:
     fixed_batch_size=None if fb_size is None else int(fb_size),
     eval_at=points,
     eval_average=bool(s["eval_average"]),
+    batch_sizes=batch_sizes,
+  )
+
+
+def _resolve_batch_sizes(s: dict, parent_batch: int, steps, problems: list) -> tuple | None:
+  """``((j_0, b_0), ...)`` of a 'batch_size' side-trip from ``batch_growth`` or ``batch_sizes``.
+
+  Appends ``(field, value, allowed)`` to ``problems`` for a bad field.
+  """
+  growth, sizes = s["batch_growth"], s["batch_sizes"]
+  if (growth is None) == (sizes is None):
+    problems.append(
+      (
+        "sidetrip.batch_growth",
+        growth,
+        "kind 'batch_size' needs exactly one of sidetrip.batch_growth (a factor k: batch "
+        "k·batch_size) and sidetrip.batch_sizes (((j_0 = 0, b_0), (j_1, b_1), ...)); "
+        f"got batch_sizes = {sizes!r}",
+      )
+    )
+    return None
+  if growth is not None:
+    size = float(growth) * parent_batch if isinstance(growth, numbers.Real) else float("nan")
+    if (
+      isinstance(growth, bool)
+      or not math.isfinite(size)
+      or growth <= 0
+      or abs(size - round(size)) > 1e-9 * max(1.0, size)
+      or round(size) < 1
+    ):
+      problems.append(
+        (
+          "sidetrip.batch_growth",
+          growth,
+          f"must be a number k > 0 with k·batch_size (batch_size = {parent_batch}) a whole "
+          "number of examples >= 1",
+        )
+      )
+      return None
+    return ((0, int(round(size))),)
+  allowed = (
+    "must be a non-empty tuple of (start step j, global batch size b) pairs: j integers "
+    "starting at 0 and strictly increasing (side-trip steps), b integers >= 1"
+  )
+  if not (isinstance(sizes, (tuple, list)) and sizes):
+    problems.append(("sidetrip.batch_sizes", sizes, allowed))
+    return None
+  out = []
+  for pair in sizes:
+    if not (
+      isinstance(pair, (tuple, list))
+      and len(pair) == 2
+      and _is_int(pair[0])
+      and _is_int(pair[1])
+      and pair[0] >= 0
+      and pair[1] >= 1
+    ):
+      problems.append(("sidetrip.batch_sizes", sizes, f"{allowed}; bad entry {pair!r}"))
+      return None
+    out.append((int(pair[0]), int(pair[1])))
+  starts = [j for j, _ in out]
+  if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
+    problems.append(("sidetrip.batch_sizes", sizes, f"{allowed}; starts are {starts}"))
+    return None
+  if steps is not None and starts[-1] >= steps:
+    problems.append(
+      (
+        "sidetrip.batch_sizes",
+        sizes,
+        f"every phase must start before the side-trip ends (steps = {steps}); starts {starts}",
+      )
+    )
+    return None
+  return tuple(out)
+
+
+def batch_size_at(batch_sizes: tuple, j: int) -> int:
+  """b_j: the global batch of side-trip step j (the last phase with j_i <= j)."""
+  return next(b for start, b in reversed(batch_sizes) if start <= j)
+
+
+def examples_before(batch_sizes: tuple, j: int) -> int:
+  """Σ_{i<j} b_i: the examples side-trip steps 0 … j − 1 consume (``sidetrip/examples_seen``)."""
+  total = 0
+  for i, (start, b) in enumerate(batch_sizes):
+    if j <= start:
+      break
+    end = batch_sizes[i + 1][0] if i + 1 < len(batch_sizes) else j
+    total += (min(j, end) - start) * b
+  return total
+
+
+def check_batch_devices(config, spec: SidetripSpec, unit: int, devices: str) -> None:
+  """Every batch of a 'batch_size' side-trip must split evenly over the data-parallel devices.
+
+  Args:
+    config: the side-trip's config (names the field the user set).
+    spec: the resolved side-trip.
+    unit: what every global batch must be a multiple of (the lcm of the mesh's
+      data axis and processes × local devices, as ``trajax.data`` requires of
+      ``batch_size``).
+    devices: those devices in words, for the message.
+
+  Raises:
+    trajax.config_validation.ConfigError: naming the field, its value and the unit.
+  """
+  from trajax.config_validation import ConfigError
+
+  if spec.batch_sizes is None:
+    return
+  bad = [b for _, b in spec.batch_sizes if b % unit]
+  if not bad:
+    return
+  growth = config.sidetrip.batch_growth
+  field, value = (
+    ("sidetrip.batch_growth", growth)
+    if growth is not None
+    else ("sidetrip.batch_sizes", config.sidetrip.batch_sizes)
+  )
+  raise ConfigError(
+    [
+      (
+        field,
+        value,
+        f"gives global batch size(s) {bad}, but every batch must be a multiple of {unit} "
+        f"({devices}) so that it splits evenly over them",
+      )
+    ]
   )
 
 
@@ -274,12 +428,18 @@ def _check_against_parent(base, parent_config: dict, kind: str):
     if field in free or field.startswith(_FREE_PREFIXES[kind]):
       logging.info("side-trip: %s = %r (parent: %r)", field, new, old)
       continue
+    hint = ""
+    if field == "batch_size":
+      hint = (
+        "; to change the batch size on the parent's stream use kind='batch_size' with "
+        "sidetrip.batch_growth or sidetrip.batch_sizes"
+      )
     bad.append(
       (
         field,
         new,
         f"must equal the parent's value {old!r} for a {kind!r} side-trip "
-        f"(may differ: {sorted(free)} and {list(_FREE_PREFIXES[kind])})",
+        f"(may differ: {sorted(free)} and {list(_FREE_PREFIXES[kind])}){hint}",
       )
     )
   if bad:
@@ -322,7 +482,7 @@ class SidetripRate(NamedTuple):
         self.method, base, start=start, window=self.window, **dict(self.params)
       )
       return lambda t: rate(jnp.asarray(t) - start) * scale
-    if self.kind == "schedule" and self.schedule == "config":
+    if self.kind in _SCHEDULE_KINDS and self.schedule == "config":
       return loop.ScaledRate()(base, {"scale": scale})
     if self.kind == "fixed_batch" or self.schedule == "constant":
       return lambda t: jnp.broadcast_to(scale, jnp.shape(t)).astype(jnp.float32)
