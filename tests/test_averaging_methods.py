@@ -412,3 +412,18 @@ def test_profiles_are_exact_in_any_chain_position_and_invisible_to_the_run_avera
   # No profiles: the inner transformation itself (its state layout unchanged).
   inner = optax.sgd(0.1, momentum=0.9)
   assert averaging.with_profiles(inner, ()) is inner
+
+
+def test_a_polynomial_decay_schedule_is_a_power_ema():
+  """The converse: w_j = 1 − (j/k)^{γ+1} on the learning rate is the power EMA of γ."""
+  k = 50
+  for gamma in (1.0, 2.5):
+    sched = lambda j, g=gamma: 0.2 * (1 - (jnp.asarray(j) / k) ** (g + 1))
+    found = schedules.matching_averaging(sched, 0.2, start=10, window=k)
+    assert found.method == "power_ema" and found.window == k
+    assert found.params["gamma"] == pytest.approx(gamma, rel=1e-4)
+  # γ = 0 (linear decay to zero) stays SWA.
+  linear = schedules.matching_averaging(
+    lambda j: 0.2 * (1 - jnp.asarray(j) / k), 0.2, start=0, window=k
+  )
+  assert linear.method == "swa"

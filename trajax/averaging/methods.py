@@ -346,6 +346,15 @@ def _match_ema(c, atol):
   return {"decay": float(c[-1])} if 0 < c[-1] <= 1 else None
 
 
+def _match_power_ema(c, atol):
+  """c_0 = 0 and c_k = 1 − (1 − 1/k)^{γ+1} give γ (the kernel check decides)."""
+  k = c.size - 1
+  if k < 2 or abs(c[0]) > atol or not 0 < c[-1] < 1:
+    return None
+  gamma = math.log1p(-c[-1]) / math.log1p(-1.0 / k) - 1
+  return {"gamma": float(gamma)} if gamma > 0 else None
+
+
 register(Method("none", (), identity_averager))
 register(
   Method(
@@ -398,5 +407,6 @@ register(
     POWER_EMA_PARAMS,
     power_ema_averager,
     step_weights=kernels.power_ema_step_weights,
+    match=_match_power_ema,
   )
 )
