@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 import types
 
 import jax
@@ -505,3 +506,67 @@ def test_command_line_prints_the_equivalent_side_trip_and_it_runs(profile_run, t
     workdir=str(tmp_path / "t"),
   )
   assert not note["exact"] and "'every': 2" in note["note"]
+  # Snapshots the run did not save: a one-line error naming them, nothing written.
+  bad = tmp_path / "bad"
+  r = _cli(
+    f"--workdir={profile_run.workdir}", "--decay=0.3", "--sources=profiles[7]", f"--out={bad}"
+  )
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(
+    "error: sources: 'profiles[7]' needs averaging.profiles[7]"
+  )
+  assert not bad.exists() and snapshot(profile_run.workdir) == before
+
+
+SHARDED = textwrap.dedent(r"""
+    import json, os, sys
+    sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+    import jax, numpy as np
+    from jax.sharding import Mesh
+    from test_train import FakeDataset, small_config
+    from trajax import averaging, models, train
+
+    profiles = ({"method": "power_ema", "gamma": 6.94}, {"method": "ema", "decay": 0.3})
+    out, got = {"devices": jax.device_count()}, {}
+    for name, devs, shard in (("one", jax.devices()[:1], False), ("four", jax.devices(), True)):
+        cfg = small_config(**{"averaging.method": "ema", "averaging.decay": 0.1,
+                              "averaging.profiles": profiles, "mesh.shard_params": shard})
+        model = models.create_model(cfg.model, num_classes=10)
+        mesh = Mesh(np.asarray(devs), ("data",))
+        state, shardings = train.create_train_state(cfg, model, (40, 1), mesh)
+        step = train.make_train_step(cfg, model, mesh, shardings)
+        data = FakeDataset(batch_size=32)
+        for i in range(6):
+            batch = {k: jax.device_put(v, train.batch_sharding(mesh)) for k, v in data.batch(i).items()}
+            state, _ = step(state, batch)
+        profs = averaging.find_profiles(state.opt_state).profiles
+        if name == "four":
+            specs = lambda t: [x.sharding.spec for x in jax.tree.leaves(t)]
+            out["same_specs"] = all(specs(p.partial) == specs(state.params) for p in profs)
+            out["sharded"] = sum(
+                x.addressable_shards[0].data.size < x.size
+                for p in profs for x in jax.tree.leaves(p.partial))
+        got[name] = jax.device_get(averaging.profile_averages(state.opt_state, state.params))
+    out["max_diff"] = max(
+        float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+        for a, b in zip(jax.tree.leaves(got["one"]), jax.tree.leaves(got["four"])))
+    print(json.dumps(out))
+""")
+
+
+def test_profiles_are_sharded_like_the_params():
+  """4 simulated devices with mesh.shard_params: each profile leaf has its param's sharding,
+  and the profiles equal the one-device run's to float32 round-off."""
+  import json
+
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=REPO,
+  )
+  code = f"REPO = {REPO!r}\n" + SHARDED
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 4 and out["same_specs"] and out["sharded"] >= 2
+  assert out["max_diff"] < 1e-5
