@@ -570,3 +570,34 @@ def test_profiles_are_sharded_like_the_params():
   out = json.loads(r.stdout.strip().splitlines()[-1])
   assert out["devices"] == 4 and out["same_specs"] and out["sharded"] >= 2
   assert out["max_diff"] < 1e-5
+
+
+def test_side_trip_command_starts_where_the_method_starts(profile_run):
+  """SWA from s and a power EMA from s have (numerically) no weight on θ_s: the side-trip still
+  branches at s over end − s steps, which is the method's own schedule (exact)."""
+  run, cfg = profile_run.run, str(profile_run.workdir) + "/no_such_config.py"
+  swa = posthoc.target("swa", end=12, start_step=4)
+  assert swa[1][4] == 0 and swa[1][5] > 0
+  trip = posthoc.sidetrip_command(
+    run, swa[1], "swa", {"start_step": 4}, config_file=cfg, workdir="W"
+  )
+  assert trip["exact"] and (trip["start"], trip["window"]) == (4, 8), trip
+  start, window, sched = posthoc.method_equivalent_schedule(swa[1], 0.05, {"start_step": 4})
+  ref = schedules.equivalent_schedule("swa", 0.05, start=4, window=8)
+  np.testing.assert_allclose(
+    np.asarray(sched(np.arange(9))), np.asarray(ref(np.arange(9))), rtol=1e-6
+  )
+  # The power EMA: its γ must be the run's averaging.gamma (the side-trip cannot override it).
+  gamma = float(run.config.averaging.gamma)
+  power = posthoc.target("power_ema", end=12, gamma=gamma, start_step=4)
+  trip = posthoc.sidetrip_command(
+    run, power[1], "power_ema", {"gamma": gamma, "start_step": 4}, config_file=cfg, workdir="W"
+  )
+  assert trip["exact"] and (trip["start"], trip["window"]) == (4, 8), trip
+  other = posthoc.target("power_ema", end=12, gamma=2.0, start_step=4)
+  trip = posthoc.sidetrip_command(
+    run, other[1], "power_ema", {"gamma": 2.0, "start_step": 4}, config_file=cfg, workdir="W"
+  )
+  assert not trip["exact"] and f"the run's: {{'gamma': {gamma}" in trip["note"]
+  with pytest.raises(ValueError, match="start = 6: the kernel has weight on step 5 before it"):
+    posthoc.equivalent_schedule(swa[1], 0.05, start=6)

@@ -67,6 +67,7 @@ __all__ = [
   "basis",
   "combine",
   "equivalent_schedule",
+  "method_equivalent_schedule",
   "plan",
   "posthoc_average",
   "run_profiles",
@@ -472,7 +473,7 @@ def posthoc_average(
 # --------------------------------------------------------------------------- schedules
 
 
-def equivalent_schedule(kernel, base) -> tuple[int, int, Any]:
+def equivalent_schedule(kernel, base, *, start: int | None = None) -> tuple[int, int, Any]:
   """The side-trip equivalent to a post-hoc kernel: ``(start, window, schedule)``.
 
   ``kernel``: a :class:`Plan` or a 1-D kernel c over steps 0 … end. With S the
@@ -483,6 +484,12 @@ def equivalent_schedule(kernel, base) -> tuple[int, int, Any]:
   :mod:`trajax.schedules`). ``base``: the run's learning rate (float or
   schedule of the absolute step), e.g. ``state.make_schedule(config.optimizer,
   config.total_steps)``.
+
+  ``start``: S itself, at or before the support's first step (default: that
+  step). A method's average started at s has its kernel's support from s (or
+  s + 1), but a power EMA's first weights are below float64's resolution
+  (c_1 = k^{−(γ+1)}); from S = s the schedule is the method's own (w_j = 1
+  where c vanishes before the support: full steps), as the side-trip runs it.
   """
   import jax.numpy as jnp
 
@@ -495,6 +502,14 @@ def equivalent_schedule(kernel, base) -> tuple[int, int, Any]:
     first = max(last - 1, 0)
     if first == last:
       raise ValueError("a kernel on step 0 alone has no side-trip (it is θ_0)")
+  if start is not None:
+    start = _check_int("start", start, 0)
+    if start > first:
+      raise ValueError(
+        f"start = {start}: the kernel has weight on step {first} before it, which no "
+        "side-trip from there reaches"
+      )
+    first = start
   w = schedules.weights_from_kernel(c[first : last + 1])
   table = jnp.asarray(np.concatenate([w, [0.0]]), jnp.float32)
   k = last - first
@@ -549,7 +564,7 @@ def sidetrip_command(
   from trajax import config_validation as cv
 
   c = np.asarray(kernel.kernel if isinstance(kernel, Plan) else kernel, np.float64)
-  start, window, _ = equivalent_schedule(c, 1.0)
+  start, window, _ = equivalent_schedule(c, 1.0, start=_method_start(c, params))
   given = {k: v for k, v in dict(params).items() if v is not None and k != "start_step"}
   fields = {"kind": "equivalent", "method": method, "window": int(window)}
   fields.update({k: given[k] for k in ("decay", "gap", "n") if k in given})
@@ -565,9 +580,11 @@ def sidetrip_command(
   try:
     got, ref = _sidetrip_rates(run.config, fields, start, window, c)
     if not np.allclose(got, ref, rtol=1e-6, atol=1e-12):
+      theirs = averaging.method_params(method, run.config.averaging)
       notes.append(
-        "the side-trip's schedule differs from this kernel's: it takes the method's other "
-        f"parameters from the run's averaging section (wanted {given})"
+        "the side-trip's schedule differs from this kernel's: it can set only window, decay, "
+        "gap and n, and takes the method's other parameters from the run's averaging section "
+        f"(wanted {given}; the run's: {theirs})"
       )
   except (cv.ConfigError, ValueError, TypeError) as e:
     notes.append(f"the side-trip refuses these fields: {e}")
@@ -585,6 +602,22 @@ def sidetrip_command(
   }
 
 
+def method_equivalent_schedule(kernel, base, params: Mapping[str, Any]) -> tuple[int, int, Any]:
+  """:func:`equivalent_schedule` from the method's own start (``params['start_step']``, default
+  0) where that is at or before the kernel's support: the schedule the side-trip runs."""
+  c = np.asarray(kernel.kernel if isinstance(kernel, Plan) else kernel, np.float64)
+  return equivalent_schedule(c, base, start=_method_start(c, params))
+
+
+def _method_start(c: np.ndarray, params: Mapping[str, Any]) -> int | None:
+  """A method's start_step as the side-trip's S, where it is at or before the support."""
+  s = params.get("start_step")
+  if s is None:
+    s = 0
+  nz = np.flatnonzero(c)
+  return int(s) if nz.size and int(s) <= int(nz[0]) else None
+
+
 def _sidetrip_rates(config, fields: dict, start: int, window: int, c) -> tuple:
   """``(side-trip η'(S + j), equivalent_schedule(c)(j))`` for j = 0 … window.
 
@@ -600,5 +633,5 @@ def _sidetrip_rates(config, fields: dict, start: int, window: int, c) -> tuple:
   rule = sidetrip_spec.SidetripRate.of(spec)
   rate = sidetrip_spec.make_lr_schedule(spec, base, rule.hyper(spec, base, start))
   j = np.arange(window + 1)
-  _, _, mine = equivalent_schedule(c, base)
+  _, _, mine = equivalent_schedule(c, base, start=start)
   return np.asarray(rate(start + j), np.float64), np.asarray(mine(j), np.float64)

@@ -193,7 +193,7 @@ def run_cli() -> dict:
   rows = []
   for (value, _, method, mparams), avg in zip(targets, averages, strict=True):
     params, stats = evaluate.variables(avg.params, avg.batch_stats)
-    start, window, sched = posthoc.equivalent_schedule(avg.plan, base)
+    start, window, sched = posthoc.method_equivalent_schedule(avg.plan, base, mparams)
     trip = posthoc.sidetrip_command(
       run,
       avg.plan,
