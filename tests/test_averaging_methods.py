@@ -183,7 +183,7 @@ def test_a_registered_method_gets_its_kernel_schedule_and_theory(linear_method):
 # ---------------------------------------------------------------------------
 # Config checks.
 
-SECTION = dict(decay=0.01, start_step=0, every=1, gap=10, n=3, debias=False)
+SECTION = dict(decay=0.01, start_step=0, every=1, gap=10, n=3, debias=False, gamma=6.94)
 
 
 def test_validate_params_accepts_good_sections_and_ignores_other_methods_fields():
@@ -211,7 +211,7 @@ def test_validate_params_names_field_value_and_what_is_allowed():
 
 def test_one_start_step_rule_for_every_method():
   takes_start = [m for m, rec in averaging.METHODS.items() if rec.param("start_step")]
-  assert set(takes_start) == {"ema", "swa", "two_point", "multi_point"}
+  assert set(takes_start) == {"ema", "swa", "two_point", "multi_point", "power_ema"}
   for method in takes_start:
     late = averaging.validate_params(method, dict(SECTION, start_step=100), total_steps=100)
     assert late == ["averaging.start_step = 100: must be < total_steps=100"], method
@@ -263,3 +263,167 @@ def test_static_parameter_under_inject_hyperparams_is_named():
   state = opt.init(params)
   with pytest.raises(TypeError, match=r"static_args=\('n',\)"):
     jax.jit(opt.update)(params, state, params)
+
+
+# ---------------------------------------------------------------------------
+# The power-function EMA (Karras et al. 2024), registered once.
+
+
+@pytest.mark.parametrize("gamma", [0.5, 3.0, 16.97])
+def test_power_ema_kernel_is_the_closed_form(gamma):
+  """β_p = (1 − 1/p)^{γ+1} gives c_i = (i^{γ+1} − (i−1)^{γ+1})/k^{γ+1}: a profile ∝ i^γ."""
+  k = 400
+  c = averaging.kernel("power_ema", window=k, gamma=gamma)
+  i = np.arange(1, k + 1, dtype=np.float64)
+  want = np.r_[0.0, (i ** (gamma + 1) - (i - 1) ** (gamma + 1)) / k ** (gamma + 1)]
+  np.testing.assert_allclose(c, want, rtol=1e-10, atol=1e-300)
+  assert c.sum() == pytest.approx(1.0, abs=1e-12)
+  # ∝ t^γ: the ratio to (γ+1) i^γ / k^{γ+1} tends to 1 (the mid-point rule's error is O(1/i)).
+  ratio = c[1:] / ((gamma + 1) * i**gamma / k ** (gamma + 1))
+  assert abs(ratio[-1] - 1) < 3 * (gamma + 1) / k and abs(ratio[k // 2] - 1) < 6 * (gamma + 1) / k
+  # every = 2, start_step = 3: the same profile over the points 5, 7, …
+  c2 = averaging.kernel("power_ema", window=3 + 2 * 4, gamma=gamma, every=2, start_step=3)
+  p = np.arange(1, 5, dtype=np.float64)
+  want2 = np.zeros(12)
+  want2[[5, 7, 9, 11]] = (p ** (gamma + 1) - (p - 1) ** (gamma + 1)) / 4 ** (gamma + 1)
+  np.testing.assert_allclose(c2, want2, rtol=1e-10, atol=1e-15)
+  # The registered closed form of the step weights, w_j = 1 − (j/k)^{γ+1}, against the derivation.
+  fast = averaging.METHODS["power_ema"].step_weights(k, {"gamma": gamma})
+  np.testing.assert_allclose(fast, schedules.weights_from_kernel(c), rtol=1e-10, atol=1e-14)
+  assert averaging.METHODS["power_ema"].step_weights(k, {"gamma": gamma, "every": 2}) is None
+
+
+def test_power_ema_gets_its_schedule_and_theory_from_its_one_definition():
+  gamma = 2.0
+  k = 12
+  # Its equivalent schedule lands on the wrapper's average (linear loss), with momentum.
+  base = optax.cosine_decay_schedule(0.3, decay_steps=40, alpha=0.2)
+  for momentum in (None, 0.9):
+    err, scale = _side_trip_gap(
+      "power_ema", {"gamma": gamma}, base=base, momentum=momentum, start=5, window=k
+    )
+    assert scale > 0.1 and err <= 2e-6 * max(1.0, scale), (err, scale)
+  sched = schedules.equivalent_schedule("power_ema", 0.1, start=0, window=k, gamma=gamma)
+  j = np.arange(k + 2)
+  want = 0.1 * np.where(j < k, 1 - (np.minimum(j, k) / k) ** (gamma + 1), 0.0)
+  np.testing.assert_allclose(np.asarray(sched(j)), want, rtol=1e-6, atol=1e-9)
+  # Its stationary variance: the derived kernel on lags, and the exact moments of an
+  # average started w steps before the end of a long run.
+  w, lr, kappa = 40, 0.1, np.array([0.5, 2.0])
+  f = theory.stationary_variance(lr, kappa, "power_ema", window=w, gamma=gamma)
+  mu = theory.averaging_kernel("power_ema", window=w, gamma=gamma)
+  i = np.arange(w, 0, -1, dtype=np.float64)  # lag 0 is the newest point i = w
+  np.testing.assert_allclose(mu[:w], (i ** (gamma + 1) - (i - 1) ** (gamma + 1)) / w ** (gamma + 1))
+  np.testing.assert_allclose(
+    f, theory.stationary_variance(lr, kappa, "kernel", kernel=mu), rtol=1e-12
+  )
+  ex = theory.expected_loss(
+    kappa, lr=lr, num_steps=1500, method="power_ema", gamma=gamma, start_step=1500 - w
+  )
+  np.testing.assert_allclose(2 * np.asarray(ex.loss_by_dof)[-1] / kappa, f, rtol=2e-4)
+  # A profile ∝ t^γ averages less than SWA over the same window (it leans on late points).
+  swa = theory.stationary_variance(lr, kappa, "swa", window=w)
+  assert np.all(f > swa)
+
+
+def test_power_ema_sigma_rel_round_trip():
+  # Karras et al.'s σ_rel = 0.05 and 0.10 are γ ≈ 16.97 and 6.94.
+  assert averaging.power_ema_gamma(0.05) == pytest.approx(16.97, abs=0.01)
+  assert averaging.power_ema_gamma(0.10) == pytest.approx(6.94, abs=0.01)
+  for gamma in (0.3, 4.0, 50.0):
+    assert averaging.power_ema_gamma(averaging.power_ema_sigma_rel(gamma)) == pytest.approx(gamma)
+    # σ_rel is the kernel's standard deviation over its length, in the continuum limit.
+    c = averaging.kernel("power_ema", window=4000, gamma=gamma)
+    x = np.arange(c.size) / (c.size - 1)
+    std = np.sqrt(np.sum(c * x**2) - np.sum(c * x) ** 2)
+    assert std == pytest.approx(averaging.power_ema_sigma_rel(gamma), rel=2e-3)
+  with pytest.raises(ValueError, match=r"sigma_rel must be in \(0, 0.2887\)"):
+    averaging.power_ema_gamma(0.3)
+
+
+# ---------------------------------------------------------------------------
+# Profiles: extra averages in the optimizer state.
+
+
+def test_validate_profiles_names_entry_field_value_and_what_is_allowed():
+  good = ({"method": "power_ema", "gamma": 6.94}, {"method": "ema", "decay": 0.01})
+  assert averaging.validate_profiles(good, total_steps=100) == []
+  assert averaging.validate_profiles(()) == []
+  bad = (
+    {"method": "power_ema", "gamma": -1.0},
+    {"method": "none"},
+    {"method": "ema", "decay": 0.1, "gap": 3},
+    {"method": "ema"},
+    "ema",
+    {"method": "swa", "start_step": 500},
+  )
+  assert averaging.validate_profiles(bad, total_steps=100) == [
+    "averaging.profiles[0].gamma = -1.0: must be a float > 0",
+    "averaging.profiles[1].method = 'none': must be one of "
+    "['ema', 'swa', 'two_point', 'multi_point', 'power_ema']",
+    "averaging.profiles[2].gap = 3: not a parameter of 'ema' "
+    "(its parameters: decay, start_step, every, debias, accumulator_dtype)",
+    "averaging.profiles[3].decay = None: averaging method 'ema' needs it (a float in (0, 1])",
+    "averaging.profiles[4] = 'ema': must be a mapping {'method': one of "
+    "['ema', 'swa', 'two_point', 'multi_point', 'power_ema'], ...}",
+    "averaging.profiles[5].start_step = 500: must be < total_steps=100",
+  ]
+  assert averaging.validate_profiles("ema") == [
+    "averaging.profiles = 'ema': must be a tuple of {'method': ..., <params>} mappings"
+  ]
+  with pytest.raises(ValueError, match=r"averaging.profiles\[0\].gamma = -1.0"):
+    averaging.make_profiles(bad[:1])
+
+
+def test_profiles_are_exact_in_any_chain_position_and_invisible_to_the_run_average():
+  """with_profiles keeps a_t without θ_t, like wrap: a transform after it changes the update."""
+  theta0 = {"w": jnp.arange(3.0), "b": jnp.ones(2)}
+  prof = averaging.make_profiles(
+    ({"method": "ema", "decay": 0.3}, {"method": "power_ema", "gamma": 2.0})
+  )
+  opt = averaging.wrap(
+    optax.chain(averaging.with_profiles(optax.sgd(0.1, momentum=0.9), prof), optax.scale(0.5)),
+    averaging.make_averager("swa"),
+  )
+  state = opt.init(theta0)
+  theta, thetas = theta0, [theta0]
+  rng = np.random.default_rng(0)
+  for _ in range(7):
+    g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), theta)
+    u, state = opt.update(g, state, theta)
+    theta = optax.apply_updates(theta, u)
+    thetas.append(theta)
+  ema, power = averaging.profile_averages(state, theta)
+  for got, method, params in ((ema, "ema", {"decay": 0.3}), (power, "power_ema", {"gamma": 2.0})):
+    c = averaging.kernel(method, window=7, **params)
+    want = jax.tree.map(
+      lambda *xs, c=c: sum(ci * np.asarray(x) for ci, x in zip(c, xs, strict=True)), *thetas
+    )
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # The run's own average is untouched by the profiles: SWA of θ_1 … θ_7.
+  swa = averaging.averaged_params(state, theta)
+  np.testing.assert_allclose(
+    swa["w"], np.mean([np.asarray(t["w"]) for t in thetas[1:]], 0), rtol=1e-6
+  )
+  assert [w for w, _ in averaging.find_states(state)] == [""]
+  assert averaging.profile_averages(opt.init(theta0), theta0)[0]["w"].dtype == jnp.float32
+  assert averaging.profile_averages(optax.sgd(0.1).init(theta0), theta0) == ()
+  # No profiles: the inner transformation itself (its state layout unchanged).
+  inner = optax.sgd(0.1, momentum=0.9)
+  assert averaging.with_profiles(inner, ()) is inner
+
+
+def test_a_polynomial_decay_schedule_is_a_power_ema():
+  """The converse: w_j = 1 − (j/k)^{γ+1} on the learning rate is the power EMA of γ."""
+  k = 50
+  for gamma in (1.0, 2.5):
+    sched = lambda j, g=gamma: 0.2 * (1 - (jnp.asarray(j) / k) ** (g + 1))
+    found = schedules.matching_averaging(sched, 0.2, start=10, window=k)
+    assert found.method == "power_ema" and found.window == k
+    assert found.params["gamma"] == pytest.approx(gamma, rel=1e-4)
+  # γ = 0 (linear decay to zero) stays SWA.
+  linear = schedules.matching_averaging(
+    lambda j: 0.2 * (1 - jnp.asarray(j) / k), 0.2, start=0, window=k
+  )
+  assert linear.method == "swa"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 import types
 
 import jax
@@ -252,3 +253,351 @@ def test_command_line_writes_evaluates_and_sweeps(ema_run, tmp_path):
   r = _cli(f"--workdir={ema_run.workdir}", "--decay=0.1", f"--out={ema_run.workdir}/avg")
   assert r.returncode == 1 and "lies inside the run's directory" in r.stderr.splitlines()[-1]
   assert snapshot(ema_run.workdir) == before
+
+
+# --------------------------------------------------------------------------- profiles
+
+PROFILES = (
+  {"method": "ema", "decay": 0.3, "start_step": 2},
+  {"method": "power_ema", "gamma": 3.0},
+)
+
+
+@pytest.fixture(scope="module")
+def profile_run(tmp_path_factory):
+  """EMA δ = 0.2 in training, plus two profiles: EMA δ = 0.3 from step 2 and a power EMA."""
+  return _run(tmp_path_factory, "profiles", method="ema", decay=0.2, profiles=PROFILES)
+
+
+def _numpy_average(run, kernel):
+  """Σ_t c_t θ_t over the committed steps (c must vanish elsewhere), in float64."""
+  assert all(t in run.steps for t in np.flatnonzero(kernel))
+  acc = None
+  for t in np.flatnonzero(kernel):
+    term = jax.tree.map(
+      lambda a, c=kernel[t]: c * np.asarray(a, np.float64), run.state_at(t).params
+    )
+    acc = term if acc is None else jax.tree.map(np.add, acc, term)
+  return acc
+
+
+def test_profiles_are_the_averages_their_kernels_say(profile_run):
+  """Each in-training profile equals Σ c_t θ_t with its registry kernel, the power EMA's the
+  closed form c_i = (i^{γ+1} − (i−1)^{γ+1})/k^{γ+1} (NumPy, from the params at every step)."""
+  run = profile_run.run
+  state = run.state_at(12)
+  ema, power = averaging.profile_averages(state.opt_state, state.params)
+  _, c_ema = posthoc.target("ema", end=12, decay=0.3, start_step=2)
+  assert max_diff(ema, _numpy_average(run, c_ema)) < 2e-6
+  i = np.arange(1, 13, dtype=np.float64)
+  c_power = np.r_[0.0, (i**4 - (i - 1) ** 4) / 12**4]
+  assert max_diff(power, _numpy_average(run, c_power)) < 2e-6
+  assert max_diff(power, state.params) > 1e-3  # and not trivially
+  # The run's own average is still the EMA δ = 0.2 (the profiles sit beside it).
+  assert max_diff(in_training(run, 12), ema) > 1e-4
+
+
+def test_ema_of_a_profiles_decay_is_exact_from_sparse_steps(profile_run, ema_run):
+  run = profile_run.run
+  before = snapshot(profile_run.workdir)
+  tgt = posthoc.target("ema", end=12, decay=0.3, start_step=2)
+  plan = posthoc.plan(run, tgt, steps=[4, 8, 12], exact=True)
+  assert plan.exact and plan.coefficients == {(12, "profiles[0]"): pytest.approx(1.0, abs=1e-9)}
+  avg = posthoc.combine(run, [plan])[0]
+  # float32 round-off of the in-training EMA, and of the NumPy sum over every step.
+  assert max_diff(avg.params, _numpy_average(run, tgt[1])) < 2e-6
+  state = run.state_at(12)
+  assert max_diff(avg.params, averaging.profile_averages(state.opt_state, state.params)[0]) == 0
+  # The same three steps without the profile: only least squares.
+  no_profile = posthoc.plan(run, tgt, steps=[4, 8, 12], sources=("params", "average"))
+  assert not no_profile.exact and no_profile.residual > 1e-3
+  with pytest.raises(posthoc.MissingSnapshotsError, match=r"or a profile .*averaging.profiles"):
+    posthoc.plan(run, tgt, steps=[4, 8, 12], sources=("params", "average"), exact=True)
+  # A power EMA at a saved step: exact from its profile, also at an earlier step (its kernel
+  # at 8 is its own, by the registry).
+  for end in (8, 12):
+    steps = [t for t in (4, 8, 12) if t <= end]
+    p = posthoc.plan(run, posthoc.target("power_ema", end=end, gamma=3.0), steps=steps)
+    assert p.exact and p.coefficients == {(end, "profiles[1]"): pytest.approx(1.0, abs=1e-9)}
+  # A decay between the two EMAs' is closer with the profiles than without.
+  between = posthoc.target("ema", end=12, decay=0.25, start_step=2)
+  with_p = posthoc.plan(run, between, steps=[4, 8, 12])
+  without = posthoc.plan(run, between, steps=[4, 8, 12], sources=("params",))
+  assert with_p.schedule_residual < 0.5 * without.schedule_residual
+  # Sources that the run did not save: named.
+  with pytest.raises(posthoc.MissingSnapshotsError, match=r"'profiles\[2\]' needs averaging"):
+    posthoc.plan(run, tgt, sources=("profiles[2]",))
+  with pytest.raises(posthoc.MissingSnapshotsError, match=r"kept 0 profile\(s\)"):
+    posthoc.plan(ema_run.run, tgt, sources=("profiles",))
+  with pytest.raises(ValueError, match=r"sources: 'profiles\[x\]' is not one of"):
+    posthoc.plan(run, tgt, sources=("profiles[x]",))
+  assert snapshot(profile_run.workdir) == before
+
+
+def test_bad_profiles_config_is_refused_before_anything_is_written(tmp_path):
+  from trajax import config_validation
+
+  config = tiny_config(
+    **{"averaging.profiles": ({"method": "power_ema", "gamma": 0.0}, {"method": "ema"})}
+  )
+  workdir = tmp_path / "run"
+  with pytest.raises(config_validation.ConfigError) as e:
+    train.train_and_evaluate(config, str(workdir))
+  text = str(e.value)
+  assert "averaging.profiles[0].gamma = 0.0: must be a float > 0" in text
+  assert "averaging.profiles[1].decay = None: averaging method 'ema' needs it" in text
+  assert not workdir.exists()
+
+
+def test_profiles_resume_bit_exact(tmp_path):
+  from test_checkpoint import _assert_identical
+  from test_train import FakeDataset, small_config
+
+  overrides = {
+    "total_steps": 30,
+    "checkpoint_every_steps": 10,
+    "averaging.method": "ema",
+    "averaging.decay": 0.05,
+    "averaging.profiles": PROFILES + ({"method": "multi_point", "n": 3, "gap": 4},),
+    "checkpoint.max_to_keep": None,
+  }
+  ref = train.train_and_evaluate(
+    small_config(**overrides), str(tmp_path / "ref"), dataset=FakeDataset()
+  )
+  workdir = str(tmp_path / "run")
+  first = train.train_and_evaluate(
+    small_config(**{**overrides, "total_steps": 10}), workdir, dataset=FakeDataset()
+  )
+  assert first.step == 10
+  second = train.train_and_evaluate(small_config(**overrides), workdir, dataset=FakeDataset())
+  assert second.step == 30 and second.origin == "own:10"
+  got, want = jax.device_get(second.state), jax.device_get(ref.state)
+  _assert_identical(got, want)  # the profiles are in the optimizer state
+  profiles = averaging.profile_averages(got.opt_state, got.params)
+  assert len(profiles) == 3
+  _assert_identical(profiles, averaging.profile_averages(want.opt_state, want.params))
+  # ... restored from the checkpoint through abstract_state, as a read-only run sees it.
+  state = runs.open_run(workdir, dataset=FakeDataset()).state_at(20)
+  assert len(averaging.profile_averages(state.opt_state, state.params)) == 3
+
+
+def test_state_layout_unchanged_without_profiles():
+  """averaging.profiles = () (the default) keeps the optimizer, hence the checkpoint, layout
+  of a run written before profiles existed: SGD wrapped in the run's averager, nothing else."""
+  import optax
+  from flax import serialization
+
+  from trajax import config as config_lib
+  from trajax import state as state_lib
+
+  config = tiny_config(**{"averaging.method": "ema"})
+  assert tuple(config.averaging.profiles) == ()
+  params = {"w": np.zeros((3, 4), np.float32), "b": np.zeros(4, np.float32)}
+  lr = state_lib.make_schedule(config.optimizer, config.total_steps)
+  assert not config.optimizer.weight_decay and not config.optimizer.nesterov
+  old = averaging.wrap(
+    optax.sgd(lr, momentum=config.optimizer.momentum),
+    averaging.make_averager("ema", decay=config.averaging.decay),
+  )
+  new = state_lib.make_optimizer(config)
+  shape = lambda s: jax.tree.map(lambda x: (np.shape(x), np.asarray(x).dtype), s)
+  assert serialization.to_state_dict(shape(new.init(params))) == serialization.to_state_dict(
+    shape(old.init(params))
+  )
+  with config.unlocked():
+    config.averaging.profiles = PROFILES
+  grown = serialization.to_state_dict(state_lib.make_optimizer(config).init(params))
+  assert set(grown["inner_state"]) == {"inner_state", "profiles"}
+  # A config stored before the field existed reads back with no profiles.
+  stored = config_lib.flatten(tiny_config())
+  stored = {k: v for k, v in stored.items() if k not in ("averaging.profiles", "averaging.gamma")}
+  nested: dict = {}
+  for k, v in stored.items():
+    *path, last = k.split(".")
+    node = nested
+    for p in path:
+      node = node.setdefault(p, {})
+    node[last] = v
+  assert tuple(config_lib.from_dict(nested).averaging.profiles) == ()
+
+
+def _sidetrip_fields(command: str) -> tuple[dict, dict]:
+  """``(flags, sidetrip fields)`` of a printed ``python -m trajax.sidetrip`` command."""
+  import shlex
+
+  argv = shlex.split(command)
+  assert argv[:3] == ["python", "-m", "trajax.sidetrip"]
+  flags, fields = {}, {}
+  for arg in argv[3:]:
+    name, _, value = arg[2:].partition("=")
+    if name.startswith("config.sidetrip."):
+      key = name.removeprefix("config.sidetrip.")
+      fields[key] = (
+        value if key in ("kind", "method") else (float(value) if "." in value else int(value))
+      )
+    else:
+      flags[name] = value
+  return flags, fields
+
+
+def test_command_line_prints_the_equivalent_side_trip_and_it_runs(profile_run, tmp_path):
+  """posthoc.json holds the exact side-trip command; resolved by the side-trip itself it runs
+  the post-hoc kernel's equivalent schedule, and run it lands on a checkpoint k steps on."""
+  import importlib.util
+  import json
+
+  from trajax import state as state_lib
+  from trajax.sidetrip import spec as sidetrip_spec
+
+  before = snapshot(profile_run.workdir)
+  out = tmp_path / "one"
+  r = _cli(f"--workdir={profile_run.workdir}", "--decay=0.3", "--start_step=4", f"--out={out}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  (row,) = json.loads((out / "posthoc.json").read_text())["averages"]
+  trip = row["sidetrip"]
+  assert trip["exact"] and trip["note"] is None and (trip["start"], trip["window"]) == (4, 8)
+  assert trip["command"] in r.stdout
+  flags, fields = _sidetrip_fields(trip["command"])
+  assert fields == {"kind": "equivalent", "method": "ema", "window": 8, "decay": 0.3}
+  assert flags["step"] == "4" and flags["parent"] == profile_run.run.directory
+  # The config file it names is the run's own config.
+  spec_ = importlib.util.spec_from_file_location("run_config", flags["config"])
+  module = importlib.util.module_from_spec(spec_)
+  spec_.loader.exec_module(module)
+  config = module.get_config()
+  assert config.to_dict() == profile_run.run.config.to_dict()
+  # What the side-trip would run: its own resolve and learning-rate rule ...
+  spec = sidetrip_spec.resolve(sidetrip_spec.with_sidetrip(config, **fields), 4)
+  base = state_lib.make_schedule(config.optimizer, config.total_steps)
+  rule = sidetrip_spec.SidetripRate.of(spec)
+  rate = sidetrip_spec.make_lr_schedule(spec, base, rule.hyper(spec, base, 4))
+  # ... is posthoc.equivalent_schedule of the post-hoc kernel, and the weights its step weights.
+  tgt = posthoc.target("ema", end=12, decay=0.3, start_step=4)
+  start, window, sched = posthoc.equivalent_schedule(tgt[1], base)
+  j = np.arange(window + 2)
+  np.testing.assert_allclose(np.asarray(rate(start + j)), np.asarray(sched(j)), rtol=1e-6)
+  w = schedules.weights_from_kernel(tgt[1][4:])
+  np.testing.assert_allclose(np.asarray(sched(j[:window])), base(0) * w, rtol=1e-6)
+  np.testing.assert_allclose(
+    row["equivalent_schedule"]["lr"], np.asarray(sched(j[:window])), rtol=1e-6
+  )
+  # Run it, as printed (our interpreter for `python`).
+  cmd = [sys.executable, *trip["command"].split(" ")[1:]]
+  env = dict(os.environ, PYTHONPATH=REPO)
+  done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  trip_run = runs.open_run(flags["workdir"])
+  assert trip_run.steps[-1] == 12 and trip_run.lineage["parent_step"] == 4
+  assert trip_run.lineage["kind"] == "equivalent"
+  assert snapshot(profile_run.workdir) == before
+  # A kernel from step 0 (not committed) or with parameters the run's averaging section does
+  # not have: the command is given with a note saying why it is not exact.
+  r = _cli(f"--workdir={profile_run.workdir}", "--sweep", "--decays=0.3", f"--out={tmp_path / 's'}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  (row,) = json.loads((tmp_path / "s" / "sweep.json").read_text())["averages"]
+  assert not row["sidetrip"]["exact"] and "step S = 0 is not a committed" in row["sidetrip"]["note"]
+  tgt = posthoc.target("ema", end=12, decay=0.3, start_step=4, every=2)
+  note = posthoc.sidetrip_command(
+    profile_run.run,
+    tgt[1],
+    "ema",
+    {"decay": 0.3, "start_step": 4, "every": 2},
+    config_file=flags["config"],
+    workdir=str(tmp_path / "t"),
+  )
+  assert not note["exact"] and "'every': 2" in note["note"]
+  # Snapshots the run did not save: a one-line error naming them, nothing written.
+  bad = tmp_path / "bad"
+  r = _cli(
+    f"--workdir={profile_run.workdir}", "--decay=0.3", "--sources=profiles[7]", f"--out={bad}"
+  )
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(
+    "error: sources: 'profiles[7]' needs averaging.profiles[7]"
+  )
+  assert not bad.exists() and snapshot(profile_run.workdir) == before
+
+
+SHARDED = textwrap.dedent(r"""
+    import json, os, sys
+    sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+    import jax, numpy as np
+    from jax.sharding import Mesh
+    from test_train import FakeDataset, small_config
+    from trajax import averaging, models, train
+
+    profiles = ({"method": "power_ema", "gamma": 6.94}, {"method": "ema", "decay": 0.3})
+    out, got = {"devices": jax.device_count()}, {}
+    for name, devs, shard in (("one", jax.devices()[:1], False), ("four", jax.devices(), True)):
+        cfg = small_config(**{"averaging.method": "ema", "averaging.decay": 0.1,
+                              "averaging.profiles": profiles, "mesh.shard_params": shard})
+        model = models.create_model(cfg.model, num_classes=10)
+        mesh = Mesh(np.asarray(devs), ("data",))
+        state, shardings = train.create_train_state(cfg, model, (40, 1), mesh)
+        step = train.make_train_step(cfg, model, mesh, shardings)
+        data = FakeDataset(batch_size=32)
+        for i in range(6):
+            batch = {k: jax.device_put(v, train.batch_sharding(mesh)) for k, v in data.batch(i).items()}
+            state, _ = step(state, batch)
+        profs = averaging.find_profiles(state.opt_state).profiles
+        if name == "four":
+            specs = lambda t: [x.sharding.spec for x in jax.tree.leaves(t)]
+            out["same_specs"] = all(specs(p.partial) == specs(state.params) for p in profs)
+            out["sharded"] = sum(
+                x.addressable_shards[0].data.size < x.size
+                for p in profs for x in jax.tree.leaves(p.partial))
+        got[name] = jax.device_get(averaging.profile_averages(state.opt_state, state.params))
+    out["max_diff"] = max(
+        float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+        for a, b in zip(jax.tree.leaves(got["one"]), jax.tree.leaves(got["four"])))
+    print(json.dumps(out))
+""")
+
+
+def test_profiles_are_sharded_like_the_params():
+  """4 simulated devices with mesh.shard_params: each profile leaf has its param's sharding,
+  and the profiles equal the one-device run's to float32 round-off."""
+  import json
+
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=REPO,
+  )
+  code = f"REPO = {REPO!r}\n" + SHARDED
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 4 and out["same_specs"] and out["sharded"] >= 2
+  assert out["max_diff"] < 1e-5
+
+
+def test_side_trip_command_starts_where_the_method_starts(profile_run):
+  """SWA from s and a power EMA from s have (numerically) no weight on θ_s: the side-trip still
+  branches at s over end − s steps, which is the method's own schedule (exact)."""
+  run, cfg = profile_run.run, str(profile_run.workdir) + "/no_such_config.py"
+  swa = posthoc.target("swa", end=12, start_step=4)
+  assert swa[1][4] == 0 and swa[1][5] > 0
+  trip = posthoc.sidetrip_command(
+    run, swa[1], "swa", {"start_step": 4}, config_file=cfg, workdir="W"
+  )
+  assert trip["exact"] and (trip["start"], trip["window"]) == (4, 8), trip
+  start, window, sched = posthoc.method_equivalent_schedule(swa[1], 0.05, {"start_step": 4})
+  ref = schedules.equivalent_schedule("swa", 0.05, start=4, window=8)
+  np.testing.assert_allclose(
+    np.asarray(sched(np.arange(9))), np.asarray(ref(np.arange(9))), rtol=1e-6
+  )
+  # The power EMA: its γ must be the run's averaging.gamma (the side-trip cannot override it).
+  gamma = float(run.config.averaging.gamma)
+  power = posthoc.target("power_ema", end=12, gamma=gamma, start_step=4)
+  trip = posthoc.sidetrip_command(
+    run, power[1], "power_ema", {"gamma": gamma, "start_step": 4}, config_file=cfg, workdir="W"
+  )
+  assert trip["exact"] and (trip["start"], trip["window"]) == (4, 8), trip
+  other = posthoc.target("power_ema", end=12, gamma=2.0, start_step=4)
+  trip = posthoc.sidetrip_command(
+    run, other[1], "power_ema", {"gamma": 2.0, "start_step": 4}, config_file=cfg, workdir="W"
+  )
+  assert not trip["exact"] and f"the run's: {{'gamma': {gamma}" in trip["note"]
+  with pytest.raises(ValueError, match="start = 6: the kernel has weight on step 5 before it"):
+    posthoc.equivalent_schedule(swa[1], 0.05, start=6)

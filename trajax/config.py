@@ -124,6 +124,12 @@ def base_config():
   c.averaging.gap = 1000
   c.averaging.n = 2
   c.averaging.debias = False
+  c.averaging.gamma = 6.94  # power_ema: profile ∝ t^γ (Karras et al. 2024; σ_rel ≈ 0.10)
+  # Extra in-training averages saved with the state, for post-hoc averages
+  # (trajax.posthoc): a tuple of {'method': ..., <params>} mappings, e.g. two
+  # power EMAs ({'method': 'power_ema', 'gamma': 16.97}, {..., 'gamma': 6.94}).
+  # Empty: the state layout of a run without them.
+  c.averaging.profiles = ()
   # BatchNorm statistics for the averaged params. 'recompute' (default): a
   # cumulative pass over `bn_recompute_batches` fixed training batches, as
   # torch.optim.swa_utils.update_bn does -- BN statistics of averaged weights

@@ -92,6 +92,7 @@ def _check_averaging(config, *, total_steps: int | None = None) -> list[str]:
       f"averaging.n = {n!r}: must be an integer >= 2 (one point is no average) and "
       f"<= {_RUN_MAX_POINTS} (a run holds n copies of the params)"
     )
+  errors += averaging.validate_profiles(section.get("profiles", ()), total_steps=total_steps)
   return errors
 
 

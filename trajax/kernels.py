@@ -24,6 +24,7 @@ __all__ = [
   "ema_step_weights",
   "multi_point_bracket",
   "multi_point_step_weights",
+  "power_ema_step_weights",
   "swa_bracket",
   "swa_step_weights",
   "two_point_bracket",
@@ -45,6 +46,20 @@ def ema_step_weights(window: int, params: dict) -> np.ndarray | None:
   j = np.arange(window)
   with np.errstate(divide="ignore"):  # δ = 1: log1p(−1) = −inf, and w_j = 1 exactly
     return -np.expm1((window - j) * np.log1p(-float(params["decay"])))
+
+
+def power_ema_step_weights(window: int, params: dict) -> np.ndarray | None:
+  """Power EMA (every=1, start_step=0): w_j = 1 − (j/k)^{γ+1}.
+
+  With c_i = (i^{γ+1} − (i−1)^{γ+1})/k^{γ+1} (i ≥ 1, c_0 = 0) the tail sum
+  telescopes: Σ_{i>j} c_i = (k^{γ+1} − j^{γ+1})/k^{γ+1}. Via expm1/log so
+  (j/k)^{γ+1} near 1 keeps its digits.
+  """
+  if not _plain(params, every=1, start_step=0):
+    return None
+  j = np.arange(window, dtype=np.float64)
+  with np.errstate(divide="ignore"):  # j = 0: log 0 = −inf, w_0 = 1 exactly
+    return -np.expm1((float(params["gamma"]) + 1) * np.log(j / window))
 
 
 def swa_step_weights(window: int, params: dict) -> np.ndarray | None:

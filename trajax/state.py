@@ -11,7 +11,9 @@ The optimizer (paper eq. 1 with heavy-ball momentum, as ``optax.sgd``)::
     g_t = ∇_θ L_{B_t}(θ_t) + λ θ_t   (λ: weight decay on kernels only),
 
 wrapped in the config's :mod:`trajax.averaging` method, so θ̄_t lives in the
-optimizer state and is checkpointed with it. The paper's fixed-batch side-trip
+optimizer state and is checkpointed with it; so do the extra averages of
+``averaging.profiles`` (:func:`trajax.averaging.with_profiles`, inside that
+wrapper; none: the layout is unchanged). The paper's fixed-batch side-trip
 (Sec. 3, Fig. 3) uses :func:`fixed_batch_gd` instead: θ ← θ − η ∇L_b(θ), plain
 gradient descent on the batch's loss alone -- no momentum, no average and no
 weight decay (the quantity Fig. 3 descends and plots is L_b).
@@ -190,6 +192,10 @@ def make_optimizer(
     optax.sgd(schedule, momentum=float(opt.momentum) or None, nesterov=bool(opt.nesterov))
   )
   inner = optax.chain(*parts) if len(parts) > 1 else parts[0]
+  # Extra averages (averaging.profiles) inside the run's own averaging wrapper:
+  # none leaves the optimizer, and so the state layout, as it was.
+  profiles = averaging.make_profiles(tuple(config.averaging.get("profiles", ())))
+  inner = averaging.with_profiles(inner, profiles)
   return averaging.wrap(inner, make_averager(config.averaging))
 
 

@@ -10,6 +10,8 @@ update. With s = start_step, the average a_t after the t-th update is
 * SWA (Izmailov et al. 2018; paper eqs. 22-24): the mean of θ_{s+1}, …, θ_t;
 * ``every=c`` (EMA, SWA): θ_t enters only when (t − s) is a multiple of c,
   and the average is held in between (SWA's cycle length);
+* power EMA (Karras et al. 2024): ``a_t = β_p a_{t−1} + (1 − β_p) θ_t`` at the
+  p-th point, β_p = (1 − 1/p)^{γ+1}: a profile ∝ p^γ whose width grows with t;
 * multi-point (paper A.4), n points ``gap`` apart: a snapshot of θ_t is taken
   whenever t ≥ s and (t − s) is a multiple of ``gap``; the average is the mean
   of the n most recent snapshots (of all of them while fewer than n exist).
@@ -36,6 +38,11 @@ averager factory, its default window and optional closed-form fast paths
   flat ``averaging`` config section.
 
 A new method is one :func:`register` call; its schedule and theory follow.
+
+Profiles: :func:`with_profiles` keeps extra averages of the params beside an
+optimizer (``averaging.profiles`` of a run config, read back with
+:func:`profile_averages`), the snapshots :mod:`trajax.posthoc` rebuilds any
+EMA from.
 """
 
 from trajax.averaging.averagers import (
@@ -43,6 +50,7 @@ from trajax.averaging.averagers import (
   DEBIAS,
   DECAY,
   EVERY,
+  GAMMA,
   GAP,
   START_STEP,
   Averager,
@@ -52,6 +60,9 @@ from trajax.averaging.averagers import (
   ema_averager,
   identity_averager,
   multi_point_averager,
+  power_ema_averager,
+  power_ema_gamma,
+  power_ema_sigma_rel,
   swa_averager,
   two_point_averager,
 )
@@ -62,20 +73,28 @@ from trajax.averaging.methods import (
   get_method,
   kernel,
   make_averager,
+  make_profiles,
   method_params,
+  profile_params,
   register,
   step_weights_table,
   validate_params,
+  validate_profiles,
 )
 from trajax.averaging.wrappers import (
   AveragingState,
+  ProfilesState,
+  ProfileState,
   averaged_params,
   ema,
+  find_profiles,
   find_states,
   from_eager_state,
   multi_point,
+  profile_averages,
   swa,
   two_point,
+  with_profiles,
   wrap,
 )
 
@@ -84,6 +103,7 @@ __all__ = [
   "DEBIAS",
   "DECAY",
   "EVERY",
+  "GAMMA",
   "GAP",
   "METHODS",
   "N",
@@ -93,19 +113,28 @@ __all__ = [
   "AveragingState",
   "Method",
   "Param",
+  "ProfileState",
+  "ProfilesState",
   "averaged_params",
   "check_params",
   "ema",
   "ema_averager",
+  "find_profiles",
   "find_states",
   "from_eager_state",
   "get_method",
   "identity_averager",
   "kernel",
   "make_averager",
+  "make_profiles",
   "method_params",
   "multi_point",
   "multi_point_averager",
+  "power_ema_averager",
+  "power_ema_gamma",
+  "power_ema_sigma_rel",
+  "profile_averages",
+  "profile_params",
   "register",
   "step_weights_table",
   "swa",
@@ -113,5 +142,7 @@ __all__ = [
   "two_point",
   "two_point_averager",
   "validate_params",
+  "validate_profiles",
+  "with_profiles",
   "wrap",
 ]

@@ -90,6 +90,7 @@ DECAY = Param("decay", "float", "a float in (0, 1]", lambda v: 0 < v <= 1)
 DEBIAS = Param("debias", "bool", "True or False", default=False)
 GAP = Param("gap", "int", "an integer >= 1", lambda v: v >= 1, steps=True)
 N = Param("n", "int", "an integer >= 1", lambda v: v >= 1, static=True)
+GAMMA = Param("gamma", "float", "a float > 0", lambda v: v > 0)
 ACCUMULATOR_DTYPE = Param(
   "accumulator_dtype", "dtype", "a floating dtype", default=_FLOAT32, static=True
 )
@@ -171,6 +172,7 @@ EMA_PARAMS = (DECAY, START_STEP, EVERY, DEBIAS, ACCUMULATOR_DTYPE)
 SWA_PARAMS = (START_STEP, EVERY, ACCUMULATOR_DTYPE)
 TWO_POINT_PARAMS = (GAP, START_STEP, ACCUMULATOR_DTYPE)
 MULTI_POINT_PARAMS = (N, GAP, START_STEP, ACCUMULATOR_DTYPE)
+POWER_EMA_PARAMS = (GAMMA, START_STEP, EVERY, ACCUMULATOR_DTYPE)
 
 
 # ----------------------------------------------------------------------------
@@ -260,6 +262,54 @@ def ema_averager(
   return _lerp_averager(
     weight, start_step=start_step, every=every, accumulator_dtype=accumulator_dtype
   )
+
+
+def power_ema_averager(gamma, *, start_step=0, every=1, accumulator_dtype=_FLOAT32) -> Averager:
+  """Power-function EMA (Karras et al. 2024, eq. 3): β_p = (1 − 1/p)^{γ+1}.
+
+  The p-th point past ``start_step`` enters with weight 1 − β_p, so the first
+  point replaces the average (β_1 = 0) and after k points
+
+      a = Σ_{i=1..k} c_i θ_{s+i·every},   c_i = (i^{γ+1} − (i − 1)^{γ+1}) / k^{γ+1},
+
+  a profile ∝ i^γ (c_i ≈ (γ+1) i^γ / k^{γ+1}) whose relative width does not
+  depend on k: σ_rel = √((γ+1) / ((γ+2)²(γ+3))) (:func:`power_ema_sigma_rel`).
+  Its step weights are w_j = 1 − (j/k)^{γ+1} (:func:`trajax.kernels.power_ema_step_weights`).
+  1 − β_p is computed as −expm1((γ+1)·log1p(−1/p)), which keeps its digits
+  for large p.
+  """
+  check_spec(
+    "power_ema",
+    POWER_EMA_PARAMS,
+    dict(gamma=gamma, start_step=start_step, every=every, accumulator_dtype=accumulator_dtype),
+  )
+
+  def weight(points, dtype):
+    g = jnp.asarray(gamma, dtype)
+    # p = 1: log1p(−1) = −inf and the weight is exactly 1.
+    return -jnp.expm1((g + 1) * jnp.log1p(-1.0 / points.astype(dtype)))
+
+  return _lerp_averager(
+    weight, start_step=start_step, every=every, accumulator_dtype=accumulator_dtype
+  )
+
+
+def power_ema_sigma_rel(gamma) -> float:
+  """Karras et al.'s relative width σ_rel = √((γ+1) / ((γ+2)²(γ+3))) of the profile ∝ t^γ."""
+  g = float(gamma)
+  return math.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3)))
+
+
+def power_ema_gamma(sigma_rel) -> float:
+  """The γ > 0 whose power-EMA profile has relative width ``sigma_rel`` (inverse of
+  :func:`power_ema_sigma_rel`): the real root of γ³ + 7γ² + (16 − σ⁻²)γ + (12 − σ⁻²) = 0,
+  which is (γ+2)²(γ+3)σ² = γ+1 expanded. Needs 0 < σ_rel < σ_rel(0) = √(1/12)."""
+  s = float(sigma_rel)
+  if not 0 < s < math.sqrt(1 / 12):
+    raise ValueError(f"sigma_rel must be in (0, {math.sqrt(1 / 12):.4f}) (gamma > 0), got {s!r}")
+  t = s**-2
+  roots = np.roots([1.0, 7.0, 16.0 - t, 12.0 - t])
+  return float(max(r.real for r in roots if abs(r.imag) < 1e-9 and r.real > 0))
 
 
 def swa_averager(*, start_step=0, every=1, accumulator_dtype=_FLOAT32) -> Averager:

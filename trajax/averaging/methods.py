@@ -22,6 +22,7 @@ from trajax import kernels
 from trajax.averaging.averagers import (
   EMA_PARAMS,
   MULTI_POINT_PARAMS,
+  POWER_EMA_PARAMS,
   SWA_PARAMS,
   TWO_POINT_PARAMS,
   Averager,
@@ -32,6 +33,7 @@ from trajax.averaging.averagers import (
   identity_averager,
   multi_point_averager,
   param_error,
+  power_ema_averager,
   swa_averager,
   two_point_averager,
 )
@@ -167,6 +169,68 @@ def validate_params(
 
 
 # ----------------------------------------------------------------------------
+# Profiles: extra in-training averages (``averaging.profiles``).
+
+PROFILES_FIELD = "averaging.profiles"
+
+
+def validate_profiles(
+  profiles, *, total_steps: int | None = None, prefix: str = PROFILES_FIELD
+) -> list[str]:
+  """Human error messages for a profiles list (empty: all good).
+
+  ``profiles`` is a sequence of mappings ``{'method': name, <param>: value,
+  ...}``, each an averager the run keeps beside its params (e.g. two power
+  EMAs, ``({'method': 'power_ema', 'gamma': 16.97}, {'method': 'power_ema',
+  'gamma': 6.94})``). Each message names ``averaging.profiles[i].<field>``,
+  the value and what is allowed; a method's own rules are
+  :func:`validate_params`'s.
+  """
+  if isinstance(profiles, (str, bytes)) or not isinstance(profiles, (tuple, list)):
+    return [f"{prefix} = {profiles!r}: must be a tuple of {{'method': ..., <params>}} mappings"]
+  errors = []
+  methods = [m for m in METHODS if m != "none"]
+  for i, entry in enumerate(profiles):
+    where = f"{prefix}[{i}]"
+    if not isinstance(entry, Mapping):
+      errors.append(f"{where} = {entry!r}: must be a mapping {{'method': one of {methods}, ...}}")
+      continue
+    method = entry.get("method")
+    if method not in methods:
+      errors.append(f"{where}.method = {method!r}: must be one of {methods}")
+      continue
+    names = [p.name for p in METHODS[method].params]
+    for key in sorted(set(entry) - {"method", *names}, key=str):
+      errors.append(
+        f"{where}.{key} = {entry[key]!r}: not a parameter of {method!r} "
+        f"(its parameters: {', '.join(names) or 'none'})"
+      )
+    params = {k: v for k, v in entry.items() if k != "method"}
+    errors += validate_params(method, params, total_steps=total_steps, prefix=f"{where}.")
+  return errors
+
+
+def make_profiles(profiles) -> tuple[Averager, ...]:
+  """One :class:`Averager` per entry of a profiles list (see :func:`validate_profiles`).
+
+  Raises ValueError listing every bad entry.
+  """
+  errors = validate_profiles(profiles)
+  if errors:
+    raise ValueError("; ".join(errors))
+  out = []
+  for entry in profiles:
+    params = {k: v for k, v in entry.items() if k != "method"}
+    out.append(make_averager(entry["method"], **params))
+  return tuple(out)
+
+
+def profile_params(entry: Mapping) -> tuple[str, dict]:
+  """``(method, params)`` of one profiles entry, None values dropped."""
+  return entry["method"], {k: v for k, v in entry.items() if k != "method" and v is not None}
+
+
+# ----------------------------------------------------------------------------
 # The kernel, derived from the averager.
 
 
@@ -282,6 +346,15 @@ def _match_ema(c, atol):
   return {"decay": float(c[-1])} if 0 < c[-1] <= 1 else None
 
 
+def _match_power_ema(c, atol):
+  """c_0 = 0 and c_k = 1 − (1 − 1/k)^{γ+1} give γ (the kernel check decides)."""
+  k = c.size - 1
+  if k < 2 or abs(c[0]) > atol or not 0 < c[-1] < 1:
+    return None
+  gamma = math.log1p(-c[-1]) / math.log1p(-1.0 / k) - 1
+  return {"gamma": float(gamma)} if gamma > 0 else None
+
+
 register(Method("none", (), identity_averager))
 register(
   Method(
@@ -326,5 +399,14 @@ register(
     step_weights=kernels.multi_point_step_weights,
     bracket=kernels.multi_point_bracket,
     match=_match_points,
+  )
+)
+register(
+  Method(
+    "power_ema",
+    POWER_EMA_PARAMS,
+    power_ema_averager,
+    step_weights=kernels.power_ema_step_weights,
+    match=_match_power_ema,
   )
 )

@@ -131,6 +131,95 @@ def wrap(inner: optax.GradientTransformation, averager: Averager):
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+class ProfileState(NamedTuple):
+  """One profile's averager state after t updates, without its θ_t part (as
+  :class:`AveragingState`, less the inner state): a_t = partial + w_t·θ_t."""
+
+  count: jax.Array
+  partial: PyTree
+  partial_snapshots: tuple
+  newest_weight: jax.Array
+
+
+class ProfilesState(NamedTuple):
+  """State of :func:`with_profiles`: the inner state and one :class:`ProfileState` per averager.
+
+  Deliberately not an :class:`AveragingState`: :func:`find_states` and
+  :func:`averaged_params` (the run's own average) do not see the profiles;
+  :func:`profile_averages` reads them.
+  """
+
+  inner_state: optax.OptState
+  profiles: tuple
+
+
+def _profile_init(averager: Averager, params: PyTree) -> ProfileState:
+  full = averager.init(params)
+  if full.average is None:
+    raise ValueError("a profile needs an averager that keeps an average (not 'none')")
+  weight = jnp.zeros((1 + len(full.snapshots),), _weight_dtype(full.average))
+  return ProfileState(full.count, full.average, full.snapshots, weight)
+
+
+def _profile_update(averager: Averager, state: ProfileState, params: PyTree) -> ProfileState:
+  full = _averager_state(state, params)  # a_{t−1}, exact: params is θ_{t−1}
+  zeros = jax.tree.map(lambda x: jnp.zeros_like(x) if _is_float(x) else x, params)
+  nxt = averager.update(zeros, full)
+  weight = _newest_weight(averager, full.count, full)
+  return ProfileState(nxt.count, nxt.average, nxt.snapshots, weight)
+
+
+def with_profiles(inner: optax.GradientTransformation, averagers) -> optax.GradientTransformation:
+  """Runs ``inner`` unchanged and keeps one average of the params per averager ("profiles").
+
+  Extra in-training averages a post-hoc average is built from
+  (:mod:`trajax.posthoc`; Karras et al. 2024 keep two power-function EMAs).
+  Each is exact in any chain position, as :func:`wrap` (the module
+  docstring): its state holds a_t without θ_t. Read them with
+  :func:`profile_averages` ``(state, params)``. No averagers: ``inner`` itself
+  (the state layout does not change).
+  """
+  averagers = tuple(averagers)
+  if not averagers:
+    return inner
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    return ProfilesState(inner.init(params), tuple(_profile_init(a, params) for a in averagers))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError("trajax.averaging profiles need params: call update(updates, state, params)")
+    updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+    profiles = tuple(
+      _profile_update(a, p, params) for a, p in zip(averagers, state.profiles, strict=True)
+    )
+    return updates, ProfilesState(inner_state, profiles)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def find_profiles(opt_state) -> ProfilesState | None:
+  """The :class:`ProfilesState` in ``opt_state`` (searched through nested states), or None."""
+  is_state = lambda x: isinstance(x, ProfilesState)
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
+  if len(found) > 1:
+    raise ValueError(f"opt_state holds {len(found)} profile states; expected at most one")
+  return found[0] if found else None
+
+
+def profile_averages(opt_state, params: PyTree) -> tuple:
+  """The profiles' averages a^i_t held in ``opt_state``, with ``params`` = θ_t: one tree each.
+
+  ``()`` when ``opt_state`` holds no profiles. Float leaves in the
+  accumulator dtype; non-float leaves are ``params``' own.
+  """
+  state = find_profiles(opt_state)
+  if state is None:
+    return ()
+  return tuple(_complete_tree(p.partial, p.newest_weight[0], params) for p in state.profiles)
+
+
 def ema(inner, decay, *, start_step=0, every=1, debias=False, accumulator_dtype=_FLOAT32):
   """``inner`` plus an EMA of its params (see :func:`trajax.averaging.ema_averager`)."""
   return wrap(

@@ -67,13 +67,17 @@ __all__ = [
   "basis",
   "combine",
   "equivalent_schedule",
+  "method_equivalent_schedule",
   "plan",
   "posthoc_average",
+  "run_profiles",
+  "sidetrip_command",
   "target",
   "user_kernel",
 ]
 
-PARAMS, AVERAGE = "params", "average"
+PARAMS, AVERAGE, PROFILES = "params", "average", "profiles"
+SOURCES = (PARAMS, AVERAGE, PROFILES)
 EXACT_ATOL = 1e-9
 
 
@@ -87,8 +91,9 @@ class Plan(NamedTuple):
   Attributes:
     label: a name for the target ('ema(decay=0.001)', 'kernel', ...).
     kernel: the target c over steps 0 … end (float64, sums to 1).
-    coefficients: {(step, source): x} with source 'params' (θ_step) or
-      'average' (the run's in-training average at step); zeros dropped.
+    coefficients: {(step, source): x} with source 'params' (θ_step),
+      'average' (the run's in-training average at step) or 'profiles[i]'
+      (the i-th profile of ``averaging.profiles`` at step); zeros dropped.
     residual: ‖B x − c‖₁, the kernel mass misplaced (0 where exact).
     exact: residual <= 1e-9.
     schedule_residual: ‖W(Bx − c)‖₂ / ‖W(c)‖₂, the relative error of the
@@ -207,18 +212,74 @@ def run_averaging(run) -> tuple[str, dict]:
   return method, averaging.method_params(method, section)
 
 
+def run_profiles(run) -> list[tuple[str, dict]]:
+  """``(method, params)`` of each of the run's profiles (``averaging.profiles``; may be empty)."""
+  profiles = run.config.averaging.get("profiles", ()) or ()
+  return [averaging.profile_params(entry) for entry in profiles]
+
+
+def _profile_source(i: int) -> str:
+  return f"{PROFILES}[{i}]"
+
+
+def _check_sources(run, sources) -> tuple[bool, bool, list[int]]:
+  """``(params, average, profile indices)`` the columns may use.
+
+  ``None``: everything the run saved. Explicit sources must exist in the run:
+  'average' needs an in-training average, 'profiles' (all) or 'profiles[i]'
+  a profile, else :class:`MissingSnapshotsError` names the config field.
+  """
+  method, _ = run_averaging(run)
+  n = len(run_profiles(run))
+  if sources is None:
+    return True, method != "none", list(range(n))
+  if isinstance(sources, str):
+    sources = (sources,)
+  allowed = f"{SOURCES} or 'profiles[i]'"
+  use_params = use_average = False
+  profiles: set[int] = set()
+  for src in sources:
+    if src == PARAMS:
+      use_params = True
+    elif src == AVERAGE:
+      if method == "none":
+        raise MissingSnapshotsError(
+          f"sources: 'average' needs the run's in-training average, but {run.directory!r} "
+          "kept none (its averaging.method is 'none')"
+        )
+      use_average = True
+    elif isinstance(src, str) and (src == PROFILES or src.startswith(PROFILES + "[")):
+      if src == PROFILES:
+        wanted = range(n)
+      else:
+        inside = src[len(PROFILES) + 1 : -1]
+        if not (src.endswith("]") and inside.isdigit()):
+          raise ValueError(f"sources: {src!r} is not one of {allowed}")
+        wanted = [int(inside)]
+      missing = [i for i in wanted if i >= n] if src != PROFILES else ([] if n else [0])
+      if missing:
+        raise MissingSnapshotsError(
+          f"sources: {src!r} needs averaging.profiles[{missing[0]}], but {run.directory!r} "
+          f"kept {n} profile(s) (its averaging.profiles = {tuple(run.config.averaging.profiles)!r})"
+        )
+      profiles.update(wanted)
+    else:
+      raise ValueError(f"sources: {src!r} is not one of {allowed}")
+  return use_params, use_average, sorted(profiles)
+
+
 def basis(
-  run, end: int, *, sources: Sequence[str] = (PARAMS, AVERAGE), steps: Iterable[int] | None = None
+  run, end: int, *, sources: Sequence[str] | None = None, steps: Iterable[int] | None = None
 ) -> tuple[list[tuple[int, str]], np.ndarray]:
   """The snapshot columns over steps 0 … end: ``(columns, B)`` with B of shape (end+1, n).
 
+  ``sources``: 'params', 'average', 'profiles' (every profile) or
+  'profiles[i]'; None (default) uses every snapshot the run saved.
   ``steps`` (default: every committed step <= end) must all be committed.
   The 'average' columns are the run's derived kernels k^run_t (none if the
-  run did not average).
+  run did not average), the 'profiles[i]' columns the i-th profile's k^i_t.
   """
-  for s in sources:
-    if s not in (PARAMS, AVERAGE):
-      raise ValueError(f"sources: {s!r} is not one of {(PARAMS, AVERAGE)}")
+  use_params, use_average, profile_ids = _check_sources(run, sources)
   committed = run.steps
   if steps is None:
     steps = [s for s in committed if s <= end]
@@ -239,17 +300,26 @@ def basis(
       f"(committed: {committed})"
     )
   method, params = run_averaging(run)
+  kept = [(AVERAGE, method, params)] if use_average and method != "none" else []
+  profiles = run_profiles(run)
+  kept += [(_profile_source(i), *profiles[i]) for i in profile_ids]
   columns, vectors = [], []
   for t in steps:
-    if PARAMS in sources:
+    if use_params:
       e = np.zeros(end + 1)
       e[t] = 1.0
       columns.append((t, PARAMS))
       vectors.append(e)
-    if AVERAGE in sources and method != "none" and t >= 1:
-      _, k = target(method, end=t, **params)
-      columns.append((t, AVERAGE))
+    if t < 1:
+      continue  # every average is θ_0 at step 0
+    for source, m, p in kept:
+      _, k = target(m, end=t, **p)
+      columns.append((t, source))
       vectors.append(np.concatenate([k, np.zeros(end - t)]))
+  if not columns:
+    raise MissingSnapshotsError(
+      f"sources {tuple(sources)!r}: no snapshot at steps {steps} of {run.directory!r}"
+    )
   return columns, np.stack(vectors, axis=1)
 
 
@@ -273,7 +343,7 @@ def plan(
   run,
   kernel: tuple[str, np.ndarray],
   *,
-  sources: Sequence[str] = (PARAMS, AVERAGE),
+  sources: Sequence[str] | None = None,
   steps: Iterable[int] | None = None,
   exact: bool = False,
 ) -> Plan:
@@ -283,7 +353,8 @@ def plan(
     run: a :class:`trajax.runs.Run`.
     kernel: the target.
     sources: which snapshots may be used: 'params' (θ_t), 'average' (the run's
-      in-training average at t).
+      in-training average at t), 'profiles' / 'profiles[i]' (its extra
+      averages); None: all the run saved.
     steps: restrict to these committed steps (default all up to the end).
     exact: raise :class:`MissingSnapshotsError` naming the missing steps
       unless the result is exact.
@@ -298,8 +369,15 @@ def plan(
     )
   columns, B = basis(run, end, sources=sources, steps=steps)
   x = None
+  # The plainest exact combination first: one snapshot that is the target
+  # (the run's average or a profile of the same method at the end step),
+  # then the params alone.
+  single = np.abs(B - c[:, None]).sum(axis=0)
+  if single.size and single.min() <= EXACT_ATOL:
+    x = np.zeros(len(columns))
+    x[int(np.argmin(single))] = 1.0
   own = [i for i, (_, src) in enumerate(columns) if src == PARAMS]
-  if len(own) < len(columns) and own:
+  if x is None and len(own) < len(columns) and own:
     # The params alone, if they are exact: the plainest combination.
     x_own = _solve(B[:, own], c)
     if np.abs(B[:, own] @ x_own - c).sum() <= EXACT_ATOL:
@@ -317,9 +395,11 @@ def plan(
     saved = {t for t, _ in columns}
     missing = [int(t) for t in np.flatnonzero(c) if t not in saved]
     shown = missing[:20] + (["…"] if len(missing) > 20 else [])
+    used = sorted({src for _, src in columns})
     raise MissingSnapshotsError(
-      f"{label}: not exact from the run's snapshots (kernel residual {residual:.3g}); "
-      f"it needs steps {shown} ({len(missing)} missing) in {run.directory!r}"
+      f"{label}: not exact from the run's snapshots {used} (kernel residual {residual:.3g}); "
+      f"it needs steps {shown} ({len(missing)} missing) in {run.directory!r}, or a profile "
+      "of its method and parameters (averaging.profiles)"
     )
   return Plan(label, c, coefficients, residual, is_exact, sched_res)
 
@@ -331,7 +411,8 @@ def combine(run, plans: Sequence[Plan]) -> list[Average]:
   """Every plan's average, reading each needed checkpoint once (float64 sums).
 
   Params and BatchNorm statistics are combined with the same coefficients
-  (the run's averaged statistics for 'average' columns, where it kept them).
+  (the run's averaged statistics for 'average' columns, where it kept them;
+  the step's own statistics for profile columns, which average params only).
   """
   plans = list(plans)
   needed = sorted({t for p in plans for (t, _) in p.coefficients})
@@ -344,11 +425,15 @@ def combine(run, plans: Sequence[Plan]) -> list[Average]:
       avg = averaging.averaged_params(state.opt_state, state.params)
       bn = getattr(state.bn_average, "average", None)
       snap[AVERAGE] = (avg, bn if bn is not None else state.batch_stats)
+    if any(src.startswith(PROFILES) for p in plans for (s_, src) in p.coefficients if s_ == t):
+      profiles = averaging.profile_averages(state.opt_state, state.params)
+      for i, prof in enumerate(profiles):
+        snap[_profile_source(i)] = (prof, state.batch_stats)
     snap = {k: jax.tree.map(lambda a: np.asarray(a, np.float64), v) for k, v in snap.items()}
     if dtypes is None:
       dtypes = jax.tree.map(lambda a: np.asarray(a).dtype, (state.params, state.batch_stats))
     for i, p in enumerate(plans):
-      for src in (PARAMS, AVERAGE):
+      for src in snap:
         x = p.coefficients.get((t, src))
         if x is None:
           continue
@@ -367,7 +452,7 @@ def posthoc_average(
   *,
   kernel=None,
   end: int | None = None,
-  sources: Sequence[str] = (PARAMS, AVERAGE),
+  sources: Sequence[str] | None = None,
   exact: bool = False,
   **params,
 ) -> Average:
@@ -388,7 +473,7 @@ def posthoc_average(
 # --------------------------------------------------------------------------- schedules
 
 
-def equivalent_schedule(kernel, base) -> tuple[int, int, Any]:
+def equivalent_schedule(kernel, base, *, start: int | None = None) -> tuple[int, int, Any]:
   """The side-trip equivalent to a post-hoc kernel: ``(start, window, schedule)``.
 
   ``kernel``: a :class:`Plan` or a 1-D kernel c over steps 0 … end. With S the
@@ -399,6 +484,12 @@ def equivalent_schedule(kernel, base) -> tuple[int, int, Any]:
   :mod:`trajax.schedules`). ``base``: the run's learning rate (float or
   schedule of the absolute step), e.g. ``state.make_schedule(config.optimizer,
   config.total_steps)``.
+
+  ``start``: S itself, at or before the support's first step (default: that
+  step). A method's average started at s has its kernel's support from s (or
+  s + 1), but a power EMA's first weights are below float64's resolution
+  (c_1 = k^{−(γ+1)}); from S = s the schedule is the method's own (w_j = 1
+  where c vanishes before the support: full steps), as the side-trip runs it.
   """
   import jax.numpy as jnp
 
@@ -411,6 +502,14 @@ def equivalent_schedule(kernel, base) -> tuple[int, int, Any]:
     first = max(last - 1, 0)
     if first == last:
       raise ValueError("a kernel on step 0 alone has no side-trip (it is θ_0)")
+  if start is not None:
+    start = _check_int("start", start, 0)
+    if start > first:
+      raise ValueError(
+        f"start = {start}: the kernel has weight on step {first} before it, which no "
+        "side-trip from there reaches"
+      )
+    first = start
   w = schedules.weights_from_kernel(c[first : last + 1])
   table = jnp.asarray(np.concatenate([w, [0.0]]), jnp.float32)
   k = last - first
@@ -421,3 +520,118 @@ def equivalent_schedule(kernel, base) -> tuple[int, int, Any]:
     return lr * table[jnp.clip(j, 0, k)]
 
   return first, k, schedule
+
+
+# --------------------------------------------------------------------------- side-trip command
+
+
+def _flag_value(v) -> str:
+  return repr(float(v)) if isinstance(v, float) else str(v)
+
+
+def sidetrip_command(
+  run,
+  kernel,
+  method: str,
+  params: Mapping[str, Any],
+  *,
+  config_file: str,
+  workdir: str,
+  python: str = "python",
+) -> dict:
+  """The ``python -m trajax.sidetrip`` command whose schedule is ``kernel``'s equivalent one.
+
+  ``kernel`` (a :class:`Plan` or a 1-D kernel over steps) is the average of
+  registered ``method`` with ``params`` (``start_step`` included); S, the
+  first step of its support, is the branch step and its length k the
+  side-trip's window (:func:`equivalent_schedule`): an 'equivalent' side-trip
+  (``--config.sidetrip.kind=equivalent``, ``.method``, ``.window`` and the
+  overrides ``.decay/.gap/.n`` it takes) from the run's step S. Fig. 1's
+  comparison on the real network: "this average" against "this schedule from S".
+
+  ``config_file``: a config file giving the run's own config (the side-trip
+  refuses any other), e.g. the one the CLI writes beside its output.
+
+  Returns ``{'command', 'start', 'window', 'exact', 'note'}``: ``exact`` is True
+  when the side-trip's own :func:`trajax.sidetrip.resolve` of the command's
+  fields gives the same step weights as :func:`equivalent_schedule` (the
+  side-trip takes the method's other parameters, e.g. ``every``, ``debias``,
+  from the run's ``averaging`` section) and S is a committed step; ``note``
+  says otherwise why not.
+  """
+  import shlex
+
+  from trajax import config_validation as cv
+
+  c = np.asarray(kernel.kernel if isinstance(kernel, Plan) else kernel, np.float64)
+  start, window, _ = equivalent_schedule(c, 1.0, start=_method_start(c, params))
+  given = {k: v for k, v in dict(params).items() if v is not None and k != "start_step"}
+  fields = {"kind": "equivalent", "method": method, "window": int(window)}
+  fields.update({k: given[k] for k in ("decay", "gap", "n") if k in given})
+  flags = [
+    f"--parent={run.directory}",
+    f"--step={start}",
+    f"--workdir={workdir}",
+    f"--config={config_file}",
+    *(f"--config.sidetrip.{k}={_flag_value(v)}" for k, v in fields.items()),
+  ]
+  command = shlex.join([python, "-m", "trajax.sidetrip", *flags])
+  notes = []
+  try:
+    got, ref = _sidetrip_rates(run.config, fields, start, window, c)
+    if not np.allclose(got, ref, rtol=1e-6, atol=1e-12):
+      theirs = averaging.method_params(method, run.config.averaging)
+      notes.append(
+        "the side-trip's schedule differs from this kernel's: it can set only window, decay, "
+        "gap and n, and takes the method's other parameters from the run's averaging section "
+        f"(wanted {given}; the run's: {theirs})"
+      )
+  except (cv.ConfigError, ValueError, TypeError) as e:
+    notes.append(f"the side-trip refuses these fields: {e}")
+  if start not in run.steps:
+    notes.append(
+      f"step S = {start} is not a committed checkpoint of the run (committed: {run.steps}); "
+      "pick a start_step among them"
+    )
+  return {
+    "command": command,
+    "start": int(start),
+    "window": int(window),
+    "exact": not notes,
+    "note": "; ".join(notes) or None,
+  }
+
+
+def method_equivalent_schedule(kernel, base, params: Mapping[str, Any]) -> tuple[int, int, Any]:
+  """:func:`equivalent_schedule` from the method's own start (``params['start_step']``, default
+  0) where that is at or before the kernel's support: the schedule the side-trip runs."""
+  c = np.asarray(kernel.kernel if isinstance(kernel, Plan) else kernel, np.float64)
+  return equivalent_schedule(c, base, start=_method_start(c, params))
+
+
+def _method_start(c: np.ndarray, params: Mapping[str, Any]) -> int | None:
+  """A method's start_step as the side-trip's S, where it is at or before the support."""
+  s = params.get("start_step")
+  if s is None:
+    s = 0
+  nz = np.flatnonzero(c)
+  return int(s) if nz.size and int(s) <= int(nz[0]) else None
+
+
+def _sidetrip_rates(config, fields: dict, start: int, window: int, c) -> tuple:
+  """``(side-trip η'(S + j), equivalent_schedule(c)(j))`` for j = 0 … window.
+
+  The first: what ``python -m trajax.sidetrip`` with these ``--config.sidetrip``
+  ``fields`` runs from step S (its :func:`trajax.sidetrip.resolve` and
+  learning-rate rule, on the run's schedule η); the second: this module's.
+  """
+  from trajax import state as state_lib
+  from trajax.sidetrip import spec as sidetrip_spec
+
+  spec = sidetrip_spec.resolve(sidetrip_spec.with_sidetrip(config, **fields), start)
+  base = state_lib.make_schedule(config.optimizer, config.total_steps)
+  rule = sidetrip_spec.SidetripRate.of(spec)
+  rate = sidetrip_spec.make_lr_schedule(spec, base, rule.hyper(spec, base, start))
+  j = np.arange(window + 1)
+  _, _, mine = equivalent_schedule(c, base, start=start)
+  return np.asarray(rate(start + j), np.float64), np.asarray(mine(j), np.float64)

@@ -3,6 +3,7 @@
   python -m trajax.posthoc --workdir=RUN --method=ema --decay=0.001 --out=DIR
   python -m trajax.posthoc --workdir=RUN --method=swa --window=2000 --out=DIR
   python -m trajax.posthoc --workdir=RUN --method=ema --sweep --decays=1e-4,3e-4,1e-3 --out=DIR
+  python -m trajax.posthoc --workdir=RUN --method=power_ema --gamma=10 --out=DIR
 
 One average: DIR/averaged is a plain Orbax checkpoint ``{'params',
 'batch_stats'}`` (BatchNorm statistics by the run's ``averaging.batch_norm``:
@@ -14,6 +15,13 @@ residual, coefficients), test metrics and the equivalent side-trip schedule.
 (:func:`trajax.posthoc.combine`), each average evaluated; DIR/sweep.json and
 DIR/sweep.png (test loss and accuracy against the decay or window, the run's
 in-training average marked). The run's directory is never written.
+
+The snapshots: the params at every committed step, the run's in-training
+average and its profiles (``averaging.profiles``), all by default
+(``--sources`` restricts them). Beside each average, posthoc.json / sweep.json
+give its equivalent side-trip schedule and the exact ``python -m
+trajax.sidetrip ...`` command that runs it from S on the real network (Fig. 1),
+with DIR/run_config.py, the run's own config, as its ``--config`` (printed too).
 """
 
 from __future__ import annotations
@@ -29,12 +37,16 @@ _WORKDIR = flags.DEFINE_string(
 )
 _OUT = flags.DEFINE_string("out", None, "Output directory (outside the run's).")
 _METHOD = flags.DEFINE_string(
-  "method", "ema", "Averaging method: ema, swa, two_point, multi_point."
+  "method", "ema", "Averaging method: ema, swa, two_point, multi_point, power_ema."
 )
 _DECAY = flags.DEFINE_float("decay", None, "EMA decay δ.")
 _WINDOW = flags.DEFINE_integer("window", None, "SWA: average the last WINDOW steps.")
 _GAP = flags.DEFINE_integer("gap", None, "two_point / multi_point gap.")
 _N = flags.DEFINE_integer("n", None, "multi_point: number of points.")
+_GAMMA = flags.DEFINE_float("gamma", None, "power_ema: the profile exponent γ > 0.")
+_SOURCES = flags.DEFINE_list(
+  "sources", None, "Snapshots to use: params,average,profiles (or profiles[i]); default all."
+)
 _START = flags.DEFINE_integer("start_step", None, "Averaging start step (ema, two_point, ...).")
 _END = flags.DEFINE_integer("end", None, "The step the average is taken at (default: last).")
 _EXACT = flags.DEFINE_bool("exact", False, "Fail unless the average is exact from saved steps.")
@@ -43,7 +55,8 @@ _DECAYS = flags.DEFINE_list("decays", None, "Sweep: EMA decays (default 20 log-s
 _WINDOWS = flags.DEFINE_list("windows", None, "Sweep: SWA windows.")
 
 
-def _targets(posthoc, end: int) -> list[tuple[float | None, tuple]]:
+def _targets(posthoc, end: int) -> list[tuple[float | None, tuple, str, dict]]:
+  """``(swept value, (label, kernel), method, params)`` per average asked for."""
   import numpy as np
 
   method = _METHOD.value
@@ -66,18 +79,19 @@ def _targets(posthoc, end: int) -> list[tuple[float | None, tuple]]:
       decay = _DECAY.value if v is None else v
       if decay is None:
         raise ValueError("--method=ema needs --decay (or --sweep)")
-      tgt = posthoc.target("ema", end=end, decay=decay, **common)
-      out.append((decay, tgt))
+      params = {"decay": decay, **common}
+      out.append((decay, posthoc.target("ema", end=end, **params), "ema", params))
     elif method == "swa":
       window = _WINDOW.value if v is None else v
       if window is None or not 1 <= window <= end:
         raise ValueError(f"--window = {window!r}: --method=swa needs a window in 1 … {end}")
-      out.append((window, posthoc.target("swa", end=end, start_step=end - window)))
+      params = {"start_step": end - window}
+      out.append((window, posthoc.target("swa", end=end, **params), "swa", params))
     else:
-      params = {"gap": _GAP.value, "n": _N.value, **common}
+      params = {"gap": _GAP.value, "n": _N.value, "gamma": _GAMMA.value, **common}
       m = posthoc.averaging.get_method(method)
       params = {k: v for k, v in params.items() if m.param(k) is not None}
-      out.append((None, posthoc.target(method, end=end, **params)))
+      out.append((None, posthoc.target(method, end=end, **params), method, params))
   return out
 
 
@@ -168,15 +182,26 @@ def run_cli() -> dict:
   end = run.steps[-1] if _END.value is None else _END.value
   targets = _targets(posthoc, end)
   t0 = time.perf_counter()
-  plans = [posthoc.plan(run, tgt, exact=_EXACT.value) for _, tgt in targets]
+  sources = _SOURCES.value or None
+  plans = [posthoc.plan(run, tgt, sources=sources, exact=_EXACT.value) for _, tgt, _, _ in targets]
   averages = posthoc.combine(run, plans)
   t_pass = time.perf_counter() - t0
   evaluate = _Evaluator(run)
   base = state_lib.make_schedule(run.config.optimizer, run.config.total_steps)
+  os.makedirs(out, exist_ok=True)
+  config_file = _write_run_config(run, os.path.join(out, "run_config.py"))
   rows = []
-  for (value, _), avg in zip(targets, averages, strict=True):
+  for (value, _, method, mparams), avg in zip(targets, averages, strict=True):
     params, stats = evaluate.variables(avg.params, avg.batch_stats)
-    start, window, sched = posthoc.equivalent_schedule(avg.plan, base)
+    start, window, sched = posthoc.method_equivalent_schedule(avg.plan, base, mparams)
+    trip = posthoc.sidetrip_command(
+      run,
+      avg.plan,
+      method,
+      mparams,
+      config_file=config_file,
+      workdir=os.path.join(out, f"sidetrip-{method}-{_slug(value, start, window)}"),
+    )
     rows.append(
       {
         "label": avg.plan.label,
@@ -190,17 +215,23 @@ def run_cli() -> dict:
           "window": window,
           "lr": [float(v) for v in np.asarray(sched(np.arange(window)))][:10_000],
         },
+        "sidetrip": trip,
         **evaluate(params, stats),
       }
     )
     if not _SWEEP.value:
       import orbax.checkpoint as ocp
 
-      os.makedirs(out, exist_ok=True)
       with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.join(out, "averaged"), {"params": params, "batch_stats": stats})
-  os.makedirs(out, exist_ok=True)
-  report = {"workdir": run.directory, "end": end, "pass_seconds": t_pass, "averages": rows}
+  report = {
+    "workdir": run.directory,
+    "end": end,
+    "sources": sources or "all",
+    "profiles": [{"method": m, **p} for m, p in posthoc.run_profiles(run)],
+    "pass_seconds": t_pass,
+    "averages": rows,
+  }
   if _SWEEP.value:
     report["in_training"] = _in_training(run, evaluate, end)
     xlabel = "decay" if _METHOD.value == "ema" else "window"
@@ -214,6 +245,24 @@ def run_cli() -> dict:
   with open(os.path.join(out, "sweep.json" if _SWEEP.value else "posthoc.json"), "w") as f:
     json.dump(report, f, indent=1)
   return report
+
+
+def _slug(value, start: int, window: int) -> str:
+  return f"{value:g}" if isinstance(value, (int, float)) else f"S{start}-k{window}"
+
+
+def _write_run_config(run, path: str) -> str:
+  """A config file (``get_config()``) returning the run's own stored config, for the side-trip."""
+  text = json.dumps(run.config.to_dict(), sort_keys=True, default=list)
+  with open(path, "w") as f:
+    f.write(
+      f'"""The config of the run {run.directory} (written by python -m trajax.posthoc):\n'
+      "pass it as --config to python -m trajax.sidetrip, which needs the parent's own config.\n"
+      '"""\n\nimport json\n\nfrom trajax import config as config_lib\n\n'
+      f"CONFIG = json.loads({text!r})\n\n\n"
+      "def get_config():\n  return config_lib.from_dict(CONFIG)\n"
+    )
+  return path
 
 
 def main(argv):
@@ -238,6 +287,11 @@ def main(argv):
       f"(kernel residual {r['residual']:.3g}, schedule residual {r['schedule_residual']:.3g}"
       f"{', exact' if r['exact'] else ''})"
     )
+    trip = r["sidetrip"]
+    print(f"  equivalent side-trip from step {trip['start']} over {trip['window']} steps:")
+    print(f"    {trip['command']}")
+    if trip["note"]:
+      print(f"    (not exact: {trip['note']})")
   if report.get("in_training"):
     it = report["in_training"]
     print(f"in training ({it['method']}): test loss {it['loss']:.4f} accuracy {it['accuracy']:.4f}")
