@@ -584,7 +584,7 @@ def test_stationarity_detects_growth_not_noise():
   walk = np.sqrt(t) * (1 + 0.002 * rng.normal(size=t.size))
   st = exp_mod.stationarity(walk)
   assert not st["stationary"] and 0.12 < st["relative_change"] < 0.25
-  # Noisy but flat (a 5-dimensional norm): within 2 SE, stationary.
+  # Noisy but flat (a 5-dimensional norm): within 3 SE, stationary.
   noisy = np.linalg.norm(rng.normal(size=(20, 5)), axis=1)
   assert exp_mod.stationarity(noisy)["stationary"]
   with pytest.raises(ValueError, match=r"needs >= 2 samples, got 1"):
