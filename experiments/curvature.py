@@ -93,8 +93,10 @@ config their share of the pair distance keeps growing over the trip (a
 diffusion, exponent near 1), which the stationarity test reports.
 
 Usage: a stage of ``make demo`` (``experiments/demo.py``, sized by its
-``DEMO_EXP``); on its own, one parent run per seed (about 15 s each on 2 CPU
-cores, plus about 40-60 s of probes, replays and side-trips)::
+``DEMO_EXP``: 4 trajectory points, 2 batches, 24 Lanczos steps, 10 probes, the
+window [5100, 6000]; 40-85 s per seed on 2 shared CPU cores, docs/benchmarks.md).
+On its own, one parent run per seed (about 15 s each), then at the module's
+default sizes about 1-2.5 min of probes, replays and side-trips::
 
   python -m experiments.curvature --config=configs/mnist1d.py --workdir=workdirs/curv
   python -m experiments.curvature --config=configs/mnist1d.py --workdir=workdirs/curv \\
@@ -102,8 +104,9 @@ cores, plus about 40-60 s of probes, replays and side-trips)::
 
 Longer sweeps behind flags: ``--exp.shell_steps=3000`` (trips three times the
 window, for the slow directions), ``--exp.every=500`` (a denser trajectory),
-``--exp.shell_factors='(1, 0.5, 0.25, 0.125, 0.0625)'``; the demo keeps the
-defaults' sizes except the trajectory cadence and window (its ``DEMO_EXP``).
+``--exp.shell_factors='(1, 0.5, 0.25, 0.125, 0.0625)'``, ``--exp.batches=8``; the
+demo shrinks the cadence, window, batches, Lanczos steps and probes (its
+``DEMO_EXP``) and keeps the shell's defaults.
 
 Writes ``WORKDIR/curvature.{json,png}`` (one seed) or ``WORKDIR/seed_N/...``
 and ``WORKDIR/curvature_claims.json`` (seeds); the equivalent side-trips live
