@@ -458,13 +458,13 @@ def _plot(res: dict, path: str, label: str) -> None:
     label=rf"$2(1+\beta)/\lambda_{{max}}$, β={res['momentum']:g}",
   )
   a.semilogy(s, [t["eps_max_mean"] for t in tr], "C2-s", ms=3, label=r"$\epsilon_{max}$ (batch)")
-  for i, p in enumerate(res["points"].values()):
-    a.plot([res["total_steps"] + 60 * i], [2.0 / p["lambda_max"]], f"C{3 + i % 7}^", ms=4)
-  a.text(
-    res["total_steps"],
-    0.8 * min(t["lr"] for t in tr),
-    "▲: 2/λmax at the window's points",
-    fontsize=6,
+  pts = list(res["points"].values())
+  a.plot(
+    [res["total_steps"]] * len(pts),
+    [2.0 / p["lambda_max"] for p in pts],
+    "C3^",
+    ms=4,
+    label=r"$2/\lambda_{max}$ at the window's 8 points",
   )
   a.set_xlabel("training step s")
   a.set_ylabel("step size")
@@ -540,7 +540,7 @@ def _plot(res: dict, path: str, label: str) -> None:
   _factor_ticks(a, f)
   a.set_xlabel("learning-rate factor f")
   a.set_ylabel("loss drop (nats, training batches)")
-  a.set_title("midpoint drop vs quadratic model (red x: gap <= 0)")
+  a.set_title("midpoint drop vs quadratic model (x: gap <= 0)", fontsize=10)
   a.legend(fontsize=6)
   common.save_figure(fig, path, label)
 
