@@ -810,6 +810,14 @@ def _contracting(m: dict) -> bool:
   return m["max_eff_lr_times_lambda_max"] < CONTRACTION
 
 
+def _join(*parts: str) -> str:
+  return "; ".join(p for p in parts if p)
+
+
+def _fit_text(fit: dict, name: str) -> str:
+  return f"{name} {fit['exponent']:.2f} ± {fit['stderr']:.2f}"
+
+
 def _not_stationary_note(factors, flags, what: str) -> str:
   bad = [f for f, ok in zip(factors, flags, strict=True) if not ok]
   return f"not quasi-stationary ({what}) at f = {', '.join(f'{f:g}' for f in bad)}" if bad else ""
@@ -964,6 +972,12 @@ def _flat_record(points: dict, name: str, ends: list[dict]) -> dict:
   if trip is not None:
     out["lambda_max_sidetrip"] = trip["lambda_max"]
     out["trace_sidetrip"] = trip["trace_mean"]
+  out["note"] = _join(
+    f"λ_max {avg['lambda_max']:.3g} vs endpoints "
+    + ", ".join(f"{e['lambda_max']:.3g}" for e in ends)
+    + f"; trace margin {out['trace_margin_in_se']:.2g} SE",
+    f"side-trip λ_max {trip['lambda_max']:.3g}" if trip is not None else "",
+  )
   return out
 
 
@@ -979,6 +993,8 @@ def measured(res: dict) -> dict:
       "eff_lr_times_lambda_max": [t["lr"] / (1 - beta) * t["lambda_max"] for t in traj],
       "max_eff_lr_times_lambda_max": max(t["lr"] / (1 - beta) * t["lambda_max"] for t in traj),
       "batches_per_point": len(traj[0]["trace"]),
+      "note": "η/(1−β)·λ_max at steps "
+      + ", ".join(f"{t['step']}: {t['lr'] / (1 - beta) * t['lambda_max']:.3g}" for t in traj),
     },
   }
   if "two_point_average" in pts:
@@ -991,7 +1007,13 @@ def measured(res: dict) -> dict:
     trips = sh["trips"]
     stat = [t["stationary"] for t in trips]
     stat_fast = [t["stationary_fast"] for t in trips]
-    note = _not_stationary_note(f, stat_fast, "fast directions")
+    fit = sh["fit"]
+    fast_name = f"top-{sh['fast_k']} Hessian directions"
+    note = _join(
+      f"p (fit SE): {_fit_text(fit['fast'], fast_name)}, "
+      f"{_fit_text(fit['slow'], 'other directions')}, {_fit_text(fit['total'], 'all')}",
+      _not_stationary_note(f, stat_fast, "fast directions"),
+    )
     out["curv.sqrt_lambda_shell"] = {
       "factors": f,
       "exponent_fast": sh["fit"]["fast"]["exponent"],
@@ -1012,6 +1034,11 @@ def measured(res: dict) -> dict:
     }
     note = _not_stationary_note(f, stat, "total pair distance")
     if "drag" in sh["fit"]:
+      dd_note = _join(
+        f"p (fit SE), all directions: {_fit_text(fit['drag'], 'drag')}, "
+        f"{_fit_text(fit['drift'], 'drift')}",
+        note,
+      )
       out["curv.drift_drag"] = {
         "factors": f,
         "exponent_drag": sh["fit"]["drag"]["exponent"],
@@ -1024,7 +1051,7 @@ def measured(res: dict) -> dict:
         "all_stationary": all(stat),
         "relative_change": [t["relative_change"] for t in trips],
         "directions": "all parameters (centre: mean of the pair's samples over [L/2, L])",
-        "note": note,
+        "note": dd_note,
       }
     rows = [
       {
@@ -1043,7 +1070,13 @@ def measured(res: dict) -> dict:
       "all_stationary": all(stat),
       "max_ratio_deviation": max(dev) if len(dev) == len(rows) else None,
       "directions": "all parameters (d = a - c, the pair's full difference)",
-      "note": note,
+      "note": _join(
+        "gap / (1/8) dᵀHd at f = "
+        + ", ".join(
+          f"{r['factor']:g}: " + ("–" if r["ratio"] is None else f"{r['ratio']:.2f}") for r in rows
+        ),
+        note,
+      ),
     }
   return out
 
