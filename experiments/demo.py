@@ -43,7 +43,7 @@ import time
 
 from experiments import batch_size_vs_decay as bs
 from experiments import claims as claims_lib
-from experiments import common
+from experiments import common, curvature
 from experiments import fig1_averaging_vs_sidetrips as fig1
 from experiments import fig2_single_step as fig2
 from experiments import fig3_interpolation as fig3
@@ -87,6 +87,19 @@ TINY_EXP = {
   "fig5_ema": {"branch_fractions": (0.25,), "ema_window": 30, "ema_history": 20},
   "fig14_cosine": {"branch_fractions": (0.25, 0.5), "train_eval_batches": 2},
   "batch_size_vs_decay": {"branch_fractions": (0.5,), "horizon": 30, "train_eval_batches": 1},
+  "curvature": {
+    "every": 30,
+    "window": 20,
+    "k": 2,
+    "lanczos_iters": 6,
+    "probes": 3,
+    "batches": 2,
+    "shell_steps": 10,
+    "shell_points": 4,
+    "shell_k": 2,
+    "shell_factors": (1.0, 0.5, 0.25),
+    "drag_steps": 3,
+  },
 }
 # Knobs the demo sets on top of each module's defaults (all sizes).
 DEMO_EXP = {
@@ -104,6 +117,10 @@ DEMO_EXP = {
   # h = 1200 (not averaging.gap = 1000): S + h = 4200, 5700 are multiples of
   # the parent's checkpoint cadence (300), which S + 1000 would cut to 100.
   "batch_size_vs_decay": {"horizon": 1200},
+  # Trajectory every 1500 steps and the window [5100, 6000]: checkpoints the
+  # other stages keep anyway (cadence 300); 2 batches, 24 Lanczos steps and 10
+  # Hutchinson probes per point; the shell's 900-step trips at f = 1 .. 1/8.
+  "curvature": {"every": 1500, "window": 900, "batches": 2, "lanczos_iters": 24, "probes": 10},
 }
 # Stages on the constant-rate parent, in order; fig14 on it is Fig. 14's top
 # row and Fig. 5's SWA panel, fig5_ema its EMA panel (same module, EMA knobs).
@@ -116,6 +133,7 @@ MODULES = (
   ("fig14", fig14),
   ("fig5_ema", fig14),
   ("batch_size_vs_decay", bs),
+  ("curvature", curvature),
 )
 # Fig. 14's bottom row runs on a second, cosine-schedule parent per seed.
 COSINE_MODULES = (("fig14_cosine", fig14),)

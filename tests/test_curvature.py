@@ -291,60 +291,102 @@ def test_curvature_experiment_runs_and_is_consistent(tmp_path):
   exp.k, exp.lanczos_iters, exp.probes, exp.batches = 2, 6, 3, 2
   # One seed keeps the test fast; the verdict over seeds is claims.judge's (tested there).
   exp.seeds = (3,)
-  exp.shell, exp.shell_steps, exp.shell_points, exp.shell_k = True, 8, 2, 2
+  exp.shell, exp.shell_steps, exp.shell_points, exp.shell_k = True, 8, 4, 2
   exp.shell_factors = (1.0, 0.5, 0.25)
   exp.drag_steps = 3
+  assert exp_mod.branch_steps(config, exp) == [50, 100]
   out = exp_mod.run_seeds(config, exp, str(tmp_path))
   assert out["seeds"] == [3]
   rec = json.loads((tmp_path / "curvature_claims.json").read_text())["claims"]
-  assert [r["id"] for r in rec] == [
-    "curv.contracting",
-    "curv.sqrt_lambda_shell",
-    "curv.drift_drag",
-    "curv.average_flatter",
-  ]
+  assert [r["id"] for r in rec] == list(exp_mod.CLAIMS)
   for r in rec:
     assert [row["seed"] for row in r["per_seed"]] == [3]
     assert r["verdict"] == claims.verdict([row["holds"] for row in r["per_seed"]])
+    assert r["per_seed"][0]["holds"] == exp_mod.CLAIMS[r["id"]].test(r["per_seed"][0]["measured"])
   res = json.loads((tmp_path / "seed_3" / "curvature.json").read_text())
   assert res["seed"] == 3
-  assert res["steps"] == [50, 100]
-  assert set(res["points"]) == {"raw_50", "raw_100", "two_point_average"}
+  assert res["steps"] == [50, 100] and res["branch_step"] == 50 and res["window"] == 50
+  assert set(res["points"]) == {
+    "raw_50",
+    "raw_100",
+    *(f"{m}_{kind}" for m in ("two_point", "swa", "ema") for kind in ("average", "sidetrip")),
+  }
+  # The replay from step 50 is the parent's own trajectory, bit for bit.
+  assert res["replay_vs_parent_l2"] == 0.0
   for t in res["trajectory"]:
     lam = np.asarray(t["eigenvalues"])
     assert lam.shape == (2, 2) and np.all(lam[:, 0] >= lam[:, 1])
     np.testing.assert_allclose(t["gd_edge"], 2.0 / t["lambda_max"])
     np.testing.assert_allclose(t["momentum_edge"], 2.0 * 1.9 / t["lambda_max"])
-    assert t["lr"] == pytest.approx(0.05)
+    assert t["lr"] == pytest.approx(0.05) and t["eff_lr"] == pytest.approx(0.5)
+    assert len(t["eps_max"]) == 2 and all(e > 0 for e in t["eps_max"])
   # The final raw point measured twice (trajectory and endpoint) on the same
   # batches T, T+1 with the same key gives the same numbers.
   assert res["points"]["raw_100"]["eigenvalues"] == res["trajectory"][-1]["eigenvalues"]
   assert res["summary"]["lambda_max_final"] == res["trajectory"][-1]["lambda_max"]
+  # The two-point average from the replayed averager is the midpoint of the checkpoints.
+  a, b = common.restore(res["parent"], 50).state, common.restore(res["parent"], 100).state
+  loss_fn = common.make_loss_fn(common.restore(res["parent"], 100).model, None, train=True)
+  d = common.restore(res["parent"], 100).dataset
+  exp1 = exp_mod.experiment_defaults()
+  exp1.k, exp1.lanczos_iters, exp1.probes, exp1.batches = 2, 6, 3, 2
+  again = exp_mod.measure(
+    loss_fn,
+    common.midpoint(a.params, b.params),
+    b.batch_stats,
+    [common.train_batch(d, 100 + i) for i in range(2)],
+    exp1,
+    jax.random.key(0),
+  )
+  np.testing.assert_allclose(again["trace"], res["points"]["two_point_average"]["trace"], rtol=1e-4)
+  # The equivalent side-trips ran with the Table 1 schedules, 50 steps from step 50.
+  for m in ("two_point", "swa", "ema"):
+    assert common.committed_steps(res["sidetrip_dirs"][m])[-1] == 100
   assert (tmp_path / "seed_3" / "curvature.png").exists()
   sh = res["shell"]
   assert sh["branch_step"] == 50 and sh["steps"] == 8
   assert [t["factor"] for t in sh["trips"]] == [1.0, 0.5, 0.25]
   for t in sh["trips"]:
-    assert t["times"] == [4, 8]
+    assert t["times"] == [4, 5, 7, 8]
     d, f, sl = (
       np.asarray(t[k]) for k in ("pair_distance", "pair_distance_fast", "pair_distance_slow")
     )
     assert np.all(d > 0) and np.all(f <= d + 1e-9)
     np.testing.assert_allclose(f**2 + sl**2, d**2, rtol=1e-9)
+    # The fast share of a distance to the centre is at most the whole distance.
+    assert np.all(np.asarray(t["centre_distance_fast"]) <= np.asarray(t["centre_distance"]) + 1e-9)
+    assert t["stationary"] == t["stationarity"]["stationary"]
     dd = t["drift_drag"]
     assert dd["steps"] == 3 and dd["mean_abs_drag"] >= abs(dd["mean_drag"])
     # |Delta|^2 = drag^2 + drift^2 step by step, so the means obey the triangle bounds.
     assert dd["mean_update_norm"] <= dd["mean_abs_drag"] + dd["mean_drift"] + 1e-12
     assert dd["mean_update_norm"] >= max(dd["mean_abs_drag"], dd["mean_drift"]) - 1e-12
+    mp = t["midpoint"]
+    np.testing.assert_allclose(mp["gap"], np.mean(mp["gap_per_batch"]))
+    np.testing.assert_allclose(mp["gap"], mp["pair_mean_loss"] - mp["midpoint_loss"], atol=1e-6)
   fit = exp_mod.fit_exponent(sh["factors"], [np.mean(t["pair_distance"]) for t in sh["trips"]])
   assert fit == sh["fit"]["total"]
-  m = exp_mod.measured(res)["curv.contracting"]
+  m = exp_mod.measured(res)
   np.testing.assert_allclose(
-    m["max_eff_lr_times_lambda_max"], max(0.5 * t["lambda_max"] for t in res["trajectory"])
+    m["curv.contracting"]["max_eff_lr_times_lambda_max"],
+    max(0.5 * t["lambda_max"] for t in res["trajectory"]),
   )
+  ins = m["curv.average_inside_shell"]
+  assert [r["factor"] for r in ins["factors"]] == [1.0, 0.5, 0.25]
+  assert ins["all_stationary"] == all(t["stationary"] for t in sh["trips"])
   with pytest.raises(ValueError, match=r"exp.probes must be >= 2, got 1"):
     exp.probes = 1
     exp_mod.run(config, exp, str(tmp_path))
+  exp.probes = 3
+  with pytest.raises(ValueError, match=r"exp.averages must be distinct methods.*'multi'"):
+    exp.averages = ("swa", "multi")
+    exp_mod.run(config, exp, str(tmp_path))
+  exp.averages = ("swa",)
+  with pytest.raises(
+    ValueError, match=r"exp.window .* must lie in \[1, total_steps=100\), got 100"
+  ):
+    exp.window = 100
+    exp_mod.branch_steps(config, exp)
 
 
 def test_curvature_claim_quotes_are_verbatim():
@@ -358,8 +400,14 @@ def test_curvature_claim_quotes_are_verbatim():
   assert claims.quote_in_paper(c["curv.contracting"].quote, paper)
   assert claims.quote_in_paper(c["curv.sqrt_lambda_shell"].quote, paper)
   assert claims.quote_in_paper(c["curv.drift_drag"].quote, paper)
-  assert claims.quote_in_paper(c["curv.average_flatter"].quote, notes)
-  assert not claims.quote_in_paper(c["curv.average_flatter"].quote, paper)
+  assert claims.quote_in_paper(c["curv.average_inside_shell"].quote, paper)
+  for cid in ("curv.average_flatter", "curv.swa_flatter"):
+    assert c[cid].source == "notes"
+    assert claims.quote_in_paper(c[cid].quote, notes)
+    assert not claims.quote_in_paper(c[cid].quote, paper)
+  for cid, claim in c.items():
+    if claim.source == "paper":
+      assert claims.quote_in_paper(claim.quote, paper), cid
 
 
 def _fake_result(lams, traces, ses, lr=0.05, beta=0.9):
@@ -369,9 +417,10 @@ def _fake_result(lams, traces, ses, lr=0.05, beta=0.9):
   ]
   names = ["raw_5000", "raw_6000", "two_point_average"]
   points = {
-    n: {"lambda_max": lam, "trace_mean": t, "trace_mean_stderr": se}
+    n: {"lambda_max": lam, "trace_mean": t, "trace_mean_stderr": se, "kind": n.split("_")[0]}
     for n, lam, t, se in zip(names, lams[-3:], traces, ses, strict=True)
   }
+  points["two_point_average"]["kind"] = "average"
   return {"momentum": beta, "trajectory": traj, "points": points}
 
 
@@ -415,8 +464,170 @@ def test_fit_exponent_recovers_power_law_and_its_error():
   with pytest.raises(ValueError, match=r"needs >= 3 learning rates, got 2"):
     exp_mod.fit_exponent([1.0, 0.5], [1.0, 0.7])
   shell = exp_mod.CLAIMS["curv.sqrt_lambda_shell"].test
-  assert shell({"exponent_fast": 0.6}) and not shell({"exponent_fast": 1.0})
+  st = {"all_stationary_fast": True}
+  assert shell({"exponent_fast": 0.6} | st) and not shell({"exponent_fast": 1.0} | st)
   dd = exp_mod.CLAIMS["curv.drift_drag"].test
-  assert dd({"exponent_drag": 0.45, "exponent_drift": 1.1})
-  assert not dd({"exponent_drag": 1.5, "exponent_drift": 1.0})
-  assert not dd({"exponent_drag": 0.5, "exponent_drift": 0.5})
+  st = {"all_stationary": True}
+  assert dd({"exponent_drag": 0.45, "exponent_drift": 1.1} | st)
+  assert not dd({"exponent_drag": 1.5, "exponent_drift": 1.0} | st)
+  assert not dd({"exponent_drag": 0.5, "exponent_drift": 0.5} | st)
+
+
+# ---------------------------------------------------------------------------
+# Fig. 4b: the midpoint's drop against the quadratic model
+
+
+def test_midpoint_gap_exact_on_a_quadratic():
+  # L(x) = 0.5 (x - c)^T A (x - c): (L(a) + L(c'))/2 - L(m) = (1/8) d^T A d exactly,
+  # whatever the points; reference in float64 numpy.
+  lam = np.concatenate([[6.0, 3.0], np.linspace(1.0, 0.1, 18)])
+  loss_fn, a_mat, _ = _quadratic(lam, seed=3)
+  rng = np.random.default_rng(4)
+  pa, pc = rng.normal(size=20), rng.normal(size=20)
+  shift = rng.normal(size=20)
+  g = curvature.midpoint_gap(
+    loss_fn, _split(jnp.asarray(pa)), _split(jnp.asarray(pc)), jnp.asarray(shift, jnp.float32)
+  )
+
+  def ref(x):
+    x = x - shift
+    return 0.5 * x @ a_mat @ x
+
+  d = pa - pc
+  np.testing.assert_allclose(float(g.loss_a), ref(pa), rtol=1e-5)
+  np.testing.assert_allclose(g.gap, 0.5 * (ref(pa) + ref(pc)) - ref(0.5 * (pa + pc)), rtol=1e-4)
+  np.testing.assert_allclose(float(g.quadratic), d @ a_mat @ d / 8, rtol=1e-5)
+  np.testing.assert_allclose(g.gap / float(g.quadratic), 1.0, rtol=1e-4)
+
+
+def test_midpoint_gap_quadratic_term_matches_dense_hessian(network):
+  loss_fn, params, batch, h = network
+  flat, unravel = ravel_pytree(params)
+  d = 0.05 * np.random.default_rng(8).normal(size=flat.shape)
+  a = unravel(flat + jnp.asarray(d / 2, flat.dtype))
+  c = unravel(flat - jnp.asarray(d / 2, flat.dtype))
+  g = curvature.midpoint_gap(loss_fn, a, c, batch)
+  # The midpoint is params; the dense Hessian there is the independent reference.
+  np.testing.assert_allclose(float(g.quadratic), d @ h @ d / 8, rtol=1e-3)
+  with pytest.raises(ValueError, match=r"a and c must be pytrees of the same structure"):
+    curvature.midpoint_gap(loss_fn, a, {"x": flat}, batch)
+
+
+def _quartic_and_mismatched_rows():
+  """Two counterexamples measured with the probe itself (not hand-written numbers)."""
+
+  def quartic(params, batch):
+    x = ravel_pytree(params)[0]
+    return jnp.sum(x**4) + 0.0 * jnp.sum(batch)
+
+  d = jnp.asarray(np.random.default_rng(5).normal(size=20), jnp.float32)
+  # Midpoint at the origin: the Hessian there vanishes, the drop does not.
+  q = curvature.midpoint_gap(quartic, _split(d / 2), _split(-d / 2), jnp.zeros(1))
+  assert q.gap > 0 and abs(float(q.quadratic)) < 1e-6
+  loss1, _, _ = _quadratic(np.linspace(4.0, 2.0, 20), seed=1)
+  loss2, _, _ = _quadratic(np.linspace(0.4, 0.1, 20), seed=2)
+  a, c = _split(d), _split(-d)
+  right = curvature.midpoint_gap(loss1, a, c, jnp.zeros(20))
+  other = curvature.midpoint_gap(loss2, a, c, jnp.zeros(20))
+  rows = {
+    "quartic": {"factor": 1.0, "gap": q.gap, "quadratic": float(q.quadratic), "ratio": None},
+    # The drop of batch 1 against the quadratic model of batch 2's Hessian.
+    "mismatched": {
+      "factor": 1.0,
+      "gap": right.gap,
+      "quadratic": float(other.quadratic),
+      "ratio": right.gap / float(other.quadratic),
+    },
+    "matched": {
+      "factor": 1.0,
+      "gap": right.gap,
+      "quadratic": float(right.quadratic),
+      "ratio": right.gap / float(right.quadratic),
+    },
+  }
+  return rows
+
+
+def test_average_inside_shell_criterion_and_counterexamples():
+  from experiments import claims
+  from experiments import curvature as exp_mod
+
+  test = exp_mod.CLAIMS["curv.average_inside_shell"].test
+  rows = _quartic_and_mismatched_rows()
+
+  def m(*rs, stationary=True):
+    return {"factors": list(rs), "all_stationary": stationary}
+
+  assert test(m(rows["matched"], rows["matched"]))
+  assert not test(m(rows["matched"], rows["quartic"]))
+  assert rows["mismatched"]["ratio"] > 2
+  assert not test(m(rows["matched"], rows["mismatched"]))
+  # Non-stationary trips never pass, nor does a midpoint above the pair (gap <= 0).
+  assert not test(m(rows["matched"], stationary=False))
+  assert not test(m({"factor": 0.5, "gap": -0.01, "quadratic": -0.01, "ratio": 1.0}))
+  # The band is the fixed 50 %: 1.45 holds, 1.55 fails, 0.55 holds, 0.45 fails.
+  for ratio, ok in ((1.45, True), (1.55, False), (0.55, True), (0.45, False)):
+    r = {"factor": 1.0, "gap": ratio * 0.01, "quadratic": 0.01, "ratio": ratio}
+    assert test(m(r)) is ok
+  assert exp_mod.QUADRATIC_MATCH == claims.MATCH_TOLERANCE
+  assert not test(m())
+
+
+def test_stationarity_detects_growth_not_noise():
+  from experiments import curvature as exp_mod
+
+  rng = np.random.default_rng(0)
+  t = np.linspace(500, 1000, 20)
+  flat = 2.0 + 0.05 * rng.normal(size=t.size)
+  assert exp_mod.stationarity(flat)["stationary"]
+  # A random walk's distance, ~ sqrt(t): the later half is ~18 % above the earlier.
+  walk = np.sqrt(t) * (1 + 0.002 * rng.normal(size=t.size))
+  st = exp_mod.stationarity(walk)
+  assert not st["stationary"] and 0.12 < st["relative_change"] < 0.25
+  # Noisy but flat (a 5-dimensional norm): within 3 SE, stationary.
+  noisy = np.linalg.norm(rng.normal(size=(20, 5)), axis=1)
+  assert exp_mod.stationarity(noisy)["stationary"]
+  with pytest.raises(ValueError, match=r"needs >= 2 samples, got 1"):
+    exp_mod.stationarity([1.0])
+
+
+def test_shell_claims_fail_on_non_stationary_trips():
+  from experiments import curvature as exp_mod
+
+  shell = exp_mod.CLAIMS["curv.sqrt_lambda_shell"].test
+  assert shell({"exponent_fast": 0.5, "all_stationary_fast": True})
+  assert not shell({"exponent_fast": 0.5, "all_stationary_fast": False})
+  assert not shell({"exponent_fast": 0.9, "all_stationary_fast": True})
+  dd = exp_mod.CLAIMS["curv.drift_drag"].test
+  ok = {"exponent_drag": 0.5, "exponent_drift": 1.0, "all_stationary": True}
+  assert dd(ok) and not dd(ok | {"all_stationary": False})
+  assert exp_mod._not_stationary_note([1.0, 0.5], [True, False], "x") == (
+    "not quasi-stationary (x) at f = 0.5"
+  )
+
+
+def test_swa_flatter_reads_the_swa_point():
+  from experiments import curvature as exp_mod
+
+  res = _fake_result([1.9, 1.8, 1.7, 1.5], [30.0, 31.0, 28.0], [1.0] * 3)
+  res["points"]["swa_average"] = {
+    "lambda_max": 1.4,
+    "trace_mean": 24.0,
+    "trace_mean_stderr": 1.0,
+    "kind": "average",
+  }
+  res["points"]["swa_sidetrip"] = {
+    "lambda_max": 1.75,
+    "trace_mean": 32.0,
+    "trace_mean_stderr": 1.0,
+    "kind": "sidetrip",
+  }
+  m = exp_mod.measured(res)
+  c = exp_mod.CLAIMS
+  # The side-trip is not an endpoint: the endpoints are the two raw points only.
+  assert m["curv.swa_flatter"]["lambda_max_endpoints"] == [1.8, 1.7]
+  assert m["curv.swa_flatter"]["lambda_max_sidetrip"] == 1.75
+  assert c["curv.swa_flatter"].test(m["curv.swa_flatter"])
+  assert not c["curv.average_flatter"].test(m["curv.average_flatter"])
+  res["points"]["swa_average"]["trace_mean"] = 29.0
+  assert not c["curv.swa_flatter"].test(exp_mod.measured(res)["curv.swa_flatter"])

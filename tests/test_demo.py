@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from experiments import claims, demo
+from experiments import batch_size_vs_decay, claims, curvature, demo
 
 
 def tiny_demo_dir(tmp_path_factory) -> str:
@@ -79,6 +79,8 @@ def test_report_json_follows_the_schema(report):
     "fig8.distance_decreases_and_saturates",
     "fig14.constant_row",
     "fig14.cosine_row",
+    *curvature.CLAIMS,
+    *batch_size_vs_decay.CLAIMS,
   ):
     assert cid in ids, cid
 
