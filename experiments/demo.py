@@ -461,6 +461,8 @@ def render(report: dict) -> str:
     "fig14": "Figures 14 (top row) and 5 (SWA): constant-rate run, SWA vs its side-trip",
     "fig5_ema": "Figure 5 (EMA): whole-trajectory EMA vs its 3000-step side-trip",
     "fig14_cosine": "Figure 14 (bottom row): cosine-schedule run, SWA vs its side-trip",
+    "batch_size_vs_decay": "Beyond the paper: λ at batch kB vs λ/k at batch B (Smith et al. 2018)",
+    "curvature": "Beyond the paper: curvature along the trajectory, the shell law, drift and drag",
   }
   lines += ["", "## Figures", ""]
   for seed, figs in report["figures"].items():

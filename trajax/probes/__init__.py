@@ -29,9 +29,11 @@ from trajax.probes.curvature import (
   HessianEigs,
   HutchinsonTrace,
   LanczosResult,
+  MidpointGap,
   hessian_top_eigs,
   hutchinson_trace,
   lanczos,
+  midpoint_gap,
   num_params,
 )
 from trajax.probes.distances import (
@@ -84,6 +86,7 @@ __all__ = [
   "HutchinsonTrace",
   "InterpolationResult",
   "LanczosResult",
+  "MidpointGap",
   "NoiseScale",
   "OneStepSummary",
   "PolynomialFit",
@@ -106,6 +109,7 @@ __all__ = [
   "interpolation_losses",
   "l2_distance",
   "lanczos",
+  "midpoint_gap",
   "noise_scale_from_sq_norms",
   "norm_ratio",
   "num_params",
