@@ -147,6 +147,20 @@ def test_restore_readonly_writes_nothing_and_honours_target(uninterrupted):
     ckpt_lib.restore_readonly(str(workdir / "typo"))
 
 
+def test_restore_readonly_drops_only_the_expected_orbax_metadata_warning(uninterrupted, caplog):
+  import logging
+
+  workdir, _ = uninterrupted
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    ckpt_lib.restore_readonly(str(workdir), step=20)
+  assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]
+  # The filter is scoped to that read: the same warning about another path still shows.
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    logging.getLogger("absl").warning("Metadata file does not exist: %s", "/elsewhere/x")
+  assert any("/elsewhere/x" in r.getMessage() for r in caplog.records)
+  assert not logging.getLogger("absl").filters
+
+
 def test_half_written_checkpoint_is_never_the_restore_point(tmp_path):
   workdir = tmp_path / "run"
   train.train_and_evaluate(_config(total_steps=10), str(workdir), dataset=FakeDataset())

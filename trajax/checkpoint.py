@@ -54,6 +54,7 @@ change together; integrity and old layouts live in their own modules.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -84,6 +85,38 @@ from trajax.checkpoint_digest import (  # noqa: F401 -- re-exported
 
 _STEP_RE = re.compile(r"^\d+$")
 _COMMIT_FILE = "commit_success.txt"
+
+
+class _ItemMetadataFilter:
+  """Drops Orbax's "Metadata file does not exist" warning for one item being read.
+
+  A plain ``StandardCheckpointer`` looks for step metadata inside the item
+  directory ``<step>/state``; the ``CheckpointManager`` that wrote it keeps
+  that file one level up, in ``<step>``. Its absence there is expected and
+  harmless, and one warning per read-only restore buries the run's own lines.
+  """
+
+  def __init__(self, item: str):
+    self.item = os.path.abspath(item)
+
+  def filter(self, record) -> bool:
+    return not (
+      record.msg == "Metadata file does not exist: %s"
+      and bool(record.args)
+      and os.path.abspath(str(record.args[0])).startswith(self.item)
+    )
+
+
+@contextlib.contextmanager
+def _expected_missing_metadata(item: str):
+  import logging as std_logging
+
+  logger, quiet = std_logging.getLogger("absl"), _ItemMetadataFilter(item)
+  logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    logger.removeFilter(quiet)
 
 
 def _ocp():
@@ -516,7 +549,7 @@ def restore_readonly(
   if step not in steps:
     raise FileNotFoundError(f"step {step} is not a committed checkpoint in {directory!r}: {steps}")
   item = os.path.join(directory, str(step), "state")
-  with ocp.StandardCheckpointer() as ckptr:
+  with _expected_missing_metadata(item), ocp.StandardCheckpointer() as ckptr:
     if target is None:
       # Onto this process's first device whatever topology wrote it (the
       # stored shardings may name devices this process does not have).
