@@ -186,11 +186,21 @@ def test_a_registered_method_gets_its_kernel_schedule_and_theory(linear_method):
 SECTION = dict(decay=0.01, start_step=0, every=1, gap=10, n=3, debias=False, gamma=6.94)
 
 
-def test_validate_params_accepts_good_sections_and_ignores_other_methods_fields():
+def test_validate_params_accepts_good_sections_and_checks_other_methods_fields():
   for method in averaging.METHODS:
     assert averaging.validate_params(method, SECTION, total_steps=100) == [], method
+  # Another method's field is not required, and any value some method accepts
+  # passes (decay = 1.0 is EMA's upper end); a value none accepts is named.
+  fine = dict(SECTION, decay=1.0, gap=10**6, batch_norm="average", bn_recompute_batches=4)
+  assert averaging.validate_params("swa", fine, total_steps=100) == []
+  assert averaging.validate_params("swa", {"start_step": 0}) == []
   odd = dict(SECTION, decay=7.0, gap=-1, n=0, batch_norm="average", bn_recompute_batches=4)
-  assert averaging.validate_params("swa", odd) == []
+  unused = "(unused by averaging method 'swa', but no method accepts this value)"
+  assert averaging.validate_params("swa", odd) == [
+    f"averaging.decay = 7.0: must be a float in (0, 1] {unused}",
+    f"averaging.gap = -1: must be an integer >= 1 {unused}",
+    f"averaging.n = 0: must be an integer >= 1 {unused}",
+  ]
 
 
 def test_validate_params_names_field_value_and_what_is_allowed():

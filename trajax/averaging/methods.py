@@ -142,10 +142,13 @@ def validate_params(
   """Human error messages for ``method`` with ``params`` (empty: all good).
 
   Each names the dotted field (``prefix`` + name), its value and what is
-  allowed. Keys ``method`` does not take are ignored (the config holds every
-  method's parameters in one flat section). With ``total_steps``, the same
-  rules hold for every method: ``start_step < total_steps``, and step
-  counts (``every``, ``gap``) at most ``total_steps``.
+  allowed. The config holds every method's parameters in one flat section,
+  so a key ``method`` does not take is not required, but a value given there
+  that *no* registered method accepts (``decay = -5`` beside ``swa``) is an
+  error too: it is a typo waiting for the day the method changes. Keys no
+  method declares are ignored. With ``total_steps``, the same rules hold for
+  every method: ``start_step < total_steps``, and step counts (``every``,
+  ``gap``) at most ``total_steps``.
   """
   if not isinstance(method, str) or method not in METHODS:
     return [f"{prefix}method = {method!r}: must be one of {list(METHODS)}"]
@@ -165,6 +168,18 @@ def validate_params(
         errors.append(f"{field} = {value!r}: must be < total_steps={total_steps}")
       elif p.steps and value > total_steps:
         errors.append(f"{field} = {value!r}: must be <= total_steps={total_steps}")
+  taken = {p.name for p in METHODS[method].params}
+  for name in sorted(set(params) - taken, key=str):
+    rules = [p for m in METHODS.values() for p in m.params if p.name == name]
+    value = params[name]
+    if value is None or not rules:
+      continue
+    problems = [param_error(p, value) for p in rules]
+    if all(problems):
+      errors.append(
+        f"{prefix}{name} = {value!r}: {problems[0]} (unused by averaging method {method!r}, "
+        "but no method accepts this value)"
+      )
   return errors
 
 
