@@ -517,6 +517,30 @@ def test_command_line_prints_the_equivalent_side_trip_and_it_runs(profile_run, t
   assert not bad.exists() and snapshot(profile_run.workdir) == before
 
 
+def test_sweep_covers_power_ema_and_gaps(profile_run, tmp_path):
+  import json
+
+  before = snapshot(profile_run.workdir)
+  out = tmp_path / "pow"
+  r = _cli(
+    f"--workdir={profile_run.workdir}", "--method=power_ema", "--sweep", "--gammas=3,8",
+    f"--out={out}",
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = json.loads((out / "sweep.json").read_text())["averages"]
+  assert [a["value"] for a in rows] == [3.0, 8.0]
+  # γ = 3 is the run's own power-EMA profile at the last step: exact from it.
+  assert rows[0]["exact"] and rows[0]["coefficients"] == {"12:profiles[1]": pytest.approx(1.0)}
+  # γ = 8 is another kernel: rebuilt from other snapshots, evaluated on its own.
+  assert rows[1]["coefficients"] != rows[0]["coefficients"] and rows[1]["loss"] != rows[0]["loss"]
+  assert (out / "sweep.png").stat().st_size > 1000
+  r = _cli(f"--workdir={profile_run.workdir}", "--method=two_point", "--sweep", f"--out={out}2")
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+    "error: --sweep with --method=two_point needs --gaps=V1,V2,... (gaps)"
+  )
+  assert not (tmp_path / "pow2").exists() and snapshot(profile_run.workdir) == before
+
+
 SHARDED = textwrap.dedent(r"""
     import json, os, sys
     sys.path[:0] = [os.path.join(REPO, "tests"), REPO]

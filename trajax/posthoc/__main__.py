@@ -4,6 +4,7 @@
   python -m trajax.posthoc --workdir=RUN --method=swa --window=2000 --out=DIR
   python -m trajax.posthoc --workdir=RUN --method=ema --sweep --decays=1e-4,3e-4,1e-3 --out=DIR
   python -m trajax.posthoc --workdir=RUN --method=power_ema --gamma=10 --out=DIR
+  python -m trajax.posthoc --workdir=RUN --method=power_ema --sweep --gammas=2,5,10,20 --out=DIR
 
 One average: DIR/averaged is a plain Orbax checkpoint ``{'params',
 'batch_stats'}`` (BatchNorm statistics by the run's ``averaging.batch_norm``:
@@ -11,10 +12,12 @@ One average: DIR/averaged is a plain Orbax checkpoint ``{'params',
 :func:`trajax.train.averaged_variables`; 'average': the snapshots' statistics
 combined with the params' coefficients), DIR/posthoc.json the plan (kernel
 residual, coefficients), test metrics and the equivalent side-trip schedule.
-``--sweep``: every decay (or window) is planned, the checkpoints are read once
-(:func:`trajax.posthoc.combine`), each average evaluated; DIR/sweep.json and
-DIR/sweep.png (test loss and accuracy against the decay or window, the run's
-in-training average marked). The run's directory is never written.
+``--sweep``: one parameter per method is swept (:data:`SWEPT`: ema's decay,
+swa's window, power_ema's γ, the gap of two_point / multi_point), every
+value planned, the checkpoints read once (:func:`trajax.posthoc.combine`),
+each average evaluated; DIR/sweep.json and DIR/sweep.png (test loss and
+accuracy against the swept value, the run's in-training average marked).
+The run's directory is never written.
 
 The snapshots: the params at every committed step, the run's in-training
 average and its profiles (``averaging.profiles``), all by default
@@ -50,48 +53,64 @@ _SOURCES = flags.DEFINE_list(
 _START = flags.DEFINE_integer("start_step", None, "Averaging start step (ema, two_point, ...).")
 _END = flags.DEFINE_integer("end", None, "The step the average is taken at (default: last).")
 _EXACT = flags.DEFINE_bool("exact", False, "Fail unless the average is exact from saved steps.")
-_SWEEP = flags.DEFINE_bool("sweep", False, "Evaluate a grid (--decays or --windows) and plot it.")
+_SWEEP = flags.DEFINE_bool(
+  "sweep", False, "Evaluate a grid (--decays, --windows, --gammas or --gaps) and plot it."
+)
 _DECAYS = flags.DEFINE_list("decays", None, "Sweep: EMA decays (default 20 log-spaced).")
 _WINDOWS = flags.DEFINE_list("windows", None, "Sweep: SWA windows.")
+_GAMMAS = flags.DEFINE_list("gammas", None, "Sweep: power_ema exponents (default 13 log-spaced).")
+_GAPS = flags.DEFINE_list("gaps", None, "Sweep: two_point / multi_point gaps.")
+
+# The parameter --sweep varies per method: (name, its grid flag, type, default grid or None).
+SWEPT = {
+  "ema": ("decay", _DECAYS, float, (1e-4, 0.1, 20)),
+  "power_ema": ("gamma", _GAMMAS, float, (1.0, 64.0, 13)),
+  "swa": ("window", _WINDOWS, int, None),
+  "two_point": ("gap", _GAPS, int, None),
+  "multi_point": ("gap", _GAPS, int, None),
+}
+
+
+def _grid(method: str) -> list:
+  """The swept values of ``method``'s parameter (:data:`SWEPT`)."""
+  import numpy as np
+
+  if method not in SWEPT:
+    raise ValueError(f"--sweep supports --method in {sorted(SWEPT)}, got {method!r}")
+  name, flag, kind, default = SWEPT[method]
+  if flag.value:
+    return [kind(x) for x in flag.value]
+  if default is None:
+    raise ValueError(f"--sweep with --method={method} needs --{flag.name}=V1,V2,... ({name}s)")
+  return [float(x) for x in np.geomspace(*default)]
 
 
 def _targets(posthoc, end: int) -> list[tuple[float | None, tuple, str, dict]]:
   """``(swept value, (label, kernel), method, params)`` per average asked for."""
-  import numpy as np
-
   method = _METHOD.value
-  common = {"start_step": _START.value}
-  if not _SWEEP.value:
-    values = [None]
-  elif method == "ema":
-    values = (
-      [float(d) for d in _DECAYS.value] if _DECAYS.value else list(np.geomspace(1e-4, 0.1, 20))
-    )
-  elif method == "swa":
-    if not _WINDOWS.value:
-      raise ValueError("--sweep with --method=swa needs --windows=W1,W2,...")
-    values = [int(w) for w in _WINDOWS.value]
-  else:
-    raise ValueError(f"--sweep supports --method=ema or swa, got {method!r}")
+  values = _grid(method) if _SWEEP.value else [None]
+  given = {
+    "decay": _DECAY.value,
+    "window": _WINDOW.value,
+    "gap": _GAP.value,
+    "n": _N.value,
+    "gamma": _GAMMA.value,
+    "start_step": _START.value,
+  }
   out = []
   for v in values:
-    if method == "ema":
-      decay = _DECAY.value if v is None else v
-      if decay is None:
-        raise ValueError("--method=ema needs --decay (or --sweep)")
-      params = {"decay": decay, **common}
-      out.append((decay, posthoc.target("ema", end=end, **params), "ema", params))
-    elif method == "swa":
-      window = _WINDOW.value if v is None else v
+    p = dict(given) if v is None else {**given, SWEPT[method][0]: v}
+    if method == "ema" and p["decay"] is None:
+      raise ValueError("--method=ema needs --decay (or --sweep)")
+    if method == "swa":
+      window = p["window"]
       if window is None or not 1 <= window <= end:
         raise ValueError(f"--window = {window!r}: --method=swa needs a window in 1 … {end}")
       params = {"start_step": end - window}
-      out.append((window, posthoc.target("swa", end=end, **params), "swa", params))
     else:
-      params = {"gap": _GAP.value, "n": _N.value, "gamma": _GAMMA.value, **common}
       m = posthoc.averaging.get_method(method)
-      params = {k: v for k, v in params.items() if m.param(k) is not None}
-      out.append((None, posthoc.target(method, end=end, **params), method, params))
+      params = {k: x for k, x in p.items() if m.param(k) is not None}
+    out.append((v, posthoc.target(method, end=end, **params), method, params))
   return out
 
 
@@ -140,7 +159,7 @@ def averaging_params(config) -> dict:
   return averaging.method_params(config.averaging.method, config.averaging)
 
 
-def _plot(path, xs, rows, xlabel, reference):
+def _plot(path, xs, rows, xlabel, reference, method):
   import matplotlib
 
   matplotlib.use("Agg")
@@ -150,7 +169,7 @@ def _plot(path, xs, rows, xlabel, reference):
   for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
     ax.plot(xs, [r[key] for r in rows], "o-", label="post-hoc")
     if reference is not None:
-      x_ref = reference["params"].get("decay") if xlabel == "decay" else None
+      x_ref = reference["params"].get(xlabel) if reference["method"] == method else None
       if x_ref is not None:
         ax.plot(
           [x_ref], [reference[key]], "r*", ms=14, label=f"in training ({reference['method']})"
@@ -234,13 +253,13 @@ def run_cli() -> dict:
   }
   if _SWEEP.value:
     report["in_training"] = _in_training(run, evaluate, end)
-    xlabel = "decay" if _METHOD.value == "ema" else "window"
     _plot(
       os.path.join(out, "sweep.png"),
       [r["value"] for r in rows],
       rows,
-      xlabel,
+      SWEPT[_METHOD.value][0],
       report["in_training"],
+      _METHOD.value,
     )
   with open(os.path.join(out, "sweep.json" if _SWEEP.value else "posthoc.json"), "w") as f:
     json.dump(report, f, indent=1)
