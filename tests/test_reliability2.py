@@ -45,12 +45,12 @@ from test_reliability import (
   _command,
   _env,
   _run,
-  _tail,
   compare_workdirs,
   data_dir,  # noqa: F401 -- a fixture
   reference,  # noqa: F401 -- a fixture
 )
 
+from tests.workdir_checks import tail as _tail
 from trajax import checkpoint as ckpt_lib
 from trajax import verify, workdir_lock
 
