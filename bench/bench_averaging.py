@@ -131,12 +131,12 @@ def main():
     f"device={jax.devices()[0].platform} params={n_params} batch={args.batch} steps={args.steps} repeats={args.repeats}"
   )
   base = np.asarray(times["plain"])
-  print(f"{'variant':<18}{'median ms/step':>16}{'paired ratio':>14}{'IQR':>16}")
+  print(f"{'variant':<22}{'median ms/step':>16}{'paired ratio':>14}{'IQR':>16}")
   for name, ts in times.items():
     r = np.asarray(ts) / base
     q1, q3 = np.percentile(r, [25, 75])
     print(
-      f"{name:<18}{1e3 * np.median(ts):>16.3f}{np.median(r):>14.3f}{f'[{q1:.3f}, {q3:.3f}]':>16}"
+      f"{name:<22}{1e3 * np.median(ts):>16.3f}{np.median(r):>14.3f}{f'[{q1:.3f}, {q3:.3f}]':>16}"
     )
 
 
