@@ -611,17 +611,20 @@ def test_side_trip_command_starts_where_the_method_starts(profile_run):
   np.testing.assert_allclose(
     np.asarray(sched(np.arange(9))), np.asarray(ref(np.arange(9))), rtol=1e-6
   )
-  # The power EMA: its γ must be the run's averaging.gamma (the side-trip cannot override it).
-  gamma = float(run.config.averaging.gamma)
-  power = posthoc.target("power_ema", end=12, gamma=gamma, start_step=4)
+  # The power EMA, of the run's averaging.gamma or any other: the side-trip sets sidetrip.gamma.
+  for gamma in (float(run.config.averaging.gamma), 2.0):
+    power = posthoc.target("power_ema", end=12, gamma=gamma, start_step=4)
+    trip = posthoc.sidetrip_command(
+      run, power[1], "power_ema", {"gamma": gamma, "start_step": 4}, config_file=cfg, workdir="W"
+    )
+    assert trip["exact"] and (trip["start"], trip["window"]) == (4, 8), trip
+    assert f"--config.sidetrip.gamma={gamma!r}" in trip["command"]
+  # A parameter the side-trip takes from the run (every) cannot follow: named in the note.
+  every = posthoc.target("power_ema", end=12, gamma=2.0, start_step=4, every=2)
   trip = posthoc.sidetrip_command(
-    run, power[1], "power_ema", {"gamma": gamma, "start_step": 4}, config_file=cfg, workdir="W"
-  )
-  assert trip["exact"] and (trip["start"], trip["window"]) == (4, 8), trip
-  other = posthoc.target("power_ema", end=12, gamma=2.0, start_step=4)
-  trip = posthoc.sidetrip_command(
-    run, other[1], "power_ema", {"gamma": 2.0, "start_step": 4}, config_file=cfg, workdir="W"
-  )
-  assert not trip["exact"] and f"the run's: {{'gamma': {gamma}" in trip["note"]
+    run, every[1], "power_ema", {"gamma": 2.0, "every": 2, "start_step": 4}, config_file=cfg,
+    workdir="W",
+  )  # fmt: skip
+  assert not trip["exact"] and "it can set only window and decay, gap, n, gamma" in trip["note"]
   with pytest.raises(ValueError, match="start = 6: the kernel has weight on step 5 before it"):
     posthoc.equivalent_schedule(swa[1], 0.05, start=6)

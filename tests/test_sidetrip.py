@@ -307,6 +307,18 @@ def test_clear_errors(parent, tmp_path):
   ema = sidetrip.with_sidetrip(parent.config, kind="equivalent", method="ema", decay=0.1)
   with pytest.raises(config_validation.ConfigError, match="sidetrip.window"):
     sidetrip.run_sidetrip(ema, parent.workdir, 10, str(tmp_path / "a"))
+  # sidetrip.gamma sets the power EMA's exponent; a bad one is named as the side-trip's field.
+  power = sidetrip.with_sidetrip(
+    parent.config, kind="equivalent", method="power_ema", window=6, gamma=2.0
+  )
+  assert sidetrip.resolve(power, 10).params["gamma"] == 2.0
+  flat = sidetrip.with_sidetrip(parent.config, kind="equivalent", method="power_ema", window=6)
+  assert sidetrip.resolve(flat, 10).params["gamma"] == parent.config.averaging.gamma
+  bad_gamma = sidetrip.with_sidetrip(
+    parent.config, kind="equivalent", method="power_ema", window=6, gamma=-1.0
+  )
+  with pytest.raises(config_validation.ConfigError, match=r"sidetrip.gamma = -1.0"):
+    sidetrip.run_sidetrip(bad_gamma, parent.workdir, 10, str(tmp_path / "a"))
   # A window the averager's parameters cannot fill is named, with the method.
   short = sidetrip.with_sidetrip(parent.config, kind="equivalent", method="two_point", window=0)
   with pytest.raises(config_validation.ConfigError, match="sidetrip.window = 0"):

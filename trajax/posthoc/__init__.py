@@ -546,7 +546,7 @@ def sidetrip_command(
   first step of its support, is the branch step and its length k the
   side-trip's window (:func:`equivalent_schedule`): an 'equivalent' side-trip
   (``--config.sidetrip.kind=equivalent``, ``.method``, ``.window`` and the
-  overrides ``.decay/.gap/.n`` it takes) from the run's step S. Fig. 1's
+  overrides ``.decay/.gap/.n/.gamma`` it takes) from the run's step S. Fig. 1's
   comparison on the real network: "this average" against "this schedule from S".
 
   ``config_file``: a config file giving the run's own config (the side-trip
@@ -562,12 +562,13 @@ def sidetrip_command(
   import shlex
 
   from trajax import config_validation as cv
+  from trajax.sidetrip.spec import METHOD_OVERRIDES
 
   c = np.asarray(kernel.kernel if isinstance(kernel, Plan) else kernel, np.float64)
   start, window, _ = equivalent_schedule(c, 1.0, start=_method_start(c, params))
   given = {k: v for k, v in dict(params).items() if v is not None and k != "start_step"}
   fields = {"kind": "equivalent", "method": method, "window": int(window)}
-  fields.update({k: given[k] for k in ("decay", "gap", "n") if k in given})
+  fields.update({k: given[k] for k in METHOD_OVERRIDES if k in given})
   flags = [
     f"--parent={run.directory}",
     f"--step={start}",
@@ -582,9 +583,9 @@ def sidetrip_command(
     if not np.allclose(got, ref, rtol=1e-6, atol=1e-12):
       theirs = averaging.method_params(method, run.config.averaging)
       notes.append(
-        "the side-trip's schedule differs from this kernel's: it can set only window, decay, "
-        "gap and n, and takes the method's other parameters from the run's averaging section "
-        f"(wanted {given}; the run's: {theirs})"
+        "the side-trip's schedule differs from this kernel's: it can set only window and "
+        f"{', '.join(METHOD_OVERRIDES)}, and takes the method's other parameters from the run's "
+        f"averaging section (wanted {given}; the run's: {theirs})"
       )
   except (cv.ConfigError, ValueError, TypeError) as e:
     notes.append(f"the side-trip refuses these fields: {e}")

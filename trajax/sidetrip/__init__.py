@@ -22,7 +22,7 @@ step t (equal to the parent's unless ``optimizer.*`` is overridden), f =
 * ``'equivalent'`` -- η'_t = f · :func:`trajax.schedules.equivalent_schedule`
   (paper Table 1, eq. 29) of the averaging method and every parameter its
   averager takes (from ``averaging.*`` -- ``every`` and ``debias`` included --
-  overridden by ``sidetrip.{decay, gap, n}``), with S traced, on the parent's
+  overridden by ``sidetrip.{decay, gap, n, gamma}``), with S traced, on the parent's
   batch stream from S on (batch t is a pure function of (seed, t)) with the
   parent's optimizer state. For a loss linear per batch it lands exactly on
   the average that method started at S reaches after k steps (Lemma 2); on a
@@ -89,8 +89,8 @@ method              an averaging method of trajax.schedules.METHODS; default
                     the config's ``averaging.method``
 window              steps the average covers; default gap (two_point),
                     (n − 1)·gap (multi_point), required for ema/swa
-decay, gap, n       override ``averaging.*`` for the equivalent schedule (the
-                    other parameters, e.g. every and debias, are the parent's)
+decay, gap, n,      override ``averaging.*`` for the equivalent schedule (the
+gamma               other parameters, e.g. every and debias, are the parent's)
 lr_factor           f > 0 (default 1)
 schedule            'config' | 'constant' | 'linear' | 'cosine' ('schedule' and
                     'batch_size' kinds)

@@ -52,8 +52,9 @@ _SCHEDULE_KINDS = ("schedule", "batch_size")
 _BATCH_FIELDS = ("batch_growth", "batch_sizes")
 # Fields that may change when a side-trip resumes from its own checkpoint.
 _RESUME_EXTRA = frozenset({"sidetrip.eval_at", "sidetrip.eval_average"})
-# sidetrip.<name> fields that override averaging.<name> for the equivalent schedule.
-_METHOD_OVERRIDES = ("decay", "gap", "n")
+# sidetrip.<name> fields that override averaging.<name> for the equivalent schedule
+# (the kernel's shape; every, debias and start_step stay the parent's).
+METHOD_OVERRIDES = ("decay", "gap", "n", "gamma")
 
 
 def _equivalent_params(method: str, section: dict) -> dict:
@@ -119,6 +120,7 @@ def default_section():
   s.decay = mlc.FieldReference(None, field_type=float)
   s.gap = mlc.FieldReference(None, field_type=int)
   s.n = mlc.FieldReference(None, field_type=int)
+  s.gamma = mlc.FieldReference(None, field_type=float)
   s.lr_factor = 1.0
   s.schedule = "config"
   s.fixed_batch_index = 0
@@ -225,7 +227,7 @@ def resolve(config, parent_step: int) -> SidetripSpec:
       # by trajax.schedules.equivalent_schedule (every/debias included: the
       # step weights come from the averager's derived kernel).
       section = dict(config.averaging.to_dict())
-      section.update({k: s[k] for k in _METHOD_OVERRIDES if s[k] is not None})
+      section.update({k: s[k] for k in METHOD_OVERRIDES if s[k] is not None})
       params = _equivalent_params(method, section)
       window = s["window"] if s["window"] is not None else _default_window(method, params)
       try:
@@ -235,7 +237,7 @@ def resolve(config, parent_step: int) -> SidetripSpec:
         # first): sidetrip.<name> where the side-trip set it, else averaging.<name>.
         values = {**params, "window": window}
         name = next((k for k in values if str(e).startswith(k)), "window")
-        given_here = name == "window" or (name in _METHOD_OVERRIDES and s[name] is not None)
+        given_here = name == "window" or (name in METHOD_OVERRIDES and s[name] is not None)
         field = f"{'sidetrip' if given_here else 'averaging'}.{name}"
         problems.append((field, values[name], f"{method}: {e}"))
         window = None
