@@ -517,6 +517,36 @@ def test_command_line_prints_the_equivalent_side_trip_and_it_runs(profile_run, t
   assert not bad.exists() and snapshot(profile_run.workdir) == before
 
 
+def test_compare_sidetrip_runs_the_exact_side_trip_beside_the_average(profile_run, tmp_path):
+  import json
+
+  before = snapshot(profile_run.workdir)
+  out = tmp_path / "cmp"
+  args = ("--decay=0.3", "--start_step=4", f"--out={out}", "--compare_sidetrip")
+  r = _cli(f"--workdir={profile_run.workdir}", *args)
+  assert r.returncode == 0, r.stderr[-2000:]
+  (row,) = json.loads((out / "posthoc.json").read_text())["averages"]
+  res = row["sidetrip"]["result"]
+  assert res["step"] == 12 and 0 <= res["accuracy"] <= 1 and np.isfinite(res["loss"])
+  assert f"side-trip at step 12: test loss {res['loss']:.4f}" in r.stdout
+  # It is the printed command's run: that workdir now ends at 12, branched at 4.
+  trip_run = runs.open_run(row["sidetrip"]["workdir"])
+  assert trip_run.steps[-1] == 12 and trip_run.lineage["parent_step"] == 4
+  # Evaluated as the average is: recomputing its BatchNorm statistics by the run's policy.
+  from trajax.posthoc.__main__ import _Evaluator
+
+  ev = _Evaluator(profile_run.run)
+  final = trip_run.state_at(12)
+  want = ev(*ev.variables(final.params, final.batch_stats))
+  assert res["loss"] == pytest.approx(want["loss"], abs=1e-6)
+  # A command that is not exact (S = 0 is not saved) is not run, and says why.
+  r = _cli(f"--workdir={profile_run.workdir}", "--decay=0.3", f"--out={out}0", "--compare_sidetrip")
+  assert r.returncode == 0, r.stderr[-2000:]
+  (row,) = json.loads((tmp_path / "cmp0" / "posthoc.json").read_text())["averages"]
+  assert "not a committed checkpoint" in row["sidetrip"]["result"]["skipped"]
+  assert snapshot(profile_run.workdir) == before
+
+
 def test_sweep_covers_power_ema_and_gaps(profile_run, tmp_path):
   import json
 

@@ -552,7 +552,8 @@ def sidetrip_command(
   ``config_file``: a config file giving the run's own config (the side-trip
   refuses any other), e.g. the one the CLI writes beside its output.
 
-  Returns ``{'command', 'start', 'window', 'exact', 'note'}``: ``exact`` is True
+  Returns ``{'command', 'start', 'window', 'exact', 'note', 'fields',
+  'workdir'}`` (``fields``: the ``sidetrip`` section the command sets): ``exact`` is True
   when the side-trip's own :func:`trajax.sidetrip.resolve` of the command's
   fields gives the same step weights as :func:`equivalent_schedule` (the
   side-trip takes the method's other parameters, e.g. ``every``, ``debias``,
@@ -600,6 +601,8 @@ def sidetrip_command(
     "window": int(window),
     "exact": not notes,
     "note": "; ".join(notes) or None,
+    "fields": fields,
+    "workdir": workdir,
   }
 
 

@@ -1,7 +1,7 @@
 """``python -m trajax.posthoc``: an average chosen after training, written and evaluated.
 
   python -m trajax.posthoc --workdir=RUN --method=ema --decay=0.001 --out=DIR
-  python -m trajax.posthoc --workdir=RUN --method=swa --window=2000 --out=DIR
+  python -m trajax.posthoc --workdir=RUN --method=swa --window=2000 --out=DIR --compare_sidetrip
   python -m trajax.posthoc --workdir=RUN --method=ema --sweep --decays=1e-4,3e-4,1e-3 --out=DIR
   python -m trajax.posthoc --workdir=RUN --method=power_ema --gamma=10 --out=DIR
   python -m trajax.posthoc --workdir=RUN --method=power_ema --sweep --gammas=2,5,10,20 --out=DIR
@@ -25,6 +25,8 @@ average and its profiles (``averaging.profiles``), all by default
 give its equivalent side-trip schedule and the exact ``python -m
 trajax.sidetrip ...`` command that runs it from S on the real network (Fig. 1),
 with DIR/run_config.py, the run's own config, as its ``--config`` (printed too).
+``--compare_sidetrip`` runs each exact one in DIR and writes its test metrics
+beside the average's (``sidetrip.result``; BatchNorm by the same policy).
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ _SOURCES = flags.DEFINE_list(
 _START = flags.DEFINE_integer("start_step", None, "Averaging start step (ema, two_point, ...).")
 _END = flags.DEFINE_integer("end", None, "The step the average is taken at (default: last).")
 _EXACT = flags.DEFINE_bool("exact", False, "Fail unless the average is exact from saved steps.")
+_COMPARE = flags.DEFINE_bool(
+  "compare_sidetrip",
+  False,
+  "Also run each average's equivalent side-trip (where its command is exact) and evaluate it "
+  "beside the average, BatchNorm statistics by the same policy (Fig. 1 on this run).",
+)
 _SWEEP = flags.DEFINE_bool(
   "sweep", False, "Evaluate a grid (--decays, --windows, --gammas or --gaps) and plot it."
 )
@@ -221,6 +229,8 @@ def run_cli() -> dict:
       config_file=config_file,
       workdir=os.path.join(out, f"sidetrip-{method}-{_slug(value, start, window)}"),
     )
+    if _COMPARE.value:
+      trip["result"] = _run_sidetrip(run, trip, evaluate)
     rows.append(
       {
         "label": avg.plan.label,
@@ -264,6 +274,27 @@ def run_cli() -> dict:
   with open(os.path.join(out, "sweep.json" if _SWEEP.value else "posthoc.json"), "w") as f:
     json.dump(report, f, indent=1)
   return report
+
+
+def _run_sidetrip(run, trip: dict, evaluate) -> dict:
+  """Runs ``trip`` (a :func:`trajax.posthoc.sidetrip_command`) and evaluates its end point.
+
+  Evaluated as the averages are (:class:`_Evaluator`: BatchNorm statistics by
+  the run's ``averaging.batch_norm`` policy), so "this average" and "this
+  schedule from S" compare like for like. A command that is not exact is not
+  run: ``{'skipped': why}``. The side-trip's workdir is the printed
+  command's, so running that command afterwards finds it done.
+  """
+  from trajax import sidetrip
+
+  if not trip["exact"]:
+    return {"skipped": trip["note"]}
+  config = sidetrip.with_sidetrip(run.config, **trip["fields"], eval_at=())
+  res = sidetrip.run_sidetrip(
+    config, run.directory, trip["start"], trip["workdir"], dataset=run.dataset, model=run.model
+  )
+  params, stats = evaluate.variables(res.state.params, res.state.batch_stats)
+  return {"step": int(res.step), **evaluate(params, stats)}
 
 
 def _slug(value, start: int, window: int) -> str:
@@ -311,6 +342,12 @@ def main(argv):
     print(f"    {trip['command']}")
     if trip["note"]:
       print(f"    (not exact: {trip['note']})")
+    res = trip.get("result", {})
+    if "loss" in res:
+      print(
+        f"  side-trip at step {res['step']}: test loss {res['loss']:.4f} "
+        f"accuracy {res['accuracy']:.4f}"
+      )
   if report.get("in_training"):
     it = report["in_training"]
     print(f"in training ({it['method']}): test loss {it['loss']:.4f} accuracy {it['accuracy']:.4f}")
