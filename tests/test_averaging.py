@@ -25,7 +25,7 @@ def reference_average(method, thetas, *, start_step=0, **p):
   s = start_step
   out = []
   for t in range(len(thetas)):
-    if method in ("ema", "swa"):
+    if method in ("ema", "swa", "power_ema"):
       every = p.get("every", 1)
       if t <= s:
         out.append(thetas[t])
@@ -35,6 +35,11 @@ def reference_average(method, thetas, *, start_step=0, **p):
         out.append(thetas[s])
       elif method == "swa":
         out.append(np.mean(thetas[points], axis=0))
+      elif method == "power_ema":
+        # Karras et al.'s profile over the k points: c_i = (i^{γ+1} − (i−1)^{γ+1}) / k^{γ+1}.
+        g, k = p["gamma"] + 1.0, len(points)
+        i = np.arange(1, k + 1, dtype=np.float64)
+        out.append(np.tensordot((i**g - (i - 1) ** g) / k**g, thetas[points], 1))
       else:
         d, q = p["decay"], len(points)
         weights = np.array([d * (1 - d) ** (q - 1 - j) for j in range(q)])
@@ -68,6 +73,8 @@ CASES = [
   ("multi_point", dict(n=3, gap=2)),
   ("multi_point", dict(n=4, gap=3, start_step=5)),
   ("multi_point", dict(n=1, gap=2, start_step=1)),
+  ("power_ema", dict(gamma=6.94)),
+  ("power_ema", dict(gamma=0.5, start_step=3, every=2)),
 ]
 CASE_IDS = [f"{m}-{'-'.join(f'{k}{v}' for k, v in p.items())}" for m, p in CASES]
 

@@ -24,6 +24,7 @@ SPECS = {
   "swa": ("swa", dict(start_step=1)),
   "two_point": ("two_point", dict(gap=3)),
   "multi_point": ("multi_point", dict(n=3, gap=2, start_step=1)),
+  "power_ema": ("power_ema", dict(gamma=3.0, start_step=1)),
 }
 STATIC = {"multi_point": ("n",)}
 
@@ -316,3 +317,54 @@ def test_state_from_a_complete_average_continues_exactly(name):
       reference_average(method, np.stack(thetas + [thetas[-1] - 0.03]), **p)[-1],
       rtol=1e-5,
     )
+
+
+# ---------------------------------------------------------------------------
+# Profiles (averaging.with_profiles): the same contract, several averages in one state.
+
+PROFILES = ({"method": "power_ema", "gamma": 3.0}, {"method": "ema", "decay": 0.3, "every": 2})
+
+
+def test_profiles_follow_optax_contract_and_stay_exact_after_a_transform():
+  inner = lambda: optax.sgd(0.1, momentum=0.9)  # noqa: E731
+  profiled = averaging.with_profiles(inner(), averaging.make_profiles(PROFILES))
+  assert averaging.with_profiles(optax.sgd(0.1), ()).init(jnp.ones(2)) == optax.sgd(0.1).init(
+    jnp.ones(2)
+  )  # no profiles: the inner optimizer itself, the same state layout
+  opt = optax.chain(profiled, optax.scale(0.5))
+  params = jnp.asarray(np.random.default_rng(2).normal(size=(4,)), jnp.float32)
+  traces = []
+
+  @jax.jit
+  def step(params, state, grads):
+    traces.append(None)
+    # Under lax.cond: the state's structure, shapes and dtypes do not change.
+    updates, state = jax.lax.cond(
+      jnp.sum(grads) > -1e9, lambda: opt.update(grads, state, params), lambda: (grads, state)
+    )
+    return optax.apply_updates(params, updates), state
+
+  rng = np.random.default_rng(0)
+  state = opt.init(params)
+  thetas, profiles = [params], [averaging.profile_averages(state, params)]
+  for _ in range(9):
+    params, state = step(params, state, jnp.asarray(rng.normal(size=4), jnp.float32))
+    thetas.append(params)
+    profiles.append(averaging.profile_averages(state, params))
+  assert len(traces) == 1
+  mapped = optax.tree.map_params(opt, lambda v: v, state)
+  assert jax.tree.structure(mapped) == jax.tree.structure(state)
+  for i, entry in enumerate(PROFILES):
+    p = {k: v for k, v in entry.items() if k != "method"}
+    want = reference_average(entry["method"], np.stack(thetas), **p)
+    np.testing.assert_allclose(np.stack([a[i] for a in profiles]), want, rtol=2e-5, atol=2e-6)
+  # MultiSteps: no update until the k-th, and the profiles see only real updates.
+  ms = optax.MultiSteps(profiled, every_k_schedule=3)
+  ms_state, update = ms.init(params), jax.jit(ms.update)
+  for k in range(1, 4):
+    updates, ms_state = update(jnp.ones(4), ms_state, params)
+    counts = [int(p.count) for p in averaging.find_profiles(ms_state).profiles]
+    assert counts == [k // 3] * 2, (k, counts)
+    assert np.any(updates != 0) == (k == 3)
+  with pytest.raises(ValueError, match="profiles need params"):
+    profiled.update(jnp.ones(4), profiled.init(params))

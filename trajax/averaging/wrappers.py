@@ -234,6 +234,17 @@ def ema(inner, decay, *, start_step=0, every=1, debias=False, accumulator_dtype=
   )
 
 
+def power_ema(inner, gamma, *, start_step=0, every=1, accumulator_dtype=_FLOAT32):
+  """``inner`` plus a power-function EMA of its params, profile ∝ t^γ (Karras et al. 2024;
+  see :func:`trajax.averaging.power_ema_averager`)."""
+  return wrap(
+    inner,
+    averagers.power_ema_averager(
+      gamma, start_step=start_step, every=every, accumulator_dtype=accumulator_dtype
+    ),
+  )
+
+
 def swa(inner, *, start_step=0, every=1, accumulator_dtype=_FLOAT32):
   """``inner`` plus SWA of its params (see :func:`trajax.averaging.swa_averager`)."""
   return wrap(
