@@ -39,7 +39,10 @@ Claims (:data:`CLAIMS`; criteria fixed here, before any run):
   (|r_ctrl − 1| > 0.5), else the criterion cannot tell decay from no decay.
 * ``bs.faster_per_step``: per step, the large trip moves faster: after J steps
   its distance from θ_S is at least √k (:data:`per_step_threshold`) times the
-  small trip's after J steps, the quadratic model's lower bound; control: the
+  small trip's after J steps (the quadratic model's ratio along directions not
+  yet at their stationary level: √k for the noise, k for the drift; directions
+  at their level move alike, so √k is not a bound for the whole trajectory);
+  control: the
   same ratio per example (small trip after h = kJ steps) must stay below √k,
   else the speed-up is not a per-step effect.
 
@@ -400,8 +403,10 @@ def _claims():
         "In another paper [Smith et al.][] suggest to increase the batch size instead of "
         "annealing learning rate",
         "per step the large batch moves faster: after J steps the λ-at-k·B trip is at least √k "
-        "times as far from θ_S as the λ/k-at-B trip after J steps (the quadratic model's lower "
-        "bound: √k for the noise, k for the drift along slow directions), at every branch point",
+        "times as far from θ_S as the λ/k-at-B trip after J steps, at every branch point (the "
+        "quadratic model: √k per step for the noise-driven spread and k for the drift, along "
+        "directions not yet at their stationary level; directions already there move alike, so "
+        "a trajectory dominated by them fails)",
         _faster_per_step,
         control="per example (the λ/k trip after k·J steps) the same ratio must stay below √k: "
         "the speed-up is per step, not per example",
