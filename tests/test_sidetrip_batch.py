@@ -213,7 +213,7 @@ def test_side_trip_written_before_the_batch_fields_resumes(parent, tmp_path):  #
   path = os.path.join(workdir, "checkpoints", "23", "meta", "metadata")
   with open(path) as f:
     meta = json.load(f)
-  for name in ("batch_growth", "batch_sizes"):
+  for name in ("batch_growth", "batch_sizes", "gamma"):
     del meta["config"]["sidetrip"][name]
   with open(path, "w") as f:
     json.dump(meta, f)
@@ -222,6 +222,9 @@ def test_side_trip_written_before_the_batch_fields_resumes(parent, tmp_path):  #
   )
   with pytest.raises(config_validation.ConfigError, match="sidetrip.batch_growth"):
     sidetrip.run_sidetrip(grown, parent.workdir, 20, workdir)
+  shaped = sidetrip.with_sidetrip(parent.config, kind="schedule", steps=8, eval_at=(3,), gamma=2.0)
+  with pytest.raises(config_validation.ConfigError, match="sidetrip.gamma"):
+    sidetrip.run_sidetrip(shaped, parent.workdir, 20, workdir)
   result = sidetrip.run_sidetrip(config, parent.workdir, 20, workdir)
   assert result.resumed_from == "own:23"
   assert_identical(
@@ -229,7 +232,7 @@ def test_side_trip_written_before_the_batch_fields_resumes(parent, tmp_path):  #
     serialization.to_state_dict(jax.device_get(whole.state)),
   )
   stored = ckpt_lib.read_metadata(os.path.join(workdir, "checkpoints"), 28)["config"]
-  assert "batch_growth" not in stored["sidetrip"]
+  assert not {"batch_growth", "gamma"} & set(stored["sidetrip"])
 
 
 def test_bad_fields_are_named(parent, tmp_path):  # noqa: F811

@@ -134,8 +134,8 @@ from trajax.sidetrip.lineage import (
   trajectory_hash,
 )
 from trajax.sidetrip.spec import (
-  _BATCH_FIELDS,
   _RESUME_EXTRA,
+  ADDED_FIELDS,
   KINDS,
   SCHEDULES,
   SidetripRate,
@@ -206,17 +206,18 @@ class SidetripResult:
 
 
 def _as_stored(config, own_config: dict):
-  """``config`` as a side-trip written before the batch-size fields existed stored it.
+  """``config`` as a side-trip written before some of its fields existed stored it.
 
-  Such a checkpoint's ``sidetrip`` section lacks ``batch_growth`` and
-  ``batch_sizes``; left at None they change nothing, so they are dropped from
+  Such a checkpoint's ``sidetrip`` section lacks fields of
+  :data:`~trajax.sidetrip.spec.ADDED_FIELDS` (``batch_growth``,
+  ``batch_sizes``, ``gamma``); left at None they change nothing, so they are dropped from
   the config the resume is checked against (and that its checkpoints store)
   rather than refused as new fields. Set, they are a change and are refused.
   """
   old = own_config.get("sidetrip")
   if not isinstance(old, dict) or "sidetrip" not in config:
     return config
-  drop = [n for n in _BATCH_FIELDS if n not in old and config.sidetrip[n] is None]
+  drop = [n for n in ADDED_FIELDS if n not in old and config.sidetrip[n] is None]
   if not drop:
     return config
   config = copy.deepcopy(config)

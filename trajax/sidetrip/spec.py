@@ -50,6 +50,9 @@ _FREE_PREFIXES = {
 _SCHEDULE_KINDS = ("schedule", "batch_size")
 # The batch-size fields, refused for every other kind.
 _BATCH_FIELDS = ("batch_growth", "batch_sizes")
+# Fields added after side-trips were first stored: a stored section without
+# them resumes while they are None (they change nothing then).
+ADDED_FIELDS = (*_BATCH_FIELDS, "gamma")
 # Fields that may change when a side-trip resumes from its own checkpoint.
 _RESUME_EXTRA = frozenset({"sidetrip.eval_at", "sidetrip.eval_average"})
 # sidetrip.<name> fields that override averaging.<name> for the equivalent schedule
