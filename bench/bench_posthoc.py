@@ -36,6 +36,50 @@ def _block(tree):
   jax.tree.map(lambda x: np.asarray(x), tree)
 
 
+def sweep_cost(run, evaluate, decays, one, *, sources=None, debias=False):
+  """One timing of the issue's target: ``(row, averages, metrics)``.
+
+  ``row``: ``pass_s`` (every committed checkpoint read once), ``eval_s``
+  (``len(decays)`` evaluations of the warm average ``one``), ``plan_s``,
+  ``combine_s`` and ``sweep_s`` (plans + one combine pass + the evaluations)
+  and ``ratio`` = sweep_s / (eval_s + pass_s), target < 2. ``sources`` and
+  ``debias`` as :func:`trajax.posthoc.plan` and :func:`trajax.posthoc.target`.
+  """
+  end = run.steps[-1]
+  t = time.perf_counter()
+  for s in run.steps:
+    _block(run.state_at(s))
+  pass_s = time.perf_counter() - t
+
+  t = time.perf_counter()
+  for _ in decays:
+    evaluate(*evaluate.variables(one.params, one.batch_stats))
+  eval_s = time.perf_counter() - t
+
+  t = time.perf_counter()
+  plans = [
+    posthoc.plan(
+      run, posthoc.target("ema", end=end, decay=float(d), debias=debias), sources=sources
+    )
+    for d in decays
+  ]
+  plan_s = time.perf_counter() - t
+  averages = posthoc.combine(run, plans)
+  combine_s = time.perf_counter() - t - plan_s
+  metrics = [evaluate(*evaluate.variables(a.params, a.batch_stats)) for a in averages]
+  sweep_s = time.perf_counter() - t
+  row = {
+    "checkpoints": len(run.steps),
+    "pass_s": round(pass_s, 3),
+    "eval_s": round(eval_s, 3),
+    "sweep_s": round(sweep_s, 3),
+    "plan_s": round(plan_s, 3),
+    "combine_s": round(combine_s, 3),
+    "ratio": round(sweep_s / (eval_s + pass_s), 3),
+  }
+  return row, averages, metrics
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--workdir", default="/tmp/bench_posthoc/run")
@@ -52,7 +96,6 @@ def main():
     train.train_and_evaluate(config, args.workdir)
     print(f"trained the default run in {time.perf_counter() - t:.0f}s")
   run = runs.open_run(args.workdir)
-  end = run.steps[-1]
   decays = np.geomspace(1e-4, 0.1, args.decays)
   evaluate = _Evaluator(run)
 
@@ -60,34 +103,9 @@ def main():
   one = posthoc.posthoc_average(run, "ema", decay=1e-3)
   evaluate(*evaluate.variables(one.params, one.batch_stats))
 
-  rows = []
+  rows, metrics, averages = [], None, None
   for _ in range(args.repeats):
-    t = time.perf_counter()
-    for s in run.steps:
-      _block(run.state_at(s))
-    pass_s = time.perf_counter() - t
-
-    t = time.perf_counter()
-    for _ in decays:
-      evaluate(*evaluate.variables(one.params, one.batch_stats))
-    eval_s = time.perf_counter() - t
-
-    t = time.perf_counter()
-    plans = [posthoc.plan(run, posthoc.target("ema", end=end, decay=float(d))) for d in decays]
-    t_plan = time.perf_counter() - t
-    averages = posthoc.combine(run, plans)
-    t_combine = time.perf_counter() - t - t_plan
-    metrics = [evaluate(*evaluate.variables(a.params, a.batch_stats)) for a in averages]
-    sweep_s = time.perf_counter() - t
-    row = {
-      "checkpoints": len(run.steps),
-      "pass_s": round(pass_s, 3),
-      "eval_s": round(eval_s, 3),
-      "sweep_s": round(sweep_s, 3),
-      "plan_s": round(t_plan, 3),
-      "combine_s": round(t_combine, 3),
-      "ratio": round(sweep_s / (eval_s + pass_s), 3),
-    }
+    row, averages, metrics = sweep_cost(run, evaluate, decays, one)
     rows.append(row)
     print(json.dumps(row))
   best = min(rows, key=lambda r: r["ratio"])

@@ -53,6 +53,7 @@ import time
 import jax
 import numpy as np
 
+from bench.bench_posthoc import sweep_cost
 from configs import mnist1d
 from trajax import averaging, posthoc, runs, train
 from trajax import checkpoint as ckpt_lib
@@ -71,10 +72,6 @@ SETUPS = {
 
 def _flat(tree) -> np.ndarray:
   return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
-
-
-def _block(tree):
-  jax.tree.map(lambda x: np.asarray(x), tree)
 
 
 def make_config(every: int, decays, debias: bool):
@@ -175,35 +172,9 @@ def main():
   evaluate(*evaluate.variables(one.params, one.batch_stats))
   costs = []
   for _ in range(args.repeats):
-    t = time.perf_counter()
-    for s in run.steps:
-      _block(run.state_at(s))
-    pass_s = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in decays:
-      evaluate(*evaluate.variables(one.params, one.batch_stats))
-    eval_s = time.perf_counter() - t
-    t = time.perf_counter()
-    plans = [
-      posthoc.plan(
-        run,
-        posthoc.target("ema", end=end, decay=d, debias=args.debias),
-        sources=SETUPS["params+power"],
-      )
-      for d in decays
-    ]
-    plan_s = time.perf_counter() - t
-    averages = posthoc.combine(run, plans)
-    for a in averages:
-      evaluate(*evaluate.variables(a.params, a.batch_stats))
-    sweep_s = time.perf_counter() - t
-    cost = {
-      "pass_s": round(pass_s, 3),
-      "eval_s": round(eval_s, 3),
-      "plan_s": round(plan_s, 3),
-      "sweep_s": round(sweep_s, 3),
-      "ratio": round(sweep_s / (pass_s + eval_s), 3),
-    }
+    cost, _, _ = sweep_cost(
+      run, evaluate, decays, one, sources=SETUPS["params+power"], debias=args.debias
+    )
     costs.append(cost)
     print(json.dumps(cost))
   if args.out:
