@@ -174,16 +174,33 @@ class Interrupt(Exception):
   pass
 
 
-def test_resume_continues_from_own_checkpoint(parent, tmp_path):
-  config = sidetrip.with_sidetrip(parent.config, kind="schedule")
-  workdir = str(tmp_path / "trip")
+def crash_after(config, parent_workdir, step, workdir, *, at):
+  """``run_sidetrip`` stopped by an exception right after absolute step ``at`` (a crash)."""
 
-  def crash(step):
-    if step == 34:
+  def crash(t):
+    if t == at:
       raise Interrupt
 
   with pytest.raises(Interrupt):
-    sidetrip.run_sidetrip(config, parent.workdir, 20, workdir, callbacks=[crash])
+    sidetrip.run_sidetrip(config, parent_workdir, step, workdir, callbacks=[crash])
+
+
+def edit_metadata(workdir, step, edit):
+  """Rewrites checkpoint ``step``'s stored metadata with ``edit(meta)`` (an older writer's)."""
+  import json
+
+  path = os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
+  with open(path) as f:
+    meta = json.load(f)
+  edit(meta)
+  with open(path, "w") as f:
+    json.dump(meta, f)
+
+
+def test_resume_continues_from_own_checkpoint(parent, tmp_path):
+  config = sidetrip.with_sidetrip(parent.config, kind="schedule")
+  workdir = str(tmp_path / "trip")
+  crash_after(config, parent.workdir, 20, workdir, at=34)
   assert ckpt_lib.committed_steps(os.path.join(workdir, "checkpoints"))[-1] == 30
   result = sidetrip.run_sidetrip(config, parent.workdir, 20, workdir)
   assert result.resumed_from == "own:30"
@@ -205,27 +222,18 @@ def test_resume_continues_from_own_checkpoint(parent, tmp_path):
 
 def test_side_trip_written_before_the_change_resumes(parent, tmp_path):
   """Checkpoints of the old side-trip engine (no lr_hyper, lineage v1) restore and finish exactly."""
-  import json
-
   config = sidetrip.with_sidetrip(parent.config, kind="schedule")
   workdir = str(tmp_path / "trip")
+  crash_after(config, parent.workdir, 20, workdir, at=34)
 
-  def crash(step):
-    if step == 34:
-      raise Interrupt
-
-  with pytest.raises(Interrupt):
-    sidetrip.run_sidetrip(config, parent.workdir, 20, workdir, callbacks=[crash])
-  for step in ckpt_lib.committed_steps(os.path.join(workdir, "checkpoints")):
-    path = os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
-    with open(path) as f:
-      meta = json.load(f)
+  def as_old(meta):
     del meta["lr_hyper"]
     for key in ("version", "parent_identity"):
       del meta["lineage"][key]
     meta["lineage"]["parent"] = os.path.join(parent.workdir, "checkpoints")  # not resolved
-    with open(path, "w") as f:
-      json.dump(meta, f)
+
+  for step in ckpt_lib.committed_steps(os.path.join(workdir, "checkpoints")):
+    edit_metadata(workdir, step, as_old)
   result = sidetrip.run_sidetrip(config, parent.workdir, 20, workdir)
   assert result.resumed_from == "own:30"
   want, _ = ckpt_lib.restore_readonly(parent.workdir, step=40)
@@ -234,8 +242,6 @@ def test_side_trip_written_before_the_change_resumes(parent, tmp_path):
 
 def test_old_fixed_batch_side_trip_with_weight_decay_is_refused(parent, tmp_path):
   """Old fixed-batch GD included weight decay: such a workdir is refused, saying why."""
-  import json
-
   config = sidetrip.with_sidetrip(
     tiny_config(**{"optimizer.weight_decay": 1e-3}),
     kind="fixed_batch",
@@ -243,19 +249,8 @@ def test_old_fixed_batch_side_trip_with_weight_decay_is_refused(parent, tmp_path
     eval_at=(),
   )
   workdir = str(tmp_path / "trip")
-
-  def crash(step):
-    if step == 22:
-      raise Interrupt
-
-  with pytest.raises(Interrupt):
-    sidetrip.run_sidetrip(config, parent.workdir, 10, workdir, callbacks=[crash])
-  path = os.path.join(workdir, "checkpoints", "20", "meta", "metadata")
-  with open(path) as f:
-    meta = json.load(f)
-  del meta["lineage"]["version"]
-  with open(path, "w") as f:
-    json.dump(meta, f)
+  crash_after(config, parent.workdir, 10, workdir, at=22)
+  edit_metadata(workdir, 20, lambda meta: meta["lineage"].pop("version"))
   with pytest.raises(train.ResumeError, match="included weight decay"):
     sidetrip.run_sidetrip(config, parent.workdir, 10, workdir)
 

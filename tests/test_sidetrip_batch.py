@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from flax import serialization
 from test_sidetrip import (
-  Interrupt,
   LinearData,
   LinearLoss,
   assert_identical,
+  crash_after,
+  edit_metadata,
   parent,  # noqa: F401 -- the module-scoped 40-step mnist1d parent fixture
   snapshot,
   tiny_config,
@@ -172,13 +173,7 @@ def test_kill_and_resume_is_bit_identical(parent, tmp_path):  # noqa: F811
   )
   whole = sidetrip.run_sidetrip(config, parent.workdir, 20, str(tmp_path / "whole"))
   workdir = str(tmp_path / "trip")
-
-  def crash(step):
-    if step == 27:
-      raise Interrupt
-
-  with pytest.raises(Interrupt):
-    sidetrip.run_sidetrip(config, parent.workdir, 20, workdir, callbacks=[crash])
+  crash_after(config, parent.workdir, 20, workdir, at=27)
   assert ckpt_lib.committed_steps(os.path.join(workdir, "checkpoints")) == [22, 25]
   result = sidetrip.run_sidetrip(config, parent.workdir, 20, workdir)
   assert result.resumed_from == "own:25" and result.step == 28
@@ -203,20 +198,13 @@ def test_side_trip_written_before_the_batch_fields_resumes(parent, tmp_path):  #
   config = sidetrip.with_sidetrip(parent.config, kind="schedule", steps=8, eval_at=(3,))
   whole = sidetrip.run_sidetrip(config, parent.workdir, 20, str(tmp_path / "whole"))
   workdir = str(tmp_path / "trip")
+  crash_after(config, parent.workdir, 20, workdir, at=25)
 
-  def crash(step):
-    if step == 25:
-      raise Interrupt
+  def as_old(meta):
+    for name in ("batch_growth", "batch_sizes", "gamma"):
+      del meta["config"]["sidetrip"][name]
 
-  with pytest.raises(Interrupt):
-    sidetrip.run_sidetrip(config, parent.workdir, 20, workdir, callbacks=[crash])
-  path = os.path.join(workdir, "checkpoints", "23", "meta", "metadata")
-  with open(path) as f:
-    meta = json.load(f)
-  for name in ("batch_growth", "batch_sizes", "gamma"):
-    del meta["config"]["sidetrip"][name]
-  with open(path, "w") as f:
-    json.dump(meta, f)
+  edit_metadata(workdir, 23, as_old)
   grown = sidetrip.with_sidetrip(
     parent.config, kind="schedule", steps=8, eval_at=(3,), batch_growth=2.0
   )
