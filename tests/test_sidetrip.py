@@ -718,8 +718,8 @@ def test_one_compilation_per_kind_across_branch_points(parent, tmp_path):
 # --------------------------------------------------------------------------- CLI
 
 
-def test_command_line(parent, tmp_path):
-  workdir = tmp_path / "cli"
+def cli_fixed_batch(parent, workdir):
+  """``(argv, env)``: a 2-step fixed-batch side-trip from step 30, as a user types it."""
   cmd = [
     sys.executable,
     "-m",
@@ -733,7 +733,12 @@ def test_command_line(parent, tmp_path):
     "--config.sidetrip.steps=2",
     "--config.sidetrip.eval_at=()",
   ]
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR, PYTHONPATH=REPO)
+  return cmd, dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR, PYTHONPATH=REPO)
+
+
+def test_command_line(parent, tmp_path):
+  workdir = tmp_path / "cli"
+  cmd, env = cli_fixed_batch(parent, workdir)
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   meta = ckpt_lib.read_metadata(str(workdir / "checkpoints"), 32)
@@ -779,20 +784,7 @@ def test_command_line_busy_workdir_and_force_takeover(parent, tmp_path):
     fake = {"host": "node-that-died", "pid": 4242, "started": "2026-01-01T00:00:00", "argv": "x"}
     os.ftruncate(held._fd, 0)  # noqa: SLF001
     os.pwrite(held._fd, json_lib.dumps(fake).encode(), 0)  # noqa: SLF001
-    cmd = [
-      sys.executable,
-      "-m",
-      "trajax.sidetrip",
-      f"--parent={parent.workdir}",
-      "--step=30",
-      f"--workdir={workdir}",
-      "--config=configs/mnist1d.py:runlocal",
-      *[f"--config.{k}={v}" for k, v in TINY.items()],
-      "--config.sidetrip.kind=fixed_batch",
-      "--config.sidetrip.steps=2",
-      "--config.sidetrip.eval_at=()",
-    ]
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR, PYTHONPATH=REPO)
+    cmd, env = cli_fixed_batch(parent, workdir)
     run = lambda extra: subprocess.run(
       cmd + extra, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
