@@ -57,10 +57,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+
+from experiments import sources
 
 __all__ = [
   "CLAIMS",
@@ -90,10 +91,11 @@ NORM_CHANGE = 0.05
 MIN_COSINE = 0.5
 
 VERDICTS = ("reproduced", "mixed", "not reproduced", "not testable here")
-PAPER_FILE = "training-trajectories-paper.txt"
-NOTES_FILE = "sgd-convergence-notes.md"
-# Where a claim's quote comes from (Claim.source) -> the file under shared/papers/.
-SOURCES = {"paper": PAPER_FILE, "notes": NOTES_FILE}
+PAPER_FILE = sources.PAPER.file
+NOTES_FILE = sources.NOTES.file
+# Where a claim's quote comes from (Claim.source) -> the file name of its copy
+# (identities and digests in experiments/sources.py).
+SOURCES = {name: s.file for name, s in sources.SOURCES.items()}
 
 
 # ----------------------------------------------------------------------------
@@ -106,45 +108,13 @@ def normalise(text: str) -> str:
 
 
 def find_source(source: str, start: str | None = None) -> str:
-  """Path of a claim source's text (``'paper'`` or ``'notes'``, :data:`SOURCES`).
-
-  The notes sit beside the paper (``shared/papers/``): found through
-  :func:`find_paper`, so ``$TRAJAX_PAPER_TEXT`` moves both.
-  """
-  if source not in SOURCES:
-    raise ValueError(f"claim source {source!r}: must be one of {sorted(SOURCES)}")
-  paper = find_paper(start)
-  if source == "paper":
-    return paper
-  path = os.path.join(os.path.dirname(paper), SOURCES[source])
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{SOURCES[source]!r} not found beside the paper text {paper!r}")
-  return path
+  """Path of a claim source's text (``'paper'`` or ``'notes'``): :func:`experiments.sources.find_source`."""
+  return sources.find_source(source, start)
 
 
 def find_paper(start: str | None = None) -> str:
-  """Path of the paper's text: ``$TRAJAX_PAPER_TEXT``, else ``shared/papers/`` above ``start``.
-
-  ``start`` defaults to this repository's root; every parent directory is
-  tried (the project keeps the paper in ``../shared/papers/`` of a checkout).
-  """
-  env = os.environ.get("TRAJAX_PAPER_TEXT")
-  if env:
-    if not os.path.isfile(env):
-      raise FileNotFoundError(f"TRAJAX_PAPER_TEXT={env!r} is not a file")
-    return env
-  here = os.path.abspath(start or os.path.join(os.path.dirname(__file__), os.pardir))
-  while True:
-    path = os.path.join(here, "shared", "papers", PAPER_FILE)
-    if os.path.isfile(path):
-      return path
-    up = os.path.dirname(here)
-    if up == here:
-      raise FileNotFoundError(
-        f"paper text {PAPER_FILE!r} not found under shared/papers/ above {start!r}; "
-        "set TRAJAX_PAPER_TEXT to its path"
-      )
-    here = up
+  """Path of the paper's text (``$TRAJAX_PAPER_TEXT``, ``papers/``, or ``shared/papers/`` above)."""
+  return sources.find_source("paper", start)
 
 
 def quote_in_paper(quote: str, paper_text: str) -> bool:

@@ -389,13 +389,12 @@ def test_curvature_experiment_runs_and_is_consistent(tmp_path):
     exp_mod.branch_steps(config, exp)
 
 
-def test_curvature_claim_quotes_are_verbatim():
+def test_curvature_claim_quotes_are_verbatim(source_text):
   from experiments import claims
   from experiments import curvature as exp_mod
 
-  paper = open(claims.find_paper()).read()
-  notes_path = claims.find_paper().replace(claims.PAPER_FILE, "sgd-convergence-notes.md")
-  notes = open(notes_path).read()
+  paper = source_text("paper")
+  notes = source_text("notes")
   c = exp_mod.CLAIMS
   assert claims.quote_in_paper(c["curv.contracting"].quote, paper)
   assert claims.quote_in_paper(c["curv.sqrt_lambda_shell"].quote, paper)
