@@ -3,24 +3,43 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The exact versions the suite last passed with; `make lock` refreshes it.
+LOCK := requirements/lock.txt
+# Interpreters `make lock-check` resolves the lock on (those this machine has).
+LOCK_PYTHONS ?= $(shell for v in 3.11 3.12 3.13; do command -v python$$v; done)
 DEMO_DIR ?= workdirs/demo
 PYTEST_FLAGS ?= -q -n 2 --durations=15
 # Tests and CLIs they start compile the same train steps many times over:
 # share XLA executables across processes (kept out of git, see .gitignore).
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 
-.PHONY: install test test-slow demo lint format bench clean
+.PHONY: install lock lock-check test test-slow demo lint format bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installs the locked versions (pyproject.toml keeps compatible ranges for
+# library users; the lock is what the tests ran with).
+$(STAMP): pyproject.toml $(LOCK)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trajax needs Python >= 3.11 (jax 0.10 does); got " + sys.version.split()[0] + ": make PYTHON=python3.11 ...")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[train,dev]'
 	touch $(STAMP)
 
+# Re-resolves pyproject.toml's ranges in a fresh venv and writes the result as
+# the new lock (then run `make test` before committing it).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q '.[train,dev]'
+	{ sed -n '1,3p' $(LOCK); .lock-venv/bin/pip freeze --exclude trajax-sgd; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .lock-venv
+
+# The lock resolves, unchanged, on every supported Python this machine has.
+lock-check:
+	$(PYTHON) requirements/check_lock.py $(LOCK_PYTHONS)
+
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_FLAGS) -m "not slow" tests
+	$(PY) -m pytest $(PYTEST_FLAGS) -rs -m "not slow" tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest $(PYTEST_FLAGS) -m slow tests
@@ -36,14 +55,18 @@ format: $(STAMP)
 	$(PY) -m ruff format trajax tests experiments configs bench
 	$(PY) -m ruff check --fix trajax tests experiments configs bench
 
-# CPU benchmarks behind docs/benchmarks.md (each prints its own table).
+# CPU benchmarks behind docs/benchmarks.md (each prints its own table). The
+# training rows are the engine's two input paths, each beside a hand-written
+# loop: device-resident in-memory data (mnist1d), and host batches for a
+# streamed (TFDS-shaped) source.
 bench: $(STAMP)
 	$(PY) -m bench.bench_averaging
 	$(PY) -m bench.bench_theory --repeats 3
 	$(PY) -m bench.bench_probes
 	$(PY) -m bench.bench_sidetrip
 	$(PY) -m bench.bench_data
-	$(PY) -m bench.bench_train --mode=pipeline --workload=mnist1d
+	PYTHONPATH=. $(PY) -m bench.bench_engine_vs_hand --segments=15 --segment=200
+	$(PY) -m bench.bench_train --mode=pipeline --workload=mnist1d --steps=1000 --warmup=20
 
 clean:
-	rm -rf $(VENV) workdirs .pytest_cache
+	rm -rf $(VENV) workdirs .pytest_cache .lock-venv
