@@ -30,8 +30,9 @@ $(STAMP): pyproject.toml $(LOCK)
 # the new lock (then run `make test` before committing it).
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q -U setuptools wheel
 	.lock-venv/bin/pip install -q '.[train,dev]'
-	{ sed -n '1,3p' $(LOCK); .lock-venv/bin/pip freeze --exclude trajax-sgd; } > $(LOCK).new
+	{ sed -n '1,3p' $(LOCK); .lock-venv/bin/pip freeze --all --exclude trajax-sgd --exclude pip; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK) && rm -rf .lock-venv
 
 # The lock resolves, unchanged, on every supported Python this machine has.

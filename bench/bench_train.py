@@ -288,7 +288,10 @@ def main():
   p.add_argument("--warmup", type=int, default=5)
   p.add_argument("--peak_tflops", type=float, default=None)
   p.add_argument(
-    "--threads", type=int, default=1, help="pipeline mode: prefetch threads (0/1; the engine uses 1)"
+    "--threads",
+    type=int,
+    default=1,
+    help="pipeline mode: prefetch threads (0/1; the engine uses 1)",
   )
   a = p.parse_args()
   if a.mode == "pipeline":

@@ -44,9 +44,22 @@ def check(python: str) -> tuple[bool, str]:
   with tempfile.TemporaryDirectory() as tmp:
     report = os.path.join(tmp, "report.json")
     proc = subprocess.run(
-      [python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-       "--report", report, "-c", LOCK, f"{ROOT}[{EXTRAS}]"],
-      capture_output=True, text=True,
+      [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--ignore-installed",
+        "--quiet",
+        "--report",
+        report,
+        "-c",
+        LOCK,
+        f"{ROOT}[{EXTRAS}]",
+      ],
+      capture_output=True,
+      text=True,
     )
     if proc.returncode:
       tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -57,8 +70,9 @@ def check(python: str) -> tuple[bool, str]:
     }
   locked = pins()
   picked.pop("trajax-sgd", None)
-  off = sorted(f"{n}=={v} (lock: {locked.get(n, 'absent')})" for n, v in picked.items()
-               if locked.get(n) != v)
+  off = sorted(
+    f"{n}=={v} (lock: {locked.get(n, 'absent')})" for n, v in picked.items() if locked.get(n) != v
+  )
   if off:
     return False, f"{len(off)} package(s) outside the lock: {', '.join(off)}"
   return True, f"{len(picked)} packages, all as locked"
@@ -70,8 +84,12 @@ def main(argv: list[str]) -> int:
     return 2
   ok_all = True
   for python in argv:
-    version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
-                             capture_output=True, text=True).stdout.strip() or "?"
+    version = (
+      subprocess.run(
+        [python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True, text=True
+      ).stdout.strip()
+      or "?"
+    )
     ok, msg = check(python)
     ok_all &= ok
     print(f"{'ok  ' if ok else 'FAIL'} Python {version} ({python}): {msg}")

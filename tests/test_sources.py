@@ -96,7 +96,18 @@ def test_without_a_copy_the_quote_check_skips_with_one_line(tmp_path):
   )
   (tmp_path / "conftest.py").write_text(open(os.path.join(repo, "tests", "conftest.py")).read())
   out = subprocess.run(
-    [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:xdist", str(test)],
+    [
+      sys.executable,
+      "-m",
+      "pytest",
+      "-q",
+      "-rs",
+      "-p",
+      "no:cacheprovider",
+      "-p",
+      "no:xdist",
+      str(test),
+    ],
     cwd=tmp_path,
     env={**env, "PYTHONPATH": repo},
     capture_output=True,
