@@ -49,8 +49,8 @@ demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=$(DEMO_DIR)
 
 lint: $(STAMP)
-	$(PY) -m ruff check trajax tests experiments configs bench
-	$(PY) -m ruff format --check trajax tests experiments configs bench
+	$(PY) -m ruff check trajax tests experiments configs bench requirements
+	$(PY) -m ruff format --check trajax tests experiments configs bench requirements
 
 format: $(STAMP)
 	$(PY) -m ruff format trajax tests experiments configs bench
