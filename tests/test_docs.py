@@ -12,7 +12,7 @@
   command that is neither fails :func:`test_every_readme_command_is_run_or_marked`.
   The runner reads the commands from README.md at test time: the README is
   the single source of what runs.
-* ``make docs`` (Sphinx, warnings as errors) builds the API reference (slow).
+* ``make docs`` (Sphinx, warnings as errors) builds the API reference (~15 s).
 
 Setup before a block: an HTML comment right before a fence (invisible on the
 rendered page),
@@ -384,14 +384,20 @@ def test_readme_commands_run_as_written(block, tmp_path, request, monkeypatch):
 # --------------------------------------------------------------------------- API reference
 
 
-@pytest.mark.slow
 def test_api_reference_builds_without_warnings(tmp_path):
   """`make docs`' Sphinx build, warnings as errors, into a scratch directory."""
   assert shutil.which("make"), "make is not installed"
   stamp = tmp_path / "installed"  # newer than pyproject.toml: `make install` is not re-run
   stamp.touch()
   done = subprocess.run(
-    ["make", "-s", "docs", f"PY={sys.executable}", f"STAMP={stamp}", f"DOCS_BUILD={tmp_path / 'html'}"],
+    [
+      "make",
+      "-s",
+      "docs",
+      f"PY={sys.executable}",
+      f"STAMP={stamp}",
+      f"DOCS_BUILD={tmp_path / 'html'}",
+    ],
     cwd=REPO,
     capture_output=True,
     text=True,
