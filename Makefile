@@ -13,7 +13,7 @@ PYTEST_FLAGS ?= -q -n 2 --durations=15
 # share XLA executables across processes (kept out of git, see .gitignore).
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 
-.PHONY: install lock lock-check test test-slow demo lint format bench clean
+.PHONY: install lock lock-check test test-slow demo docs lint format bench clean
 
 install: $(STAMP)
 
@@ -47,6 +47,12 @@ test-slow: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=$(DEMO_DIR)
+
+# The API reference from the docstrings (Sphinx autodoc + napoleon), warnings as errors.
+DOCS_BUILD ?= build/docs
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -q -b html docs/api $(DOCS_BUILD)
+	@echo "API reference: $(DOCS_BUILD)/index.html"
 
 lint: $(STAMP)
 	$(PY) -m ruff check trajax tests experiments configs bench requirements

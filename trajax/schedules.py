@@ -213,10 +213,16 @@ def equivalent_schedule(
   Returns:
     An optax schedule of the side-trip step.
 
-  Example::
+  Example:
 
-    sched = equivalent_schedule('swa', 0.1, start=1000, window=500)
-    side_trip = optax.sgd(sched, momentum=0.9)   # continue from step 1000
+    SWA over a window of 4 is a rate decaying linearly to zero (Table 1):
+
+    >>> import optax
+    >>> from trajax import schedules
+    >>> sched = schedules.equivalent_schedule("swa", 0.1, start=1000, window=4)
+    >>> print([round(float(sched(j)), 4) for j in range(5)])
+    [0.1, 0.075, 0.05, 0.025, 0.0]
+    >>> side_trip = optax.sgd(sched, momentum=0.9)  # continue from step 1000
   """
   if _is_concrete(start):
     if isinstance(start, (jax.Array, np.ndarray, np.generic)) and np.shape(start) == ():
@@ -238,7 +244,14 @@ def equivalent_schedule(
 
 
 def weights_from_kernel(kernel) -> np.ndarray:
-  """w_j = Σ_{i>j} c_i for j = 0 … k−1, from a kernel c on θ_s … θ_{s+k} (eq. *)."""
+  """w_j = Σ_{i>j} c_i for j = 0 … k−1, from a kernel c on θ_s … θ_{s+k} (eq. * above).
+
+  Example:
+
+    >>> from trajax import schedules
+    >>> print(schedules.weights_from_kernel([0.25, 0.25, 0.5]))
+    [0.75 0.5 ]
+  """
   c = np.asarray(kernel, np.float64)
   if c.ndim != 1 or c.size < 2:
     raise ValueError(f"kernel must be 1-D with k + 1 >= 2 entries, got shape {c.shape}")
@@ -251,6 +264,12 @@ def kernel_from_weights(weights) -> np.ndarray:
   c_0 = 1 − w_0, c_i = w_{i−1} − w_i, c_k = w_{k−1}: the inverse of
   :func:`weights_from_kernel` for a kernel summing to one. It is an average
   (non-negative c) exactly when 1 ≥ w_0 ≥ w_1 ≥ … ≥ w_{k−1} ≥ 0.
+
+  Example:
+
+    >>> from trajax import schedules
+    >>> print(schedules.kernel_from_weights([0.75, 0.5]))
+    [0.25 0.25 0.5 ]
   """
   w = np.asarray(weights, np.float64)
   if w.ndim != 1 or w.size < 1:

@@ -272,6 +272,14 @@ def kernel(method: str, *, window: int, **params) -> np.ndarray:
   trajectory and differentiated (reverse mode: the transpose of running it
   on the one-hot trajectories θ_i = e_i, at O(k) cost), in float64. For an
   average, c ≥ 0 and Σ c = 1.
+
+  Example:
+
+    >>> from trajax import averaging
+    >>> print(averaging.kernel("ema", window=3, decay=0.5))  # δ(1 − δ)^(3−i), θ_0 the rest
+    [0.125 0.125 0.25  0.5  ]
+    >>> print(averaging.kernel("two_point", window=4, gap=2))  # ½ θ_2 + ½ θ_4
+    [0.  0.  0.5 0.  0.5]
   """
   window = _check_window(window)
   given = check_params(method, params)

@@ -221,7 +221,24 @@ def profile_averages(opt_state, params: PyTree) -> tuple:
 
 
 def ema(inner, decay, *, start_step=0, every=1, debias=False, accumulator_dtype=_FLOAT32):
-  """``inner`` plus an EMA of its params (see :func:`trajax.averaging.ema_averager`)."""
+  """``inner`` plus an EMA of its params (see :func:`trajax.averaging.ema_averager`).
+
+  The update needs ``params`` (the wrapper reads θ_t from them); the average
+  a_t = (1 − δ) a_{t−1} + δ θ_t comes back from :func:`averaged_params`.
+
+  Example:
+
+    >>> import jax.numpy as jnp, optax
+    >>> from trajax import averaging
+    >>> opt = averaging.ema(optax.sgd(0.1), decay=0.5)
+    >>> params = {"w": jnp.zeros(2)}
+    >>> state = opt.init(params)
+    >>> for _ in range(2):  # θ_1 = 0.1, θ_2 = 0.2
+    ...   updates, state = opt.update({"w": -jnp.ones(2)}, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(averaging.averaged_params(state, params)["w"])  # ½·0.2 + ¼·0.1 + ¼·0
+    [0.125 0.125]
+  """
   return wrap(
     inner,
     averagers.ema_averager(
@@ -326,6 +343,18 @@ def averaged_params(opt_state, params: PyTree | None = None, *, where: str | Non
   partition) are merged; overlapping ones (a wrapper inside another) raise
   unless ``where`` picks one by its path in :func:`find_states`, e.g.
   ``averaged_params(state, params, where=".inner_state")``.
+
+  Example:
+
+    >>> import jax.numpy as jnp, optax
+    >>> from trajax import averaging
+    >>> opt = averaging.two_point(optax.sgd(1.0), gap=1)
+    >>> params = {"w": jnp.zeros(())}
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": -jnp.ones(())}, state, params)
+    >>> params = optax.apply_updates(params, updates)  # θ_1 = 1
+    >>> print(averaging.averaged_params(state, params)["w"])  # (θ_0 + θ_1) / 2
+    0.5
   """
   states = find_states(opt_state)
   if not states:

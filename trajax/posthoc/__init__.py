@@ -132,6 +132,13 @@ def target(method: str, *, end: int, **params) -> tuple[str, np.ndarray]:
   from θ_0 (its ``start_step`` as given), derived by running the averager
   (:func:`trajax.averaging.kernel`). E.g. SWA over the last W steps of a run of
   T: ``target('swa', end=T, start_step=T - W)``.
+
+  Example:
+
+    >>> from trajax import posthoc
+    >>> label, c = posthoc.target("swa", end=4, start_step=2)
+    >>> print(label, c.round(2) + 0.0)  # the mean of θ_3 and θ_4
+    swa(start_step=2) [0.  0.  0.  0.5 0.5]
   """
   end = _check_int("end", end, 1)
   given = {k: v for k, v in params.items() if v is not None}
@@ -161,6 +168,12 @@ def user_kernel(
 
   Weights may be unnormalised; they are divided by their total, which must be
   positive and finite. ``end`` (default the last step given) sets the length.
+
+  Example:
+
+    >>> from trajax import posthoc
+    >>> posthoc.user_kernel({2: 1, 4: 3}, end=5)
+    ('kernel', array([0.  , 0.  , 0.25, 0.  , 0.75, 0.  ]))
   """
   if isinstance(weights, Mapping):
     if not weights:
@@ -490,6 +503,16 @@ def equivalent_schedule(kernel, base, *, start: int | None = None) -> tuple[int,
   s + 1), but a power EMA's first weights are below float64's resolution
   (c_1 = k^{−(γ+1)}); from S = s the schedule is the method's own (w_j = 1
   where c vanishes before the support: full steps), as the side-trip runs it.
+
+  Example:
+
+    ¼ θ_2 + ¾ θ_4 is a side-trip from θ_2 at ¾ of the rate for two steps:
+
+    >>> from trajax import posthoc
+    >>> _, c = posthoc.user_kernel({2: 1, 4: 3})
+    >>> start, window, sched = posthoc.equivalent_schedule(c, 0.1)
+    >>> print(start, window, [round(float(sched(j)), 3) for j in range(3)])
+    2 2 [0.075, 0.075, 0.0]
   """
   import jax.numpy as jnp
 

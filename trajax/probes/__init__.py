@@ -7,14 +7,22 @@ static argument (hashed by identity): keep one function object to reuse the
 compiled probe. Sequences of parameters or batches are pytrees stacked on a
 leading axis.
 
-| module | paper | measures |
-|---|---|---|
-| ``step_size`` | Fig. 2, 12, 13 | loss after one step vs step size, on the step's batch and held-out batches |
-| ``interpolation`` | Fig. 3 | fixed-batch GD side-trips from two points, loss along their interpolation |
-| ``alignment`` | Fig. 7 | cosine / norm ratio of fixed-batch gradients along side-trips |
-| ``distances`` | Fig. 6, 8 | L2 distances between parameter pytrees and along trajectories |
-| ``noise_scale`` | companion notes | B_simple = tr(Sigma)/abs(G)^2 and eps_max = abs(G)^2/(G^T H G) |
-| ``curvature`` | Sec. 4 (Lemma 1), companion notes | top-k Hessian eigenpairs (Lanczos), trace (Hutchinson) |
+=================  ==================  ===============================================
+module             paper               measures
+=================  ==================  ===============================================
+``step_size``      Fig. 2, 12, 13      loss after one step vs step size, on the step's
+                                       batch and held-out batches
+``interpolation``  Fig. 3              fixed-batch GD side-trips from two points, loss
+                                       along their interpolation
+``alignment``      Fig. 7              cosine / norm ratio of fixed-batch gradients
+                                       along side-trips
+``distances``      Fig. 6, 8           L2 distances between parameter pytrees and
+                                       along trajectories
+``noise_scale``    companion notes     B_simple = tr(Sigma)/abs(G)^2 and
+                                       eps_max = abs(G)^2/(G^T H G)
+``curvature``      Sec. 4 (Lemma 1),   top-k Hessian eigenpairs (Lanczos), trace
+                   companion notes     (Hutchinson)
+=================  ==================  ===============================================
 """
 
 from trajax.probes.alignment import (

@@ -57,7 +57,16 @@ class Alignment(NamedTuple):
 
 
 def cosine_similarity(a: PyTree, b: PyTree) -> jax.Array:
-  """<a, b> / (|a| |b|) for pytrees seen as flat vectors; nan if either is 0."""
+  """<a, b> / (|a| |b|) for pytrees seen as flat vectors; nan if either is 0.
+
+  Example:
+
+    >>> import jax.numpy as jnp
+    >>> from trajax import probes
+    >>> a, b = {"w": jnp.array([3.0, 4.0])}, {"w": jnp.array([4.0, 3.0])}
+    >>> print(round(float(probes.cosine_similarity(a, b)), 4))  # 24 / 25
+    0.96
+  """
   return distances.tree_dot(a, b) / (distances.tree_norm(a) * distances.tree_norm(b))
 
 

@@ -81,7 +81,16 @@ def tree_norm(a: PyTree) -> jax.Array:
 
 @jax.jit
 def l2_distance(a: PyTree, b: PyTree) -> jax.Array:
-  """||a - b||_2 between two parameter pytrees of identical structure (Fig. 6, 8)."""
+  """||a - b||_2 between two parameter pytrees of identical structure (Fig. 6, 8).
+
+  Example:
+
+    >>> import jax.numpy as jnp
+    >>> from trajax import probes
+    >>> a = {"w": jnp.array([3.0]), "b": jnp.array([4.0])}
+    >>> print(probes.l2_distance(a, {"w": jnp.zeros(1), "b": jnp.zeros(1)}))
+    5.0
+  """
   _check_same_structure(a, b, "a", "b")
   return tree_norm(jax.tree.map(jnp.subtract, a, b))
 
@@ -116,7 +125,7 @@ def distance_sequence(seq: PyTree, target: PyTree) -> jax.Array:
   """d_t = ||seq_t - target||_2 for each t, shape [T] (Fig. 8).
 
   Args:
-    seq: stacked parameters, every leaf of shape [T, *leaf_shape].
+    seq: stacked parameters, every leaf of shape ``[T, *leaf_shape]``.
     target: one parameter pytree with the un-stacked structure, e.g. the final
       point of an independently trained run.
   """

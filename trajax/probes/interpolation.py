@@ -120,7 +120,16 @@ def gd_trajectory(
 
 
 def interpolate(params_a: PyTree, params_b: PyTree, alpha) -> PyTree:
-  """(1 - alpha) a + alpha b, leaf by leaf, in each leaf's dtype."""
+  """(1 - alpha) a + alpha b, leaf by leaf, in each leaf's dtype.
+
+  Example:
+
+    >>> import jax.numpy as jnp
+    >>> from trajax import probes
+    >>> mid = probes.interpolate({"w": jnp.zeros(2)}, {"w": jnp.array([2.0, 4.0])}, 0.25)
+    >>> print(mid["w"])
+    [0.5 1. ]
+  """
   return jax.tree.map(lambda a, b: a + jnp.asarray(alpha, a.dtype) * (b - a), params_a, params_b)
 
 

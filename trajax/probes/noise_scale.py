@@ -190,6 +190,18 @@ def epsilon_max(loss_fn: LossFn, params: PyTree, batch: PyTree) -> EpsilonMax:
 
   Pass a large batch to approximate the true gradient and Hessian; pass the
   probe's training batch to predict the argmin of the Fig. 2 training curve.
+
+  Example:
+
+    On L = ½ Σ_i κ_i θ_i² at θ = 1, G = κ and eps_max = Σ κ_i² / Σ κ_i³:
+
+    >>> import jax.numpy as jnp
+    >>> from trajax import probes
+    >>> loss_fn = lambda params, kappa: 0.5 * jnp.sum(kappa * params["w"] ** 2)
+    >>> kappa = jnp.array([4.0, 2.0, 1.0])
+    >>> eps = probes.epsilon_max(loss_fn, {"w": jnp.ones(3)}, kappa)
+    >>> print(round(float(eps.eps_max), 4), round(21 / 73, 4))
+    0.2877 0.2877
   """
   g = jax.grad(loss_fn)(params, batch)
   g_sq = distances.tree_sq_norm(g)

@@ -267,6 +267,15 @@ def fit_polynomial(step_sizes: jax.Array, losses: jax.Array, degree: int = 4) ->
 
   Returns:
     :class:`PolynomialFit` with coefficients highest power first.
+
+  Example:
+
+    >>> import jax.numpy as jnp
+    >>> from trajax import probes
+    >>> eta = jnp.array([0.0, 0.1, 0.2, 0.3])
+    >>> fit = probes.fit_polynomial(eta, 2 * eta**2 - 2 * eta + 1, degree=2)
+    >>> print(jnp.round(fit.coeffs, 3))
+    [ 2. -2.  1.]
   """
   _check_step_sizes(step_sizes)
   k = jnp.shape(step_sizes)[0]

@@ -136,6 +136,17 @@ def stationary_variance(
 
   Returns:
     float64 array of the broadcast shape of lr and kappa.
+
+  Example:
+
+    Plain SGD's S_λ = λ/(2κ − λκ²), and the two-point average with Γ^Δ ≈ 0
+    halves it (eq. 20):
+
+    >>> from trajax import theory
+    >>> print(round(float(theory.stationary_variance(0.1, 1.0)), 6), round(0.1 / 1.9, 6))
+    0.052632 0.052632
+    >>> print(round(float(theory.stationary_variance(0.1, 1.0, "two_point", gap=100)), 6))
+    0.026316
   """
   lr, kappa = _lr_kappa(lr, kappa)
   gamma = 1.0 - lr * kappa
@@ -174,6 +185,17 @@ def shell_radius(lr, kappa=1.0, noise_var=1.0, *, leading_order: bool = False) -
 
   Returns:
     float64 array of lr's shape.
+
+  Example:
+
+    For A = I in d = 100 dimensions the radius is √(dλ/(2 − λ)):
+
+    >>> import numpy as np
+    >>> from trajax import theory
+    >>> print(round(float(theory.shell_radius(0.02, np.ones(100))), 4))
+    1.005
+    >>> print(round(float(np.sqrt(100 * 0.02 / 1.98)), 4))
+    1.005
   """
   lr = np.asarray(lr, np.float64)
   kappa, noise_var = np.broadcast_arrays(
