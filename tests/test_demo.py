@@ -12,16 +12,10 @@ import pytest
 from experiments import batch_size_vs_decay, claims, curvature, demo
 
 
-def tiny_demo_dir(tmp_path_factory) -> str:
-  """One tiny demo per test session, shared with tests/test_experiments_real.py (resumable)."""
-  return str(tmp_path_factory.getbasetemp() / "tiny_demo")
-
-
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-  workdir = tiny_demo_dir(tmp_path_factory)
-  out = demo.main(["--workdir", workdir, "--tiny"])
-  return workdir, out
+def report(tiny_demo):
+  """The session's tiny demo (conftest.py), shared with tests/test_experiments_real.py."""
+  return tiny_demo
 
 
 def _numbers(value):

@@ -23,12 +23,10 @@ from experiments import fig3_interpolation as fig3
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  root = str(tmp_path_factory.getbasetemp() / "tiny_demo")
+def tiny(tiny_demo):
+  # The session's tiny demo (conftest.py), shared with tests/test_demo.py.
+  root, _ = tiny_demo
   config, exps = demo.build(tiny=True)
-  # tests/test_demo.py runs the same tiny demo first in a whole-suite session.
-  if not os.path.exists(os.path.join(root, "report.json")):
-    demo.run(config, exps, root, demo.TINY_SEEDS)
   # Seed 0's parent and figures; its config is the demo's with seed 0.
   return demo.seed_dir(root, 0), common.apply_overrides(config, {"seed": 0}), exps
 
