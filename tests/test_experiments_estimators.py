@@ -102,10 +102,9 @@ def test_matching_factor_and_specificity_on_a_known_rate_curve():
   assert est.specificity_margin(raw, avg, shifted, 0.5).value < 0
   # r(¾) = 1.1 > 1: no crossing inside the measured factors, f* is not resolved.
   assert est.matching_factor(raw, avg, shifted).value is None
-  wider = trips | {1.0: raw - 0.06}  # r(1) = 0.6: the crossing at f* = 0.8 + ...
-  assert est.matching_factor(raw, avg, {k: v - 0.06 for k, v in wider.items()}).value == (
-    pytest.approx(0.75 + 0.25 * 0.1 / 0.5)
-  )
+  # With f = 1 measured (r = 0.6): r crosses 1 between ¾ and 1, at 0.75 + 0.25 · 0.1/0.5.
+  wider = shifted | {1.0: raw - 0.06}
+  assert est.matching_factor(raw, avg, wider).value == pytest.approx(0.8)
 
 
 def test_bad_input_is_named():
