@@ -43,7 +43,7 @@ holds when the gain's interval lies above 0.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -135,7 +135,7 @@ def gain(raw, other, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 
   raw, other = as_branches(raw), as_branches(other)
   _check_same(raw, other)
   nb = len(raw)
-  point, boot = _boot_means([a - b for a, b in zip(raw, other)], n_boot, seed)
+  point, boot = _boot_means([a - b for a, b in zip(raw, other, strict=True)], n_boot, seed)
   lo, hi = _interval(boot / nb, level)
   return Estimate(point / nb, (lo, hi), sum(a.shape[0] for a in raw))
 
@@ -152,8 +152,8 @@ def ratio(
   raw, average, trip = as_branches(raw), as_branches(average), as_branches(trip)
   _check_same(raw, average, trip)
   n = sum(a.shape[0] for a in raw)
-  num, bnum = _boot_means([a - t for a, t in zip(raw, trip)], n_boot, seed)
-  den, bden = _boot_means([a - v for a, v in zip(raw, average)], n_boot, seed)
+  num, bnum = _boot_means([a - t for a, t in zip(raw, trip, strict=True)], n_boot, seed)
+  den, bden = _boot_means([a - v for a, v in zip(raw, average, strict=True)], n_boot, seed)
   if not den > 0:
     return Estimate(None, None, n)
   ok = bden > 0
@@ -174,8 +174,8 @@ def _crossing(fs: np.ndarray, rs: np.ndarray) -> float:
 
 
 def _ratio_boot(raw, average, trip, n_boot, seed):
-  num, bnum = _boot_means([a - t for a, t in zip(raw, trip)], n_boot, seed)
-  den, bden = _boot_means([a - v for a, v in zip(raw, average)], n_boot, seed)
+  num, bnum = _boot_means([a - t for a, t in zip(raw, trip, strict=True)], n_boot, seed)
+  den, bden = _boot_means([a - v for a, v in zip(raw, average, strict=True)], n_boot, seed)
   with np.errstate(divide="ignore", invalid="ignore"):
     boot = np.where(bden > 0, bnum / bden, np.nan)
   return (num / den if den > 0 else math.nan), boot
@@ -214,7 +214,13 @@ def matching_factor(
 
 
 def specificity_margin(
-  raw, average, trips: Mapping[float, object], predicted: float, *, n_boot=N_BOOT, level=LEVEL,
+  raw,
+  average,
+  trips: Mapping[float, object],
+  predicted: float,
+  *,
+  n_boot=N_BOOT,
+  level=LEVEL,
   seed=0,
 ) -> Estimate:
   """D = min_{f ≠ f_pred} |r(f) − 1| − |r(f_pred) − 1|: how much nearer r = 1 the predicted rate is.
@@ -225,7 +231,9 @@ def specificity_margin(
   raw, average = as_branches(raw), as_branches(average)
   others = [float(f) for f in trips if float(f) != float(predicted)]
   if float(predicted) not in [float(f) for f in trips] or not others:
-    raise ValueError(f"trips {sorted(trips)} must hold the predicted factor {predicted} and another")
+    raise ValueError(
+      f"trips {sorted(trips)} must hold the predicted factor {predicted} and another"
+    )
   key = {float(f): f for f in trips}
   res = {}
   for f in [float(predicted), *others]:

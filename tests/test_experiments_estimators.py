@@ -25,12 +25,14 @@ def test_pooled_ratio_and_gain_are_the_numpy_formulas():
   rng = np.random.default_rng(0)
   raw, avg, trip = _branches(rng, 0.8, 0.05)
   r = est.ratio(raw, avg, trip)
-  num = sum((a - t).mean() for a, t in zip(raw, trip))
-  den = sum((a - v).mean() for a, v in zip(raw, avg))
+  num = sum((a - t).mean() for a, t in zip(raw, trip, strict=True))
+  den = sum((a - v).mean() for a, v in zip(raw, avg, strict=True))
   assert r.value == pytest.approx(num / den, rel=1e-12)
   assert r.n_replicates == 9
   g = est.gain(raw, avg)
-  assert g.value == pytest.approx(np.mean([(a - v).mean() for a, v in zip(raw, avg)]), rel=1e-12)
+  assert g.value == pytest.approx(
+    np.mean([(a - v).mean() for a, v in zip(raw, avg, strict=True)]), rel=1e-12
+  )
   assert g.ci[0] <= g.value <= g.ci[1]
   d = r.as_dict()
   assert set(d) == {"value", "ci", "n_replicates"} and len(d["ci"]) == 2
