@@ -76,6 +76,9 @@ def experiment_defaults():
   e.train_eval_batches = 4
   # Training examples (the first N of the pool) for the label-noise record; 0: none.
   e.noise_examples = 4000
+  # Rounding-robustness checks only: θ_S is scaled by (1 + perturb) before
+  # anything runs (1e-7 moves float32 weights by about one unit in the last place).
+  e.perturb = 0.0
   return e
 
 
@@ -185,6 +188,12 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       common.log(f"{NAME}: branch {s}: no horizon fits before total_steps; skipped")
       continue
     at_s = common.restore(parent, s)
+    if float(exp.perturb):
+      if not abs(float(exp.perturb)) < 1e-3:
+        raise ValueError(f"exp.perturb must be a rounding-size relative change, got {exp.perturb}")
+      scale = 1.0 + float(exp.perturb)
+      state = at_s.state._replace(params=jax.tree.map(lambda x: x * scale, at_s.state.params))
+      at_s = at_s._replace(state=state)
     tb = common.train_eval_batches(at_s, int(exp.train_eval_batches))
     nset = _noise_set(at_s.dataset, int(exp.noise_examples))
     parent_steps = set(common.committed_steps(parent))
