@@ -192,7 +192,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       if not abs(float(exp.perturb)) < 1e-3:
         raise ValueError(f"exp.perturb must be a rounding-size relative change, got {exp.perturb}")
       scale = 1.0 + float(exp.perturb)
-      state = at_s.state._replace(params=jax.tree.map(lambda x: x * scale, at_s.state.params))
+      state = at_s.state._replace(params=jax.tree.map(lambda x, c=scale: x * c, at_s.state.params))
       at_s = at_s._replace(state=state)
     tb = common.train_eval_batches(at_s, int(exp.train_eval_batches))
     nset = _noise_set(at_s.dataset, int(exp.noise_examples))
