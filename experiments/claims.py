@@ -15,10 +15,18 @@ stable id ``figN.<name>``. A claim holds
   criterion a side-trip that never moves also passes is no evidence).
 
 :func:`judge` turns the per-seed measurements into the record written to
-``report.json``: ``{id, figure, quote, criterion, control, per_seed: [{seed,
-measured, holds}], verdict, effect}``, with verdict ``'reproduced'`` (holds for
-every seed), ``'mixed'`` (for some), ``'not reproduced'`` (for none) and
-``'not testable here'`` for the claims in :data:`NOT_TESTABLE`.
+``report.json``: ``{id, figure, quote, criterion, control, kind, metric,
+setting, per_seed: [{seed, measured, holds[, estimate, control]}], verdict,
+effect}``. ``kind`` is ``'judged'`` (the record carries a *measured* negative
+control, ``measured['control'] = {value, holds}``, and the pooled statistic the
+criterion reads, ``estimate = {value, ci, n_replicates}``; a seed holds when
+the criterion holds and the control does not), ``'descriptive'`` (no measured
+control here: shown, not counted) or ``'derived'`` (computed from other
+records: not counted). The verdict is ``'reproduced'`` (holds for every seed),
+``'mixed'`` (for some), ``'not reproduced'`` (for none) and ``'not testable
+here'`` for the claims in :data:`NOT_TESTABLE`; :func:`tally` counts them.
+The "match"/"improves" criteria read pooled estimators with bootstrap
+intervals (:mod:`experiments.estimators`), never one noisy evaluation.
 
 Thresholds (the words of the paper they read):
 

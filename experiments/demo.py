@@ -19,13 +19,23 @@ For every parent seed (``--seeds``, default 0, 1, 2), in ``WORKDIR/seed_<s>``:
    panel (whole-trajectory EMA vs the 3000-step side-trip);
 3. trains a cosine-schedule parent in ``cosine/parent`` for Fig. 14's bottom row.
 
+4. trains a clean-label parent (``dataset.label_noise = 0``) in
+   ``clean_labels/parent`` and runs Figs. 1/5 on it: the setting control of
+   the headline records (ids ``<claim>_clean_labels``).
+
 Then every claim of :data:`experiments.claims.CLAIMS` is judged on every seed
-(criteria fixed in code before the run; verdict ``reproduced`` / ``mixed`` /
-``not reproduced``; :data:`experiments.claims.NOT_TESTABLE` listed with the
-reason), and ``WORKDIR/report.md`` and its machine-readable twin
-``WORKDIR/report.json`` (``seeds``, ``parents``, ``claims`` records with
-``id, figure, quote, criterion, per_seed: [{seed, measured, holds}], verdict``)
-are written, with the BatchNorm policy and its sensitivity rows.
+(criteria fixed in code before the run; the Figs. 1/5 records pooled over
+branch points × batch orders × horizons with bootstrap intervals,
+:mod:`experiments.estimators`; a judged record's seed holds when its criterion
+holds and its measured negative control fails), and ``WORKDIR/report.md`` and
+its machine-readable twin ``WORKDIR/report.json`` are written: ``seeds``,
+``parents``, ``settings`` (``noisy_labels``, ``clean_labels``, each with its
+run label), ``claims`` records (``id, figure, quote, criterion, kind, metric,
+setting, per_seed: [{seed, measured, holds, estimate: {value, ci,
+n_replicates}, control: {value, holds}}], verdict``; ``estimate``/``control``
+for judged records), ``tally`` (``reproduced, mixed, 'not reproduced', 'not
+testable here', descriptive``: judged records once each, derived ones not at
+all), the BatchNorm policy and its sensitivity rows.
 
 Progress lines go to stderr. ``--tiny`` shrinks the config (60 steps, width-8
 CNN, 1 000 examples) and every experiment so the pipeline runs in about a
