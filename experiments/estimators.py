@@ -32,7 +32,8 @@ branches has 10³ and is what the criteria read (small-sample percentile
 intervals are somewhat narrow, which errs towards *rejecting* a control).
 
 A ratio whose bootstrap denominator is ≤ 0 in more than (1 − level)/2 of the
-resamples has no finite interval: ``ci = (-inf, inf)`` (written as nulls).
+resamples has no finite interval: ``ci = (-inf, inf)`` (written as nulls);
+so has any statistic with a branch of a single replicate (nothing to resample).
 
 Decision rules (:func:`match_holds`, :func:`gain_holds`): a "match" holds when
 the pooled r lies in ``1 ± tol`` **and** its interval excludes 0 **and** the
@@ -77,8 +78,11 @@ class Estimate(NamedTuple):
   n_replicates: int
 
   def as_dict(self) -> dict:
-    ci = None if self.ci is None else [float(self.ci[0]), float(self.ci[1])]
-    return {"value": self.value, "ci": ci, "n_replicates": int(self.n_replicates)}
+    """JSON form: ``ci`` is ``[low, high]``, an unbounded end written as None."""
+    fin = lambda x: float(x) if x is not None and math.isfinite(x) else None  # noqa: E731
+    ci = [None, None] if self.ci is None else [fin(self.ci[0]), fin(self.ci[1])]
+    value = None if self.value is None else fin(float(self.value))
+    return {"value": value, "ci": ci, "n_replicates": int(self.n_replicates)}
 
 
 def as_branches(values) -> list[np.ndarray]:
@@ -125,6 +129,14 @@ def _boot_means(diffs: list[np.ndarray], n_boot: int, seed: int) -> tuple[float,
   return float(point), boot
 
 
+def _unresolved(branches: list[np.ndarray]) -> bool:
+  """A branch with one replicate has no spread to resample: no interval can be given."""
+  return min(a.shape[0] for a in branches) < 2
+
+
+_NONE = (-math.inf, math.inf)
+
+
 def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
   alpha = (1.0 - level) / 2.0
   return float(np.quantile(samples, alpha)), float(np.quantile(samples, 1.0 - alpha))
@@ -136,8 +148,11 @@ def gain(raw, other, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 
   _check_same(raw, other)
   nb = len(raw)
   point, boot = _boot_means([a - b for a, b in zip(raw, other, strict=True)], n_boot, seed)
+  n = sum(a.shape[0] for a in raw)
+  if _unresolved(raw):
+    return Estimate(point / nb, _NONE, n)
   lo, hi = _interval(boot / nb, level)
-  return Estimate(point / nb, (lo, hi), sum(a.shape[0] for a in raw))
+  return Estimate(point / nb, (lo, hi), n)
 
 
 def ratio(
@@ -156,6 +171,8 @@ def ratio(
   den, bden = _boot_means([a - v for a, v in zip(raw, average, strict=True)], n_boot, seed)
   if not den > 0:
     return Estimate(None, None, n)
+  if _unresolved(raw):
+    return Estimate(num / den, _NONE, n)
   ok = bden > 0
   if np.mean(~ok) > (1.0 - level) / 2.0:
     return Estimate(num / den, (-math.inf, math.inf), n)
@@ -206,6 +223,8 @@ def matching_factor(
   point = _crossing(fs, np.array(pts)) if np.all(np.isfinite(pts)) else math.nan
   if not math.isfinite(point):
     return Estimate(None, None, n)
+  if _unresolved(raw):
+    return Estimate(point, _NONE, n)
   boots = np.stack(boots, axis=1)
   fstar = np.array([_crossing(fs, row) if np.all(np.isfinite(row)) else math.nan for row in boots])
   if np.mean(~np.isfinite(fstar)) > (1.0 - level) / 2.0:
@@ -245,6 +264,8 @@ def specificity_margin(
   if not all(math.isfinite(p) for p in pts.values()):
     return Estimate(None, None, n)
   point = min(abs(pts[f] - 1) for f in others) - abs(pts[float(predicted)] - 1)
+  if _unresolved(raw):
+    return Estimate(point, _NONE, n)
   with np.errstate(invalid="ignore"):
     boot = np.min(np.stack([np.abs(res[f][1] - 1) for f in others]), axis=0) - np.abs(
       res[float(predicted)][1] - 1

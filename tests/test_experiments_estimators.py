@@ -36,6 +36,7 @@ def test_pooled_ratio_and_gain_are_the_numpy_formulas():
   assert g.ci[0] <= g.value <= g.ci[1]
   d = r.as_dict()
   assert set(d) == {"value", "ci", "n_replicates"} and len(d["ci"]) == 2
+  assert est.Estimate(1.0, (-math.inf, math.inf), 1).as_dict()["ci"] == [None, None]
   # No pooled gain: nothing to recover, the ratio is undefined.
   assert est.ratio(avg, raw, trip).value is None
 
@@ -88,6 +89,10 @@ def test_decision_rules_and_the_negative_control():
   flat = [a + 1e-4 * rng.standard_normal(a.shape) for a in raw]
   wide = est.ratio(raw, flat, trip)
   assert wide.value is None or wide.ci == (-math.inf, math.inf)
+  # One replicate: a point, no interval (a degenerate [v, v] would "exclude 0" for free).
+  one = est.ratio(raw[0][:1], avg[0][:1], trip[0][:1])
+  assert one.ci == (-math.inf, math.inf) and not est.match_holds(one, g)
+  assert est.gain(raw[0][:1], avg[0][:1]).ci == (-math.inf, math.inf)
 
 
 def test_matching_factor_and_specificity_on_a_known_rate_curve():
