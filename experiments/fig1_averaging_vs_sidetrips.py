@@ -393,6 +393,11 @@ def _match(payload, metric: str, evals_key=None) -> dict:
     "branches": per_branch,
     "horizons": sorted({x["horizon"] for x in payload["rows"]}),
     "recovered_fraction": r.value,
+    "note": "per branch r (gain): "
+    + ", ".join(
+      f"S={b['branch']}: {_f(b['recovered_fraction']['value'])} ({_f(b['gain']['value'])})"
+      for b in per_branch
+    ),
   }
 
 
@@ -414,6 +419,11 @@ def _improves(payload, metric: str) -> dict:
       for i, s in enumerate(sorted({x["branch"] for x in payload["rows"]}))
     ],
     "gain": g.value,
+    "note": "per branch gain: "
+    + ", ".join(
+      f"S={s}: {_f(est.gain(raw[i], avg[i]).value)}"
+      for i, s in enumerate(sorted({x["branch"] for x in payload["rows"]}))
+    ),
   }
 
 
