@@ -123,8 +123,11 @@ def _noise_set(dataset, n: int):
   """(images, labels, groups) of the first ``n`` training examples; None when not measurable.
 
   groups: boolean masks ``flipped`` (label differs from the clean one),
-  ``unflipped``, and a placebo split of the unflipped examples (``placebo`` a
-  fixed random subset as large as the flipped set, ``placebo_rest`` the others).
+  ``unflipped``, and :data:`PLACEBO_SPLITS` placebo splits of the unflipped
+  examples (``placebo``: a list of random subsets as large as the flipped set;
+  each split's rest is the other unflipped examples). Averaging over several
+  random splits makes the placebo's expected difference exactly 0, whatever
+  one subset's examples happen to be.
   """
   if n <= 0 or not hasattr(dataset, "noisy_label_mask"):
     return None
@@ -135,17 +138,25 @@ def _noise_set(dataset, n: int):
     return None
   rng = np.random.default_rng(0)
   unflipped_idx = np.flatnonzero(~flipped)
-  placebo = np.zeros(n, bool)
-  placebo[rng.choice(unflipped_idx, int(flipped.sum()), replace=False)] = True
-  groups = {
-    "flipped": flipped,
-    "unflipped": ~flipped,
-    "placebo": placebo,
-    "placebo_rest": ~flipped & ~placebo,
-  }
-  return images, labels, groups
+  placebo = []
+  for _ in range(PLACEBO_SPLITS):
+    m = np.zeros(n, bool)
+    m[rng.choice(unflipped_idx, int(flipped.sum()), replace=False)] = True
+    placebo.append(m)
+  return images, labels, {"flipped": flipped, "unflipped": ~flipped, "placebo": placebo}
 
 
+def _group_means(loss: np.ndarray, groups: dict) -> dict:
+  """Mean loss per group; the placebo entries average over the random splits."""
+  out = {g: float(loss[groups[g]].mean()) for g in ("flipped", "unflipped")}
+  rest = groups["unflipped"]
+  out["placebo"] = float(np.mean([loss[m].mean() for m in groups["placebo"]]))
+  out["placebo_rest"] = float(np.mean([loss[rest & ~m].mean() for m in groups["placebo"]]))
+  return out
+
+
+# Random placebo splits of the unflipped examples averaged in the noise record's control.
+PLACEBO_SPLITS = 64
 _PER_EXAMPLE = {}
 
 
@@ -259,14 +270,18 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
             p, st = weights[k]
             st = common.recompute_batch_stats(at_s, p, st)
             loss = _per_example_loss(at_s.model, p, st, images, labels)
-            ex[k] = {g: float(loss[m].mean()) for g, m in groups.items()}
+            ex[k] = _group_means(loss, groups)
           noise.append(
             {
               "branch": s,
               "replicate": rho,
               "horizon": h,
               "loss_by_group": ex,
-              "counts": {g: int(m.sum()) for g, m in groups.items()},
+              "counts": {
+                "flipped": int(groups["flipped"].sum()),
+                "unflipped": int(groups["unflipped"].sum()),
+                "placebo_splits": len(groups["placebo"]),
+              },
             }
           )
   if not rows:
@@ -496,8 +511,8 @@ def _noise(payload) -> dict | None:
       "value": dc.value,
       "ci": dc.as_dict()["ci"],
       "holds": est.gain_holds(dc),
-      "what": "a placebo split of the unflipped examples (a random subset as large as the "
-      "flipped set vs the rest)",
+      "what": f"placebo splits of the unflipped examples (random subsets as large as the "
+      f"flipped set vs the rest, averaged over {PLACEBO_SPLITS} splits)",
     },
     "flipped_avg_minus_trip": flip.as_dict(),
     "unflipped_avg_minus_trip": clean.as_dict(),

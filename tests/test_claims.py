@@ -556,3 +556,26 @@ def test_fig13_sweep_spans_the_widest_range_the_pool_holds():
   exp.batch_sizes = (64, 512)
   with pytest.raises(ValueError, match=r"exp.batch_sizes \[512\]: a probe needs"):
     fig2._batch_sizes(config, exp, 1_000)
+
+
+def test_noise_groups_and_placebo_splits():
+  from experiments import fig1_averaging_vs_sidetrips as fig1
+
+  class Data:
+    noisy_label_mask = np.arange(200) % 4 == 0
+    train_labels = np.zeros(200, np.int32)
+
+    def normalized_train_images(self):
+      return np.zeros((200, 3), np.float32)
+
+  _, _, groups = fig1._noise_set(Data(), 200)
+  assert groups["flipped"].sum() == 50 and len(groups["placebo"]) == fig1.PLACEBO_SPLITS
+  for m in groups["placebo"]:
+    assert m.sum() == 50 and not (m & groups["flipped"]).any()
+  # Flipped examples at loss 3, unflipped at 1 (± a per-example offset that sums to 0 in pairs).
+  loss = np.where(groups["flipped"], 3.0, 1.0) + 0.01 * ((np.arange(200) // 4) % 2 * 2 - 1)
+  m = fig1._group_means(loss, groups)
+  assert m["flipped"] == pytest.approx(3.0) and m["unflipped"] == pytest.approx(1.0, abs=0.01)
+  # The placebo splits carry no flip: their mean difference is at the offsets' scale only.
+  assert abs(m["placebo"] - m["placebo_rest"]) < 0.01
+  assert fig1._noise_set(Data(), 0) is None
