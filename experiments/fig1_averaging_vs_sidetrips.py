@@ -192,6 +192,13 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   if parent is None:
     parent = common.ensure_parent(config, workdir, branches)
   T = int(config.total_steps)
+  json_path = os.path.join(workdir, f"{NAME}.json")
+  done = _finished(json_path, config, exp, parent)
+  if done is not None:
+    # Resumable: the rows of a finished run under the same config, knobs and
+    # parent are reused; the records are recomputed from them.
+    common.log(f"{NAME}: reusing the finished rows in {json_path}")
+    return _outputs(done, workdir, config, method, R)
   rows, noise = [], []
   for s in branches:
     hs = _horizons(config, exp, s)
@@ -319,6 +326,31 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       "labels they are trained on",
     },
   }
+  return _outputs(payload, workdir, config, method, R)
+
+
+def _finished(path: str, config, exp, parent: str) -> dict | None:
+  """The payload in ``path`` when it was written for this config, knobs and parent, else None."""
+  import json
+
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError):
+    return None
+  same = (
+    old.get("config") == common.to_jsonable(config.to_dict())
+    and old.get("exp") == common.to_jsonable(exp.to_dict())
+    and old.get("parent") == parent
+    and old.get("rows")
+  )
+  return old if same else None
+
+
+def _outputs(payload: dict, workdir: str, config, method: str, R: int) -> dict:
+  """Records from the rows, the JSON and the figure; the stage's summary."""
   payload["measured"] = measured(payload)
   payload["bn_sensitivity"] = {
     name: measured(payload, evals_key=key, primary_only=True)
@@ -328,6 +360,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   png_path = plot(
     payload, os.path.join(workdir, f"{NAME}.png"), common.run_label(config, f"{method}, {R} orders")
   )
+  rows = payload["rows"]
   return {
     "json": json_path,
     "png": png_path,
