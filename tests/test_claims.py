@@ -579,3 +579,19 @@ def test_noise_groups_and_placebo_splits():
   # The placebo splits carry no flip: their mean difference is at the offsets' scale only.
   assert abs(m["placebo"] - m["placebo_rest"]) < 0.01
   assert fig1._noise_set(Data(), 0) is None
+
+
+def test_fig1_reuses_only_a_run_of_the_same_config_knobs_and_parent(tmp_path):
+  from experiments import common, demo
+  from experiments import fig1_averaging_vs_sidetrips as fig1
+
+  config, exps = demo.build(tiny=True)
+  exp = exps["fig1"]
+  path = str(tmp_path / "fig1.json")
+  common.write_json(
+    path, {"config": config.to_dict(), "exp": exp.to_dict(), "parent": "/p", "rows": [{"x": 1}]}
+  )
+  assert fig1._finished(path, config, exp, "/p")["rows"] == [{"x": 1}]
+  assert fig1._finished(path, config, exp, "/q") is None
+  assert fig1._finished(path, config, common.apply_overrides(exp, {"replicates": 5}), "/p") is None
+  assert fig1._finished(str(tmp_path / "none.json"), config, exp, "/p") is None
