@@ -53,6 +53,11 @@ Thresholds (the words of the paper they read):
   curve's range.
 * :data:`NORM_CHANGE` = 0.05, :data:`MIN_COSINE` = 0.5: Fig. 7's "the gradient
   norm changed less than 5%, while *cos* stayed generally above 0.5".
+* :data:`SATURATED` = 0.1: "until saturates at some constant level" (Fig. 8) --
+  at most 10 % of the distance's total drop falls in the last quarter of the
+  grid (a straight line puts 25 % there).
+* the "match" and "improves" records read :mod:`experiments.estimators`: the
+  pooled statistic in its band **and** its 95 % bootstrap interval excluding 0.
 
 Held-out batches must be *training* batches (Sec. 3: "a *fixed* batch
 different from the training mini-batch"), disjoint from the probed batch:
