@@ -54,7 +54,7 @@ def test_report_json_follows_the_schema(report):
   assert set(on_disk["settings"]) >= {"noisy_labels", "clean_labels"}
   for v in on_disk["settings"].values():
     assert v["label"] and v["description"]
-  assert "label noise 0 " in on_disk["settings"]["clean_labels"]["label"]
+  assert "(label noise 0)" in on_disk["settings"]["clean_labels"]["label"]
   for c in on_disk["claims"]:
     assert set(c) >= {"id", "figure", "quote", "criterion", "per_seed", "verdict", "kind"}
     assert c["kind"] in claims.KINDS and c["setting"] in on_disk["settings"]
