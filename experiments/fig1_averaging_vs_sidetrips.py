@@ -48,6 +48,8 @@ from experiments import common
 from experiments import estimators as est
 
 NAME = "fig1_averaging_vs_sidetrips"
+# Bumped whenever what a row holds changes, so a stale finished run is not reused.
+ROWS_VERSION = 2
 METHODS = ("two_point",)
 KINDS = ("raw", "average", "sidetrip", "control")
 # metric name in the records -> (key of an evaluation, transform to "lower is better")
@@ -310,6 +312,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     "parent": parent,
     "branches": branches,
     "replicates": R,
+    "rows_version": ROWS_VERSION,
     "control_factors": factors,
     "label_noise": float(config.dataset.label_noise),
     "rows": rows,
@@ -344,6 +347,7 @@ def _finished(path: str, config, exp, parent: str) -> dict | None:
     old.get("config") == common.to_jsonable(config.to_dict())
     and old.get("exp") == common.to_jsonable(exp.to_dict())
     and old.get("parent") == parent
+    and old.get("rows_version") == ROWS_VERSION
     and old.get("rows")
   )
   return old if same else None

@@ -589,7 +589,14 @@ def test_fig1_reuses_only_a_run_of_the_same_config_knobs_and_parent(tmp_path):
   exp = exps["fig1"]
   path = str(tmp_path / "fig1.json")
   common.write_json(
-    path, {"config": config.to_dict(), "exp": exp.to_dict(), "parent": "/p", "rows": [{"x": 1}]}
+    path,
+    {
+      "config": config.to_dict(),
+      "exp": exp.to_dict(),
+      "parent": "/p",
+      "rows_version": fig1.ROWS_VERSION,
+      "rows": [{"x": 1}],
+    },
   )
   assert fig1._finished(path, config, exp, "/p")["rows"] == [{"x": 1}]
   assert fig1._finished(path, config, exp, "/q") is None
