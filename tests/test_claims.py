@@ -124,7 +124,10 @@ def test_two_point_improvement_needs_a_gain_interval_above_zero():
     assert test({"estimate": _est(0.01, 0.004, 0.02)})
     assert not test({"estimate": _est(0.01, -0.002, 0.02)})
   noise = claims.CLAIMS["noise.lower_rate_fits_flipped_labels"]
-  assert noise.test({"estimate": _est(0.1, 0.05, 0.2)}) and noise.setting == "noisy_labels"
+  q = {"placebo_quantiles": [-0.002, 0.003]}
+  assert noise.test({"estimate": _est(0.1, 0.05, 0.2)} | q) and noise.setting == "noisy_labels"
+  # Resolved but no larger than what random splits of unflipped examples show: not a finding.
+  assert not noise.test({"estimate": _est(0.002, 0.001, 0.003)} | q)
 
 
 def test_clean_label_variants_are_the_same_criteria_in_the_setting_control():
@@ -411,6 +414,11 @@ def _fig1_payload(seed=0, trip_r=1.0):
         for k, v in g(avg + jitter[0], trip + jitter[1]).items():
           by[k][grp] = v
         by["raw"][grp] = by["control"][grp] = avg + 0.1
+      # Placebo splits: no flip, so avg and trip differ by split-to-split noise only.
+      for j, k in enumerate(("raw", "average", "sidetrip", "control")):
+        by[k]["placebo_splits"] = [
+          [0.5 + 0.002 * np.sin(3 * i + j), 0.49 + 0.002 * np.cos(5 * i + j)] for i in range(16)
+        ]
       noise.append(
         {
           "branch": s,
@@ -578,6 +586,8 @@ def test_noise_groups_and_placebo_splits():
   assert m["flipped"] == pytest.approx(3.0) and m["unflipped"] == pytest.approx(1.0, abs=0.01)
   # The placebo splits carry no flip: their mean difference is at the offsets' scale only.
   assert abs(m["placebo"] - m["placebo_rest"]) < 0.01
+  assert len(m["placebo_splits"]) == fig1.PLACEBO_SPLITS
+  assert np.mean([a for a, _ in m["placebo_splits"]]) == pytest.approx(m["placebo"])
   assert fig1._noise_set(Data(), 0) is None
 
 
