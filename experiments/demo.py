@@ -19,13 +19,23 @@ For every parent seed (``--seeds``, default 0, 1, 2), in ``WORKDIR/seed_<s>``:
    panel (whole-trajectory EMA vs the 3000-step side-trip);
 3. trains a cosine-schedule parent in ``cosine/parent`` for Fig. 14's bottom row.
 
+4. trains a clean-label parent (``dataset.label_noise = 0``) in
+   ``clean_labels/parent`` and runs Figs. 1/5 on it: the setting control of
+   the headline records (ids ``<claim>_clean_labels``).
+
 Then every claim of :data:`experiments.claims.CLAIMS` is judged on every seed
-(criteria fixed in code before the run; verdict ``reproduced`` / ``mixed`` /
-``not reproduced``; :data:`experiments.claims.NOT_TESTABLE` listed with the
-reason), and ``WORKDIR/report.md`` and its machine-readable twin
-``WORKDIR/report.json`` (``seeds``, ``parents``, ``claims`` records with
-``id, figure, quote, criterion, per_seed: [{seed, measured, holds}], verdict``)
-are written, with the BatchNorm policy and its sensitivity rows.
+(criteria fixed in code before the run; the Figs. 1/5 records pooled over
+branch points × batch orders × horizons with bootstrap intervals,
+:mod:`experiments.estimators`; a judged record's seed holds when its criterion
+holds and its measured negative control fails), and ``WORKDIR/report.md`` and
+its machine-readable twin ``WORKDIR/report.json`` are written: ``seeds``,
+``parents``, ``settings`` (``noisy_labels``, ``clean_labels``, each with its
+run label), ``claims`` records (``id, figure, quote, criterion, kind, metric,
+setting, per_seed: [{seed, measured, holds, estimate: {value, ci,
+n_replicates}, control: {value, holds}}], verdict``; ``estimate``/``control``
+for judged records), ``tally`` (``reproduced, mixed, 'not reproduced', 'not
+testable here', descriptive``: judged records once each, derived ones not at
+all), the BatchNorm policy and its sensitivity rows.
 
 Progress lines go to stderr. ``--tiny`` shrinks the config (60 steps, width-8
 CNN, 1 000 examples) and every experiment so the pipeline runs in about a
@@ -67,7 +77,14 @@ TINY_CONFIG = {
   "averaging.bn_recompute_batches": 4,
 }
 TINY_EXP = {
-  "fig1": {"branch_fractions": (0.5,), "horizons": (1, 15)},
+  "fig1": {
+    "branch_fractions": (0.5, 0.75),
+    "horizons": (1, 5, 15),
+    "replicates": 2,
+    "train_eval_batches": 1,
+    "noise_examples": 500,
+  },
+  "fig1_clean": {"branch_fractions": (0.5,), "horizons": (5, 15), "replicates": 2},
   "fig2": {
     # Few probe shapes: each new (batch size, held-out count) compiles the probe.
     "position_fractions": (0.5, 1.0),
@@ -103,6 +120,13 @@ TINY_EXP = {
 }
 # Knobs the demo sets on top of each module's defaults (all sizes).
 DEMO_EXP = {
+  # The setting control (clean labels): the headline records only, two branch
+  # points, no specificity factors and no label-noise record (nothing flipped).
+  "fig1_clean": {
+    "branch_fractions": (0.5, 0.75),
+    "control_factors": (),
+    "noise_examples": 0,
+  },
   "fig14": {"train_eval_batches": 4},
   # EMA history 4800 (weight of older points e^-4.8 < 1 %) rather than 5/δ =
   # 5000: the replay then starts at a multiple of the parent's checkpoint
@@ -137,6 +161,10 @@ MODULES = (
 )
 # Fig. 14's bottom row runs on a second, cosine-schedule parent per seed.
 COSINE_MODULES = (("fig14_cosine", fig14),)
+# The setting control: the Figs. 1/5 records on a clean-label parent per seed.
+CLEAN_MODULES = (("fig1_clean", fig1),)
+# Settings (claims.SETTINGS) -> the config overrides that make them.
+SETTING_OVERRIDES = {"noisy_labels": {}, "clean_labels": {"dataset.label_noise": 0.0}}
 
 
 def catalog() -> dict:
@@ -153,7 +181,7 @@ def build(config_path: str = DEFAULT_CONFIG, tiny: bool = False):
   """``(config, {name: exp})`` for the demo; ``tiny`` applies the smoke size."""
   config = common.load_config(config_path, TINY_CONFIG if tiny else None)
   exps = {}
-  for name, module in MODULES + COSINE_MODULES:
+  for name, module in MODULES + COSINE_MODULES + CLEAN_MODULES:
     exp = common.apply_overrides(module.experiment_defaults(), DEMO_EXP.get(name, {}))
     if tiny:
       exp = common.apply_overrides(exp, TINY_EXP[name])
@@ -206,9 +234,30 @@ def run_seed(config, exps: dict, workdir: str, seed: int) -> dict:
     measured |= res["measured"]
     figures[name] = os.path.relpath(res["png"], os.path.abspath(workdir))
     results[name] = res
+  # The setting control: the same config with clean labels, its own parent.
+  clean_config = common.apply_overrides(config, SETTING_OVERRIDES["clean_labels"])
+  ldir = os.path.join(sdir, "clean_labels")
+  keep = sorted({s for name, m in CLEAN_MODULES for s in m.branch_steps(clean_config, exps[name])})
+  t = time.perf_counter()
+  clean_parent = common.ensure_parent(clean_config, ldir, keep)
+  timings["clean-label parent"] = time.perf_counter() - t
+  for name, module in CLEAN_MODULES:
+    common.log(f"demo seed {seed}: stage {name} (clean-label parent)")
+    t = time.perf_counter()
+    res = module.run(clean_config, exps[name], ldir, parent=clean_parent)
+    timings[name] = time.perf_counter() - t
+    measured |= {
+      claims_lib.setting_id(cid, "clean_labels"): m
+      for cid, m in res["measured"].items()
+      if cid in claims_lib.CLEAN_VARIANTS
+    }
+    figures[name] = os.path.relpath(res["png"], os.path.abspath(workdir))
+    results[name] = res
   return {
     "parent": parent,
     "cosine_parent": cos_parent,
+    "clean_parent": clean_parent,
+    "clean_label": common.run_label(clean_config),
     "measured": measured,
     "bn_sensitivity": bn,
     "figures": figures,
@@ -229,13 +278,29 @@ def run(config, exps: dict, workdir: str, seeds=DEFAULT_SEEDS) -> dict:
   per_seed = {s: run_seed(config, exps, workdir, s) for s in seeds}
   records = claims_lib.judge_all({s: r["measured"] for s, r in per_seed.items()}, catalog=catalog())
   sensitivity = bn_sensitivity(per_seed)
+  first = per_seed[seeds[0]]
+  settings = {
+    "noisy_labels": {
+      "label": first["label"],
+      "description": claims_lib.SETTINGS["noisy_labels"],
+      "overrides": SETTING_OVERRIDES["noisy_labels"],
+    },
+    "clean_labels": {
+      "label": first["clean_label"],
+      "description": claims_lib.SETTINGS["clean_labels"],
+      "overrides": SETTING_OVERRIDES["clean_labels"],
+      "parents": {str(s): r["clean_parent"] for s, r in per_seed.items()},
+    },
+  }
   timings = {f"seed {s}": sum(r["timings_s"].values()) for s, r in per_seed.items()}
   timings["total"] = time.perf_counter() - t_start
   report = {
     "seeds": seeds,
     "parents": {str(s): r["parent"] for s, r in per_seed.items()},
     "cosine_parents": {str(s): r["cosine_parent"] for s, r in per_seed.items()},
+    "settings": settings,
     "claims": records,
+    "tally": claims_lib.tally(records),
     "bn_policy": fig1.BN_POLICY,
     "bn_sensitivity": sensitivity,
     "config": config.to_dict(),
@@ -254,9 +319,8 @@ def run(config, exps: dict, workdir: str, seeds=DEFAULT_SEEDS) -> dict:
   path = os.path.join(workdir, "report.md")
   with open(path, "w") as f:
     f.write(render(report))
-  counts = verdict_counts(records)
   common.log(
-    f"demo: {counts_line(counts)} over seeds {seeds}; report at {path} ({timings['total']:.0f}s)"
+    f"demo: {headline(records)} over seeds {seeds}; report at {path} ({timings['total']:.0f}s)"
   )
   return report
 
@@ -279,7 +343,11 @@ def bn_sensitivity(per_seed: dict) -> list[dict]:
         {
           "policy": policy,
           "claim": cid,
-          "per_seed": [{"seed": x["seed"], "holds": x["holds"]} for x in rec["per_seed"]],
+          "metric": rec["metric"],
+          "per_seed": [
+            {"seed": x["seed"], "holds": x["holds"], "estimate": x.get("estimate")}
+            for x in rec["per_seed"]
+          ],
           "effect": rec.get("effect"),
           "verdict": rec["verdict"],
         }
@@ -288,14 +356,22 @@ def bn_sensitivity(per_seed: dict) -> list[dict]:
 
 
 def verdict_counts(records: list[dict]) -> dict:
-  out = {v: 0 for v in claims_lib.VERDICTS}
-  for r in records:
-    out[r["verdict"]] += 1
-  return out
+  """The tally (:func:`experiments.claims.tally`): judged records once each, derived not at all."""
+  return claims_lib.tally(records)
 
 
 def counts_line(counts: dict) -> str:
-  return ", ".join(f"{n} {v}" for v, n in counts.items())
+  return ", ".join(
+    f"{n} {'not testable' if v == 'not testable here' else v}" for v, n in counts.items()
+  )
+
+
+def headline(records: list[dict]) -> str:
+  """'N claims: a reproduced, b mixed, c not reproduced, d not testable, e descriptive'."""
+  counts = claims_lib.tally(records)
+  derived = sum(r.get("kind") == "derived" for r in records)
+  out = f"{sum(counts.values())} claims: {counts_line(counts)}"
+  return out + (f" ({derived} derived, not counted)" if derived else "")
 
 
 def measured_numbers(per_seed: dict) -> list[dict]:
@@ -310,17 +386,17 @@ def measured_numbers(per_seed: dict) -> list[dict]:
 
   for seed, res in per_seed.items():
     for r in fig1._longest({"rows": res["results"]["fig1"]["rows"]}):
-      tag = f"fig1 S={r['branch']}, h={r['horizon']}"
+      tag = f"fig1 S={r['branch']}, h={r['horizon']} (parent's batch order)"
       add(
         f"{tag}: test loss raw / average / side-trip",
         seed,
-        [r["raw"]["loss"], r["average"]["loss"], r["sidetrip"]["loss"]],
+        [r["raw"]["test_loss"], r["average"]["test_loss"], r["sidetrip"]["test_loss"]],
         "nats",
       )
       add(
         f"{tag}: test accuracy raw / average / side-trip",
         seed,
-        [r["raw"]["accuracy"], r["average"]["accuracy"], r["sidetrip"]["accuracy"]],
+        [r["raw"]["test_accuracy"], r["average"]["test_accuracy"], r["sidetrip"]["test_accuracy"]],
         "fraction",
       )
     m = res["results"]["fig2"]["main"]
@@ -371,44 +447,44 @@ def _effect_text(rec: dict) -> str:
   return f"{eff['name']} = {eff['mean']:.4g}{spread} (min {eff['min']:.4g}, max {eff['max']:.4g})"
 
 
+def _num(v) -> str:
+  if v is None:
+    return "–"
+  v = float(v)
+  return "∞" if math.isinf(v) and v > 0 else "−∞" if math.isinf(v) else f"{v:.3g}"
+
+
+def _estimate_text(e: dict | None) -> str:
+  """``0.93 [0.71, 1.2] (n=9)``; a single measurement shows no interval."""
+  if not e:
+    return ""
+  ci = e.get("ci") or [None, None]
+  interval = f" [{_num(ci[0])}, {_num(ci[1])}]" if ci[0] is not None or ci[1] is not None else ""
+  return f"{_num(e.get('value'))}{interval} (n={e.get('n_replicates')})"
+
+
 def _seed_cell(rec: dict, row: dict) -> str:
-  """``seed s: holds (effect = v; note)`` for one seed of a claim record."""
+  """``seed s: holds (estimate v [lo, hi]; control c fails; note)`` for one seed of a record."""
   out = f"seed {row['seed']}: {'holds' if row['holds'] else 'fails'}"
   extra = []
-  name = (rec.get("effect") or {}).get("name")
-  value = row["measured"].get(name) if name else None
-  if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-    extra.append(f"{name} {value:.4g}")
+  if row.get("estimate"):
+    extra.append("estimate " + _estimate_text(row["estimate"]))
+  else:
+    name = (rec.get("effect") or {}).get("name")
+    value = row["measured"].get(name) if name else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+      extra.append(f"{name} {value:.4g}")
+  if row.get("control"):
+    c = row["control"]
+    extra.append(f"control {_num(c['value'])} {'passes (!)' if c['holds'] else 'fails'}")
   if row["measured"].get("note"):
     extra.append(str(row["measured"]["note"]))
   return out + (f" ({'; '.join(extra)})" if extra else "")
 
 
-def render(report: dict) -> str:
-  """``report.md`` from the report dict (verdicts and numbers come from it only)."""
-  records = report["claims"]
-  counts = verdict_counts(records)
-  seeds = report["seeds"]
+def _claim_rows(records: list[dict]) -> list[str]:
   lines = [
-    "# trajax demo: training trajectories, mini-batch losses and the learning rate",
-    "",
-    f"Run: {report['label']} (seed varies). Parent seeds: {', '.join(map(str, seeds))}.",
-    "Parent runs: " + ", ".join(f"seed {s}: `{p}`" for s, p in report["parents"].items()) + ".",
-    f"Machine: {report['machine']['cpus']} CPUs, {report['machine']['platform']}. Wall time: "
-    f"{report['timings_s']['total']:.0f} s.",
-    "",
-    f"**Verdicts over {len(seeds)} seeds: {counts_line(counts)}.** A claim is *reproduced* when "
-    "its criterion holds for every seed, *mixed* when for some, *not reproduced* when for none. "
-    "Every criterion was fixed in code (`experiments/claims.py`) before the run, from the "
-    "paper's wording; held-out batches are training batches disjoint from the probed batch.",
-    "",
-    "**Assumption the paper leaves open (BatchNorm):** " + report["bn_policy"] + ". The "
-    "sensitivity table below re-judges the headline claims with the running statistics and "
-    "with the average of the members' running statistics.",
-    "",
-    "## Claims",
-    "",
-    "| id | figure | the paper says | criterion | per seed (holds) | effect over seeds | verdict |",
+    "| id | figure | setting · metric | the paper says | criterion | per seed | verdict |",
     "|---|---|---|---|---|---|---|",
   ]
   for r in records:
@@ -417,30 +493,111 @@ def render(report: dict) -> str:
     else:
       per = "; ".join(_seed_cell(r, x) for x in r["per_seed"])
     crit = r["criterion"] + (f" (control: {r['control']})" if r.get("control") else "")
+    if r.get("rationale"):
+      crit += f" — why: {r['rationale']}"
     cells = (
       r["id"],
       r["figure"],
+      f"{r.get('setting', '')} · {r.get('metric') or '–'}",
       f"“{r['quote']}”",
       crit,
       per,
-      _effect_text(r),
       f"**{r['verdict']}**",
     )
     lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
+  return lines
+
+
+def render(report: dict) -> str:
+  """``report.md`` from the report dict (verdicts and numbers come from it only)."""
+  records = report["claims"]
+  seeds = report["seeds"]
+  settings = report.get("settings", {})
+  lines = [
+    "# trajax demo: training trajectories, mini-batch losses and the learning rate",
+    "",
+    f"Run: {report['label']} (seed varies). Parent seeds: {', '.join(map(str, seeds))}.",
+    "Parent runs: " + ", ".join(f"seed {s}: `{p}`" for s, p in report["parents"].items()) + ".",
+    f"Machine: {report['machine']['cpus']} CPUs, {report['machine']['platform']}. Wall time: "
+    f"{report['timings_s']['total']:.0f} s.",
+    "",
+    f"**Over {len(seeds)} seeds, {headline(records)}.** A judged record is *reproduced* when "
+    "its criterion holds for every seed and its measured negative control fails, *mixed* when "
+    "for some, *not reproduced* when for none. The Figs. 1/5 records are pooled over branch "
+    "points × batch orders × horizons with bootstrap intervals (`experiments/estimators.py`), "
+    "the paper's metric (test accuracy) first. *Descriptive* records have no measured control "
+    "here and are not counted; *derived* ones repeat other records' measurements. Every "
+    "criterion was fixed in code (`experiments/claims.py`) before the run, from the paper's "
+    "wording; held-out batches are training batches disjoint from the probed batch.",
+    "",
+    "**Settings:** "
+    + "; ".join(f"`{k}`: {v['description']} ({v['label']})" for k, v in settings.items())
+    + ".",
+    "",
+    "**Assumption the paper leaves open (BatchNorm):** " + report["bn_policy"] + ". The "
+    "sensitivity table below re-judges the headline claim with the average of the members' "
+    "running statistics.",
+  ]
+  groups = (
+    ("Judged claims (counted)", lambda r: r.get("kind", "judged") == "judged"),
+    (
+      "Descriptive records (no measured control here; not counted)",
+      lambda r: r.get("kind") == "descriptive",
+    ),
+    (
+      "Derived records (computed from other records; not counted)",
+      lambda r: r.get("kind") == "derived",
+    ),
+  )
+  for title, keep in groups:
+    sub = [r for r in records if keep(r)]
+    if sub:
+      lines += ["", f"## {title}", ""] + _claim_rows(sub)
+  paired = [
+    (
+      r,
+      next((x for x in records if x["id"] == claims_lib.setting_id(r["id"], "clean_labels")), None),
+    )
+    for r in records
+    if r["id"] in claims_lib.CLEAN_VARIANTS
+  ]
+  if any(c for _, c in paired):
+    lines += [
+      "",
+      "## Settings side by side (Figs. 1/5 headline records)",
+      "",
+      "| claim | metric | noisy labels: estimate per seed | verdict | clean labels: estimate "
+      "per seed | verdict |",
+      "|---|---|---|---|---|---|",
+    ]
+    for r, c in paired:
+      est = lambda rec: "; ".join(  # noqa: E731
+        f"seed {x['seed']}: {_estimate_text(x.get('estimate'))}" for x in rec["per_seed"]
+      )
+      cells = (
+        r["id"],
+        r.get("metric", ""),
+        est(r),
+        f"**{r['verdict']}**",
+        est(c) if c else "–",
+        f"**{c['verdict']}**" if c else "–",
+      )
+      lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
   if report.get("bn_sensitivity"):
     lines += [
       "",
       "## BatchNorm sensitivity (headline claims)",
       "",
-      "| BatchNorm statistics | claim | per seed (holds) | effect over seeds | verdict |",
+      "| BatchNorm statistics | claim | metric | per seed (holds, pooled estimate) | verdict |",
       "|---|---|---|---|---|",
     ]
     for row in report["bn_sensitivity"]:
       per = "; ".join(
-        f"seed {x['seed']}: {'holds' if x['holds'] else 'fails'}" for x in row["per_seed"]
+        f"seed {x['seed']}: {'holds' if x['holds'] else 'fails'} "
+        f"({_estimate_text(x.get('estimate'))})"
+        for x in row["per_seed"]
       )
-      eff = _effect_text({"effect": row.get("effect")})
-      cells = (row["policy"], row["claim"], per, eff, f"**{row['verdict']}**")
+      cells = (row["policy"], row["claim"], row.get("metric", ""), per, f"**{row['verdict']}**")
       lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
   lines += [
     "",
@@ -461,6 +618,7 @@ def render(report: dict) -> str:
     "fig14": "Figures 14 (top row) and 5 (SWA): constant-rate run, SWA vs its side-trip",
     "fig5_ema": "Figure 5 (EMA): whole-trajectory EMA vs its 3000-step side-trip",
     "fig14_cosine": "Figure 14 (bottom row): cosine-schedule run, SWA vs its side-trip",
+    "fig1_clean": "Setting control: Figures 1, 5 on a clean-label parent",
     "batch_size_vs_decay": "Beyond the paper: λ at batch kB vs λ/k at batch B (Smith et al. 2018)",
     "curvature": "Beyond the paper: curvature along the trajectory, the shell law, drift and drag",
   }

@@ -171,6 +171,7 @@ def measured(payload) -> dict:
       "k": k,
       "train_loss_start": start,
       "train_barrier_k": float(payload["train_barrier"][k]),
+      "train_loss_after_k": ends(tr, k),
       "control_train_barrier_before_gd": float(payload["train_barrier"][0]),
     },
     "fig3.heldout_rises": {

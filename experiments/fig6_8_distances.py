@@ -316,6 +316,16 @@ def measured(f6: dict, f8: dict) -> dict:
       "dist_avg_vs_never_moved": d_still,
       "ratio": d_half / d_orders if d_orders > 0 else None,
       "control_ratio": d_still / d_orders if d_orders > 0 else None,
+      "estimate": {
+        "value": d_half / d_orders if d_orders > 0 else None,
+        "ci": [None, None],
+        "n_replicates": 1,
+      },
+      # The never-moving side-trip against the same fixed bound (must fail it).
+      "control": {
+        "value": d_still / d_orders if d_orders > 0 else None,
+        "holds": bool(d_still <= claims.MUCH_CLOSER * d_orders),
+      },
     },
     "fig6.train_loss_matches": {
       "dist_avg_vs_half": d_half,

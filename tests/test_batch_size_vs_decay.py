@@ -15,40 +15,55 @@ from experiments import batch_size_vs_decay as bs
 from experiments import claims, common, demo
 
 
-def _same(start, large, small, undecayed):
-  r = lambda this: (start - this) / (start - small) if start > small else None  # noqa: E731
-  return {
-    "k": 2,
-    "branches": [
+def _same(start, large, small, undecayed, n=4):
+  """bs.measured on ``n`` branch points whose losses jitter by ±1 mnat around the given ones."""
+  rows = []
+  for i in range(n):
+    j = 0.001 * ((-1) ** i) * (1 + i % 2)
+    loss = {
+      "start": start + j,
+      "large": large + 0.5 * j,
+      "small_per_example": small - 0.5 * j,
+      "small_per_step": small,
+      "undecayed": undecayed + j,
+    }
+    rows.append(
       {
-        "branch": 3000,
-        "start": start,
-        "large": large,
-        "small": small,
-        "undecayed": undecayed,
-        "ratio": r(large),
-        "control_ratio": r(undecayed),
-        "ratio_per_step": None,
+        "branch_step": 3000 + 300 * i,
+        "test_loss": loss,
+        "gain_ratio_per_example": None,
+        "gain_ratio_undecayed": None,
+        "gain_ratio_per_step": None,
+        "speed_ratio_per_step": 1.8,
+        "speed_ratio_per_example": 1.0,
       }
-    ],
-  }
+    )
+  return bs.measured({"k": 2, "summary": {"branches": rows}})["bs.same_per_example"]
 
 
-def test_same_per_example_fails_on_counterexamples():
+def _holds(m) -> bool:
+  return claims.judge(bs.CLAIMS["bs.same_per_example"], [(0, m)])["per_seed"][0]["holds"]
+
+
+def test_same_per_example_reads_the_pooled_ratio_and_its_control():
   test = bs.CLAIMS["bs.same_per_example"].test
   # The λ/2 trip gains 0.05 nats; the large batch 0.045 (90 %); the undecayed parent nothing.
-  assert test(_same(0.46, 0.415, 0.41, 0.462))
+  m = _same(0.46, 0.415, 0.41, 0.462)
+  assert (
+    m["estimate"]["value"] == pytest.approx(0.9, abs=0.02) and m["estimate"]["n_replicates"] == 4
+  )
+  assert test(m) and m["control"]["holds"] is False and _holds(m)
   # A large-batch trip recovering 13 % of the gain does not serve the same purpose.
   assert not test(_same(0.46, 0.4535, 0.41, 0.462))
   # Nor one overshooting to 160 %.
   assert not test(_same(0.46, 0.38, 0.41, 0.462))
   # Control: if the undecayed parent also "matches", the criterion cannot tell decay apart.
-  assert not test(_same(0.46, 0.415, 0.41, 0.42))
+  both = _same(0.46, 0.415, 0.41, 0.42)
+  assert test(both) and both["control"]["holds"] and not _holds(both)
   # No gain from decay at all: nothing to match.
   assert not test(_same(0.40, 0.41, 0.41, 0.40))
-  two = _same(0.46, 0.415, 0.41, 0.462)
-  two["branches"].append(_same(0.46, 0.455, 0.41, 0.462)["branches"][0])
-  assert not test(two)  # every branch point must hold
+  # One branch point: a point estimate without an interval cannot hold.
+  assert not test(_same(0.46, 0.415, 0.41, 0.462, n=1))
 
 
 def _speed(per_step, per_example, k=2):

@@ -161,7 +161,8 @@ def test_fig14_cosine(parent, tmp_path):
     assert b["trip_steps"] == [1, 10]  # eval points 1, 10, ..., k
     assert len(b["trip_test_loss"]) == len(b["trip_test_accuracy"]) == 2
     assert b["replay_vs_parent_l2"] == 0.0
-    for who in ("raw", "average", "sidetrip"):
+    # never_moved: θ_S itself, the negative control of the pooled match.
+    for who in ("raw", "average", "sidetrip", "never_moved"):
       assert set(b[who]) == {"test_loss", "test_accuracy", "train_loss", "train_accuracy"}
       assert 0.0 <= b[who]["test_accuracy"] <= 1.0 and b[who]["test_loss"] > 0
     assert b["dist_raw_vs_average"] > 0 and b["dist_sidetrip_vs_average"] > 0
