@@ -251,7 +251,7 @@ def test_command_line_writes_evaluates_and_sweeps(ema_run, tmp_path):
     "error: --method=ema needs --decay (or --sweep)"
   )
   r = _cli(f"--workdir={ema_run.workdir}", "--decay=0.1", f"--out={ema_run.workdir}/avg")
-  assert r.returncode == 1 and "lies inside the run's directory" in r.stderr.splitlines()[-1]
+  assert r.returncode == 1 and "lies inside the run directory" in r.stderr.splitlines()[-1]
   assert snapshot(ema_run.workdir) == before
 
 
