@@ -187,7 +187,7 @@ def _grid(posthoc, run, end: int, given: dict, threshold: float) -> tuple[list, 
     return _grid_values(flag, kind, method, name), False
   if default is None:
     raise ValueError(f"--sweep with --method={method} needs --{flag.name}=V1,V2,... ({name}s)")
-  candidates = [float(x) for x in np.geomspace(*default)]
+  candidates = sorted({float(f"{x:.3g}") for x in np.geomspace(*default)})
   params = {k: v for k, v in given.items() if k != name and v is not None}
   ok = posthoc.representable(
     run, method, name, candidates, end=end, threshold=threshold,
@@ -580,6 +580,12 @@ def main(argv):
 
   metrics.configure_console(verbose_libs=_VERBOSE_LIBS.value)  # before TensorFlow is imported
   try:
+    from trajax import posthoc
+
+    # Bad flags and unsafe paths are refused in a second, before TensorFlow or
+    # any checkpoint is touched.
+    _check_flags(posthoc)
+    _check_paths()
     # As trajax.main: tf.data must not take accelerator memory.
     try:
       tf = metrics.import_tensorflow(verbose_libs=_VERBOSE_LIBS.value)
