@@ -837,3 +837,62 @@ def test_sweep_grid_from_the_run_and_approximate_averages_flagged(profile_run, t
   (best,) = [line for line in lines if "<- best" in line]
   assert best.startswith(rows[1]["label"]) and "approx." in lines[1] and "approx." not in best
   assert snapshot(profile_run.workdir) == before
+
+
+def _readme_commands() -> tuple[str, list[str]]:
+  """The README's main-run command and its post-hoc commands, as written."""
+  import re
+
+  text = open(os.path.join(REPO, "README.md")).read()
+  section = text.split("## Averages chosen after training", 1)[1].split("\n## ", 1)[0]
+  (main,) = set(re.findall(r"python -m trajax\.main [^`\n]*", section))
+  block = section.split("```bash", 1)[1].split("```", 1)[0]
+  commands = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+  assert all(c.startswith("python -m trajax.posthoc ") for c in commands) and len(commands) == 4
+  return main.strip(), commands
+
+
+@pytest.mark.slow
+def test_readme_post_hoc_commands_on_the_default_run(tmp_path):
+  """The README's default run (configs/mnist1d.py, 6 000 steps) and its post-hoc commands,
+  as written (only workdirs/ moved under tmp): the EMA δ = 0.001 and the default sweep within
+  the residual threshold, a grid beyond it flagged approximate, the console's line counts."""
+  import json
+  import shlex
+
+  main, commands = _readme_commands()
+  root = tmp_path / "workdirs"
+  root.mkdir()
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+
+  def run(command):
+    argv = shlex.split(command.replace("workdirs/", f"{root}/"))
+    assert argv[0] == "python"
+    r = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=1800)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+  run(main)
+  assert runs.open_run(str(root / "mnist1d")).steps == list(range(500, 6001, 500))
+  outs = {}
+  for command in commands:
+    r = run(command)
+    out = root / shlex.split(command)[-1].split("workdirs/", 1)[1]
+    name = "sweep.json" if "--sweep" in command else "posthoc.json"
+    report = json.loads((out / name).read_text())
+    rows = report["averages"]
+    for a in rows:
+      assert a["approximate"] == (a["residual"] > 0.05)
+    extra = (1 if report.get("in_training") else 0) + (1 if report["approximate"] else 0)
+    assert len(r.stdout.strip().splitlines()) == 1 + len(rows) + extra + 2, r.stdout
+    assert "INFO" not in r.stderr and "orbax" not in r.stderr.lower()
+    outs[out.name] = rows
+  (ema,) = outs["ema001"]
+  assert ema["label"] == "ema(decay=0.001)" and ema["residual"] <= 0.05
+  sweep = outs["ema_sweep"]
+  assert len(sweep) >= 5 and all(a["residual"] <= 0.05 for a in sweep)
+  assert min(a["value"] for a in sweep) <= 1e-3 <= max(a["value"] for a in sweep)
+  pow_ = {a["value"]: a for a in outs["pow"]}
+  assert not pow_[7.0]["approximate"] and not pow_[17.0]["approximate"]
+  assert pow_[40.0]["approximate"]

@@ -495,7 +495,8 @@ def save_next_time(run, approximate: Sequence[tuple[str, Mapping[str, Any]]]) ->
       f'--config.averaging.profiles="{profiles}"{more}: a profile\'s own average is exact'
     )
   parts.append(
-    "or keep every step the kernel weighs: --config.checkpoint.max_to_keep=None with "
+    ("or " if parts else "")
+    + "keep every step the kernel weighs: --config.checkpoint.max_to_keep=None with "
     "--config.checkpoint_every_steps=1 (or a cadence well under the averages' memory)"
   )
   return "to make them exact next time, train with " + "; ".join(parts)
