@@ -1,9 +1,9 @@
 """``python -m trajax.posthoc``: an average chosen after training, written and evaluated.
 
   python -m trajax.posthoc --workdir=RUN --method=ema --decay=0.001 --out=DIR
+  python -m trajax.posthoc --workdir=RUN --method=ema --sweep --out=DIR
   python -m trajax.posthoc --workdir=RUN --method=swa --window=2000 --out=DIR --compare_sidetrip
   python -m trajax.posthoc --workdir=RUN --method=ema --sweep --decays=1e-4,3e-4,1e-3 --out=DIR
-  python -m trajax.posthoc --workdir=RUN --method=power_ema --gamma=10 --out=DIR
   python -m trajax.posthoc --workdir=RUN --method=power_ema --sweep --gammas=2,5,10,20 --out=DIR
 
 One average: DIR/averaged is a plain Orbax checkpoint ``{'params',
@@ -17,16 +17,39 @@ swa's window, power_ema's γ, the gap of two_point / multi_point), every
 value planned, the checkpoints read once (:func:`trajax.posthoc.combine`),
 each average evaluated; DIR/sweep.json and DIR/sweep.png (test loss and
 accuracy against the swept value, the run's in-training average marked).
-The run's directory is never written.
+Without ``--decays`` / ``--gammas`` the grid is the candidates (10 per decade
+of δ, 4 per octave of γ) that the run's snapshots rebuild with kernel residual
+at most ``--threshold`` (:func:`trajax.posthoc.representable`).
+
+Approximate averages: every output gives each average's kernel residual
+‖Bx − c‖₁ and ``approximate`` (residual > ``--threshold``, default
+:data:`trajax.posthoc.RESIDUAL_THRESHOLD` = 0.05); the plot draws them as a
+separate series of hollow markers, the threshold in its legend, and the
+console says once what to save next time (:func:`trajax.posthoc.save_next_time`).
+
+The console: one table line per average (label, test loss, accuracy, kernel
+residual, whether its equivalent side-trip is exact; a sweep sorted by the
+swept value, the best -- lowest test loss among the non-approximate -- marked),
+then the side-trip command of the (best) average where it is exact, else one
+line saying why not and how. Third-party INFO logging is off unless
+``--verbose_libs``. Every error is one line on stderr, exit 1, no traceback
+(``--traceback`` shows it).
+
+Where it writes: only into ``--out``, which must be a new or empty directory,
+outside every run's directory (none of its ancestors may hold a
+``.trajax.lock`` or ``checkpoints/``), with neither ``--out`` nor ``--workdir``
+reaching its target through a symlink. All of that, and every flag, is checked
+before the run is read; files are created exclusively (never through a
+symlink, never over an existing file). The run's directory is never written.
+The run's config goes to DIR/run_config.json (data); DIR/run_config.py, the
+side-trip's ``--config``, is fixed text that loads that JSON: no path or value
+is ever put into generated code.
 
 The snapshots: the params at every committed step, the run's in-training
 average and its profiles (``averaging.profiles``), all by default
-(``--sources`` restricts them). Beside each average, posthoc.json / sweep.json
-give its equivalent side-trip schedule and the exact ``python -m
-trajax.sidetrip ...`` command that runs it from S on the real network (Fig. 1),
-with DIR/run_config.py, the run's own config, as its ``--config`` (printed too).
-``--compare_sidetrip`` runs each exact one in DIR and writes its test metrics
-beside the average's (``sidetrip.result``; BatchNorm by the same policy).
+(``--sources`` restricts them). ``--compare_sidetrip`` runs each exact
+side-trip in DIR and writes its test metrics beside the average's
+(``sidetrip.result``; BatchNorm by the same policy).
 """
 
 from __future__ import annotations
