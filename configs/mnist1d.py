@@ -23,13 +23,6 @@ memorizes the pool and those effects vanish.
 
 from configs import common
 
-# Karras et al. 2024's pair of power-EMA profiles: γ = 16.97 and 6.94 (σ_rel = 0.05, 0.10,
-# trajax.averaging.power_ema_gamma).
-POSTHOC_PROFILES = (
-  {"method": "power_ema", "gamma": 16.97},
-  {"method": "power_ema", "gamma": 6.94},
-)
-
 
 def get_config(arg: str | None = None):
   a = common.parse_arg(arg, runlocal=False, cosine=False, averaging="two_point")
@@ -67,7 +60,7 @@ def get_config(arg: str | None = None):
   # trajax.posthoc rebuilds EMAs of δ ≈ 8e-4 … 4e-3 (δ = 0.001 included) and power
   # EMAs of γ ≈ 2.4 … 25 at step 6000 with kernel residual ≤ 0.05. Cost: two
   # more elementwise passes over the params per step (docs/benchmarks.md).
-  c.averaging.profiles = POSTHOC_PROFILES
+  c.averaging.profiles = common.POSTHOC_PROFILES
 
   if a["runlocal"]:
     c.total_steps = 300
