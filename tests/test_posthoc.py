@@ -896,3 +896,14 @@ def test_readme_post_hoc_commands_on_the_default_run(tmp_path):
   pow_ = {a["value"]: a for a in outs["pow"]}
   assert not pow_[7.0]["approximate"] and not pow_[17.0]["approximate"]
   assert pow_[40.0]["approximate"]
+
+
+def test_save_next_time_names_the_profiles_or_the_pair(profile_run):
+  one = posthoc.save_next_time(profile_run.run, [("ema", {"decay": 0.01})])
+  assert "{'method': 'ema', 'decay': 0.01}" in one and "max_to_keep=None" in one
+  # The run's own profiles stay in the suggested tuple, first.
+  assert one.index("'decay': 0.3") < one.index("'decay': 0.01")
+  grid = posthoc.save_next_time(profile_run.run, [("ema", {"decay": d}) for d in (1, 2, 3, 4)])
+  assert "'gamma': 16.97}, {'method': 'power_ema', 'gamma': 6.94}" in grid
+  swa = posthoc.save_next_time(profile_run.run, [("swa", {"start_step": 4})])
+  assert swa.startswith("to make them exact next time, keep every step")

@@ -486,20 +486,28 @@ def save_next_time(run, approximate: Sequence[tuple[str, Mapping[str, Any]]]) ->
     entry = {"method": method, **{k: v for k, v in params.items() if v is not None}}
     if method in ("ema", "power_ema") and entry not in wanted and entry not in entries:
       wanted.append(entry)
-  shown = entries + wanted[:3]
-  profiles = "(" + ", ".join(repr(e) for e in shown) + ("," if len(shown) == 1 else "") + ")"
   parts = []
-  if wanted:
-    more = f" (and {len(wanted) - 3} more)" if len(wanted) > 3 else ""
+  if len(wanted) > 3:
+    # A whole grid: one profile each is too many; the two power-EMA profiles of
+    # Karras et al. with every checkpoint kept rebuild a range of them.
+    pair = "({'method': 'power_ema', 'gamma': 16.97}, {'method': 'power_ema', 'gamma': 6.94})"
     parts.append(
-      f'--config.averaging.profiles="{profiles}"{more}: a profile\'s own average is exact'
+      f'--config.averaging.profiles="{pair}" and --config.checkpoint.max_to_keep=None '
+      "(as configs/mnist1d.py: they rebuild EMAs whose memory 1/δ spans 0.5 … 2.5 checkpoint "
+      "intervals)"
     )
+  elif wanted:
+    shown = entries + wanted
+    profiles = "(" + ", ".join(repr(e) for e in shown) + ("," if len(shown) == 1 else "") + ")"
+    parts.append(f'--config.averaging.profiles="{profiles}": a profile\'s own average is exact')
   parts.append(
     ("or " if parts else "")
     + "keep every step the kernel weighs: --config.checkpoint.max_to_keep=None with "
     "--config.checkpoint_every_steps=1 (or a cadence well under the averages' memory)"
   )
-  return "to make them exact next time, train with " + "; ".join(parts)
+  return (
+    "to make them exact next time, " + ("train with " if len(parts) > 1 else "") + "; ".join(parts)
+  )
 
 
 # --------------------------------------------------------------------------- one pass
