@@ -37,7 +37,7 @@ line saying why not and how. Third-party INFO logging is off unless
 
 Where it writes: only into ``--out``, which must be a new or empty directory,
 outside every run's directory (none of its ancestors may hold a
-``.trajax.lock`` or ``checkpoints/``), with neither ``--out`` nor ``--workdir``
+``.trajax.lock`` or a ``checkpoints/`` with step directories), with neither ``--out`` nor ``--workdir``
 reaching its target through a symlink. All of that, and every flag, is checked
 before the run is read; files are created exclusively (never through a
 symlink, never over an existing file). The run's directory is never written.
@@ -341,7 +341,6 @@ def _check_paths(run_directory: str | None = None) -> str:
   existing --out that is not an empty directory (the user's files, or an
   earlier output, are never overwritten).
   """
-  from trajax import workdir_lock
 
   for flag in (_WORKDIR, _OUT):
     given = os.path.abspath(flag.value)
@@ -359,9 +358,7 @@ def _check_paths(run_directory: str | None = None) -> str:
         raise ValueError(f"--out = {_OUT.value!r} lies inside the run directory {run_root!r}")
   here = out
   while True:
-    if os.path.lexists(os.path.join(here, workdir_lock.LOCK_NAME)) or os.path.isdir(
-      os.path.join(here, "checkpoints")
-    ):
+    if _is_run(here):
       raise ValueError(
         f"--out = {_OUT.value!r} lies inside the run directory {here!r}; give a new directory "
         "outside every run"
@@ -381,6 +378,19 @@ def _check_paths(run_directory: str | None = None) -> str:
         "only into a new or empty directory (give another --out, or remove it)"
       )
   return out
+
+
+def _is_run(path: str) -> bool:
+  """A run's directory: it holds the workdir lock, or checkpoints/ with a step directory."""
+  from trajax import workdir_lock
+
+  if os.path.lexists(os.path.join(path, workdir_lock.LOCK_NAME)):
+    return True
+  ckpts = os.path.join(path, "checkpoints")
+  try:
+    return os.path.isdir(ckpts) and any(name.isdigit() for name in os.listdir(ckpts))
+  except OSError:
+    return True  # unreadable: not ours to write into
 
 
 def _write_new(path: str, text: str) -> None:
