@@ -37,8 +37,8 @@ line saying why not and how. Third-party INFO logging is off unless
 
 Where it writes: only into ``--out``, which must be a new or empty directory,
 outside every run's directory (none of its ancestors may hold a
-``.trajax.lock`` or a ``checkpoints/`` with step directories), with neither ``--out`` nor ``--workdir``
-reaching its target through a symlink. All of that, and every flag, is checked
+``.trajax.lock`` or a ``checkpoints/`` with step directories), with neither
+``--out`` nor ``--workdir`` reaching its target through a symlink. All of that, and every flag, is checked
 before the run is read; files are created exclusively (never through a
 symlink, never over an existing file). The run's directory is never written.
 The run's config goes to DIR/run_config.json (data); DIR/run_config.py, the
