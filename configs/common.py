@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from trajax.config import base_config
 
-__all__ = ["base_config", "paper_resnet_config", "parse_arg"]
+__all__ = ["POSTHOC_PROFILES", "base_config", "paper_resnet_config", "parse_arg"]
+
+# Karras et al. 2024's pair of power-EMA profiles, γ = 16.97 and 6.94 (σ_rel = 0.05
+# and 0.10, trajax.averaging.power_ema_gamma): saved in every checkpoint, they let
+# python -m trajax.posthoc rebuild EMAs between the saved steps.
+POSTHOC_PROFILES = (
+  {"method": "power_ema", "gamma": 16.97},
+  {"method": "power_ema", "gamma": 6.94},
+)
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:
@@ -85,6 +93,14 @@ def paper_resnet_config(arg: str | None, *, dataset: str, model: str, weight_dec
   # Side-trips branch from the trajectory: keep every 5k-step checkpoint.
   c.checkpoint.max_to_keep = 2
   c.checkpoint.keep_period = 5000
+  # Post-hoc averages: with the 20 kept 5k-step checkpoints, the two profiles
+  # rebuild EMAs of δ ≈ 6e-5 … 3e-4 (the paper's 1e-4 included, kernel residual
+  # 0.002) at step 100k within 0.05. Cost (estimated, not measured on a GPU):
+  # two float32 copies of the params in the state and in each checkpoint
+  # (ResNet-34: 2 × 87 MB) and two elementwise passes over them per step,
+  # ~0.5 GB of memory traffic, well under 1 ms on an H100 against a step of
+  # hundreds of ms at batch 512.
+  c.averaging.profiles = POSTHOC_PROFILES
 
   if a["runlocal"]:
     c.total_steps = 20
@@ -97,4 +113,5 @@ def paper_resnet_config(arg: str | None, *, dataset: str, model: str, weight_dec
     c.model.width = 8
     c.model.dtype = "float32"
     c.averaging.bn_recompute_batches = 2
+    c.averaging.profiles = ()
   return c

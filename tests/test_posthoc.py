@@ -251,7 +251,7 @@ def test_command_line_writes_evaluates_and_sweeps(ema_run, tmp_path):
     "error: --method=ema needs --decay (or --sweep)"
   )
   r = _cli(f"--workdir={ema_run.workdir}", "--decay=0.1", f"--out={ema_run.workdir}/avg")
-  assert r.returncode == 1 and "lies inside the run's directory" in r.stderr.splitlines()[-1]
+  assert r.returncode == 1 and "lies inside the run directory" in r.stderr.splitlines()[-1]
   assert snapshot(ema_run.workdir) == before
 
 
@@ -658,3 +658,252 @@ def test_side_trip_command_starts_where_the_method_starts(profile_run):
   assert not trip["exact"] and "it can set only window and decay, gap, n, gamma" in trip["note"]
   with pytest.raises(ValueError, match="start = 6: the kernel has weight on step 5 before it"):
     posthoc.equivalent_schedule(swa[1], 0.05, start=6)
+
+
+# --------------------------------------------------------------------------- issues 20, 24: CLI
+
+
+def _cli_in(cwd, *args):
+  """The CLI in ``cwd``; JAX_PLATFORMS=cpu keeps accelerator probing off stderr."""
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "trajax.posthoc", *args]
+  return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(cwd), timeout=600)
+
+
+def _one_line_error(r, *, says: str):
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode != 0 and len(lines) == 1, r.stderr[-3000:]
+  assert lines[0].startswith("error: ") and says in lines[0], lines[0]
+  assert "Traceback" not in r.stderr
+
+
+def _tree(path) -> dict:
+  """{relative path: (bytes, mtime_ns)} of every file under ``path``."""
+  out = {}
+  for root, _, files in os.walk(path):
+    for f in files:
+      p = os.path.join(root, f)
+      with open(p, "rb") as fh:
+        out[os.path.relpath(p, path)] = (fh.read(), os.stat(p).st_mtime_ns)
+  return out
+
+
+@pytest.mark.parametrize(
+  "args, says",
+  [
+    (("--decay=nan",), "--decay = nan: decay must be a float in (0, 1]"),
+    (("--decay=2",), "--decay = 2.0: decay must be a float in (0, 1]"),
+    (("--decay=abc",), "--decay"),
+    (("--method=power_ema", "--gamma=-1"), "--gamma = -1.0: gamma must be a float > 0"),
+    (("--sweep", "--decays=1e-3,abc"), "--decays: 'abc' is not a number"),
+    (("--sweep", "--decays=1e-3,inf"), "--decays = inf: decay must be a float in (0, 1]"),
+    (("--decay=0.1", "--threshold=nan"), "--threshold = nan: must be a finite kernel residual"),
+    (("--method=bogus", "--decay=0.1"), "--method = 'bogus'"),
+    (("--method=swa", "--window=0"), "--window = 0: must be an integer >= 1"),
+  ],
+)
+def test_cli_errors_are_one_line_before_anything_is_written(ema_run, tmp_path, args, says):
+  out = tmp_path / "out"
+  r = _cli_in(tmp_path, f"--workdir={ema_run.workdir}", f"--out={out}", *args)
+  _one_line_error(r, says=says)
+  assert not out.exists()
+
+
+def test_cli_never_writes_where_it_was_not_asked(ema_run, profile_run, tmp_path):
+  before = snapshot(ema_run.workdir), snapshot(profile_run.workdir)
+  args = (f"--workdir={ema_run.workdir}", "--decay=0.2", "--start_step=2")
+  # --out reaching the run (or its checkpoints) through a symlink; --workdir given through one.
+  (tmp_path / "link").symlink_to(ema_run.workdir)
+  (tmp_path / "ckpts").symlink_to(os.path.join(ema_run.workdir, "checkpoints"))
+  for out in (tmp_path / "link" / "avg", tmp_path / "ckpts"):
+    _one_line_error(_cli_in(tmp_path, *args, f"--out={out}"), says="through a symlink")
+  r = _cli_in(tmp_path, f"--workdir={tmp_path / 'link'}", "--decay=0.2", f"--out={tmp_path / 'o'}")
+  _one_line_error(r, says="--workdir")
+  assert not (tmp_path / "o").exists()
+  # Another run's workdir, or a directory inside it.
+  for out in (profile_run.workdir, os.path.join(profile_run.workdir, "sub")):
+    _one_line_error(_cli_in(tmp_path, *args, f"--out={out}"), says="lies inside the run directory")
+  # An existing directory with the user's files is not overwritten.
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "run_config.py").write_text("# mine\n")
+  _one_line_error(_cli_in(tmp_path, *args, f"--out={mine}"), says="already holds 1 entries")
+  assert [p.name for p in mine.iterdir()] == ["run_config.py"]
+  assert (mine / "run_config.py").read_text() == "# mine\n"
+  # The same --out twice: the second is refused before the pass, nothing rewritten.
+  out = tmp_path / "twice"
+  r = _cli_in(tmp_path, *args, f"--out={out}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  first = _tree(out)
+  assert {"posthoc.json", "run_config.py", "run_config.json"} <= set(first)
+  r = _cli_in(tmp_path, *args, f"--out={out}")
+  _one_line_error(r, says="already holds")
+  assert _tree(out) == first
+  assert (snapshot(ema_run.workdir), snapshot(profile_run.workdir)) == before
+
+
+HOSTILE = 'a"""+str(__import__("os").system("touch PWNED"))+"""b'
+
+
+def test_a_hostile_run_name_is_data_not_code(tmp_path):
+  """The run's directory name reaches no generated code: run_config.py is fixed text, the
+  config is JSON beside it, and the printed side-trip command runs with the name quoted."""
+  import importlib.util
+  import json
+  import shlex
+
+  from trajax.posthoc.__main__ import RUN_CONFIG_PY
+
+  config = tiny_config(total_steps=6, checkpoint_every_steps=1, eval_every_steps=6,
+                       log_every_steps=6, **{"averaging.method": "ema", "averaging.decay": 0.3})  # fmt: skip
+  workdir = tmp_path / HOSTILE
+  train.train_and_evaluate(config, str(workdir))
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  out = tmp_path / "out"
+  r = _cli_in(cwd, f"--workdir={workdir}", "--decay=0.3", "--start_step=2", f"--out={out}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert (out / "run_config.py").read_text() == RUN_CONFIG_PY and HOSTILE not in RUN_CONFIG_PY
+  stored = json.loads((out / "run_config.json").read_text())
+  spec = importlib.util.spec_from_file_location("run_config", out / "run_config.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.get_config().to_dict() == runs.open_run(str(workdir)).config.to_dict()
+  assert stored["averaging"]["decay"] == 0.3
+  (row,) = json.loads((out / "posthoc.json").read_text())["averages"]
+  trip = row["sidetrip"]
+  assert trip["exact"] and f"side-trip (exact): {trip['command']}" in r.stdout
+  argv = shlex.split(trip["command"])
+  assert f"--parent={workdir}/checkpoints" in argv
+  done = subprocess.run(
+    [sys.executable, *argv[1:]], capture_output=True, text=True, cwd=str(cwd), timeout=600,
+    env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"),
+  )  # fmt: skip
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert runs.open_run(trip["workdir"]).steps[-1] == 6
+  assert not any(p.name == "PWNED" for p in tmp_path.rglob("*")) and not os.path.exists(
+    os.path.join(REPO, "PWNED")
+  )
+
+
+def test_sweep_grid_from_the_run_and_approximate_averages_flagged(profile_run, tmp_path):
+  """Without a grid the sweep takes the values the run rebuilds within the threshold; a grid
+  beyond it is evaluated and flagged approximate in the JSON, the table and the plot, with
+  one line saying what to save next time. One table line per average, sorted, best marked."""
+  import json
+
+  before = snapshot(profile_run.workdir)
+  out = tmp_path / "chosen"
+  r = _cli_in(tmp_path, f"--workdir={profile_run.workdir}", "--method=power_ema", "--sweep",
+              f"--out={out}")  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  report = json.loads((out / "sweep.json").read_text())
+  rows = report["averages"]
+  assert report["grid"] == "chosen from the run" and report["threshold"] == 0.05
+  values = [a["value"] for a in rows]
+  assert values == sorted(values) and len(values) >= 3
+  assert all(a["residual"] <= 0.05 and not a["approximate"] for a in rows)
+  # The candidates left out are those beyond the threshold (each planned on its own).
+  from trajax.posthoc.__main__ import SWEPT
+
+  lo, hi, n = SWEPT["power_ema"][3]
+  for g in sorted({float(f"{x:.3g}") for x in np.geomspace(lo, hi, n)}):
+    res = posthoc.plan(profile_run.run, posthoc.target("power_ema", end=12, gamma=g)).residual
+    assert (g in values) == (res <= 0.05), (g, res)
+  lines = r.stdout.strip().splitlines()
+  # header, one line per average, in training, the side-trip, what was written
+  assert len(lines) == len(rows) + 4, r.stdout
+  assert sum("<- best" in line for line in lines) == 1 and "approximate" not in r.stdout
+  assert r.stderr.count("\n") <= 2 and "orbax" not in r.stderr.lower(), r.stderr
+  # A grid beyond what the params alone rebuild: δ = 0.01 needs θ_0 (weight 0.99^12).
+  out = tmp_path / "beyond"
+  r = _cli_in(tmp_path, f"--workdir={profile_run.workdir}", "--sweep", "--decays=0.9,0.01",
+              "--sources=params", f"--out={out}")  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  report = json.loads((out / "sweep.json").read_text())
+  rows = report["averages"]
+  assert report["grid"] == "given" and [a["value"] for a in rows] == [0.01, 0.9]
+  assert rows[0]["approximate"] and rows[0]["residual"] > 1.0 and not rows[1]["approximate"]
+  assert report["approximate"] == [rows[0]["label"]]
+  assert "'method': 'ema', 'decay': 0.01" in report["save_next_time"]
+  assert report["plot_legend"][:2] == [
+    "post-hoc (kernel residual ≤ 0.05)",
+    "approximate (kernel residual > 0.05)",
+  ]
+  lines = r.stdout.strip().splitlines()
+  assert len(lines) == len(rows) + 5, r.stdout  # ... and the one approximate line
+  (approx,) = [line for line in lines if line.startswith("approximate:")]
+  assert "1 of 2" in approx and "to make them exact next time" in approx
+  (best,) = [line for line in lines if "<- best" in line]
+  assert best.startswith(rows[1]["label"]) and "approx." in lines[1] and "approx." not in best
+  assert snapshot(profile_run.workdir) == before
+
+
+def _readme_commands() -> tuple[str, list[str]]:
+  """The README's main-run command and its post-hoc commands, as written."""
+  import re
+
+  text = open(os.path.join(REPO, "README.md")).read()
+  section = text.split("## Averages chosen after training", 1)[1].split("\n## ", 1)[0]
+  (main,) = set(re.findall(r"python -m trajax\.main [^`\n]*", section))
+  block = section.split("```bash", 1)[1].split("```", 1)[0]
+  commands = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+  assert all(c.startswith("python -m trajax.posthoc ") for c in commands) and len(commands) == 4
+  return main.strip(), commands
+
+
+@pytest.mark.slow
+def test_readme_post_hoc_commands_on_the_default_run(tmp_path):
+  """The README's default run (configs/mnist1d.py, 6 000 steps) and its post-hoc commands,
+  as written (only workdirs/ moved under tmp): the EMA δ = 0.001 and the default sweep within
+  the residual threshold, a grid beyond it flagged approximate, the console's line counts."""
+  import json
+  import shlex
+
+  main, commands = _readme_commands()
+  root = tmp_path / "workdirs"
+  root.mkdir()
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+
+  def run(command):
+    argv = shlex.split(command.replace("workdirs/", f"{root}/"))
+    assert argv[0] == "python"
+    r = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=1800)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+  run(main)
+  assert runs.open_run(str(root / "mnist1d")).steps == list(range(500, 6001, 500))
+  outs = {}
+  for command in commands:
+    r = run(command)
+    out = root / shlex.split(command)[-1].split("workdirs/", 1)[1]
+    name = "sweep.json" if "--sweep" in command else "posthoc.json"
+    report = json.loads((out / name).read_text())
+    rows = report["averages"]
+    for a in rows:
+      assert a["approximate"] == (a["residual"] > 0.05)
+    extra = (1 if report.get("in_training") else 0) + (1 if report["approximate"] else 0)
+    assert len(r.stdout.strip().splitlines()) == 1 + len(rows) + extra + 2, r.stdout
+    assert "INFO" not in r.stderr and "orbax" not in r.stderr.lower()
+    outs[out.name] = rows
+  (ema,) = outs["ema001"]
+  assert ema["label"] == "ema(decay=0.001)" and ema["residual"] <= 0.05
+  sweep = outs["ema_sweep"]
+  assert len(sweep) >= 5 and all(a["residual"] <= 0.05 for a in sweep)
+  assert min(a["value"] for a in sweep) <= 1e-3 <= max(a["value"] for a in sweep)
+  pow_ = {a["value"]: a for a in outs["pow"]}
+  assert not pow_[7.0]["approximate"] and not pow_[17.0]["approximate"]
+  assert pow_[40.0]["approximate"]
+
+
+def test_save_next_time_names_the_profiles_or_the_pair(profile_run):
+  one = posthoc.save_next_time(profile_run.run, [("ema", {"decay": 0.01})])
+  assert "{'method': 'ema', 'decay': 0.01}" in one and "max_to_keep=None" in one
+  # The run's own profiles stay in the suggested tuple, first.
+  assert one.index("'decay': 0.3") < one.index("'decay': 0.01")
+  grid = posthoc.save_next_time(profile_run.run, [("ema", {"decay": d}) for d in (1, 2, 3, 4)])
+  assert "'gamma': 16.97}, {'method': 'power_ema', 'gamma': 6.94}" in grid
+  swa = posthoc.save_next_time(profile_run.run, [("swa", {"start_step": 4})])
+  assert swa.startswith("to make them exact next time, keep every step")

@@ -45,6 +45,13 @@ Usage::
   for plan, avg in zip(plans, posthoc.combine(run, plans)):
     print(plan.label, plan.residual, avg.params)
 
+A plan whose kernel residual exceeds :data:`RESIDUAL_THRESHOLD` (0.05: 2.5 %
+of the kernel's mass in the wrong place) is *approximate*
+(:attr:`Plan.approximate`): it is not the average it is labelled with, and
+:func:`save_next_time` says what a run must save to make it exact.
+:func:`representable` picks, from a grid of a method's parameter, the values
+the run's snapshots rebuild within the threshold (the CLI's default sweep).
+
 Nothing in the run's directory is written (reads go through
 :meth:`trajax.runs.Run.state_at`). Core: no TensorFlow import here.
 """
@@ -67,8 +74,12 @@ __all__ = [
   "basis",
   "combine",
   "equivalent_schedule",
+  "RESIDUAL_THRESHOLD",
   "method_equivalent_schedule",
   "plan",
+  "plans",
+  "representable",
+  "save_next_time",
   "posthoc_average",
   "run_profiles",
   "sidetrip_command",
@@ -79,6 +90,11 @@ __all__ = [
 PARAMS, AVERAGE, PROFILES = "params", "average", "profiles"
 SOURCES = (PARAMS, AVERAGE, PROFILES)
 EXACT_ATOL = 1e-9
+# Kernel residual ‖Bx − c‖₁ above which an average is flagged approximate: at
+# most 2.5 % of the kernel's mass misplaced (the residual counts it twice:
+# missing where it belongs, present where it does not). The README's default
+# run rebuilds EMAs of δ ≈ 9e-4 … 4e-3 and power EMAs of γ ≈ 3 … 22 within it.
+RESIDUAL_THRESHOLD = 0.05
 
 
 class MissingSnapshotsError(ValueError):
@@ -106,6 +122,11 @@ class Plan(NamedTuple):
   residual: float
   exact: bool
   schedule_residual: float = 0.0
+
+  @property
+  def approximate(self) -> bool:
+    """Kernel residual above :data:`RESIDUAL_THRESHOLD`: not the average its label names."""
+    return self.residual > RESIDUAL_THRESHOLD
 
   @property
   def support(self) -> tuple[int, int]:
@@ -372,15 +393,37 @@ def plan(
     exact: raise :class:`MissingSnapshotsError` naming the missing steps
       unless the result is exact.
   """
-  label, c = kernel
-  c = np.asarray(c, np.float64)
-  end = c.size - 1
-  if end > run.steps[-1]:
-    raise MissingSnapshotsError(
-      f"{label}: the kernel ends at step {end}, after the run's last committed step "
-      f"{run.steps[-1]} ({run.directory!r})"
-    )
-  columns, B = basis(run, end, sources=sources, steps=steps)
+  return plans(run, [kernel], sources=sources, steps=steps, exact=exact)[0]
+
+
+def plans(
+  run,
+  kernels: Sequence[tuple[str, np.ndarray]],
+  *,
+  sources: Sequence[str] | None = None,
+  steps: Iterable[int] | None = None,
+  exact: bool = False,
+) -> list[Plan]:
+  """:func:`plan` of each kernel, the basis built once per end step (a sweep's grid)."""
+  steps = None if steps is None else list(steps)
+  cache: dict[int, tuple] = {}
+  out = []
+  for label, c in kernels:
+    c = np.asarray(c, np.float64)
+    end = c.size - 1
+    if end > run.steps[-1]:
+      raise MissingSnapshotsError(
+        f"{label}: the kernel ends at step {end}, after the run's last committed step "
+        f"{run.steps[-1]} ({run.directory!r})"
+      )
+    if end not in cache:
+      cache[end] = basis(run, end, sources=sources, steps=steps)
+    columns, B = cache[end]
+    out.append(_plan(run, label, c, columns, B, exact))
+  return out
+
+
+def _plan(run, label: str, c: np.ndarray, columns, B: np.ndarray, exact: bool) -> Plan:
   x = None
   # The plainest exact combination first: one snapshot that is the target
   # (the run's average or a profile of the same method at the end step),
@@ -415,6 +458,69 @@ def plan(
       "of its method and parameters (averaging.profiles)"
     )
   return Plan(label, c, coefficients, residual, is_exact, sched_res)
+
+
+def representable(
+  run,
+  method: str,
+  name: str,
+  candidates: Iterable[float],
+  *,
+  end: int | None = None,
+  threshold: float = RESIDUAL_THRESHOLD,
+  sources: Sequence[str] | None = None,
+  **params,
+) -> list[tuple[float, float]]:
+  """``(value, residual)`` for each candidate of ``method``'s parameter ``name`` whose
+  average at ``end`` (default: the last step) the run's snapshots rebuild with kernel
+  residual ‖Bx − c‖₁ <= ``threshold``; ``params`` are the method's other parameters.
+
+  E.g. the EMA decays a run supports: ``representable(run, 'ema', 'decay',
+  np.geomspace(1e-4, 0.1, 61))``. Planning only (NumPy): no checkpoint is read.
+  """
+  end = run.steps[-1] if end is None else end
+  values = [float(v) for v in candidates]
+  kernels = [target(method, end=end, **{**params, name: v}) for v in values]
+  got = plans(run, kernels, sources=sources)
+  return [(v, p.residual) for v, p in zip(values, got, strict=True) if p.residual <= threshold]
+
+
+def save_next_time(run, approximate: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+  """What a run must save for these averages to be exact: one sentence.
+
+  ``approximate``: ``(method, params)`` of each approximate average. A
+  profile of the same method and parameters (``averaging.profiles``) holds
+  that average at every saved step, so it is exact from it; otherwise every
+  step of its kernel must be a kept checkpoint.
+  """
+  entries = [dict(e) for e in (run.config.averaging.get("profiles", ()) or ())]
+  wanted = []
+  for method, params in approximate:
+    entry = {"method": method, **{k: v for k, v in params.items() if v is not None}}
+    if method in ("ema", "power_ema") and entry not in wanted and entry not in entries:
+      wanted.append(entry)
+  parts = []
+  if len(wanted) > 3:
+    # A whole grid: one profile each is too many; the two power-EMA profiles of
+    # Karras et al. with every checkpoint kept rebuild a range of them.
+    pair = "({'method': 'power_ema', 'gamma': 16.97}, {'method': 'power_ema', 'gamma': 6.94})"
+    parts.append(
+      f'--config.averaging.profiles="{pair}" and --config.checkpoint.max_to_keep=None '
+      "(as configs/mnist1d.py: they rebuild EMAs whose memory 1/δ spans 0.5 … 2.5 checkpoint "
+      "intervals)"
+    )
+  elif wanted:
+    shown = entries + wanted
+    profiles = "(" + ", ".join(repr(e) for e in shown) + ("," if len(shown) == 1 else "") + ")"
+    parts.append(f'--config.averaging.profiles="{profiles}": a profile\'s own average is exact')
+  parts.append(
+    ("or " if parts else "")
+    + "keep every step the kernel weighs: --config.checkpoint.max_to_keep=None with "
+    "--config.checkpoint_every_steps=1 (or a cadence well under the averages' memory)"
+  )
+  return (
+    "to make them exact next time, " + ("train with " if len(parts) > 1 else "") + "; ".join(parts)
+  )
 
 
 # --------------------------------------------------------------------------- one pass
