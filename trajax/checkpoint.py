@@ -371,7 +371,9 @@ class Checkpointer:
       meta = read_metadata(self.directory, step, check=check)  # this process's reason
       raise CheckpointCorruptError(f"checkpoint {self.path(step)}: metadata failed on a process")
     abstract = _abstract(_to_tree(target))
-    old = layout.stored_in_old_layout(os.path.join(self.path(step), "state"))
+    item = os.path.join(self.path(step), "state")
+    with _expected_missing_metadata(item):
+      old = layout.stored_in_old_layout(item)
     out = self.manager.restore(
       int(step),
       args=ocp.args.Composite(
