@@ -23,6 +23,7 @@ Every case runs the CLI (``python -m trajax.main`` / ``trajax.sidetrip`` /
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
@@ -311,7 +312,7 @@ def test_busy_lock_is_said_before_a_config_diff_and_config_errors_are_one_line(b
 
 
 @pytest.mark.parametrize("obstacle", ["file", "symlink"])
-def test_failed_quarantine_says_what_and_why_and_moves_nothing(base, data_dir, tmp_path, obstacle):
+def test_quarantine_obstacle_is_named_and_nothing_moves(base, data_dir, tmp_path, obstacle):
   workdir = _copy(base, tmp_path)
   _damage_meta(workdir, "deleted")
   qdir = pathlib.Path(workdir) / ckpt_lib.QUARANTINE_DIR
@@ -323,11 +324,31 @@ def test_failed_quarantine_says_what_and_why_and_moves_nothing(base, data_dir, t
     qdir.symlink_to(outside)
   before = snapshot(tmp_path)
   proc = _main(workdir, data_dir)
-  line = _one_line_error(proc, "could not move", os.path.join(workdir, "checkpoints", "60"))
-  assert "nothing was moved" in line
-  assert ("not a directory" if obstacle == "file" else "symbolic link") in line
+  _one_line_error(proc, str(qdir), "symbolic link" if obstacle == "symlink" else "in the way")
   assert snapshot(tmp_path) == before
   assert os.listdir(outside) == []
+
+
+@pytest.mark.parametrize("errno_", [errno.EXDEV, errno.EROFS])
+def test_failed_quarantine_move_says_what_and_why_and_moves_nothing(tmp_path, monkeypatch, errno_):
+  """The rename itself fails (another filesystem, read-only): the step stays, intact."""
+  step_dir = tmp_path / "run" / "checkpoints" / "60"
+  (step_dir / "state").mkdir(parents=True)
+  (step_dir / "state" / "x").write_text("data")
+  before = snapshot(step_dir.parent)
+
+  def rename(src, dst):
+    raise OSError(errno_, os.strerror(errno_), src, dst)
+
+  monkeypatch.setattr(os, "rename", rename)
+  with pytest.raises(ckpt_lib.QuarantineError) as e:
+    ckpt_lib._move_aside(str(step_dir))
+  text = str(e.value)
+  assert str(step_dir) in text and "nothing was moved" in text and "\n" not in text
+  assert os.strerror(errno_) in text
+  if errno_ == errno.EXDEV:
+    assert "another filesystem" in text
+  assert snapshot(step_dir.parent) == before
 
 
 def test_all_damaged_advice_runs_as_printed(base, data_dir, tmp_path):
