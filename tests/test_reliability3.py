@@ -487,3 +487,39 @@ def test_write_digests_never_writes_through_a_linked_metadata_file(base, tmp_pat
   assert proc.returncode == 1
   assert outside.read_bytes() == before
   assert meta.is_symlink()
+
+
+# ----------------------------------------------------------------------------- 8: SIGTERM log window
+
+
+@pytest.mark.slow
+def test_after_sigterm_between_log_points_the_next_record_says_how_many_steps_it_averages(
+  tmp_path, data_dir
+):
+  import signal
+
+  workdir = str(tmp_path / "run")
+  cmd = [
+    sys.executable,
+    "-m",
+    "trajax.main",
+    "--config=configs/mnist1d.py:runlocal",  # logs every 50 steps
+    "--config.total_steps=100",
+    "--config.checkpoint_every_steps=100",
+    f"--config.data_dir={data_dir}",
+    f"--workdir={workdir}",
+  ]
+  log = str(tmp_path / "log")
+  landing = wc.run_and_signal(
+    cmd, workdir, log, after_step=50, sig=signal.SIGTERM, env=_env(), timeout=TIMEOUT
+  )
+  assert landing["rc"] == 0, landing
+  (stop,) = landing["committed"]
+  assert 50 <= stop < 100, landing  # between the log points 50 and 100
+  assert wc.run_logged(cmd, log, env=_env(), timeout=TIMEOUT) == 0, wc.tail(log)
+  got = {r["step"]: r for r in wc.records(workdir) if "train/loss" in r}
+  assert sorted(got) == [50, 100]
+  assert got[50]["train/steps_averaged"] == 50
+  assert got[100]["train/steps_averaged"] == 100 - stop
+  if stop != 50:
+    assert "step 100/100" in wc.tail(log) and f"(mean of {100 - stop} steps)" in wc.tail(log)

@@ -142,15 +142,27 @@ def committed_steps(directory: str) -> list[int]:
   Temporary directories of interrupted saves (``<step>.orbax-checkpoint-tmp-*``)
   and unfinalised step directories are left out.
   """
-  if not os.path.isdir(directory):
+  from trajax import paths
+
+  if not paths.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory) if _is_committed(os.path.join(directory, n)))
+  names = [n for n in paths.listdir(directory) if _STEP_RE.match(n)]
+  return sorted(int(n) for n in names if _is_committed(paths.join(directory, n)))
 
 
 def _is_committed(path: str) -> bool:
   # Orbax writes commit_success.txt as the last step of a save, before the
   # atomic rename (POSIX) or in place (object stores), so its presence in a
   # step-named directory is the commit.
+  from trajax import paths
+
+  if paths.is_remote(path):
+    return (
+      _STEP_RE.match(path.rstrip("/").rsplit("/", 1)[-1]) is not None
+      and paths.isfile(paths.join(path, _COMMIT_FILE))
+      and paths.isdir(paths.join(path, "state"))
+      and paths.isdir(paths.join(path, "meta"))
+    )
   return (
     _STEP_RE.match(os.path.basename(path)) is not None
     and not os.path.islink(path)
@@ -189,14 +201,17 @@ def read_metadata(directory: str, step: int, *, check: bool = True) -> dict:
     CheckpointCorruptError: the file is missing or not JSON, or (with
       ``check``) fails :func:`check_meta`: its digest, step or data position.
   """
-  return _read_meta_file(os.path.join(directory, str(step)), int(step), check=check)
+  from trajax import paths
+
+  return _read_meta_file(paths.join(directory, str(step)), int(step), check=check)
 
 
 def _read_meta_file(step_dir: str, step: int, *, check: bool = True) -> dict:
-  path = os.path.join(step_dir, "meta", "metadata")
+  from trajax import paths
+
+  path = paths.join(step_dir, "meta", "metadata")
   try:
-    with open(path, "rb") as f:
-      meta = json.loads(f.read().decode("utf-8"))
+    meta = json.loads(paths.read_bytes(path).decode("utf-8"))
   except (OSError, ValueError) as e:  # ValueError: JSON and UTF-8 decoding
     raise CheckpointCorruptError(
       f"checkpoint {step_dir}: metadata cannot be read: {_first_line(e)}"
@@ -609,6 +624,18 @@ def _any_process(flag: bool) -> bool:
 
 def resolve_directory(path: str) -> str:
   """``WORKDIR`` or ``WORKDIR/checkpoints`` -> the checkpoints directory (must exist)."""
+  from trajax import paths
+
+  if paths.is_remote(path):
+    path = os.fspath(path).rstrip("/")
+    sub = paths.join(path, "checkpoints")
+    if paths.isdir(sub):
+      return sub
+    if path.endswith("/checkpoints") or committed_steps(path):
+      return path
+    raise FileNotFoundError(
+      f"no checkpoints directory at {path!r} (expected WORKDIR or WORKDIR/checkpoints)"
+    )
   path = os.path.abspath(os.fspath(path))
   sub = os.path.join(path, "checkpoints")
   if os.path.isdir(sub):
@@ -647,7 +674,9 @@ def restore_readonly(
     step = steps[-1]
   if step not in steps:
     raise FileNotFoundError(f"step {step} is not a committed checkpoint in {directory!r}: {steps}")
-  return restore_step_dir(os.path.join(directory, str(step)), step, target=target, check=check)
+  from trajax import paths
+
+  return restore_step_dir(paths.join(directory, str(step)), step, target=target, check=check)
 
 
 def restore_step_dir(step_dir: str, step: int, *, target=None, check: bool = True):
@@ -656,9 +685,11 @@ def restore_step_dir(step_dir: str, step: int, *, target=None, check: bool = Tru
   As :func:`restore_readonly`; the metadata is read (and with ``check``
   verified, :func:`check_meta`) before any array.
   """
+  from trajax import paths
+
   ocp = _ocp()
   meta = _read_meta_file(step_dir, int(step), check=check)
-  item = os.path.join(step_dir, "state")
+  item = paths.join(step_dir, "state")
   with _expected_missing_metadata(item), ocp.StandardCheckpointer() as ckptr:
     if target is None:
       # Onto this process's first device whatever topology wrote it (the

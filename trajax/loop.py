@@ -434,8 +434,14 @@ def fit(
     elapsed = max(now - window_start, 1e-9)
     summary["train/input_wait_fraction"] = (wait_now - wait_start) / elapsed
     summary["train/skipped_steps"] = float(health.total_skips)
+    # The steps this record averages: log_every_steps, except after a resume
+    # from a preemption between log points (the steps since the resumed step).
+    summary["train/steps_averaged"] = float(len(fetched_window))
     writer.write_scalars(log_step, {**summary, **extra(log_step)})
-    logging.info("%s", metrics.progress_line(log_step, end, summary, len(fetched_window) / elapsed))
+    line = metrics.progress_line(log_step, end, summary, len(fetched_window) / elapsed)
+    if len(fetched_window) != config.log_every_steps:  # a short window says so
+      line += f"  (mean of {len(fetched_window)} steps)"
+    logging.info("%s", line)
 
   def flush_pending():
     nonlocal pending, window_start, wait_start

@@ -23,7 +23,18 @@ from __future__ import annotations
 import os
 import stat
 
-__all__ = ["PathError", "check_entries", "check_local_path", "is_remote"]
+__all__ = [
+  "PathError",
+  "check_entries",
+  "check_local_path",
+  "exists",
+  "is_remote",
+  "isdir",
+  "isfile",
+  "join",
+  "listdir",
+  "read_bytes",
+]
 
 
 class PathError(ValueError):
@@ -36,10 +47,16 @@ def is_remote(path) -> bool:
 
 
 def check_local_path(path, what: str = "workdir") -> str:
-  """The absolute, normalised ``path``; refuses a backslash or an empty path."""
+  """The absolute, normalised ``path``; refuses a backslash, an empty path, a remote one."""
   path = os.fspath(path) if path is not None else ""
   if not path:
     raise PathError(f"{what} must be a directory path, got {path!r}")
+  if is_remote(path):
+    raise PathError(
+      f"{what} {path!r}: this command cannot write to an object store yet (reading a run "
+      "there works: `python -m trajax.verify`); train in a local or network-filesystem "
+      "directory and copy the run to the bucket"
+    )
   if "\\" in path:
     raise PathError(
       f"{what} {path!r} contains a backslash: the array writer (TensorStore) reads it as a "
@@ -87,3 +104,48 @@ def check_entries(workdir: str, entries: dict[str, str] | None = None) -> None:
         f"{path} is in the way: a run writes a {'directory' if kind == 'dir' else 'file'} "
         "there; move it out of the workdir"
       )
+
+
+# ----------------------------------------------------------------------------- one path layer
+# Reads that work on a local directory and on an object store alike: local
+# paths through ``os`` (whose link and file-kind checks above need it), remote
+# ones through etils ``epath``, the path layer Orbax itself uses (gs:// via
+# tf.io.gfile or, with ``EPATH_USE_TF=false``, fsspec/gcsfs).
+
+
+def _epath(path):
+  from etils import epath
+
+  return epath.Path(path)
+
+
+def join(path, *names) -> str:
+  path = os.fspath(path)
+  if is_remote(path):
+    return "/".join([path.rstrip("/"), *names])
+  return os.path.join(path, *names)
+
+
+def exists(path) -> bool:
+  return _epath(path).exists() if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path) -> bool:
+  return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
+
+
+def isfile(path) -> bool:
+  return _epath(path).is_file() if is_remote(path) else os.path.isfile(path)
+
+
+def listdir(path) -> list[str]:
+  if is_remote(path):
+    return sorted(p.name for p in _epath(path).iterdir())
+  return sorted(os.listdir(path))
+
+
+def read_bytes(path) -> bytes:
+  if is_remote(path):
+    return _epath(path).read_bytes()
+  with open(path, "rb") as f:
+    return f.read()

@@ -41,7 +41,10 @@ def _quarantined(path: str) -> list[tuple[int, str]] | None:
   import re
 
   from trajax import checkpoint as ckpt_lib
+  from trajax import paths
 
+  if paths.is_remote(path):
+    return None
   path = os.path.abspath(path)
   if os.path.basename(path) != ckpt_lib.QUARANTINE_DIR or not os.path.isdir(path):
     return None
@@ -80,10 +83,12 @@ def verify(workdir: str, *, predates_digests: bool = False) -> tuple[bool, list[
     except FileNotFoundError as e:
       return False, [f"ERROR {e}"]
     steps = ckpt_lib.committed_steps(directory)
-    entries = [(s, os.path.join(directory, str(s))) for s in steps]
+    from trajax import paths
+
+    entries = [(s, paths.join(directory, str(s))) for s in steps]
     others = sorted(
       n
-      for n in os.listdir(directory)
+      for n in paths.listdir(directory)
       if n.split(".")[0].isdigit() and not (n.isdigit() and int(n) in steps)
     )
     lines.append(f"{directory}: {len(steps)} committed checkpoint(s)")
@@ -153,7 +158,7 @@ def verify(workdir: str, *, predates_digests: bool = False) -> tuple[bool, list[
   for step in pruned:
     lines.append(f"{step:>10}  pruned while reading (the live run's keep policy removed it)")
   for name in others:
-    lines.append(f"WARNING not committed (ignored for restore): {os.path.join(directory, name)}")
+    lines.append(f"WARNING not committed (ignored for restore): {directory}/{name}")
   for p in problems:
     lines.append(f"ERROR {p}")
   lines.append("OK" if not problems else f"FAILED: {len(problems)} problem(s)")
@@ -179,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
   # --verbose_libs: also show Orbax's (and other libraries') INFO logging.
   metrics.configure_console(verbose_libs="--verbose_libs" in given)
   try:
-    path = paths.check_local_path(argv[0], "WORKDIR")
+    path = argv[0]
+    if "--write_digests" in given or not paths.is_remote(path):  # reading a bucket is fine
+      path = paths.check_local_path(path, "WORKDIR")
     if "--write_digests" in given:
       from trajax import checkpoint as ckpt_lib
 
