@@ -79,6 +79,8 @@ def _main(argv):
   metrics.import_tensorflow(verbose_libs=FLAGS.verbose_libs)
   config = FLAGS.config
   try:
+    # A path it would not write to (a backslash, a bucket) fails first.
+    paths.check_local_path(FLAGS.workdir, "--workdir")
     # Bad configs fail here, in about a second, before TensorFlow is imported.
     cv.validate(_base_config(config))
     resolve(config, _check_step(FLAGS.step))
