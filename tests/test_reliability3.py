@@ -523,3 +523,35 @@ def test_after_sigterm_between_log_points_the_next_record_says_how_many_steps_it
   assert got[100]["train/steps_averaged"] == 100 - stop
   if stop != 50:
     assert "step 100/100" in wc.tail(log) and f"(mean of {100 - stop} steps)" in wc.tail(log)
+
+
+# ----------------------------------------------------------------------------- side-trip metadata
+
+
+def _sidetrip(base, workdir, data_dir):
+  trip = [
+    "--config.sidetrip.kind=schedule",
+    "--config.sidetrip.schedule=constant",
+    "--config.sidetrip.lr_factor=0.5",
+    "--config.sidetrip.steps=40",
+  ]
+  args = [*RUN, *trip, f"--config.data_dir={data_dir}", f"--parent={base}", "--step=40"]
+  return _cli("trajax.sidetrip", [*args, f"--workdir={workdir}"])
+
+
+@pytest.mark.slow
+def test_side_trip_with_damaged_latest_metadata_heals_bit_exact(base, data_dir, tmp_path):
+  ref = str(tmp_path / "ref")
+  proc = _sidetrip(base, ref, data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  steps = ckpt_lib.committed_steps(os.path.join(ref, "checkpoints"))
+  assert steps[-1] == 80 and len(steps) >= 2, steps
+  workdir = str(tmp_path / "trip")
+  shutil.copytree(ref, workdir)
+  _flip_in_meta(workdir, 80, '"data_position": 80', '"data_position": 81')
+  proc = _sidetrip(base, workdir, data_dir)
+  out = proc.stdout + proc.stderr
+  assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+  assert "checkpoint step 80 is damaged" in out
+  ck = os.path.join(workdir, "checkpoints")
+  assert wc.compare_states(ck, os.path.join(ref, "checkpoints"), 80) == []
