@@ -12,8 +12,16 @@ On disk, each step holds two Orbax items:
       tree = mngr.restore(step).state     # {'params': ..., 'opt_state': ..., 'step': ...}
 
 * ``meta``: JSON -- step, data position, the config, its hash, library
-  versions, process/device counts, ``all_finite`` (checked before saving) and
-  ``digests``: a CRC-32 of every saved array (:func:`tree_digests`).
+  versions, process/device counts, ``all_finite`` (checked before saving),
+  ``digests``: a CRC-32 of every saved array (:func:`tree_digests`), and
+  ``meta_digest``: a SHA-256 of all of the above (:func:`meta_digest`).
+
+The metadata is verified before it is trusted (:func:`read_metadata`): a
+damaged file, a changed config digit, data position or digest key makes the
+step as damaged as a flipped array byte -- quarantined, and the run resumes
+from the previous good step. A step written before digests existed resumes
+with one warning (``python -m trajax.verify --write_digests`` adds them,
+:func:`write_digests`).
 
 Integrity (:mod:`trajax.checkpoint_digest`, whose public names this module
 re-exports). The digests are computed from a device-side copy of the state in a

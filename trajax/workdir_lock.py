@@ -13,6 +13,11 @@ finds the old holder's record with the lock free, logs that the stale lock was
 recognised, and takes it. The file is never deleted (deleting it would let two
 processes lock two different files of the same name).
 
+The file is opened with ``O_NOFOLLOW`` and must be a regular file: a symlink
+planted as ``.trajax.lock`` is refused, never followed (its target would be
+truncated). :func:`probe` tells a resume that the workdir is busy before
+anything else is said about it.
+
 The file holds the holder's record, ``{"host", "pid", "started", "argv"}``,
 written after the lock is taken and cleared on a clean release, so a record
 found with the lock free is the trace of a holder that died.
