@@ -150,3 +150,21 @@ def test_writing_to_a_bucket_is_refused_in_one_line(emulator, local_run, module)
   (line,) = [x for x in proc.stderr.splitlines() if "object store" in x]
   assert f"gs://{BUCKET}/new" in line
   assert not fs.exists(f"{BUCKET}/new")
+
+
+def test_open_run_reads_a_bucket_bit_for_bit(emulator, local_run):
+  """What post-hoc averaging and the experiments read (trajax.runs) works on gs:// too."""
+  import numpy as np
+
+  from tests.workdir_checks import leaves
+  from trajax import runs
+
+  env, fs = emulator
+  url = _upload(fs, local_run, "read")
+  remote, local = runs.open_run(url), runs.open_run(local_run)
+  assert remote.steps == local.steps == [20, 40]
+  assert remote.meta(40) == local.meta(40)
+  got, want = leaves(remote.state_at(40)), leaves(local.state_at(40))
+  assert got.keys() == want.keys()
+  for name in want:
+    assert got[name].dtype == want[name].dtype and np.array_equal(got[name], want[name]), name
