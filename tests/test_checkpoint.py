@@ -445,17 +445,17 @@ def test_verify_reports_steps_pruned_while_reading_not_failed(uninterrupted, tmp
   src, _ = uninterrupted
   workdir = tmp_path / "run"
   shutil.copytree(src, workdir)
-  real = ckpt_lib.restore_readonly
+  real = ckpt_lib.restore_step_dir
 
-  def pruning(directory, *, step=None, **kw):
+  def pruning(step_dir, step, **kw):
     if step == 10:  # pruned before its read
-      shutil.rmtree(os.path.join(directory, "10"))
-    out = real(directory, step=step, **kw)
+      shutil.rmtree(step_dir)
+    out = real(step_dir, step, **kw)
     if step == 20:  # pruned right after its read
-      shutil.rmtree(os.path.join(directory, "20"))
+      shutil.rmtree(step_dir)
     return out
 
-  monkeypatch.setattr(ckpt_lib, "restore_readonly", pruning)
+  monkeypatch.setattr(ckpt_lib, "restore_step_dir", pruning)
   ok, lines = verify.verify(str(workdir))
   assert ok, lines
   pruned = [x.split()[0] for x in lines if "pruned while reading" in x]
@@ -588,7 +588,7 @@ def test_checkpoint_of_the_old_averaging_layout_resumes(uninterrupted, tmp_path)
     writer.save(str(step_dir / "state"), old)
   meta_path = step_dir / "meta" / "metadata"
   stored = json.loads(meta_path.read_text())
-  del stored["digests"]  # written before digests existed
+  del stored["digests"], stored[ckpt_lib.META_DIGEST_KEY]  # written before digests existed
   meta_path.write_text(json.dumps(stored))
 
   # The stored complete average reads back unchanged (weight 0 on the newest point).

@@ -471,7 +471,9 @@ def _path_case(tmp_path, kind):
   if kind == "typo_resume_require":
     return str(tmp_path / "runs" / "mnsit1d"), ["--resume=require"], "no committed checkpoint"
   if kind == "missing_parent":
-    return str(tmp_path / "rnus" / "mnist1d"), [], "parent directory"
+    # A fresh start creates a missing parent (issue 24); a restart script's
+    # --resume=require never does.
+    return str(tmp_path / "rnus" / "mnist1d"), ["--resume=require"], "parent directory"
   if kind == "workdir_is_a_file":
     path = tmp_path / "runs" / "notes.txt"
     path.write_text("not a run\n")

@@ -192,6 +192,7 @@ def edit_metadata(workdir, step, edit):
   path = os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
   with open(path) as f:
     meta = json.load(f)
+  meta.pop(ckpt_lib.META_DIGEST_KEY, None)  # an older writer stored no metadata digest
   edit(meta)
   with open(path, "w") as f:
     json.dump(meta, f)

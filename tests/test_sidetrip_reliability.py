@@ -233,7 +233,7 @@ def test_symlinked_and_moved_parent_are_recognised_by_identity(parent, reference
     meta["config"]["optimizer"]["lr"] = 0.123
     meta["config_hash"] = ckpt_lib.config_hash(meta["config"])
     with open(path, "w") as f:
-      json.dump(meta, f)
+      json.dump(ckpt_lib.seal_meta(meta), f)  # a consistent (other) run, not damage
   out = run_capture(command(other, workdir, "--parent_moved"))
   assert out.returncode == 1 and "is a different run" in out.stderr, out.stderr[-3000:]
   # The moved parent with the flag: finishes exactly as the uninterrupted side-trip.

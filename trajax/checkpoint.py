@@ -12,8 +12,16 @@ On disk, each step holds two Orbax items:
       tree = mngr.restore(step).state     # {'params': ..., 'opt_state': ..., 'step': ...}
 
 * ``meta``: JSON -- step, data position, the config, its hash, library
-  versions, process/device counts, ``all_finite`` (checked before saving) and
-  ``digests``: a CRC-32 of every saved array (:func:`tree_digests`).
+  versions, process/device counts, ``all_finite`` (checked before saving),
+  ``digests``: a CRC-32 of every saved array (:func:`tree_digests`), and
+  ``meta_digest``: a SHA-256 of all of the above (:func:`meta_digest`).
+
+The metadata is verified before it is trusted (:func:`read_metadata`): a
+damaged file, a changed config digit, data position or digest key makes the
+step as damaged as a flipped array byte -- quarantined, and the run resumes
+from the previous good step. A step written before digests existed resumes
+with one warning (``python -m trajax.verify --write_digests`` adds them,
+:func:`write_digests`).
 
 Integrity (:mod:`trajax.checkpoint_digest`, whose public names this module
 re-exports). The digests are computed from a device-side copy of the state in a
@@ -55,6 +63,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -72,19 +81,29 @@ from trajax import checkpoint_layout as layout
 # Integrity lives in trajax.checkpoint_digest; its public names are this module's too.
 from trajax.checkpoint_digest import (  # noqa: F401 -- re-exported
   DIGEST_ALGORITHM,
+  META_DIGEST_KEY,
   CheckpointCorruptError,
   _meta_args,
   _PendingMeta,
   _snapshot,
+  check_meta,
   check_state,
   leaf_digest,
   leaf_paths,
   magnitude_limit,
+  meta_digest,
+  seal_meta,
   tree_digests,
+  unverified,
 )
 
 _STEP_RE = re.compile(r"^\d+$")
 _COMMIT_FILE = "commit_success.txt"
+QUARANTINE_DIR = "quarantined_checkpoints"
+
+
+class QuarantineError(CheckpointCorruptError):
+  """A damaged checkpoint could not be moved aside (nothing was moved)."""
 
 
 class _ItemMetadataFilter:
@@ -131,17 +150,30 @@ def committed_steps(directory: str) -> list[int]:
   Temporary directories of interrupted saves (``<step>.orbax-checkpoint-tmp-*``)
   and unfinalised step directories are left out.
   """
-  if not os.path.isdir(directory):
+  from trajax import paths
+
+  if not paths.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory) if _is_committed(os.path.join(directory, n)))
+  names = [n for n in paths.listdir(directory) if _STEP_RE.match(n)]
+  return sorted(int(n) for n in names if _is_committed(paths.join(directory, n)))
 
 
 def _is_committed(path: str) -> bool:
   # Orbax writes commit_success.txt as the last step of a save, before the
   # atomic rename (POSIX) or in place (object stores), so its presence in a
   # step-named directory is the commit.
+  from trajax import paths
+
+  if paths.is_remote(path):
+    return (
+      _STEP_RE.match(path.rstrip("/").rsplit("/", 1)[-1]) is not None
+      and paths.isfile(paths.join(path, _COMMIT_FILE))
+      and paths.isdir(paths.join(path, "state"))
+      and paths.isdir(paths.join(path, "meta"))
+    )
   return (
     _STEP_RE.match(os.path.basename(path)) is not None
+    and not os.path.islink(path)
     and os.path.isfile(os.path.join(path, _COMMIT_FILE))
     and os.path.isdir(os.path.join(path, "state"))
     and os.path.isdir(os.path.join(path, "meta"))
@@ -153,24 +185,51 @@ def quarantine_uncommitted(directory: str) -> list[str]:
 
   A crash can leave a step-named directory that Orbax would list as a step
   (and then refuse to overwrite); it is moved aside, never deleted, and
-  never restored from. Returns the new paths. Orbax's own temporary
-  directories are left to its ``cleanup_tmp_directories``.
+  never restored from. So is a symbolic link among the checkpoints (the link
+  itself): Orbax's keep policy would delete what it points to, outside the
+  workdir. Returns the new paths. Orbax's own temporary directories are left
+  to its ``cleanup_tmp_directories``.
   """
   if not os.path.isdir(directory):
     return []
   moved = []
   for name in sorted(os.listdir(directory)):
     path = os.path.join(directory, name)
-    if _STEP_RE.match(name) and os.path.isdir(path) and not _is_committed(path):
+    if os.path.islink(path) and name.split(".")[0].isdigit():
+      moved.append(_move_aside(path))
+    elif _STEP_RE.match(name) and os.path.isdir(path) and not _is_committed(path):
       moved.append(_move_aside(path))
   return moved
 
 
-def read_metadata(directory: str, step: int) -> dict:
-  """The ``meta`` JSON of checkpoint ``step`` (a plain file read)."""
-  path = os.path.join(directory, str(step), "meta", "metadata")
-  with open(path) as f:
-    return json.load(f)
+def read_metadata(directory: str, step: int, *, check: bool = True) -> dict:
+  """The ``meta`` JSON of checkpoint ``step`` (a plain file read), verified.
+
+  Raises:
+    CheckpointCorruptError: the file is missing or not JSON, or (with
+      ``check``) fails :func:`check_meta`: its digest, step or data position.
+  """
+  from trajax import paths
+
+  return _read_meta_file(paths.join(directory, str(step)), int(step), check=check)
+
+
+def _read_meta_file(step_dir: str, step: int, *, check: bool = True) -> dict:
+  from trajax import paths
+
+  path = paths.join(step_dir, "meta", "metadata")
+  try:
+    meta = json.loads(paths.read_bytes(path).decode("utf-8"))
+  except (OSError, ValueError) as e:  # ValueError: JSON and UTF-8 decoding
+    raise CheckpointCorruptError(
+      f"checkpoint {step_dir}: metadata cannot be read: {_first_line(e)}"
+    ) from None
+  problems = check_meta(meta, step) if check else []
+  if not isinstance(meta, dict):
+    problems = problems or [f"metadata is a {type(meta).__name__}, not a JSON object"]
+  if problems:
+    raise CheckpointCorruptError(f"checkpoint {step_dir}: {'; '.join(problems)}")
+  return meta
 
 
 def config_hash(config) -> str:
@@ -324,16 +383,26 @@ class Checkpointer:
         (on any process of a multi-host run).
     """
     ocp = _ocp()
+    # The metadata first, verified (its digest, step, data position): it says
+    # what the arrays must be, so it is trusted only once it checks out.
+    try:
+      meta = read_metadata(self.directory, step, check=check)
+      bad_meta = False
+    except CheckpointCorruptError:
+      bad_meta = True
+    if _any_process(bad_meta):
+      meta = read_metadata(self.directory, step, check=check)  # this process's reason
+      raise CheckpointCorruptError(f"checkpoint {self.path(step)}: metadata failed on a process")
     abstract = _abstract(_to_tree(target))
-    old = layout.stored_in_old_layout(os.path.join(self.path(step), "state"))
+    item = os.path.join(self.path(step), "state")
+    with _expected_missing_metadata(item):
+      old = layout.stored_in_old_layout(item)
     out = self.manager.restore(
       int(step),
       args=ocp.args.Composite(
         state=ocp.args.StandardRestore(layout.old_averaging_target(abstract) if old else abstract),
-        meta=_meta_args()[1](),
       ),
     )
-    meta = dict(out.meta)
     if check:
       problems = check_state(out.state, meta)
       if _any_process(bool(problems)):
@@ -348,12 +417,28 @@ class Checkpointer:
     ``reason`` is written beside it (``quarantine_reason.txt``). Returns the
     new path (process 0's; every process calls this).
     """
-    dest = ""
+    dest, error = "", None
     if jax.process_index() == 0:
-      dest = _move_aside(self.path(step))
-      with open(os.path.join(dest, "quarantine_reason.txt"), "w") as f:
-        f.write(reason + "\n")
+      try:
+        dest = _move_aside(self.path(step))
+      except QuarantineError as e:
+        error = str(e)
+      else:
+        try:
+          flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+          with os.fdopen(
+            os.open(os.path.join(dest, "quarantine_reason.txt"), flags, 0o644), "w"
+          ) as f:
+            f.write(reason + "\n")
+        except OSError as e:  # the move is what matters; the reason is also logged
+          logging.warning("could not write the quarantine reason into %s: %s", dest, e)
     _sync("trajax.checkpoint.quarantine_step")
+    if jax.process_count() > 1:
+      from trajax import workdir_lock
+
+      error = workdir_lock._broadcast_error(error)
+    if error is not None:
+      raise QuarantineError(f"{error} (checkpoint step {step}: {reason})")
     self.manager.reload()
     return dest
 
@@ -394,20 +479,30 @@ class Checkpointer:
             step,
             len(moved),
           )
+        missing = unverified(meta)
+        if missing:
+          logging.warning(
+            "checkpoint step %d carries no %s (written before trajax stored them): resuming "
+            "from it unverified; once you trust this run, add them with `python -m "
+            "trajax.verify --write_digests %s`",
+            step,
+            " and no ".join(missing),
+            os.path.dirname(self.directory),
+          )
         return step, state, meta
       dest = self.quarantine(step, reason)
       moved.append(dest)
       logging.warning("checkpoint step %d is damaged and was moved to %s: %s", step, dest, reason)
     if not steps:
       return None
+    qdir = os.path.join(os.path.dirname(self.directory), QUARANTINE_DIR)
     raise CheckpointCorruptError(
       f"no good checkpoint in {self.directory}: all {len(steps)} committed checkpoint(s) "
-      f"(steps {steps}) failed their checks and were moved to "
-      f"{os.path.dirname(moved[0]) if moved and moved[0] else 'quarantined_checkpoints'} "
-      "(each with a quarantine_reason.txt). Nothing was deleted. To start this run afresh, "
-      "run the same command again (--resume=auto starts from step 0 now that no checkpoint "
-      "is left); to recover, inspect them with `python -m trajax.verify` and move a good "
-      "step directory back into checkpoints/"
+      f"(steps {steps}) failed their checks and were moved to {qdir} (each with a "
+      "quarantine_reason.txt). Nothing was deleted. To start this run afresh, run the same "
+      "command again (--resume=auto starts from step 0 now that no checkpoint is left); to "
+      f"recover, inspect them with `python -m trajax.verify {qdir}` and move a step it "
+      f"reports good back as {self.directory}/<step>"
     )
 
   def _unreadable(self, step: int) -> bool:
@@ -482,13 +577,41 @@ def _first_line(e: BaseException) -> str:
 
 
 def _move_aside(path: str) -> str:
-  """``path`` -> ``../../quarantined_checkpoints/<name>-<time>-<pid>`` (a rename)."""
+  """``path`` -> ``../../quarantined_checkpoints/<name>-<time>-<pid>`` (one rename).
+
+  One ``rename``: it moves the whole directory or nothing (a cross-device or
+  read-only target fails before anything moves). The quarantine directory must
+  be a real directory of the workdir, not a link out of it.
+
+  Raises:
+    QuarantineError: naming what could not be moved, where, and why.
+  """
   parent = os.path.dirname(os.path.abspath(path))
-  target_dir = os.path.join(os.path.dirname(parent), "quarantined_checkpoints")
-  os.makedirs(target_dir, exist_ok=True)
+  target_dir = os.path.join(os.path.dirname(parent), QUARANTINE_DIR)
   name = os.path.basename(path)
   dest = os.path.join(target_dir, f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-  os.replace(path, dest)
+  why = None
+  try:
+    if os.path.islink(target_dir):
+      why = f"{target_dir} is a symbolic link (a quarantine stays inside the workdir)"
+    elif os.path.lexists(target_dir) and not os.path.isdir(target_dir):
+      why = f"{target_dir} exists and is not a directory"
+    else:
+      os.makedirs(target_dir, exist_ok=True)
+      if os.path.lexists(dest):
+        why = f"{dest} already exists"
+      else:
+        os.rename(path, dest)
+  except OSError as e:
+    why = f"{e.strerror or e}" + (
+      " (the quarantine directory is on another filesystem)" if e.errno == errno.EXDEV else ""
+    )
+  if why is not None:
+    raise QuarantineError(
+      f"could not move {path} aside to {target_dir}: {why}; nothing was moved. Make "
+      f"{target_dir} a writable directory on the checkpoints' filesystem (or move {path} "
+      "out of the checkpoints directory yourself), then run the command again"
+    )
   return dest
 
 
@@ -509,6 +632,18 @@ def _any_process(flag: bool) -> bool:
 
 def resolve_directory(path: str) -> str:
   """``WORKDIR`` or ``WORKDIR/checkpoints`` -> the checkpoints directory (must exist)."""
+  from trajax import paths
+
+  if paths.is_remote(path):
+    path = os.fspath(path).rstrip("/")
+    sub = paths.join(path, "checkpoints")
+    if paths.isdir(sub):
+      return sub
+    if path.endswith("/checkpoints") or committed_steps(path):
+      return path
+    raise FileNotFoundError(
+      f"no checkpoints directory at {path!r} (expected WORKDIR or WORKDIR/checkpoints)"
+    )
   path = os.path.abspath(os.fspath(path))
   sub = os.path.join(path, "checkpoints")
   if os.path.isdir(sub):
@@ -539,7 +674,6 @@ def restore_readonly(
     FileNotFoundError: no such directory or no committed checkpoint / step.
     CheckpointCorruptError: ``check`` failed.
   """
-  ocp = _ocp()
   directory = resolve_directory(path)
   steps = committed_steps(directory)
   if not steps:
@@ -548,7 +682,22 @@ def restore_readonly(
     step = steps[-1]
   if step not in steps:
     raise FileNotFoundError(f"step {step} is not a committed checkpoint in {directory!r}: {steps}")
-  item = os.path.join(directory, str(step), "state")
+  from trajax import paths
+
+  return restore_step_dir(paths.join(directory, str(step)), step, target=target, check=check)
+
+
+def restore_step_dir(step_dir: str, step: int, *, target=None, check: bool = True):
+  """``(state, meta)`` of one step directory wherever it lies (e.g. a quarantined one).
+
+  As :func:`restore_readonly`; the metadata is read (and with ``check``
+  verified, :func:`check_meta`) before any array.
+  """
+  from trajax import paths
+
+  ocp = _ocp()
+  meta = _read_meta_file(step_dir, int(step), check=check)
+  item = paths.join(step_dir, "state")
   with _expected_missing_metadata(item), ocp.StandardCheckpointer() as ckptr:
     if target is None:
       # Onto this process's first device whatever topology wrote it (the
@@ -563,12 +712,76 @@ def restore_readonly(
       abstract = _abstract(_to_tree(target))
       old = layout.stored_in_old_layout(item)
       tree = ckptr.restore(item, layout.old_averaging_target(abstract) if old else abstract)
-  meta = read_metadata(directory, step)
   if check:
     problems = check_state(tree, meta)
     if problems:
-      where = os.path.join(directory, str(step))
-      raise CheckpointCorruptError(f"checkpoint {where}: {'; '.join(problems)}")
+      raise CheckpointCorruptError(f"checkpoint {step_dir}: {'; '.join(problems)}")
   if target is not None:
     state = _from_tree(target, layout.upgrade_averaging(tree, abstract) if old else tree)
   return state, meta
+
+
+def write_digests(workdir: str) -> list[str]:
+  """Adds the array digests and the metadata digest to checkpoints written without them.
+
+  ``python -m trajax.verify --write_digests WORKDIR``. Takes the workdir lock
+  (no run may write there meanwhile). For each committed step lacking either
+  digest: the metadata fields are checked (:func:`check_meta`), the arrays
+  read and their values checked (finite, below ``sqrt(finfo.max)``); then the
+  digests of what is on disk *now* are recorded, so run it on a run you trust
+  (``trajax.verify`` first). The metadata file is replaced atomically (a new
+  file renamed over it), never written through a link. A step whose metadata
+  digest exists but fails is left alone and reported: that is damage, not age.
+
+  Returns:
+    One line per step: what was done or why not.
+  """
+  from trajax import workdir_lock
+
+  directory = resolve_directory(workdir)
+  lines = []
+  with workdir_lock.acquire(os.path.dirname(directory)):
+    for step in committed_steps(directory):
+      step_dir = os.path.join(directory, str(step))
+      try:
+        meta = _read_meta_file(step_dir, step, check=True)
+      except CheckpointCorruptError as e:
+        lines.append(f"ERROR step {step}: not sealed: {e}")
+        continue
+      missing = unverified(meta)
+      if not missing:
+        lines.append(f"step {step}: digests present, nothing to do")
+        continue
+      try:
+        tree, _ = restore_step_dir(step_dir, step, check=False)
+      except Exception as e:  # noqa: BLE001 -- unreadable: report, keep going
+        lines.append(f"ERROR step {step}: not sealed: arrays cannot be read: {_first_line(e)}")
+        continue
+      problems = check_state(tree, meta)
+      if problems:
+        lines.append(f"ERROR step {step}: not sealed: {'; '.join(problems)}")
+        continue
+      if not meta.get("digests"):
+        meta["digests"] = tree_digests(tree)
+      _replace_file(os.path.join(step_dir, "meta", "metadata"), json.dumps(seal_meta(meta)))
+      lines.append(f"step {step}: added {' and '.join(missing)}")
+  return lines
+
+
+def _replace_file(path: str, text: str):
+  """Writes ``text`` to a new file beside ``path`` and renames it over ``path``."""
+  if os.path.islink(path):
+    raise CheckpointCorruptError(f"{path} is a symbolic link: not writing through it")
+  tmp = f"{path}.tmp-{os.getpid()}"
+  flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+  fd = os.open(tmp, flags, 0o644)
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
+import json
 import math
 import zlib
 from typing import Any
@@ -21,8 +23,12 @@ import numpy as np
 
 __all__ = [
   "DIGEST_ALGORITHM",
+  "META_DIGEST_KEY",
   "CheckpointCorruptError",
+  "check_meta",
   "check_state",
+  "meta_digest",
+  "seal_meta",
   "leaf_digest",
   "leaf_paths",
   "magnitude_limit",
@@ -144,6 +150,65 @@ def check_state(tree, meta: dict | None) -> list[str]:
   return problems
 
 
+# The metadata's own digest: sha256 of its canonical JSON without this key.
+META_DIGEST_KEY = "meta_digest"
+
+
+def meta_digest(meta: dict) -> str:
+  """``"sha256:<hex>"`` of ``meta``'s canonical JSON (sorted keys), ``meta_digest`` left out.
+
+  The metadata decides where a resume continues (``step``, ``data_position``),
+  under which config and against which array digests: a flipped byte there is
+  as harmful as one in an array. It is a few kB, so a cryptographic hash costs
+  nothing, and unlike CRC-32 its detection does not depend on the damage being
+  one short burst of the canonical text (a flipped key reorders it).
+  """
+  body = {k: v for k, v in meta.items() if k != META_DIGEST_KEY}
+  text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+  return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def seal_meta(meta: dict) -> dict:
+  """``meta`` with its :func:`meta_digest` (the last thing done before it is written)."""
+  # Digest what a reader will load: the JSON round trip (tuples become lists,
+  # keys strings) first.
+  out = json.loads(json.dumps({k: v for k, v in meta.items() if k != META_DIGEST_KEY}))
+  out[META_DIGEST_KEY] = meta_digest(out)
+  return out
+
+
+def check_meta(meta, step: int) -> list[str]:
+  """Problems of checkpoint ``step``'s metadata (empty: consistent).
+
+  Its digest (when stored) matches, ``step`` and ``data_position`` equal the
+  directory's step, the config is a dict. A metadata without a digest was
+  written before trajax stored one and gets the field checks only.
+  """
+  if not isinstance(meta, dict):
+    return [f"metadata is a {type(meta).__name__}, not a JSON object"]
+  problems = []
+  stored = meta.get(META_DIGEST_KEY)
+  if stored is not None and stored != meta_digest(meta):
+    problems.append("metadata digest mismatch (the metadata changed after saving)")
+  if meta.get("step") != step:
+    problems.append(f"metadata step {meta.get('step')!r} != directory step {step}")
+  if meta.get("data_position", step) != step:
+    problems.append(f"data position {meta.get('data_position')!r} != step {step}")
+  if not isinstance(meta.get("config"), dict):
+    problems.append("metadata holds no config")
+  return problems
+
+
+def unverified(meta: dict) -> list[str]:
+  """What a checkpoint's metadata does not let a reader verify (empty: everything)."""
+  missing = []
+  if not meta.get("digests"):
+    missing.append("array digests")
+  if not meta.get(META_DIGEST_KEY):
+    missing.append("metadata digest")
+  return missing
+
+
 class _PendingMeta(dict):
   """The ``meta`` JSON whose ``digests`` a background future is still computing."""
 
@@ -174,7 +239,7 @@ def _meta_args():
         if isinstance(x, _PendingMeta):
           digests = await asyncio.wrap_future(x.digests)
           x = dict(x, digests=digests)
-        await super()._save_fn(x, directory)
+        await super()._save_fn(seal_meta(dict(x)), directory)
 
     @ocp.args.register_with_handler(_DigestingJsonHandler, for_save=True)
     @dataclasses.dataclass

@@ -386,7 +386,11 @@ BATCH_NORM = ("recompute", "average")
 _RUN: dict[str, dict[str, Rule]] = {
   "": {
     "seed": SEED,
-    "total_steps": POS_INT,
+    # The step counter is int32 on the device (and in every schedule).
+    "total_steps": Rule(
+      lambda x: is_int(x) and 0 < x < 2**31,
+      "must be an integer > 0 and < 2^31 (int32 step counter)",
+    ),
     "batch_size": POS_INT,
     "eval_batch_size": POS_INT,
     "checkpoint_every_steps": POS_INT,

@@ -227,10 +227,18 @@ def fit(
 
   t_begin = time.perf_counter()
   stored = config if stored is None else stored
-  workdir = host.check_workdir(workdir)
+  from trajax import paths, workdir_lock
+
+  workdir = host.check_workdir(paths.check_local_path(workdir))
+  # Nothing is written through a link or over a file of the wrong kind.
+  paths.check_entries(workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   steps = ckpt_lib.committed_steps(ckpt_dir)
   latest = steps[-1] if steps else None
+  if latest is not None:
+    # A busy workdir is the first thing to say (before, e.g., a config diff
+    # against the checkpoints the holder is writing).
+    workdir_lock.probe(workdir)
   if resume == "require" and latest is None:
     raise state_lib.ResumeError(
       f"resume='require' but {ckpt_dir!r} holds no committed checkpoint "
@@ -240,11 +248,21 @@ def fit(
     raise state_lib.ResumeError(f"resume='never' but {ckpt_dir!r} holds checkpoints {steps}")
   if latest is not None:
     allowed = config_validation.RESUME_ALLOWED if resume_allowed is None else resume_allowed
-    own_meta = ckpt_lib.read_metadata(ckpt_dir, latest)
-    for field, old, new in config_validation.check_resume(
-      own_meta["config"], stored, allowed=frozenset(allowed)
-    ):
-      logging.info("resume: %s changed %r -> %r (allowed)", field, old, new)
+    # Against the newest checkpoint whose metadata verifies: a damaged one is
+    # quarantined once the lock is held (Checkpointer.restore_latest_good), and
+    # its config must not be mistaken for the user's change.
+    own_meta = None
+    for s in reversed(steps):
+      try:
+        own_meta = ckpt_lib.read_metadata(ckpt_dir, s)
+        break
+      except ckpt_lib.CheckpointCorruptError:
+        continue
+    if own_meta is not None:
+      for field, old, new in config_validation.check_resume(
+        own_meta["config"], stored, allowed=frozenset(allowed)
+      ):
+        logging.info("resume: %s changed %r -> %r (allowed)", field, old, new)
 
   process_index = jax.process_index()
   mesh = state_lib.make_mesh(config)
@@ -416,8 +434,14 @@ def fit(
     elapsed = max(now - window_start, 1e-9)
     summary["train/input_wait_fraction"] = (wait_now - wait_start) / elapsed
     summary["train/skipped_steps"] = float(health.total_skips)
+    # The steps this record averages: log_every_steps, except after a resume
+    # from a preemption between log points (the steps since the resumed step).
+    summary["train/steps_averaged"] = float(len(fetched_window))
     writer.write_scalars(log_step, {**summary, **extra(log_step)})
-    logging.info("%s", metrics.progress_line(log_step, end, summary, len(fetched_window) / elapsed))
+    line = metrics.progress_line(log_step, end, summary, len(fetched_window) / elapsed)
+    if len(fetched_window) != config.log_every_steps:  # a short window says so
+      line += f"  (mean of {len(fetched_window)} steps)"
+    logging.info("%s", line)
 
   def flush_pending():
     nonlocal pending, window_start, wait_start

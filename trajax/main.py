@@ -54,6 +54,11 @@ _VERBOSE_LIBS = flags.DEFINE_bool(
   "Show third-party INFO logging (Orbax, clu, TensorFlow notices); off by default, "
   "warnings and errors always show (trajax.metrics.configure_console).",
 )
+_TRACEBACK = flags.DEFINE_bool(
+  "traceback",
+  False,
+  "On an error, show the full Python traceback (default: one line naming the problem).",
+)
 flags.mark_flag_as_required("workdir")
 
 
@@ -106,16 +111,54 @@ def main(argv):
 
   tf.config.set_visible_devices([], "GPU")
 
-  from trajax import checkpoint, workdir_lock
+  from trajax import workdir_lock
 
   if _FORCE_TAKEOVER.value:
     workdir_lock.request_takeover(_WORKDIR.value)
   try:
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
-  except (workdir_lock.WorkdirLockError, checkpoint.CheckpointCorruptError) as e:
-    raise SystemExit(f"error: {e}") from None
+    workdir = _prepare_workdir(_WORKDIR.value, _RESUME.value)
+    result = train.train_and_evaluate(_CONFIG.value, workdir, resume=_RESUME.value)
+  except Exception as e:  # noqa: BLE001 -- every error reaches the user as one line
+    if _TRACEBACK.value or _VERBOSE_LIBS.value:
+      raise
+    raise SystemExit(one_line_error(e)) from None
   if result.preempted:
     logging.info("preempted at step %d; checkpoint committed, exiting 0", result.step)
+
+
+def _prepare_workdir(workdir: str, resume: str) -> str:
+  """The workdir, checked; a fresh start creates its missing parent directories.
+
+  ``--resume=require`` (a restart script) never creates anything: a mistyped
+  path is refused by :func:`trajax.host.check_workdir`.
+  """
+  from trajax import paths
+
+  workdir = paths.check_local_path(workdir, "--workdir")
+  parent = os.path.dirname(workdir)
+  if resume != "require" and not os.path.exists(parent):
+    os.makedirs(parent, exist_ok=True)
+    logging.info("created the workdir's parent directory %s", parent)
+  return workdir
+
+
+def one_line_error(e: BaseException) -> str:
+  """``error: <what>`` in one line (plus a hint): what a CLI prints instead of a traceback."""
+  from trajax import checkpoint, config_validation, paths, state, workdir_lock
+
+  known = (
+    config_validation.ConfigError,
+    state.ResumeError,
+    state.NonFiniteError,
+    workdir_lock.WorkdirLockError,
+    checkpoint.CheckpointCorruptError,
+    paths.PathError,
+  )
+  kind = "config error" if isinstance(e, config_validation.ConfigError) else "error"
+  text = " ".join(str(e).split()) if str(e) else type(e).__name__
+  if not isinstance(e, known):
+    text = f"{type(e).__name__}: {text}"
+  return f"{kind}: {text}\n(rerun with --traceback for the full traceback)"
 
 
 def check_overrides(argv):

@@ -13,6 +13,11 @@ finds the old holder's record with the lock free, logs that the stale lock was
 recognised, and takes it. The file is never deleted (deleting it would let two
 processes lock two different files of the same name).
 
+The file is opened with ``O_NOFOLLOW`` and must be a regular file: a symlink
+planted as ``.trajax.lock`` is refused, never followed (its target would be
+truncated). :func:`probe` tells a resume that the workdir is busy before
+anything else is said about it.
+
 The file holds the holder's record, ``{"host", "pid", "started", "argv"}``,
 written after the lock is taken and cleared on a clean release, so a record
 found with the lock free is the trace of a holder that died.
@@ -37,6 +42,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import time
 
@@ -152,8 +158,57 @@ def _try_flock(fd: int) -> bool:
 
 
 def _open(path: str) -> int:
-  # No O_TRUNC: the holder's record must survive a refused attempt.
-  return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+  """The lock file, opened for the record; never through a link, never anything but a file.
+
+  No O_TRUNC: the holder's record must survive a refused attempt. O_NOFOLLOW:
+  a symlink planted as ``.trajax.lock`` would otherwise make the record (and
+  its truncation on release) land in whatever file it points to; O_NONBLOCK:
+  a FIFO there must not hang the open. Anything but a regular file is refused.
+  """
+  flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+  try:
+    fd = os.open(path, flags, 0o644)
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      raise WorkdirLockError(
+        f"{path} is a symbolic link (to {os.readlink(path)!r}): refusing to lock or write "
+        "through it; remove the link"
+      ) from None
+    raise
+  if not stat.S_ISREG(os.fstat(fd).st_mode):
+    os.close(fd)
+    raise WorkdirLockError(f"{path} is not a regular file: move it out of the workdir")
+  return fd
+
+
+def probe(workdir: str) -> None:
+  """Raises :class:`WorkdirBusyError` now if a live process holds ``workdir``'s lock.
+
+  Writes nothing (an absent lock file is not created): a resume says that the
+  workdir is busy before anything else about it, e.g. a config that differs
+  from the running one. Every process calls it; process 0 looks.
+  """
+  import jax
+
+  error = None
+  if jax.process_index() == 0:
+    path = lock_path(workdir)
+    try:
+      fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+      fd = None  # absent, a link, unreadable: acquire() says what is wrong
+    if fd is not None:
+      try:
+        if stat.S_ISREG(os.fstat(fd).st_mode) and not _try_flock(fd):
+          holder = _read_record(fd)
+          error = f"workdir {os.path.dirname(path)} is in use by {_describe(holder)}"
+          error += "; wait for it to finish or stop it, or use another --workdir"
+      finally:
+        os.close(fd)  # also drops a lock this probe took
+  if jax.process_count() > 1:
+    error = _broadcast_error(error)
+  if error is not None:
+    raise WorkdirBusyError(error)
 
 
 def _write_record(fd: int):
@@ -257,8 +312,8 @@ def acquire(workdir: str, *, force_takeover: bool | None = None) -> WorkdirLock:
     try:
       os.makedirs(workdir, exist_ok=True)
       lock = _acquire_local(workdir, force_takeover)
-    except WorkdirBusyError as e:
-      error = str(e)
+    except WorkdirLockError as e:
+      error, busy = str(e), isinstance(e, WorkdirBusyError)
     except OSError as e:  # a read-only or full filesystem, a permission
       error = (
         f"cannot lock workdir {workdir}: {e.strerror or e} on {e.filename or lock_path(workdir)} "

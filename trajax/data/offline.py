@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Iterator
 
 import numpy as np
+from absl import logging
 
 from trajax.data import (
   DatasetInfo,
@@ -351,8 +352,27 @@ def load_mnist1d_pool(num_train: int, num_test: int, seed: int, data_dir=None) -
     cache_dir, f"mnist1d-v{MNIST1D_VERSION}-seed{seed}-train{num_train}-test{num_test}.npz"
   )
   if os.path.exists(path):
-    with np.load(path) as f:
-      return dict(f)
+    try:
+      with np.load(path) as f:
+        pool = dict(f)
+      shapes = {k: pool[k].shape[:1] for k in ("x_train", "y_train", "x_test", "y_test")}
+      if shapes != {
+        "x_train": (num_train,),
+        "y_train": (num_train,),
+        "x_test": (num_test,),
+        "y_test": (num_test,),
+      }:
+        raise ValueError(f"array lengths {shapes} do not match the file name")
+      return pool
+    except Exception as e:  # noqa: BLE001 -- our own cache: any damage means rebuild it
+      # The file is a pure function of its name, so a damaged one (a torn copy,
+      # a full disk) is regenerated rather than trusted or fatal.
+      logging.warning(
+        "mnist1d cache %s is damaged (%s: %s); rebuilding it",
+        path,
+        type(e).__name__,
+        " ".join(str(e).split())[:200],
+      )
   x_train, y_train = generate_mnist1d(num_train, seed, _POOL_TRAIN)
   x_test, y_test = generate_mnist1d(num_test, seed, _POOL_TEST)
   mean, std = x_train.mean(), x_train.std()

@@ -37,6 +37,11 @@ def _define_flags():
     "destroy each other's checkpoints. Refused when the holder is alive on this host. "
     "(The parent is only read and never locked.)",
   )
+  flags.DEFINE_bool(
+    "traceback",
+    False,
+    "On an error, show the full Python traceback (default: one line naming the problem).",
+  )
   for name in ("parent", "step", "workdir"):
     flags.mark_flag_as_required(name)
 
@@ -60,7 +65,7 @@ def _define_flags():
 def _main(argv):
   from absl import app, flags
 
-  from trajax import checkpoint, workdir_lock
+  from trajax import checkpoint, paths, workdir_lock
   from trajax import config_validation as cv
 
   if len(argv) > 1:
@@ -74,6 +79,8 @@ def _main(argv):
   metrics.import_tensorflow(verbose_libs=FLAGS.verbose_libs)
   config = FLAGS.config
   try:
+    # A path it would not write to (a backslash, a bucket) fails first.
+    paths.check_local_path(FLAGS.workdir, "--workdir")
     # Bad configs fail here, in about a second, before TensorFlow is imported.
     cv.validate(_base_config(config))
     resolve(config, _check_step(FLAGS.step))
@@ -87,16 +94,28 @@ def _main(argv):
       config, FLAGS.parent, FLAGS.step, FLAGS.workdir, parent_moved=FLAGS.parent_moved
     )
   except cv.ConfigError as e:
-    raise SystemExit(f"config error: {e}") from None
+    if FLAGS.traceback:
+      raise
+    raise SystemExit(f"config error: {' '.join(str(e).split())}") from None
   except (
     FileNotFoundError,
     SidetripError,
+    paths.PathError,
     state_lib.ResumeError,
     state_lib.NonFiniteError,
     workdir_lock.WorkdirLockError,
     checkpoint.CheckpointCorruptError,
   ) as e:
-    raise SystemExit(f"side-trip error: {e}") from None
+    if FLAGS.traceback:
+      raise
+    raise SystemExit(f"side-trip error: {' '.join(str(e).split())}") from None
+  except Exception as e:  # noqa: BLE001 -- every error reaches the user as one line
+    if FLAGS.traceback or FLAGS.verbose_libs:
+      raise
+    raise SystemExit(
+      f"side-trip error: {type(e).__name__}: {' '.join(str(e).split())}\n"
+      "(rerun with --traceback for the full traceback)"
+    ) from None
   if result.preempted:
     logging.info("preempted at step %d; checkpoint committed, exiting 0", result.step)
     return

@@ -52,9 +52,10 @@ def _realdir(path: str) -> str:
 
 
 def _workdir_checks(workdir, parent_dir: str) -> str:
-  from trajax import host
+  from trajax import host, paths
 
-  workdir = host.check_workdir(workdir)
+  workdir = host.check_workdir(paths.check_local_path(workdir, "--workdir"))
+  paths.check_entries(workdir)
   real = _realdir(workdir)
   for root in (os.path.dirname(parent_dir), parent_dir):
     if real == root or real.startswith(root + os.sep):
@@ -76,8 +77,9 @@ def _check_step(step) -> int:
 def _parent_dir(parent) -> str:
   """The parent's checkpoints directory, symlinks resolved (must exist)."""
   from trajax import checkpoint as ckpt_lib
+  from trajax import paths
 
-  path = os.path.abspath(os.fspath(parent))
+  path = paths.check_local_path(parent, "--parent")
   if not os.path.exists(path):
     raise FileNotFoundError(f"parent {path!r} does not exist (expected a run's WORKDIR)")
   try:
