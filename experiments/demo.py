@@ -199,60 +199,50 @@ def run_seed(config, exps: dict, workdir: str, seed: int) -> dict:
   config = common.apply_overrides(config, {"seed": int(seed)})
   sdir = seed_dir(workdir, seed)
   os.makedirs(sdir, exist_ok=True)
-  timings = {}
-  keep = sorted({s for name, m in MODULES for s in m.branch_steps(config, exps[name])})
-  common.log(f"demo seed {seed}: {common.run_label(config)}")
-  t = time.perf_counter()
-  parent = common.ensure_parent(config, sdir, keep)
-  timings["parent"] = time.perf_counter() - t
-  measured, bn, figures, results = {}, {}, {}, {}
-  for name, module in MODULES:
-    common.log(f"demo seed {seed}: stage {module.NAME}")
+  timings, measured, bn, figures, results = {}, {}, {}, {}, {}
+
+  def stages(cfg, modules, directory, what):
+    """Trains (or reopens) ``cfg``'s parent in ``directory``, then runs ``modules`` on it."""
+    keep = sorted({s for name, m in modules for s in m.branch_steps(cfg, exps[name])})
     t = time.perf_counter()
-    res = module.run(config, exps[name], sdir, parent=parent)
-    timings[name] = time.perf_counter() - t
-    common.log(f"demo seed {seed}: stage {module.NAME} done in {timings[name]:.0f}s")
+    parent = common.ensure_parent(cfg, directory, keep)
+    timings[what] = time.perf_counter() - t
+    out = {}
+    for name, module in modules:
+      common.log(f"demo seed {seed}: stage {module.NAME} ({what})")
+      t = time.perf_counter()
+      res = out[name] = results[name] = module.run(cfg, exps[name], directory, parent=parent)
+      timings[name] = time.perf_counter() - t
+      common.log(f"demo seed {seed}: stage {module.NAME} done in {timings[name]:.0f}s")
+      figures[name] = os.path.relpath(res["png"], os.path.abspath(workdir))
+      for extra, path in res.get("extra_pngs", {}).items():
+        figures[extra] = os.path.relpath(path, os.path.abspath(workdir))
+    return parent, out
+
+  common.log(f"demo seed {seed}: {common.run_label(config)}")
+  parent, out = stages(config, MODULES, sdir, "parent")
+  for res in out.values():
     measured |= res["measured"]
     for policy, m in res.get("bn_sensitivity", {}).items():
       bn.setdefault(policy, {}).update(m)
-    figures[name] = os.path.relpath(res["png"], os.path.abspath(workdir))
-    for extra, path in res.get("extra_pngs", {}).items():
-      figures[extra] = os.path.relpath(path, os.path.abspath(workdir))
-    results[name] = res
   # Fig. 14's bottom row: the same config under the cosine schedule, its own parent.
   cos_config = common.apply_overrides(config, {"optimizer.schedule": "cosine"})
-  cdir = os.path.join(sdir, "cosine")
-  keep = sorted({s for name, m in COSINE_MODULES for s in m.branch_steps(cos_config, exps[name])})
-  t = time.perf_counter()
-  cos_parent = common.ensure_parent(cos_config, cdir, keep)
-  timings["cosine parent"] = time.perf_counter() - t
-  for name, module in COSINE_MODULES:
-    common.log(f"demo seed {seed}: stage {name} (cosine parent)")
-    t = time.perf_counter()
-    res = module.run(cos_config, exps[name], cdir, parent=cos_parent)
-    timings[name] = time.perf_counter() - t
+  cos_parent, out = stages(
+    cos_config, COSINE_MODULES, os.path.join(sdir, "cosine"), "cosine parent"
+  )
+  for res in out.values():
     measured |= res["measured"]
-    figures[name] = os.path.relpath(res["png"], os.path.abspath(workdir))
-    results[name] = res
   # The setting control: the same config with clean labels, its own parent.
   clean_config = common.apply_overrides(config, SETTING_OVERRIDES["clean_labels"])
-  ldir = os.path.join(sdir, "clean_labels")
-  keep = sorted({s for name, m in CLEAN_MODULES for s in m.branch_steps(clean_config, exps[name])})
-  t = time.perf_counter()
-  clean_parent = common.ensure_parent(clean_config, ldir, keep)
-  timings["clean-label parent"] = time.perf_counter() - t
-  for name, module in CLEAN_MODULES:
-    common.log(f"demo seed {seed}: stage {name} (clean-label parent)")
-    t = time.perf_counter()
-    res = module.run(clean_config, exps[name], ldir, parent=clean_parent)
-    timings[name] = time.perf_counter() - t
+  clean_parent, out = stages(
+    clean_config, CLEAN_MODULES, os.path.join(sdir, "clean_labels"), "clean-label parent"
+  )
+  for res in out.values():
     measured |= {
       claims_lib.setting_id(cid, "clean_labels"): m
       for cid, m in res["measured"].items()
       if cid in claims_lib.CLEAN_VARIANTS
     }
-    figures[name] = os.path.relpath(res["png"], os.path.abspath(workdir))
-    results[name] = res
   return {
     "parent": parent,
     "cosine_parent": cos_parent,

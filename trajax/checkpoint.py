@@ -214,6 +214,21 @@ def read_metadata(directory: str, step: int, *, check: bool = True) -> dict:
   return _read_meta_file(paths.join(directory, str(step)), int(step), check=check)
 
 
+def newest_good_metadata(directory: str, steps) -> dict | None:
+  """The verified ``meta`` of the newest of ``steps`` whose metadata verifies, else None.
+
+  A damaged newer step is skipped here, not fatal: its writer quarantines it
+  once the workdir's lock is held (as a damaged array is), and its stored
+  config must not be mistaken for the user's change.
+  """
+  for step in sorted(steps, reverse=True):
+    try:
+      return read_metadata(directory, step)
+    except CheckpointCorruptError:
+      continue
+  return None
+
+
 def _read_meta_file(step_dir: str, step: int, *, check: bool = True) -> dict:
   from trajax import paths
 

@@ -248,16 +248,9 @@ def fit(
     raise state_lib.ResumeError(f"resume='never' but {ckpt_dir!r} holds checkpoints {steps}")
   if latest is not None:
     allowed = config_validation.RESUME_ALLOWED if resume_allowed is None else resume_allowed
-    # Against the newest checkpoint whose metadata verifies: a damaged one is
-    # quarantined once the lock is held (Checkpointer.restore_latest_good), and
-    # its config must not be mistaken for the user's change.
-    own_meta = None
-    for s in reversed(steps):
-      try:
-        own_meta = ckpt_lib.read_metadata(ckpt_dir, s)
-        break
-      except ckpt_lib.CheckpointCorruptError:
-        continue
+    # Against the newest checkpoint whose metadata verifies (a damaged one is
+    # quarantined once the lock is held: Checkpointer.restore_latest_good).
+    own_meta = ckpt_lib.newest_good_metadata(ckpt_dir, steps)
     if own_meta is not None:
       for field, old, new in config_validation.check_resume(
         own_meta["config"], stored, allowed=frozenset(allowed)

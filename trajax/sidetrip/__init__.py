@@ -280,15 +280,9 @@ def run_sidetrip(
   spec = resolve(config, step)
   own_dir = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints") if workdir else ""
   own_steps = ckpt_lib.committed_steps(own_dir) if own_dir else []
-  # The newest own step whose metadata verifies: a damaged latest one is
-  # quarantined by the loop's writer (as a damaged array is), not fatal here.
-  own_meta = None
-  for own_step in reversed(own_steps):
-    try:
-      own_meta = ckpt_lib.read_metadata(own_dir, own_step)
-      break
-    except ckpt_lib.CheckpointCorruptError:
-      continue
+  # The newest own step whose metadata verifies (a damaged latest one is
+  # quarantined by the loop's writer, not fatal here).
+  own_meta = ckpt_lib.newest_good_metadata(own_dir, own_steps)
   if own_meta is not None:
     own_lineage = own_meta.get("lineage") or {}
     stored = _as_stored(config, own_meta.get("config") or {})
