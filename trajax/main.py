@@ -2,7 +2,7 @@ r"""Launch a training run: ``python -m trajax.main --config=configs/X.py --workd
 
   python -m trajax.main --config=configs/mnist1d.py --workdir=workdirs/mnist1d
   python -m trajax.main --config=configs/imagenet_resnet34.py:cosine \
-      --config.data_dir=DATA --workdir=gs://bucket/run --jax_distributed
+      --config.data_dir=DATA --workdir=/mnt/runs/run --jax_distributed
 
 The config is locked, so a misspelt ``--config.field`` is an error (the fields
 are those of ``trajax.config.base_config()``; ``--config.<field>=None`` sets a
