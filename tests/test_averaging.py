@@ -402,14 +402,14 @@ def test_none_method_keeps_no_copy():
 def test_memory_footprint():
   params = {"w": jnp.zeros((10, 10))}
 
-  def copies(opt):  # full-size arrays the wrapper keeps beside the inner state
+  def copies(opt):  # full-size copies of the params the wrapper keeps beside the inner state
     state = opt.init(params)
-    own = (state.partial, state.partial_snapshots)
-    return sum(x.size == 100 for x in jax.tree.leaves(own))
+    own = (state.previous, state.snapshots)
+    return sum(x.size for x in jax.tree.leaves(own)) / 100
 
   assert copies(averaging.ema(optax.sgd(1.0), 0.1)) == 1
   assert copies(averaging.swa(optax.sgd(1.0))) == 1
-  assert copies(averaging.multi_point(optax.sgd(1.0), n=4, gap=2)) == 4  # average + 3 snapshots
+  assert copies(averaging.multi_point(optax.sgd(1.0), n=4, gap=2)) == 4  # a ring of 4 snapshots
   assert copies(averaging.wrap(optax.sgd(1.0), averaging.make_averager("none"))) == 0
 
 
@@ -477,11 +477,15 @@ SHARDING_SCRIPT = textwrap.dedent(
             return optax.apply_updates(p, u), s
         p, s = jax.jit(step, donate_argnums=(0, 1))(fresh, state)
         p, s = jax.jit(step, donate_argnums=(0, 1))(p, s)
-        trees = [averaging.averaged_params(s, p), s.partial] + list(s.partial_snapshots)
+        trees = [averaging.averaged_params(s, p)] + ([s.previous] if s.previous else [])
         for tree in trees:
             for k in specs:
                 got = tree[k].sharding
                 assert got.is_equivalent_to(shard[k], tree[k].ndim), (name, k, got, shard[k])
+        for k in specs:  # the ring: each slot sharded like the params
+            if s.snapshots:
+                got, want = s.snapshots[k].sharding, NamedSharding(mesh, P(None, *specs[k]))
+                assert got.is_equivalent_to(want, s.snapshots[k].ndim), (name, k, got, want)
         print(name, "ok", len(jax.devices()))
     """
 )
