@@ -155,9 +155,11 @@ def bench_b(args, kappa, groups, method, params, label):
 
 
 def bench_c(args, kappa):
+  """Multi-point expected_loss for n = 2 … 16, interleaved; ratio to n = 2 paired per round."""
   groups = (kappa > 0.03).astype(int)
-  out = []
-  for n in (2, 4, 8, 16):
+  ns = (2, 4, 8, 16)
+  runs, first = {}, {}
+  for n in ns:
     common = dict(
       lr=args.lr,
       num_steps=args.mp_steps,
@@ -168,10 +170,22 @@ def bench_c(args, kappa):
       n=n,
       gap=args.mp_gap,
     )
-    run = lambda common=common: theory.expected_loss(kappa, **common).loss
-    first, _ = timed(run)
-    warm = [timed(run)[0] for _ in range(args.repeats)]
-    r = {"n": n, "gap": args.mp_gap, "first_call_s": first, "expected_loss_s": median(warm)}
+    runs[n] = lambda common=common: theory.expected_loss(kappa, **common).loss
+    first[n] = timed(runs[n])[0]
+  times = {n: [] for n in ns}
+  for _ in range(args.repeats):
+    for n in ns:
+      times[n].append(timed(runs[n])[0])
+  base = np.asarray(times[2])
+  out = []
+  for n in ns:
+    r = {
+      "n": n,
+      "gap": args.mp_gap,
+      "first_call_s": first[n],
+      "expected_loss_s": median(times[n]),
+      "paired_ratio_to_n2": median(np.asarray(times[n]) / base),
+    }
     print("(c)", json.dumps(r))
     out.append(r)
   return out
