@@ -375,6 +375,13 @@ def multi_point_averager(*, n, gap, start_step=0, accumulator_dtype=_FLOAT32) ->
   snapshot step with p snapshots so far the average is the mean of the
   min(p, n) newest ones; between snapshot steps it is held. Memory: n − 1
   snapshot trees plus the average (float leaves in ``accumulator_dtype``).
+
+  This pure face keeps its snapshots as a shift register, newest first: its
+  ``average`` is formed at every snapshot, which reads them all anyway, and
+  the states it writes (``bn_average``) keep their checkpoint layout. The
+  optax wrapper, whose update must not grow with n, keeps a ring buffer
+  instead and forms the average only where it is read (its ``points``
+  schedule, ``trajax.averaging.wrappers``).
   """
   check_spec(
     "multi_point",
