@@ -11,9 +11,15 @@ to plain, which cancels slow drifts in machine load.
 
 ``--update-only N`` times the optimizer update alone on N float32 params
 (no model): the memory-bound cost of the wrappers themselves, which the
-small conv net hides on CPU. The wrappers keep the average without its
-newest point (exact in any chain position), so each update also completes
-the previous point: one extra pass over each stored tree.
+small conv net hides on CPU; multi-point runs there for n = 2, 4, 8, 16
+(issue 23: its update must not grow with n).
+
+``--drift`` measures the float32 accuracy of every method (issue 23), no
+timing: the average of a constant sequence (params fixed at
+linspace(0.5, 3, 64), ``--drift-steps`` updates, default 10^6) must be that
+constant, and a noisy sequence (θ_t = linspace(0.5, 3, 64) + 0.1·ξ_t, 10^5
+steps) is compared with a float64 NumPy reference of the definition; both
+print the worst relative error over the 64 entries.
 """
 
 import argparse
@@ -57,7 +63,9 @@ def loss_fn(params, images, labels):
 
 
 def make_step(opt):
-  @jax.jit
+  # The state donated, as the engine's train step does (trajax.train): the
+  # multi-point ring is then written in place.
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(params, state, images, labels):
     grads = jax.grad(loss_fn)(params, images, labels)
     updates, state = opt.update(grads, state, params)
@@ -75,13 +83,118 @@ def make_update_step(opt):
   return step
 
 
+DRIFT_DIM = 64
+
+
+def drift_variants():
+  """name -> (optax wrapper over sgd(0), float64 reference ``ref(thetas) -> a_T``, profile index).
+
+  Profile index None: the wrapper's own average; i: ``profile_averages(...)[i]``.
+  """
+  sgd = lambda: optax.sgd(0.0)
+
+  def ema_ref(decay, debias=False):
+    def ref(th):
+      a = th[0].copy()
+      if debias:
+        acc, norm = np.zeros_like(a), 0.0
+        for x in th[1:]:
+          acc = (1 - decay) * acc + decay * x
+          norm = (1 - decay) * norm + decay
+        return acc / norm
+      for x in th[1:]:
+        a = (1 - decay) * a + decay * x
+      return a
+
+    return ref
+
+  def power_ref(gamma):
+    def ref(th):
+      k = len(th) - 1
+      i = np.arange(1, k + 1, dtype=np.float64)
+      c = (i / k) ** (gamma + 1) - ((i - 1) / k) ** (gamma + 1)
+      return c @ th[1:]
+
+    return ref
+
+  def points_ref(n, gap):
+    def ref(th):
+      k = len(th) - 1
+      last = k - k % gap
+      return np.mean([th[t] for t in range(last, -1, -gap)][:n], axis=0)
+
+    return ref
+
+  profiles = averaging.make_profiles(
+    ({"method": "power_ema", "gamma": 6.94}, {"method": "ema", "decay": 1e-4})
+  )
+  return {
+    "ema(1e-4)": (averaging.ema(sgd(), 1e-4), ema_ref(1e-4), None),
+    "ema(1e-4, debias)": (averaging.ema(sgd(), 1e-4, debias=True), ema_ref(1e-4, True), None),
+    "swa": (averaging.swa(sgd()), lambda th: th[1:].mean(0), None),
+    "power_ema(6.94)": (averaging.power_ema(sgd(), 6.94), power_ref(6.94), None),
+    "multi_point(n=4, gap=100)": (
+      averaging.multi_point(sgd(), n=4, gap=100),
+      points_ref(4, 100),
+      None,
+    ),
+    "profile power_ema(6.94)": (averaging.with_profiles(sgd(), profiles), power_ref(6.94), 0),
+    "profile ema(1e-4)": (averaging.with_profiles(sgd(), profiles), ema_ref(1e-4), 1),
+  }
+
+
+def _run_wrapper(opt, thetas, profile):
+  """a_T of ``opt`` fed θ_0 … θ_T (``thetas``: (T+1, d) or (d,) for a constant), in one fori_loop."""
+  constant = thetas.ndim == 1
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def go(th, steps):
+    p0 = th if constant else th[0]
+    zeros = jnp.zeros_like(p0)
+
+    def body(t, s):
+      return opt.update(zeros, s, p0 if constant else th[t - 1])[1]
+
+    s = jax.lax.fori_loop(1, steps + 1, body, opt.init(p0))
+    last = p0 if constant else th[steps]
+    if profile is None:
+      return averaging.averaged_params(s, last)
+    return averaging.profile_averages(s, last)[profile]
+
+  steps = thetas.shape[0] - 1 if not constant else None
+  return go, steps
+
+
+def drift(args):
+  base = np.linspace(0.5, 3.0, DRIFT_DIM)
+  rng = np.random.default_rng(0)
+  noisy = (base + 0.1 * rng.standard_normal((args.noisy_steps + 1, DRIFT_DIM))).astype(np.float32)
+  print(f"float32 accuracy: constant {args.drift_steps} steps, noisy {args.noisy_steps} steps")
+  print(f"{'method':<28}{'constant rel. err':>20}{'noisy rel. err':>18}")
+  for name, (opt, ref, profile) in drift_variants().items():
+    go, _ = _run_wrapper(opt, np.float32(base), profile)
+    const = np.asarray(go(jnp.asarray(base, jnp.float32), args.drift_steps), np.float64)
+    c_err = np.max(np.abs(const / np.float32(base).astype(np.float64) - 1))
+    go, steps = _run_wrapper(opt, noisy, profile)
+    got = np.asarray(go(jnp.asarray(noisy), steps), np.float64)
+    want = ref(noisy.astype(np.float64))
+    n_err = np.max(np.abs(got / want - 1))
+    print(f"{name:<28}{c_err:>20.2e}{n_err:>18.2e}")
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--repeats", type=int, default=15)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--update-only", type=int, default=0, metavar="N")
+  parser.add_argument("--drift", action="store_true")
+  parser.add_argument("--drift-steps", type=int, default=1_000_000)
+  parser.add_argument("--noisy-steps", type=int, default=100_000)
   args = parser.parse_args()
+  if args.drift:
+    drift(args)
+    return
 
   inner = lambda: optax.sgd(0.05, momentum=0.9)
   variants = {
@@ -91,12 +204,17 @@ def main():
     "swa": averaging.swa(inner(), start_step=10),
     "two_point": averaging.two_point(inner(), gap=50),
     "multi_point(n=4)": averaging.multi_point(inner(), n=4, gap=25),
+    "multi_point(n=16)": averaging.multi_point(inner(), n=16, gap=25),
+    "power_ema": averaging.power_ema(inner(), 6.94),
     # The engine's layout with averaging.profiles (trajax.state.make_optimizer):
     # two power-function EMAs (Karras et al. 2024's σ_rel = 0.05, 0.10) for post-hoc EMAs.
     "two_point+2 profiles": averaging.two_point(
       averaging.with_profiles(inner(), averaging.make_profiles(PROFILES)), gap=50
     ),
   }
+  if args.update_only:
+    for n in (2, 8):
+      variants[f"multi_point(n={n})"] = averaging.multi_point(inner(), n=n, gap=25)
   key = jax.random.key(0)
   if args.update_only:
     params = {"w": jax.random.normal(key, (args.update_only,))}

@@ -11,6 +11,11 @@
     pilot of S seeds (worst recorded point, N = S·(SE_S / 1 %)²), then
     ``simulate`` with N seeds is timed against ``expected_loss``. Target ≥ 100×.
 
+(c) ``expected_loss`` with multi-point averaging against n (issue 23): d
+    distinct modes, ``--mp-steps`` steps, n = 2, 4, 8, 16 points ``--mp-gap``
+    apart; target: n = 16 within 3× of n = 2 (``--only-multi-point`` runs
+    this part alone).
+
 Compiled functions are cached per structure, so every timing below is the
 median of ``--repeats`` warm calls with the variants interleaved (machine noise
 hits all alike); first calls (with compilation) are printed separately.
@@ -149,6 +154,43 @@ def bench_b(args, kappa, groups, method, params, label):
   }
 
 
+def bench_c(args, kappa):
+  """Multi-point expected_loss for n = 2 … 16, interleaved; ratio to n = 2 paired per round."""
+  groups = (kappa > 0.03).astype(int)
+  ns = (2, 4, 8, 16)
+  runs, first = {}, {}
+  for n in ns:
+    common = dict(
+      lr=args.lr,
+      num_steps=args.mp_steps,
+      theta0=1.0,
+      dof_groups=groups,
+      record_every=args.record_every,
+      method="multi_point",
+      n=n,
+      gap=args.mp_gap,
+    )
+    runs[n] = lambda common=common: theory.expected_loss(kappa, **common).loss
+    first[n] = timed(runs[n])[0]
+  times = {n: [] for n in ns}
+  for _ in range(args.repeats):
+    for n in ns:
+      times[n].append(timed(runs[n])[0])
+  base = np.asarray(times[2])
+  out = []
+  for n in ns:
+    r = {
+      "n": n,
+      "gap": args.mp_gap,
+      "first_call_s": first[n],
+      "expected_loss_s": median(times[n]),
+      "paired_ratio_to_n2": median(np.asarray(times[n]) / base),
+    }
+    print("(c)", json.dumps(r))
+    out.append(r)
+  return out
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--dim", type=int, default=1000)
@@ -158,6 +200,9 @@ def main():
   p.add_argument("--record-every", type=int, default=10, dest="record_every")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--skip-a", action="store_true")
+  p.add_argument("--only-multi-point", action="store_true", dest="only_mp")
+  p.add_argument("--mp-steps", type=int, default=20_000, dest="mp_steps")
+  p.add_argument("--mp-gap", type=int, default=10, dest="mp_gap")
   args = p.parse_args()
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
 
@@ -167,6 +212,10 @@ def main():
   # The Fig. 9 model: half fast (κ = 1), half slow (κ = 0.015).
   fig9 = np.where(np.arange(args.dim) < args.dim // 2, 1.0, 0.015)
   results = {"args": vars(args)}
+  if args.only_mp:
+    results["c"] = bench_c(args, spectrum)
+    print(json.dumps(results))
+    return
   if not args.skip_a:
     results["a"] = bench_a(args, spectrum, (spectrum > 0.03).astype(int))
     print("(a)", json.dumps(results["a"], indent=1))

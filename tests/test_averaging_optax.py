@@ -253,16 +253,24 @@ def test_without_params_only_where_exact():
     jax.jit(averaging.averaged_params)(state)
 
 
-def test_tree_get_finds_one_partial_and_no_stale_average(name):
+def test_tree_get_finds_one_state_and_no_stale_average(name):
   opt = optax.inject_hyperparams(factory(name), static_args=STATIC.get(name, ()))(
     optax.sgd(0.1), **SPECS[name][1]
   )
   thetas, avgs, state = run(opt, jnp.ones(3), 5)
   assert optax.tree_utils.tree_get_all_with_path(state, "average") == []
-  partial = optax.tree_utils.tree_get(state, "partial")  # unique, or tree_get raises
-  weight = optax.tree_utils.tree_get(state, "newest_weight")
-  # What a plain-checkpoint reader does: partial + w·θ_t.
-  np.testing.assert_allclose(partial + weight[0] * thetas[-1], avgs[-1], rtol=1e-6)
+  weights = np.asarray(optax.tree_utils.tree_get(state, "weights"))  # unique, or it raises
+  theta = np.asarray(thetas[-1])
+  # What a plain-checkpoint reader does (the formulas of trajax.averaging.wrappers).
+  if SPECS[name][0] in ("two_point", "multi_point"):
+    ring = np.asarray(optax.tree_utils.tree_get(state, "snapshots"))
+    assert ring.shape == (SPECS[name][1].get("n", 2), 3)
+    got = weights[0] * theta + weights[1:] @ ring
+  else:
+    prev = np.asarray(optax.tree_utils.tree_get(state, "previous"))
+    assert weights[1] == 1.0  # the lerp form
+    got = prev + weights[0] * (theta - prev)
+  np.testing.assert_allclose(got, avgs[-1], rtol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["two_point", "multi_point", "ema", "swa"])

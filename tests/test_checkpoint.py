@@ -108,7 +108,7 @@ def test_checkpoint_restores_with_plain_orbax_without_trajax(uninterrupted, tmp_
       np.testing.assert_array_equal(np.asarray(state["params"]["head"]["kernel"]),
                                     np.load({str(tmp_path / "kernel.npy")!r}))
       assert int(state["step"]) == 30, state["step"]
-      assert "partial" in state["opt_state"]  # the averaging state travels with it
+      assert "previous" in state["opt_state"]  # the averaging state travels with it
       assert out.meta["config"]["total_steps"] == 30
       assert not any(m == "trajax" or m.startswith("trajax.") for m in sys.modules)
       print("OK", step)
@@ -542,24 +542,23 @@ def test_a_target_that_does_not_fit_is_an_error_never_a_quarantine(uninterrupted
   assert not (workdir / "quarantined_checkpoints").exists()
 
 
-_WRAPPER_KEYS = {"inner_state", "count", "partial", "partial_snapshots", "newest_weight"}
+_WRAPPER_KEYS = {"inner_state", "count", "previous", "snapshots", "ring_position", "weights"}
 
 
 def _to_old_averaging_layout(tree, params):
   """A state dict with each wrapper node in the layout before issue 10 (complete average).
 
   Built by hand: ``{"inner_state", "average": {"count", "average": a_t, "snapshots"}}`` with
-  a_t = partial + w_t·θ_t, the average the old wrapper stored.
+  a_t = u·(previous + w_t·(θ_t − previous)), the average the old wrapper stored (EMA).
   """
   if isinstance(tree, dict) and set(tree) == _WRAPPER_KEYS:
-    w = np.asarray(tree["newest_weight"])[0]
-    complete = jax.tree.map(
-      lambda p, x: (
-        np.asarray(p) + w.astype(np.asarray(p).dtype) * np.asarray(x, np.asarray(p).dtype)
-      ),
-      tree["partial"],
-      params,
-    )
+    w, u = np.asarray(tree["weights"])
+
+    def complete_leaf(p, x):
+      p = np.asarray(p)
+      return u * (p + w.astype(p.dtype) * (np.asarray(x, p.dtype) - p))
+
+    complete = jax.tree.map(complete_leaf, tree["previous"], params)
     return {
       "inner_state": tree["inner_state"],
       "average": {"count": tree["count"], "average": complete, "snapshots": {}},

@@ -185,7 +185,7 @@ def test_two_processes_match_one_process(runs):
   assert int(two["['step']"]) == TOTAL
   # Same mesh shape, same per-device programs: identical, every leaf.
   assert _differing(two, one2) == []
-  assert any(k.startswith("['opt_state']['partial']") for k in two), sorted(two)
+  assert any(k.startswith("['opt_state']['previous']") for k in two), sorted(two)
   assert any(k.startswith("['batch_stats']") for k in two), sorted(two)
   rec_two, rec_one2 = _records(runs["two"]), _records(runs["one_2dev"])
   assert [r for r in rec_two if "hparams" not in r and "eval/loss" in r] == [

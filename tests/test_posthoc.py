@@ -595,10 +595,10 @@ SHARDED = textwrap.dedent(r"""
         profs = averaging.find_profiles(state.opt_state).profiles
         if name == "four":
             specs = lambda t: [x.sharding.spec for x in jax.tree.leaves(t)]
-            out["same_specs"] = all(specs(p.partial) == specs(state.params) for p in profs)
+            out["same_specs"] = all(specs(p.previous) == specs(state.params) for p in profs)
             out["sharded"] = sum(
                 x.addressable_shards[0].data.size < x.size
-                for p in profs for x in jax.tree.leaves(p.partial))
+                for p in profs for x in jax.tree.leaves(p.previous))
         got[name] = jax.device_get(averaging.profile_averages(state.opt_state, state.params))
     out["max_diff"] = max(
         float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))

@@ -571,9 +571,10 @@ def test_equivalent_side_trip_lands_near_the_average_on_a_real_net(parent, tmp_p
   result = sidetrip.run_sidetrip(config, parent.workdir, 30, str(tmp_path / "trip"))
   assert result.step == 40 and result.lineage["params"]["window"] == 10
   p40, _ = ckpt_lib.restore_readonly(parent.workdir, step=40)
+  c = p40["opt_state"]["weights"]  # the ring's plain reading: c_0·θ_t + Σ_i c_{1+i}·slot_i
   avg = jax.tree.map(
-    lambda q, x: q + p40["opt_state"]["newest_weight"][0] * x,
-    p40["opt_state"]["partial"],
+    lambda r, x: c[0] * x + np.tensordot(c[1:], r, axes=1),
+    p40["opt_state"]["snapshots"],
     p40["params"],
   )
   p30, _ = ckpt_lib.restore_readonly(parent.workdir, step=30)

@@ -43,7 +43,7 @@ def _average_matrix(
         else:
           w[t, s] = (1 - decay) ** q
           w[t, pts] += wts
-    else:  # multi_point
+    else:  # multi_point, two_point
       snaps = [u for u in range(s, t + 1) if (u - s) % gap == 0][-n:]
       w[t, snaps] = 1.0 / len(snaps)
   return w
@@ -87,6 +87,10 @@ T_REF = 40
     ("ema", dict(decay=0.3, start_step=2, every=3, debias=True)),
     ("swa", dict(start_step=4, every=2)),
     ("multi_point", dict(n=3, gap=5, start_step=3)),
+    ("multi_point", dict(n=4, gap=2)),  # the ring wraps around several times
+    ("multi_point", dict(n=16, gap=1, start_step=4)),
+    ("multi_point", dict(n=1, gap=3)),
+    ("two_point", dict(gap=7, start_step=1)),
   ],
 )
 def test_expected_loss_matches_float64_definitions(method, params):

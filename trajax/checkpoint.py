@@ -52,7 +52,8 @@ everyone else (side-trips, probes, ``trajax.verify``): it never opens a
 A step directory counts only once Orbax has finalised it
 (:func:`committed_steps`); half-written temporary directories are ignored.
 A train state written in an older layout (the averaging wrapper's complete
-average) is converted on every restore (:mod:`trajax.checkpoint_layout`).
+average, then the average without its newest point) is converted on every
+restore (:mod:`trajax.checkpoint_layout`).
 
 Why one module of over 500 lines: the writer and the read-only reader define one
 on-disk format (step directories, the two items, the commit marker) and must
@@ -411,11 +412,13 @@ class Checkpointer:
     abstract = _abstract(_to_tree(target))
     item = os.path.join(self.path(step), "state")
     with _expected_missing_metadata(item):
-      old = layout.stored_in_old_layout(item)
+      old = layout.stored_in_old_layout(item)  # its tree metadata, or None
     out = self.manager.restore(
       int(step),
       args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(layout.old_averaging_target(abstract) if old else abstract),
+        state=ocp.args.StandardRestore(
+          layout.old_averaging_target(abstract, old) if old else abstract
+        ),
       ),
     )
     if check:
@@ -726,7 +729,7 @@ def restore_step_dir(step_dir: str, step: int, *, target=None, check: bool = Tru
     else:
       abstract = _abstract(_to_tree(target))
       old = layout.stored_in_old_layout(item)
-      tree = ckptr.restore(item, layout.old_averaging_target(abstract) if old else abstract)
+      tree = ckptr.restore(item, layout.old_averaging_target(abstract, old) if old else abstract)
   if check:
     problems = check_state(tree, meta)
     if problems:

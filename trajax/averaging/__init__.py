@@ -17,9 +17,11 @@ update. With s = start_step, the average a_t after the t-th update is
   of the n most recent snapshots (of all of them while fewer than n exist).
   Between snapshot steps it is held. Two-point (paper Sec. 4, A.3) is n = 2.
 
-Every method but multi-point is one update ``a ← (1 − w_t)·a + w_t·θ_t`` (w_t
+Every method but multi-point is one update ``a ← a + w_t·(θ_t − a)`` (w_t
 is 1 while following, 0 between points, δ for EMA, 1/p for SWA,
-δ / (1 − (1 − δ)^p) for debiased EMA); the lerp is exact at w = 0 and 1.
+δ / (1 − (1 − δ)^p) for debiased EMA): the lerp form, whose two weights sum
+to one in floating point, so a float32 average does not drift over 10^6
+steps (:func:`trajax.averaging.averagers.lerp`); it is exact at w = 0 and 1.
 
 One definition, three faces. :data:`METHODS` maps each name to a
 :class:`Method`: its parameters (type, range, default, static or not), its
@@ -57,6 +59,7 @@ from trajax.averaging.averagers import (
   AverageState,
   N,
   Param,
+  Points,
   ema_averager,
   identity_averager,
   multi_point_averager,
@@ -93,6 +96,7 @@ from trajax.averaging.wrappers import (
   multi_point,
   power_ema,
   profile_averages,
+  profile_from_eager_state,
   swa,
   two_point,
   with_profiles,
@@ -114,6 +118,7 @@ __all__ = [
   "AveragingState",
   "Method",
   "Param",
+  "Points",
   "ProfileState",
   "ProfilesState",
   "averaged_params",
@@ -136,6 +141,7 @@ __all__ = [
   "power_ema_gamma",
   "power_ema_sigma_rel",
   "profile_averages",
+  "profile_from_eager_state",
   "profile_params",
   "register",
   "step_weights_table",

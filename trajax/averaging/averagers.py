@@ -38,6 +38,20 @@ class AverageState(NamedTuple):
   snapshots: tuple = ()
 
 
+class Points(NamedTuple):
+  """Multi-point's snapshot schedule, for the optax wrapper's ring buffer.
+
+  Attributes:
+    n: the number of points averaged.
+    schedule: ``count -> (follow, snap, taken)`` for the state after the
+      count-th update: whether the average still follows θ_t (t < s), whether
+      θ_t is a snapshot, and how many snapshots steps ≤ t have taken.
+  """
+
+  n: int
+  schedule: Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+
+
 class Averager(NamedTuple):
   """Pure averaging arithmetic over a sequence of pytrees θ_0, θ_1, ….
 
@@ -46,10 +60,19 @@ class Averager(NamedTuple):
   float leaf of the new state is a fixed combination of θ_t and the old
   state's float leaves, with scalar weights that depend on the count only):
   the kernel, the equivalent schedule and the theory rely on it.
+
+  Optional structure the optax wrapper uses (``trajax.averaging.wrappers``;
+  without it the wrapper keeps the averager's state one step behind):
+
+  * ``weight``: lerp form, ``a_t = a_{t−1} + w_t·(θ_t − a_{t−1})`` with
+    ``w_t = weight(t)`` (float32, or float64 with a float64 accumulator);
+  * ``points``: multi-point's :class:`Points` schedule.
   """
 
   init: Callable[[PyTree], AverageState]
   update: Callable[[PyTree, AverageState], AverageState]
+  weight: Callable[[jax.Array], jax.Array] | None = None
+  points: Points | None = None
 
 
 # ----------------------------------------------------------------------------
@@ -200,35 +223,51 @@ def _copy_as(tree: PyTree, dtype) -> PyTree:
   return jax.tree.map(leaf, tree)
 
 
+def lerp(a, x, w):
+  """a + w·(x − a), exact at w = 0 and w = 1 (float leaves, one array each).
+
+  The form in which the two weights sum to one in floating point: the old
+  ``(1 − w)·a + w·x`` rounds 1 − w, so for w = 1e-4 its weights sum to
+  1 ± 3e-8 and a float32 average drifts by ~ε/w (1.6e-4 after 10^5 steps,
+  issue 23); here a constant sequence stays exactly constant. Like torch's
+  ``lerp``, w ≥ 1/2 takes x − (1 − w)·(x − a) (1 − w exact there), so w = 1
+  gives x exactly.
+  """
+  d = x - a
+  return jnp.where(w < 0.5, a + w * d, x - (1 - w) * d)
+
+
 def _lerp(average: PyTree, tree: PyTree, w: jax.Array) -> PyTree:
-  """(1 − w)·a + w·θ for float leaves; non-float leaves follow θ."""
+  """:func:`lerp` of float leaves; non-float leaves follow θ."""
 
   def leaf(a, x):
     if not _is_float(a):
       return jnp.asarray(x, dtype=a.dtype)
-    w_ = w.astype(a.dtype)
-    return (1 - w_) * a + w_ * x.astype(a.dtype)
+    return lerp(a, x.astype(a.dtype), w.astype(a.dtype))
 
   return jax.tree.map(leaf, average, tree)
 
 
 def _lerp_averager(weight_fn, *, start_step, every, accumulator_dtype) -> Averager:
-  """a ← (1 − w)·a + w·θ with w = weight_fn(p) at the p-th point, 1 while following."""
+  """a ← a + w·(θ − a) with w = weight_fn(p) at the p-th point, 1 while following."""
   wdt = _weight_dtype(accumulator_dtype)
+
+  def weight(count):
+    k = count - jnp.asarray(start_step, jnp.int32)  # k = t − s
+    every_ = jnp.asarray(every, jnp.int32)
+    is_point = (k > 0) & (k % every_ == 0)
+    points = jnp.maximum(k // every_, 1).astype(wdt)
+    w = jnp.where(k <= 0, 1.0, jnp.where(is_point, weight_fn(points, wdt), 0.0))
+    return w.astype(wdt)
 
   def init(tree):
     return AverageState(count=jnp.zeros([], jnp.int32), average=_copy_as(tree, accumulator_dtype))
 
   def update(tree, state):
     count = state.count + 1
-    k = count - jnp.asarray(start_step, jnp.int32)  # k = t − s
-    every_ = jnp.asarray(every, jnp.int32)
-    is_point = (k > 0) & (k % every_ == 0)
-    points = jnp.maximum(k // every_, 1).astype(wdt)
-    w = jnp.where(k <= 0, 1.0, jnp.where(is_point, weight_fn(points, wdt), 0.0))
-    return AverageState(count, _lerp(state.average, tree, w.astype(wdt)))
+    return AverageState(count, _lerp(state.average, tree, weight(count)))
 
-  return Averager(init, update)
+  return Averager(init, update, weight=weight)
 
 
 def ema_averager(
@@ -336,6 +375,13 @@ def multi_point_averager(*, n, gap, start_step=0, accumulator_dtype=_FLOAT32) ->
   snapshot step with p snapshots so far the average is the mean of the
   min(p, n) newest ones; between snapshot steps it is held. Memory: n − 1
   snapshot trees plus the average (float leaves in ``accumulator_dtype``).
+
+  This pure face keeps its snapshots as a shift register, newest first: its
+  ``average`` is formed at every snapshot, which reads them all anyway, and
+  the states it writes (``bn_average``) keep their checkpoint layout. The
+  optax wrapper, whose update must not grow with n, keeps a ring buffer
+  instead and forms the average only where it is read (its ``points``
+  schedule, ``trajax.averaging.wrappers``).
   """
   check_spec(
     "multi_point",
@@ -345,6 +391,14 @@ def multi_point_averager(*, n, gap, start_step=0, accumulator_dtype=_FLOAT32) ->
   n = int(n)
   dtype = jnp.dtype(accumulator_dtype)
   wdt = _weight_dtype(dtype)
+
+  def schedule(count):
+    k = count - jnp.asarray(start_step, jnp.int32)
+    gap_ = jnp.asarray(gap, jnp.int32)
+    follow = k < 0
+    snap = (k >= 0) & (k % gap_ == 0)
+    taken = jnp.where(follow, 0, k // gap_ + 1)
+    return follow, snap, taken
 
   def init(tree):
     # Snapshot slots start as copies of θ_0 (so they carry its sharding); they
@@ -383,7 +437,7 @@ def multi_point_averager(*, n, gap, start_step=0, accumulator_dtype=_FLOAT32) ->
     )
     return AverageState(count, average, new_held)
 
-  return Averager(init, update)
+  return Averager(init, update, points=Points(n, schedule))
 
 
 def two_point_averager(*, gap, start_step=0, accumulator_dtype=_FLOAT32) -> Averager:

@@ -3,20 +3,27 @@
 Exact in any chain position. A wrapper sees the real params θ_{t−1} in its
 t-th ``update`` call, but not θ_t: a transform after it in ``optax.chain``
 (``optax.scale``, ``contrib.reduce_on_plateau``, …) may still change the
-update. So the state holds the average *without* its newest point,
+update. So the state holds the average up to θ_{t−1} and the weight θ_t will
+get, and the average is completed with θ_t where it is read
+(:func:`averaged_params` ``(state, params)``) and in the next update:
 
-    a_t = partial_t + w_t · θ_t          (float leaves; w_t = newest_weight[0]),
+* lerp-form methods (EMA, SWA, power EMA; ``Averager.weight``):
+  ``a_t = previous + w_t·(θ_t − previous)`` with ``previous = a_{t−1}`` and
+  ``(w_t, 1) = weights`` (:func:`trajax.averaging.averagers.lerp`: the weights
+  sum to one in floating point, so float32 does not drift; issue 23);
+* multi-point (``Averager.points``): a ring buffer of n snapshots, each leaf
+  stacked on a leading axis of n; an update writes one slot (one snapshot
+  per ``gap`` steps: θ_t, once it is seen), so its cost does not depend on n;
+  the average ``a_t = weights[0]·θ_t + Σ_i weights[1+i]·snapshots[i]`` is
+  formed only where it is read;
+* any other single-tree linear averager: ``a_t = u_t·(previous + w_t·(θ_t −
+  previous))``, ``weights = (w_t, u_t)`` probed from the averager (by
+  linearity, a_t = α a_{t−1} + β θ_t with u = α + β, w = β/u).
 
-which is exact because every averager is linear in θ (``trajax.averaging``).
-In call t + 1 the wrapper completes a_t with the θ_t it receives and
-advances to ``partial_{t+1}`` (the averager run on a zero tree) and w_{t+1}
-(the averager run on the scalar 1). :func:`averaged_params` ``(state,
-params)`` completes it the same way; without ``params`` it answers only
-where that is exact (w_t = 0: at init, or between the points of an average).
-Plain-checkpoint readers: the average is ``partial + newest_weight[0] *
-params`` on float leaves, the params themselves on the others. A state that
-holds the complete average (the layout before this one) continues through
-:func:`from_eager_state`.
+Without ``params`` :func:`averaged_params` answers only where that is exact
+(no weight on θ_t). Plain-checkpoint readers use the formulas above (non-float
+leaves: the params' own). States of older layouts continue through
+:func:`from_eager_state` (:mod:`trajax.checkpoint_layout` converts them).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from trajax.averaging.averagers import _FLOAT32, Averager, AverageState, _is_con
 
 PyTree = Any
 _MaskedNode = _masking.MaskedNode
+_is_masked = lambda x: isinstance(x, _MaskedNode)
 
 
 class AveragingState(NamedTuple):
@@ -41,59 +49,147 @@ class AveragingState(NamedTuple):
   Attributes:
     inner_state: the inner optimizer's state.
     count: int32 t, the number of updates.
-    partial: a_t − w_t·θ_t for float leaves (the accumulator dtype); for
-      non-float leaves the params of the previous update. None for 'none'.
-    partial_snapshots: the averager's other trees (multi-point's snapshots),
-      likewise without their θ_t part.
-    newest_weight: (1 + len(partial_snapshots),) w_t, the weight of θ_t in
-      the average and in each snapshot (float32; float64 with a float64
-      accumulator).
+    previous: lerp-form and other single-tree methods: the average before θ_t
+      (a_{t−1}, or a_t itself where ``weights[0]`` is 0), float leaves in the
+      accumulator dtype, non-float leaves as last seen. None for 'none' and
+      multi-point.
+    snapshots: multi-point: the ring buffer, each leaf stacked (n, …); ``()``
+      otherwise.
+    ring_position: multi-point: int32 (2,), the slot the next snapshot goes to
+      and 1 if θ_t is a snapshot not yet written; None otherwise.
+    weights: float32 (float64 with a float64 accumulator): ``(w_t, u_t)``
+      for single-tree methods (u = 1 for the lerp-form ones), (1 + n,) for
+      multi-point (θ_t's weight, then each slot's); 'none': (1,) ones.
   """
 
   inner_state: optax.OptState
   count: jax.Array
-  partial: PyTree
-  partial_snapshots: tuple
-  newest_weight: jax.Array
+  previous: PyTree
+  snapshots: Any
+  ring_position: jax.Array | None
+  weights: jax.Array
 
 
-def _complete_tree(partial: PyTree, weight: jax.Array, params: PyTree) -> PyTree:
-  """partial + w·θ on float leaves; θ's leaf where the leaf is not a float."""
+class _Face(NamedTuple):
+  """The averaging part of a wrapper's state (AveragingState less inner_state)."""
 
-  def leaf(p, x):
-    if isinstance(p, _MaskedNode) or isinstance(x, _MaskedNode):
-      return p
-    if not _is_float(p):
-      return jnp.asarray(x, dtype=jnp.result_type(p))
-    return p + weight.astype(p.dtype) * x.astype(p.dtype)
-
-  return jax.tree.map(leaf, partial, params, is_leaf=lambda x: isinstance(x, _MaskedNode))
+  count: jax.Array
+  previous: PyTree
+  snapshots: Any
+  ring_position: jax.Array | None
+  weights: jax.Array
 
 
-def _averager_state(state: AveragingState, params: PyTree) -> AverageState:
-  """The averager's full state after t updates (θ_t = ``params``)."""
-  average = _complete_tree(state.partial, state.newest_weight[0], params)
-  snaps = tuple(
-    _complete_tree(s, state.newest_weight[1 + i], params)
-    for i, s in enumerate(state.partial_snapshots)
-  )
-  return AverageState(state.count, average, snaps)
+def _leaves_map(fn, tree, params):
+  """fn(leaf, param) over ``tree``'s leaves; masked partitions stay masked."""
+
+  def leaf(a, x):
+    if _is_masked(a) or _is_masked(x):
+      return a
+    return fn(a, x)
+
+  return jax.tree.map(leaf, tree, params, is_leaf=_is_masked)
 
 
-def _weight_dtype(average: PyTree):
+def _weight_dtype(tree: PyTree):
   """float32, or the accumulator's dtype where wider (float64)."""
-  floats = [x for x in jax.tree.leaves(average) if _is_float(x)]
+  floats = [x for x in jax.tree.leaves(tree) if _is_float(x)]
   return jnp.promote_types(floats[0].dtype, jnp.float32) if floats else _FLOAT32
 
 
-def _newest_weight(averager: Averager, count: jax.Array, full: AverageState) -> jax.Array:
-  """The weight of the next θ in each tree of the next state: the averager run
-  on θ = 1 from a zero state of scalars (linearity)."""
-  dtype = _weight_dtype(full.average)
-  zero = jnp.zeros((), dtype)
-  probe = AverageState(count, zero, tuple(zero for _ in full.snapshots))
-  out = averager.update(jnp.ones((), dtype), probe)
-  return jnp.stack([out.average, *out.snapshots]).astype(dtype)
+def _read(face: _Face, params: PyTree) -> PyTree:
+  """a_t from the stored face and θ_t = ``params`` (module docstring)."""
+  if face.ring_position is not None:
+    c = face.weights
+
+    def leaf(ring, x):
+      if not _is_float(ring):
+        return jnp.asarray(x, dtype=ring.dtype)
+      w = c.astype(ring.dtype)
+      return jnp.tensordot(w[1:], ring, axes=1) + w[0] * x.astype(ring.dtype)
+
+    return _leaves_map(leaf, face.snapshots, params)
+  w, u = face.weights[0], face.weights[1]
+
+  def leaf(a, x):
+    if not _is_float(a):
+      return jnp.asarray(x, dtype=a.dtype)
+    # u = 1 exactly for lerp-form methods: the product is exact.
+    return u.astype(a.dtype) * averagers.lerp(a, x.astype(a.dtype), w.astype(a.dtype))
+
+  return _leaves_map(leaf, face.previous, params)
+
+
+def _check_averager(averager: Averager):
+  if averager.weight is None and averager.points is None:
+    probe = averager.init(jnp.zeros(()))
+    if probe.snapshots:
+      raise ValueError(
+        "trajax.averaging.wrap: an averager with snapshots needs Averager.points (the ring "
+        "buffer's schedule); only single-tree averagers work without it"
+      )
+
+
+def _face_init(averager: Averager, params: PyTree) -> _Face:
+  full = averager.init(params)
+  if full.average is None:
+    # a_t = θ_t: weight 1 on the newest params (a non-empty array: Orbax
+    # refuses zero-size ones).
+    return _Face(full.count, None, (), None, jnp.ones((1,)))
+  # a_0 = θ_0 held with weight 0 on θ_0 (so it reads without params); for
+  # multi-point θ_0 is also every snapshot slot, which the snapshot count
+  # keeps out of the average until they are filled.
+  return _eager_face(full.count, full.average, full.snapshots, ring=averager.points is not None)
+
+
+def _face_update(averager: Averager, face: _Face, params: PyTree) -> _Face:
+  """The face after the (t+1)-th update, given θ_t = ``params`` (face: after t)."""
+  count = face.count + 1
+  if face.ring_position is not None:
+    n = averager.points.n
+    head, pending = face.ring_position[0], face.ring_position[1] > 0
+
+    def write(ring, x):
+      # One slot read and written (in place when the state is donated).
+      x = jnp.asarray(x, ring.dtype)
+      return ring.at[head].set(jnp.where(pending, x, ring[head]))
+
+    ring = _leaves_map(write, face.snapshots, params)
+    c0, slots = face.weights[0], face.weights[1:]
+    slots = jnp.where(pending, slots.at[head].set(c0), slots)
+    head = jnp.where(pending, (head + 1) % n, head)
+    # The weights of a_{t+1}: follow θ_{t+1}; or, at a snapshot, the mean of
+    # θ_{t+1} and the m − 1 newest slots; or the average held.
+    follow, snap, taken = averager.points.schedule(count)
+    m = jnp.clip(taken, 1, n)
+    wdt = face.weights.dtype
+    inv_m = (1.0 / m.astype(wdt)).astype(wdt)
+    age = (head - 1 - jnp.arange(n)) % n
+    fresh = jnp.concatenate([inv_m[None], jnp.where(age < m - 1, inv_m, 0.0).astype(wdt)])
+    held = jnp.concatenate([jnp.zeros((1,), wdt), slots])
+    following = jnp.zeros((1 + n,), wdt).at[0].set(1.0)
+    weights = jnp.where(follow, following, jnp.where(snap, fresh, held))
+    position = jnp.stack([head.astype(jnp.int32), snap.astype(jnp.int32)])
+    return _Face(count, None, ring, position, weights)
+  if face.previous is None:  # 'none'
+    return face._replace(count=count)
+  average = _read(face, params)  # a_t, θ_t = params
+  wdt = face.weights.dtype
+  if averager.weight is not None:
+    weights = jnp.stack([averager.weight(count).astype(wdt), jnp.ones((), wdt)])
+  else:
+    # a_{t+1} = α a_t + β θ_{t+1}, α and β read off the averager (linearity).
+    prev = AverageState(face.count, jnp.ones((), wdt))
+    alpha = averager.update(jnp.zeros((), wdt), prev).average
+    beta = averager.update(jnp.ones((), wdt), prev._replace(average=jnp.zeros((), wdt))).average
+    u = alpha + beta
+    w = jnp.where(u == 0, 0.0, beta / jnp.where(u == 0, 1.0, u))
+    weights = jnp.stack([w, u]).astype(wdt)
+  return _Face(count, average, (), None, weights)
+
+
+def _face_of(state) -> _Face:
+  return _Face(state.count, state.previous, state.snapshots, state.ring_position, state.weights)
 
 
 def wrap(inner: optax.GradientTransformation, averager: Averager):
@@ -106,39 +202,29 @@ def wrap(inner: optax.GradientTransformation, averager: Averager):
   :func:`averaged_params` ``(state, params)``.
   """
   inner = optax.with_extra_args_support(inner)
+  _check_averager(averager)
 
   def init_fn(params):
-    full = averager.init(params)
-    if full.average is None:
-      # a_t = θ_t: weight 1 on the newest params (and a non-empty array: Orbax
-      # refuses zero-size ones).
-      return AveragingState(inner.init(params), full.count, None, (), jnp.ones((1,)))
-    weight = jnp.zeros((1 + len(full.snapshots),), _weight_dtype(full.average))
-    return AveragingState(inner.init(params), full.count, full.average, full.snapshots, weight)
+    return AveragingState(inner.init(params), *_face_init(averager, params))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
       raise ValueError("trajax.averaging wrappers need params: call update(updates, state, params)")
     updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-    if state.partial is None:  # 'none': nothing to keep
-      return updates, state._replace(inner_state=inner_state, count=state.count + 1)
-    full = _averager_state(state, params)  # a_{t−1}, exact: params is θ_{t−1}
-    zeros = jax.tree.map(lambda x: jnp.zeros_like(x) if _is_float(x) else x, params)
-    nxt = averager.update(zeros, full)
-    weight = _newest_weight(averager, full.count, full)
-    return updates, AveragingState(inner_state, nxt.count, nxt.average, nxt.snapshots, weight)
+    return updates, AveragingState(inner_state, *_face_update(averager, _face_of(state), params))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 class ProfileState(NamedTuple):
-  """One profile's averager state after t updates, without its θ_t part (as
-  :class:`AveragingState`, less the inner state): a_t = partial + w_t·θ_t."""
+  """One profile's averager state after t updates, without θ_t (as
+  :class:`AveragingState`, less the inner state; the same formulas)."""
 
   count: jax.Array
-  partial: PyTree
-  partial_snapshots: tuple
-  newest_weight: jax.Array
+  previous: PyTree
+  snapshots: Any
+  ring_position: jax.Array | None
+  weights: jax.Array
 
 
 class ProfilesState(NamedTuple):
@@ -154,19 +240,14 @@ class ProfilesState(NamedTuple):
 
 
 def _profile_init(averager: Averager, params: PyTree) -> ProfileState:
-  full = averager.init(params)
-  if full.average is None:
+  if averager.init(jnp.zeros(())).average is None:
     raise ValueError("a profile needs an averager that keeps an average (not 'none')")
-  weight = jnp.zeros((1 + len(full.snapshots),), _weight_dtype(full.average))
-  return ProfileState(full.count, full.average, full.snapshots, weight)
+  _check_averager(averager)
+  return ProfileState(*_face_init(averager, params))
 
 
 def _profile_update(averager: Averager, state: ProfileState, params: PyTree) -> ProfileState:
-  full = _averager_state(state, params)  # a_{t−1}, exact: params is θ_{t−1}
-  zeros = jax.tree.map(lambda x: jnp.zeros_like(x) if _is_float(x) else x, params)
-  nxt = averager.update(zeros, full)
-  weight = _newest_weight(averager, full.count, full)
-  return ProfileState(nxt.count, nxt.average, nxt.snapshots, weight)
+  return ProfileState(*_face_update(averager, _face_of(state), params))
 
 
 def with_profiles(inner: optax.GradientTransformation, averagers) -> optax.GradientTransformation:
@@ -217,7 +298,7 @@ def profile_averages(opt_state, params: PyTree) -> tuple:
   state = find_profiles(opt_state)
   if state is None:
     return ()
-  return tuple(_complete_tree(p.partial, p.newest_weight[0], params) for p in state.profiles)
+  return tuple(_read(_face_of(p), params) for p in state.profiles)
 
 
 def ema(inner, decay, *, start_step=0, every=1, debias=False, accumulator_dtype=_FLOAT32):
@@ -290,22 +371,49 @@ def multi_point(inner, *, n, gap, start_step=0, accumulator_dtype=_FLOAT32):
   )
 
 
-def from_eager_state(inner_state, average: AverageState) -> AveragingState:
+def _eager_face(count, avg, snapshots, *, ring: bool | None = None) -> _Face:
+  """The face holding a complete averager state (a_t, snapshots newest first);
+  ``ring``: multi-point (default: when there are snapshots)."""
+  count = jnp.asarray(count, jnp.int32)
+  if avg is None:
+    return _Face(count, None, (), None, jnp.ones((1,)))
+  snapshots = tuple(snapshots)
+  wdt = _weight_dtype(avg)
+  if not (snapshots if ring is None else ring):
+    return _Face(count, avg, (), None, jnp.array([0.0, 1.0], wdt))
+  # Multi-point, n = len(snapshots) + 1: slot 0 holds a_t with weight 1 (it
+  # is the oldest slot, overwritten by the next snapshot, which averages the
+  # n − 1 newest: s_0 in slot n − 1, s_1 in slot n − 2, …).
+  trees = (avg, *reversed(snapshots))
+  ring = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+  weights = jnp.zeros((1 + len(trees),), wdt).at[1].set(1.0)
+  return _Face(count, None, ring, jnp.zeros((2,), jnp.int32), weights)
+
+
+def from_eager_state(
+  inner_state, average: AverageState, *, ring: bool | None = None
+) -> AveragingState:
   """The wrapper state holding a complete averager state a_t (count t).
 
   For states written before the wrappers kept the newest point apart (an
   old checkpoint's ``opt_state`` = ``(inner_state, (count, average,
-  snapshots))``, whose average already included θ_t): the result holds
-  partial = a_t with weight 0 on θ_t, so ``averaged_params`` and the next
-  update continue exactly. ``average`` may be any (count, average,
-  snapshots) triple, e.g. the restored dict's values.
+  snapshots))``, whose average already included θ_t), and, completed with
+  the params, for those of the layout before the lerp form and the ring
+  (:mod:`trajax.checkpoint_layout`): the result reads a_t with weight 0 on
+  θ_t, so ``averaged_params`` and the next update continue exactly. For
+  multi-point the n − 1 snapshots (newest first) go into the ring and a_t
+  into the slot the next snapshot takes. ``average`` may be any (count,
+  average, snapshots) triple, e.g. the restored dict's values; ``ring``
+  says it is multi-point (needed for n = 1, which has no snapshots).
   """
   count, avg, snapshots = average
-  if avg is None:
-    return AveragingState(inner_state, jnp.asarray(count, jnp.int32), None, (), jnp.ones((1,)))
-  snapshots = tuple(snapshots)
-  weight = jnp.zeros((1 + len(snapshots),), _weight_dtype(avg))
-  return AveragingState(inner_state, jnp.asarray(count, jnp.int32), avg, snapshots, weight)
+  return AveragingState(inner_state, *_eager_face(count, avg, snapshots, ring=ring))
+
+
+def profile_from_eager_state(average: AverageState, *, ring: bool | None = None) -> ProfileState:
+  """:func:`from_eager_state` for one profile of :func:`with_profiles`."""
+  count, avg, snapshots = average
+  return ProfileState(*_eager_face(count, avg, snapshots, ring=ring))
 
 
 def find_states(opt_state) -> list[tuple[str, AveragingState]]:
@@ -369,15 +477,15 @@ def averaged_params(opt_state, params: PyTree | None = None, *, where: str | Non
       raise ValueError(f"where={where!r}: no averaging wrapper there; they are at {paths}")
   if params is None:
     return _without_params(states)
-  if all(state.partial is None for _, state in states):
+  if all(_is_none(state) for _, state in states):
     return params  # 'none' keeps no copy: the average is the params
   is_masked = lambda x: isinstance(x, _MaskedNode)
   leaves, treedef = jax.tree.flatten(params)
   out, owner = list(leaves), [None] * len(leaves)
   for path, state in states:
-    if state.partial is None:
+    if _is_none(state):
       continue
-    average = _complete_tree(state.partial, state.newest_weight[0], params)
+    average = _read(_face_of(state), params)
     per_leaf = jax.tree.leaves(
       jax.tree.map(lambda p, a: a, params, average, is_leaf=is_masked), is_leaf=is_masked
     )
@@ -393,6 +501,10 @@ def averaged_params(opt_state, params: PyTree | None = None, *, where: str | Non
   return jax.tree.unflatten(treedef, out)
 
 
+def _is_none(state) -> bool:
+  return state.previous is None and state.ring_position is None
+
+
 def _without_params(states) -> PyTree:
   if len(states) != 1:
     raise ValueError(
@@ -400,23 +512,24 @@ def _without_params(states) -> PyTree:
       "or where= to pick one (paths: find_states)"
     )
   state = states[0][1]
+  trees = state.snapshots if state.ring_position is not None else state.previous
   reason = None
-  if state.partial is None:
+  if _is_none(state):
     reason = "the 'none' averaging method keeps no copy"
-  elif not all(_is_concrete(x) for x in (state.count, state.newest_weight)):
+  elif not all(_is_concrete(x) for x in (state.count, state.weights)):
     reason = "under jit the weight of the newest point cannot be read"
-  elif any(
-    isinstance(x, _MaskedNode)
-    for x in jax.tree.leaves(state.partial, is_leaf=lambda x: isinstance(x, _MaskedNode))
-  ):
+  elif any(_is_masked(x) for x in jax.tree.leaves(trees, is_leaf=_is_masked)):
     reason = "other partitions come from params"
-  elif float(state.newest_weight[0]) != 0.0:
+  elif float(state.weights[0]) != 0.0:
     reason = (
-      f"the newest params θ_t carry weight {float(state.newest_weight[0]):.4g} in the "
+      f"the newest params θ_t carry weight {float(state.weights[0]):.4g} in the "
       "average and the wrapper has not seen them"
     )
-  elif int(state.count) > 0 and not all(_is_float(x) for x in jax.tree.leaves(state.partial)):
+  elif int(state.count) > 0 and not all(_is_float(x) for x in jax.tree.leaves(trees)):
     reason = "non-float leaves follow the newest params"
   if reason is not None:
     raise ValueError(f"averaged_params needs params ({reason}): pass params=")
-  return state.partial
+  if state.ring_position is None:
+    return jax.tree.map(lambda a: state.weights[1].astype(a.dtype) * a, state.previous)
+  c = state.weights[1:]
+  return jax.tree.map(lambda r: jnp.tensordot(c.astype(r.dtype), r, axes=1), state.snapshots)

@@ -62,11 +62,15 @@ def expected_loss(
 
       P_{t+1} = M_t P_t M_tᵀ + λ_t² c b_t b_tᵀ    (Σ_{t+1} = Γ_t Σ_t Γ_tᵀ + λ_t² C per mode),
 
-  and E[loss] = ½ Σ_i κ_i P_i[a, a]. For multi-point M_t P M_tᵀ is computed
-  by running the averager itself on the columns of P (and once more on the
-  rows); an averager whose state is one average tree ('none', EMA, SWA, any
-  lerp-form method) takes a fused path over the three moments of (v, a) with
-  its coefficients read off the averager. Modes with identical (κ, c, v_0) are computed once. Compiled
+  and E[loss] = ½ Σ_i κ_i P_i[a, a]. An averager whose state is one average
+  tree ('none', EMA, SWA, any lerp-form method) takes a fused path over the
+  three moments of (v, a) with its coefficients read off the averager.
+  Multi-point (its :class:`trajax.averaging.Points` schedule) needs only
+  E[v²] at each snapshot and the products of Γ between snapshots, O(1) per
+  step and mode; the lag covariances E[v_τ v_τ'] = Π_{τ'≤s<τ} Γ_s · E[v_τ'²]
+  are combined only at the recorded points (:func:`_points_moments`). Any
+  other averager with snapshots runs the averager itself on the columns of P
+  (and once more on the rows) to form M_t P M_tᵀ. Modes with identical (κ, c, v_0) are computed once. Compiled
   functions are cached per structure. Same arguments as :func:`simulate`,
   without key and seeds (``batch_size`` B: ``noise_cov`` is one example's,
   the batch's is C/B, :func:`trajax.theory.model.batch_noise_cov`); float32 throughout (relative error ~1e-5 against
@@ -137,6 +141,8 @@ def expected_loss(
 def _moments(method, items, record_every, grouped):
   """The jitted second-moment recursion of :func:`expected_loss` for one structure."""
   averager = averaging.make_averager(method, **dict(items))
+  if averager.points is not None:  # multi-point: lag covariances at the recorded points
+    return _points_moments(averager.points, record_every, grouped)
   if not averager.init(jnp.zeros(())).snapshots:  # one average tree (or none): fused path
     return _one_average_moments(averager, record_every, grouped)
 
@@ -185,6 +191,87 @@ def _moments(method, items, record_every, grouped):
     p0 = jnp.broadcast_to(x0 * x0, (dim, dim, num_l, num_u))
     first = record(p0)
     _, recs = jax.lax.scan(chunk, (p0, template.count), jnp.arange(num_steps // record_every))
+    return tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs, strict=True))
+
+  return jax.jit(run)
+
+
+def _points_moments(points, record_every, grouped):
+  """Fast path of :func:`_moments` for multi-point averaging (paper A.4).
+
+  Per mode, with snapshots v_{τ_0}, v_{τ_1}, … (newest first, τ_0 ≤ t) the
+  average of the m newest is a = (1/m) Σ_{j<m} v_{τ_j}, so
+
+      E[a²] = (1/m²) (Σ_{j<m} E[v_{τ_j}²] + 2 Σ_{l<j<m} Φ_{l,j} E[v_{τ_j}²]),
+
+  Φ_{l,j} = Π_{τ_j ≤ s < τ_l} Γ_s (the noise after τ_j is independent of
+  v_{τ_j}). Each step moves E[v²] and the running product of Γ since the
+  newest snapshot (O(1) per mode); a snapshot writes E[v²] and the product of
+  Γ over the last segment into one slot of a ring of n (one dynamic update,
+  not a shift). At a recorded point the cross sum is formed newest-first by
+  B_l = G_{l+1}·(S_{l+1} + B_{l+1}) (S: E[v²] at a snapshot, G: Γ over the
+  segment after it): O(n) per recorded point. While following (t < s), a = v.
+  """
+  n, schedule = points.n, points.schedule
+
+  def run(v0, kappa, noise_var, multiplicity, to_groups, lrs):
+    num_steps, num_l = lrs.shape
+    half_kappa = 0.5 * kappa
+    shape = (num_l, v0.shape[0])
+    vv0 = jnp.broadcast_to(v0 * v0, shape)
+    zero = jnp.zeros([], jnp.int32)
+    _, snap0, _ = schedule(zero)
+    ring_s = jnp.zeros((n,) + shape).at[0].set(vv0)
+    ring_g = jnp.ones((n,) + shape)
+    head0 = jnp.where(snap0, 1 % n, 0).astype(jnp.int32)
+    carry0 = (vv0, jnp.ones(shape), ring_s, ring_g, head0, zero)
+
+    def step(carry, t):
+      vv, run_g, ring_s, ring_g, head, count = carry
+      lr_t = lrs[t][:, None]
+      gamma = 1.0 - lr_t * kappa
+      vv = gamma * gamma * vv + lr_t * lr_t * noise_var
+      run_g = run_g * gamma
+      count = count + 1
+      _, snap, _ = schedule(count)
+      prev = (head - 1) % n
+      ring_g = ring_g.at[prev].set(jnp.where(snap, run_g, ring_g[prev]))
+      ring_s = ring_s.at[head].set(jnp.where(snap, vv, ring_s[head]))
+      run_g = jnp.where(snap, 1.0, run_g)
+      head = jnp.where(snap, (head + 1) % n, head)
+      return (vv, run_g, ring_s, ring_g, head, count), None
+
+    def average_moment(carry):
+      vv, _, ring_s, ring_g, head, count = carry
+      follow, _, taken = schedule(count)
+      m = jnp.clip(taken, 1, n)
+      ages = (head - 1 - jnp.arange(n)) % n  # slot of the j-th newest snapshot
+      s_by_age = ring_s[ages] * (jnp.arange(n) < m)[:, None, None]
+      g_by_age = ring_g[ages]
+      cross = jnp.zeros(shape)
+      b = jnp.zeros(shape)
+      for j in range(n - 1, 0, -1):  # b = B_{j−1} = G_j (S_j + B_j), masked beyond m
+        b = g_by_age[j] * (s_by_age[j] + b)
+        cross = cross + b
+      m_f = m.astype(jnp.float32)
+      return jnp.where(follow, vv, (s_by_age.sum(0) + 2.0 * cross) / (m_f * m_f))
+
+    def record(carry):
+      out = []
+      for second in (average_moment(carry), carry[0]):  # the average, then the iterate
+        per_mode = half_kappa * second
+        out += [(per_mode * multiplicity).sum(-1), _to_groups(per_mode, to_groups, grouped)]
+      return tuple(out)
+
+    def chunk(carry, r):
+      if record_every > 1:
+        carry, _ = jax.lax.scan(step, carry, r * record_every + jnp.arange(record_every))
+      else:
+        carry, _ = step(carry, r)
+      return carry, record(carry)
+
+    first = record(carry0)
+    _, recs = jax.lax.scan(chunk, carry0, jnp.arange(num_steps // record_every))
     return tuple(jnp.concatenate([f[None], r]) for f, r in zip(first, recs, strict=True))
 
   return jax.jit(run)
