@@ -254,7 +254,10 @@ def test_extractor_finds_the_readme_blocks_and_their_setup():
   commands = [c for b in readme_bash_blocks() for c in extract_commands(b)]
   assert len(commands) >= 10
   # Continuations are joined into one command, and a '#' inside quotes is not a comment.
-  assert any("--config.averaging.profiles=" in c.text and "--workdir=" in c.text for c in commands)
+  assert any(
+    c.text.startswith("python -m trajax.sidetrip") and "--config.sidetrip.steps=500" in c.text
+    for c in commands
+  )
   assert _split_comment("""echo '#x' "#y" # z""") == ("""echo '#x' "#y\"""", "z")
   # Shrinking only overrides config fields (the README's --config.<field>= syntax),
   # never the steps the README's commands name.

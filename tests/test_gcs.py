@@ -153,18 +153,36 @@ def test_writing_to_a_bucket_is_refused_in_one_line(emulator, local_run, module)
 
 
 def test_open_run_reads_a_bucket_bit_for_bit(emulator, local_run):
-  """What post-hoc averaging and the experiments read (trajax.runs) works on gs:// too."""
-  import numpy as np
+  """What post-hoc averaging and the experiments read (trajax.runs) works on gs:// too.
 
-  from tests.workdir_checks import leaves
-  from trajax import runs
-
+  In a fresh process, as a user's would be: epath and gcsfs read the
+  emulator's settings when first imported, which an earlier test of this
+  session may already have done with the defaults.
+  """
   env, fs = emulator
   url = _upload(fs, local_run, "read")
-  remote, local = runs.open_run(url), runs.open_run(local_run)
-  assert remote.steps == local.steps == [20, 40]
-  assert remote.meta(40) == local.meta(40)
-  got, want = leaves(remote.state_at(40)), leaves(local.state_at(40))
-  assert got.keys() == want.keys()
-  for name in want:
-    assert got[name].dtype == want[name].dtype and np.array_equal(got[name], want[name]), name
+  code = (
+    "import sys\n"
+    "import numpy as np\n"
+    "from tests.workdir_checks import leaves\n"
+    "from trajax import runs\n"
+    "remote, local = runs.open_run(sys.argv[1]), runs.open_run(sys.argv[2])\n"
+    "assert remote.steps == local.steps == [20, 40], (remote.steps, local.steps)\n"
+    "assert remote.meta(40) == local.meta(40)\n"
+    "got, want = leaves(remote.state_at(40)), leaves(local.state_at(40))\n"
+    "assert got.keys() == want.keys()\n"
+    "for name in want:\n"
+    "  assert got[name].dtype == want[name].dtype, name\n"
+    "  assert np.array_equal(got[name], want[name]), name\n"
+    "print('bit-identical leaves:', len(want))\n"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code, url, local_run],
+    cwd=REPO,
+    env=wc.subprocess_env(CACHE_DIR, **env),
+    capture_output=True,
+    text=True,
+    timeout=420,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "bit-identical leaves:" in proc.stdout
