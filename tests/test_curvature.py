@@ -277,6 +277,7 @@ def test_bad_input_errors_name_the_argument():
 # experiment plumbing
 
 
+@pytest.mark.slow  # end to end: the whole curvature stage
 def test_curvature_experiment_runs_and_is_consistent(tmp_path):
   import json
 

@@ -21,6 +21,9 @@ from experiments import fig1_averaging_vs_sidetrips as fig1
 from experiments import fig2_single_step as fig2
 from experiments import fig3_interpolation as fig3
 
+# Every test here reads the whole tiny demo (conftest.tiny_demo): make test-slow.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny(tiny_demo):
@@ -53,7 +56,6 @@ def _flat(tree):
 # --------------------------------------------------------------------------- fig 1
 
 
-@pytest.mark.slow
 def test_fig1_one_step_average_is_the_half_rate_step(tiny):
   """h = 1: (θ_S + θ_{S+1})/2 = θ_S − (λ/2)·m_{S+1}, exactly the λ/2 side-trip's step."""
   workdir, config, exps = tiny
@@ -65,7 +67,6 @@ def test_fig1_one_step_average_is_the_half_rate_step(tiny):
     assert r["dist_avg_raw"] == pytest.approx(0.5 * r["dist_branch_raw"], rel=1e-4)
 
 
-@pytest.mark.slow
 def test_fig1_replicates_are_distinct_orders_and_order_0_is_the_parent(tiny):
   workdir, config, exps = tiny
   out = _load(workdir, fig1.NAME)
@@ -91,7 +92,6 @@ def test_fig1_replicates_are_distinct_orders_and_order_0_is_the_parent(tiny):
     assert est["value"] is None
 
 
-@pytest.mark.slow
 def test_no_fig1_verdict_hinges_on_float_rounding(tmp_path):
   """θ_S scaled by 1 + 1e-7 (one float32 ulp): every number moves, no verdict does."""
   from experiments import claims

@@ -440,6 +440,7 @@ def _sidetrip_fields(command: str) -> tuple[dict, dict]:
   return flags, fields
 
 
+@pytest.mark.slow  # end to end: CLI passes, side-trips and evaluations in subprocesses
 def test_command_line_prints_the_equivalent_side_trip_and_it_runs(profile_run, tmp_path):
   """posthoc.json holds the exact side-trip command; resolved by the side-trip itself it runs
   the post-hoc kernel's equivalent schedule, and run it lands on a checkpoint k steps on."""
@@ -517,6 +518,7 @@ def test_command_line_prints_the_equivalent_side_trip_and_it_runs(profile_run, t
   assert not bad.exists() and snapshot(profile_run.workdir) == before
 
 
+@pytest.mark.slow  # end to end: CLI passes, side-trips and evaluations in subprocesses
 def test_compare_sidetrip_runs_the_exact_side_trip_beside_the_average(profile_run, tmp_path):
   import json
 
@@ -547,6 +549,7 @@ def test_compare_sidetrip_runs_the_exact_side_trip_beside_the_average(profile_ru
   assert snapshot(profile_run.workdir) == before
 
 
+@pytest.mark.slow  # end to end: CLI passes, side-trips and evaluations in subprocesses
 def test_sweep_covers_power_ema_and_gaps(profile_run, tmp_path):
   import json
 

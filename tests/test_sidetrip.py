@@ -738,6 +738,7 @@ def cli_fixed_batch(parent, workdir):
   return cmd, dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR, PYTHONPATH=REPO)
 
 
+@pytest.mark.slow  # end to end: three CLI side-trips in subprocesses
 def test_command_line(parent, tmp_path):
   workdir = tmp_path / "cli"
   cmd, env = cli_fixed_batch(parent, workdir)
