@@ -9,7 +9,7 @@ PYTEST_FLAGS ?= -q -n 2 --durations=15
 # share XLA executables across processes (kept out of git, see .gitignore).
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 
-.PHONY: install test test-slow demo lint format bench clean
+.PHONY: install test test-slow demo lint format bench clean aot
 
 install: $(STAMP)
 
@@ -22,8 +22,36 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_FLAGS) -m "not slow" tests
 
-test-slow: $(STAMP)
+# libtpu (the `tpu` extra) for the ahead-of-time TPU compilation (trajax.aot):
+# the slow tests and `make aot` need it; no TPU is needed.
+TPU_STAMP := $(VENV)/.installed-tpu
+
+$(TPU_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[tpu]'
+	touch $(TPU_STAMP)
+
+test-slow: $(STAMP) $(TPU_STAMP)
 	$(PY) -m pytest $(PYTEST_FLAGS) -m slow tests
+
+# The paper's configs compiled for three TPU pods on this host: per-chip memory,
+# fit, XLA's estimated step time, images/s, MFU, 100k-step time (compiler
+# estimates; docs/benchmarks.md, "Paper scale"). JSON reports in AOT_DIR.
+AOT_TOPOLOGIES ?= v4:2x2x4 v5e:16x16 v5p:4x4x4
+AOT_DIR ?= workdirs/aot
+AOT = $(PY) -m trajax.aot --noprint_json
+
+aot: $(TPU_STAMP)
+	@mkdir -p $(AOT_DIR)
+	@for t in $(AOT_TOPOLOGIES); do o=$(AOT_DIR)/$$(echo $$t | tr : _); \
+	  $(AOT) --topology=$$t --config=configs/imagenet_resnet34.py --label=imagenet_r34 \
+	    --out=$$o-imagenet_r34.json && \
+	  $(AOT) --topology=$$t --config=configs/imagenet_resnet34.py:cosine --label=imagenet_r34_cosine \
+	    --out=$$o-imagenet_r34_cosine.json && \
+	  $(AOT) --topology=$$t --config=configs/cifar10_resnet34.py --label=cifar10_r34 \
+	    --out=$$o-cifar10_r34.json && \
+	  $(AOT) --topology=$$t --config=configs/cifar10_resnet34.py --config.model.name=cifar_resnet18 \
+	    --label=cifar10_r18 --out=$$o-cifar10_r18.json || exit 1; \
+	done
 
 demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=$(DEMO_DIR)
