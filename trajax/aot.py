@@ -63,7 +63,15 @@ import sys
 import time
 from typing import NamedTuple
 
-__all__ = ["CHIPS", "AotError", "Chip", "compile_for", "format_table", "parse_topology"]
+__all__ = [
+  "CHIPS",
+  "STEPS",
+  "AotError",
+  "Chip",
+  "compile_for",
+  "format_table",
+  "parse_topology",
+]
 
 GiB = 1 << 30
 
@@ -91,6 +99,8 @@ CHIPS = {
   "v5p": Chip("TPU v5", 95 * GiB, 459e12, "megacore"),
   "v6e": Chip("TPU v6 lite", 32 * GiB, 918e12),
 }
+# The steps compile_for compiles (see the module docstring).
+STEPS = ("train", "sidetrip", "eval")
 # The paper's run (Sec. 3): 100k steps.
 PAPER_STEPS = 100_000
 
@@ -320,7 +330,9 @@ def _round_up(n: int, unit: int) -> int:
   return -(-int(n) // unit) * unit
 
 
-def compile_for(config, topology: str, *, branch_step: int | None = None) -> dict:
+def compile_for(
+  config, topology: str, *, branch_step: int | None = None, steps: tuple = STEPS
+) -> dict:
   """Compiles the train, side-trip and eval steps of ``config`` for ``topology``.
 
   Args:
@@ -329,6 +341,8 @@ def compile_for(config, topology: str, *, branch_step: int | None = None) -> dic
     topology: JAX's TPU topology name, e.g. ``'v5e:16x16'`` (see :data:`CHIPS`).
     branch_step: the side-trip's branch step S (traced: any S gives the same
       program); default 3/4 of ``total_steps`` (the paper branches at 75k).
+    steps: which of :data:`STEPS` to compile ('train' always: the report's
+      rates are the train step's); default all.
 
   Returns:
     The report (see the module docstring): plain JSON types.
@@ -345,6 +359,9 @@ def compile_for(config, topology: str, *, branch_step: int | None = None) -> dic
   from trajax import state as state_lib
   from trajax.sidetrip import spec as spec_lib
 
+  wanted = tuple(steps)
+  if "train" not in wanted or not set(wanted) <= set(STEPS):
+    raise AotError(f"steps = {wanted!r}: must include 'train', from {list(STEPS)}")
   family, devices = topology_devices(topology)
   chip = CHIPS[family]
   with_trip = sidetrip_config(config)
@@ -378,6 +395,7 @@ def compile_for(config, topology: str, *, branch_step: int | None = None) -> dic
   engine = engine_on(base, devices)
   mesh = engine.mesh
   steps = {}
+  compiled = None
   if batch_splits:
     train_fn = train.make_step(base, engine.model, mesh, engine.shardings)
     args = (engine.abstract, _batch(mesh, batch, engine.input_shape), _hyper(mesh, {}))
@@ -397,55 +415,61 @@ def compile_for(config, topology: str, *, branch_step: int | None = None) -> dic
   else:
     steps["train"] = {"global_batch_size": batch, "fits": False, "error": problems[-1]}
 
-  # The side-trip: its kind's rule, layout and batch, S, f·η_S and k traced.
-  S = int(base.total_steps) * 3 // 4 if branch_step is None else int(branch_step)
-  try:
-    trip = spec_lib.resolve(with_trip, S)
-  except cv.ConfigError as e:
-    raise AotError(f"config error: {e}") from None
-  rate = spec_lib.SidetripRate.of(trip)
-  hyper = rate.hyper(trip, state_lib.make_schedule(base.optimizer, base.total_steps), S)
-  fixed = trip.kind == "fixed_batch"
-  trip_engine = engine_on(base, devices, optimizer="fixed_batch_gd") if fixed else engine
-  trip_batch = (
-    trip.fixed_batch_size
-    if fixed
-    else max(b for _, b in trip.batch_sizes)
-    if trip.batch_sizes
-    else batch
-  )
-  trip_fn = train.make_step(
-    base,
-    engine.model,
-    mesh,
-    trip_engine.shardings,
-    rule=rate,
-    optimizer="fixed_batch_gd" if fixed else "config",
-  )
-  info = {
-    "kind": trip.kind,
-    "method": trip.method,
-    "branch_step": S,
-    "global_batch_size": trip_batch,
-  }
-  if trip_batch % unit:
-    msg = f"side-trip batch {trip_batch} does not split into whole rows over {n} devices"
-    problems.append(msg)
-    steps["sidetrip"] = {**info, "fits": False, "error": msg}
-  else:
-    args = (trip_engine.abstract, _batch(mesh, trip_batch, engine.input_shape), _hyper(mesh, hyper))
-    steps["sidetrip"] = {**info, **_compile("sidetrip", trip_fn, args, chip.hbm_bytes)[0]}
+  if "sidetrip" in wanted:
+    # The side-trip: its kind's rule, layout and batch, S, f·η_S and k traced.
+    S = int(base.total_steps) * 3 // 4 if branch_step is None else int(branch_step)
+    try:
+      trip = spec_lib.resolve(with_trip, S)
+    except cv.ConfigError as e:
+      raise AotError(f"config error: {e}") from None
+    rate = spec_lib.SidetripRate.of(trip)
+    hyper = rate.hyper(trip, state_lib.make_schedule(base.optimizer, base.total_steps), S)
+    fixed = trip.kind == "fixed_batch"
+    trip_engine = engine_on(base, devices, optimizer="fixed_batch_gd") if fixed else engine
+    trip_batch = (
+      trip.fixed_batch_size
+      if fixed
+      else max(b for _, b in trip.batch_sizes)
+      if trip.batch_sizes
+      else batch
+    )
+    trip_fn = train.make_step(
+      base,
+      engine.model,
+      mesh,
+      trip_engine.shardings,
+      rule=rate,
+      optimizer="fixed_batch_gd" if fixed else "config",
+    )
+    info = {
+      "kind": trip.kind,
+      "method": trip.method,
+      "branch_step": S,
+      "global_batch_size": trip_batch,
+    }
+    if trip_batch % unit:
+      msg = f"side-trip batch {trip_batch} does not split into whole rows over {n} devices"
+      problems.append(msg)
+      steps["sidetrip"] = {**info, "fits": False, "error": msg}
+    else:
+      args = (
+        trip_engine.abstract,
+        _batch(mesh, trip_batch, engine.input_shape),
+        _hyper(mesh, hyper),
+      )
+      steps["sidetrip"] = {**info, **_compile("sidetrip", trip_fn, args, chip.hbm_bytes)[0]}
 
-  # Evaluation of the raw parameters, as fit's run_eval calls it.
-  evaluator = train.Evaluator(engine.model, mesh)
-  eval_rows = _round_up(base.eval_batch_size, unit)
-  args = (
-    engine.abstract.params,
-    engine.abstract.batch_stats,
-    _batch(mesh, eval_rows, engine.input_shape, mask=True),
-  )
-  entry = _compile("eval", evaluator._eval, args, chip.hbm_bytes)[0]
-  steps["eval"] = {"global_batch_size": eval_rows, **entry}
+  if "eval" in wanted:
+    # Evaluation of the raw parameters, as fit's run_eval calls it.
+    evaluator = train.Evaluator(engine.model, mesh)
+    eval_rows = _round_up(base.eval_batch_size, unit)
+    args = (
+      engine.abstract.params,
+      engine.abstract.batch_stats,
+      _batch(mesh, eval_rows, engine.input_shape, mask=True),
+    )
+    entry = _compile("eval", evaluator._eval, args, chip.hbm_bytes)[0]
+    steps["eval"] = {"global_batch_size": eval_rows, **entry}
 
   for name, s in steps.items():
     if "bytes_per_device" in s and not s["fits"]:
@@ -577,6 +601,7 @@ def _define_flags():
   flags.DEFINE_string("out", None, "Also write the JSON report to this file.")
   flags.DEFINE_string("label", "", "Row label in the table (default: the config path).")
   flags.DEFINE_bool("print_json", True, "Print the JSON report after the table.")
+  flags.DEFINE_list("steps", list(STEPS), "Steps to compile ('train' always).")
   config_flags.DEFINE_config_file(
     "config",
     None,
@@ -600,7 +625,7 @@ def _main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   FLAGS = flags.FLAGS
   try:
-    report = compile_for(FLAGS.config, FLAGS.topology)
+    report = compile_for(FLAGS.config, FLAGS.topology, steps=tuple(FLAGS.steps))
   except AotError as e:
     raise SystemExit(f"aot error: {e}") from None
   label = FLAGS.label or flags.FLAGS["config"].config_filename
