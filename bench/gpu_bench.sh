@@ -28,7 +28,7 @@ export MODELS="${MODELS:-resnet34 resnet50}" BATCH="${BATCH:-512}" IMAGE="${IMAG
 export STEPS="${STEPS:-50}" WARMUP="${WARMUP:-3}" RESULTS="$out/results.jsonl"
 : >"$RESULTS"
 timeout "${TIMEOUT_S:-470}" python - <<'EOF'
-import itertools, json, os, time
+import itertools, json, os, time, types
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +52,28 @@ def timed(step_fn, st, batches, n):
   return st
 
 
+class Section(types.SimpleNamespace):
+  """A config section without ml_collections: attribute, item and .get access."""
+
+  def get(self, key, default=None):
+    return getattr(self, key, default)
+
+  def __getitem__(self, key):
+    return getattr(self, key)
+
+  def __contains__(self, key):
+    return hasattr(self, key)
+
+
+def section(ns):
+  if isinstance(ns, types.SimpleNamespace):
+    return Section(**{k: section(v) for k, v in vars(ns).items()})
+  return ns
+
+
 for name in os.environ["MODELS"].split():
-  c = bench_train._device_config(name, batch, "bfloat16", total_steps=10 * (steps + warmup))
+  # The ImageNet config's training fields (bench_train's plain namespaces).
+  c = section(bench_train._device_config(name, batch, "bfloat16", total_steps=10 * (steps + warmup)))
   model = models.create_model(c.model, num_classes=classes)
   mesh = state.make_mesh(c)
   st, shardings = state.create_train_state(c, model, shape, mesh)
