@@ -85,23 +85,29 @@ def test_without_libtpu_it_says_what_to_install(monkeypatch):
   assert f"pip install 'jax[tpu]=={jax.__version__}'" in str(e.value)
 
 
-def test_cli_refuses_a_bad_topology_in_a_line():
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "trajax.aot",
-      "--config=configs/imagenet_resnet34.py",
-      "--topology=v9:2",
-    ],
+def _cli(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "trajax.aot", "--config=configs/imagenet_resnet34.py", *args],
     cwd=REPO,
     env={**os.environ, "PYTHONPATH": REPO},
     capture_output=True,
     text=True,
     timeout=120,
   )
+
+
+def test_cli_refuses_a_bad_topology_in_a_line():
+  proc = _cli("--topology=v9:2")
   assert proc.returncode != 0
   assert "aot error: topology 'v9:2'" in proc.stderr and "v5e:AxB" in proc.stderr
+
+
+def test_cli_refuses_an_out_file_in_a_missing_directory(tmp_path):
+  out = tmp_path / "missing" / "report.json"
+  proc = _cli("--topology=v5e:2x2", f"--out={out}")
+  assert proc.returncode != 0
+  assert f"out = {str(out)!r}: its directory does not exist" in proc.stderr
+  assert not out.parent.exists()
 
 
 # ----------------------------------------------------------------------------

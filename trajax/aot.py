@@ -623,12 +623,18 @@ def _main(argv):
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from ml_collections import config_flags
+
   FLAGS = flags.FLAGS
+  if FLAGS.out and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.out))):
+    raise SystemExit(
+      f"aot error: out = {FLAGS.out!r}: its directory does not exist (nothing was compiled)"
+    )
   try:
     report = compile_for(FLAGS.config, FLAGS.topology, steps=tuple(FLAGS.steps))
   except AotError as e:
     raise SystemExit(f"aot error: {e}") from None
-  label = FLAGS.label or flags.FLAGS["config"].config_filename
+  label = FLAGS.label or config_flags.get_config_filename(FLAGS["config"])
   print(format_table(report, label))
   text = json.dumps(report, indent=2, sort_keys=True)
   if FLAGS.out:
