@@ -41,8 +41,12 @@ with F_fwd the model's analytic forward FLOPs per example
 (:func:`trajax.models.model_flops_per_example`, 2 per multiply-add; ×3 for the
 forward and the two backward products) and ``peak`` the chip's published bf16
 peak. ``estimated_100k_steps_hours`` is the paper's 100k-step run at that rate.
-These are the compiler's estimates, not measurements: the input pipeline,
-host overheads and collectives' real latency are not in them.
+These are the compiler's estimates, not measurements: the input pipeline and
+host overheads are not in them, and the chip's real step time may differ from
+XLA's cost model. The step is compiled with the host-batch input (a streamed
+source's path): an in-memory source (CIFAR) keeps its normalised training pool
+on every device as well during a run (:mod:`trajax.data.device`; about
+0.6 GiB for CIFAR-10), which these figures leave out.
 
 ``fits`` is False when a step needs more than a device's HBM (XLA's own
 out-of-memory refusal included) or the global batch does not split into whole
