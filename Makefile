@@ -37,21 +37,20 @@ test-slow: $(STAMP) $(TPU_STAMP)
 # fit, XLA's estimated step time, images/s, MFU, 100k-step time (compiler
 # estimates; docs/benchmarks.md, "Paper scale"). JSON reports in AOT_DIR.
 AOT_TOPOLOGIES ?= v4:2x2x4 v5e:16x16 v5p:4x4x4
+AOT_RUNS ?= imagenet_r34=--config=configs/imagenet_resnet34.py \
+	imagenet_r34_cosine=--config=configs/imagenet_resnet34.py:cosine \
+	cifar10_r34=--config=configs/cifar10_resnet34.py \
+	cifar10_r18=--config=configs/cifar10_resnet34.py+--config.model.name=cifar_resnet18
 AOT_DIR ?= workdirs/aot
-AOT = $(PY) -m trajax.aot --noprint_json
 
 aot: $(TPU_STAMP)
 	@mkdir -p $(AOT_DIR)
-	@for t in $(AOT_TOPOLOGIES); do o=$(AOT_DIR)/$$(echo $$t | tr : _); \
-	  $(AOT) --topology=$$t --config=configs/imagenet_resnet34.py --label=imagenet_r34 \
-	    --out=$$o-imagenet_r34.json && \
-	  $(AOT) --topology=$$t --config=configs/imagenet_resnet34.py:cosine --label=imagenet_r34_cosine \
-	    --out=$$o-imagenet_r34_cosine.json && \
-	  $(AOT) --topology=$$t --config=configs/cifar10_resnet34.py --label=cifar10_r34 \
-	    --out=$$o-cifar10_r34.json && \
-	  $(AOT) --topology=$$t --config=configs/cifar10_resnet34.py --config.model.name=cifar_resnet18 \
-	    --label=cifar10_r18 --out=$$o-cifar10_r18.json || exit 1; \
-	done
+	@$(PY) -c "from trajax.aot import TABLE_HEADER; print(TABLE_HEADER)"
+	@for t in $(AOT_TOPOLOGIES); do for r in $(AOT_RUNS); do \
+	  name=$${r%%=*}; o=$(AOT_DIR)/$$name-$$(echo $$t | tr : _); \
+	  $(PY) -m trajax.aot --topology=$$t $$(echo "$${r#*=}" | tr + ' ') --label=$$name \
+	    --noheader --noprint_json --out=$$o.json 2>$$o.log || { tail -3 $$o.log; exit 1; }; \
+	done; done
 
 demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=$(DEMO_DIR)

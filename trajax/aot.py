@@ -72,6 +72,7 @@ __all__ = [
   "STEPS",
   "AotError",
   "Chip",
+  "TABLE_HEADER",
   "compile_for",
   "format_table",
   "parse_topology",
@@ -572,9 +573,10 @@ def format_row(report: dict, label: str = "") -> str:
   )
 
 
-def format_table(report: dict, label: str = "") -> str:
+def format_table(report: dict, label: str = "", *, header: bool = True) -> str:
   """The human-readable report: the summary row, the per-step lines and the problems."""
-  lines = [TABLE_HEADER, format_row(report, label)]
+  lines = [TABLE_HEADER] if header else []
+  lines.append(format_row(report, label))
   for name, s in report["steps_compiled"].items():
     if "bytes_per_device" in s:
       lines.append(
@@ -605,6 +607,7 @@ def _define_flags():
   flags.DEFINE_string("out", None, "Also write the JSON report to this file.")
   flags.DEFINE_string("label", "", "Row label in the table (default: the config path).")
   flags.DEFINE_bool("print_json", True, "Print the JSON report after the table.")
+  flags.DEFINE_bool("header", True, "Print the table's header line.")
   flags.DEFINE_list("steps", list(STEPS), "Steps to compile ('train' always).")
   config_flags.DEFINE_config_file(
     "config",
@@ -639,7 +642,7 @@ def _main(argv):
   except AotError as e:
     raise SystemExit(f"aot error: {e}") from None
   label = FLAGS.label or config_flags.get_config_filename(FLAGS["config"])
-  print(format_table(report, label))
+  print(format_table(report, label, header=FLAGS.header))
   text = json.dumps(report, indent=2, sort_keys=True)
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:
