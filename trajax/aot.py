@@ -400,7 +400,6 @@ def compile_for(
   engine = engine_on(base, devices)
   mesh = engine.mesh
   steps = {}
-  compiled = None
   if batch_splits:
     train_fn = train.make_step(base, engine.model, mesh, engine.shardings)
     args = (engine.abstract, _batch(mesh, batch, engine.input_shape), _hyper(mesh, {}))
