@@ -489,6 +489,11 @@ def compile_for(
   model_flops = 3.0 * fwd * batch
   compiled_bytes = [s["bytes_per_device"] for s in steps.values() if "bytes_per_device" in s]
   ok_time = step_s is not None and math.isfinite(step_s) and step_s > 0
+  notes = []
+  if step_s is not None and not ok_time:
+    # Seen for v5e:16x16 with libtpu 0.0.42: a negative optimal_seconds. No
+    # rate is derived from it; the memory and flops stand.
+    notes.append(f"XLA gave no usable step-time estimate (optimal_seconds = {step_s:.4g})")
   report = {
     "topology": topology,
     "device_kind": devices[0].device_kind,
@@ -512,6 +517,7 @@ def compile_for(
     "estimated_mfu": model_flops / (step_s * n * chip.bf16_flops) if ok_time else None,
     "estimated_100k_steps_hours": PAPER_STEPS * step_s / 3600 if ok_time else None,
     "problems": problems,
+    "notes": notes,
     "steps_compiled": steps,
     "config": {
       "model": base.model.name,
@@ -540,6 +546,11 @@ def _libtpu_version() -> str | None:
 
 def _gib(x) -> str:
   return "-" if x is None else f"{x / GiB:.2f}"
+
+
+def _ms(seconds) -> str:
+  ok = seconds is not None and math.isfinite(seconds) and seconds > 0
+  return f"{seconds * 1e3:.2f} ms" if ok else "n/a"
 
 
 def _hours(h) -> str:
@@ -582,12 +593,14 @@ def format_table(report: dict, label: str = "", *, header: bool = True) -> str:
         f"  {name:<9} B={s['global_batch_size']:<6} {_gib(s['bytes_per_device'])} GiB/device "
         f"(args {_gib(s['argument_bytes'])}, temp {_gib(s['temp_bytes'])}, donated "
         f"{_gib(s['alias_bytes'])}), {s['flops_per_device'] * report['num_devices'] / 1e12:.2f} "
-        f"TFLOP, est {s['estimated_seconds'] * 1e3:.2f} ms, compiled in {s['compile_seconds']:.0f} s"
+        f"TFLOP, est {_ms(s['estimated_seconds'])}, compiled in {s['compile_seconds']:.0f} s"
       )
     else:
       lines.append(f"  {name:<9} B={s['global_batch_size']:<6} not compiled: {s['error']}")
   for p in report["problems"]:
     lines.append(f"  problem: {p}")
+  for p in report.get("notes", ()):
+    lines.append(f"  note: {p}")
   lines.append("  (XLA compiler estimates for the topology, not measurements)")
   return "\n".join(lines)
 
