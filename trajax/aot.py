@@ -37,7 +37,10 @@ step time ``optimal_seconds``. From the train step:
     estimated_images_per_second  = global batch / estimated_step_seconds,
     estimated_mfu                = 3 · F_fwd · B / (estimated_step_seconds · devices · peak),
 
-with F_fwd the model's analytic forward FLOPs per example
+(where XLA gives no usable estimate -- a negative ``optimal_seconds`` was seen
+for v4:2x2x4 and v5e:16x16 -- the rates use ``roofline_step_seconds`` =
+max(per-device flops / peak, per-device bytes accessed / HBM bandwidth), and
+``rate_basis`` says which), with F_fwd the model's analytic forward FLOPs per example
 (:func:`trajax.models.model_flops_per_example`, 2 per multiply-add; ×3 for the
 forward and the two backward products) and ``peak`` the chip's published bf16
 peak. ``estimated_100k_steps_hours`` is the paper's 100k-step run at that rate.
@@ -85,7 +88,7 @@ class Chip(NamedTuple):
   """A TPU generation as JAX names it (``family:AxB[xC]``), one JAX device per chip.
 
   hbm_bytes: HBM per chip; bf16_flops: published peak dense bf16 FLOP/s per
-  chip; chip_config: libtpu's ``chip_config_name`` (megacore: the chip's two
+  chip; hbm_bandwidth: published HBM bytes/s per chip; chip_config: libtpu's ``chip_config_name`` (megacore: the chip's two
   TensorCores are one device, as on a real v4/v5p host); host_bounds: chips
   per host (libtpu's default ``chips_per_host_bounds``).
   """
@@ -93,16 +96,17 @@ class Chip(NamedTuple):
   device_kind: str
   hbm_bytes: int
   bf16_flops: float
+  hbm_bandwidth: float
   chip_config: str = "default"
   host_bounds: tuple = (2, 2, 1)
 
 
 # Google Cloud's published per-chip figures.
 CHIPS = {
-  "v4": Chip("TPU v4", 32 * GiB, 275e12, "megacore"),
-  "v5e": Chip("TPU v5 lite", 16 * GiB, 197e12),
-  "v5p": Chip("TPU v5", 95 * GiB, 459e12, "megacore"),
-  "v6e": Chip("TPU v6 lite", 32 * GiB, 918e12),
+  "v4": Chip("TPU v4", 32 * GiB, 275e12, 1200e9, "megacore"),
+  "v5e": Chip("TPU v5 lite", 16 * GiB, 197e12, 819e9),
+  "v5p": Chip("TPU v5", 95 * GiB, 459e12, 2765e9, "megacore"),
+  "v6e": Chip("TPU v6 lite", 32 * GiB, 918e12, 1640e9),
 }
 # The steps compile_for compiles (see the module docstring).
 STEPS = ("train", "sidetrip", "eval")
@@ -489,11 +493,23 @@ def compile_for(
   model_flops = 3.0 * fwd * batch
   compiled_bytes = [s["bytes_per_device"] for s in steps.values() if "bytes_per_device" in s]
   ok_time = step_s is not None and math.isfinite(step_s) and step_s > 0
+  # The roofline of the same step from XLA's own counts: the slower of the
+  # chip's bf16 peak and its HBM bandwidth, per device.
+  roofline = None
+  if "flops_per_device" in tr:
+    roofline = max(
+      tr["flops_per_device"] / chip.bf16_flops, tr["bytes_accessed_per_device"] / chip.hbm_bandwidth
+    )
   notes = []
   if step_s is not None and not ok_time:
-    # Seen for v5e:16x16 with libtpu 0.0.42: a negative optimal_seconds. No
-    # rate is derived from it; the memory and flops stand.
-    notes.append(f"XLA gave no usable step-time estimate (optimal_seconds = {step_s:.4g})")
+    # Seen for v4:2x2x4 and v5e:16x16 with libtpu 0.0.42: a negative
+    # optimal_seconds. The rates then come from the roofline.
+    notes.append(
+      f"XLA gave no usable step-time estimate (optimal_seconds = {step_s:.4g}): "
+      "images/s, MFU and time use the roofline of XLA's flops and bytes"
+    )
+  basis = "xla" if ok_time else "roofline" if roofline else None
+  rate_s = step_s if ok_time else roofline
   report = {
     "topology": topology,
     "device_kind": devices[0].device_kind,
@@ -512,10 +528,13 @@ def compile_for(
     ),
     "model_flops_per_step": model_flops,
     "estimated_step_seconds": step_s if ok_time else None,
-    "estimated_images_per_second": batch / step_s if ok_time else None,
+    "roofline_step_seconds": roofline,
+    "rate_basis": basis,
+    "estimated_images_per_second": batch / rate_s if basis else None,
     "peak_bf16_flops_per_device": chip.bf16_flops,
-    "estimated_mfu": model_flops / (step_s * n * chip.bf16_flops) if ok_time else None,
-    "estimated_100k_steps_hours": PAPER_STEPS * step_s / 3600 if ok_time else None,
+    "hbm_bandwidth_per_device": chip.hbm_bandwidth,
+    "estimated_mfu": model_flops / (rate_s * n * chip.bf16_flops) if basis else None,
+    "estimated_100k_steps_hours": PAPER_STEPS * rate_s / 3600 if basis else None,
     "problems": problems,
     "notes": notes,
     "steps_compiled": steps,
@@ -571,13 +590,16 @@ def format_row(report: dict, label: str = "") -> str:
   r = report
   f = r["flops_per_step"]
   s = r["estimated_step_seconds"]
+  if s is None and r.get("rate_basis") == "roofline":
+    s = r["roofline_step_seconds"]
+  mark = "*" if r.get("rate_basis") == "roofline" else ""
   ips = r["estimated_images_per_second"]
   mfu = r["estimated_mfu"]
   return (
     f"{label[:28]:<28} {r['topology']:<10} {r['num_devices']:>5} {r['num_hosts']:>5} "
     f"{r['per_device_batch_size']:>6g} {_gib(r['bytes_per_device']):>8} "
     f"{r['hbm_bytes_per_device'] // GiB:>4} {'yes' if r['fits'] else 'NO':>4} "
-    f"{'-' if f is None else f'{f / 1e12:.1f}':>10} {'-' if s is None else f'{s:.4f}':>10} "
+    f"{'-' if f is None else f'{f / 1e12:.1f}':>10} {'-' if s is None else f'{s:.4f}{mark}':>10} "
     f"{'-' if ips is None else f'{ips:,.0f}':>9} {'-' if mfu is None else f'{mfu:.1%}':>6} "
     f"{_hours(r['estimated_100k_steps_hours']):>10}"
   )
