@@ -256,21 +256,34 @@ def sidetrip_config(config):
   return config
 
 
-def _compile(name: str, jitted, args, hbm: int) -> dict:
-  """Lower and compile one step; its memory and XLA's cost analysis."""
+def _compile(name: str, jitted, args, hbm: int) -> tuple[dict, object]:
+  """Lower and compile one step: ``(its memory and XLA's cost analysis, the executable)``.
+
+  XLA's own out-of-memory refusal is an entry with ``fits`` False (and no
+  executable); any other compile error is an :class:`AotError` naming the step.
+  """
+  import jax
+
   t = time.perf_counter()
+  # A topology's executable cannot be loaded back from JAX's persistent cache
+  # (no client to deserialize it into): writing tens of MB there per step would
+  # only fill it.
+  min_secs = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e12)
   try:
     compiled = jitted.lower(*args).compile()
   except Exception as e:
     msg = str(e)
     if "RESOURCE_EXHAUSTED" in msg or "Ran out of memory" in msg:
-      used = re.search(r"Used ([0-9.]+[KMGT]?) of ([0-9.]+[KMGT]?) hbm", msg)
+      first = msg.splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")
       return {
         "fits": False,
-        "error": "out of HBM: " + (used.group(0) if used else msg.splitlines()[0][:300]),
+        "error": "out of HBM: " + first[:300],
         "compile_seconds": time.perf_counter() - t,
       }, None
     raise AotError(f"step {name!r} does not compile: {msg.splitlines()[0][:1000]}") from None
+  finally:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_secs)
   seconds = time.perf_counter() - t
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
