@@ -13,7 +13,7 @@ PYTEST_FLAGS ?= -q -n 2 --durations=15
 # share XLA executables across processes (kept out of git, see .gitignore).
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 
-.PHONY: install lock lock-check test test-slow demo docs lint format bench clean
+.PHONY: install lock lock-check test test-slow demo docs lint format bench clean aot
 
 install: $(STAMP)
 
@@ -42,8 +42,35 @@ lock-check:
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_FLAGS) -rs -m "not slow" tests
 
-test-slow: $(STAMP)
+# libtpu (the `tpu` extra) for the ahead-of-time TPU compilation (trajax.aot):
+# the slow tests and `make aot` need it; no TPU is needed.
+TPU_STAMP := $(VENV)/.installed-tpu
+
+$(TPU_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c $(LOCK) -e '.[tpu]'
+	touch $(TPU_STAMP)
+
+test-slow: $(STAMP) $(TPU_STAMP)
 	$(PY) -m pytest $(PYTEST_FLAGS) -m slow tests
+
+# The paper's configs compiled for three TPU pods on this host: per-chip memory,
+# fit, XLA's estimated step time, images/s, MFU, 100k-step time (compiler
+# estimates; docs/benchmarks.md, "Paper scale"). JSON reports in AOT_DIR.
+AOT_TOPOLOGIES ?= v4:2x2x4 v5e:16x16 v5p:4x4x4
+AOT_RUNS ?= imagenet_r34=--config=configs/imagenet_resnet34.py \
+	imagenet_r34_cosine=--config=configs/imagenet_resnet34.py:cosine \
+	cifar10_r34=--config=configs/cifar10_resnet34.py \
+	cifar10_r18=--config=configs/cifar10_resnet34.py+--config.model.name=cifar_resnet18
+AOT_DIR ?= workdirs/aot
+
+aot: $(TPU_STAMP)
+	@mkdir -p $(AOT_DIR)
+	@$(PY) -c "from trajax.aot import TABLE_HEADER; print(TABLE_HEADER)"
+	@for t in $(AOT_TOPOLOGIES); do for r in $(AOT_RUNS); do \
+	  name=$${r%%=*}; o=$(AOT_DIR)/$$name-$$(echo $$t | tr : _); \
+	  $(PY) -m trajax.aot --topology=$$t $$(echo "$${r#*=}" | tr + ' ') --label=$$name \
+	    --noheader --noprint_json --out=$$o.json 2>$$o.log || { tail -3 $$o.log; exit 1; }; \
+	done; done
 
 demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=$(DEMO_DIR)
