@@ -66,7 +66,9 @@ def paper_resnet_config(arg: str | None, *, dataset: str, model: str, weight_dec
   c.seed = 0
   c.total_steps = 100_000
   c.batch_size = 512
-  c.eval_batch_size = 1000
+  # A power of two, so it splits over any pod slice's data axis (1000 does not
+  # divide 16 devices); the last eval batch is padded and masked.
+  c.eval_batch_size = 1024
   c.log_every_steps = 500
   c.eval_every_steps = 5000
   c.checkpoint_every_steps = 2500

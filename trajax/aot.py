@@ -387,7 +387,7 @@ def compile_for(
   family, devices = topology_devices(topology)
   chip = CHIPS[family]
   with_trip = sidetrip_config(config)
-  base = spec_lib._base_config(with_trip)
+  base = spec_lib.without_sidetrip(with_trip)
   t_start = time.perf_counter()
   hosts = len({d.process_index for d in devices})
   per_host = len(devices) // hosts
@@ -489,7 +489,7 @@ def compile_for(
       engine.abstract.batch_stats,
       _batch(mesh, eval_rows, engine.input_shape, mask=True),
     )
-    entry = _compile("eval", evaluator._eval, args, chip.hbm_bytes)[0]
+    entry = _compile("eval", evaluator.eval_batch, args, chip.hbm_bytes)[0]
     steps["eval"] = {"global_batch_size": eval_rows, **entry}
 
   for name, s in steps.items():

@@ -194,7 +194,7 @@ def make_optimizer(
   inner = optax.chain(*parts) if len(parts) > 1 else parts[0]
   # Extra averages (averaging.profiles) inside the run's own averaging wrapper:
   # none leaves the optimizer, and so the state layout, as it was.
-  profiles = averaging.make_profiles(tuple(config.averaging.get("profiles", ())))
+  profiles = averaging.make_profiles(tuple(getattr(config.averaging, "profiles", ())))
   inner = averaging.with_profiles(inner, profiles)
   return averaging.wrap(inner, make_averager(config.averaging))
 

@@ -338,14 +338,15 @@ class Evaluator:
     self.mesh = mesh
     self.sharding = batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
-    self._eval = jax.jit(functools.partial(eval_step, model=model), out_shardings=replicated)
+    # The jitted per-batch step (summed loss, correct, count); trajax.aot compiles it.
+    self.eval_batch = jax.jit(functools.partial(eval_step, model=model), out_shardings=replicated)
     self._bn = jax.jit(self._bn_update, out_shardings=replicated)
 
   def evaluate(self, params, batch_stats, batches: Iterable[dict]) -> dict[str, float]:
     """Mean loss and accuracy over ``batches`` (padding masked out)."""
     total = None
     for batch in batches:
-      out = self._eval(params, batch_stats, global_batch(batch, self.sharding))
+      out = self.eval_batch(params, batch_stats, global_batch(batch, self.sharding))
       total = out if total is None else jax.tree.map(jnp.add, total, out)
     if total is None:
       raise ValueError("evaluation got no batches")

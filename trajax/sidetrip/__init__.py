@@ -140,7 +140,6 @@ from trajax.sidetrip.spec import (
   SCHEDULES,
   SidetripRate,
   SidetripSpec,
-  _base_config,
   _check_against_parent,
   _check_optimizer_layout,
   batch_size_at,
@@ -150,6 +149,7 @@ from trajax.sidetrip.spec import (
   make_lr_schedule,
   resolve,
   with_sidetrip,
+  without_sidetrip,
 )
 from trajax.sidetrip.stream import flat_stream_batches
 
@@ -275,7 +275,7 @@ def run_sidetrip(
   from trajax import config_validation as cv
 
   step = _check_step(step)
-  base = _base_config(config)
+  base = without_sidetrip(config)
   cv.validate(base)
   spec = resolve(config, step)
   own_dir = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints") if workdir else ""

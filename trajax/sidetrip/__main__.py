@@ -6,7 +6,7 @@ from absl import logging
 
 from trajax import state as state_lib
 from trajax.sidetrip import SidetripError, _check_step, run_sidetrip
-from trajax.sidetrip.spec import _base_config, resolve, with_sidetrip
+from trajax.sidetrip.spec import resolve, with_sidetrip, without_sidetrip
 
 
 def _define_flags():
@@ -82,7 +82,7 @@ def _main(argv):
     # A path it would not write to (a backslash, a bucket) fails first.
     paths.check_local_path(FLAGS.workdir, "--workdir")
     # Bad configs fail here, in about a second, before TensorFlow is imported.
-    cv.validate(_base_config(config))
+    cv.validate(without_sidetrip(config))
     resolve(config, _check_step(FLAGS.step))
     if config.dataset.name in cv.TFDS_DATASETS:
       import tensorflow as tf  # tf.data must not take accelerator memory

@@ -158,7 +158,7 @@ def with_sidetrip(config, **fields):
   return config
 
 
-def _base_config(config):
+def without_sidetrip(config):
   """The training config without its ``sidetrip`` section (a deep copy)."""
   config = copy.deepcopy(config)
   if "sidetrip" in config:
