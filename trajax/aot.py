@@ -680,10 +680,7 @@ def _main(argv):
   from ml_collections import config_flags
 
   FLAGS = flags.FLAGS
-  if FLAGS.out and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.out))):
-    raise SystemExit(
-      f"aot error: out = {FLAGS.out!r}: its directory does not exist (nothing was compiled)"
-    )
+  _check_out(FLAGS.out)
   try:
     report = compile_for(FLAGS.config, FLAGS.topology, steps=tuple(FLAGS.steps))
   except AotError as e:
@@ -698,10 +695,22 @@ def _main(argv):
     print(text)
 
 
+def _check_out(out: str | None) -> None:
+  """Refuses an ``--out`` whose directory does not exist, before anything compiles."""
+  if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+    raise SystemExit(
+      f"aot error: out = {out!r}: its directory does not exist (nothing was compiled)"
+    )
+
+
 def main():
   from absl import app
 
-  # Refuse a bad topology or a missing libtpu in a second, before the config loads.
+  # Refuse a bad --out, a bad topology or a missing libtpu in a second, before
+  # the config loads (in that order: the user's own input first).
+  for arg in sys.argv[1:]:
+    if arg.startswith("--out="):
+      _check_out(arg.split("=", 1)[1])
   for arg in sys.argv[1:]:
     if arg.startswith("--topology="):
       try:
