@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The exact versions the suite last passed with; `make lock` refreshes it.
 LOCK := requirements/lock.txt
-# Interpreters `make lock-check` resolves the lock on (those this machine has).
-LOCK_PYTHONS ?= $(shell for v in 3.11 3.12 3.13; do command -v python$$v; done)
+# Interpreters `make lock-check` resolves the lock on (default: every supported
+# one this machine has, requirements/check_lock.py:find_pythons).
+LOCK_PYTHONS ?=
 DEMO_DIR ?= workdirs/demo
 PYTEST_FLAGS ?= -q -n 2 --durations=15
 # Tests and CLIs they start compile the same train steps many times over:

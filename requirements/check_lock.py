@@ -1,6 +1,6 @@
 """Checks that the lock resolves, unchanged, on a Python interpreter: ``make lock-check``.
 
-  python requirements/check_lock.py PYTHON [PYTHON ...]
+  python requirements/check_lock.py [PYTHON ...]   # default: every supported one found
 
 For each interpreter, pip resolves ``.[train,dev]`` under the lock as
 constraints without installing anything (``--dry-run --ignore-installed
@@ -78,9 +78,36 @@ def check(python: str) -> tuple[bool, str]:
   return True, f"{len(picked)} packages, all as locked"
 
 
+def find_pythons(versions=("3.11", "3.12", "3.13")) -> list[str]:
+  """Interpreters of the supported versions on this machine that actually run.
+
+  A pyenv *shim* on PATH may name a version that is installed but not
+  selected (it then fails): pyenv's own version folders are tried first, then
+  PATH, and each candidate must report the version it is named for.
+  """
+  import glob
+  import shutil
+
+  found = []
+  for v in versions:
+    candidates = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{v}*/bin/python{v}")))
+    candidates += [p for p in [shutil.which(f"python{v}")] if p]
+    for python in candidates:
+      proc = subprocess.run(
+        [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+      )
+      if proc.returncode == 0 and proc.stdout.strip() == v:
+        found.append(python)
+        break
+  return found
+
+
 def main(argv: list[str]) -> int:
+  argv = argv or find_pythons()
   if not argv:
-    print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+    print("no Python 3.11-3.13 interpreter found", file=sys.stderr)
     return 2
   ok_all = True
   for python in argv:

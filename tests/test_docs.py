@@ -23,7 +23,7 @@ rendered page),
 
 is Python run by this module just before the block, in the block's namespace
 and directory. Besides the file's own names it may call ``tiny_run(path)``,
-which links a tiny trained run of ``configs/mnist1d.py`` at ``path``: the
+which copies a tiny trained run of ``configs/mnist1d.py`` at ``path``: the
 README's training command shrunk by :data:`TINY_RUN` (trained once per module,
 in-process; its 6000 steps keep every step the README names).
 
@@ -211,13 +211,14 @@ def trained_run(tmp_path_factory):
   return workdir
 
 
-def _tiny_run_linker(trained_run, cwd):
+def _tiny_run_copier(trained_run, cwd):
   def tiny_run(path: str) -> str:
+    # A copy, not a link: posthoc refuses a run reached through a symlink.
     target = os.path.join(cwd, path)
-    if os.path.islink(target) and os.readlink(target) == trained_run:
+    if os.path.isdir(target):
       return target  # a later block of the same file asks again
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.symlink(trained_run, target)
+    shutil.copytree(trained_run, target, ignore=shutil.ignore_patterns(".trajax.lock"))
     return target
 
   return tiny_run
@@ -274,7 +275,7 @@ def test_python_blocks_run(path, tmp_path, request, monkeypatch):
   monkeypatch.chdir(cwd)
   namespace = {"__name__": "__docs__"}
   if _needs_run(blocks):
-    namespace["tiny_run"] = _tiny_run_linker(request.getfixturevalue("trained_run"), cwd)
+    namespace["tiny_run"] = _tiny_run_copier(request.getfixturevalue("trained_run"), cwd)
   for b in blocks:
     where = f"{os.path.relpath(b.path, REPO)}:{b.line}"
     out = io.StringIO()
@@ -386,7 +387,7 @@ def test_readme_commands_run_as_written(block, tmp_path, request, monkeypatch):
   if block.setup:
     namespace = {"__name__": "__docs__"}
     if _needs_run([block]):
-      namespace["tiny_run"] = _tiny_run_linker(request.getfixturevalue("trained_run"), cwd)
+      namespace["tiny_run"] = _tiny_run_copier(request.getfixturevalue("trained_run"), cwd)
     exec(compile(block.setup, f"README.md:{block.line} (test-setup)", "exec"), namespace)
   for c in extract_commands(block):
     if c.marker:

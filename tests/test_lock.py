@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
-import shutil
 import sys
 
 import pytest
@@ -60,9 +59,7 @@ def test_this_environment_is_the_lock():
   )
 
 
-PYTHONS = [sys.executable] + [
-  p for v in ("3.12", "3.13") if (p := shutil.which(f"python{v}")) and v not in sys.version[:4]
-]
+PYTHONS = check_lock.find_pythons()
 
 
 @pytest.mark.slow

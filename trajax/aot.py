@@ -340,7 +340,7 @@ def sharding_summary(state_shardings, batch_shardings=None) -> dict:
     "params": _count(state_shardings.params),
     "batch_stats": _count(state_shardings.batch_stats),
     "opt_state": _count(state_shardings.opt_state),
-    "average": _count([(st.partial, st.partial_snapshots) for _, st in found]),
+    "average": _count([(st.previous, st.snapshots) for _, st in found]),
     "bn_average": _count(state_shardings.bn_average),
   }
   if batch_shardings is not None:
