@@ -38,7 +38,7 @@ def source_text():
     try:
       return sources.read_source(name)
     except sources.SourceNotFound:
-      pytest.skip(f"quote check needs the {name}'s text: {sources.how_to_enable()}")
+      pytest.skip(f"quote check needs the text of the {name}: {sources.how_to_enable()}")
 
   return read
 
