@@ -9,7 +9,7 @@ LOCK := requirements/lock.txt
 # one this machine has, requirements/check_lock.py:find_pythons).
 LOCK_PYTHONS ?=
 DEMO_DIR ?= workdirs/demo
-PYTEST_FLAGS ?= -q -n 2 --durations=15
+PYTEST_FLAGS ?= -q -n 2 --dist loadgroup --durations=15
 # Tests and CLIs they start compile the same train steps many times over:
 # share XLA executables across processes (kept out of git, see .gitignore).
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax

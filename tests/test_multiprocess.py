@@ -42,6 +42,10 @@ import pytest
 
 from trajax import checkpoint as ckpt_lib
 
+# One worker runs the CPU-heaviest tests one after another: a TPU compile beside the
+# multi-process run starves its collectives past their 40 s rendezvous (make test-slow).
+pytestmark = pytest.mark.xdist_group("cpu_heavy")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_DIR = os.path.join(tempfile.gettempdir(), "trajax-reliability-jax-cache")
 TIMEOUT_S = 900
