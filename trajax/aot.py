@@ -646,9 +646,8 @@ def format_table(report: dict, label: str = "", *, header: bool = True) -> str:
 
 def _define_flags():
   from absl import flags
-  from ml_collections import config_flags
 
-  from trajax.sidetrip.spec import with_sidetrip
+  from trajax.sidetrip.spec import define_config_flag
 
   flags.DEFINE_string("topology", None, "JAX's TPU topology name, e.g. v5e:16x16.")
   flags.DEFINE_string("out", None, "Also write the JSON report to this file.")
@@ -656,18 +655,9 @@ def _define_flags():
   flags.DEFINE_bool("print_json", True, "Print the JSON report after the table.")
   flags.DEFINE_bool("header", True, "Print the table's header line.")
   flags.DEFINE_list("steps", list(STEPS), "Steps to compile ('train' always).")
-  config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Training config file; --config.sidetrip.<field> sets the side-trip.",
-    lock_config=False,
-  )
-  # As trajax.sidetrip's CLI: the section is added before the --config.*
-  # overrides apply, so --config.sidetrip.method=ema resolves (None: see
-  # sidetrip_config).
-  parser = flags.FLAGS["config"].parser
-  load = parser.parse
-  parser.parse = lambda path: with_sidetrip(load(path), kind="equivalent")
+  # The side-trip section (equivalent by default) before the --config.*
+  # overrides, as trajax.sidetrip's CLI (None fields: see sidetrip_config).
+  define_config_flag(kind="equivalent")
   flags.mark_flags_as_required(["config", "topology"])
   return flags.FLAGS
 

@@ -6,12 +6,11 @@ from absl import logging
 
 from trajax import state as state_lib
 from trajax.sidetrip import SidetripError, _check_step, run_sidetrip
-from trajax.sidetrip.spec import resolve, with_sidetrip, without_sidetrip
+from trajax.sidetrip.spec import define_config_flag, resolve, without_sidetrip
 
 
 def _define_flags():
   from absl import flags
-  from ml_collections import config_flags
 
   flags.DEFINE_string("parent", None, "The parent run's WORKDIR (or WORKDIR/checkpoints).")
   flags.DEFINE_integer("step", None, "A committed step of the parent to branch off.")
@@ -45,19 +44,7 @@ def _define_flags():
   for name in ("parent", "step", "workdir"):
     flags.mark_flag_as_required(name)
 
-  config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Training config file; --config.sidetrip.<field> sets the side-trip.",
-    lock_config=False,
-  )
-  # The config files know nothing of side-trips: the section is added right
-  # after the file is loaded and before the --config.* overrides are applied
-  # (ml_collections applies them after the parser returns), then locked, so
-  # --config.sidetrip.kind=... resolves and a misspelt field is still an error.
-  parser = flags.FLAGS["config"].parser
-  load = parser.parse
-  parser.parse = lambda path: with_sidetrip(load(path))
+  define_config_flag()
   flags.mark_flag_as_required("config")
   return flags.FLAGS
 

@@ -135,6 +135,30 @@ def default_section():
   return s
 
 
+def define_config_flag(**fields) -> None:
+  """Defines ``--config`` (an ml_collections config file) whose config carries a side-trip.
+
+  The config files know nothing of side-trips: the section (defaults +
+  ``fields``, :func:`with_sidetrip`) is added right after the file is loaded
+  and before the ``--config.*`` overrides apply (ml_collections applies them
+  after the parser returns), then locked, so ``--config.sidetrip.kind=...``
+  resolves and a misspelt field is still an error. Used by the side-trip and
+  ahead-of-time compilation CLIs.
+  """
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Training config file; --config.sidetrip.<field> sets the side-trip.",
+    lock_config=False,
+  )
+  parser = flags.FLAGS["config"].parser
+  load = parser.parse
+  parser.parse = lambda path: with_sidetrip(load(path), **fields)
+
+
 def with_sidetrip(config, **fields):
   """A locked copy of ``config`` with a ``sidetrip`` section (defaults + ``fields``).
 
