@@ -28,10 +28,6 @@ import pytest
 
 from trajax import aot
 
-# One worker runs the CPU-heaviest tests one after another: a TPU compile beside the
-# multi-process run starves its collectives past their 40 s rendezvous (make test-slow).
-pytestmark = pytest.mark.xdist_group("cpu_heavy")
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = "v5e:2x2"  # 4 chips, one host
 # ResNet-34 at 224x224: 3.6e9 multiply-adds forward per image (He et al. 2016, Table 1).
