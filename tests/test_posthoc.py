@@ -248,7 +248,7 @@ def test_command_line_writes_evaluates_and_sweeps(ema_run, tmp_path):
   assert (sweep / "sweep.png").stat().st_size > 1000
   r = _cli(f"--workdir={ema_run.workdir}", "--method=ema", f"--out={tmp_path / 'x'}")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
-    "error: --method=ema needs --decay (or --sweep)"
+    "error: --method=ema needs decay: --param=decay=V (or --sweep)"
   )
   r = _cli(f"--workdir={ema_run.workdir}", "--decay=0.1", f"--out={ema_run.workdir}/avg")
   assert r.returncode == 1 and "lies inside the run directory" in r.stderr.splitlines()[-1]
@@ -535,9 +535,7 @@ def test_compare_sidetrip_runs_the_exact_side_trip_beside_the_average(profile_ru
   trip_run = runs.open_run(row["sidetrip"]["workdir"])
   assert trip_run.steps[-1] == 12 and trip_run.lineage["parent_step"] == 4
   # Evaluated as the average is: recomputing its BatchNorm statistics by the run's policy.
-  from trajax.posthoc.__main__ import _Evaluator
-
-  ev = _Evaluator(profile_run.run)
+  ev = posthoc.Evaluator(profile_run.run)
   final = trip_run.state_at(12)
   want = ev(*ev.variables(final.params, final.batch_stats))
   assert res["loss"] == pytest.approx(want["loss"], abs=1e-6)
@@ -569,7 +567,8 @@ def test_sweep_covers_power_ema_and_gaps(profile_run, tmp_path):
   assert (out / "sweep.png").stat().st_size > 1000
   r = _cli(f"--workdir={profile_run.workdir}", "--method=two_point", "--sweep", f"--out={out}2")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
-    "error: --sweep with --method=two_point needs --gaps=V1,V2,... (gaps)"
+    "error: --sweep with --method=two_point needs --grid=V1,V2,... (gap values; its record's "
+    "sweep has no default grid)"
   )
   assert not (tmp_path / "pow2").exists() and snapshot(profile_run.workdir) == before
 
@@ -755,7 +754,7 @@ def test_a_hostile_run_name_is_data_not_code(tmp_path):
   import json
   import shlex
 
-  from trajax.posthoc.__main__ import RUN_CONFIG_PY
+  from trajax.posthoc.outputs import RUN_CONFIG_PY
 
   config = tiny_config(total_steps=6, checkpoint_every_steps=1, eval_every_steps=6,
                        log_every_steps=6, **{"averaging.method": "ema", "averaging.decay": 0.3})  # fmt: skip
@@ -807,10 +806,7 @@ def test_sweep_grid_from_the_run_and_approximate_averages_flagged(profile_run, t
   assert values == sorted(values) and len(values) >= 3
   assert all(a["residual"] <= 0.05 and not a["approximate"] for a in rows)
   # The candidates left out are those beyond the threshold (each planned on its own).
-  from trajax.posthoc.__main__ import SWEPT
-
-  lo, hi, n = SWEPT["power_ema"][3]
-  for g in sorted({float(f"{x:.3g}") for x in np.geomspace(lo, hi, n)}):
+  for g in averaging.get_method("power_ema").sweep.grid:
     res = posthoc.plan(profile_run.run, posthoc.target("power_ema", end=12, gamma=g)).residual
     assert (g in values) == (res <= 0.05), (g, res)
   lines = r.stdout.strip().splitlines()
