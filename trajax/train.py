@@ -10,8 +10,9 @@ Layout (flax ``examples/imagenet`` order, ``jax.jit`` with shardings instead of
   state's layout. Its names are re-exported here.
 * this module -- :func:`train_step`, pure ``(state, batch) -> (state, metrics)``,
   jitted by :func:`make_train_step` with the state donated; :func:`eval_step`,
-  :class:`Evaluator` and :func:`averaged_variables` for evaluation of the raw
-  and the averaged parameters.
+  :class:`Evaluator`; :func:`evaluation_variables`, the one BatchNorm policy
+  for free parameters (an average, post hoc or in training), and
+  :func:`averaged_variables` for the state's own average.
 * :mod:`trajax.loop` -- :func:`trajax.loop.fit`, the one host loop (checkpoints,
   metrics, signals) that a main run, a side-trip and a replay share;
   :func:`train_and_evaluate` is a thin call of it.
@@ -397,17 +398,57 @@ class Evaluator:
     return jax.tree.map(lambda x: x / k, total)
 
 
+def evaluation_variables(
+  params, batch_stats, *, config, evaluator: Evaluator, dataset, policy: str | None = None
+) -> tuple:
+  """``(params, batch_stats)`` to evaluate free parameters with: the one BatchNorm policy.
+
+  Free parameters (an average θ̄, in training or built post hoc, an
+  interpolation point, a replay's state) have no BatchNorm statistics of their
+  own. ``policy`` (default ``config.averaging.batch_norm``) says which:
+
+  * ``'recompute'`` -- the cumulative mean over the first
+    ``config.averaging.bn_recompute_batches`` fixed training batches
+    (``dataset.fixed_train_batch(i)``) of each batch's statistics under
+    ``params`` (:meth:`Evaluator.recompute_batch_stats`; what
+    ``torch.optim.swa_utils.update_bn`` does): statistics of averaged weights
+    are not the average of the statistics. ``batch_stats`` only gives the tree.
+  * ``'average'`` -- ``batch_stats`` as given (the caller's average of the
+    statistics, e.g. ``state.bn_average.average``).
+
+  Args:
+    params: the free parameters (returned unchanged).
+    batch_stats: the statistics used under ``'average'``; the layout under
+      ``'recompute'``.
+    config: the run's config (its ``averaging.batch_norm`` and
+      ``averaging.bn_recompute_batches``).
+    evaluator: an :class:`Evaluator` of the run's model (:func:`evaluator`).
+    dataset: the run's dataset (``fixed_train_batch``).
+    policy: overrides ``config.averaging.batch_norm``.
+  """
+  from trajax.config import BATCH_NORM
+
+  policy = config.averaging.batch_norm if policy is None else policy
+  if policy not in BATCH_NORM:
+    raise ValueError(f"batch-norm policy = {policy!r}: must be one of {BATCH_NORM}")
+  if policy == "recompute":
+    n = int(config.averaging.bn_recompute_batches)
+    batches = (dataset.fixed_train_batch(i) for i in range(n))
+    batch_stats = evaluator.recompute_batch_stats(params, batch_stats, batches)
+  return params, batch_stats
+
+
 def averaged_variables(state: TrainState, config, evaluator: Evaluator, dataset) -> tuple:
-  """``(params, batch_stats)`` of the averaged model, BN statistics per config."""
+  """``(params, batch_stats)`` of the state's average, BatchNorm per :func:`evaluation_variables`.
+
+  θ̄ (cast to the raw parameters' dtypes) with the in-training average of the
+  statistics under ``'average'``, recomputed statistics under ``'recompute'``.
+  """
   params = averaging.averaged_params(state.opt_state, state.params)
   params = jax.tree.map(lambda a, p: a.astype(p.dtype), params, state.params)
-  mode = config.averaging.batch_norm
-  if mode == "average":
-    stats = state.bn_average.average
-  else:
-    batches = (dataset.fixed_train_batch(i) for i in range(config.averaging.bn_recompute_batches))
-    stats = evaluator.recompute_batch_stats(params, state.batch_stats, batches)
-  return params, stats
+  average = config.averaging.batch_norm == "average"
+  stats = state.bn_average.average if average else state.batch_stats
+  return evaluation_variables(params, stats, config=config, evaluator=evaluator, dataset=dataset)
 
 
 # ----------------------------------------------------------------------------
