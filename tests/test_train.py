@@ -235,7 +235,7 @@ def test_nonfinite_step_freezes_state_and_names_the_step():
   np.testing.assert_array_equal(
     jax.device_get(state.params)["Dense_0"]["kernel"], before.params["Dense_0"]["kernel"]
   )
-  err = train._health_error(jax.device_get(state.health), "/ckpt/1")
+  err = train.health_error(jax.device_get(state.health), "/ckpt/1")
   assert "loss" in str(err) and "gradient" in str(err) and "step 1" in str(err)
   assert "/ckpt/1" in str(err)
 

@@ -14,8 +14,9 @@ Layout (flax ``examples/imagenet`` order, ``jax.jit`` with shardings instead of
   for free parameters (an average, post hoc or in training), and
   :func:`averaged_variables` for the state's own average.
 * :mod:`trajax.loop` -- :func:`trajax.loop.fit`, the one host loop (checkpoints,
-  metrics, signals) that a main run, a side-trip and a replay share;
-  :func:`train_and_evaluate` is a thin call of it.
+  metrics, signals) that a main run, a side-trip and a replay share, and
+  :func:`trajax.loop.train_and_evaluate`, the main run (a thin call of it;
+  ``trajax.train.train_and_evaluate`` still resolves, deprecated).
 
 The update (paper eq. 1 with heavy-ball momentum, as ``optax.sgd``)::
 
@@ -100,7 +101,7 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-_state_finite = jax.jit(_all_finite)
+state_finite = jax.jit(_all_finite)  # True when every leaf is finite
 
 
 def _select(pred, new, old):
@@ -451,60 +452,22 @@ def averaged_variables(state: TrainState, config, evaluator: Evaluator, dataset)
   return evaluation_variables(params, stats, config=config, evaluator=evaluator, dataset=dataset)
 
 
-# ----------------------------------------------------------------------------
-# driver
-
-RESUME_MODES = ("auto", "require", "never")
-
-
-def train_and_evaluate(
-  config,
-  workdir: str,
-  *,
-  resume: str = "auto",
-  dataset=None,
-  model=None,
-  callbacks: Iterable[Callable[[int], None]] = (),
-):
-  """Trains ``config`` in ``workdir``, resuming from its latest checkpoint.
-
-  A thin call of :func:`trajax.loop.fit` with the config's schedule and batch
-  stream and no parent: the run's own latest checkpoint, else a fresh init.
-
-  Args:
-    config: a (locked) ``ml_collections.ConfigDict`` from ``configs/``.
-    workdir: run directory; created if missing, but its parent must exist (a
-      mistyped path is an error, never a silent fresh start elsewhere).
-    resume: 'auto' (continue if a committed checkpoint exists, else start),
-      'require' (error if there is none: restart scripts), 'never' (error if
-      there is one).
-    dataset, model: override ``trajax.data.get_dataset`` /
-      ``trajax.models.create_model`` (tests).
-    callbacks: called as ``cb(step)`` on the host after each dispatched step.
-
-  Returns:
-    A :class:`trajax.loop.TrainResult`.
-
-  Raises:
-    trajax.config_validation.ConfigError: bad config or refused resume.
-    ResumeError: workdir problems.
-    NonFiniteError: a non-finite step (see the module docstring).
-  """
-  from trajax import config_validation, loop
-
-  if resume not in RESUME_MODES:
-    raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
-  config_validation.validate(config)
-  return loop.fit(
-    config, workdir, start=None, resume=resume, dataset=dataset, model=model, callbacks=callbacks
-  )
-
-
 def __getattr__(name):
-  # The host-loop pieces moved to trajax.loop and trajax.host; old names still resolve.
+  # The host-loop pieces moved to trajax.loop and trajax.host; old names still
+  # resolve (looked up by name, so this module imports nothing above it).
   import importlib
 
+  if name == "train_and_evaluate":
+    import warnings
+
+    warnings.warn(
+      "trajax.train.train_and_evaluate moved to trajax.loop.train_and_evaluate",
+      DeprecationWarning,
+      stacklevel=2,
+    )
   moved = {
+    "RESUME_MODES": ("trajax.loop", "RESUME_MODES"),
+    "train_and_evaluate": ("trajax.loop", "train_and_evaluate"),
     "TrainResult": ("trajax.loop", "TrainResult"),
     "truncate_jsonl": ("trajax.host", "truncate_jsonl"),
     "summarize": ("trajax.host", "summarize"),
