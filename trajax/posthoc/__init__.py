@@ -33,10 +33,12 @@ few in-training EMA profiles). Reported with it: :attr:`Plan.residual` =
 :attr:`Plan.schedule_residual` = ‖W(Bx* − c)‖₂ / ‖W(c)‖₂, the relative error
 of the equivalent schedule, which (PH) minimises.
 
-Each kernel has its equivalent side-trip schedule (:func:`equivalent_schedule`,
-through :func:`trajax.schedules.weights_from_kernel`, eq. * there): a
-side-trip from the first step S of c's support, with learning rate
-w_j · η_{S+j}, lands on the average for a loss linear per batch.
+Each kernel has its equivalent side-trip (:func:`equivalent_schedule`,
+through the step weights of :class:`trajax.averaging.Kernel`, eq. * of
+:mod:`trajax.schedules`): a side-trip from the first step S of c's support,
+with learning rate w_j · η_{S+j}, lands on the average for a loss linear per
+batch. :func:`sidetrip_command` hands the side-trip that kernel itself
+(``sidetrip.average``), so it is exact by construction.
 
 Usage::
 
@@ -50,10 +52,19 @@ of the kernel's mass in the wrong place) is *approximate*
 (:attr:`Plan.approximate`): it is not the average it is labelled with, and
 :func:`save_next_time` says what a run must save to make it exact.
 :func:`representable` picks, from a grid of a method's parameter, the values
-the run's snapshots rebuild within the threshold (the CLI's default sweep).
+the run's snapshots rebuild within the threshold.
 
 Nothing in the run's directory is written (reads go through
 :meth:`trajax.runs.Run.state_at`). Core: no TensorFlow import here.
+
+Modules, one idea each: :mod:`~trajax.posthoc.targets` (the kernel c of a
+method or of user weights), :mod:`~trajax.posthoc.plan` (the basis and
+(PH)), :mod:`~trajax.posthoc.combine` (one pass over the checkpoints),
+:mod:`~trajax.posthoc.sidetrips` (the equivalent side-trip),
+:mod:`~trajax.posthoc.evaluation` (:class:`Evaluator`: the run's metrics and
+BatchNorm policy); for ``python -m trajax.posthoc``: :mod:`~trajax.posthoc.cli`
+(flags generated from the averaging registry), :mod:`~trajax.posthoc.outputs`
+(where and what it writes), :mod:`~trajax.posthoc.report` (console and plot).
 """
 
 from __future__ import annotations
@@ -72,11 +83,7 @@ from trajax.posthoc.plan import (
   run_profiles,
   save_next_time,
 )
-from trajax.posthoc.sidetrips import (
-  equivalent_schedule,
-  method_equivalent_schedule,
-  sidetrip_command,
-)
+from trajax.posthoc.sidetrips import equivalent_schedule, sidetrip_command, sidetrip_kernel
 from trajax.posthoc.targets import target, user_kernel
 
 __all__ = [
@@ -88,7 +95,6 @@ __all__ = [
   "combine",
   "equivalent_schedule",
   "RESIDUAL_THRESHOLD",
-  "method_equivalent_schedule",
   "plan",
   "plans",
   "representable",
@@ -97,6 +103,7 @@ __all__ = [
   "run_averaging",
   "run_profiles",
   "sidetrip_command",
+  "sidetrip_kernel",
   "target",
   "user_kernel",
 ]

@@ -1,25 +1,31 @@
 """``python -m trajax.posthoc``: an average chosen after training, written and evaluated.
 
-  python -m trajax.posthoc --workdir=RUN --method=ema --decay=0.001 --out=DIR
+  python -m trajax.posthoc --workdir=RUN --average='ema(decay=0.001)' --out=DIR
+  python -m trajax.posthoc --workdir=RUN --method=ema --param=decay=0.001 --out=DIR
   python -m trajax.posthoc --workdir=RUN --method=ema --sweep --out=DIR
   python -m trajax.posthoc --workdir=RUN --method=swa --window=2000 --out=DIR --compare_sidetrip
-  python -m trajax.posthoc --workdir=RUN --method=ema --sweep --decays=1e-4,3e-4,1e-3 --out=DIR
-  python -m trajax.posthoc --workdir=RUN --method=power_ema --sweep --gammas=2,5,10,20 --out=DIR
+  python -m trajax.posthoc --workdir=RUN --method=ema --sweep --grid=1e-4,3e-4,1e-3 --out=DIR
+  python -m trajax.posthoc --workdir=RUN --average='kernel(0.25, 0.25, 0.5)' --out=DIR
+
+Which average: the flags of :mod:`trajax.posthoc.cli`, generated from the
+averaging registry (every method, parameter and sweep of
+:data:`trajax.averaging.METHODS`; today's ``--decay``, ``--decays``, ... are
+deprecated spellings of ``--param`` and ``--grid``, noted once on stderr).
 
 One average: DIR/averaged is a plain Orbax checkpoint ``{'params',
-'batch_stats'}`` (BatchNorm statistics by the run's ``averaging.batch_norm``:
-'recompute' over its ``bn_recompute_batches`` fixed training batches, as
-:func:`trajax.train.averaged_variables`; 'average': the snapshots' statistics
-combined with the params' coefficients), DIR/posthoc.json the plan (kernel
-residual, coefficients), test metrics and the equivalent side-trip schedule.
-``--sweep``: one parameter per method is swept (:data:`SWEPT`: ema's decay,
-swa's window, power_ema's γ, the gap of two_point / multi_point), every
+'batch_stats'}`` (BatchNorm statistics by the run's ``averaging.batch_norm``,
+:func:`trajax.train.evaluation_variables`: 'recompute' over its
+``bn_recompute_batches`` fixed training batches; 'average': the snapshots'
+statistics combined with the params' coefficients), DIR/posthoc.json the plan
+(kernel residual, coefficients), test metrics and the equivalent side-trip.
+``--sweep``: the method's sweep parameter (its record's ``sweep``: ema's
+decay, swa's window, power_ema's γ, the gap of two_point / multi_point, a
+registered method's own) over ``--grid`` or the record's default grid, every
 value planned, the checkpoints read once (:func:`trajax.posthoc.combine`),
 each average evaluated; DIR/sweep.json and DIR/sweep.png (test loss and
 accuracy against the swept value, the run's in-training average marked).
-Without ``--decays`` / ``--gammas`` the grid is the candidates (10 per decade
-of δ, 4 per octave of γ) that the run's snapshots rebuild with kernel residual
-at most ``--threshold`` (:func:`trajax.posthoc.representable`).
+Without ``--grid`` the values are those of the default grid that the run's
+snapshots rebuild with kernel residual at most ``--threshold``.
 
 Approximate averages: every output gives each average's kernel residual
 ‖Bx − c‖₁ and ``approximate`` (residual > ``--threshold``, default
@@ -27,23 +33,26 @@ Approximate averages: every output gives each average's kernel residual
 separate series of hollow markers, the threshold in its legend, and the
 console says once what to save next time (:func:`trajax.posthoc.save_next_time`).
 
-The console: one table line per average (label, test loss, accuracy, kernel
-residual, whether its equivalent side-trip is exact; a sweep sorted by the
-swept value, the best -- lowest test loss among the non-approximate -- marked),
-then the side-trip command of the (best) average where it is exact, else one
-line saying why not and how. Third-party INFO logging is off unless
-``--verbose_libs``. Every error is one line on stderr, exit 1, no traceback
-(``--traceback`` shows it).
+The console (:mod:`trajax.posthoc.report`): one table line per average
+(label, test loss, accuracy, kernel residual, whether its equivalent
+side-trip is exact; a sweep sorted by the swept value, the best -- lowest
+test loss among the non-approximate -- marked), then the side-trip command of
+the (best) average where it is exact, else one line saying why not.
+Third-party INFO logging is off unless ``--verbose_libs``. Every error is one
+line on stderr, exit 1, no traceback (``--traceback`` shows it).
 
-Where it writes: only into ``--out``, which must be a new or empty directory,
-outside every run's directory (none of its ancestors may hold a
-``.trajax.lock`` or a ``checkpoints/`` with step directories), with neither
-``--out`` nor ``--workdir`` reaching its target through a symlink. All of that, and every flag, is checked
-before the run is read; files are created exclusively (never through a
-symlink, never over an existing file). The run's directory is never written.
-The run's config goes to DIR/run_config.json (data); DIR/run_config.py, the
-side-trip's ``--config``, is fixed text that loads that JSON: no path or value
-is ever put into generated code.
+Where it writes (:mod:`trajax.posthoc.outputs`): only into ``--out``, which
+must be a new or empty directory, outside every run's directory (none of its
+ancestors may hold a ``.trajax.lock`` or a ``checkpoints/`` with step
+directories), with neither ``--out`` nor ``--workdir`` reaching its target
+through a symlink. All of that, and every flag, is checked before the run is
+read; files are created exclusively (never through a symlink, never over an
+existing file). The run's directory is never written. The run's config goes
+to DIR/run_config.json (data) and each side-trip's section (the post-hoc
+kernel, :func:`trajax.posthoc.sidetrip_command`) to DIR/sidetrip-*.json;
+DIR/run_config.py, the side-trip's ``--config`` (``run_config.py:NAME`` adds
+section NAME), is fixed text that loads them: no path or value is ever put
+into generated code.
 
 The snapshots: the params at every committed step, the run's in-training
 average and its profiles (``averaging.profiles``), all by default
@@ -101,11 +110,7 @@ def run_cli() -> dict:
   out = outputs.check_paths(FLAGS.workdir, FLAGS.out, run.directory)
   end = run.steps[-1] if FLAGS.end is None else FLAGS.end
   sources = FLAGS.sources or None
-  values, chosen = cli.sweep_values(req, run, end, threshold, sources)
-  targets = []
-  for v in values:
-    mparams = cli.target_params(req, end, v)
-    targets.append((v, posthoc.target(req.method, end=end, **mparams), req.method, mparams))
+  targets, chosen = cli.targets(req, run, end, threshold, sources)
   t0 = time.perf_counter()
   plans = posthoc.plans(run, [tgt for _, tgt, _, _ in targets], sources=sources, exact=FLAGS.exact)
   averages = posthoc.combine(run, plans)
@@ -120,15 +125,16 @@ def run_cli() -> dict:
   rows = []
   for (value, _, method, mparams), avg in zip(targets, averages, strict=True):
     params, stats = evaluate.variables(avg.params, avg.batch_stats)
-    start, window, sched = posthoc.method_equivalent_schedule(avg.plan, base, mparams)
+    slug = _slug(method, value)
     trip = posthoc.sidetrip_command(
       run,
       avg.plan,
-      method,
-      mparams,
+      out=out,
+      name=f"sidetrip-{slug}.json",
       config_file=config_file,
-      workdir=os.path.join(out, f"sidetrip-{method}-{_slug(value, start, window)}"),
+      workdir=os.path.join(out, f"sidetrip-{slug}"),
     )
+    start, window, sched = posthoc.equivalent_schedule(avg.plan, base, start=trip["start"])
     if FLAGS.compare_sidetrip:
       trip["result"] = _run_sidetrip(run, trip, evaluate)
     rows.append(
@@ -147,7 +153,7 @@ def run_cli() -> dict:
           "window": window,
           "lr": [float(v) for v in np.asarray(sched(np.arange(window)))][:10_000],
         },
-        "sidetrip": trip,
+        "sidetrip": {k: v for k, v in trip.items() if k != "fields"},
         **evaluate(params, stats),
       }
     )
@@ -206,8 +212,9 @@ def _run_sidetrip(run, trip: dict, evaluate) -> dict:
   return {"step": int(res.step), **evaluate(params, stats)}
 
 
-def _slug(value, start: int, window: int) -> str:
-  return f"{value:g}" if isinstance(value, (int, float)) else f"S{start}-k{window}"
+def _slug(method: str, value) -> str:
+  """The side-trip's file names: the method, and the swept value in a sweep."""
+  return f"{method}-{value:g}" if isinstance(value, (int, float)) else method
 
 
 def _parse_flags(argv):
@@ -252,5 +259,11 @@ def main(argv):
   print("\n".join(report.console(result, FLAGS.sweep)))
 
 
-if __name__ == "__main__":
+def run_main() -> None:
+  """``python -m trajax.posthoc``: parse ``sys.argv`` and run (a method registered before
+  this module is imported gets its flags too)."""
   app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -26,7 +26,6 @@ note on stderr once every flag has been checked.
 
 from __future__ import annotations
 
-import ast
 from typing import Any, NamedTuple
 
 from absl import flags
@@ -39,10 +38,10 @@ __all__ = [
   "default_grid",
   "define_flags",
   "deprecated_flags",
-  "parse_average",
   "parse_value",
   "request",
   "sweep_values",
+  "targets",
   "target_params",
 ]
 
@@ -66,6 +65,8 @@ class Request(NamedTuple):
       values the run rebuilds).
     grid_flag: the flag the grid came from (for messages).
     notes: one line per deprecated flag used.
+    kernel: ``--average='kernel(c_0, …, c_k)'``: the average of θ_{end−k} …
+      θ_end with these weights (``method`` is then 'none').
   """
 
   method: str
@@ -75,6 +76,7 @@ class Request(NamedTuple):
   grid: list | None = None
   grid_flag: str = "--grid"
   notes: tuple = ()
+  kernel: averaging.Kernel | None = None
 
 
 # --------------------------------------------------------------------------- definitions
@@ -92,7 +94,7 @@ def _registered_params() -> dict[str, averaging.Param]:
 
 def _sweep_names() -> list[str]:
   """The parameters some registered method sweeps (its record's ``sweep``)."""
-  names = [m.sweep.param for m in averaging.METHODS.values() if getattr(m, "sweep", None)]
+  names = [m.sweep.param for m in averaging.METHODS.values() if m.sweep is not None]
   return list(dict.fromkeys(names))
 
 
@@ -209,30 +211,14 @@ def parse_value(kind: str, text: str, flag: str):
     raise ValueError(f"{flag}: {text!r} is not {what}") from None
 
 
-def parse_average(text: str) -> tuple[str, dict]:
-  """``'ema(decay=0.01, start_step=2)'`` -> ``('ema', {'decay': 0.01, 'start_step': 2})``.
-
-  The spelling is read as data (a call of a name with literal keyword
-  values), never evaluated. A bare name is the method with its defaults.
-  """
-  where = f"--average = {text!r}"
-  try:
-    node = ast.parse(text.strip(), mode="eval").body
-  except SyntaxError:
-    raise ValueError(f"{where}: not METHOD(NAME=VALUE, ...)") from None
-  if isinstance(node, ast.Name):
-    return node.id, {}
-  if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)) or node.args:
-    raise ValueError(f"{where}: not METHOD(NAME=VALUE, ...)")
-  params = {}
-  for kw in node.keywords:
-    if kw.arg is None:
-      raise ValueError(f"{where}: not METHOD(NAME=VALUE, ...)")
-    try:
-      params[kw.arg] = ast.literal_eval(kw.value)
-    except ValueError:
-      raise ValueError(f"{where}: {kw.arg}'s value is not a literal") from None
-  return node.func.id, params
+def _given(value: averaging.Average) -> dict:
+  """The parameters of a value that differ from the record's defaults (the required ones kept)."""
+  out = {}
+  for name, v in value.params:
+    p = value.record.param(name)
+    if p is None or p.required or v != p.default:
+      out[name] = v
+  return out
 
 
 def _check_value(method: str, name: str, value, flag: str):
@@ -268,11 +254,18 @@ def request(fv: flags.FlagValues = flags.FLAGS) -> Request:
   Deprecated spellings are mapped onto the new ones, each noted in
   :attr:`Request.notes` (the caller prints them once everything is checked).
   """
-  notes = []
+  notes, kernel = [], None
   if fv["average"].value is not None:
     if fv["method"].present or fv["param"].value:
       raise ValueError("give --average, or --method with --param, not both")
-    method, given = parse_average(fv["average"].value)
+    try:
+      value = averaging.Average.parse(fv["average"].value)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"--average = {fv['average'].value!r}: {e}") from None
+    if isinstance(value, averaging.Kernel):
+      kernel, method, given = value, "none", {}
+    else:
+      method, given = value.method, _given(value)
     flag_of = {k: "--average" for k in given}
   else:
     method, given, flag_of = fv["method"].value, {}, {}
@@ -317,7 +310,7 @@ def request(fv: flags.FlagValues = flags.FLAGS) -> Request:
   if fv["sweep"].value:
     m = averaging.get_method(method)
     if sweep is None:
-      if getattr(m, "sweep", None) is None:
+      if m.sweep is None:
         raise ValueError(f"--sweep: --method={method} has no sweep (its record's sweep is None)")
       sweep = m.sweep.param
     if grid is not None:
@@ -327,7 +320,11 @@ def request(fv: flags.FlagValues = flags.FLAGS) -> Request:
       grid = [_check_value(method, sweep, parse_value(kind, t, grid_flag), grid_flag) for t in grid]
   elif grid is not None:
     raise ValueError("--grid needs --sweep")
-  return Request(method, params, window, sweep, grid, grid_flag, tuple(notes))
+  if kernel is not None and (sweep is not None or window is not None or params):
+    raise ValueError(
+      "--average=kernel(...) is the whole average: no --sweep, --window or parameter"
+    )
+  return Request(method, params, window, sweep, grid, grid_flag, tuple(notes), kernel)
 
 
 def target_params(req: Request, end: int, value: Any = None) -> dict:
@@ -350,7 +347,7 @@ def target_params(req: Request, end: int, value: Any = None) -> dict:
   m = averaging.get_method(req.method)
   for p in m.params:
     if p.required and params.get(p.name) is None:
-      swept = getattr(m, "sweep", None) is not None and m.sweep.param == p.name
+      swept = m.sweep is not None and m.sweep.param == p.name
       raise ValueError(
         f"--method={req.method} needs {p.name}: --param={p.name}=V"
         + (" (or --sweep)" if swept else "")
@@ -361,10 +358,9 @@ def target_params(req: Request, end: int, value: Any = None) -> dict:
 def default_grid(req: Request) -> list:
   """The record's default grid of the swept parameter (``[]``: it has none)."""
   m = averaging.get_method(req.method)
-  sweep = getattr(m, "sweep", None)
-  if sweep is None or sweep.param != req.sweep:
+  if m.sweep is None or m.sweep.param != req.sweep:
     return []
-  return list(sweep.grid)
+  return list(m.sweep.grid)
 
 
 def sweep_values(req: Request, run, end: int, threshold: float, sources) -> tuple[list, bool]:
@@ -392,3 +388,28 @@ def sweep_values(req: Request, run, end: int, threshold: float, sources) -> tupl
   got = posthoc.plans(run, kernels, sources=sources)
   ok = [v for v, p in zip(candidates, got, strict=True) if p.residual <= threshold]
   return (ok or candidates), bool(ok)
+
+
+def targets(req: Request, run, end: int, threshold: float, sources) -> tuple[list, bool]:
+  """``([(swept value, (label, kernel), method, params)], grid chosen from the run)``.
+
+  One target per swept value (one without a sweep): the method's kernel at
+  ``end`` (:func:`trajax.posthoc.target`), or the given kernel on the last
+  steps up to ``end``.
+  """
+  import numpy as np
+
+  from trajax import posthoc
+
+  if req.kernel is not None:
+    k = req.kernel.window
+    if k > end:
+      raise ValueError(f"--average: the kernel covers {k} steps, more than the {end} up to --end")
+    c = np.concatenate([np.zeros(end - k), req.kernel.kernel()])
+    return [(None, (f"kernel(on steps {end - k} … {end})", c), "kernel", {})], False
+  values, chosen = sweep_values(req, run, end, threshold, sources)
+  out = []
+  for v in values:
+    params = target_params(req, end, v)
+    out.append((v, posthoc.target(req.method, end=end, **params), req.method, params))
+  return out, chosen

@@ -1,7 +1,8 @@
 """Evaluating post-hoc averages as the run evaluates its own: test metrics and BatchNorm policy.
 
 :class:`Evaluator` gives an averaged params tree its BatchNorm statistics by
-the run's ``averaging.batch_norm`` ('recompute': over its
+the run's ``averaging.batch_norm`` (the one policy for free parameters,
+:func:`trajax.train.evaluation_variables`: 'recompute' over its
 ``bn_recompute_batches`` fixed training batches; 'average': the statistics
 given, the snapshots' combined with the params' coefficients) and evaluates
 it on the run's test set. The CLI, the side-trip comparison and the benches
@@ -29,13 +30,12 @@ class Evaluator:
     self.ev = train.evaluator(run.model, state_lib.make_mesh(run.config))
 
   def variables(self, params, batch_stats):
-    """``(params, batch_stats)`` with the statistics the run's policy gives averaged params."""
-    avg = self.config.averaging
-    if avg.batch_norm == "recompute":
-      n = int(avg.bn_recompute_batches)
-      batches = (self.run.dataset.fixed_train_batch(i) for i in range(n))
-      batch_stats = self.ev.recompute_batch_stats(params, batch_stats, batches)
-    return params, batch_stats
+    """``(params, batch_stats)`` by the run's policy (:func:`trajax.train.evaluation_variables`)."""
+    from trajax import train
+
+    return train.evaluation_variables(
+      params, batch_stats, config=self.config, evaluator=self.ev, dataset=self.run.dataset
+    )
 
   def __call__(self, params, batch_stats) -> dict:
     return self.ev.evaluate(params, batch_stats, self.run.dataset.eval_batches("test"))

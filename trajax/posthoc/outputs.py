@@ -86,11 +86,14 @@ def write_new(path: str, text: str) -> None:
 
 
 # The config file handed to the side-trip (--config): fixed text, no path or
-# value in it; it reads the run's config from the JSON data file beside it.
+# value in it; it reads the run's config from the JSON data file beside it, and
+# with an argument (--config=run_config.py:NAME) the side-trip section from the
+# JSON file NAME beside it (posthoc's kernel, as data).
 RUN_CONFIG_PY = '''"""The config of the run post-hoc averaged here (written by python -m trajax.posthoc).
 
 Pass it as --config to python -m trajax.sidetrip, which needs the parent's own
-config. The config itself is data: run_config.json beside this file.
+config; --config=run_config.py:NAME adds the side-trip section stored in the
+JSON file NAME beside it. The config itself is data: run_config.json.
 """
 
 import json
@@ -99,9 +102,19 @@ import os
 from trajax import config as config_lib
 
 
-def get_config():
-  with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_config.json")) as f:
-    return config_lib.from_dict(json.load(f))
+def get_config(section=None):
+  here = os.path.dirname(os.path.abspath(__file__))
+  with open(os.path.join(here, "run_config.json")) as f:
+    config = config_lib.from_dict(json.load(f))
+  if section is None:
+    return config
+  if os.path.basename(section) != section or section.startswith("."):
+    raise ValueError(f"run_config.py:{section!r}: must name a JSON file beside run_config.py")
+  with open(os.path.join(here, section)) as f:
+    fields = json.load(f)
+  from trajax.sidetrip import spec
+
+  return spec.with_sidetrip(config, **fields)
 '''
 
 

@@ -142,7 +142,8 @@ def define_config_flag(**fields) -> None:
   ``fields``, :func:`with_sidetrip`) is added right after the file is loaded
   and before the ``--config.*`` overrides apply (ml_collections applies them
   after the parser returns), then locked, so ``--config.sidetrip.kind=...``
-  resolves and a misspelt field is still an error. Used by the side-trip and
+  resolves and a misspelt field is still an error. A section the file's
+  config already carries is kept (``fields`` over it). Used by the side-trip and
   ahead-of-time compilation CLIs.
   """
   from absl import flags
@@ -156,7 +157,15 @@ def define_config_flag(**fields) -> None:
   )
   parser = flags.FLAGS["config"].parser
   load = parser.parse
-  parser.parse = lambda path: with_sidetrip(load(path), **fields)
+
+  def parse(path):
+    # A config file may carry its own side-trip section (posthoc's
+    # run_config.py:SECTION.json, the kernel as data): it is kept under fields.
+    config = load(path)
+    given = config.sidetrip.to_dict() if "sidetrip" in config else {}
+    return with_sidetrip(config, **{**given, **fields})
+
+  parser.parse = parse
 
 
 def with_sidetrip(config, **fields):
