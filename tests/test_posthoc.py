@@ -247,6 +247,24 @@ def test_command_line_writes_evaluates_and_sweeps(ema_run, tmp_path):
   # The post-hoc δ = 0.2 is the in-training average: same test metrics.
   assert report["averages"][1]["loss"] == pytest.approx(report["in_training"]["loss"], abs=1e-5)
   assert (sweep / "sweep.png").stat().st_size > 1000
+  # Any kernel is an average: ¼ θ_11 + ¾ θ_12, spelt as the side-trip spells it.
+  out = tmp_path / "kernel"
+  r = _cli(f"--workdir={ema_run.workdir}", "--average=kernel(0.25, 0.75)", f"--out={out}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  (row,) = json.loads((out / "posthoc.json").read_text())["averages"]
+  assert row["exact"] and row["coefficients"] == {
+    "11:params": pytest.approx(0.25, abs=1e-9),
+    "12:params": pytest.approx(0.75, abs=1e-9),
+  }
+  assert row["sidetrip"]["exact"] and (row["sidetrip"]["start"], row["sidetrip"]["window"]) == (
+    11,
+    1,
+  )
+  with ocp.StandardCheckpointer() as ckptr:
+    restored = ckptr.restore(str(out / "averaged"))
+  p11, p12 = (ema_run.run.state_at(s).params for s in (11, 12))
+  ref = jax.tree.map(lambda a, b: 0.25 * np.asarray(a, np.float64) + 0.75 * np.asarray(b), p11, p12)
+  assert max_diff(restored["params"], ref) < 1e-6
   r = _cli(f"--workdir={ema_run.workdir}", "--method=ema", f"--out={tmp_path / 'x'}")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
     "error: --method=ema needs decay: --param=decay=V (or --sweep)"
