@@ -148,6 +148,21 @@ _stack = jax.jit(lambda window: jax.tree.map(lambda *xs: jax.numpy.stack(xs), *w
 _snapshot = jax.jit(lambda tree: jax.tree.map(lambda x: x + jax.numpy.zeros_like(x), tree))
 
 
+def check_health(health, last_good) -> state_lib.Health:
+  """Reads ``health`` (a state's record, on device or not); raises if the state is frozen.
+
+  ``health.bad_step >= 0`` (a non-finite step froze the state, or too many in
+  a row were skipped): :func:`trajax.state.health_error`, naming the
+  quantity, the step and ``last_good`` (the last good checkpoint, or where
+  the state started). The one check of :func:`fit` and
+  :class:`trajax.runs.Stepper`.
+  """
+  health = jax.device_get(health)
+  if int(health.bad_step) >= 0:
+    raise state_lib.health_error(health, last_good)
+  return health
+
+
 def _restore_start(start, model, input_shape, mesh):
   """``(state, meta)`` of ``start`` laid out for this run (see :class:`FromCheckpoint`)."""
   from trajax import checkpoint as ckpt_lib
@@ -353,12 +368,6 @@ def fit(
     save_points = {int(s) for s in save_at}
     extra = scalars or (lambda s: {})
 
-    def check_health():
-      health = jax.device_get(state.health)
-      if int(health.bad_step) >= 0:
-        raise state_lib.health_error(health, last_good)
-      return health
-
     def run_eval():
       out = {"raw": ev.evaluate(state.params, state.batch_stats, dataset.eval_batches("test"))}
       if eval_average:
@@ -374,7 +383,7 @@ def fit(
 
     def save():
       nonlocal last_good
-      check_health()
+      check_health(state.health, last_good)
       if not bool(train.state_finite(state)):  # belt and braces: health should have caught it
         raise state_lib.NonFiniteError(f"state at step {step} holds non-finite values; not saved")
       meta = ckpt_lib.make_metadata(stored, step=step)
@@ -423,8 +432,7 @@ def fit(
     # Blocks on step `log_step` only; the next step is already queued behind it.
     columns, health = jax.device_get((_stack(fetched_window), health_ref))
     fetched = [{k: v[i] for k, v in columns.items()} for i in range(len(fetched_window))]
-    if int(health.bad_step) >= 0:
-      raise state_lib.health_error(health, last_good)
+    check_health(health, last_good)
     summary = host.summarize(fetched)
     elapsed = max(now - window_start, 1e-9)
     summary["train/input_wait_fraction"] = (wait_now - wait_start) / elapsed
@@ -485,7 +493,7 @@ def fit(
         if evaluate_now or save_now:  # these synchronise anyway
           flush_pending()
       if evaluate_now:
-        check_health()
+        check_health(state.health, last_good)
         eval_out = run_eval()
       if save_now:
         save()
