@@ -735,6 +735,7 @@ def _tree(path) -> dict:
     (("--decay=0.1", "--grid=0.1"), "--grid needs --sweep"),
     (("--average=swa", "--method=swa"), "give --average, or --method with --param, not both"),
     (("--decay=0.1", "--param=decay=0.2"), "--decay and --param=decay both set decay"),
+    (("--decay=0.1", "--out=a:b"), "--out = 'a:b' holds ':'"),
   ],
 )
 def test_cli_errors_are_one_line_before_anything_is_written(ema_run, tmp_path, args, says):

@@ -23,10 +23,15 @@ def check_paths(workdir: str, out: str, run_directory: str | None = None) -> str
   named), an --out inside the run's directory or inside any run's (a
   directory holding a ``.trajax.lock``, or another run's workdir), and an
   existing --out that is not an empty directory (the user's files, or an
-  earlier output, are never overwritten).
+  earlier output, are never overwritten), and an --out holding ':' (the
+  side-trip's ``--config=OUT/run_config.py:SECTION`` could not name it).
   """
-
   given_out = out
+  if ":" in out:
+    raise ValueError(
+      f"--out = {out!r} holds ':', which the side-trip's --config=FILE:SECTION cannot carry; "
+      "give a directory without one"
+    )
   for name, value in (("workdir", workdir), ("out", out)):
     given = os.path.abspath(value)
     real = os.path.realpath(given)
