@@ -16,12 +16,22 @@ import numpy as np
 import optax
 from absl import logging
 
-from trajax import averaging, loop, schedules
+from trajax import averaging, loop, lr_schedules, schedules
 from trajax import config as config_lib
 from trajax import state as state_lib
 
 KINDS = ("equivalent", "fixed_batch", "schedule", "batch_size")
-SCHEDULES = ("config", "constant", "linear", "cosine")
+
+
+# 'config' (the config's own η_t, scaled) and every registered schedule that
+# needs no field beyond the rate and the horizon, run from S at f·η_S over k
+# steps (trajax.lr_schedules: constant, cosine, linear).
+def schedule_names() -> tuple[str, ...]:
+  """The ``sidetrip.schedule`` values, from the registry as it is now."""
+  return ("config", *(n for n, s in lr_schedules.SCHEDULES.items() if not s.fields))
+
+
+SCHEDULES = schedule_names()  # as registered at import; schedule_names() is live
 
 # Config fields a side-trip may change relative to its parent, by kind. Every
 # other difference would change what "the parent's state" means (model,
@@ -333,8 +343,8 @@ def resolve(config, parent_step: int) -> SidetripSpec:
         steps = window
   elif kind in _SCHEDULE_KINDS:
     sched = s["schedule"]
-    if sched not in SCHEDULES:
-      bad("schedule", f"must be one of {list(SCHEDULES)}")
+    if sched not in schedule_names():
+      bad("schedule", f"must be one of {list(schedule_names())}")
     if steps is None:
       steps = int(config.total_steps) - int(parent_step)
       if steps <= 0:
@@ -570,7 +580,7 @@ class SidetripRate(NamedTuple):
   @property
   def absolute(self) -> bool:
     """Whether ``scale`` is f·η_S (the rate does not follow the config's schedule)."""
-    return self.kind == "fixed_batch" or self.schedule in ("constant", "linear", "cosine")
+    return self.kind == "fixed_batch" or self.schedule in schedule_names()[1:]
 
   def __call__(self, base: optax.Schedule, hyper: dict) -> optax.Schedule:
     start, scale, horizon = hyper["start"], hyper["scale"], hyper["horizon"]
@@ -579,15 +589,15 @@ class SidetripRate(NamedTuple):
       return lambda t: rate(jnp.asarray(t) - start) * scale
     if self.kind in _SCHEDULE_KINDS and self.schedule == "config":
       return loop.ScaledRate()(base, {"scale": scale})
-    if self.kind == "fixed_batch" or self.schedule == "constant":
-      return lambda t: jnp.broadcast_to(scale, jnp.shape(t)).astype(jnp.float32)
-    if self.schedule in ("linear", "cosine"):
+    name = "constant" if self.kind == "fixed_batch" else self.schedule
+    if name in schedule_names()[1:]:
+      # The registered schedule itself from f·η_S, read at the side-trip's
+      # progress j/k on a unit horizon: k stays a traced scalar.
+      shape = lr_schedules.get(name).build(scale, 1)
 
       def rate(t):
         frac = jnp.clip((jnp.asarray(t) - start).astype(jnp.float32) / horizon, 0.0, 1.0)
-        if self.schedule == "linear":
-          return scale * (1.0 - frac)
-        return scale * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        return jnp.broadcast_to(shape(frac), jnp.shape(t)).astype(jnp.float32)
 
       return rate
     raise ValueError(f"no schedule for kind={self.kind!r}, schedule={self.schedule!r}")
