@@ -95,13 +95,13 @@ def parent_average(averaging_section, method: str | None = None, **overrides):
   return averaging.average(method, **params)
 
 
-def legacy_average(s: dict, averaging_section, problems: list):
+def legacy_average(s: dict, averaging_section, problems: list, *, note: bool = True):
   """``sidetrip.average`` of a section, or None (the parent's average, start_step aside).
 
   A section spelt the deprecated way (``sidetrip.{method, decay, gap, n,
   gamma}``) is mapped onto the value, with a one-line deprecation note.
   Appends ``(field, value, allowed)`` to ``problems`` for a bad field and
-  returns None then.
+  returns None then. ``note=False``: no note (comparing spellings).
   """
   legacy = {k: s.get(k) for k in DEPRECATED_FIELDS if s.get(k) is not None}
   text = s.get("average")
@@ -136,13 +136,46 @@ def legacy_average(s: dict, averaging_section, problems: list):
     value = legacy.get(name, averaging_section[name] if name in averaging_section else method)
     problems.append((f"{where}.{name}", value, f"{method}: {e}"))
     return None
-  if legacy or s.get("method") is not None:
+  if note and (legacy or s.get("method") is not None):
     logging.warning(
       "sidetrip.%s: deprecated; use --config.sidetrip.average=%r",
       ", sidetrip.".join(k for k in DEPRECATED_FIELDS if s.get(k) is not None),
       str(value),
     )
   return value
+
+
+def as_stored_spelling(config, stored: dict):
+  """``config`` with the average spelt as the ``stored`` side-trip section spells it, if the same.
+
+  A side-trip stored with the deprecated ``sidetrip.{method, decay, …}`` and
+  resumed with ``sidetrip.average`` (or the other way round) runs the same
+  average when both spellings resolve to the same value (against this
+  config's ``averaging`` section); then the stored spelling is kept, so the
+  resume check sees no change and the checkpoints keep one spelling.
+  Otherwise ``config`` is returned as it is (and a real change is refused).
+  """
+  if "sidetrip" not in config or not isinstance(stored, dict):
+    return config
+  mine = config.sidetrip.to_dict()
+  names = ("average", *DEPRECATED_FIELDS)
+  if all(mine.get(n) == stored.get(n) for n in names) or mine.get("kind") != "equivalent":
+    return config
+  problems: list = []
+  a = legacy_average(mine, config.averaging, problems, note=False)
+  b = legacy_average({n: stored.get(n) for n in names}, config.averaging, problems, note=False)
+  if problems or a is None or a != b:
+    return config
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for n in names:
+      if n in stored:
+        config.sidetrip[n] = stored[n]
+      elif n in config.sidetrip and config.sidetrip[n] is None:
+        pass  # a field the stored section predates: dropped as an added field
+      elif n in config.sidetrip:
+        config.sidetrip[n] = None
+  return config
 
 
 class SidetripSpec(NamedTuple):
