@@ -241,6 +241,30 @@ def test_side_trip_written_before_the_change_resumes(parent, tmp_path):
   assert_identical(serialization.to_state_dict(jax.device_get(result.state)), want)
 
 
+def test_side_trip_resumes_under_the_other_spelling_of_its_average(parent, tmp_path):
+  """A side-trip stored with sidetrip.{method, gap} resumes bit-exactly under sidetrip.average."""
+  old = sidetrip.with_sidetrip(parent.config, kind="equivalent", method="two_point", gap=16)
+  workdir = str(tmp_path / "trip")
+  crash_after(old, parent.workdir, 20, workdir, at=34)
+
+  def as_today(meta):  # today's writer stored no sidetrip.average
+    del meta["config"]["sidetrip"]["average"]
+
+  for step in ckpt_lib.committed_steps(os.path.join(workdir, "checkpoints")):
+    edit_metadata(workdir, step, as_today)
+  new = sidetrip.with_sidetrip(parent.config, kind="equivalent", average="two_point(gap=16)")
+  other = sidetrip.with_sidetrip(parent.config, kind="equivalent", average="two_point(gap=8)")
+  with pytest.raises(config_validation.ConfigError, match="sidetrip.average"):
+    sidetrip.run_sidetrip(other, parent.workdir, 20, workdir)  # another average is a change
+  result = sidetrip.run_sidetrip(new, parent.workdir, 20, workdir)
+  assert result.resumed_from == "own:30" and result.step == 36
+  whole = sidetrip.run_sidetrip(old, parent.workdir, 20, str(tmp_path / "whole"))
+  assert_identical(
+    serialization.to_state_dict(jax.device_get(result.state)),
+    serialization.to_state_dict(jax.device_get(whole.state)),
+  )
+
+
 def test_old_fixed_batch_side_trip_with_weight_decay_is_refused(parent, tmp_path):
   """Old fixed-batch GD included weight decay: such a workdir is refused, saying why."""
   config = sidetrip.with_sidetrip(

@@ -17,16 +17,16 @@ Where each section's allowed values live (each owner checks its own section;
 ``trajax.config_validation.validate`` calls them and keeps only the rules that
 span sections):
 
-===============  ==============================  ===================================
-section          registry                        check
-===============  ==============================  ===================================
-``model.*``      ``trajax.models.MODELS``        ``trajax.models.check_config``
-``dataset.*``    ``trajax.data.SOURCES``         ``trajax.data.check_config``
-``optimizer.*``  :data:`SCHEDULES`               :func:`check_optimizer`
-``averaging.*``  ``trajax.averaging.METHODS``    ``config_validation._check_averaging``
-the rest         (the training loop's fields)    :func:`check_run`
-``sidetrip.*``   ``trajax.sidetrip.KINDS``       ``trajax.sidetrip.resolve``
-===============  ==============================  ===================================
+===============  =================================  ======================================
+section          registry                           check
+===============  =================================  ======================================
+``model.*``      ``trajax.models.MODELS``           ``trajax.models.check_config``
+``dataset.*``    ``trajax.data.SOURCES``            ``trajax.data.check_config``
+``optimizer.*``  ``trajax.lr_schedules.SCHEDULES``  :func:`check_optimizer`
+``averaging.*``  ``trajax.averaging.METHODS``       ``config_validation._check_averaging``
+the rest         (the training loop's fields)       :func:`check_run`
+``sidetrip.*``   ``trajax.sidetrip.KINDS``          ``trajax.sidetrip.resolve``
+===============  =================================  ======================================
 
 The ``sidetrip`` section is declared by ``trajax.sidetrip.default_section()``
 and added only to side-trip configs (``trajax.sidetrip.with_sidetrip``); the
@@ -46,6 +46,9 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
+
+from trajax import lr_schedules
+from trajax.lr_schedules import LrSchedule
 
 __all__ = [
   "SCHEDULES",
@@ -404,31 +407,17 @@ def check_fields(section: Mapping, rules: Mapping[str, Rule], prefix: str = "") 
 # the optimizer section: schedules
 
 
-class Schedule(NamedTuple):
-  """A learning-rate schedule ``optimizer.schedule`` may name.
-
-  ``horizon``: η_t depends on ``total_steps`` (so ``total_steps`` may not
-  change when a run resumes). ``formula``: η_t after warmup w, with T the
-  total steps. Built by ``trajax.train.make_schedule``.
-  """
-
-  horizon: bool
-  formula: str
-
-
-SCHEDULES: dict[str, Schedule] = {
-  "constant": Schedule(False, "lr"),
-  "cosine": Schedule(True, "lr (1 + cos(π (t − w)/(T − w)))/2"),
-  "linear": Schedule(True, "lr (1 − (t − w)/(T − w))"),
-  "step": Schedule(False, "lr · step_factor^k after the k-th of step_boundaries"),
-}
+# The registry of learning-rate schedules (``trajax.lr_schedules``, JAX-free at
+# import): the names ``optimizer.schedule`` takes, each builder's fields and
+# whether it depends on the horizon (check_resume reads ``horizon``).
+Schedule = LrSchedule
+SCHEDULES = lr_schedules.SCHEDULES
 
 _OPTIMIZER: dict[str, Rule] = {
   "lr": Rule(lambda x: is_real(x) and x > 0, "must be a finite number > 0"),
   "momentum": Rule(lambda x: is_real(x) and 0 <= x < 1, "must be a number in [0, 1)"),
   "nesterov": BOOL,
   "weight_decay": Rule(lambda x: is_real(x) and x >= 0, "must be a finite number >= 0"),
-  "schedule": one_of(SCHEDULES),
   "warmup_steps": NONNEG_INT,
   "step_boundaries": Rule(
     lambda x: isinstance(x, (tuple, list)) and all(is_int(b) and b > 0 for b in x),
@@ -442,19 +431,20 @@ def check_optimizer(
   section: Mapping, *, total_steps: int | None = None, prefix: str = "optimizer."
 ) -> list[Problem]:
   """The ``optimizer`` section; ``total_steps`` (when valid) bounds the warmup."""
-  problems = check_fields(section, _OPTIMIZER, prefix)
+  # The names as registered now (a schedule registered after import counts).
+  rules = {"schedule": one_of(SCHEDULES), **_OPTIMIZER}
+  problems = check_fields(section, rules, prefix)
   bad = {p.field for p in problems}
   warmup = section.get("warmup_steps")
   if total_steps is not None and prefix + "warmup_steps" not in bad and warmup >= total_steps:
     problems.append(
       Problem(prefix + "warmup_steps", warmup, f"must be < total_steps={total_steps}")
     )
-  if section.get("schedule") == "step" and prefix + "step_boundaries" not in bad:
-    bounds = tuple(section.get("step_boundaries"))
-    if not bounds:
-      problems.append(Problem(prefix + "step_boundaries", bounds, "the 'step' schedule needs >= 1"))
-    elif list(bounds) != sorted(set(bounds)):
-      problems.append(Problem(prefix + "step_boundaries", bounds, "must be strictly increasing"))
+  spec = SCHEDULES.get(section.get("schedule")) if prefix + "schedule" not in bad else None
+  if (
+    spec is not None and spec.check is not None and not any(prefix + f in bad for f in spec.fields)
+  ):
+    problems += [Problem(prefix + f, v, allowed) for f, v, allowed in spec.check(section)]
   return problems
 
 

@@ -148,6 +148,7 @@ from trajax.sidetrip.spec import (
   SidetripSpec,
   _check_against_parent,
   _check_optimizer_layout,
+  as_stored_spelling,
   batch_size_at,
   check_batch_devices,
   default_section,
@@ -240,6 +241,7 @@ def _as_stored(config, own_config: dict):
   old = own_config.get("sidetrip")
   if not isinstance(old, dict) or "sidetrip" not in config:
     return config
+  config = as_stored_spelling(config, old)  # the same average, spelt the other way
   drop = [n for n in ADDED_FIELDS if n not in old and config.sidetrip[n] is None]
   if not drop:
     return config

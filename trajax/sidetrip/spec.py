@@ -16,12 +16,22 @@ import numpy as np
 import optax
 from absl import logging
 
-from trajax import averaging, loop, schedules
+from trajax import averaging, loop, lr_schedules, schedules
 from trajax import config as config_lib
 from trajax import state as state_lib
 
 KINDS = ("equivalent", "fixed_batch", "schedule", "batch_size")
-SCHEDULES = ("config", "constant", "linear", "cosine")
+
+
+# 'config' (the config's own η_t, scaled) and every registered schedule that
+# needs no field beyond the rate and the horizon, run from S at f·η_S over k
+# steps (trajax.lr_schedules: constant, cosine, linear).
+def schedule_names() -> tuple[str, ...]:
+  """The ``sidetrip.schedule`` values, from the registry as it is now."""
+  return ("config", *(n for n, s in lr_schedules.SCHEDULES.items() if not s.fields))
+
+
+SCHEDULES = schedule_names()  # as registered at import; schedule_names() is live
 
 # Config fields a side-trip may change relative to its parent, by kind. Every
 # other difference would change what "the parent's state" means (model,
@@ -85,13 +95,13 @@ def parent_average(averaging_section, method: str | None = None, **overrides):
   return averaging.average(method, **params)
 
 
-def legacy_average(s: dict, averaging_section, problems: list):
+def legacy_average(s: dict, averaging_section, problems: list, *, note: bool = True):
   """``sidetrip.average`` of a section, or None (the parent's average, start_step aside).
 
   A section spelt the deprecated way (``sidetrip.{method, decay, gap, n,
   gamma}``) is mapped onto the value, with a one-line deprecation note.
   Appends ``(field, value, allowed)`` to ``problems`` for a bad field and
-  returns None then.
+  returns None then. ``note=False``: no note (comparing spellings).
   """
   legacy = {k: s.get(k) for k in DEPRECATED_FIELDS if s.get(k) is not None}
   text = s.get("average")
@@ -126,13 +136,46 @@ def legacy_average(s: dict, averaging_section, problems: list):
     value = legacy.get(name, averaging_section[name] if name in averaging_section else method)
     problems.append((f"{where}.{name}", value, f"{method}: {e}"))
     return None
-  if legacy or s.get("method") is not None:
+  if note and (legacy or s.get("method") is not None):
     logging.warning(
       "sidetrip.%s: deprecated; use --config.sidetrip.average=%r",
       ", sidetrip.".join(k for k in DEPRECATED_FIELDS if s.get(k) is not None),
       str(value),
     )
   return value
+
+
+def as_stored_spelling(config, stored: dict):
+  """``config`` with the average spelt as the ``stored`` side-trip section spells it, if the same.
+
+  A side-trip stored with the deprecated ``sidetrip.{method, decay, …}`` and
+  resumed with ``sidetrip.average`` (or the other way round) runs the same
+  average when both spellings resolve to the same value (against this
+  config's ``averaging`` section); then the stored spelling is kept, so the
+  resume check sees no change and the checkpoints keep one spelling.
+  Otherwise ``config`` is returned as it is (and a real change is refused).
+  """
+  if "sidetrip" not in config or not isinstance(stored, dict):
+    return config
+  mine = config.sidetrip.to_dict()
+  names = ("average", *DEPRECATED_FIELDS)
+  if all(mine.get(n) == stored.get(n) for n in names) or mine.get("kind") != "equivalent":
+    return config
+  problems: list = []
+  a = legacy_average(mine, config.averaging, problems, note=False)
+  b = legacy_average({n: stored.get(n) for n in names}, config.averaging, problems, note=False)
+  if problems or a is None or a != b:
+    return config
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for n in names:
+      if n in stored:
+        config.sidetrip[n] = stored[n]
+      elif n in config.sidetrip and config.sidetrip[n] is None:
+        pass  # a field the stored section predates: dropped as an added field
+      elif n in config.sidetrip:
+        config.sidetrip[n] = None
+  return config
 
 
 class SidetripSpec(NamedTuple):
@@ -342,8 +385,8 @@ def resolve(config, parent_step: int) -> SidetripSpec:
         steps = window
   elif kind in _SCHEDULE_KINDS:
     sched = s["schedule"]
-    if sched not in SCHEDULES:
-      bad("schedule", f"must be one of {list(SCHEDULES)}")
+    if sched not in schedule_names():
+      bad("schedule", f"must be one of {list(schedule_names())}")
     if steps is None:
       steps = int(config.total_steps) - int(parent_step)
       if steps <= 0:
@@ -579,7 +622,7 @@ class SidetripRate(NamedTuple):
   @property
   def absolute(self) -> bool:
     """Whether ``scale`` is f·η_S (the rate does not follow the config's schedule)."""
-    return self.kind == "fixed_batch" or self.schedule in ("constant", "linear", "cosine")
+    return self.kind == "fixed_batch" or self.schedule in schedule_names()[1:]
 
   def __call__(self, base: optax.Schedule, hyper: dict) -> optax.Schedule:
     start, scale, horizon = hyper["start"], hyper["scale"], hyper["horizon"]
@@ -588,15 +631,15 @@ class SidetripRate(NamedTuple):
       return lambda t: rate(jnp.asarray(t) - start) * scale
     if self.kind in _SCHEDULE_KINDS and self.schedule == "config":
       return loop.ScaledRate()(base, {"scale": scale})
-    if self.kind == "fixed_batch" or self.schedule == "constant":
-      return lambda t: jnp.broadcast_to(scale, jnp.shape(t)).astype(jnp.float32)
-    if self.schedule in ("linear", "cosine"):
+    name = "constant" if self.kind == "fixed_batch" else self.schedule
+    if name in schedule_names()[1:]:
+      # The registered schedule itself from f·η_S, read at the side-trip's
+      # progress j/k on a unit horizon: k stays a traced scalar.
+      shape = lr_schedules.get(name).build(scale, 1)
 
       def rate(t):
         frac = jnp.clip((jnp.asarray(t) - start).astype(jnp.float32) / horizon, 0.0, 1.0)
-        if self.schedule == "linear":
-          return scale * (1.0 - frac)
-        return scale * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        return jnp.broadcast_to(shape(frac), jnp.shape(t)).astype(jnp.float32)
 
       return rate
     raise ValueError(f"no schedule for kind={self.kind!r}, schedule={self.schedule!r}")
