@@ -229,7 +229,7 @@ def fit(
   stored = config if stored is None else stored
   from trajax import paths, workdir_lock
 
-  workdir = host.check_workdir(paths.check_local_path(workdir))
+  workdir = host.check_workdir(paths.check_path(workdir))
   # Nothing is written through a link or over a file of the wrong kind.
   paths.check_entries(workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -279,7 +279,7 @@ def fit(
   stop = host._StopFlag()
   checkpointer = None
   try:
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     # The workdir's writer comes first: nothing else is written there before it.
     checkpointer = ckpt_lib.Checkpointer(
       ckpt_dir,
@@ -339,7 +339,7 @@ def fit(
       writer.write_hparams(config_validation.flatten(stored))
     progress = metrics.progress_reporter(end, writer, config.log_every_steps)
     log_fp = config.log_batch_fingerprints and process_index == 0
-    fp_file = open(fp_path, "a") if log_fp else None
+    fp_file = paths.Appender(fp_path) if log_fp else None
     if fp_file is not None:
       from trajax import data as data_lib
 
@@ -382,6 +382,7 @@ def fit(
         meta["lr_hyper"] = hyper
       if fp_file is not None:
         fp_file.flush()  # the fingerprints of steps < step must survive once `step` commits
+      writer.flush()  # and the logged metrics (in an object store they are uploaded now)
       checkpointer.save(step, state, meta)
       last_good = checkpointer.path(step)
 

@@ -134,7 +134,9 @@ def _prepare_workdir(workdir: str, resume: str) -> str:
   """
   from trajax import paths
 
-  workdir = paths.check_local_path(workdir, "--workdir")
+  workdir = paths.check_path(workdir, "--workdir")
+  if paths.is_remote(workdir):
+    return workdir  # an object store has no directories to create; the bucket must exist
   parent = os.path.dirname(workdir)
   if resume != "require" and not os.path.exists(parent):
     os.makedirs(parent, exist_ok=True)

@@ -67,7 +67,7 @@ def _main(argv):
   config = FLAGS.config
   try:
     # A path it would not write to (a backslash, a bucket) fails first.
-    paths.check_local_path(FLAGS.workdir, "--workdir")
+    paths.check_path(FLAGS.workdir, "--workdir")
     # Bad configs fail here, in about a second, before TensorFlow is imported.
     cv.validate(without_sidetrip(config))
     resolve(config, _check_step(FLAGS.step))
