@@ -273,12 +273,13 @@ def run_sidetrip(
   """
   from trajax import checkpoint as ckpt_lib
   from trajax import config_validation as cv
+  from trajax import paths
 
   step = _check_step(step)
   base = without_sidetrip(config)
   cv.validate(base)
   spec = resolve(config, step)
-  own_dir = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints") if workdir else ""
+  own_dir = paths.join(paths.absolute(workdir), "checkpoints") if workdir else ""
   own_steps = ckpt_lib.committed_steps(own_dir) if own_dir else []
   # The newest own step whose metadata verifies (a damaged latest one is
   # quarantined by the loop's writer, not fatal here).
