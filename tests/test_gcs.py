@@ -173,6 +173,25 @@ def test_a_bucket_path_that_names_no_run_is_refused_in_one_line(
   assert sorted(fs.find(BUCKET)) == before  # nothing written
 
 
+def test_posthoc_out_in_a_bucket_is_refused_in_one_line(emulator, local_run, tmp_path):
+  """posthoc writes its --out only locally: a gs:// --out is refused, never written as ./gs:/..."""
+  env, fs = emulator
+  before = sorted(fs.find(BUCKET))
+  proc = subprocess.run(
+    [sys.executable, "-m", "trajax.posthoc", f"--workdir={local_run}", "--method=ema"]
+    + ["--decay=0.05", f"--out=gs://{BUCKET}/avg"],
+    cwd=tmp_path,
+    env=wc.subprocess_env(CACHE_DIR, **env),
+    capture_output=True,
+    text=True,
+    timeout=420,
+  )
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  (line,) = [x for x in proc.stderr.splitlines() if f"gs://{BUCKET}/avg" in x]
+  assert "local or mounted directory" in line
+  assert os.listdir(tmp_path) == [] and sorted(fs.find(BUCKET)) == before
+
+
 _HOLDER = """
 import sys, time
 from trajax import workdir_lock
@@ -399,11 +418,12 @@ def test_readme_bucket_commands_run_as_written(emulator, tmp_path):
   cwd.mkdir()
   os.symlink(os.path.join(REPO, "configs"), cwd / "configs")
   before = sorted(os.listdir(cwd))
+  path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
   for text in commands:
     proc = subprocess.run(
       ["bash", "-c", text],
       cwd=cwd,
-      env=wc.subprocess_env(CACHE_DIR, **env),
+      env=wc.subprocess_env(CACHE_DIR, **env, PATH=path),
       capture_output=True,
       text=True,
       timeout=600,

@@ -65,15 +65,18 @@ def is_remote(path) -> bool:
 
 
 def check_local_path(path, what: str = "workdir") -> str:
-  """The absolute, normalised ``path``; refuses a backslash, an empty path, a remote one."""
+  """The absolute, normalised ``path``; refuses a backslash, an empty path, a remote one.
+
+  For writers that write only locally (``trajax.posthoc --out``); the others
+  use :func:`check_path`.
+  """
   path = os.fspath(path) if path is not None else ""
   if not path:
     raise PathError(f"{what} must be a directory path, got {path!r}")
   if is_remote(path):
     raise PathError(
-      f"{what} {path!r}: this command cannot write to an object store yet (reading a run "
-      "there works: `python -m trajax.verify`); train in a local or network-filesystem "
-      "directory and copy the run to the bucket"
+      f"{what} {path!r}: this command writes only to a local or mounted directory (it reads "
+      "runs in a bucket; trajax.main, trajax.sidetrip and trajax.verify also write there)"
     )
   if "\\" in path:
     raise PathError(

@@ -341,7 +341,9 @@ def _check_paths(run_directory: str | None = None) -> str:
   existing --out that is not an empty directory (the user's files, or an
   earlier output, are never overwritten).
   """
+  from trajax import paths
 
+  paths.check_local_path(_OUT.value, "--out")  # a gs:// --out: one line (a bucket --workdir is read)
   for flag in (_WORKDIR, _OUT):
     given = os.path.abspath(flag.value)
     real = os.path.realpath(given)
