@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests import workdir_checks as wc
@@ -41,6 +42,13 @@ from tests import workdir_checks as wc
 REPO = wc.REPO
 CACHE_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), "trajax-gcs-jax-cache")
 BUCKET = "trajax-test"
+# A 40-step run with checkpoints at 20 and 40.
+RUN40 = [
+  "--config=configs/mnist1d.py:runlocal",
+  "--config.total_steps=40",
+  "--config.checkpoint_every_steps=20",
+  "--config.averaging.gap=20",
+]
 
 
 def _free_port() -> int:
@@ -110,10 +118,7 @@ def local_run(tmp_path_factory):
   proc = _cli(
     "trajax.main",
     [
-      "--config=configs/mnist1d.py:runlocal",
-      "--config.total_steps=40",
-      "--config.checkpoint_every_steps=20",
-      "--config.averaging.gap=20",
+      *RUN40,
       f"--config.data_dir={data}",
       f"--workdir={workdir}",
     ],
@@ -190,6 +195,28 @@ def test_posthoc_out_in_a_bucket_is_refused_in_one_line(emulator, local_run, tmp
   (line,) = [x for x in proc.stderr.splitlines() if f"gs://{BUCKET}/avg" in x]
   assert "local or mounted directory" in line
   assert os.listdir(tmp_path) == [] and sorted(fs.find(BUCKET)) == before
+
+
+def test_write_digests_seals_a_run_in_a_bucket(emulator, local_run, tmp_path):
+  """``verify --write_digests gs://...``: under the run's lease, one upload per metadata file."""
+  env, fs = emulator
+  old = str(tmp_path / "old")
+  shutil.copytree(local_run, old)
+  for step in (20, 40):
+    path = os.path.join(old, "checkpoints", str(step), "meta", "metadata")
+    meta = json.load(open(path))
+    del meta["digests"], meta["meta_digest"]  # as written before trajax stored them
+    json.dump(meta, open(path, "w"))
+  url = _upload(fs, old, "old")
+  proc = _cli("trajax.verify", [url], env)
+  assert proc.returncode == 1 and "ERROR step 40" in proc.stdout, proc.stdout[-2000:]
+  proc = _cli("trajax.verify", ["--write_digests", url], env)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "step 20: added array digests and metadata digest" in proc.stdout
+  assert proc.stdout.rstrip().endswith("OK")
+  fs.invalidate_cache()
+  assert not fs.exists(f"{BUCKET}/old/.trajax.lock")  # the lease was released
+  assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/old")) == ["checkpoints"]
 
 
 _HOLDER = """
@@ -367,6 +394,18 @@ def test_bucket_run_killed_with_sigkill_resumes_bit_exact(emulator, tmp_path):
   assert evals(got) == evals(want)
   fp = [(r["step"], r["fingerprint"]) for r in _jsonl(fs, f"{key}/batch_fingerprints.jsonl")]
   assert fp == wc.fingerprints(ref)  # every batch once, in order
+  # TensorBoard reads the resumed run's event file (written through epath) as it read clu's.
+  from tensorboard.backend.event_processing import event_accumulator
+
+  events = sorted(fs.glob(f"{key}/events.out.tfevents.*"), key=lambda p: p.split(".")[3])
+  assert len(events) == 2  # one per process, the killed one and the resumed one
+  local = tmp_path / "tb"
+  local.mkdir()
+  fs.get(events[-1], str(local / events[-1].rsplit("/", 1)[-1]))
+  acc = event_accumulator.EventAccumulator(str(local))
+  acc.Reload()
+  tb = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+  assert tb == [(s, float(np.float32(v))) for s, v in loss(want) if s > 40]
 
 
 @pytest.mark.slow
@@ -376,10 +415,7 @@ def test_sidetrip_with_parent_and_itself_in_a_bucket_matches_the_local_one(
   env, fs = emulator
   parent = _upload(fs, local_run, "sidetrip-parent")
   args = [
-    "--config=configs/mnist1d.py:runlocal",
-    "--config.total_steps=40",
-    "--config.checkpoint_every_steps=20",
-    "--config.averaging.gap=20",
+    *RUN40,
     f"--config.data_dir={tmp_path / 'data'}",
     "--step=20",
   ]
@@ -394,6 +430,46 @@ def test_sidetrip_with_parent_and_itself_in_a_bucket_matches_the_local_one(
   assert fs.exists(f"{BUCKET}/trip/metrics.jsonl") and not fs.exists(f"{BUCKET}/trip/.trajax.lock")
   # The parent in the bucket was only read.
   assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/sidetrip-parent")) == ["checkpoints"]
+
+
+@pytest.mark.slow
+def test_damaged_latest_checkpoint_in_a_bucket_is_quarantined_and_the_resume_is_bit_exact(
+  emulator, local_run, tmp_path
+):
+  """An object store cannot rename: the quarantine is a copy, then a delete (commit marker first)."""
+  env, fs = emulator
+  bad = str(tmp_path / "bad")
+  shutil.copytree(local_run, bad)
+  meta = os.path.join(bad, "checkpoints", "40", "meta", "metadata")
+  text = open(meta).read()
+  open(meta, "w").write(text.replace('"lr": 0.05', '"lr": 0.07'))
+  url = _upload(fs, bad, "damaged")
+  data_dir = json.loads(text)["config"]["data_dir"]
+  proc = _cli(
+    "trajax.main",
+    [
+      *RUN40,
+      f"--config.data_dir={data_dir}",
+      f"--workdir={url}",
+    ],
+    env,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "checkpoint step 40 is damaged and was moved to" in proc.stderr
+  fs.invalidate_cache()
+  (moved,) = fs.ls(f"{BUCKET}/damaged/quarantined_checkpoints")
+  assert moved.rsplit("/", 1)[-1].startswith("40-")
+  kept = sorted(p[len(moved) + 1 :] for p in fs.find(moved))
+  original = sorted(
+    os.path.relpath(os.path.join(r, n), os.path.join(bad, "checkpoints", "40"))
+    for r, _, names in os.walk(os.path.join(bad, "checkpoints", "40"))
+    for n in names
+  )
+  assert kept == sorted([*original, "quarantine_reason.txt"])  # all of it, nothing half-way
+  assert "metadata digest mismatch" in fs.cat(f"{moved}/quarantine_reason.txt").decode()
+  assert fs.cat(f"{moved}/meta/metadata").decode() == open(meta).read()
+  # Resumed from step 20 and trained step 40 again: as the undamaged local run.
+  assert _compare_in_a_fresh_process(env, url, local_run, [20, 40]) == "identical"
 
 
 def _readme_gs_commands() -> list[str]:

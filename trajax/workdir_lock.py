@@ -518,6 +518,10 @@ def acquire(workdir: str, *, force_takeover: bool | None = None) -> WorkdirLock:
         "(a run needs a writable workdir)"
       )
       busy = False
+    except Exception as e:  # noqa: BLE001 -- an object store's client errors (HTTP, auth)
+      if not paths.is_remote(workdir):
+        raise
+      error, busy = f"cannot lock workdir {workdir}: {type(e).__name__}: {e}", False
   if jax.process_count() > 1:
     error = _broadcast_error(error)
   if error is not None:
