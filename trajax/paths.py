@@ -272,8 +272,19 @@ def files_below(path) -> list[str]:
     for root, _, names in os.walk(path):
       out += [os.path.relpath(os.path.join(root, n), path) for n in names]
     return sorted(out)
-  root = _epath(path)
-  return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+  # walk, not rglob: gcsfs refuses a recursive glob. A walk's roots may come
+  # back without the scheme (fsspec) or with it (tf.io.gfile).
+  base = os.fspath(path).rstrip("/")
+  bare = base.split("://", 1)[1]
+  out = []
+
+  def fail(e):
+    raise e
+
+  for root, _, names in _epath(base).walk(on_error=fail):
+    rel = os.fspath(root).split("://", 1)[-1].rstrip("/")[len(bare) :].strip("/")
+    out += [f"{rel}/{n}" if rel else n for n in names]
+  return sorted(out)
 
 
 def move_tree(src: str, dst: str, *, first_removed: str | None = None) -> None:
