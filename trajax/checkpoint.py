@@ -344,15 +344,11 @@ class Checkpointer:
     async_save=True,
     force_takeover: bool | None = None,
   ):
-    from trajax import workdir_lock
-
-    from trajax import paths
+    from trajax import paths, workdir_lock
 
     ocp = _ocp()
     self.directory = paths.absolute(directory)
-    self._lock = workdir_lock.acquire(
-      paths.dirname(self.directory), force_takeover=force_takeover
-    )
+    self._lock = workdir_lock.acquire(paths.dirname(self.directory), force_takeover=force_takeover)
     self._digester = None
     try:
       if jax.process_index() == 0:
@@ -793,9 +789,7 @@ def write_digests(workdir: str) -> list[str]:
   Returns:
     One line per step: what was done or why not.
   """
-  from trajax import workdir_lock
-
-  from trajax import paths
+  from trajax import paths, workdir_lock
 
   directory = resolve_directory(workdir)
   lines = []

@@ -12,7 +12,9 @@ same command again resumes from the workdir's latest committed checkpoint
 scripts). SIGTERM (preemption) saves a checkpoint at the current step and exits
 0. One process writes a workdir: a second launch on a busy workdir is refused
 naming the holder (``--force_takeover`` overrides a lock whose holder died on
-another host; see :mod:`trajax.workdir_lock`). Multi-host: ``--jax_distributed``
+another host; see :mod:`trajax.workdir_lock`). The workdir may be in a bucket,
+``--workdir=gs://BUCKET/NAME`` (every file through etils ``epath``; the lock is
+then a lease object, :mod:`trajax.workdir_lock`). Multi-host: ``--jax_distributed``
 or the environment (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
 ``JAX_PROCESS_ID``; or a TPU/SLURM cluster) calls ``jax.distributed.initialize()``
 before anything touches the devices. The console shows one progress line per
@@ -27,7 +29,9 @@ import os
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run directory (checkpoints, metrics): a local path or gs://BUCKET/NAME."
+)
 _RESUME = flags.DEFINE_enum(
   "resume",
   "auto",
@@ -44,7 +48,8 @@ _FORCE_TAKEOVER = flags.DEFINE_bool(
   "force_takeover",
   False,
   "Take the workdir's lock even though another process holds it: only for a holder that "
-  "is dead on another host (a network-filesystem lock can outlive its host). It overrides "
+  "is dead on another host (a network-filesystem lock, or a bucket's lease object, can "
+  "outlive its host). It overrides "
   "the one-writer-per-workdir guarantee; a live holder and this run would destroy each "
   "other's checkpoints. Refused when the holder is alive on this host.",
 )

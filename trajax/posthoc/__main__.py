@@ -343,7 +343,8 @@ def _check_paths(run_directory: str | None = None) -> str:
   """
   from trajax import paths
 
-  paths.check_local_path(_OUT.value, "--out")  # a gs:// --out: one line (a bucket --workdir is read)
+  # A gs:// --out: one line (a --workdir in a bucket is only read).
+  paths.check_local_path(_OUT.value, "--out")
   for flag in (_WORKDIR, _OUT):
     given = os.path.abspath(flag.value)
     real = os.path.realpath(given)

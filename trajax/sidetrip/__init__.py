@@ -114,7 +114,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 from collections.abc import Callable, Iterable
 from typing import Any
 

@@ -14,7 +14,9 @@ def _define_flags():
 
   flags.DEFINE_string("parent", None, "The parent run's WORKDIR (or WORKDIR/checkpoints).")
   flags.DEFINE_integer("step", None, "A committed step of the parent to branch off.")
-  flags.DEFINE_string("workdir", None, "The side-trip's own directory.")
+  flags.DEFINE_string(
+    "workdir", None, "The side-trip's own directory (a local path or gs://BUCKET/NAME)."
+  )
   flags.DEFINE_bool(
     "parent_moved",
     False,
