@@ -16,11 +16,15 @@ What is tested here, every time through the real command lines in fresh
 processes: reading a run in a bucket (``trajax.verify``, ``trajax.runs``);
 a path that names no run in a bucket, or a missing bucket, refused in one
 line; a second launch on a bucket run refused naming the holder of its lease
-(:mod:`trajax.workdir_lock`). Slow (``make test-slow``): a main run in a
+(:mod:`trajax.workdir_lock`), another host's lease refused while fresh and
+taken when stale or forced; ``verify --write_digests`` in a bucket; a gs://
+``posthoc --out`` refused in one line. Slow (``make test-slow``): a main run in a
 bucket killed with SIGKILL after a checkpoint and resumed with the same
 command, bit-exact against an uninterrupted local run (metrics included); a
 side-trip with its parent and itself in the bucket, bit-exact against the
-same side-trip run locally; the README's ``gs://`` block, as written.
+same side-trip run locally; a damaged latest checkpoint in a bucket
+quarantined (copied, then deleted) and the resume bit-exact; the README's
+``gs://`` block, as written.
 """
 
 from __future__ import annotations
@@ -226,6 +230,52 @@ lock = workdir_lock.acquire(sys.argv[1])
 print("holding", flush=True)
 time.sleep(600)
 """
+
+
+_LEASES = """
+import json, sys, time
+from etils import epath
+from trajax import workdir_lock
+url = sys.argv[1]
+lease = epath.Path(url + "/.trajax.lock")
+def plant(age):
+  rec = {"host": "elsewhere", "pid": 1, "started": "then", "argv": "x", "token": "t"}
+  lease.write_text(json.dumps({**rec, "renewed": time.time() - age}))
+plant(5)
+try:
+  workdir_lock.acquire(url)
+  print("fresh: taken")
+except workdir_lock.WorkdirBusyError as e:
+  print("fresh:", e)
+lock = workdir_lock.acquire(url, force_takeover=True)
+print("forced:", json.loads(lease.read_text())["token"] == lock.record["token"])
+lock.release()
+print("released:", not lease.exists())
+plant(workdir_lock.LEASE_S + 60)
+lock = workdir_lock.acquire(url)
+print("stale:", json.loads(lease.read_text())["token"] == lock.record["token"])
+lock.release()
+"""
+
+
+def test_lease_of_another_host_is_refused_while_fresh_and_taken_when_stale_or_forced(emulator):
+  """A lease names a holder elsewhere: fresh, it refuses; --force_takeover or staleness take it."""
+  env, _ = emulator
+  proc = subprocess.run(
+    [sys.executable, "-c", _LEASES, f"gs://{BUCKET}/leases"],
+    cwd=REPO,
+    env=wc.subprocess_env(CACHE_DIR, **env),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  assert lines[0].startswith(f"fresh: workdir gs://{BUCKET}/leases is in use by pid 1 on host ")
+  assert "elsewhere" in lines[0] and "--force_takeover" in lines[0]
+  assert lines[1:] == ["forced: True", "released: True", "stale: True"]
+  assert "--force_takeover: overriding the workdir lease of pid 1" in proc.stderr
+  assert "stale lease of pid 1 on host elsewhere" in proc.stderr and "not renewed for" in proc.stderr
 
 
 def test_second_launch_on_a_bucket_run_is_refused_naming_the_holder(emulator, tmp_path):
