@@ -275,7 +275,9 @@ def test_lease_of_another_host_is_refused_while_fresh_and_taken_when_stale_or_fo
   assert "elsewhere" in lines[0] and "--force_takeover" in lines[0]
   assert lines[1:] == ["forced: True", "released: True", "stale: True"]
   assert "--force_takeover: overriding the workdir lease of pid 1" in proc.stderr
-  assert "stale lease of pid 1 on host elsewhere" in proc.stderr and "not renewed for" in proc.stderr
+  assert (
+    "stale lease of pid 1 on host elsewhere" in proc.stderr and "not renewed for" in proc.stderr
+  )
 
 
 def test_second_launch_on_a_bucket_run_is_refused_naming_the_holder(emulator, tmp_path):
