@@ -109,6 +109,12 @@ def main(argv):
     config_validation.validate(_CONFIG.value)
   except config_validation.ConfigError as e:
     raise SystemExit(f"config error: {e}") from None
+  from trajax import paths
+
+  try:  # a path that names no run (a backslash, a bare bucket, '..' in a URL): now, in a second
+    paths.check_path(_WORKDIR.value, "--workdir")
+  except paths.PathError as e:
+    raise SystemExit(one_line_error(e)) from None
   # TensorFlow (tf.data, TFDS, TensorBoard) must not take GPU/TPU memory.
   tf = metrics.import_tensorflow(verbose_libs=_VERBOSE_LIBS.value)
 
