@@ -191,6 +191,14 @@ def quarantine_uncommitted(directory: str) -> list[str]:
   workdir. Returns the new paths. Orbax's own temporary directories are left
   to its ``cleanup_tmp_directories``.
   """
+  from trajax import paths
+
+  if paths.is_remote(directory):  # an object store has no links
+    if not paths.isdir(directory):
+      return []
+    names = [n for n in paths.listdir(directory) if _STEP_RE.match(n)]
+    full = [paths.join(directory, n) for n in names]
+    return [_move_aside(p) for p in full if paths.isdir(p) and not _is_committed(p)]
   if not os.path.isdir(directory):
     return []
   moved = []
@@ -336,13 +344,11 @@ class Checkpointer:
     async_save=True,
     force_takeover: bool | None = None,
   ):
-    from trajax import workdir_lock
+    from trajax import paths, workdir_lock
 
     ocp = _ocp()
-    self.directory = os.path.abspath(directory)
-    self._lock = workdir_lock.acquire(
-      os.path.dirname(self.directory), force_takeover=force_takeover
-    )
+    self.directory = paths.absolute(directory)
+    self._lock = workdir_lock.acquire(paths.dirname(self.directory), force_takeover=force_takeover)
     self._digester = None
     try:
       if jax.process_index() == 0:
@@ -443,12 +449,16 @@ class Checkpointer:
         error = str(e)
       else:
         try:
-          flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-          with os.fdopen(
-            os.open(os.path.join(dest, "quarantine_reason.txt"), flags, 0o644), "w"
-          ) as f:
-            f.write(reason + "\n")
-        except OSError as e:  # the move is what matters; the reason is also logged
+          from trajax import paths
+
+          reason_path = paths.join(dest, "quarantine_reason.txt")
+          if paths.is_remote(dest):
+            paths.write_bytes(reason_path, (reason + "\n").encode())
+          else:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            with os.fdopen(os.open(reason_path, flags, 0o644), "w") as f:
+              f.write(reason + "\n")
+        except Exception as e:  # noqa: BLE001 -- the move is what matters; the reason is also logged
           logging.warning("could not write the quarantine reason into %s: %s", dest, e)
     _sync("trajax.checkpoint.quarantine_step")
     if jax.process_count() > 1:
@@ -478,6 +488,8 @@ class Checkpointer:
     Raises:
       CheckpointCorruptError: checkpoints exist but none is good (all moved).
     """
+    from trajax import paths
+
     steps = committed_steps(self.directory)
     moved = []
     _quiet_closed_loop_callbacks()
@@ -505,7 +517,7 @@ class Checkpointer:
             "trajax.verify --write_digests %s`",
             step,
             " and no ".join(missing),
-            os.path.dirname(self.directory),
+            paths.dirname(self.directory),
           )
         return step, state, meta
       dest = self.quarantine(step, reason)
@@ -513,7 +525,9 @@ class Checkpointer:
       logging.warning("checkpoint step %d is damaged and was moved to %s: %s", step, dest, reason)
     if not steps:
       return None
-    qdir = os.path.join(os.path.dirname(self.directory), QUARANTINE_DIR)
+    from trajax import paths
+
+    qdir = paths.join(paths.dirname(self.directory), QUARANTINE_DIR)
     raise CheckpointCorruptError(
       f"no good checkpoint in {self.directory}: all {len(steps)} committed checkpoint(s) "
       f"(steps {steps}) failed their checks and were moved to {qdir} (each with a "
@@ -601,9 +615,30 @@ def _move_aside(path: str) -> str:
   read-only target fails before anything moves). The quarantine directory must
   be a real directory of the workdir, not a link out of it.
 
+  On an object store (no rename) it is a copy of every object, then the
+  deletion of the originals, commit marker first (:func:`trajax.paths.move_tree`):
+  a failed copy is undone and nothing moves; a failed deletion leaves the
+  quarantined copy complete and the original no longer committed, and says
+  what is left to delete.
+
   Raises:
     QuarantineError: naming what could not be moved, where, and why.
   """
+  from trajax import paths
+
+  if paths.is_remote(path):
+    parent = paths.dirname(path)
+    target_dir = paths.join(paths.dirname(parent), QUARANTINE_DIR)
+    dest = paths.join(
+      target_dir, f"{paths.basename(path)}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    )
+    try:
+      if paths.exists(dest):
+        raise paths.PathError(f"{dest} already exists; nothing was moved")
+      paths.move_tree(path, dest, first_removed=_COMMIT_FILE)
+    except paths.PathError as e:
+      raise QuarantineError(f"could not move {path} aside to {target_dir}: {e}") from None
+    return dest
   parent = os.path.dirname(os.path.abspath(path))
   target_dir = os.path.join(os.path.dirname(parent), QUARANTINE_DIR)
   name = os.path.basename(path)
@@ -754,13 +789,13 @@ def write_digests(workdir: str) -> list[str]:
   Returns:
     One line per step: what was done or why not.
   """
-  from trajax import workdir_lock
+  from trajax import paths, workdir_lock
 
   directory = resolve_directory(workdir)
   lines = []
-  with workdir_lock.acquire(os.path.dirname(directory)):
+  with workdir_lock.acquire(paths.dirname(directory)):
     for step in committed_steps(directory):
-      step_dir = os.path.join(directory, str(step))
+      step_dir = paths.join(directory, str(step))
       try:
         meta = _read_meta_file(step_dir, step, check=True)
       except CheckpointCorruptError as e:
@@ -781,25 +816,18 @@ def write_digests(workdir: str) -> list[str]:
         continue
       if not meta.get("digests"):
         meta["digests"] = tree_digests(tree)
-      _replace_file(os.path.join(step_dir, "meta", "metadata"), json.dumps(seal_meta(meta)))
+      _replace_file(paths.join(step_dir, "meta", "metadata"), json.dumps(seal_meta(meta)))
       lines.append(f"step {step}: added {' and '.join(missing)}")
   return lines
 
 
 def _replace_file(path: str, text: str):
-  """Writes ``text`` to a new file beside ``path`` and renames it over ``path``."""
-  if os.path.islink(path):
+  """Writes ``text`` to a new file beside ``path`` and renames it over ``path``.
+
+  (:func:`trajax.paths.write_bytes`; on an object store one upload replaces it.)
+  """
+  from trajax import paths
+
+  if not paths.is_remote(path) and os.path.islink(path):
     raise CheckpointCorruptError(f"{path} is a symbolic link: not writing through it")
-  tmp = f"{path}.tmp-{os.getpid()}"
-  flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-  fd = os.open(tmp, flags, 0o644)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.unlink(tmp)
-    raise
+  paths.write_bytes(path, text.encode())

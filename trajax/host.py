@@ -144,24 +144,35 @@ def summarize(window: list[dict]) -> dict[str, float]:
 
 
 def check_workdir(workdir) -> str:
-  """The absolute workdir; refuses a missing parent directory or a checkpoints directory."""
+  """The absolute workdir; refuses a missing parent directory or a checkpoints directory.
+
+  An object-store workdir (``gs://bucket/run``, :func:`trajax.paths.check_path`)
+  has no parent directory to check: its bucket must exist.
+  """
   from trajax import checkpoint as ckpt_lib
+  from trajax import paths
 
   if not workdir:
     raise state_lib.ResumeError(f"workdir must be a directory path, got {workdir!r}")
-  workdir = os.path.abspath(os.fspath(workdir))
-  parent = os.path.dirname(workdir)
-  if not os.path.isdir(parent):
+  remote = paths.is_remote(workdir)
+  workdir = paths.absolute(workdir)
+  parent = paths.dirname(workdir)
+  if remote:
+    try:
+      paths.makedirs(workdir)  # creates nothing: the bucket must exist
+    except paths.PathError as e:
+      raise state_lib.ResumeError(str(e)) from None
+  elif not os.path.isdir(parent):
     raise state_lib.ResumeError(
       f"workdir {workdir!r}: parent directory {parent!r} does not exist "
       "(create it first; a mistyped path must not start a fresh run)"
     )
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  if paths.isfile(workdir) if remote else os.path.exists(workdir) and not os.path.isdir(workdir):
     raise state_lib.ResumeError(f"workdir {workdir!r} exists and is not a directory")
   for inner in (workdir, parent):
     # A run's checkpoints/ (or one of its step folders) given as the workdir
     # would start a fresh run inside the committed checkpoints.
-    if os.path.basename(inner) == "checkpoints" or ckpt_lib.committed_steps(inner):
+    if paths.basename(inner) == "checkpoints" or ckpt_lib.committed_steps(inner):
       raise state_lib.ResumeError(
         f"workdir {workdir!r} lies in a checkpoints directory ({inner!r}); pass the run's "
         "WORKDIR (the directory that holds checkpoints/), not its checkpoints"

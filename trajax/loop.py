@@ -223,7 +223,7 @@ def fit(
 def _open_outputs(config, opened: Opened, stored):
   """``(writer, fingerprint file or None)``: the metrics and fingerprint files, truncated
   to the resumed step (a resume rewrites what followed it) or started afresh."""
-  from trajax import config_validation, host, metrics
+  from trajax import config_validation, host, metrics, paths
 
   process_index = jax.process_index()
   step = int(opened.state.step)
@@ -237,7 +237,7 @@ def _open_outputs(config, opened: Opened, stored):
   if not opened.resumed:
     writer.write_hparams(config_validation.flatten(stored))
   log_fp = config.log_batch_fingerprints and process_index == 0
-  return writer, open(fp_path, "a") if log_fp else None
+  return writer, paths.Appender(fp_path) if log_fp else None
 
 
 def _open_input(config, opened: Opened, batches):
@@ -343,6 +343,7 @@ def run_loop(
       meta["lr_hyper"] = hyper
     if fp_file is not None:
       fp_file.flush()  # the fingerprints of steps < step must survive once `step` commits
+    writer.flush()  # and the logged metrics (in an object store they are uploaded now)
     checkpointer.save(step, state, meta)
     last_good = checkpointer.path(step)
 

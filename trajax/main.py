@@ -12,7 +12,9 @@ same command again resumes from the workdir's latest committed checkpoint
 scripts). SIGTERM (preemption) saves a checkpoint at the current step and exits
 0. One process writes a workdir: a second launch on a busy workdir is refused
 naming the holder (``--force_takeover`` overrides a lock whose holder died on
-another host; see :mod:`trajax.workdir_lock`). Multi-host: ``--jax_distributed``
+another host; see :mod:`trajax.workdir_lock`). The workdir may be in a bucket,
+``--workdir=gs://BUCKET/NAME`` (every file through etils ``epath``; the lock is
+then a lease object, :mod:`trajax.workdir_lock`). Multi-host: ``--jax_distributed``
 or the environment (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
 ``JAX_PROCESS_ID``; or a TPU/SLURM cluster) calls ``jax.distributed.initialize()``
 before anything touches the devices. The console shows one progress line per
@@ -27,7 +29,9 @@ import os
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run directory (checkpoints, metrics): a local path or gs://BUCKET/NAME."
+)
 _RESUME = flags.DEFINE_enum(
   "resume",
   "auto",
@@ -44,7 +48,8 @@ _FORCE_TAKEOVER = flags.DEFINE_bool(
   "force_takeover",
   False,
   "Take the workdir's lock even though another process holds it: only for a holder that "
-  "is dead on another host (a network-filesystem lock can outlive its host). It overrides "
+  "is dead on another host (a network-filesystem lock, or a bucket's lease object, can "
+  "outlive its host). It overrides "
   "the one-writer-per-workdir guarantee; a live holder and this run would destroy each "
   "other's checkpoints. Refused when the holder is alive on this host.",
 )
@@ -104,6 +109,12 @@ def main(argv):
     config_validation.validate(_CONFIG.value)
   except config_validation.ConfigError as e:
     raise SystemExit(f"config error: {e}") from None
+  from trajax import paths
+
+  try:  # a path that names no run (a backslash, a bare bucket, '..' in a URL): now, in a second
+    paths.check_path(_WORKDIR.value, "--workdir")
+  except paths.PathError as e:
+    raise SystemExit(one_line_error(e)) from None
   # TensorFlow (tf.data, TFDS, TensorBoard) must not take GPU/TPU memory.
   tf = metrics.import_tensorflow(verbose_libs=_VERBOSE_LIBS.value)
 
@@ -134,7 +145,9 @@ def _prepare_workdir(workdir: str, resume: str) -> str:
   """
   from trajax import paths
 
-  workdir = paths.check_local_path(workdir, "--workdir")
+  workdir = paths.check_path(workdir, "--workdir")
+  if paths.is_remote(workdir):
+    return workdir  # an object store has no directories to create; the bucket must exist
   parent = os.path.dirname(workdir)
   if resume != "require" and not os.path.exists(parent):
     os.makedirs(parent, exist_ok=True)

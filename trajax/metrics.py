@@ -7,6 +7,14 @@ appears at most once per name. A run that starts from step 0 in a workdir that
 holds an earlier run's lines never truncates them: the old file is archived
 beside it (``metrics.jsonl.<time>.bak``) and a log line says so. Only process 0 writes files; other processes
 log only. clu and TensorFlow are imported inside the functions.
+
+In an object store (``gs://``) every file goes through :mod:`trajax.paths`
+(etils ``epath``): ``metrics.jsonl`` is rewritten whole at most every 30 s
+and at every checkpoint (:class:`trajax.paths.Appender`: objects cannot be
+appended to), and TensorBoard's event file is written by
+:class:`EventFileWriter` -- TensorBoard's own record format and protos, through
+the same path layer -- instead of ``tf.summary``, whose GCS client has no
+setting for another endpoint (so a GCS emulator could not test it).
 """
 
 from __future__ import annotations
@@ -133,14 +141,15 @@ class JsonlWriter:
   """Appends scalars as JSON lines (non-finite values are written as null)."""
 
   def __init__(self, path: str):
+    from trajax import paths
+
     self.path = path
-    self._file = open(path, "a")
+    self._file = paths.Appender(path)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     record = {"step": int(step)}
     record.update({k: _float(v) for k, v in scalars.items()})
     self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
 
   def _not_scalars(self, *args, **kwargs):
     """JSON lines hold scalars only: summaries, images, videos, audio, text,
@@ -153,14 +162,64 @@ class JsonlWriter:
   def write_hparams(self, hparams: Mapping[str, Any]):
     record = {"step": 0, "hparams": {k: v for k, v in hparams.items()}}
     self._file.write(json.dumps(record, default=str) + "\n")
-    self._file.flush()
 
   def flush(self):
     self._file.flush()
 
   def close(self):
-    if not self._file.closed:
-      self._file.close()
+    self._file.close()
+
+
+class EventFileWriter:
+  """TensorBoard scalars in an event file under ``logdir``, through :mod:`trajax.paths`.
+
+  What ``tf.summary`` writes for a scalar (an ``Event`` holding a
+  ``Summary.Value`` with ``simple_value``, framed as TFRecords), written with
+  TensorBoard's own protos and record writer onto a
+  :class:`trajax.paths.Appender`, so it reaches any path ``epath`` reaches.
+  Used for object-store workdirs; local ones keep clu's writer.
+  """
+
+  def __init__(self, logdir: str):
+    import socket
+
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    from trajax import paths
+
+    self._pb = event_pb2
+    name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.trajax"
+    self.path = paths.join(logdir, name)
+    self._records = RecordWriter(paths.Appender(self.path, binary=True))
+    self._event(file_version="brain.Event:2")
+
+  def _event(self, **fields):
+    event = self._pb.Event(wall_time=time.time(), **fields)
+    self._records.write(event.SerializeToString())
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    from tensorboard.compat.proto import summary_pb2
+
+    values = [
+      summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+      for k, v in scalars.items()
+      if _float(v) is not None
+    ]
+    self._event(step=int(step), summary=summary_pb2.Summary(value=values))
+
+  def _not_scalars(self, *args, **kwargs):
+    """Scalars only (what a run writes); hyperparameters are in ``metrics.jsonl``."""
+    del args, kwargs
+
+  write_summaries = write_images = write_videos = write_audios = _not_scalars
+  write_texts = write_histograms = write_pointcloud = write_hparams = _not_scalars
+
+  def flush(self):
+    self._records.flush()
+
+  def close(self):
+    self._records.close()
 
 
 def rewind_jsonl(path: str, last_step: int | None) -> str | None:
@@ -176,15 +235,21 @@ def rewind_jsonl(path: str, last_step: int | None) -> str | None:
   Returns:
     The archive's path, or None when nothing was archived.
   """
-  if not os.path.exists(path) or os.path.getsize(path) == 0:
+  from trajax import paths
+
+  if not paths.isfile(path) or not paths.read_bytes(path):
     return None
   if last_step is None or last_step < 0:
     archive = f"{path}.{time.strftime('%Y%m%dT%H%M%S')}.bak"
     n = 0
-    while os.path.exists(archive):  # two restarts in one second
+    while paths.exists(archive):  # two restarts in one second
       n += 1
       archive = f"{path}.{time.strftime('%Y%m%dT%H%M%S')}-{n}.bak"
-    os.replace(path, archive)
+    if paths.is_remote(path):
+      paths.write_bytes(archive, paths.read_bytes(path))  # an object store: copy, delete
+      paths.remove(path)
+    else:
+      os.replace(path, archive)
     logging.warning(
       "%s held lines of an earlier run and this run starts from step 0: archived it to %s",
       path,
@@ -192,22 +257,18 @@ def rewind_jsonl(path: str, last_step: int | None) -> str | None:
     )
     return archive
   keep, dropped = [], 0
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:  # a line cut by a kill
-        dropped += 1
-        continue
-      if record.get("step", 0) <= last_step:
-        keep.append(line)
-      else:
-        dropped += 1
+  for line in paths.read_bytes(path).decode(errors="replace").splitlines(keepends=True):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:  # a line cut by a kill
+      dropped += 1
+      continue
+    if record.get("step", 0) <= last_step:
+      keep.append(line)
+    else:
+      dropped += 1
   if dropped:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
+    paths.write_bytes(path, "".join(keep).encode())
     logging.info(
       "%s: dropped %d line(s) after step %d (the resumed run writes them again)",
       path,
@@ -219,23 +280,27 @@ def rewind_jsonl(path: str, last_step: int | None) -> str | None:
 
 def read_jsonl(path: str) -> list[dict]:
   """The records of a ``metrics.jsonl`` (for experiments and tests)."""
-  out = []
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if line:
-        out.append(json.loads(line))
-  return out
+  from trajax import paths
+
+  lines = paths.read_bytes(path).decode().splitlines()
+  return [json.loads(line) for line in lines if line.strip()]
 
 
 def create_writer(workdir: str, *, process_index: int = 0):
   """clu ``MultiWriter``: TensorBoard + logging + JSON lines (process 0 only)."""
   from clu import metric_writers
 
+  from trajax import paths
+
   if process_index != 0:
     return metric_writers.LoggingWriter()
+  jsonl = JsonlWriter(paths.join(workdir, "metrics.jsonl"))
+  if paths.is_remote(workdir):
+    return metric_writers.MultiWriter(
+      [metric_writers.LoggingWriter(), EventFileWriter(workdir), jsonl]
+    )
   tb = metric_writers.create_default_writer(workdir, asynchronous=True)
-  return metric_writers.MultiWriter([tb, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+  return metric_writers.MultiWriter([tb, jsonl])
 
 
 def _duration(seconds: float) -> str:

@@ -125,7 +125,7 @@ def _inspect_workdir(workdir, *, stored, resume, resume_allowed) -> tuple[str, l
   from trajax import checkpoint as ckpt_lib
   from trajax import config_validation, host, paths, workdir_lock
 
-  workdir = host.check_workdir(paths.check_local_path(workdir))
+  workdir = host.check_workdir(paths.check_path(workdir))
   # Nothing is written through a link or over a file of the wrong kind.
   paths.check_entries(workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -232,7 +232,7 @@ def open_and_restore(
   (:func:`trajax.loop.run_loop` does).
   """
   from trajax import checkpoint as ckpt_lib
-  from trajax import host
+  from trajax import host, paths
 
   t_begin = time.perf_counter()
   stored = config if stored is None else stored
@@ -257,7 +257,7 @@ def open_and_restore(
   stop = host._StopFlag()
   checkpointer = None
   try:
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     # The workdir's writer comes first: nothing else is written there before it.
     checkpointer = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"),

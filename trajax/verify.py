@@ -185,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
   metrics.configure_console(verbose_libs="--verbose_libs" in given)
   try:
     path = argv[0]
-    if "--write_digests" in given or not paths.is_remote(path):  # reading a bucket is fine
-      path = paths.check_local_path(path, "WORKDIR")
+    path = paths.check_path(path, "WORKDIR")
     if "--write_digests" in given:
       from trajax import checkpoint as ckpt_lib
 

@@ -30,6 +30,32 @@ busy lock file is renamed aside and a new one is locked; the old holder, if it
 is alive after all, keeps writing, which is why it is refused when the holder
 runs on this host and is alive.
 
+Object stores (``gs://bucket/run``): an object cannot be ``flock``-ed, and no
+kernel drops a lock when its holder dies. There the lock is a *lease object*
+``WORKDIR/.trajax.lock`` holding the holder's record plus ``renewed`` (epoch
+seconds), which the holder rewrites every :data:`RENEW_S` seconds from a
+background thread and deletes on a clean release. A launch that finds the
+object refuses, naming the holder, unless the lease is stale: not renewed for
+:data:`LEASE_S` seconds (the holder's host died or lost the network), or its
+holder ran on this host and its pid is gone (kill -9, OOM): then it logs that
+the stale lease was recognised and takes it. ``--force_takeover`` overrides a
+fresh lease (refused, as locally, when the holder is alive on this host).
+
+What this guarantees, and what not: a single writer per run as long as
+launches are not simultaneous. A new lease is created with a generation
+precondition (``ifGenerationMatch=0`` through ``gcsfs``, when that is the
+filesystem: of two launches racing on an absent lease exactly one creates
+it on GCS); replacing a stale lease is read-check-write, so two launches
+taking over the same stale lease within about a second of each other can both
+win -- this race window is the documented limit, and why a run in a bucket
+is started by one script, not by several at once. A holder whose lease was
+taken over (it stalled for longer than :data:`LEASE_S`) logs an error at its
+next renewal. The lease's age is judged by the reader's clock against the
+holder's: clocks may differ by much less than :data:`LEASE_S`. (The GCS
+emulator the tests use ignores preconditions, so the create race is not
+tested on this machine; the refusal, the stale-lease takeover and the
+release are.)
+
 Multi-host runs: process 0 takes the lock, then broadcasts whether it got it
 (and the refusal message), so every process fails together with the same
 error instead of waiting at the next barrier.
@@ -44,7 +70,9 @@ import os
 import socket
 import stat
 import sys
+import threading
 import time
+import uuid
 
 from absl import logging
 
@@ -53,6 +81,10 @@ LOCK_NAME = ".trajax.lock"
 _MESSAGE_BYTES = 2048
 
 _takeover_requested: set[str] = set()
+
+# Object-store leases: renewed every RENEW_S seconds, stale after LEASE_S without renewal.
+RENEW_S = 60.0
+LEASE_S = 600.0
 
 
 class WorkdirLockError(RuntimeError):
@@ -64,12 +96,16 @@ class WorkdirBusyError(WorkdirLockError):
 
 
 def lock_path(workdir: str) -> str:
-  return os.path.join(os.path.abspath(os.fspath(workdir)), LOCK_NAME)
+  from trajax import paths
+
+  return paths.join(paths.absolute(workdir), LOCK_NAME)
 
 
 def request_takeover(workdir: str):
   """Lets the next :func:`acquire` on ``workdir`` override a busy lock (``--force_takeover``)."""
-  _takeover_requested.add(os.path.abspath(os.fspath(workdir)))
+  from trajax import paths
+
+  _takeover_requested.add(paths.absolute(workdir))
 
 
 def _record() -> dict:
@@ -190,8 +226,15 @@ def probe(workdir: str) -> None:
   """
   import jax
 
+  from trajax import paths
+
   error = None
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and paths.is_remote(workdir):
+    holder = _read_remote(lock_path(workdir))
+    if holder is not None and _stale(holder) is None:
+      error = f"workdir {paths.absolute(workdir)} is in use by {_describe(holder)}"
+      error += "; wait for it to finish or stop it, or use another --workdir"
+  elif jax.process_index() == 0:
     path = lock_path(workdir)
     try:
       fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -285,6 +328,156 @@ def _acquire_local(workdir: str, force_takeover: bool) -> WorkdirLock:
   return WorkdirLock(path, fd)
 
 
+class LeaseLock(WorkdirLock):
+  """A held object-store lease (see the module docstring); :meth:`release` deletes it."""
+
+  def __init__(self, path: str, record: dict):
+    super().__init__(path, None)
+    self.record = record
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._renew, name="trajax-lease", daemon=True)
+    self._thread.start()
+
+  @property
+  def held(self) -> bool:
+    return not self._stop.is_set()
+
+  def _ours(self, rec: dict | None) -> bool:
+    return bool(rec) and rec.get("token") == self.record["token"]
+
+  def _renew(self):
+    from trajax import paths
+
+    while not self._stop.wait(RENEW_S):
+      try:
+        if not self._ours(_read_remote(self.path)):
+          logging.error(
+            "workdir lease %s was taken over by another launch (this run did not renew it "
+            "for %.0f s): two writers now share the run; stop one of them",
+            self.path,
+            LEASE_S,
+          )
+          return
+        self.record["renewed"] = time.time()
+        paths.write_bytes(self.path, (json.dumps(self.record) + "\n").encode())
+      except Exception as e:  # noqa: BLE001 -- a missed renewal is retried; the lease is long
+        logging.warning("could not renew the workdir lease %s: %s", self.path, e)
+
+  def release(self):
+    """Stops renewing and deletes the lease object if it is still this run's (idempotent)."""
+    from trajax import paths
+
+    if self._stop.is_set():
+      return
+    self._stop.set()
+    try:
+      if self._ours(_read_remote(self.path)):
+        paths.remove(self.path)
+    except Exception as e:  # noqa: BLE001 -- the lease then goes stale after LEASE_S
+      logging.warning("could not delete the workdir lease %s: %s", self.path, e)
+
+
+def _read_remote(path: str) -> dict | None:
+  from trajax import paths
+
+  if not paths.exists(path):
+    return None
+  text = paths.read_bytes(path).decode(errors="replace").strip()
+  if not text:
+    return None
+  try:
+    rec = json.loads(text)
+  except json.JSONDecodeError:
+    return {"host": "?", "pid": "?", "started": "?", "argv": text[:200]}
+  return rec if isinstance(rec, dict) else None
+
+
+def _stale(rec: dict | None) -> str | None:
+  """Why a lease record no longer holds the run (None: it holds it)."""
+  if not rec:
+    return "empty"
+  if _alive_here(rec) is False:
+    return "its process is gone"
+  try:
+    age = time.time() - float(rec["renewed"])
+  except (KeyError, TypeError, ValueError):
+    return "it has no renewal time"
+  if age > LEASE_S:
+    return f"not renewed for {age:.0f} s (a lease lasts {LEASE_S:.0f} s)"
+  return None
+
+
+def _create_remote(path: str, data: bytes) -> bool:
+  """Writes a new object; False if it exists (a precondition where the filesystem has one)."""
+  from trajax import paths
+
+  try:
+    import fsspec
+    import gcsfs
+  except ImportError:
+    fs = None
+  else:
+    fs, _ = fsspec.core.url_to_fs(path)
+    fs = fs if isinstance(fs, gcsfs.GCSFileSystem) else None
+  if fs is None:
+    if paths.exists(path):
+      return False
+    paths.write_bytes(path, data)
+    return True
+  try:
+    fs.pipe_file(path, data, mode="create")  # ifGenerationMatch=0
+  except FileExistsError:
+    return False
+  return True
+
+
+def _acquire_remote(workdir: str, force_takeover: bool) -> LeaseLock:
+  from trajax import paths
+
+  path = lock_path(workdir)
+  record = {**_record(), "renewed": time.time(), "token": uuid.uuid4().hex}
+  data = (json.dumps(record) + "\n").encode()
+  holder = _read_remote(path)
+  if holder is None and _create_remote(path, data):
+    return LeaseLock(path, record)
+  holder = holder or _read_remote(path)
+  why = _stale(holder)
+  if why is None:
+    alive = _alive_here(holder)
+    if not force_takeover:
+      raise WorkdirBusyError(
+        f"workdir {workdir} is in use by {_describe(holder)} (its lease {path} was renewed "
+        f"{time.time() - float(holder['renewed']):.0f} s ago); wait for it to finish or stop "
+        f"it, or use another --workdir; if its host is down for good, rerun with "
+        f"--force_takeover (or wait {LEASE_S:.0f} s for the lease to go stale)"
+      )
+    if alive:
+      raise WorkdirBusyError(
+        f"--force_takeover refused: workdir {workdir} is held by {_describe(holder)}, which "
+        "is alive on this host; stop it first"
+      )
+    logging.warning(
+      "--force_takeover: overriding the workdir lease of %s; if that process is still "
+      "alive it will keep writing here and the two runs will corrupt each other's "
+      "checkpoints and logs",
+      _describe(holder),
+    )
+  elif holder is not None:
+    logging.warning(
+      "workdir lease %s: stale lease of %s recognised (%s); taking it",
+      path,
+      _describe(holder),
+      why,
+    )
+  paths.write_bytes(path, data)
+  if _read_remote(path) != record:  # another launch wrote in between: it holds the run
+    raise WorkdirBusyError(
+      f"workdir {workdir} was taken by {_describe(_read_remote(path))} while this launch "
+      "took it over; use another --workdir or stop that run"
+    )
+  return LeaseLock(path, record)
+
+
 def acquire(workdir: str, *, force_takeover: bool | None = None) -> WorkdirLock:
   """Locks ``workdir`` for this run (every process calls it; process 0 locks).
 
@@ -303,15 +496,20 @@ def acquire(workdir: str, *, force_takeover: bool | None = None) -> WorkdirLock:
   """
   import jax
 
-  workdir = os.path.abspath(os.fspath(workdir))
+  from trajax import paths
+
+  workdir = paths.absolute(workdir)
   if force_takeover is None:
     force_takeover = workdir in _takeover_requested
   _takeover_requested.discard(workdir)
   error, busy, lock = None, True, WorkdirLock(lock_path(workdir), None)
   if jax.process_index() == 0:
     try:
-      os.makedirs(workdir, exist_ok=True)
-      lock = _acquire_local(workdir, force_takeover)
+      if paths.is_remote(workdir):
+        lock = _acquire_remote(workdir, force_takeover)
+      else:
+        os.makedirs(workdir, exist_ok=True)
+        lock = _acquire_local(workdir, force_takeover)
     except WorkdirLockError as e:
       error, busy = str(e), isinstance(e, WorkdirBusyError)
     except OSError as e:  # a read-only or full filesystem, a permission
@@ -320,6 +518,10 @@ def acquire(workdir: str, *, force_takeover: bool | None = None) -> WorkdirLock:
         "(a run needs a writable workdir)"
       )
       busy = False
+    except Exception as e:  # noqa: BLE001 -- an object store's client errors (HTTP, auth)
+      if not paths.is_remote(workdir):
+        raise
+      error, busy = f"cannot lock workdir {workdir}: {type(e).__name__}: {e}", False
   if jax.process_count() > 1:
     error = _broadcast_error(error)
   if error is not None:

@@ -27,6 +27,10 @@ def check_paths(workdir: str, out: str, run_directory: str | None = None) -> str
   side-trip's ``--config=OUT/run_config.py:SECTION`` could not name it).
   """
   given_out = out
+  from trajax import paths
+
+  # A gs:// --out: one line (a --workdir in a bucket is only read).
+  paths.check_local_path(out, "--out")
   if ":" in out:
     raise ValueError(
       f"--out = {out!r} holds ':', which the side-trip's --config=FILE:SECTION cannot carry; "

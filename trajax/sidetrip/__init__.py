@@ -119,7 +119,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -298,12 +297,13 @@ def run_sidetrip(
   """
   from trajax import checkpoint as ckpt_lib
   from trajax import config_validation as cv
+  from trajax import paths
 
   step = check_step(step)
   base = without_sidetrip(config)
   cv.validate(base)
   spec = resolve(config, step)
-  own_dir = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints") if workdir else ""
+  own_dir = paths.join(paths.absolute(workdir), "checkpoints") if workdir else ""
   own_steps = ckpt_lib.committed_steps(own_dir) if own_dir else []
   # The newest own step whose metadata verifies (a damaged latest one is
   # quarantined by the loop's writer, not fatal here).

@@ -14,7 +14,9 @@ def _define_flags():
 
   flags.DEFINE_string("parent", None, "The parent run's WORKDIR (or WORKDIR/checkpoints).")
   flags.DEFINE_integer("step", None, "A committed step of the parent to branch off.")
-  flags.DEFINE_string("workdir", None, "The side-trip's own directory.")
+  flags.DEFINE_string(
+    "workdir", None, "The side-trip's own directory (a local path or gs://BUCKET/NAME)."
+  )
   flags.DEFINE_bool(
     "parent_moved",
     False,
@@ -67,7 +69,7 @@ def _main(argv):
   config = FLAGS.config
   try:
     # A path it would not write to (a backslash, a bucket) fails first.
-    paths.check_local_path(FLAGS.workdir, "--workdir")
+    paths.check_path(FLAGS.workdir, "--workdir")
     # Bad configs fail here, in about a second, before TensorFlow is imported.
     cv.validate(without_sidetrip(config))
     resolve(config, _check_step(FLAGS.step))

@@ -48,13 +48,17 @@ def trajectory_hash(config) -> str:
 
 
 def _realdir(path: str) -> str:
+  from trajax import paths
+
+  if paths.is_remote(path):  # an object store has no links to resolve
+    return paths.absolute(path)
   return os.path.realpath(os.path.abspath(os.fspath(path)))
 
 
 def workdir_checks(workdir, parent_dir: str) -> str:
   from trajax import host, paths
 
-  workdir = host.check_workdir(paths.check_local_path(workdir, "--workdir"))
+  workdir = host.check_workdir(paths.check_path(workdir, "--workdir"))
   paths.check_entries(workdir)
   real = _realdir(workdir)
   for root in (os.path.dirname(parent_dir), parent_dir):
@@ -79,8 +83,8 @@ def _parent_dir(parent) -> str:
   from trajax import checkpoint as ckpt_lib
   from trajax import paths
 
-  path = paths.check_local_path(parent, "--parent")
-  if not os.path.exists(path):
+  path = paths.check_path(parent, "--parent")
+  if not paths.exists(path):
     raise FileNotFoundError(f"parent {path!r} does not exist (expected a run's WORKDIR)")
   try:
     return _realdir(ckpt_lib.resolve_directory(path))
@@ -115,6 +119,7 @@ def recorded_parent(lineage: dict, parent, step: int, workdir: str, moved: bool)
   checkpoints hold everything); the parent itself is only compared.
   """
   from trajax import checkpoint as ckpt_lib
+  from trajax import paths
 
   if not lineage:
     raise state_lib.ResumeError(
@@ -126,13 +131,13 @@ def recorded_parent(lineage: dict, parent, step: int, workdir: str, moved: bool)
   what = f"workdir {workdir!r} holds a side-trip of {recorded!r} at step {recorded_step}"
   if recorded_step != step:
     raise state_lib.ResumeError(f"{what}, not of step {step}: use a new workdir")
-  given = os.path.abspath(os.fspath(parent))
-  if os.path.exists(given):
+  given = paths.absolute(parent)
+  if paths.exists(given):
     here = _parent_dir(given)
   else:
     here = _realdir(given)
   if recorded is not None and here in (_realdir(recorded), recorded):
-    if not os.path.exists(given):
+    if not paths.exists(given):
       logging.warning(
         "parent %s no longer exists; resuming from the side-trip's own checkpoints", given
       )
@@ -142,7 +147,7 @@ def recorded_parent(lineage: dict, parent, step: int, workdir: str, moved: bool)
       f"{what}, not of {here!r}: use a new workdir, or if the parent was moved to {given!r}, "
       "pass --parent_moved (parent_moved=True)"
     )
-  steps = ckpt_lib.committed_steps(here) if os.path.isdir(here) else []
+  steps = ckpt_lib.committed_steps(here) if paths.isdir(here) else []
   if not steps:
     raise FileNotFoundError(f"moved parent {given!r} holds no committed checkpoint")
   want = lineage.get("parent_identity") or trajectory_hash(lineage["parent_config"])
