@@ -29,7 +29,6 @@ import numpy as np
 from configs import mnist1d
 from trajax import checkpoint as ckpt_lib
 from trajax import posthoc, runs, train
-from trajax.posthoc.__main__ import _Evaluator
 
 
 def _block(tree):
@@ -97,7 +96,7 @@ def main():
     print(f"trained the default run in {time.perf_counter() - t:.0f}s")
   run = runs.open_run(args.workdir)
   decays = np.geomspace(1e-4, 0.1, args.decays)
-  evaluate = _Evaluator(run)
+  evaluate = posthoc.Evaluator(run)
 
   # Warm-up: compile restore, evaluation and BatchNorm recomputation once.
   one = posthoc.posthoc_average(run, "ema", decay=1e-3)

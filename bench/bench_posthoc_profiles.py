@@ -57,7 +57,6 @@ from bench.bench_posthoc import sweep_cost
 from configs import mnist1d
 from trajax import averaging, posthoc, runs, train
 from trajax import checkpoint as ckpt_lib
-from trajax.posthoc.__main__ import _Evaluator
 
 POWER = (16.97, 6.94)  # σ_rel = 0.05, 0.10
 EMAS = (1e-3, 1e-2)
@@ -111,7 +110,7 @@ def main():
     print(f"trained in {time.perf_counter() - t:.0f}s ({len(config.averaging.profiles)} profiles)")
   run = runs.open_run(args.workdir)
   end = run.steps[-1]
-  evaluate = _Evaluator(run)
+  evaluate = posthoc.Evaluator(run)
   last = run.state_at(end)
   truth = averaging.profile_averages(last.opt_state, last.params)[len(POWER) + len(EMAS) :]
   theta_t = _flat(last.params)

@@ -10,6 +10,7 @@ NumPy sum of the restored snapshots.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -246,9 +247,27 @@ def test_command_line_writes_evaluates_and_sweeps(ema_run, tmp_path):
   # The post-hoc δ = 0.2 is the in-training average: same test metrics.
   assert report["averages"][1]["loss"] == pytest.approx(report["in_training"]["loss"], abs=1e-5)
   assert (sweep / "sweep.png").stat().st_size > 1000
+  # Any kernel is an average: ¼ θ_11 + ¾ θ_12, spelt as the side-trip spells it.
+  out = tmp_path / "kernel"
+  r = _cli(f"--workdir={ema_run.workdir}", "--average=kernel(0.25, 0.75)", f"--out={out}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  (row,) = json.loads((out / "posthoc.json").read_text())["averages"]
+  assert row["exact"] and row["coefficients"] == {
+    "11:params": pytest.approx(0.25, abs=1e-9),
+    "12:params": pytest.approx(0.75, abs=1e-9),
+  }
+  assert row["sidetrip"]["exact"] and (row["sidetrip"]["start"], row["sidetrip"]["window"]) == (
+    11,
+    1,
+  )
+  with ocp.StandardCheckpointer() as ckptr:
+    restored = ckptr.restore(str(out / "averaged"))
+  p11, p12 = (ema_run.run.state_at(s).params for s in (11, 12))
+  ref = jax.tree.map(lambda a, b: 0.25 * np.asarray(a, np.float64) + 0.75 * np.asarray(b), p11, p12)
+  assert max_diff(restored["params"], ref) < 1e-6
   r = _cli(f"--workdir={ema_run.workdir}", "--method=ema", f"--out={tmp_path / 'x'}")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
-    "error: --method=ema needs --decay (or --sweep)"
+    "error: --method=ema needs decay: --param=decay=V (or --sweep)"
   )
   r = _cli(f"--workdir={ema_run.workdir}", "--decay=0.1", f"--out={ema_run.workdir}/avg")
   assert r.returncode == 1 and "lies inside the run directory" in r.stderr.splitlines()[-1]
@@ -421,92 +440,54 @@ def test_state_layout_unchanged_without_profiles():
   assert tuple(config_lib.from_dict(nested).averaging.profiles) == ()
 
 
-def _sidetrip_fields(command: str) -> tuple[dict, dict]:
-  """``(flags, sidetrip fields)`` of a printed ``python -m trajax.sidetrip`` command."""
-  import shlex
-
-  argv = shlex.split(command)
-  assert argv[:3] == ["python", "-m", "trajax.sidetrip"]
-  flags, fields = {}, {}
-  for arg in argv[3:]:
-    name, _, value = arg[2:].partition("=")
-    if name.startswith("config.sidetrip."):
-      key = name.removeprefix("config.sidetrip.")
-      fields[key] = (
-        value if key in ("kind", "method") else (float(value) if "." in value else int(value))
-      )
-    else:
-      flags[name] = value
-  return flags, fields
-
-
 @pytest.mark.slow  # end to end: CLI passes, side-trips and evaluations in subprocesses
 def test_command_line_prints_the_equivalent_side_trip_and_it_runs(profile_run, tmp_path):
-  """posthoc.json holds the exact side-trip command; resolved by the side-trip itself it runs
-  the post-hoc kernel's equivalent schedule, and run it lands on a checkpoint k steps on."""
-  import importlib.util
+  """posthoc.json holds the exact side-trip command; its section (data beside the output) is
+  the post-hoc kernel, and run as printed the side-trip lands on a checkpoint k steps on."""
   import json
-
-  from trajax import state as state_lib
-  from trajax.sidetrip import spec as sidetrip_spec
+  import shlex
 
   before = snapshot(profile_run.workdir)
   out = tmp_path / "one"
-  r = _cli(f"--workdir={profile_run.workdir}", "--decay=0.3", "--start_step=4", f"--out={out}")
+  r = _cli(f"--workdir={profile_run.workdir}", "--average=ema(decay=0.3, start_step=4)",
+           f"--out={out}")  # fmt: skip
   assert r.returncode == 0, r.stderr[-2000:]
   (row,) = json.loads((out / "posthoc.json").read_text())["averages"]
   trip = row["sidetrip"]
   assert trip["exact"] and trip["note"] is None and (trip["start"], trip["window"]) == (4, 8)
-  assert trip["command"] in r.stdout
-  flags, fields = _sidetrip_fields(trip["command"])
-  assert fields == {"kind": "equivalent", "method": "ema", "window": 8, "decay": 0.3}
+  assert trip["command"] in r.stdout and row["label"] == "ema(decay=0.3, start_step=4)"
+  argv = shlex.split(trip["command"])
+  assert argv[:3] == ["python", "-m", "trajax.sidetrip"]
+  flags = dict(a[2:].split("=", 1) for a in argv[3:])
   assert flags["step"] == "4" and flags["parent"] == profile_run.run.directory
-  # The config file it names is the run's own config.
-  spec_ = importlib.util.spec_from_file_location("run_config", flags["config"])
-  module = importlib.util.module_from_spec(spec_)
-  spec_.loader.exec_module(module)
-  config = module.get_config()
-  assert config.to_dict() == profile_run.run.config.to_dict()
-  # What the side-trip would run: its own resolve and learning-rate rule ...
-  spec = sidetrip_spec.resolve(sidetrip_spec.with_sidetrip(config, **fields), 4)
-  base = state_lib.make_schedule(config.optimizer, config.total_steps)
-  rule = sidetrip_spec.SidetripRate.of(spec)
-  rate = sidetrip_spec.make_lr_schedule(spec, base, rule.hyper(spec, base, 4))
-  # ... is posthoc.equivalent_schedule of the post-hoc kernel, and the weights its step weights.
+  # The config it names is the run's own, plus the section holding the post-hoc kernel.
+  config = _load_run_config(flags["config"])
+  assert config.sidetrip.kind == "equivalent"
   tgt = posthoc.target("ema", end=12, decay=0.3, start_step=4)
-  start, window, sched = posthoc.equivalent_schedule(tgt[1], base)
-  j = np.arange(window + 2)
-  np.testing.assert_allclose(np.asarray(rate(start + j)), np.asarray(sched(j)), rtol=1e-6)
+  np.testing.assert_array_equal(averaging.as_average(config.sidetrip.average).kernel(), tgt[1][4:])
+  stored = config.to_dict()
+  del stored["sidetrip"]
+  assert stored == profile_run.run.config.to_dict()
+  from trajax import state as state_lib
+
+  base = state_lib.make_schedule(config.optimizer, config.total_steps)
   w = schedules.weights_from_kernel(tgt[1][4:])
-  np.testing.assert_allclose(np.asarray(sched(j[:window])), base(0) * w, rtol=1e-6)
-  np.testing.assert_allclose(
-    row["equivalent_schedule"]["lr"], np.asarray(sched(j[:window])), rtol=1e-6
-  )
+  lr = np.asarray(base(4 + np.arange(8))) * w
+  np.testing.assert_allclose(row["equivalent_schedule"]["lr"], lr, rtol=1e-6)
   # Run it, as printed (our interpreter for `python`).
-  cmd = [sys.executable, *trip["command"].split(" ")[1:]]
   env = dict(os.environ, PYTHONPATH=REPO)
-  done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+  done = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, env=env,
+                        cwd=REPO, timeout=600)  # fmt: skip
   assert done.returncode == 0, done.stderr[-3000:]
   trip_run = runs.open_run(flags["workdir"])
   assert trip_run.steps[-1] == 12 and trip_run.lineage["parent_step"] == 4
   assert trip_run.lineage["kind"] == "equivalent"
   assert snapshot(profile_run.workdir) == before
-  # A kernel from step 0 (not committed) or with parameters the run's averaging section does
-  # not have: the command is given with a note saying why it is not exact.
-  r = _cli(f"--workdir={profile_run.workdir}", "--sweep", "--decays=0.3", f"--out={tmp_path / 's'}")
+  # A kernel from step 0 (not committed): the command is given with a note saying why not exact.
+  r = _cli(f"--workdir={profile_run.workdir}", "--sweep", "--grid=0.3", f"--out={tmp_path / 's'}")
   assert r.returncode == 0, r.stderr[-2000:]
   (row,) = json.loads((tmp_path / "s" / "sweep.json").read_text())["averages"]
   assert not row["sidetrip"]["exact"] and "step S = 0 is not a committed" in row["sidetrip"]["note"]
-  tgt = posthoc.target("ema", end=12, decay=0.3, start_step=4, every=2)
-  note = posthoc.sidetrip_command(
-    profile_run.run,
-    tgt[1],
-    "ema",
-    {"decay": 0.3, "start_step": 4, "every": 2},
-    config_file=flags["config"],
-    workdir=str(tmp_path / "t"),
-  )
-  assert not note["exact"] and "'every': 2" in note["note"]
   # Snapshots the run did not save: a one-line error naming them, nothing written.
   bad = tmp_path / "bad"
   r = _cli(
@@ -535,9 +516,7 @@ def test_compare_sidetrip_runs_the_exact_side_trip_beside_the_average(profile_ru
   trip_run = runs.open_run(row["sidetrip"]["workdir"])
   assert trip_run.steps[-1] == 12 and trip_run.lineage["parent_step"] == 4
   # Evaluated as the average is: recomputing its BatchNorm statistics by the run's policy.
-  from trajax.posthoc.__main__ import _Evaluator
-
-  ev = _Evaluator(profile_run.run)
+  ev = posthoc.Evaluator(profile_run.run)
   final = trip_run.state_at(12)
   want = ev(*ev.variables(final.params, final.batch_stats))
   assert res["loss"] == pytest.approx(want["loss"], abs=1e-6)
@@ -569,7 +548,8 @@ def test_sweep_covers_power_ema_and_gaps(profile_run, tmp_path):
   assert (out / "sweep.png").stat().st_size > 1000
   r = _cli(f"--workdir={profile_run.workdir}", "--method=two_point", "--sweep", f"--out={out}2")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
-    "error: --sweep with --method=two_point needs --gaps=V1,V2,... (gaps)"
+    "error: --sweep with --method=two_point needs --grid=V1,V2,... (gap values; its record's "
+    "sweep has no default grid)"
   )
   assert not (tmp_path / "pow2").exists() and snapshot(profile_run.workdir) == before
 
@@ -629,38 +609,83 @@ def test_profiles_are_sharded_like_the_params():
   assert out["max_diff"] < 1e-5
 
 
-def test_side_trip_command_starts_where_the_method_starts(profile_run):
-  """SWA from s and a power EMA from s have (numerically) no weight on θ_s: the side-trip still
-  branches at s over end − s steps, which is the method's own schedule (exact)."""
-  run, cfg = profile_run.run, str(profile_run.workdir) + "/no_such_config.py"
-  swa = posthoc.target("swa", end=12, start_step=4)
-  assert swa[1][4] == 0 and swa[1][5] > 0
+def _load_run_config(path: str):
+  """``get_config`` of OUT/run_config.py, with its ``:NAME`` argument if ``path`` has one."""
+  import importlib.util
+
+  file, _, arg = path.partition(":")
+  spec_ = importlib.util.spec_from_file_location("run_config", file)
+  module = importlib.util.module_from_spec(spec_)
+  spec_.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+@pytest.mark.parametrize(
+  "kind", ["ema_from_4", "swa_from_4", "power_ema_every_2", "user_kernel", "from_step_0"]
+)
+def test_side_trip_written_by_posthoc_runs_the_posthoc_kernel_exactly(profile_run, tmp_path, kind):
+  """The side-trip's average is the kernel posthoc built, c_S … c_E, bit for bit: through the
+  section file, the fixed run_config.py that reads it, and the side-trip's own resolve and
+  learning-rate rule, for any method and parameters (every included) or user weights: no
+  parameter names cross over. S is the latest committed step at or before the support."""
+  import json
+  import shlex
+
+  from trajax import state as state_lib
+  from trajax.posthoc import outputs
+  from trajax.sidetrip import spec as sidetrip_spec
+
+  run = profile_run.run
+  tgt = {
+    "ema_from_4": lambda: posthoc.target("ema", end=12, decay=0.3, start_step=4),
+    "swa_from_4": lambda: posthoc.target("swa", end=12, start_step=4),
+    "power_ema_every_2": lambda: posthoc.target(
+      "power_ema", end=12, gamma=2.0, start_step=4, every=2
+    ),
+    "user_kernel": lambda: posthoc.user_kernel({4: 1.0, 9: 2.0, 12: 1.0}),
+    "from_step_0": lambda: posthoc.target("ema", end=12, decay=0.3),
+  }[kind]()
+  plan = posthoc.plan(run, tgt)
+  config_file = outputs.write_run_config(run, str(tmp_path))
   trip = posthoc.sidetrip_command(
-    run, swa[1], "swa", {"start_step": 4}, config_file=cfg, workdir="W"
+    run, plan, out=str(tmp_path), name="trip.json", config_file=config_file, workdir="W"
   )
-  assert trip["exact"] and (trip["start"], trip["window"]) == (4, 8), trip
-  start, window, sched = posthoc.method_equivalent_schedule(swa[1], 0.05, {"start_step": 4})
-  ref = schedules.equivalent_schedule("swa", 0.05, start=4, window=8)
-  np.testing.assert_allclose(
-    np.asarray(sched(np.arange(9))), np.asarray(ref(np.arange(9))), rtol=1e-6
-  )
-  # The power EMA, of the run's averaging.gamma or any other: the side-trip sets sidetrip.gamma.
-  for gamma in (float(run.config.averaging.gamma), 2.0):
-    power = posthoc.target("power_ema", end=12, gamma=gamma, start_step=4)
-    trip = posthoc.sidetrip_command(
-      run, power[1], "power_ema", {"gamma": gamma, "start_step": 4}, config_file=cfg, workdir="W"
-    )
-    assert trip["exact"] and (trip["start"], trip["window"]) == (4, 8), trip
-    assert f"--config.sidetrip.gamma={gamma!r}" in trip["command"]
-  # A parameter the side-trip takes from the run (every) cannot follow: named in the note.
-  every = posthoc.target("power_ema", end=12, gamma=2.0, start_step=4, every=2)
-  trip = posthoc.sidetrip_command(
-    run, every[1], "power_ema", {"gamma": 2.0, "every": 2, "start_step": 4}, config_file=cfg,
-    workdir="W",
-  )  # fmt: skip
-  assert not trip["exact"] and "it can set only window and decay, gap, n, gamma" in trip["note"]
+  c = plan.kernel
+  first = int(np.flatnonzero(c)[0])
+  start = trip["start"]
+  if kind == "from_step_0":
+    # No committed step at or before step 0: the command is given, with the reason.
+    assert start == 0 and not trip["exact"] and "step S = 0 is not a committed" in trip["note"]
+  else:
+    assert trip["exact"] and trip["note"] is None
+    assert start == max(s for s in run.steps if s <= first) and start in run.steps
+  assert trip["window"] == c.size - 1 - start
+  # The section is data; the command names it through the fixed config file.
+  fields = json.loads((tmp_path / "trip.json").read_text())
+  assert fields == trip["fields"] and fields["kind"] == "equivalent"
+  argv = shlex.split(trip["command"])
+  assert f"--config={config_file}:trip.json" in argv and f"--step={start}" in argv
+  assert not any(a.startswith("--config.") for a in argv)
+  config = _load_run_config(config_file + ":trip.json")
+  assert config.sidetrip.average == fields["average"]
+  # The side-trip's average is the posthoc kernel, exactly (the spelling is repr's).
+  value = averaging.as_average(config.sidetrip.average)
+  assert isinstance(value, averaging.Kernel)
+  np.testing.assert_array_equal(value.kernel(), c[start:])
+  # ... and its own resolve and learning-rate rule run that kernel's equivalent schedule.
+  spec = sidetrip_spec.resolve(config, start)
+  base = state_lib.make_schedule(config.optimizer, config.total_steps)
+  rule = sidetrip_spec.SidetripRate.of(spec)
+  rate = sidetrip_spec.make_lr_schedule(spec, base, rule.hyper(spec, base, start))
+  j = np.arange(trip["window"] + 2)
+  w = np.cumsum(c[::-1])[::-1][start + 1 :]  # Σ_{i>j} c_{S+i}, written out
+  want = np.r_[w, 0.0, 0.0][: j.size] * np.asarray(base(start + j))
+  np.testing.assert_allclose(np.asarray(rate(start + j)), want, rtol=1e-6, atol=1e-12)
+  s2, k2, sched = posthoc.equivalent_schedule(plan, base, start=start)
+  assert (s2, k2) == (start, trip["window"])
+  np.testing.assert_allclose(np.asarray(sched(j)), want, rtol=1e-6, atol=1e-12)
   with pytest.raises(ValueError, match="start = 6: the kernel has weight on step 5 before it"):
-    posthoc.equivalent_schedule(swa[1], 0.05, start=6)
+    posthoc.equivalent_schedule(posthoc.target("swa", end=12, start_step=4)[1], 0.05, start=6)
 
 
 # --------------------------------------------------------------------------- issues 20, 24: CLI
@@ -703,6 +728,14 @@ def _tree(path) -> dict:
     (("--decay=0.1", "--threshold=nan"), "--threshold = nan: must be a finite kernel residual"),
     (("--method=bogus", "--decay=0.1"), "--method = 'bogus'"),
     (("--method=swa", "--window=0"), "--window = 0: must be an integer >= 1"),
+    (("--average=ema(decay=2)",), "--average = 'ema(decay=2)': average 'ema(decay=2)': decay"),
+    (("--average=bogus",), "--average = 'bogus'"),
+    (("--param=decay",), "--param = 'decay': must be NAME=VALUE"),
+    (("--param=decay=x",), "--param=decay: 'x' is not a number"),
+    (("--decay=0.1", "--grid=0.1"), "--grid needs --sweep"),
+    (("--average=swa", "--method=swa"), "give --average, or --method with --param, not both"),
+    (("--decay=0.1", "--param=decay=0.2"), "--decay and --param=decay both set decay"),
+    (("--decay=0.1", "--out=a:b"), "--out = 'a:b' holds ':'"),
   ],
 )
 def test_cli_errors_are_one_line_before_anything_is_written(ema_run, tmp_path, args, says):
@@ -755,7 +788,7 @@ def test_a_hostile_run_name_is_data_not_code(tmp_path):
   import json
   import shlex
 
-  from trajax.posthoc.__main__ import RUN_CONFIG_PY
+  from trajax.posthoc.outputs import RUN_CONFIG_PY
 
   config = tiny_config(total_steps=6, checkpoint_every_steps=1, eval_every_steps=6,
                        log_every_steps=6, **{"averaging.method": "ema", "averaging.decay": 0.3})  # fmt: skip
@@ -807,10 +840,7 @@ def test_sweep_grid_from_the_run_and_approximate_averages_flagged(profile_run, t
   assert values == sorted(values) and len(values) >= 3
   assert all(a["residual"] <= 0.05 and not a["approximate"] for a in rows)
   # The candidates left out are those beyond the threshold (each planned on its own).
-  from trajax.posthoc.__main__ import SWEPT
-
-  lo, hi, n = SWEPT["power_ema"][3]
-  for g in sorted({float(f"{x:.3g}") for x in np.geomspace(lo, hi, n)}):
+  for g in averaging.get_method("power_ema").sweep.grid:
     res = posthoc.plan(profile_run.run, posthoc.target("power_ema", end=12, gamma=g)).residual
     assert (g in values) == (res <= 0.05), (g, res)
   lines = r.stdout.strip().splitlines()
@@ -910,3 +940,115 @@ def test_save_next_time_names_the_profiles_or_the_pair(profile_run):
   assert "'gamma': 16.97}, {'method': 'power_ema', 'gamma': 6.94}" in grid
   swa = posthoc.save_next_time(profile_run.run, [("swa", {"start_step": 4})])
   assert swa.startswith("to make them exact next time, keep every step")
+
+
+# --------------------------------------------------------------------------- issue 19: generated CLI
+
+# A method the posthoc CLI never knew, with a parameter no method had: an EMA spelt by its time
+# constant τ (δ = 1/τ). Registered in the test process and in the CLI's subprocess alike.
+TOY = textwrap.dedent(r"""
+    import numpy as np
+    from trajax import averaging
+
+    def register_toy():
+      tau = averaging.Param("tau", "float", "a float >= 1", lambda v: v >= 1)
+
+      def toy(tau, *, start_step=0, accumulator_dtype=np.float32):
+        return averaging.ema_averager(
+          1.0 / tau, start_step=start_step, accumulator_dtype=accumulator_dtype
+        )
+
+      return averaging.register(averaging.Method(
+        "toy_tau", (tau, averaging.START_STEP, averaging.ACCUMULATOR_DTYPE), toy,
+        sweep=averaging.Sweep("tau", "float", (2.5, 10.0, 3)),
+      ))
+""")
+
+
+@pytest.fixture
+def toy_method():
+  scope: dict = {}
+  exec(TOY, scope)  # our own source above, shared with the CLI's subprocess
+  yield scope["register_toy"]()
+  averaging.METHODS.pop("toy_tau")
+
+
+def _flags(*argv):
+  from absl import flags
+
+  from trajax.posthoc import cli
+
+  fv = flags.FlagValues()
+  cli.define_flags(fv)
+  fv(["posthoc", "--workdir=w", "--out=o", *argv])
+  return fv
+
+
+def test_flags_and_sweep_are_generated_for_a_method_registered_later(toy_method):
+  from trajax.posthoc import cli
+
+  # The old spellings come from the registry: the toy's τ gets --tau and --taus like decay.
+  fv = _flags()
+  assert {"tau", "taus", "decay", "decays", "gamma", "gap", "start_step"} <= set(fv)
+  assert cli.deprecated_flags()["taus"] == ("grid", "tau")
+  req = cli.request(_flags("--method=toy_tau", "--param=tau=4", "--param=start_step=2"))
+  assert (req.method, req.params, req.sweep, req.notes) == (
+    "toy_tau",
+    {"tau": 4.0, "start_step": 2},
+    None,
+    (),
+  )
+  assert cli.request(_flags("--average=toy_tau(tau=4, start_step=2)")).params == req.params
+  old = cli.request(_flags("--method=toy_tau", "--tau=4", "--start_step=2"))
+  assert old.params == req.params and set(old.notes) == {
+    "note: --tau is deprecated: use --param=tau=4",
+    "note: --start_step is deprecated: use --param=start_step=2",
+  }
+  # The sweep: the record's parameter and default grid, or --grid (or the old --taus).
+  sweep = cli.request(_flags("--method=toy_tau", "--sweep"))
+  assert sweep.sweep == "tau" and sweep.grid is None and cli.default_grid(sweep) == [2.5, 5.0, 10.0]
+  assert cli.request(_flags("--method=toy_tau", "--sweep", "--grid=3,6")).grid == [3.0, 6.0]
+  assert cli.request(_flags("--method=toy_tau", "--sweep", "--taus=3")).grid == [3.0]
+  assert cli.target_params(sweep, 12, 5.0) == {"tau": 5.0}
+  # Its values are checked by its record, one line naming the flag.
+  for argv, says in (
+    (("--method=toy_tau", "--param=tau=0.5"), "--param=tau = 0.5: tau must be a float >= 1"),
+    (("--method=toy_tau", "--decay=0.1"), "--decay = 0.1: --method=toy_tau takes no decay"),
+    (("--method=toy_tau", "--sweep", "--grid=3,x"), "--grid: 'x' is not a number"),
+    (("--average=toy_tau(tau=0)",), "--average = 'toy_tau(tau=0)'"),
+  ):
+    with pytest.raises(ValueError, match=re.escape(says)):
+      cli.request(_flags(*argv))
+  with pytest.raises(
+    ValueError, match=re.escape("--method=toy_tau needs tau: --param=tau=V (or --sweep)")
+  ):
+    cli.target_params(cli.request(_flags("--method=toy_tau")), 12)
+
+
+def test_a_method_registered_later_reaches_the_command_line(ema_run, tmp_path):
+  """The toy method, registered before the CLI is imported: swept over its record's default
+  grid; τ = 5 is the run's own EMA (δ = 0.2 from step 2), so it has the in-training metrics."""
+  import json
+
+  before = snapshot(ema_run.workdir)
+  out = tmp_path / "toy"
+  code = (
+    f"REPO = {REPO!r}\nimport sys\nsys.path.insert(0, REPO)\n" + TOY + "register_toy()\n"
+    "from trajax.posthoc import __main__ as cli_main\n"
+    f"sys.argv = ['posthoc', '--workdir={ema_run.workdir}', '--out={out}', "
+    "'--method=toy_tau', '--sweep', '--param=start_step=2']\n"
+    "cli_main.run_main()\n"
+  )
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                     cwd=str(tmp_path), timeout=600)  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  report = json.loads((out / "sweep.json").read_text())
+  rows = report["averages"]
+  assert report["sweep"] == "tau" and report["grid"] == "chosen from the run"
+  assert [a["value"] for a in rows] == [2.5, 5.0, 10.0]
+  assert [a["label"] for a in rows][1] == "toy_tau(start_step=2, tau=5.0)"
+  assert all(a["exact"] and a["sidetrip"]["exact"] for a in rows)
+  assert rows[1]["loss"] == pytest.approx(report["in_training"]["loss"], abs=1e-5)
+  assert rows[0]["loss"] != rows[2]["loss"]
+  assert snapshot(ema_run.workdir) == before

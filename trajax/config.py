@@ -35,7 +35,9 @@ side-trip package registers it (:func:`register_section`) so that
 
 This module imports no JAX and no TensorFlow (only ml_collections and absl,
 to register the ``None`` parsers), so the validator runs in about a second,
-before TensorFlow is imported.
+before TensorFlow is imported. :func:`base_config` reads the averaging
+registry (``trajax.averaging``, which imports JAX but initialises no backend)
+when it is called, to generate the ``averaging.<param>`` fields.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
   "Rule",
   "Schedule",
   "Shown",
+  "averaging_fields",
   "base_config",
   "check_fields",
   "check_optimizer",
@@ -122,13 +125,10 @@ def base_config():
 
   c.averaging = ml_collections.ConfigDict()
   c.averaging.method = "none"  # 'none' or a key of trajax.averaging.METHODS
-  c.averaging.decay = 0.001
-  c.averaging.start_step = 0
-  c.averaging.every = 1
-  c.averaging.gap = 1000
-  c.averaging.n = 2
-  c.averaging.debias = False
-  c.averaging.gamma = 6.94  # power_ema: profile ∝ t^γ (Karras et al. 2024; σ_rel ≈ 0.10)
+  # One flat field per parameter any registered method takes (decay, start_step,
+  # every, debias, gap, n, gamma, ...), generated from the registry's records.
+  for name, default, field_type in averaging_fields():
+    c.averaging[name] = default if default is not None else placeholder(field_type)
   # Extra in-training averages saved with the state, for post-hoc averages
   # (trajax.posthoc): a tuple of {'method': ..., <params>} mappings, e.g. two
   # power EMAs ({'method': 'power_ema', 'gamma': 16.97}, {..., 'gamma': 6.94}).
@@ -162,6 +162,49 @@ def base_config():
   c.nonfinite.max_consecutive_skips = 10
   c.lock()
   return c
+
+
+# The ``averaging`` section's own fields (not parameters of a method).
+_AVERAGING_OWN = ("method", "profiles", "batch_norm", "bn_recompute_batches")
+_PARAM_TYPES = {"int": int, "float": float, "bool": bool}
+
+
+def averaging_fields() -> tuple[tuple[str, Any, type], ...]:
+  """``(name, default, type)`` of the flat ``averaging.<param>`` fields.
+
+  The union of the parameters of every method in ``trajax.averaging.METHODS``
+  (first declaration wins; 'dtype' parameters are arithmetic, not config): the
+  default is the parameter's own, or for a required one its ``example`` (the
+  neutral value the section shows), or None (a typed placeholder). A method
+  registered with a new parameter gets its field here, with nothing else to
+  touch.
+
+  Imports ``trajax.averaging`` (and so JAX, without initialising a backend)
+  when called: this module itself imports no JAX.
+  """
+  from trajax.averaging.methods import METHODS
+
+  out: dict[str, tuple[str, Any, type]] = {}
+  for method in METHODS.values():
+    for p in method.params:
+      if p.kind not in _PARAM_TYPES:
+        continue
+      if p.name in _AVERAGING_OWN:
+        raise ValueError(
+          f"averaging method {method.name!r}: parameter {p.name!r} clashes with the "
+          f"averaging section's own field averaging.{p.name}"
+        )
+      field_type = _PARAM_TYPES[p.kind]
+      if p.name in out:
+        if out[p.name][2] is not field_type:
+          raise ValueError(
+            f"averaging method {method.name!r}: parameter {p.name!r} is {p.kind}, but another "
+            f"method declares it as {out[p.name][2].__name__}"
+          )
+        continue
+      default = p.example if p.required else p.default
+      out[p.name] = (p.name, None if default is None else field_type(default), field_type)
+  return tuple(out.values())
 
 
 def _nullable(default, field_type):
