@@ -1,4 +1,4 @@
-"""Where a run starts: its workdir opened, its start restored (:func:`trajax.loop.fit`'s first half).
+"""Where a run starts: its workdir opened and its start restored (half of :func:`trajax.loop.fit`).
 
 :func:`open_and_restore` inspects the workdir (plain file reads: a busy
 workdir, a ``resume`` mode it contradicts and a resume under a changed config
@@ -85,9 +85,10 @@ class Opened(NamedTuple):
   stop: the SIGTERM flag (set: save and return); mesh, dataset, model,
   shardings: the run's; state: the start, laid out on the mesh; origin:
   ``'own:<step>'``, ``'from:<step>'`` or ``'fresh'``; optimizer: the state's
-  layout; schedule, hyper: the :class:`trajax.loop.LearningRate` and its scalars (fixed at
-  the start, or read back from the own checkpoint); last_good: the own
-  checkpoint resumed from (None otherwise); restore_s: seconds to here.
+  layout; schedule, hyper: the :class:`trajax.loop.LearningRate` and its
+  scalars (fixed at the start, or read back from the own checkpoint);
+  last_good: the own checkpoint resumed from (None otherwise); restore_s:
+  seconds to here.
   """
 
   workdir: str
