@@ -32,7 +32,7 @@ mode, the loss a step differentiates, so the running statistics never enter):
   eta (k - j)/k, EMA: eta (1 - (1 - delta)^{k-j})).
 
 The shell law (``exp.shell``, :func:`shell_law`): pairs of constant-rate
-side-trips (``common.Runner``, the engine's step) from theta_S at f * eta,
+side-trips (:func:`experiments.parents.stepper`, the engine's step) from theta_S at f * eta,
 f in ``exp.shell_factors`` (1, 1/2, 1/4, 1/8), for L = ``exp.shell_steps``
 (default k) steps, one on the parent's batch order and one on an order the
 parent never saw. Sampled at ``exp.shell_points`` times over [L/2, L]:
@@ -121,7 +121,7 @@ import time
 
 import numpy as np
 
-from experiments import common
+from experiments import cli, evaluation, parents, plotting
 
 NAME = "curvature"
 METHODS = ("two_point", "swa", "ema")
@@ -197,7 +197,7 @@ def measure(loss_fn, params, batch_stats, batches, exp, key) -> dict:
 
   out = {"eigenvalues": [], "trace": [], "trace_stderr": [], "eps_max": [], "residuals": []}
   for i, b in enumerate(batches):
-    bb = common.with_batch_stats(b, batch_stats)
+    bb = evaluation.with_batch_stats(b, batch_stats)
     kb = jax.random.fold_in(key, i)
     eig = probes.hessian_top_eigs(
       loss_fn, params, bb, int(exp.k), key=kb, num_iters=int(exp.lanczos_iters)
@@ -233,55 +233,11 @@ def method_params(config, method: str, k: int) -> dict:
   raise ValueError(f"exp.averages entries must be one of {list(METHODS)}, got {method!r}")
 
 
-def replay_averages(restored, end: int, methods, config, k: int) -> tuple:
-  """One replay of the parent from ``restored`` to ``end``; every method's average at ``end``.
-
-  Each averager is started at the restored step S (``init`` at theta_S, then
-  one ``update`` per step), so at S + k it holds the convex combination of
-  theta_S .. theta_{S+k} that the Table 1 side-trip reaches. Returns
-  ``(runner, {method: averaged params})``.
-  """
-  import jax
-
-  from trajax import averaging
-
-  run = common.Runner(restored)
-  avgs = {m: averaging.make_averager(m, **method_params(config, m, k)) for m in methods}
-  states = {m: a.init(run.params) for m, a in avgs.items()}
-  updates = {m: jax.jit(a.update) for m, a in avgs.items()}
-  for t in range(int(restored.step) + 1, int(end) + 1):
-    run.advance_to(t)
-    states = {m: updates[m](run.params, s) for m, s in states.items()}
-  return run, {m: s.average for m, s in states.items()}
-
-
-def equivalent_trip(parent: str, restored, method: str, params: dict, k: int, workdir: str):
-  """The Table 1 side-trip of ``method`` from the restored step, k steps; its directory.
-
-  :func:`trajax.sidetrip.run_sidetrip` (kind 'equivalent'), reused when its
-  last step is already committed.
-  """
-  from trajax import sidetrip
-
-  S = int(restored.step)
-  tdir = os.path.join(os.path.abspath(workdir), "curvature_trips", f"{method}_S{S}_k{k}")
-  if (S + k) not in common.committed_steps(tdir):
-    os.makedirs(os.path.dirname(tdir), exist_ok=True)
-    cfg = copy.deepcopy(restored.config)
-    with cfg.unlocked():
-      cfg.checkpoint.async_save = False
-    cfg = sidetrip.with_sidetrip(
-      cfg, kind="equivalent", method=method, window=int(k), eval_at=(int(k),), **params
-    )
-    sidetrip.run_sidetrip(cfg, parent, S, tdir)
-  return tdir
-
-
 def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   """Curvature along the trajectory, at the averages, side-trips and shell; writes JSON + PNG."""
   import jax
 
-  from trajax import config_validation, state
+  from trajax import averaging, config_validation, runs, state
 
   config_validation.validate(config)
   workdir = os.path.abspath(workdir)
@@ -291,21 +247,21 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   S = T - k
   steps = sorted(set(range(every, T + 1, every)) | {T})
   if parent is None:
-    parent = common.parent_dir(config, exp, workdir, branch_steps(config, exp))
+    parent = parents.parent_dir(config, exp, workdir, branch_steps(config, exp))
   schedule = state.make_schedule(config.optimizer, T)
   beta = float(config.optimizer.get("momentum", 0.0) or 0.0)
   key = jax.random.key(int(exp.seed))
   m = int(exp.batches)
 
   t0 = time.perf_counter()
-  restored = {s: common.restore(parent, s) for s in sorted(set(steps) | {S})}
-  r = restored[T]
-  loss_fn = common.make_loss_fn(r.model, None, train=True)
+  r = runs.open_run(parent)
+  states = {s: r.state_at(s) for s in sorted(set(steps) | {S})}
+  loss_fn = evaluation.make_loss_fn(r.model, None, train=True)
   trajectory = []
   for s in steps:
-    rs = restored[s]
-    batches = [common.train_batch(r.dataset, s + i) for i in range(m)]
-    cur = measure(loss_fn, rs.state.params, rs.state.batch_stats, batches, exp, key)
+    rs = states[s]
+    batches = [evaluation.train_batch(r.dataset, s + i) for i in range(m)]
+    cur = measure(loss_fn, rs.params, rs.batch_stats, batches, exp, key)
     lr = float(schedule(s))
     cur.update(
       step=s,
@@ -315,7 +271,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       momentum_edge=2.0 * (1.0 + beta) / cur["lambda_max"],
     )
     trajectory.append(cur)
-    common.log(
+    cli.log(
       f"curvature step {s}: lambda_max {cur['lambda_max']:.4g} trace {cur['trace_mean']:.4g}"
       f" +- {cur['trace_mean_stderr']:.2g}, lr {lr:.3g} vs 2/lambda_max {cur['gd_edge']:.3g},"
       f" eps_max {cur['eps_max_mean']:.3g}"
@@ -324,28 +280,38 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
 
   # The last window [S, T]: raw endpoints, averages, equivalent side-trips, on batches T, T+1, ...
   t1 = time.perf_counter()
-  batches = [common.train_batch(r.dataset, T + i) for i in range(m)]
-  a, b = restored[S].state, restored[T].state
+  batches = [evaluation.train_batch(r.dataset, T + i) for i in range(m)]
+  a, b = states[S], states[T]
   named = {f"raw_{S}": (a.params, "raw"), f"raw_{T}": (b.params, "raw")}
   replay_l2 = None
   methods = tuple(exp.averages)
   if methods:
-    replay, avgs = replay_averages(restored[S], T, methods, config, k)
-    replay_l2 = common.l2(replay.params, b.params)
+    averagers = {m: averaging.make_averager(m, **method_params(config, m, k)) for m in methods}
+    replay, avgs = parents.replay_averages(r, states[S], T, averagers)
+    replay_l2 = evaluation.l2(replay.params, b.params)
     for meth in methods:
       named[f"{meth}_average"] = (avgs[meth], "average")
   trip_dirs = {}
   if exp.sidetrips:
     for meth in methods:
-      tdir = equivalent_trip(parent, restored[S], meth, method_params(config, meth, k), k, workdir)
+      tdir = parents.equivalent_sidetrip(
+        parent,
+        r.config_at(S),
+        S,
+        os.path.join(workdir, "curvature_trips", f"{meth}_S{S}_k{k}"),
+        method=meth,
+        params=method_params(config, meth, k),
+        window=k,
+        eval_at=(k,),
+      )
       trip_dirs[meth] = tdir
-      named[f"{meth}_sidetrip"] = (common.restore(tdir, T).state.params, "sidetrip")
+      named[f"{meth}_sidetrip"] = (runs.open_run(tdir).state_at(T).params, "sidetrip")
   # BN in training mode normalises with each batch's own statistics, so the
   # running statistics do not enter the loss; theta_T's are passed along.
   points = {}
   for name, (params, kind) in named.items():
     points[name] = measure(loss_fn, params, b.batch_stats, batches, exp, key) | {"kind": kind}
-    common.log(
+    cli.log(
       f"curvature {name}: lambda_max {points[name]['lambda_max']:.4g} trace "
       f"{points[name]['trace_mean']:.4g} +- {points[name]['trace_mean_stderr']:.2g}"
     )
@@ -369,7 +335,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   shell = None
   t2 = time.perf_counter()
   if exp.shell:
-    shell = shell_law(restored[S], loss_fn, exp, key, T, batches)
+    shell = shell_law(r, states[S], loss_fn, exp, key, T, batches)
     for d, v in shell["fit"].items():
       summary[f"shell_exponent_{d}"] = v["exponent"]
     summary["shell_all_stationary"] = all(t["stationary"] for t in shell["trips"])
@@ -402,10 +368,10 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     },
   }
   for k_, v in summary.items():
-    common.log(f"curvature {k_}: {v}")
-  common.write_json(os.path.join(workdir, "curvature.json"), {"config": config.to_dict(), **res})
+    cli.log(f"curvature {k_}: {v}")
+  cli.write_json(os.path.join(workdir, "curvature.json"), {"config": config.to_dict(), **res})
   png = os.path.join(workdir, "curvature.png")
-  _plot(res, png, common.run_label(config, f"window [{S}, {T}]"))
+  _plot(res, png, plotting.run_label(config, f"window [{S}, {T}]"))
   return {
     **summary,
     "files": ["curvature.json", "curvature.png"],
@@ -423,7 +389,7 @@ def _factor_ticks(a, f) -> None:
 
 def _plot(res: dict, path: str, label: str) -> None:
   sh = res.get("shell")
-  fig, ax = common.new_figure(2, 3, width=4.8, height=3.9)
+  fig, ax = plotting.new_figure(2, 3, width=4.8, height=3.9)
   tr = res["trajectory"]
   s = np.asarray([t["step"] for t in tr])
   lam = np.asarray([np.mean(t["eigenvalues"], axis=0) for t in tr])
@@ -500,7 +466,7 @@ def _plot(res: dict, path: str, label: str) -> None:
   if not sh:
     for a in (ax[1][1], ax[1][2]):
       a.axis("off")
-    common.save_figure(fig, path, label)
+    plotting.save_figure(fig, path, label)
     return
   a = ax[1][1]
   f = np.asarray(sh["factors"])
@@ -542,7 +508,7 @@ def _plot(res: dict, path: str, label: str) -> None:
   a.set_ylabel("loss drop (nats, training batches)")
   a.set_title("midpoint drop vs quadratic model (x: gap <= 0)", fontsize=10)
   a.legend(fontsize=6)
-  common.save_figure(fig, path, label)
+  plotting.save_figure(fig, path, label)
 
 
 # ----------------------------------------------------------------------------
@@ -642,7 +608,7 @@ def midpoint_check(loss_fn, a, c, batches, batch_stats) -> dict:
 
   gaps, quads, la, lm = [], [], [], []
   for b in batches:
-    g = curv.midpoint_gap(loss_fn, a, c, common.with_batch_stats(b, batch_stats))
+    g = curv.midpoint_gap(loss_fn, a, c, evaluation.with_batch_stats(b, batch_stats))
     gaps.append(float(g.gap))
     quads.append(float(g.quadratic))
     la.append(0.5 * (float(g.loss_a) + float(g.loss_c)))
@@ -659,7 +625,7 @@ def midpoint_check(loss_fn, a, c, batches, batch_stats) -> dict:
   }
 
 
-def shell_law(restored, loss_fn, exp, key, total_steps: int, batches) -> dict:
+def shell_law(run, state, loss_fn, exp, key, total_steps: int, batches) -> dict:
   """Pairs of constant-rate side-trips at f * eta from theta_S on two batch orders.
 
   For each factor f two copies of the parent state at S run L steps with the
@@ -687,19 +653,19 @@ def shell_law(restored, loss_fn, exp, key, total_steps: int, batches) -> dict:
   factors = [float(f) for f in exp.shell_factors]
   if len(factors) < 3 or any(not f > 0 for f in factors) or len(set(factors)) != len(factors):
     raise ValueError(f"exp.shell_factors must be >= 3 distinct positive factors, got {factors}")
-  cfg = restored.config
+  S = int(state.step)
+  cfg = run.config_at(S)
   L = int(exp.shell_steps if exp.shell_steps is not None else _window(cfg, exp))
   if L < 2:
     raise ValueError(f"exp.shell_steps must be >= 2, got {L}")
   if int(exp.shell_points) < 4:
     raise ValueError(f"exp.shell_points must be >= 4, got {exp.shell_points!r}")
-  S = int(restored.step)
   beta = float(cfg.optimizer.get("momentum", 0.0) or 0.0)
   lr = float(cfg.optimizer.lr)
-  b = common.with_batch_stats(common.train_batch(restored.dataset, S), restored.state.batch_stats)
+  b = evaluation.with_batch_stats(evaluation.train_batch(run.dataset, S), state.batch_stats)
   eig = probes.hessian_top_eigs(
     loss_fn,
-    restored.state.params,
+    state.params,
     b,
     int(exp.shell_k),
     key=key,
@@ -711,10 +677,10 @@ def shell_law(restored, loss_fn, exp, key, total_steps: int, batches) -> dict:
   trips = []
   t0 = time.perf_counter()
   for f in factors:
-    a = common.Runner(restored, lr_factor=f, stream_offset=0)
-    c = common.Runner(restored, lr_factor=f, stream_offset=int(total_steps))
+    a = parents.stepper(run, state, lr_factor=f, stream_offset=0)
+    c = parents.stepper(run, state, lr_factor=f, stream_offset=int(total_steps))
     total, fast, from_s, samples = [], [], [], []
-    theta_s = np.asarray(ravel_pytree(restored.state.params)[0], np.float64)
+    theta_s = np.asarray(ravel_pytree(state.params)[0], np.float64)
     for t in times:
       a.advance_to(S + t)
       c.advance_to(S + t)
@@ -738,7 +704,7 @@ def shell_law(restored, loss_fn, exp, key, total_steps: int, batches) -> dict:
     # No positive curvature in the fast span: no relaxation, never stationary.
     relax = (1.0 - beta) / (f * lr * lam_k) if lam_k > 0 else None
     relaxed = relax is not None and L / 2 >= RELAXATIONS * relax
-    midpoint = midpoint_check(loss_fn, a.params, c.params, batches, restored.state.batch_stats)
+    midpoint = midpoint_check(loss_fn, a.params, c.params, batches, state.batch_stats)
     split = _drift_drag(a, centre, int(exp.drag_steps)) if int(exp.drag_steps) > 0 else None
     trips.append(
       {
@@ -761,7 +727,7 @@ def shell_law(restored, loss_fn, exp, key, total_steps: int, batches) -> dict:
         "drift_drag": split,
       }
     )
-    common.log(
+    cli.log(
       f"shell f={f:g}: pair distance {total_a.mean():.4g} (fast {fast_a.mean():.3g}); "
       f"stationary {st_total['stationary']} (fast {st_fast['stationary'] and relaxed}); "
       f"midpoint gap {midpoint['gap']:.4g} vs quadratic {midpoint['quadratic']:.4g}"
@@ -1103,13 +1069,13 @@ def run_seeds(config, exp, workdir: str) -> dict:
     for c in CLAIMS.values()
     if all(c.id in m for _, m, _ in per_seed)
   ]
-  common.write_json(
+  cli.write_json(
     os.path.join(workdir, "curvature_claims.json"),
     {"claims": records, "seconds_per_seed": {str(s): t for s, _, t in per_seed}},
     allow_nan=True,
   )
   for r in records:
-    common.log(f"claim {r['id']}: {r['verdict']}")
+    cli.log(f"claim {r['id']}: {r['verdict']}")
   return {"claims": {r["id"]: r["verdict"] for r in records}, "seeds": seeds}
 
 
@@ -1123,7 +1089,7 @@ CLAIMS = _claims()
 
 
 def main(argv=None):
-  return common.cli(NAME, _cli_run, experiment_defaults, argv)
+  return cli.cli(NAME, _cli_run, experiment_defaults, argv)
 
 
 if __name__ == "__main__":

@@ -589,13 +589,13 @@ def test_noise_groups_and_placebo_splits():
 
 
 def test_fig1_reuses_only_a_run_of_the_same_config_knobs_and_parent(tmp_path):
-  from experiments import common, demo
+  from experiments import cli, demo
   from experiments import fig1_averaging_vs_sidetrips as fig1
 
   config, exps = demo.build(tiny=True)
   exp = exps["fig1"]
   path = str(tmp_path / "fig1.json")
-  common.write_json(
+  cli.write_json(
     path,
     {
       "config": config.to_dict(),
@@ -607,5 +607,5 @@ def test_fig1_reuses_only_a_run_of_the_same_config_knobs_and_parent(tmp_path):
   )
   assert fig1._finished(path, config, exp, "/p")["rows"] == [{"x": 1}]
   assert fig1._finished(path, config, exp, "/q") is None
-  assert fig1._finished(path, config, common.apply_overrides(exp, {"replicates": 5}), "/p") is None
+  assert fig1._finished(path, config, cli.apply_overrides(exp, {"replicates": 5}), "/p") is None
   assert fig1._finished(str(tmp_path / "none.json"), config, exp, "/p") is None
