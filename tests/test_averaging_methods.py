@@ -172,6 +172,13 @@ def test_a_registered_method_gets_its_kernel_schedule_and_theory(linear_method):
   )
   ex = theory.expected_loss(kappa, lr=lr, num_steps=1500, method=linear_method, start_step=1500 - w)
   np.testing.assert_allclose(2 * np.asarray(ex.loss_by_dof)[-1] / kappa, f, rtol=2e-4)
+  # The value: spelt, read back, its kernel; a method without a default
+  # window covers any window it is given (params_for_window leaves it be).
+  value = averaging.average(linear_method)
+  assert str(value) == "linear(start_step=0)" and averaging.as_average(str(value)) == value
+  np.testing.assert_allclose(value.kernel(k), want, rtol=1e-12)
+  assert averaging.params_for_window(linear_method, k, {"start_step": 2}) == {"start_step": 2}
+  assert averaging.METHODS[linear_method].default_window({"start_step": 2}) is None
   # And the config checks.
   section = {"start_step": 5000, "decay": 0.3, "gap": 4}
   assert averaging.method_params(linear_method, section) == {"start_step": 5000}

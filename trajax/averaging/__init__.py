@@ -37,7 +37,13 @@ averager factory, its default window and optional closed-form fast paths
   builds the equivalent learning-rate schedule and :mod:`trajax.theory` the
   stationary variance;
 * config checks: :func:`validate_params` and :func:`method_params` read the
-  flat ``averaging`` config section.
+  flat ``averaging`` config section;
+* the value: :class:`Average` (a method with its checked parameters) and
+  :class:`Kernel` (any average, by its weights), one immutable value that
+  the config, side-trips, posthoc and experiments hand around
+  (:func:`average`, :func:`as_average`, spelt ``ema(decay=0.01, every=1)``);
+  :func:`params_for_window` (the inverse of a record's default window) and
+  each record's :class:`Sweep` (which parameter a sweep varies).
 
 A new method is one :func:`register` call; its schedule and theory follow.
 
@@ -72,17 +78,26 @@ from trajax.averaging.averagers import (
 from trajax.averaging.methods import (
   METHODS,
   Method,
+  Sweep,
   check_params,
   get_method,
   kernel,
   make_averager,
   make_profiles,
   method_params,
+  params_for_window,
   profile_params,
   register,
   step_weights_table,
   validate_params,
   validate_profiles,
+)
+from trajax.averaging.value import (
+  KERNEL,
+  Average,
+  Kernel,
+  as_average,
+  average,
 )
 from trajax.averaging.wrappers import (
   AveragingState,
@@ -110,17 +125,23 @@ __all__ = [
   "EVERY",
   "GAMMA",
   "GAP",
+  "KERNEL",
   "METHODS",
   "N",
   "START_STEP",
+  "Average",
   "AverageState",
   "Averager",
   "AveragingState",
+  "Kernel",
   "Method",
   "Param",
   "Points",
   "ProfileState",
   "ProfilesState",
+  "Sweep",
+  "as_average",
+  "average",
   "averaged_params",
   "check_params",
   "ema",
@@ -136,6 +157,7 @@ __all__ = [
   "method_params",
   "multi_point",
   "multi_point_averager",
+  "params_for_window",
   "power_ema",
   "power_ema_averager",
   "power_ema_gamma",

@@ -92,6 +92,9 @@ class Param(NamedTuple):
     static: fixes array shapes or dtypes, so it must be concrete even under
       ``optax.inject_hyperparams`` (pass it in ``static_args``).
     steps: a number of steps, so a config refuses it above ``total_steps``.
+    example: the value the flat ``averaging`` config section shows for a
+      required parameter (its field must have a neutral value); None: the
+      field is a typed placeholder (None until set).
   """
 
   name: str
@@ -101,6 +104,7 @@ class Param(NamedTuple):
   default: Any = _REQUIRED
   static: bool = False
   steps: bool = False
+  example: Any = None
 
   @property
   def required(self) -> bool:
@@ -109,11 +113,12 @@ class Param(NamedTuple):
 
 START_STEP = Param("start_step", "int", "an integer >= 0", lambda v: v >= 0, default=0)
 EVERY = Param("every", "int", "an integer >= 1", lambda v: v >= 1, default=1, steps=True)
-DECAY = Param("decay", "float", "a float in (0, 1]", lambda v: 0 < v <= 1)
+DECAY = Param("decay", "float", "a float in (0, 1]", lambda v: 0 < v <= 1, example=0.001)
 DEBIAS = Param("debias", "bool", "True or False", default=False)
-GAP = Param("gap", "int", "an integer >= 1", lambda v: v >= 1, steps=True)
-N = Param("n", "int", "an integer >= 1", lambda v: v >= 1, static=True)
-GAMMA = Param("gamma", "float", "a float > 0", lambda v: v > 0)
+GAP = Param("gap", "int", "an integer >= 1", lambda v: v >= 1, steps=True, example=1000)
+N = Param("n", "int", "an integer >= 1", lambda v: v >= 1, static=True, example=2)
+# The example: σ_rel ≈ 0.10 (Karras et al. 2024), :func:`power_ema_gamma`.
+GAMMA = Param("gamma", "float", "a float > 0", lambda v: v > 0, example=6.94)
 ACCUMULATOR_DTYPE = Param(
   "accumulator_dtype", "dtype", "a floating dtype", default=_FLOAT32, static=True
 )

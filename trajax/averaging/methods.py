@@ -42,6 +42,39 @@ from trajax.averaging.averagers import (
 # The registry.
 
 
+class Sweep(NamedTuple):
+  """Which parameter a sweep over a method varies, and its default grid.
+
+  Attributes:
+    param: a parameter of the method, or ``'window'`` where the window is
+      what varies (SWA: the average of the last k steps, for several k).
+    kind: 'int' or 'float' (how a grid given as text is read).
+    bounds: ``(low, high, count)``: the default grid is ``count`` points
+      spaced evenly in log between ``low`` and ``high`` (:attr:`grid`);
+      None: no default grid (the caller picks one, e.g. from the run).
+  """
+
+  param: str
+  kind: str
+  bounds: tuple[float, float, int] | None = None
+
+  @property
+  def grid(self) -> tuple:
+    """The default grid (3 significant digits), or ``()`` without ``bounds``."""
+    if self.bounds is None:
+      return ()
+    low, high, count = self.bounds
+    values = np.geomspace(low, high, int(count))
+    if self.kind == "int":
+      return tuple(sorted({int(round(v)) for v in values}))
+    return tuple(sorted({float(f"{v:.3g}") for v in values}))
+
+
+def _window_free(k: int, base: dict) -> dict:
+  """The window is not a parameter: the average covers whatever window it is given."""
+  return dict(base)
+
+
 class Method(NamedTuple):
   """One averaging method, defined once.
 
@@ -63,6 +96,16 @@ class Method(NamedTuple):
     match: optional ``(kernel, atol) -> params | None`` proposing parameters
       from a kernel, for :func:`trajax.schedules.matching_averaging` (the
       proposal is accepted only if the derived kernel agrees).
+    params_for_window: ``(k, base) -> params``: the inverse of
+      ``default_window``: ``base`` (the method's parameters, possibly
+      partial) changed to cover a window of k steps, so that
+      ``default_window(params_for_window(k, base)) == k`` wherever the method
+      has a default window (two_point: gap = k). A method without one (EMA,
+      SWA, power EMA) covers any window it is given: its parameters do not
+      depend on k and ``base`` comes back as it is. Raises ValueError when
+      no parameters give k (multi-point: k must be a multiple of n − 1).
+    sweep: the :class:`Sweep` a parameter sweep over the method uses (None:
+      not swept, e.g. 'none').
   """
 
   name: str
@@ -73,6 +116,8 @@ class Method(NamedTuple):
   step_weights: Callable[[int, dict], np.ndarray | None] | None = None
   bracket: Callable[..., np.ndarray | None] | None = None
   match: Callable[[np.ndarray, float], dict | None] | None = None
+  params_for_window: Callable[[int, dict], dict] = _window_free
+  sweep: Sweep | None = None
 
   def param(self, name: str) -> Param | None:
     return next((p for p in self.params if p.name == name), None)
@@ -130,6 +175,42 @@ def method_params(method: str, section: Mapping) -> dict:
     if value is not None:
       out[p.name] = value
   return out
+
+
+def params_for_window(method: str, window: int, base: Mapping | None = None) -> dict:
+  """The parameters of ``method`` that cover ``window`` steps, from ``base``.
+
+  ``base`` is a mapping of parameters or a flat ``averaging`` config section
+  (the method's own fields are picked, :func:`method_params`); the record's
+  ``params_for_window`` sets what the window fixes (two_point's gap,
+  multi_point's gap for the base's n), and the result is checked
+  (:func:`check_params`, defaults filled in, ``accumulator_dtype`` left out).
+
+  Example:
+
+    >>> from trajax import averaging
+    >>> averaging.params_for_window("multi_point", 12, {"n": 4, "decay": 0.1})
+    {'n': 4, 'gap': 4, 'start_step': 0}
+  """
+  m = get_method(method)
+  window = _check_window(window)
+  base = method_params(method, base or {})
+  base.pop("accumulator_dtype", None)
+  given = m.params_for_window(window, base)
+  out = check_params(method, given)
+  out.pop("accumulator_dtype", None)
+  return out
+
+
+def _multi_point_for_window(k: int, p: dict) -> dict:
+  n = p.get("n")
+  if n is None:
+    raise ValueError(f"multi_point: a window of {k} steps needs n (the number of points)")
+  if n < 2 or k % (n - 1):
+    raise ValueError(
+      f"multi_point with n={n}: a window of {k} steps needs n >= 2 and k divisible by n - 1"
+    )
+  return {**p, "gap": k // (n - 1)}
 
 
 def validate_params(
@@ -378,6 +459,10 @@ def _match_power_ema(c, atol):
   return {"gamma": float(gamma)} if gamma > 0 else None
 
 
+# Default sweep grids: 10 per decade of EMA's δ, 4 per octave of power EMA's γ.
+EMA_SWEEP = Sweep("decay", "float", (1e-4, 0.1, 31))
+POWER_EMA_SWEEP = Sweep("gamma", "float", (1.0, 64.0, 25))
+
 register(Method("none", (), identity_averager))
 register(
   Method(
@@ -388,6 +473,7 @@ register(
     step_weights=kernels.ema_step_weights,
     bracket=kernels.ema_bracket,
     match=_match_ema,
+    sweep=EMA_SWEEP,
   )
 )
 register(
@@ -398,6 +484,7 @@ register(
     step_weights=kernels.swa_step_weights,
     bracket=kernels.swa_bracket,
     match=_match_swa,
+    sweep=Sweep("window", "int"),
   )
 )
 register(
@@ -410,6 +497,8 @@ register(
     step_weights=kernels.multi_point_step_weights,
     bracket=kernels.two_point_bracket,
     match=_match_two_point,
+    params_for_window=lambda k, p: {**p, "gap": k},
+    sweep=Sweep("gap", "int"),
   )
 )
 register(
@@ -422,6 +511,8 @@ register(
     step_weights=kernels.multi_point_step_weights,
     bracket=kernels.multi_point_bracket,
     match=_match_points,
+    params_for_window=_multi_point_for_window,
+    sweep=Sweep("gap", "int"),
   )
 )
 register(
@@ -431,5 +522,6 @@ register(
     power_ema_averager,
     step_weights=kernels.power_ema_step_weights,
     match=_match_power_ema,
+    sweep=POWER_EMA_SWEEP,
   )
 )
