@@ -371,6 +371,20 @@ def test_stored_config_round_trips_typed_and_locked():
     back.sidetrip.window = "x"
 
 
+def test_a_section_is_rebuilt_by_the_package_that_registers_it():
+  from trajax import sidetrip
+
+  # trajax.config imports no side-trip code: the side-trip package registers its section.
+  assert "sidetrip" in config_lib.registered_sections()
+  stored = _stored(sidetrip.with_sidetrip(load("mnist1d"), kind="schedule", lr_factor=0.5))
+  assert config_lib.from_dict(stored).sidetrip.lr_factor == 0.5
+  stored["toy"] = {"knob": 1}  # a section nobody registered: named, with what is registered
+  with pytest.raises(cv.ConfigError, match=r"toy.knob = 1: unknown section.*'sidetrip'"):
+    config_lib.from_dict(stored)
+  with pytest.raises(ValueError, match="'optimizer' is declared by base_config"):
+    config_lib.register_section("optimizer", lambda c, s: c)
+
+
 def test_old_stored_config_loads_with_defaults_and_resumes_without_a_difference():
   c = load("mnist1d")
   old = _stored(c)

@@ -235,7 +235,7 @@ def test_nonfinite_step_freezes_state_and_names_the_step():
   np.testing.assert_array_equal(
     jax.device_get(state.params)["Dense_0"]["kernel"], before.params["Dense_0"]["kernel"]
   )
-  err = train._health_error(jax.device_get(state.health), "/ckpt/1")
+  err = train.health_error(jax.device_get(state.health), "/ckpt/1")
   assert "loss" in str(err) and "gradient" in str(err) and "step 1" in str(err)
   assert "/ckpt/1" in str(err)
 
@@ -300,6 +300,42 @@ def test_recompute_batch_stats_is_cumulative_mean_of_batch_moments():
   np.testing.assert_allclose(
     stats["bn"]["var"], np.mean([h.var(0) for h in hs], 0), rtol=1e-4, atol=1e-5
   )
+
+
+def test_evaluation_variables_is_the_config_batch_norm_policy():
+  model, mesh = DenseBN(), one_device_mesh()
+  r = np.random.default_rng(4)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6)), train=False)
+  batches = [
+    {"image": (r.normal(size=(8, 6)) + i).astype(np.float32), "label": np.zeros(8, np.int32)}
+    for i in range(4)
+  ]
+  dataset = types.SimpleNamespace(fixed_train_batch=lambda i: batches[i])
+  ev = train.Evaluator(model, mesh)
+  params, given = variables["params"], jax.tree.map(lambda x: x + 7.0, variables["batch_stats"])
+
+  def config(policy):
+    avg = types.SimpleNamespace(batch_norm=policy, bn_recompute_batches=3)
+    return types.SimpleNamespace(averaging=avg)
+
+  p, stats = train.evaluation_variables(
+    params, given, config=config("recompute"), evaluator=ev, dataset=dataset
+  )
+  assert p is params
+  expect = ev.recompute_batch_stats(params, given, batches[:3])  # the first 3 fixed batches only
+  for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(expect), strict=True):
+    np.testing.assert_array_equal(a, b)
+  _, stats = train.evaluation_variables(
+    params, given, config=config("average"), evaluator=ev, dataset=dataset
+  )
+  assert stats is given
+  # The policy argument overrides the config's.
+  _, stats = train.evaluation_variables(
+    params, given, config=config("average"), evaluator=ev, dataset=dataset, policy="recompute"
+  )
+  np.testing.assert_array_equal(stats["bn"]["mean"], expect["bn"]["mean"])
+  with pytest.raises(ValueError, match="'swa'.*recompute"):
+    train.evaluation_variables(params, given, config=config("swa"), evaluator=ev, dataset=dataset)
 
 
 # --------------------------------------------------------------------------- the driver

@@ -29,7 +29,9 @@ the rest         (the training loop's fields)    :func:`check_run`
 ===============  ==============================  ===================================
 
 The ``sidetrip`` section is declared by ``trajax.sidetrip.default_section()``
-and added only to side-trip configs (``trajax.sidetrip.with_sidetrip``).
+and added only to side-trip configs (``trajax.sidetrip.with_sidetrip``); the
+side-trip package registers it (:func:`register_section`) so that
+:func:`from_dict` rebuilds a stored one without this module importing it.
 
 This module imports no JAX and no TensorFlow (only ml_collections and absl,
 to register the ``None`` parsers), so the validator runs in about a second,
@@ -61,6 +63,8 @@ __all__ = [
   "is_int",
   "is_real",
   "one_of",
+  "register_section",
+  "registered_sections",
 ]
 
 # The initial-parameter key (``train.init_key``) keeps the low 32 bits of the
@@ -190,19 +194,47 @@ def flatten(config) -> dict[str, Any]:
   return out
 
 
+# Sections base_config() does not declare, added to some configs by the package
+# that owns them: name -> rebuild(config, stored_section) -> config.
+_SECTIONS: dict[str, Callable[[Any, Mapping], Any]] = {}
+
+
+def register_section(name: str, rebuild: Callable[[Any, Mapping], Any]) -> None:
+  """Declares a section a package adds to some configs, and how a stored one is rebuilt.
+
+  ``rebuild(config, stored_section)`` returns a locked copy of ``config`` with
+  the section typed again; :func:`from_dict` calls it for a stored config that
+  holds the section. The owner registers on import (``trajax.sidetrip``
+  registers ``sidetrip``), so this module imports none of them.
+  """
+  if name in _base_sections():
+    raise ValueError(f"section {name!r} is declared by base_config(); it cannot be registered")
+  _SECTIONS[name] = rebuild
+
+
+def registered_sections() -> tuple[str, ...]:
+  """The sections packages have registered so far (:func:`register_section`)."""
+  return tuple(sorted(_SECTIONS))
+
+
+def _base_sections() -> frozenset:
+  return frozenset(base_config().keys())
+
+
 def from_dict(stored: Mapping):
   """A typed, locked config from a stored one (``meta['config']`` of a checkpoint).
 
   ``base_config()`` updated field by field from ``stored``; fields ``stored``
-  lacks keep their defaults. A ``sidetrip`` section is rebuilt on
-  ``trajax.sidetrip.default_section()``.
+  lacks keep their defaults. A section a package added (a side-trip's
+  ``sidetrip``) is rebuilt by that package (:func:`register_section`), which
+  must be imported first.
 
   Raises:
     ConfigError: a stored field this version does not declare, or a value of
       the wrong type (each named with its value).
   """
   stored = dict(stored.to_dict() if hasattr(stored, "to_dict") else stored)
-  side = stored.pop("sidetrip", None)
+  added = {name: stored.pop(name) for name in list(stored) if name in _SECTIONS}
   config = base_config()
   problems = []
   for field, value in flatten(stored).items():
@@ -215,7 +247,13 @@ def from_dict(stored: Mapping):
     except (KeyError, TypeError):
       known = False
     if not known:
-      problems.append(Problem(field, value, "unknown field (written by a different trajax?)"))
+      allowed = "unknown field (written by a different trajax?)"
+      if path and path[0] not in config:
+        allowed = (
+          "unknown section (written by a different trajax, or its package is not imported; "
+          f"registered: {list(registered_sections())})"
+        )
+      problems.append(Problem(field, value, allowed))
       continue
     try:
       node[last] = value
@@ -223,10 +261,9 @@ def from_dict(stored: Mapping):
       problems.append(Problem(field, value, f"wrong type: {e}"))
   if problems:
     raise ConfigError(problems)
-  if side is not None:
-    from trajax import sidetrip
-
-    config = sidetrip.with_sidetrip(config, **dict(side))
+  for name, section in added.items():
+    if section is not None:
+      config = _SECTIONS[name](config, section)
   return config
 
 

@@ -64,8 +64,10 @@ __all__ = [
   "LearningRate",
   "ScaledRate",
   "TrainResult",
+  "RESUME_MODES",
   "fit",
   "stored_config",
+  "train_and_evaluate",
 ]
 
 
@@ -105,7 +107,7 @@ class ScaledRate(NamedTuple):
 
 @dataclasses.dataclass
 class TrainResult:
-  """What :func:`fit` (and ``train.train_and_evaluate``) returns.
+  """What :func:`fit` (and :func:`train_and_evaluate`) returns.
 
   state: the final :class:`trajax.state.TrainState` (on device); step: its step.
   preempted: True when SIGTERM stopped the run early (after a committed save).
@@ -373,7 +375,7 @@ def fit(
     def save():
       nonlocal last_good
       check_health()
-      if not bool(train._state_finite(state)):  # belt and braces: health should have caught it
+      if not bool(train.state_finite(state)):  # belt and braces: health should have caught it
         raise state_lib.NonFiniteError(f"state at step {step} holds non-finite values; not saved")
       meta = ckpt_lib.make_metadata(stored, step=step)
       if metadata is not None:
@@ -503,3 +505,52 @@ def fit(
     "compiled": None if cache_before is None else train.compilations(p_step) > cache_before,
   }
   return TrainResult(state, step, preempted, eval_out, evals, origin, timings)
+
+
+# ----------------------------------------------------------------------------
+# the main run
+
+RESUME_MODES = ("auto", "require", "never")
+
+
+def train_and_evaluate(
+  config,
+  workdir: str,
+  *,
+  resume: str = "auto",
+  dataset=None,
+  model=None,
+  callbacks: Iterable[Callable[[int], None]] = (),
+):
+  """Trains ``config`` in ``workdir``, resuming from its latest checkpoint.
+
+  A thin call of :func:`fit` with the config's schedule and batch
+  stream and no parent: the run's own latest checkpoint, else a fresh init.
+
+  Args:
+    config: a (locked) ``ml_collections.ConfigDict`` from ``configs/``.
+    workdir: run directory; created if missing, but its parent must exist (a
+      mistyped path is an error, never a silent fresh start elsewhere).
+    resume: 'auto' (continue if a committed checkpoint exists, else start),
+      'require' (error if there is none: restart scripts), 'never' (error if
+      there is one).
+    dataset, model: override ``trajax.data.get_dataset`` /
+      ``trajax.models.create_model`` (tests).
+    callbacks: called as ``cb(step)`` on the host after each dispatched step.
+
+  Returns:
+    A :class:`TrainResult`.
+
+  Raises:
+    trajax.config_validation.ConfigError: bad config or refused resume.
+    trajax.state.ResumeError: workdir problems.
+    trajax.state.NonFiniteError: a non-finite step (see :mod:`trajax.train`).
+  """
+  from trajax import config_validation
+
+  if resume not in RESUME_MODES:
+    raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
+  config_validation.validate(config)
+  return fit(
+    config, workdir, start=None, resume=resume, dataset=dataset, model=model, callbacks=callbacks
+  )

@@ -107,7 +107,7 @@ def main(argv):
   # TensorFlow (tf.data, TFDS, TensorBoard) must not take GPU/TPU memory.
   tf = metrics.import_tensorflow(verbose_libs=_VERBOSE_LIBS.value)
 
-  from trajax import train
+  from trajax import loop
 
   tf.config.set_visible_devices([], "GPU")
 
@@ -117,7 +117,7 @@ def main(argv):
     workdir_lock.request_takeover(_WORKDIR.value)
   try:
     workdir = _prepare_workdir(_WORKDIR.value, _RESUME.value)
-    result = train.train_and_evaluate(_CONFIG.value, workdir, resume=_RESUME.value)
+    result = loop.train_and_evaluate(_CONFIG.value, workdir, resume=_RESUME.value)
   except Exception as e:  # noqa: BLE001 -- every error reaches the user as one line
     if _TRACEBACK.value or _VERBOSE_LIBS.value:
       raise

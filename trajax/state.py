@@ -14,11 +14,13 @@ wrapped in the config's :mod:`trajax.averaging` method, so θ̄_t lives in the
 optimizer state and is checkpointed with it; so do the extra averages of
 ``averaging.profiles`` (:func:`trajax.averaging.with_profiles`, inside that
 wrapper; none: the layout is unchanged). The paper's fixed-batch side-trip
-(Sec. 3, Fig. 3) uses :func:`fixed_batch_gd` instead: θ ← θ − η ∇L_b(θ), plain
-gradient descent on the batch's loss alone -- no momentum, no average and no
-weight decay (the quantity Fig. 3 descends and plots is L_b).
+(Sec. 3, Fig. 3) uses :func:`trajax.probes.fixed_batch_gd` (re-exported here)
+instead: θ ← θ − η ∇L_b(θ), plain gradient descent on the batch's loss alone --
+no momentum, no average and no weight decay (the quantity Fig. 3 descends and
+plots is L_b).
 
-``import trajax.state`` needs only jax, optax, numpy and :mod:`trajax.averaging`.
+``import trajax.state`` needs only jax, optax, numpy and the core
+(:mod:`trajax.averaging`, :mod:`trajax.probes`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from trajax import averaging
+from trajax.probes.interpolation import fixed_batch_gd  # noqa: F401  (re-exported)
 
 PyTree = Any
 
@@ -150,19 +153,6 @@ def decay_mask(params) -> PyTree:
   The usual ResNet recipe; the paper does not say.
   """
   return jax.tree.map(lambda p: p.ndim > 1, params)
-
-
-def fixed_batch_gd(learning_rate) -> optax.GradientTransformation:
-  """Plain gradient descent θ ← θ − η ∇L_b(θ): the paper's fixed-batch side-trip.
-
-  No momentum, no averaging and no weight decay: the side-trip descends the
-  fixed batch's own loss L_b, the quantity Fig. 3 plots. The one definition
-  behind ``sidetrip.kind='fixed_batch'`` and :func:`trajax.probes.gd_trajectory`.
-
-  Args:
-    learning_rate: η, a float or an optax schedule of the update count.
-  """
-  return optax.sgd(learning_rate)
 
 
 def make_optimizer(

@@ -10,11 +10,13 @@ Layout (flax ``examples/imagenet`` order, ``jax.jit`` with shardings instead of
   state's layout. Its names are re-exported here.
 * this module -- :func:`train_step`, pure ``(state, batch) -> (state, metrics)``,
   jitted by :func:`make_train_step` with the state donated; :func:`eval_step`,
-  :class:`Evaluator` and :func:`averaged_variables` for evaluation of the raw
-  and the averaged parameters.
+  :class:`Evaluator`; :func:`evaluation_variables`, the one BatchNorm policy
+  for free parameters (an average, post hoc or in training), and
+  :func:`averaged_variables` for the state's own average.
 * :mod:`trajax.loop` -- :func:`trajax.loop.fit`, the one host loop (checkpoints,
-  metrics, signals) that a main run, a side-trip and a replay share;
-  :func:`train_and_evaluate` is a thin call of it.
+  metrics, signals) that a main run, a side-trip and a replay share, and
+  :func:`trajax.loop.train_and_evaluate`, the main run (a thin call of it;
+  ``trajax.train.train_and_evaluate`` still resolves, deprecated).
 
 The update (paper eq. 1 with heavy-ball momentum, as ``optax.sgd``)::
 
@@ -99,7 +101,7 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-_state_finite = jax.jit(_all_finite)
+state_finite = jax.jit(_all_finite)  # True when every leaf is finite
 
 
 def _select(pred, new, old):
@@ -397,73 +399,75 @@ class Evaluator:
     return jax.tree.map(lambda x: x / k, total)
 
 
-def averaged_variables(state: TrainState, config, evaluator: Evaluator, dataset) -> tuple:
-  """``(params, batch_stats)`` of the averaged model, BN statistics per config."""
-  params = averaging.averaged_params(state.opt_state, state.params)
-  params = jax.tree.map(lambda a, p: a.astype(p.dtype), params, state.params)
-  mode = config.averaging.batch_norm
-  if mode == "average":
-    stats = state.bn_average.average
-  else:
-    batches = (dataset.fixed_train_batch(i) for i in range(config.averaging.bn_recompute_batches))
-    stats = evaluator.recompute_batch_stats(params, state.batch_stats, batches)
-  return params, stats
+def evaluation_variables(
+  params, batch_stats, *, config, evaluator: Evaluator, dataset, policy: str | None = None
+) -> tuple:
+  """``(params, batch_stats)`` to evaluate free parameters with: the one BatchNorm policy.
 
+  Free parameters (an average θ̄, in training or built post hoc, an
+  interpolation point, a replay's state) have no BatchNorm statistics of their
+  own. ``policy`` (default ``config.averaging.batch_norm``) says which:
 
-# ----------------------------------------------------------------------------
-# driver
-
-RESUME_MODES = ("auto", "require", "never")
-
-
-def train_and_evaluate(
-  config,
-  workdir: str,
-  *,
-  resume: str = "auto",
-  dataset=None,
-  model=None,
-  callbacks: Iterable[Callable[[int], None]] = (),
-):
-  """Trains ``config`` in ``workdir``, resuming from its latest checkpoint.
-
-  A thin call of :func:`trajax.loop.fit` with the config's schedule and batch
-  stream and no parent: the run's own latest checkpoint, else a fresh init.
+  * ``'recompute'`` -- the cumulative mean over the first
+    ``config.averaging.bn_recompute_batches`` fixed training batches
+    (``dataset.fixed_train_batch(i)``) of each batch's statistics under
+    ``params`` (:meth:`Evaluator.recompute_batch_stats`; what
+    ``torch.optim.swa_utils.update_bn`` does): statistics of averaged weights
+    are not the average of the statistics. ``batch_stats`` only gives the tree.
+  * ``'average'`` -- ``batch_stats`` as given (the caller's average of the
+    statistics, e.g. ``state.bn_average.average``).
 
   Args:
-    config: a (locked) ``ml_collections.ConfigDict`` from ``configs/``.
-    workdir: run directory; created if missing, but its parent must exist (a
-      mistyped path is an error, never a silent fresh start elsewhere).
-    resume: 'auto' (continue if a committed checkpoint exists, else start),
-      'require' (error if there is none: restart scripts), 'never' (error if
-      there is one).
-    dataset, model: override ``trajax.data.get_dataset`` /
-      ``trajax.models.create_model`` (tests).
-    callbacks: called as ``cb(step)`` on the host after each dispatched step.
-
-  Returns:
-    A :class:`trajax.loop.TrainResult`.
-
-  Raises:
-    trajax.config_validation.ConfigError: bad config or refused resume.
-    ResumeError: workdir problems.
-    NonFiniteError: a non-finite step (see the module docstring).
+    params: the free parameters (returned unchanged).
+    batch_stats: the statistics used under ``'average'``; the layout under
+      ``'recompute'``.
+    config: the run's config (its ``averaging.batch_norm`` and
+      ``averaging.bn_recompute_batches``).
+    evaluator: an :class:`Evaluator` of the run's model (:func:`evaluator`).
+    dataset: the run's dataset (``fixed_train_batch``).
+    policy: overrides ``config.averaging.batch_norm``.
   """
-  from trajax import config_validation, loop
+  from trajax.config import BATCH_NORM
 
-  if resume not in RESUME_MODES:
-    raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
-  config_validation.validate(config)
-  return loop.fit(
-    config, workdir, start=None, resume=resume, dataset=dataset, model=model, callbacks=callbacks
-  )
+  policy = config.averaging.batch_norm if policy is None else policy
+  if policy not in BATCH_NORM:
+    raise ValueError(f"batch-norm policy = {policy!r}: must be one of {BATCH_NORM}")
+  if policy == "recompute":
+    n = int(config.averaging.bn_recompute_batches)
+    batches = (dataset.fixed_train_batch(i) for i in range(n))
+    batch_stats = evaluator.recompute_batch_stats(params, batch_stats, batches)
+  return params, batch_stats
+
+
+def averaged_variables(state: TrainState, config, evaluator: Evaluator, dataset) -> tuple:
+  """``(params, batch_stats)`` of the state's average, BatchNorm per :func:`evaluation_variables`.
+
+  θ̄ (cast to the raw parameters' dtypes) with the in-training average of the
+  statistics under ``'average'``, recomputed statistics under ``'recompute'``.
+  """
+  params = averaging.averaged_params(state.opt_state, state.params)
+  params = jax.tree.map(lambda a, p: a.astype(p.dtype), params, state.params)
+  average = config.averaging.batch_norm == "average"
+  stats = state.bn_average.average if average else state.batch_stats
+  return evaluation_variables(params, stats, config=config, evaluator=evaluator, dataset=dataset)
 
 
 def __getattr__(name):
-  # The host-loop pieces moved to trajax.loop and trajax.host; old names still resolve.
+  # The host-loop pieces moved to trajax.loop and trajax.host; old names still
+  # resolve (looked up by name, so this module imports nothing above it).
   import importlib
 
+  if name == "train_and_evaluate":
+    import warnings
+
+    warnings.warn(
+      "trajax.train.train_and_evaluate moved to trajax.loop.train_and_evaluate",
+      DeprecationWarning,
+      stacklevel=2,
+    )
   moved = {
+    "RESUME_MODES": ("trajax.loop", "RESUME_MODES"),
+    "train_and_evaluate": ("trajax.loop", "train_and_evaluate"),
     "TrainResult": ("trajax.loop", "TrainResult"),
     "truncate_jsonl": ("trajax.host", "truncate_jsonl"),
     "summarize": ("trajax.host", "summarize"),

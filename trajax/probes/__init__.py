@@ -55,6 +55,7 @@ from trajax.probes.distances import (
 )
 from trajax.probes.interpolation import (
   InterpolationResult,
+  fixed_batch_gd,
   gd_trajectory,
   interpolate,
   interpolation_losses,
@@ -106,6 +107,7 @@ __all__ = [
   "epsilon_max",
   "estimate_noise_scale",
   "fit_polynomial",
+  "fixed_batch_gd",
   "gd_trajectory",
   "gradient_alignment",
   "heldout_stats",

@@ -92,7 +92,7 @@ def gradient_alignment(
     :class:`Alignment` with [T] arrays.
   """
   distances.sequence_length(params_seq, "params_seq")
-  distances._check_same_structure(
+  distances.check_same_structure(
     jax.tree.map(lambda x: x[0], params_seq), ref_params, "params_seq[0]", "ref_params"
   )
   grad_fn = jax.grad(loss_fn)
@@ -116,7 +116,7 @@ def parallel_gradient_cosine(
   tb = distances.sequence_length(params_seq_b, "params_seq_b")
   if ta != tb:
     raise ValueError(f"params_seq_a and params_seq_b must have the same length; got {ta} and {tb}.")
-  distances._check_same_structure(params_seq_a, params_seq_b, "params_seq_a", "params_seq_b")
+  distances.check_same_structure(params_seq_a, params_seq_b, "params_seq_a", "params_seq_b")
   grad_fn = jax.grad(loss_fn)
   return jax.lax.map(
     lambda pq: cosine_similarity(grad_fn(pq[0], batch), grad_fn(pq[1], batch)),

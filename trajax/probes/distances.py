@@ -37,10 +37,12 @@ __all__ = [
   "distance_sequence",
   "pairwise_distance_sequence",
   "sequence_length",
+  "check_same_structure",
 ]
 
 
-def _check_same_structure(a: PyTree, b: PyTree, name_a: str, name_b: str) -> None:
+def check_same_structure(a: PyTree, b: PyTree, name_a: str, name_b: str) -> None:
+  """Raises ValueError naming ``name_a`` and ``name_b`` unless the pytrees match leaf by leaf."""
   sa, sb = jax.tree.structure(a), jax.tree.structure(b)
   if sa != sb:
     raise ValueError(
@@ -60,7 +62,7 @@ def _acc_dtype(x):
 
 def tree_dot(a: PyTree, b: PyTree) -> jax.Array:
   """Inner product <a, b> = sum over all leaves and entries of a_i * b_i."""
-  _check_same_structure(a, b, "a", "b")
+  check_same_structure(a, b, "a", "b")
   parts = [
     jnp.vdot(x.astype(_acc_dtype(x)), y.astype(_acc_dtype(y))).real
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=False)
@@ -91,7 +93,7 @@ def l2_distance(a: PyTree, b: PyTree) -> jax.Array:
     >>> print(probes.l2_distance(a, {"w": jnp.zeros(1), "b": jnp.zeros(1)}))
     5.0
   """
-  _check_same_structure(a, b, "a", "b")
+  check_same_structure(a, b, "a", "b")
   return tree_norm(jax.tree.map(jnp.subtract, a, b))
 
 
@@ -131,7 +133,7 @@ def distance_sequence(seq: PyTree, target: PyTree) -> jax.Array:
   """
   sequence_length(seq, "seq")
   first = jax.tree.map(lambda x: x[0], seq)
-  _check_same_structure(first, target, "seq[0]", "target")
+  check_same_structure(first, target, "seq[0]", "target")
   return jax.vmap(l2_distance, in_axes=(0, None))(seq, target)
 
 
@@ -146,5 +148,5 @@ def pairwise_distance_sequence(seq_a: PyTree, seq_b: PyTree) -> jax.Array:
   tb = sequence_length(seq_b, "seq_b")
   if ta != tb:
     raise ValueError(f"seq_a and seq_b must have the same length; got {ta} and {tb}.")
-  _check_same_structure(seq_a, seq_b, "seq_a", "seq_b")
+  check_same_structure(seq_a, seq_b, "seq_a", "seq_b")
   return jax.vmap(l2_distance)(seq_a, seq_b)

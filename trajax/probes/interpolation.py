@@ -39,6 +39,7 @@ LossFn = Callable[[PyTree, PyTree], jax.Array]
 
 __all__ = [
   "InterpolationResult",
+  "fixed_batch_gd",
   "gd_trajectory",
   "interpolate",
   "interpolation_losses",
@@ -82,6 +83,20 @@ def _check_num_steps(num_steps) -> None:
     raise ValueError(f"num_steps must be a non-negative int; got {num_steps!r}.")
 
 
+def fixed_batch_gd(learning_rate) -> optax.GradientTransformation:
+  """Plain gradient descent θ ← θ − η ∇L_b(θ): the paper's fixed-batch side-trip (Sec. 3).
+
+  No momentum, no averaging and no weight decay: the side-trip descends the
+  fixed batch's own loss L_b, the quantity Fig. 3 plots. The one definition
+  behind :func:`gd_trajectory` and the engine's ``sidetrip.kind='fixed_batch'``
+  (re-exported as ``trajax.state.fixed_batch_gd``).
+
+  Args:
+    learning_rate: η, a float or an optax schedule of the update count.
+  """
+  return optax.sgd(learning_rate)
+
+
 @functools.partial(jax.jit, static_argnames=("loss_fn", "num_steps"))
 def gd_trajectory(
   loss_fn: LossFn, params: PyTree, batch: PyTree, learning_rate, num_steps: int
@@ -89,7 +104,7 @@ def gd_trajectory(
   """k steps of full-batch gradient descent on one fixed batch (Fig. 3 side-trip).
 
   theta_{i+1} = theta_i - lr * grad L_b(theta_i), i = 0..k-1: the update of
-  :func:`trajax.state.fixed_batch_gd`, the same rule the engine's
+  :func:`fixed_batch_gd`, the same rule the engine's
   ``sidetrip.kind='fixed_batch'`` runs (no momentum, no weight decay: the
   side-trip descends the fixed batch's own loss).
 
@@ -103,8 +118,6 @@ def gd_trajectory(
   Returns:
     The trajectory theta_0..theta_k, leaves stacked on a leading axis of k+1.
   """
-  from trajax.state import fixed_batch_gd
-
   _check_num_steps(num_steps)
   grad_fn = jax.grad(loss_fn)
   tx = fixed_batch_gd(learning_rate)
@@ -139,7 +152,7 @@ def interpolation_losses(
 ) -> jax.Array:
   """l(alpha) = L_b((1 - alpha) a + alpha b) for every alpha, shape [A] (one vmap)."""
   _check_alphas(alphas)
-  distances._check_same_structure(params_a, params_b, "params_a", "params_b")
+  distances.check_same_structure(params_a, params_b, "params_a", "params_b")
   return jax.vmap(lambda al: loss_fn(interpolate(params_a, params_b, al), batch))(
     jnp.asarray(alphas)
   )
@@ -185,7 +198,7 @@ def sidetrip_interpolation(
     :class:`InterpolationResult`.
   """
   _check_alphas(alphas)
-  distances._check_same_structure(params_a, params_b, "params_a", "params_b")
+  distances.check_same_structure(params_a, params_b, "params_a", "params_b")
   alphas = jnp.asarray(alphas)
   path_a = gd_trajectory(loss_fn, params_a, batch, learning_rate, num_steps)
   path_b = gd_trajectory(loss_fn, params_b, batch, learning_rate, num_steps)

@@ -102,7 +102,7 @@ class EpsilonMax(NamedTuple):
 
 def hvp(loss_fn: LossFn, params: PyTree, batch: PyTree, vector: PyTree) -> PyTree:
   """Hessian-vector product H_b(theta) v by forward-over-reverse differentiation."""
-  distances._check_same_structure(params, vector, "params", "vector")
+  distances.check_same_structure(params, vector, "params", "vector")
   return jax.jvp(lambda p: jax.grad(loss_fn)(p, batch), (params,), (vector,))[1]
 
 

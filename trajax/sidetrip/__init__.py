@@ -122,16 +122,17 @@ import jax
 import numpy as np
 from absl import logging
 
+from trajax import config as config_lib
 from trajax import loop, train
 from trajax import state as state_lib
 from trajax.sidetrip.lineage import (
   LINEAGE_VERSION,
   SidetripError,
-  _check_step,
-  _fresh_parent,
-  _recorded_parent,
-  _workdir_checks,
+  check_step,
+  fresh_parent,
+  recorded_parent,
   trajectory_hash,
+  workdir_checks,
 )
 from trajax.sidetrip.spec import (
   _RESUME_EXTRA,
@@ -153,6 +154,9 @@ from trajax.sidetrip.spec import (
 )
 from trajax.sidetrip.stream import flat_stream_batches
 
+# The name trajax.sidetrip.__main__ imports until it reads check_step.
+_check_step = check_step
+
 __all__ = [
   "KINDS",
   "batch_size_at",
@@ -167,11 +171,25 @@ __all__ = [
   "SidetripSpec",
   "default_section",
   "make_lr_schedule",
+  "rebuild_section",
   "resolve",
   "run_sidetrip",
   "trajectory_hash",
   "with_sidetrip",
 ]
+
+
+def rebuild_section(config, section):
+  """``config`` with a stored ``sidetrip`` section typed again (:func:`with_sidetrip`).
+
+  Registered with :func:`trajax.config.register_section`, so
+  :func:`trajax.config.from_dict` rebuilds a side-trip's stored config once
+  this package is imported, without ``trajax.config`` importing it.
+  """
+  return with_sidetrip(config, **dict(section))
+
+
+config_lib.register_section("sidetrip", rebuild_section)
 
 
 @dataclasses.dataclass
@@ -274,7 +292,7 @@ def run_sidetrip(
   from trajax import checkpoint as ckpt_lib
   from trajax import config_validation as cv
 
-  step = _check_step(step)
+  step = check_step(step)
   base = without_sidetrip(config)
   cv.validate(base)
   spec = resolve(config, step)
@@ -286,7 +304,7 @@ def run_sidetrip(
   if own_meta is not None:
     own_lineage = own_meta.get("lineage") or {}
     stored = _as_stored(config, own_meta.get("config") or {})
-    parent_dir = _recorded_parent(own_lineage, parent, step, workdir, parent_moved)
+    parent_dir = recorded_parent(own_lineage, parent, step, workdir, parent_moved)
     parent_meta = {
       "config": own_lineage["parent_config"],
       "config_hash": own_lineage.get("parent_config_hash"),
@@ -301,9 +319,9 @@ def run_sidetrip(
       )
   else:
     own_lineage, stored = None, config
-    parent_dir, parent_meta = _fresh_parent(parent, step)
+    parent_dir, parent_meta = fresh_parent(parent, step)
   _check_against_parent(base, parent_meta["config"], spec.kind)
-  workdir = _workdir_checks(workdir, parent_dir)
+  workdir = workdir_checks(workdir, parent_dir)
   parent_config = loop.stored_config(parent_meta)
 
   mesh = state_lib.make_mesh(base)

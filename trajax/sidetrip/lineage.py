@@ -51,7 +51,7 @@ def _realdir(path: str) -> str:
   return os.path.realpath(os.path.abspath(os.fspath(path)))
 
 
-def _workdir_checks(workdir, parent_dir: str) -> str:
+def workdir_checks(workdir, parent_dir: str) -> str:
   from trajax import host, paths
 
   workdir = host.check_workdir(paths.check_local_path(workdir, "--workdir"))
@@ -66,7 +66,7 @@ def _workdir_checks(workdir, parent_dir: str) -> str:
   return workdir
 
 
-def _check_step(step) -> int:
+def check_step(step) -> int:
   if not _is_int(step) or step < 0:
     raise SidetripError(
       f"step must be an integer >= 0 (a committed step of the parent), got {step!r}"
@@ -88,7 +88,7 @@ def _parent_dir(parent) -> str:
     raise FileNotFoundError(f"parent {path!r}: {e}") from None
 
 
-def _fresh_parent(parent, step: int) -> tuple[str, dict]:
+def fresh_parent(parent, step: int) -> tuple[str, dict]:
   """``(directory, metadata at S)`` of a parent to branch off (S must be committed)."""
   from trajax import checkpoint as ckpt_lib
 
@@ -108,7 +108,7 @@ def _fresh_parent(parent, step: int) -> tuple[str, dict]:
   return directory, meta
 
 
-def _recorded_parent(lineage: dict, parent, step: int, workdir: str, moved: bool) -> str:
+def recorded_parent(lineage: dict, parent, step: int, workdir: str, moved: bool) -> str:
   """The parent of a side-trip that restarts from its own checkpoints, checked by identity.
 
   The branch step need not be committed there any more (the side-trip's own
