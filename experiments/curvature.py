@@ -222,22 +222,11 @@ def measure(loss_fn, params, batch_stats, batches, exp, key) -> dict:
   return out
 
 
-def method_params(config, method: str, k: int) -> dict:
-  """The averager's parameters over a window of k steps (as ``trajax.averaging`` takes them)."""
-  if method == "two_point":
-    return {"gap": int(k)}
-  if method == "ema":
-    return {"decay": float(config.averaging.decay)}
-  if method == "swa":
-    return {}
-  raise ValueError(f"exp.averages entries must be one of {list(METHODS)}, got {method!r}")
-
-
 def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   """Curvature along the trajectory, at the averages, side-trips and shell; writes JSON + PNG."""
   import jax
 
-  from trajax import averaging, config_validation, runs, state
+  from trajax import config_validation, runs, state
 
   config_validation.validate(config)
   workdir = os.path.abspath(workdir)
@@ -285,9 +274,9 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   named = {f"raw_{S}": (a.params, "raw"), f"raw_{T}": (b.params, "raw")}
   replay_l2 = None
   methods = tuple(exp.averages)
+  averages = {meth: parents.window_average(config, meth, k) for meth in methods}
   if methods:
-    averagers = {m: averaging.make_averager(m, **method_params(config, m, k)) for m in methods}
-    replay, avgs = parents.replay_averages(r, states[S], T, averagers)
+    replay, avgs = parents.replay_averages(r, states[S], T, averages)
     replay_l2 = evaluation.l2(replay.params, b.params)
     for meth in methods:
       named[f"{meth}_average"] = (avgs[meth], "average")
@@ -299,8 +288,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
         r.config_at(S),
         S,
         os.path.join(workdir, "curvature_trips", f"{meth}_S{S}_k{k}"),
-        method=meth,
-        params=method_params(config, meth, k),
+        average=averages[meth],
         window=k,
         eval_at=(k,),
       )

@@ -11,7 +11,8 @@
 * evaluation of a point (:func:`evaluate`, :func:`evaluate_point`) with the
   engine's :class:`trajax.train.Evaluator`, and BatchNorm statistics of
   averaged weights (:func:`recompute_batch_stats`);
-* small tree arithmetic (:func:`midpoint`, :func:`l2`, :func:`norm`) and the
+* an average of given members (:func:`average_of`, the kernel of a
+  :class:`trajax.averaging.Average`), small tree arithmetic (:func:`midpoint`, :func:`l2`, :func:`norm`) and the
   steps a window is evaluated at (:func:`trajectory_grid`, :func:`eval_points`).
 
 ``run`` arguments are :class:`trajax.runs.Run` (``trajax.runs.open_run``).
@@ -19,11 +20,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 __all__ = [
+  "average_of",
   "eval_points",
   "evaluate",
   "evaluate_point",
@@ -261,6 +264,48 @@ def evaluate_point(run, params, batch_stats, train_batches, *, recompute_bn: boo
     "train_loss": tr["loss"],
     "train_accuracy": tr["accuracy"],
   }
+
+
+def average_of(average, members: Mapping[int, Any], window: int | None = None):
+  """sum_i c_i theta_{S+i}: the combination ``average`` makes of the members theta_{S+i}.
+
+  c_0 .. c_window = ``average.kernel(window)`` (:class:`trajax.averaging.Average`
+  or ``Kernel``; ``window`` default: the last member's offset), e.g. the
+  two-point average with gap h: c_0 = c_h = 1/2, so (theta_S + theta_{S+h})/2
+  from the members {0: theta_S, h: theta_{S+h}}. Every offset with c_i != 0
+  must be a member (members with c_i = 0 are ignored). Leaf by leaf in the
+  members' dtype, with the nonzero weights in offset order; one compiled call
+  per set of weights.
+  """
+  import jax
+
+  window = max(members) if window is None else int(window)
+  c = np.asarray(average.kernel(window), np.float64)
+  need = [i for i in range(len(c)) if c[i] != 0]
+  missing = [i for i in need if i not in members]
+  if missing:
+    raise ValueError(
+      f"average_of: {average} over {window} steps weighs steps {missing} after S, which are "
+      f"not members (have {sorted(members)})"
+    )
+  weights = tuple(float(c[i]) for i in need)
+  if weights not in _COMBINE:
+
+    def combine(*trees):
+      def leaf(*xs):
+        out = None
+        for w, x in zip(weights, xs, strict=True):
+          term = jax.numpy.asarray(w, x.dtype) * x
+          out = term if out is None else out + term
+        return out
+
+      return jax.tree.map(leaf, *trees)
+
+    _COMBINE[weights] = jax.jit(combine)
+  return _COMBINE[weights](*(members[i] for i in need))
+
+
+_COMBINE: dict = {}
 
 
 def midpoint(a, b):

@@ -76,23 +76,11 @@ def experiment_defaults():
   return e
 
 
-def method_params(config, method: str, k: int) -> dict:
-  """Parameters of ``method`` over a window of k steps (names as trajax.averaging takes them)."""
+def window_average(config, method: str, k: int):
+  """``method``'s average over a window of k steps (:func:`experiments.parents.window_average`)."""
   if method not in METHODS:
     raise ValueError(f"exp.method must be one of {list(METHODS)}, got {method!r}")
-  if method == "swa":
-    return {}
-  if method == "ema":
-    return {"decay": float(config.averaging.decay)}
-  if method == "two_point":
-    return {"gap": int(k)}
-  n = int(config.averaging.n)
-  if n < 2 or k % (n - 1):
-    raise ValueError(
-      f"exp.method='multi_point' with averaging.n={n} needs a window divisible by n - 1; "
-      f"got exp.window={k}"
-    )
-  return {"n": n, "gap": k // (n - 1)}
+  return parents.window_average(config, method, k)
 
 
 def branch_points(config, fractions, k: int) -> list[int]:
@@ -218,7 +206,7 @@ def output_name(config, exp) -> str:
 
 def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   """Figure 14 (the config's row) for ``config``; writes JSON + PNG; returns a summary."""
-  from trajax import averaging, config_validation, runs
+  from trajax import config_validation, runs
 
   config_validation.validate(config)
   if config.optimizer.schedule not in ROWS:
@@ -231,7 +219,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   T = int(config.total_steps)
   k = window_for(config, exp)
   method = str(exp.method)
-  params = method_params(config, method, k)
+  average = window_average(config, method, k)
   starts = branch_points(config, tuple(exp.branch_fractions), k)
   if parent is None:
     parent = parents.parent_dir(config, exp, workdir, branch_steps(config, exp))
@@ -245,17 +233,14 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     tr_batches = evaluation.train_eval_batches(r, int(exp.train_eval_batches))
     start = average_start(config, exp, S, k)
     at_start = at_s if start == S else r.state_at(start)
-    raw_run, avg = parents.replay_averages(
-      r, at_start, S + k, {method: averaging.make_averager(method, **params)}
-    )
+    raw_run, avg = parents.replay_averages(r, at_start, S + k, {method: average})
     avg_params = avg[method]
     tdir = parents.equivalent_sidetrip(
       parent,
       r.config_at(S),
       S,
       os.path.join(workdir, "trips", f"equivalent_{method}_{S}"),
-      method=method,
-      params=params,
+      average=average,
       window=k,
       eval_at=evaluation.eval_points(k),
     )
@@ -316,7 +301,8 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       "train_loss": f"dataset.fixed_train_batch(1000 + i), i < {int(exp.train_eval_batches)}",
       "bn_recompute_batches": "dataset.fixed_train_batch(i), i < averaging.bn_recompute_batches",
     },
-    "method_params": params,
+    "method_params": average.values,
+    "average": str(average),
     "window": k,
     "total_steps": T,
     "parent": parent,

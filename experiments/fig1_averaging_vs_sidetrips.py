@@ -23,8 +23,10 @@ step (:func:`experiments.parents.stepper`), from θ_S on each order:
 
 each evaluated at every horizon h of ``exp.horizons`` (250, 500, 750, 1000)
 with BatchNorm statistics recomputed for its own weights (the policy); the
-average (θ_S + θ_{S+h})/2 also with the average of the two members' running
-statistics (the "averaged statistics" sensitivity row). At the longest horizon
+average (θ_S + θ_{S+h})/2 -- the method's value over the window h
+(:func:`experiments.parents.window_average`) applied to its two members
+(:func:`experiments.evaluation.average_of`) -- also with the same average of
+the members' running statistics (the "averaged statistics" sensitivity row). At the longest horizon
 the per-example cross-entropy of the average, the λ/2 trip, raw and control on
 ``exp.noise_examples`` training examples is split into examples whose label was
 flipped (against the wrong label they are trained on), unflipped ones, and a
@@ -236,8 +238,9 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
         for r in runners.values():
           r.advance_to(s + h)
         raw = runners["raw"].state
-        avg = evaluation.midpoint(at_s.params, raw.params)
-        avg_stats = evaluation.midpoint(at_s.batch_stats, raw.batch_stats)
+        two_point = parents.window_average(config, method, h)
+        avg = evaluation.average_of(two_point, {0: at_s.params, h: raw.params})
+        avg_stats = evaluation.average_of(two_point, {0: at_s.batch_stats, h: raw.batch_stats})
         weights = {k: (r.state.params, r.state.batch_stats) for k, r in runners.items()}
         weights["average"] = (avg, raw.batch_stats)
         evals = {

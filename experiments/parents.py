@@ -37,6 +37,7 @@ __all__ = [
   "read_metrics",
   "replay_averages",
   "stepper",
+  "window_average",
 ]
 
 PARENT_SUBDIR = "parent"
@@ -199,18 +200,39 @@ def stepper(run, state, *, lr_factor: float = 1.0, stream_offset: int = 0):
   )
 
 
-def replay_averages(run, state, end: int, averagers: Mapping) -> tuple:
-  """One replay of ``run`` from ``state`` (step S) to ``end``; every averager's average at ``end``.
+def window_average(config, method: str, window: int):
+  """``method``'s average over the ``window`` steps after a branch step S, as a value.
 
-  Each averager (:mod:`trajax.averaging`, keyed by any name) is started at S
-  (``init`` at theta_S), then takes one ``update`` per replayed step, so at
-  ``end`` it holds its convex combination of theta_S .. theta_end -- for a
-  window of k = end - S steps, the one the method's Table 1 side-trip
-  reaches. The replay is the parent's own steps (:func:`stepper`, f = 1),
-  bit-exact with the parent. Returns ``(stepper, {name: averaged params})``.
+  The :class:`trajax.averaging.Average` whose parameters are the config's
+  ``averaging`` fields for the method (``decay``, ``every``, ``debias``,
+  ``n``, ``gamma``, ...), with what the window fixes set by the method's
+  record (:func:`trajax.averaging.params_for_window`: two-point's gap = k,
+  multi-point's gap = k/(n - 1), ...) and ``start_step`` 0: the average
+  starts at S (the averager is initialised at theta_S), the one an equivalent
+  side-trip branched at S reaches (:mod:`trajax.sidetrip`: the parent's
+  ``start_step`` says when the *parent's* averager starts).
+  """
+  from trajax import averaging
+
+  base = averaging.method_params(method, config.averaging)
+  base.pop("start_step", None)
+  return averaging.average(method, **averaging.params_for_window(method, int(window), base))
+
+
+def replay_averages(run, state, end: int, averages: Mapping) -> tuple:
+  """One replay of ``run`` from ``state`` (step S) to ``end``; every average at ``end``.
+
+  Each average (a :class:`trajax.averaging.Average`, keyed by any name) is
+  started at S (its averager's ``init`` at theta_S), then takes one
+  ``update`` per replayed step, so at ``end`` it holds its convex combination
+  of theta_S .. theta_end -- for a window of k = end - S steps, the one the
+  method's Table 1 side-trip reaches. The replay is the parent's own steps
+  (:func:`stepper`, f = 1), bit-exact with the parent. Returns
+  ``(stepper, {name: averaged params})``.
   """
   import jax
 
+  averagers = {m: a.averager() for m, a in averages.items()}
   replay = stepper(run, state)
   states = {m: a.init(replay.params) for m, a in averagers.items()}
   updates = {m: jax.jit(a.update) for m, a in averagers.items()}
@@ -221,20 +243,26 @@ def replay_averages(run, state, end: int, averagers: Mapping) -> tuple:
 
 
 def equivalent_sidetrip(
-  parent: str, config, S: int, tdir: str, *, method: str, params: dict, window: int, eval_at
+  parent: str, config, S: int, tdir: str, *, average, window: int, eval_at
 ) -> str:
-  """The Table 1 side-trip of ``method`` from the parent's step S, ``window`` steps; ``tdir``.
+  """The Table 1 side-trip of ``average`` from the parent's step S; its workdir ``tdir``.
 
   :func:`trajax.sidetrip.run_sidetrip` of kind 'equivalent' (the schedule
-  that makes the side-trip equal, in expectation, to the method's average over
-  [S, S + window]) under ``config`` (the parent's config at S), evaluated at
-  the steps ``eval_at`` after S; reused as is when ``tdir`` already holds
-  step S + window.
+  that makes the side-trip equal, in expectation, to the average over [S, S +
+  window]) under ``config`` (the parent's config at S), evaluated at the
+  steps ``eval_at`` after S; reused as is when ``tdir`` already holds step
+  S + window. ``average``: a
+  :class:`trajax.averaging.Average` from :func:`window_average` (its
+  ``every``/``debias`` are the config's, which the side-trip keeps; the
+  side-trip section takes the parameters that shape the kernel).
   """
   import copy
 
   from trajax import sidetrip
+  from trajax.sidetrip import spec
 
+  method = average.method
+  params = {k: v for k, v in average.values.items() if k in spec.METHOD_OVERRIDES}
   if (int(S) + int(window)) not in committed_steps(tdir):
     os.makedirs(os.path.dirname(os.path.abspath(tdir)), exist_ok=True)
     cfg = copy.deepcopy(config)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from experiments import cli, evaluation, fig6_8_distances, fig7_alignment, fig14_cosine, parents
-from trajax import runs
+from trajax import averaging, runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "mnist1d.py") + ":runlocal,cosine"
@@ -205,7 +205,7 @@ def test_bad_experiment_fields_are_named(tmp_path):
   with pytest.raises(ValueError, match="S=36: S \\+ window \\(10\\) exceeds total_steps=40"):
     fig14_cosine.run(config, exp, str(tmp_path))
   with pytest.raises(ValueError, match="divisible by n - 1"):
-    fig14_cosine.method_params(cli.apply_overrides(config, {"averaging.n": 4}), "multi_point", 10)
+    fig14_cosine.window_average(cli.apply_overrides(config, {"averaging.n": 4}), "multi_point", 10)
   exp = fig7_alignment.experiment_defaults()
   exp.independent_pairs = 0
   with pytest.raises(ValueError, match="exp.independent_pairs must be >= 1"):
@@ -223,5 +223,23 @@ def test_grid_and_saturation_summary():
   assert s["total_drop"] == 7.0 and s["end"] == 3.0 and s["min"] == 3.0
   assert s["drop_in_last_quarter_fraction"] == pytest.approx(0.5 / 7)
   assert s["fraction_of_decreasing_steps"] == 1.0
-  assert fig14_cosine.method_params(None, "swa", 10) == {}
-  assert fig14_cosine.method_params(None, "two_point", 10) == {"gap": 10}
+
+
+def test_fig14_window_average_comes_from_the_config():
+  config = cli.load_config(CONFIG, TINY)
+  # The window fixes two-point's gap and multi-point's; the rest is the config's, from step S.
+  swa = fig14_cosine.window_average(config, "swa", 10)
+  assert swa == averaging.average("swa", every=config.averaging.every)
+  assert fig14_cosine.window_average(config, "two_point", 10) == averaging.average(
+    "two_point", gap=10
+  )
+  cfg = cli.apply_overrides(config, {"averaging.n": 3, "averaging.start_step": 7})
+  assert fig14_cosine.window_average(cfg, "multi_point", 10).values == {
+    "n": 3,
+    "gap": 5,
+    "start_step": 0,
+  }
+  ema = fig14_cosine.window_average(cfg, "ema", 10)
+  assert ema.values["decay"] == cfg.averaging.decay and ema.values["start_step"] == 0
+  with pytest.raises(ValueError, match="exp.method must be one of"):
+    fig14_cosine.window_average(config, "polyak", 10)
