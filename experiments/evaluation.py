@@ -10,7 +10,7 @@
   mini-batch"), fixed batches for the training loss (:func:`train_eval_batches`);
 * evaluation of a point (:func:`evaluate`, :func:`evaluate_point`) with the
   engine's :class:`trajax.train.Evaluator`, and BatchNorm statistics of
-  averaged weights (:func:`recompute_batch_stats`);
+  averaged weights (:func:`free_variables`, the engine's policy);
 * an average of given members (:func:`average_of`, the kernel of a
   :class:`trajax.averaging.Average`), small tree arithmetic (:func:`midpoint`, :func:`l2`, :func:`norm`) and the
   steps a window is evaluated at (:func:`trajectory_grid`, :func:`eval_points`).
@@ -31,13 +31,13 @@ __all__ = [
   "evaluate",
   "evaluate_point",
   "evaluator",
+  "free_variables",
   "heldout_batches",
   "l2",
   "make_loss_fn",
   "midpoint",
   "norm",
   "probe_batches",
-  "recompute_batch_stats",
   "stack_batches",
   "train_batch",
   "train_eval_batches",
@@ -204,16 +204,30 @@ def evaluate(run, params, batch_stats, split: str = "test") -> dict:
   return evaluator(run).evaluate(params, batch_stats, run.dataset.eval_batches(split))
 
 
-def recompute_batch_stats(run, params, batch_stats):
-  """BatchNorm statistics for ``params`` (e.g. an average), as the engine computes them.
+def free_variables(run, params, batch_stats) -> tuple:
+  """``(params, batch_stats)`` to evaluate free parameters (an average, a replay) of ``run``.
 
-  The cumulative mean over ``averaging.bn_recompute_batches`` fixed training
-  batches (:meth:`trajax.train.Evaluator.recompute_batch_stats`): statistics
-  of averaged weights are not the average of the statistics.
+  The engine's one BatchNorm policy for free parameters
+  (:func:`trajax.train.evaluation_variables`) under 'recompute': the
+  cumulative mean over ``averaging.bn_recompute_batches`` fixed training
+  batches of each batch's statistics under ``params`` -- statistics of
+  averaged weights are not the average of the statistics. ``batch_stats``
+  gives the tree; a model without BatchNorm is returned as is.
   """
-  n = int(run.config.averaging.bn_recompute_batches)
-  batches = (run.dataset.fixed_train_batch(i) for i in range(n))
-  return evaluator(run).recompute_batch_stats(params, batch_stats, batches)
+  import jax
+
+  from trajax import train
+
+  if not jax.tree.leaves(batch_stats):
+    return params, batch_stats
+  return train.evaluation_variables(
+    params,
+    batch_stats,
+    config=run.config,
+    evaluator=evaluator(run),
+    dataset=run.dataset,
+    policy="recompute",
+  )
 
 
 def trajectory_grid(k: int, points: int, *, log_points: bool = True) -> list[int]:
@@ -249,12 +263,10 @@ def evaluate_point(run, params, batch_stats, train_batches, *, recompute_bn: boo
   """Test loss/accuracy over the test split and training loss/accuracy on fixed batches.
 
   ``recompute_bn``: BatchNorm statistics recomputed for ``params`` (averaged
-  weights), as :func:`trajax.train.averaged_variables` does.
+  weights), by :func:`free_variables`.
   """
-  import jax
-
-  if recompute_bn and jax.tree.leaves(batch_stats):
-    batch_stats = recompute_batch_stats(run, params, batch_stats)
+  if recompute_bn:
+    params, batch_stats = free_variables(run, params, batch_stats)
   ev = evaluator(run)
   test = ev.evaluate(params, batch_stats, run.dataset.eval_batches("test"))
   tr = ev.evaluate(params, batch_stats, train_batches)

@@ -286,7 +286,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
           ex = {}
           for k in ("raw", "average", "sidetrip", "control"):
             p, st = weights[k]
-            st = evaluation.recompute_batch_stats(parent_run, p, st)
+            p, st = evaluation.free_variables(parent_run, p, st)
             loss = _per_example_loss(parent_run.model, p, st, images, labels)
             ex[k] = _group_means(loss, groups)
           noise.append(
