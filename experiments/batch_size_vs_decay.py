@@ -126,7 +126,7 @@ def branch_steps(config, exp) -> list[int]:
   return sorted({*starts, *(s + h for s in starts)})
 
 
-def _grid(n: int) -> list[int]:
+def eval_grid(n: int) -> list[int]:
   """n/8, n/4, n/2, n (the side-trip steps evaluated along the way), >= 1."""
   return sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n})
 
@@ -199,7 +199,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       schedule="constant",
       lr_factor=1.0 / k,
       steps=h,
-      eval_at=(0, *sorted(set(_grid(h)) | set(_grid(J)))),
+      eval_at=(0, *sorted(set(eval_grid(h)) | set(eval_grid(J)))),
     )
     large_dir = _trip(
       parent,
@@ -210,7 +210,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       batch_growth=float(k),
       schedule="constant",
       steps=J,
-      eval_at=(0, *_grid(J)),
+      eval_at=(0, *eval_grid(J)),
     )
     large = runs.open_run(large_dir).state_at(S + J)
     small_run = runs.open_run(small_dir)

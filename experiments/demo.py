@@ -375,7 +375,7 @@ def measured_numbers(per_seed: dict) -> list[dict]:
     out.append({"name": name, "seed": int(seed), "value": value, "unit": unit})
 
   for seed, res in per_seed.items():
-    for r in fig1._longest({"rows": res["results"]["fig1"]["rows"]}):
+    for r in fig1.longest_rows({"rows": res["results"]["fig1"]["rows"]}):
       tag = f"fig1 S={r['branch']}, h={r['horizon']} (parent's batch order)"
       add(
         f"{tag}: test loss raw / average / side-trip",
@@ -412,11 +412,11 @@ def measured_numbers(per_seed: dict) -> list[dict]:
   return out
 
 
-def _fmt(v) -> str:
+def fmt_number(v) -> str:
   if v is None:
     return "–"
   if isinstance(v, list):
-    return " / ".join(_fmt(x) for x in v)
+    return " / ".join(fmt_number(x) for x in v)
   if isinstance(v, bool):
     return "yes" if v else "no"
   if isinstance(v, int):
@@ -597,7 +597,7 @@ def render(report: dict) -> str:
     "|---|---|---|---|",
   ]
   for r in report["numbers"]:
-    lines.append(f"| {_cell(r['name'])} | {r['seed']} | {_fmt(r['value'])} | {r['unit']} |")
+    lines.append(f"| {_cell(r['name'])} | {r['seed']} | {fmt_number(r['value'])} | {r['unit']} |")
   titles = {
     "fig1": "Figures 1, 5: averaging vs equivalent side-trips",
     "fig2": "Figures 2, 12, 13: one step vs step size, batch size and position",
@@ -629,7 +629,7 @@ def render(report: dict) -> str:
   return "\n".join(lines)
 
 
-def _seeds(text: str) -> tuple[int, ...]:
+def parse_seeds(text: str) -> tuple[int, ...]:
   try:
     out = tuple(int(x) for x in text.split(",") if x.strip())
   except ValueError:
@@ -648,7 +648,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--tiny", action="store_true", help="smoke size (< 1 min per seed)")
   parser.add_argument(
     "--seeds",
-    type=_seeds,
+    type=parse_seeds,
     default=None,
     help=f"parent seeds, comma-separated (default {','.join(map(str, DEFAULT_SEEDS))}; "
     f"--tiny: {','.join(map(str, TINY_SEEDS))})",

@@ -86,7 +86,7 @@ def experiment_defaults():
   return e
 
 
-def _method(config, exp) -> str:
+def averaging_method(config, exp) -> str:
   method = exp.method if exp.method is not None else config.averaging.method
   if method not in METHODS:
     raise ValueError(
@@ -123,7 +123,7 @@ def _factors(exp) -> list[float]:
   return fs
 
 
-def _noise_set(dataset, n: int):
+def noise_set(dataset, n: int):
   """(images, labels, groups) of the first ``n`` training examples; None when not measurable.
 
   groups: boolean masks ``flipped`` (label differs from the clean one),
@@ -150,7 +150,7 @@ def _noise_set(dataset, n: int):
   return images, labels, {"flipped": flipped, "unflipped": ~flipped, "placebo": placebo}
 
 
-def _group_means(loss: np.ndarray, groups: dict) -> dict:
+def group_means(loss: np.ndarray, groups: dict) -> dict:
   """Mean loss per group; the placebo entries average over the random splits."""
   out = {g: float(loss[groups[g]].mean()) for g in ("flipped", "unflipped")}
   rest = groups["unflipped"]
@@ -193,7 +193,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
 
   from trajax import runs
 
-  method = _method(config, exp)
+  method = averaging_method(config, exp)
   R = _replicates(exp)
   factors = _factors(exp)
   branches = branch_steps(config, exp)
@@ -201,7 +201,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     parent = parents.ensure_parent(config, workdir, branches)
   T = int(config.total_steps)
   json_path = os.path.join(workdir, f"{NAME}.json")
-  done = _finished(json_path, config, exp, parent)
+  done = finished_payload(json_path, config, exp, parent)
   if done is not None:
     # Resumable: the rows of a finished run under the same config, knobs and
     # parent are reused; the records are recomputed from them.
@@ -221,7 +221,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       scale = 1.0 + float(exp.perturb)
       at_s = at_s._replace(params=jax.tree.map(lambda x, c=scale: x * c, at_s.params))
     tb = evaluation.train_eval_batches(parent_run, int(exp.train_eval_batches))
-    nset = _noise_set(parent_run.dataset, int(exp.noise_examples))
+    nset = noise_set(parent_run.dataset, int(exp.noise_examples))
     parent_steps = set(parents.committed_steps(parent))
     for rho in range(R):
       cli.log(f"{NAME}: branch {s}: batch order {rho + 1}/{R}, {max(hs)} steps")
@@ -288,7 +288,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
             p, st = weights[k]
             p, st = evaluation.free_variables(parent_run, p, st)
             loss = _per_example_loss(parent_run.model, p, st, images, labels)
-            ex[k] = _group_means(loss, groups)
+            ex[k] = group_means(loss, groups)
           noise.append(
             {
               "branch": s,
@@ -341,7 +341,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   return _outputs(payload, workdir, config, method, R)
 
 
-def _finished(path: str, config, exp, parent: str) -> dict | None:
+def finished_payload(path: str, config, exp, parent: str) -> dict | None:
   """The payload in ``path`` when it was written for this config, knobs and parent, else None."""
   import json
 
@@ -385,7 +385,7 @@ def _outputs(payload: dict, workdir: str, config, method: str, R: int) -> dict:
   }
 
 
-def _longest(payload) -> list[dict]:
+def longest_rows(payload) -> list[dict]:
   """Per branch, replicate 0's row at the longest horizon (the parent's own order)."""
   best = {}
   for r in payload["rows"]:

@@ -82,7 +82,7 @@ def step_grid(config, exp) -> np.ndarray:
   return np.concatenate([fine, coarse]).astype(np.float32)
 
 
-def _batch_sizes(config, exp, num_train: int) -> list[int]:
+def batch_size_sweep(config, exp, num_train: int) -> list[int]:
   if exp.batch_sizes:
     sizes = [int(b) for b in exp.batch_sizes]
   else:
@@ -124,7 +124,7 @@ def _check(exp):
     )
 
 
-def _fit_near_minimum(grid, losses, best_step: float, degree: int) -> float:
+def fit_near_minimum(grid, losses, best_step: float, degree: int) -> float:
   """rmse / range of a degree-d fit over [0, 2·best step] (Fig. 2's plotted window)."""
   from trajax import probes
 
@@ -190,10 +190,8 @@ def _probe(r, dataset, loss_fn, final, grid, s: int, b: int, n_held: int, offset
     "heldout_change_at_train_best": float(hmean[i_best]) - held0,
     "heldout_improves_at_first_step": bool(hmean[1] < held0),
     "largest_improving_step": float(improving.max()) if improving.size else 0.0,
-    "train_rel_rmse": _fit_near_minimum(
-      grid, rep.curve.train_loss, best_step, int(exp.poly_degree)
-    ),
-    "heldout_rel_rmse": _fit_near_minimum(grid, hmean, best_step, int(exp.poly_degree)),
+    "train_rel_rmse": fit_near_minimum(grid, rep.curve.train_loss, best_step, int(exp.poly_degree)),
+    "heldout_rel_rmse": fit_near_minimum(grid, hmean, best_step, int(exp.poly_degree)),
     "eps_max": float(rep.eps_max.eps_max),
     "final_model_heldout_loss": final_loss,
     "final_model_loss_on_batch": float(
@@ -226,7 +224,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   final = parent_run.state_at()
   dataset = parent_run.dataset
   main_b = int(config.batch_size)
-  sizes = _batch_sizes(config, exp, int(dataset.info.num_train))
+  sizes = batch_size_sweep(config, exp, int(dataset.info.num_train))
   if main_b not in sizes:
     sizes = sorted({*sizes, main_b})
   # One loss function object for every checkpoint: the statistics ride in the batch.
@@ -273,7 +271,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     "json": json_path,
     "png": png_path,
     "measured": payload["measured"],
-    "main": _main_entry(payload),
+    "main": main_entry(payload),
   }
 
 
@@ -313,7 +311,7 @@ def _noise_scale(r, dataset, loss_fn, b: int, m: int, s: int) -> dict:
   }
 
 
-def _main_entry(payload) -> dict:
+def main_entry(payload) -> dict:
   """The Fig. 2 point: the main position (75 % of training) at the config's batch size."""
   for e in payload["results"]:
     if e["step"] == payload["main_step"] and e["batch_size"] == payload["main_batch_size"]:
@@ -429,7 +427,7 @@ def measured(payload) -> dict:
 
 def plot(payload, path: str, label: str) -> str:
   grid = np.asarray(payload["step_sizes"])
-  main = _main_entry(payload)
+  main = main_entry(payload)
   fig, axes = plotting.new_figure(1, 3, width=5.2, height=3.9)
   ax = axes[0][0]
   c = main["curve"]

@@ -103,7 +103,7 @@ def test_plan_and_branch_steps():
   assert bs.branch_steps(config, exp) == [3000, 4000, 4500, 5500]
   exp.horizon = 1200
   assert bs.branch_steps(config, exp) == [3000, 4200, 4500, 5700]
-  assert bs._grid(600) == [75, 150, 300, 600]
+  assert bs.eval_grid(600) == [75, 150, 300, 600]
   for field, value, says in (
     ("k", 1, "exp.k must be an integer >= 2"),
     ("horizon", 1201, "multiple of exp.k = 2"),

@@ -603,7 +603,7 @@ def test_shell_claims_fail_on_non_stationary_trips():
   dd = exp_mod.CLAIMS["curv.drift_drag"].test
   ok = {"exponent_drag": 0.5, "exponent_drift": 1.0, "all_stationary": True}
   assert dd(ok) and not dd(ok | {"all_stationary": False})
-  assert exp_mod._not_stationary_note([1.0, 0.5], [True, False], "x") == (
+  assert exp_mod.criteria.not_stationary_note([1.0, 0.5], [True, False], "x") == (
     "not quasi-stationary (x) at f = 0.5"
   )
 

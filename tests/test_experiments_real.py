@@ -128,7 +128,7 @@ def test_fig1_rejects_ema_naming_the_field(tiny):
   exp = fig1.experiment_defaults()
   exp.method = "ema"
   with pytest.raises(ValueError, match="exp.method = 'ema'"):
-    fig1._method(config, exp)
+    fig1.averaging_method(config, exp)
 
 
 # --------------------------------------------------------------------------- fig 2
@@ -188,7 +188,7 @@ def test_fig2_one_step_loss_matches_a_hand_made_gd_step(tiny):
 
 def test_fig2_noise_scale_is_consistent(tiny):
   workdir, _, _ = tiny
-  main = fig2._main_entry(_load(workdir, fig2.NAME))
+  main = fig2.main_entry(_load(workdir, fig2.NAME))
   ns = main["noise_scale"]
   assert ns["b_simple"] == pytest.approx(ns["trace_cov"] / ns["grad_sq_norm"], rel=1e-5)
   assert ns["eps_opt"] == pytest.approx(
