@@ -38,6 +38,12 @@ records of :mod:`experiments.claims`, the paper's metric (test accuracy, as
 Figs. 1/5 plot) first and test / noisy-training loss as secondary rows.
 
     python -m experiments.fig1_averaging_vs_sidetrips --config=configs/mnist1d.py --workdir=DIR
+
+Length: about 700 lines, over the ~500 the house asks: the replicated run
+(~250 lines) and the records it feeds :mod:`experiments.claims` (pooled
+estimators per metric, the specificity and label-noise records, ~250 lines)
+read the same row fields, kept in one file so a row and its readers change
+together.
 """
 
 from __future__ import annotations
