@@ -60,8 +60,8 @@ parent never saw. Sampled at ``exp.shell_points`` times over [L/2, L]:
   (:func:`trajax.probes.curvature.midpoint_gap`), equal for a quadratic loss.
 
 Claims (:data:`CLAIMS`, records as :mod:`experiments.claims` writes them,
-criteria and thresholds fixed here before any run), judged over the demo's
-seeds or ``--exp.seeds``:
+criteria and thresholds fixed in :mod:`~experiments.curvature.criteria`
+before any run), judged over the demo's seeds or ``--exp.seeds``:
 
 * ``curv.contracting``: the paper's Appendix A assumes every eigenvalue of
   Gamma = I - lambda Omega lies in (0, 1), i.e. 0 < lambda omega < 1 for every
