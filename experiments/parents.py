@@ -92,12 +92,12 @@ def ensure_parent(
 
   A parent whose latest committed checkpoint is ``total_steps`` and which
   holds every step of ``keep_steps`` is reused as is (no model is built). A
-  partial one resumes from its latest checkpoint (``train_and_evaluate``
+  partial one resumes from its latest checkpoint (:func:`trajax.loop.train_and_evaluate`
   refuses a resume under a config that changes the trajectory, naming the
   fields). A finished parent lacking a branch point is an error: it cannot be
   recreated without retraining into a fresh workdir.
   """
-  from trajax import train
+  from trajax import loop
 
   keep = sorted({int(s) for s in keep_steps})
   pdir = os.path.join(os.path.abspath(workdir), PARENT_SUBDIR)
@@ -129,7 +129,7 @@ def ensure_parent(
       rate = (step - start) / max(time.perf_counter() - t0, 1e-9)
       log(f"  parent step {step}/{total} ({rate:.0f} steps/s)")
 
-  train.train_and_evaluate(pconfig, pdir, callbacks=[progress])
+  loop.train_and_evaluate(pconfig, pdir, callbacks=[progress])
   return pdir
 
 
