@@ -157,3 +157,41 @@ def test_sweep_hints():
   ema = averaging.METHODS["ema"].sweep.grid
   assert ema[0] == 1e-4 and ema[-1] == 0.1 and len(ema) == 31  # 10 per decade
   assert averaging.METHODS["power_ema"].sweep.grid[:2] == (1.0, 1.19)
+
+
+# ---------------------------------------------------------------------------
+# The side-trip's one field, sidetrip.average.
+
+
+def test_sidetrip_average_field_old_and_new_spellings(caplog):
+  from trajax import config, config_validation, sidetrip
+
+  base = config.base_config()
+  base.averaging.method, base.averaging.every, base.averaging.debias = "ema", 2, True
+  old = sidetrip.with_sidetrip(base, kind="equivalent", method="ema", decay=0.1, window=8)
+  with caplog.at_level("WARNING"):
+    spec_old = sidetrip.resolve(old, 10)
+  # The deprecated spelling keeps the parent's every and debias, as it always did.
+  want = "ema(decay=0.1, start_step=0, every=2, debias=True)"
+  assert spec_old.average == want
+  assert any("deprecated" in r.getMessage() and want in r.getMessage() for r in caplog.records)
+  new = sidetrip.with_sidetrip(base, kind="equivalent", average=want, window=8)
+  spec_new = sidetrip.resolve(new, 10)
+  assert spec_new.average == want and spec_new.params == spec_old.params
+  assert sidetrip.SidetripRate.of(spec_new) == sidetrip.SidetripRate.of(spec_old)
+  # A kernel runs exactly that kernel.
+  c = np.array([0.1, 0.0, 0.3, 0.2, 0.4])
+  trip = sidetrip.with_sidetrip(base, kind="equivalent", average=c)
+  spec = sidetrip.resolve(trip, 10)
+  assert spec.window == spec.steps == 4 and spec.method is None
+  np.testing.assert_allclose(
+    sidetrip.SidetripRate.of(spec).weights, [0.9, 0.9, 0.6, 0.4], atol=1e-15
+  )
+  for fields, match in (
+    (dict(average="swa", method="ema"), r"sidetrip.average = 'swa': give the average once"),
+    (dict(average=c, window=5), r"sidetrip.window = 5: window = 5: this kernel covers 4"),
+    (dict(average="ema(decay=0.1)"), "sidetrip.window = None"),
+    (dict(average="emma"), r"sidetrip.average = 'emma': average 'emma': unknown method"),
+  ):
+    with pytest.raises(config_validation.ConfigError, match=match):
+      sidetrip.resolve(sidetrip.with_sidetrip(base, kind="equivalent", **fields), 10)

@@ -244,15 +244,16 @@ def sidetrip_config(config):
   two-point averaging over ``averaging.gap`` steps when the run does not
   average (the paper's Fig. 5 comparison).
   """
-  from trajax.sidetrip.spec import with_sidetrip
+  from trajax.sidetrip.spec import parent_average, with_sidetrip
 
   if "sidetrip" not in config:
     config = with_sidetrip(config, kind="equivalent")
-  if config.sidetrip.kind == "equivalent" and config.sidetrip.method is None:
+  trip = config.sidetrip
+  if trip.kind == "equivalent" and trip.method is None and trip.average is None:
     if config.averaging.method == "none":
       config = copy.deepcopy(config)
       with config.unlocked():
-        config.sidetrip.method = "two_point"
+        config.sidetrip.average = str(parent_average(config.averaging, "two_point"))
   return config
 
 

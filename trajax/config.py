@@ -17,16 +17,16 @@ Where each section's allowed values live (each owner checks its own section;
 ``trajax.config_validation.validate`` calls them and keeps only the rules that
 span sections):
 
-===============  ==============================  ===================================
-section          registry                        check
-===============  ==============================  ===================================
-``model.*``      ``trajax.models.MODELS``        ``trajax.models.check_config``
-``dataset.*``    ``trajax.data.SOURCES``         ``trajax.data.check_config``
-``optimizer.*``  :data:`SCHEDULES`               :func:`check_optimizer`
-``averaging.*``  ``trajax.averaging.METHODS``    ``config_validation._check_averaging``
-the rest         (the training loop's fields)    :func:`check_run`
-``sidetrip.*``   ``trajax.sidetrip.KINDS``       ``trajax.sidetrip.resolve``
-===============  ==============================  ===================================
+===============  =================================  ======================================
+section          registry                           check
+===============  =================================  ======================================
+``model.*``      ``trajax.models.MODELS``           ``trajax.models.check_config``
+``dataset.*``    ``trajax.data.SOURCES``            ``trajax.data.check_config``
+``optimizer.*``  ``trajax.lr_schedules.SCHEDULES``  :func:`check_optimizer`
+``averaging.*``  ``trajax.averaging.METHODS``       ``config_validation._check_averaging``
+the rest         (the training loop's fields)       :func:`check_run`
+``sidetrip.*``   ``trajax.sidetrip.KINDS``          ``trajax.sidetrip.resolve``
+===============  =================================  ======================================
 
 The ``sidetrip`` section is declared by ``trajax.sidetrip.default_section()``
 and added only to side-trip configs (``trajax.sidetrip.with_sidetrip``); the
@@ -35,7 +35,9 @@ side-trip package registers it (:func:`register_section`) so that
 
 This module imports no JAX and no TensorFlow (only ml_collections and absl,
 to register the ``None`` parsers), so the validator runs in about a second,
-before TensorFlow is imported.
+before TensorFlow is imported. :func:`base_config` reads the averaging
+registry (``trajax.averaging``, which imports JAX but initialises no backend)
+when it is called, to generate the ``averaging.<param>`` fields.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+from trajax import lr_schedules
+from trajax.lr_schedules import LrSchedule
+
 __all__ = [
   "SCHEDULES",
   "SEED_LIMIT",
@@ -53,6 +58,7 @@ __all__ = [
   "Rule",
   "Schedule",
   "Shown",
+  "averaging_fields",
   "base_config",
   "check_fields",
   "check_optimizer",
@@ -122,13 +128,10 @@ def base_config():
 
   c.averaging = ml_collections.ConfigDict()
   c.averaging.method = "none"  # 'none' or a key of trajax.averaging.METHODS
-  c.averaging.decay = 0.001
-  c.averaging.start_step = 0
-  c.averaging.every = 1
-  c.averaging.gap = 1000
-  c.averaging.n = 2
-  c.averaging.debias = False
-  c.averaging.gamma = 6.94  # power_ema: profile ∝ t^γ (Karras et al. 2024; σ_rel ≈ 0.10)
+  # One flat field per parameter any registered method takes (decay, start_step,
+  # every, debias, gap, n, gamma, ...), generated from the registry's records.
+  for name, default, field_type in averaging_fields():
+    c.averaging[name] = default if default is not None else placeholder(field_type)
   # Extra in-training averages saved with the state, for post-hoc averages
   # (trajax.posthoc): a tuple of {'method': ..., <params>} mappings, e.g. two
   # power EMAs ({'method': 'power_ema', 'gamma': 16.97}, {..., 'gamma': 6.94}).
@@ -162,6 +165,49 @@ def base_config():
   c.nonfinite.max_consecutive_skips = 10
   c.lock()
   return c
+
+
+# The ``averaging`` section's own fields (not parameters of a method).
+_AVERAGING_OWN = ("method", "profiles", "batch_norm", "bn_recompute_batches")
+_PARAM_TYPES = {"int": int, "float": float, "bool": bool}
+
+
+def averaging_fields() -> tuple[tuple[str, Any, type], ...]:
+  """``(name, default, type)`` of the flat ``averaging.<param>`` fields.
+
+  The union of the parameters of every method in ``trajax.averaging.METHODS``
+  (first declaration wins; 'dtype' parameters are arithmetic, not config): the
+  default is the parameter's own, or for a required one its ``example`` (the
+  neutral value the section shows), or None (a typed placeholder). A method
+  registered with a new parameter gets its field here, with nothing else to
+  touch.
+
+  Imports ``trajax.averaging`` (and so JAX, without initialising a backend)
+  when called: this module itself imports no JAX.
+  """
+  from trajax.averaging.methods import METHODS
+
+  out: dict[str, tuple[str, Any, type]] = {}
+  for method in METHODS.values():
+    for p in method.params:
+      if p.kind not in _PARAM_TYPES:
+        continue
+      if p.name in _AVERAGING_OWN:
+        raise ValueError(
+          f"averaging method {method.name!r}: parameter {p.name!r} clashes with the "
+          f"averaging section's own field averaging.{p.name}"
+        )
+      field_type = _PARAM_TYPES[p.kind]
+      if p.name in out:
+        if out[p.name][2] is not field_type:
+          raise ValueError(
+            f"averaging method {method.name!r}: parameter {p.name!r} is {p.kind}, but another "
+            f"method declares it as {out[p.name][2].__name__}"
+          )
+        continue
+      default = p.example if p.required else p.default
+      out[p.name] = (p.name, None if default is None else field_type(default), field_type)
+  return tuple(out.values())
 
 
 def _nullable(default, field_type):
@@ -361,31 +407,17 @@ def check_fields(section: Mapping, rules: Mapping[str, Rule], prefix: str = "") 
 # the optimizer section: schedules
 
 
-class Schedule(NamedTuple):
-  """A learning-rate schedule ``optimizer.schedule`` may name.
-
-  ``horizon``: η_t depends on ``total_steps`` (so ``total_steps`` may not
-  change when a run resumes). ``formula``: η_t after warmup w, with T the
-  total steps. Built by ``trajax.train.make_schedule``.
-  """
-
-  horizon: bool
-  formula: str
-
-
-SCHEDULES: dict[str, Schedule] = {
-  "constant": Schedule(False, "lr"),
-  "cosine": Schedule(True, "lr (1 + cos(π (t − w)/(T − w)))/2"),
-  "linear": Schedule(True, "lr (1 − (t − w)/(T − w))"),
-  "step": Schedule(False, "lr · step_factor^k after the k-th of step_boundaries"),
-}
+# The registry of learning-rate schedules (``trajax.lr_schedules``, JAX-free at
+# import): the names ``optimizer.schedule`` takes, each builder's fields and
+# whether it depends on the horizon (check_resume reads ``horizon``).
+Schedule = LrSchedule
+SCHEDULES = lr_schedules.SCHEDULES
 
 _OPTIMIZER: dict[str, Rule] = {
   "lr": Rule(lambda x: is_real(x) and x > 0, "must be a finite number > 0"),
   "momentum": Rule(lambda x: is_real(x) and 0 <= x < 1, "must be a number in [0, 1)"),
   "nesterov": BOOL,
   "weight_decay": Rule(lambda x: is_real(x) and x >= 0, "must be a finite number >= 0"),
-  "schedule": one_of(SCHEDULES),
   "warmup_steps": NONNEG_INT,
   "step_boundaries": Rule(
     lambda x: isinstance(x, (tuple, list)) and all(is_int(b) and b > 0 for b in x),
@@ -399,19 +431,20 @@ def check_optimizer(
   section: Mapping, *, total_steps: int | None = None, prefix: str = "optimizer."
 ) -> list[Problem]:
   """The ``optimizer`` section; ``total_steps`` (when valid) bounds the warmup."""
-  problems = check_fields(section, _OPTIMIZER, prefix)
+  # The names as registered now (a schedule registered after import counts).
+  rules = {"schedule": one_of(SCHEDULES), **_OPTIMIZER}
+  problems = check_fields(section, rules, prefix)
   bad = {p.field for p in problems}
   warmup = section.get("warmup_steps")
   if total_steps is not None and prefix + "warmup_steps" not in bad and warmup >= total_steps:
     problems.append(
       Problem(prefix + "warmup_steps", warmup, f"must be < total_steps={total_steps}")
     )
-  if section.get("schedule") == "step" and prefix + "step_boundaries" not in bad:
-    bounds = tuple(section.get("step_boundaries"))
-    if not bounds:
-      problems.append(Problem(prefix + "step_boundaries", bounds, "the 'step' schedule needs >= 1"))
-    elif list(bounds) != sorted(set(bounds)):
-      problems.append(Problem(prefix + "step_boundaries", bounds, "must be strictly increasing"))
+  spec = SCHEDULES.get(section.get("schedule")) if prefix + "schedule" not in bad else None
+  if (
+    spec is not None and spec.check is not None and not any(prefix + f in bad for f in spec.fields)
+  ):
+    problems += [Problem(prefix + f, v, allowed) for f, v, allowed in spec.check(section)]
   return problems
 
 

@@ -76,6 +76,7 @@ __all__ = [
   "kernel_from_weights",
   "matching_averaging",
   "step_weights",
+  "weighted_schedule",
   "weights_from_kernel",
 ]
 
@@ -234,6 +235,21 @@ def equivalent_schedule(
   if not (callable(base) or isinstance(base, numbers.Real)):
     raise TypeError(f"base must be a float or an optax schedule, got {base!r}")
   _, table = _table(method, window, params, start=start)
+  return weighted_schedule(base, table, start=start)
+
+
+def weighted_schedule(base: ScalarOrSchedule, weights, *, start) -> optax.Schedule:
+  """``schedule(j) = base(start + j) · w_j`` for j = 0 … k − 1, and 0 from j = k on.
+
+  The side-trip schedule of any average whose step weights are ``weights``
+  (w_0 … w_{k−1}, e.g. :meth:`trajax.averaging.Average.step_weights` or
+  :func:`weights_from_kernel` of a kernel): a static table (float64, looked
+  up as float32) indexed by the side-trip step j, which may be traced, as
+  may ``start``: one compiled step serves every branch point.
+  """
+  table = np.asarray(weights, np.float64)
+  if table.ndim != 1 or table.size < 1:
+    raise ValueError(f"weights must be 1-D with k >= 1 entries, got shape {table.shape}")
 
   def schedule(j):
     j = jnp.asarray(j)

@@ -34,7 +34,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from trajax import averaging
+from trajax import averaging, lr_schedules
 from trajax.probes.interpolation import fixed_batch_gd  # noqa: F401  (re-exported)
 
 PyTree = Any
@@ -115,30 +115,13 @@ def health_error(health: Health, last_checkpoint) -> NonFiniteError:
 
 
 def make_schedule(opt_config, total_steps: int) -> optax.Schedule:
-  """η_t from ``optimizer.{lr, schedule, warmup_steps, step_boundaries, step_factor}``.
+  """η_t from ``optimizer.{lr, schedule, warmup_steps, <the schedule's fields>}``.
 
-  With warmup w: η_t = lr·t/w for t < w, then the schedule on the remaining
-  T − w steps: 'constant' η = lr; 'cosine' η = lr·(1 + cos(π (t−w)/(T−w)))/2;
-  'linear' η = lr·(1 − (t−w)/(T−w)); 'step' η = lr·factor^k after the k-th
-  boundary (boundaries are absolute steps).
+  The registered schedule (:data:`trajax.lr_schedules.SCHEDULES`, the one
+  definition of each) on the T − w steps after a linear warmup of w steps:
+  :func:`trajax.lr_schedules.build`.
   """
-  lr, kind, warmup = float(opt_config.lr), opt_config.schedule, int(opt_config.warmup_steps)
-  rest = max(int(total_steps) - warmup, 1)
-  if kind == "constant":
-    main = optax.constant_schedule(lr)
-  elif kind == "cosine":
-    main = optax.cosine_decay_schedule(lr, rest)
-  elif kind == "linear":
-    main = optax.linear_schedule(lr, 0.0, rest)
-  elif kind == "step":
-    bounds = [int(b) - warmup for b in opt_config.step_boundaries]
-    factor = float(opt_config.step_factor)
-    main = optax.piecewise_constant_schedule(lr, {b: factor for b in bounds if b > 0})
-  else:
-    raise ValueError(f"optimizer.schedule must be one of constant|cosine|linear|step, got {kind!r}")
-  if warmup == 0:
-    return main
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  return lr_schedules.build(opt_config, total_steps)
 
 
 def make_averager(avg_config) -> averaging.Averager:

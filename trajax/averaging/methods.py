@@ -194,9 +194,9 @@ def params_for_window(method: str, window: int, base: Mapping | None = None) -> 
   """
   m = get_method(method)
   window = _check_window(window)
-  base = method_params(method, base or {})
-  base.pop("accumulator_dtype", None)
-  given = m.params_for_window(window, base)
+  picked = method_params(method, base or {})
+  picked.pop("accumulator_dtype", None)
+  given = m.params_for_window(window, picked)
   out = check_params(method, given)
   out.pop("accumulator_dtype", None)
   return out

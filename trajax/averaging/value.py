@@ -128,7 +128,9 @@ class Average(NamedTuple):
 
   def for_window(self, window: int) -> Average:
     """The value covering ``window`` steps (:func:`trajax.averaging.params_for_window`)."""
-    return Average.of(self.method, **methods_lib.params_for_window(self.method, window, self.values))
+    return Average.of(
+      self.method, **methods_lib.params_for_window(self.method, window, self.values)
+    )
 
   def averager(self, *, accumulator_dtype=None):
     """The :class:`trajax.averaging.Averager` (``accumulator_dtype``: its default if None)."""
@@ -327,7 +329,9 @@ def from_dict(d: Mapping) -> Average | Kernel:
       raise ValueError(f"average {d!r}: a kernel dict holds only 'kernel'")
     return Kernel.of(d[KERNEL])
   if "method" not in d:
-    raise ValueError(f"average {d!r}: needs 'method' (one of {list(methods_lib.METHODS)}) or 'kernel'")
+    raise ValueError(
+      f"average {d!r}: needs 'method' (one of {list(methods_lib.METHODS)}) or 'kernel'"
+    )
   method = d.pop("method")
   params = d.pop("params", None)
   if params is not None:

@@ -7,7 +7,7 @@ learning rate, batches and workdir::
 
   python -m trajax.sidetrip --parent=workdirs/mnist1d --step=3000 \
       --workdir=workdirs/mnist1d-trip-3000 --config=configs/mnist1d.py \
-      --config.sidetrip.kind=equivalent --config.sidetrip.method=two_point
+      --config.sidetrip.kind=equivalent --config.sidetrip.average='two_point(gap=500)'
 
 This module holds only what makes a run a side-trip: the ``sidetrip`` config
 section (:func:`resolve`), its learning-rate rule (:class:`SidetripRate`), the
@@ -19,10 +19,10 @@ Kinds (``config.sidetrip.kind``), with η the config's schedule of the absolute
 step t (equal to the parent's unless ``optimizer.*`` is overridden), f =
 ``sidetrip.lr_factor``, j = t − S the side-trip's own step and k its length:
 
-* ``'equivalent'`` -- η'_t = f · :func:`trajax.schedules.equivalent_schedule`
-  (paper Table 1, eq. 29) of the averaging method and every parameter its
-  averager takes (from ``averaging.*`` -- ``every`` and ``debias`` included --
-  overridden by ``sidetrip.{decay, gap, n, gamma}``), with S traced, on the parent's
+* ``'equivalent'`` -- η'_t = f · η_t · w_{t−S} (paper Table 1, eq. 29), w the
+  step weights of the side-trip's average ``sidetrip.average`` (a method with
+  every parameter, or any kernel; default the parent's ``averaging.*``), a
+  static table indexed by the traced t − S (:class:`SidetripRate`), on the parent's
   batch stream from S on (batch t is a pure function of (seed, t)) with the
   parent's optimizer state. For a loss linear per batch it lands exactly on
   the average that method started at S reaches after k steps (Lemma 2); on a
@@ -85,12 +85,17 @@ in errors):
 kind                'equivalent' | 'fixed_batch' | 'schedule' | 'batch_size'
 steps               k; default: window ('equivalent'), total_steps − S
                     ('schedule', 'batch_size'); required for 'fixed_batch'
-method              an averaging method of trajax.schedules.METHODS; default
-                    the config's ``averaging.method``
-window              steps the average covers; default gap (two_point),
-                    (n − 1)·gap (multi_point), required for ema/swa
-decay, gap, n,      override ``averaging.*`` for the equivalent schedule (the
-gamma               other parameters, e.g. every and debias, are the parent's)
+average             'equivalent': the average, a value of trajax.averaging
+                    spelt ``ema(decay=0.01, every=4, debias=True)`` or
+                    ``kernel(c_0, …, c_k)`` (every parameter; start_step
+                    counts from S); default the parent's ``averaging.method``
+                    with its parameters, averaging from S
+window              steps the average covers; default its own (gap for
+                    two_point, (n − 1)·gap for multi_point, k for a kernel),
+                    required for ema/swa/power_ema
+method, decay,      deprecated spelling of ``average``: a method (default
+gap, n, gamma       ``averaging.method``) overriding ``averaging.*``, every and
+                    debias the parent's; mapped onto ``average`` with a note
 lr_factor           f > 0 (default 1)
 schedule            'config' | 'constant' | 'linear' | 'cosine' ('schedule' and
                     'batch_size' kinds)

@@ -16,11 +16,22 @@ import numpy as np
 import optax
 from absl import logging
 
-from trajax import averaging, loop, schedules
+from trajax import averaging, loop, lr_schedules, schedules
+from trajax import config as config_lib
 from trajax import state as state_lib
 
 KINDS = ("equivalent", "fixed_batch", "schedule", "batch_size")
-SCHEDULES = ("config", "constant", "linear", "cosine")
+
+
+# 'config' (the config's own η_t, scaled) and every registered schedule that
+# needs no field beyond the rate and the horizon, run from S at f·η_S over k
+# steps (trajax.lr_schedules: constant, cosine, linear).
+def schedule_names() -> tuple[str, ...]:
+  """The ``sidetrip.schedule`` values, from the registry as it is now."""
+  return ("config", *(n for n, s in lr_schedules.SCHEDULES.items() if not s.fields))
+
+
+SCHEDULES = schedule_names()  # as registered at import; schedule_names() is live
 
 # Config fields a side-trip may change relative to its parent, by kind. Every
 # other difference would change what "the parent's state" means (model,
@@ -52,40 +63,86 @@ _SCHEDULE_KINDS = ("schedule", "batch_size")
 _BATCH_FIELDS = ("batch_growth", "batch_sizes")
 # Fields added after side-trips were first stored: a stored section without
 # them resumes while they are None (they change nothing then).
-ADDED_FIELDS = (*_BATCH_FIELDS, "gamma")
+ADDED_FIELDS = (*_BATCH_FIELDS, "gamma", "average")
 # Fields that may change when a side-trip resumes from its own checkpoint.
 _RESUME_EXTRA = frozenset({"sidetrip.eval_at", "sidetrip.eval_average"})
-# sidetrip.<name> fields that override averaging.<name> for the equivalent schedule
-# (the kernel's shape; every, debias and start_step stay the parent's).
-METHOD_OVERRIDES = ("decay", "gap", "n", "gamma")
+# The deprecated spelling of an equivalent side-trip's average, before
+# ``sidetrip.average``: a method (default ``averaging.method``) and overrides of
+# ``averaging.<name>`` for the kernel's shape, the parent's every and debias
+# kept. Still read (a stored side-trip, an old command line) and mapped onto
+# the value by :func:`legacy_average`, with a one-line note.
+DEPRECATED_FIELDS = ("method", "decay", "gap", "n", "gamma")
+METHOD_OVERRIDES = DEPRECATED_FIELDS[1:]  # deprecated name, kept for old callers
 
 
-def _equivalent_params(method: str, section: dict) -> dict:
-  """The averager parameters an equivalent side-trip of ``method`` runs, from a section.
+def parent_average(averaging_section, method: str | None = None, **overrides):
+  """The average a side-trip reaches by default: the parent's method and parameters.
 
-  Every parameter the method's averager takes (:func:`trajax.averaging.method_params`:
-  ``decay``, ``every``, ``debias``, ``n``, ``gap``, …), except ``start_step``.
-  The side-trip's average is the one that starts at its branch step S:
-  :func:`trajax.schedules.equivalent_schedule` takes S as ``start``, the
-  averager's start step (an absolute ``start_step`` must be >= ``start`` there,
-  and S is traced so one compilation serves every branch point).
-  ``averaging.start_step`` says when the *parent's* averager starts; a
-  side-trip branched at S reaches the average started at S, whatever it is.
+  ``method`` (default ``averaging.method``) with its parameters picked from
+  the flat ``averaging`` section, ``overrides`` (not None) applied, and
+  ``start_step`` left out: the side-trip's average starts at its branch step
+  S, whatever ``averaging.start_step`` says about the parent's.
+
+  Raises ValueError or TypeError as :meth:`trajax.averaging.Average.of`.
   """
+  section = dict(
+    averaging_section.to_dict() if hasattr(averaging_section, "to_dict") else averaging_section
+  )
+  method = section.get("method") if method is None else method
+  section.update({k: v for k, v in overrides.items() if v is not None})
   params = averaging.method_params(method, section)
   params.pop("start_step", None)
-  return {
-    k: float(v) if k == "decay" and isinstance(v, numbers.Real) else v for k, v in params.items()
-  }
+  return averaging.average(method, **params)
 
 
-def _default_window(method: str, params: dict) -> int | None:
-  """The steps a method's average spans when the side-trip does not say (None: must be given)."""
+def legacy_average(s: dict, averaging_section, problems: list):
+  """``sidetrip.average`` of a section, or None (the parent's average, start_step aside).
+
+  A section spelt the deprecated way (``sidetrip.{method, decay, gap, n,
+  gamma}``) is mapped onto the value, with a one-line deprecation note.
+  Appends ``(field, value, allowed)`` to ``problems`` for a bad field and
+  returns None then.
+  """
+  legacy = {k: s.get(k) for k in DEPRECATED_FIELDS if s.get(k) is not None}
+  text = s.get("average")
+  if text is not None:
+    if legacy:
+      names = ", ".join(f"sidetrip.{k}" for k in legacy)
+      problems.append(
+        ("sidetrip.average", text, f"give the average once: drop the deprecated {names}")
+      )
+      return None
+    try:
+      return averaging.as_average(text)
+    except (TypeError, ValueError) as e:
+      problems.append(("sidetrip.average", text, str(e)))
+      return None
+  method = legacy.pop("method", None)
+  if method is None:
+    method = averaging_section["method"]
+    if method not in averaging.METHODS:
+      return None  # reported by the averaging section's own check
+  elif method not in averaging.METHODS:
+    problems.append(("sidetrip.method", method, f"must be one of {list(averaging.METHODS)}"))
+    return None
   try:
-    given = averaging.check_params(method, params)
-  except (TypeError, ValueError):
-    return None  # reported by the equivalent_schedule check in resolve
-  return averaging.get_method(method).default_window(given)
+    value = parent_average(averaging_section, method, **legacy)
+  except (TypeError, ValueError) as e:
+    # Name the field the message is about (the record names it first):
+    # sidetrip.<name> where the side-trip set it, else averaging.<name>.
+    name = next((k for k in averaging.METHODS[method].params if str(e).startswith(k.name)), None)
+    name = name.name if name is not None else "method"
+    where = "sidetrip" if name in legacy or name == "method" else "averaging"
+    value = legacy.get(name, averaging_section[name] if name in averaging_section else method)
+    problems.append((f"{where}.{name}", value, f"{method}: {e}"))
+    return None
+  if legacy or s.get("method") is not None:
+    logging.warning(
+      "sidetrip.%s: deprecated; use --config.sidetrip.average=%r",
+      ", sidetrip.".join(k for k in DEPRECATED_FIELDS if s.get(k) is not None),
+      str(value),
+    )
+  return value
 
 
 class SidetripSpec(NamedTuple):
@@ -105,6 +162,16 @@ class SidetripSpec(NamedTuple):
   # 'batch_size' kind: ((j_0 = 0, b_0), (j_1, b_1), ...), global batch b_i from
   # side-trip step j_i on (batch_growth k resolves to ((0, k·B),)); else None.
   batch_sizes: tuple | None = None
+  # 'equivalent': the spelling of the average (trajax.averaging.as_average reads
+  # it; ``method`` and ``params`` are its method and parameters, None and {} for
+  # a kernel); None: the average is ``method`` with ``params``.
+  average: str | None = None
+
+  def value(self):
+    """The equivalent side-trip's :class:`~trajax.averaging.Average` or :class:`~trajax.averaging.Kernel`."""
+    if self.average is not None:
+      return averaging.as_average(self.average)
+    return averaging.average(self.method, **self.params)
 
 
 # ----------------------------------------------------------------------------
@@ -118,12 +185,15 @@ def default_section():
   s = mlc.ConfigDict()
   s.kind = "schedule"
   s.steps = mlc.FieldReference(None, field_type=int)
-  s.method = mlc.FieldReference(None, field_type=str)
+  # The equivalent side-trip's average: a spelling (trajax.averaging.as_average:
+  # 'ema(decay=0.01, every=4)', 'kernel(0.25, 0.25, 0.5)'); None: the parent's.
+  s.average = mlc.FieldReference(None, field_type=str)
   s.window = mlc.FieldReference(None, field_type=int)
-  s.decay = mlc.FieldReference(None, field_type=float)
-  s.gap = mlc.FieldReference(None, field_type=int)
-  s.n = mlc.FieldReference(None, field_type=int)
-  s.gamma = mlc.FieldReference(None, field_type=float)
+  # Deprecated (DEPRECATED_FIELDS): sidetrip.average says it all.
+  s.method = mlc.FieldReference(None, field_type=str)
+  types = {name: field_type for name, _, field_type in config_lib.averaging_fields()}
+  for name in DEPRECATED_FIELDS[1:]:
+    s[name] = mlc.FieldReference(None, field_type=types[name])
   s.lr_factor = 1.0
   s.schedule = "config"
   s.fixed_batch_index = 0
@@ -162,9 +232,14 @@ def define_config_flag(**fields) -> None:
 def with_sidetrip(config, **fields):
   """A locked copy of ``config`` with a ``sidetrip`` section (defaults + ``fields``).
 
+  ``average`` may be anything :func:`trajax.averaging.as_average` reads (an
+  :class:`~trajax.averaging.Average`, a :class:`~trajax.averaging.Kernel`, a
+  dict, kernel weights or a spelling); the section stores its spelling.
+
   Example::
 
-    cfg = with_sidetrip(mnist1d.get_config(), kind='equivalent', method='swa', window=500)
+    cfg = with_sidetrip(mnist1d.get_config(), kind='equivalent', average='swa', window=500)
+    cfg = with_sidetrip(cfg, kind='equivalent', average=averaging.Kernel.of(c))  # posthoc's kernel
   """
   config = copy.deepcopy(config)
   section = default_section()
@@ -175,6 +250,8 @@ def with_sidetrip(config, **fields):
       f"known: {sorted('sidetrip.' + k for k in section.keys())}"
     )
   for key, value in fields.items():
+    if key == "average" and value is not None and not isinstance(value, str):
+      value = str(averaging.as_average(value))  # a value, a dict or kernel weights: its spelling
     section[key] = value
   with config.unlocked():
     config.sidetrip = section
@@ -241,39 +318,33 @@ def resolve(config, parent_step: int) -> SidetripSpec:
     bad("steps", "must be None (default) or an integer > 0")
     steps = None
 
+  average = None
   if kind == "equivalent":
-    method = s["method"] if s["method"] is not None else config.averaging.method
-    if method not in schedules.METHODS:
-      where = "" if s["method"] is not None else " (taken from averaging.method)"
+    value = legacy_average(s, config.averaging, problems)
+    if value is None and not problems:
+      # The parent's average (averaging.method not a method: named by its own check).
       problems.append(
-        ("sidetrip.method", method, f"must be one of {list(schedules.METHODS)}{where}")
+        ("averaging.method", config.averaging.method, f"must be one of {list(averaging.METHODS)}")
       )
-    else:
-      # The averaging section with the side-trip's overrides; the method's
-      # own parameters are picked from it by its registry record and checked
-      # by trajax.schedules.equivalent_schedule (every/debias included: the
-      # step weights come from the averager's derived kernel).
-      section = dict(config.averaging.to_dict())
-      section.update({k: s[k] for k in METHOD_OVERRIDES if s[k] is not None})
-      params = _equivalent_params(method, section)
-      window = s["window"] if s["window"] is not None else _default_window(method, params)
+    if value is not None:
+      method = value.method
+      params = dict(value.values) if isinstance(value, averaging.Average) else {}
+      average = str(value)
+      window = s["window"] if s["window"] is not None else value.default_window()
       try:
-        schedules.equivalent_schedule(method, 0.0, start=0, window=window, **params)
+        # The step weights, checked once here (the rate builds the same table).
+        value.step_weights(window)
       except (TypeError, ValueError) as e:
-        # Name the field the message is about (schedules names its argument
-        # first): sidetrip.<name> where the side-trip set it, else averaging.<name>.
-        values = {**params, "window": window}
-        name = next((k for k in values if str(e).startswith(k)), "window")
-        given_here = name == "window" or (name in METHOD_OVERRIDES and s[name] is not None)
-        field = f"{'sidetrip' if given_here else 'averaging'}.{name}"
-        problems.append((field, values[name], f"{method}: {e}"))
+        where = "sidetrip.average" if s["average"] is not None else "sidetrip.window"
+        field = "sidetrip.window" if str(e).startswith("window") else where
+        problems.append((field, window if field == "sidetrip.window" else s["average"], str(e)))
         window = None
       if steps is None and window is not None:
         steps = window
   elif kind in _SCHEDULE_KINDS:
     sched = s["schedule"]
-    if sched not in SCHEDULES:
-      bad("schedule", f"must be one of {list(SCHEDULES)}")
+    if sched not in schedule_names():
+      bad("schedule", f"must be one of {list(schedule_names())}")
     if steps is None:
       steps = int(config.total_steps) - int(parent_step)
       if steps <= 0:
@@ -316,6 +387,7 @@ def resolve(config, parent_step: int) -> SidetripSpec:
     eval_at=points,
     eval_average=bool(s["eval_average"]),
     batch_sizes=batch_sizes,
+    average=average,
   )
 
 
@@ -485,43 +557,47 @@ class SidetripRate(NamedTuple):
   Static and hashable (one compilation per kind); ``hyper`` holds the traced
   scalars ``start`` (the optimizer's count at S), ``scale`` (f for 'config'
   and 'equivalent', f·η_S otherwise) and ``horizon`` (k).
+
+  'equivalent': ``weights`` is the step-weight table w_0 … w_{k−1} of the
+  side-trip's average (:meth:`trajax.averaging.Average.step_weights`, float64
+  values), computed once from its kernel and indexed by the traced side-trip
+  step j = t − S: η'(t) = f · η(t) · w_{t−S} (0 from j = k on), exact by
+  construction for any average, a registered method or a bare kernel, and
+  the same table serves every branch point.
   """
 
   kind: str
   schedule: str | None = None
-  method: str | None = None
-  window: int | None = None
-  params: tuple = ()
+  weights: tuple = ()
 
   @classmethod
   def of(cls, spec: SidetripSpec) -> SidetripRate:
-    return cls(
-      spec.kind, spec.schedule, spec.method, spec.window, tuple(sorted(spec.params.items()))
-    )
+    weights = ()
+    if spec.kind == "equivalent":
+      weights = tuple(float(w) for w in spec.value().step_weights(spec.window))
+    return cls(spec.kind, spec.schedule, weights)
 
   @property
   def absolute(self) -> bool:
     """Whether ``scale`` is f·η_S (the rate does not follow the config's schedule)."""
-    return self.kind == "fixed_batch" or self.schedule in ("constant", "linear", "cosine")
+    return self.kind == "fixed_batch" or self.schedule in schedule_names()[1:]
 
   def __call__(self, base: optax.Schedule, hyper: dict) -> optax.Schedule:
     start, scale, horizon = hyper["start"], hyper["scale"], hyper["horizon"]
     if self.kind == "equivalent":
-      rate = schedules.equivalent_schedule(
-        self.method, base, start=start, window=self.window, **dict(self.params)
-      )
+      rate = schedules.weighted_schedule(base, np.asarray(self.weights, np.float64), start=start)
       return lambda t: rate(jnp.asarray(t) - start) * scale
     if self.kind in _SCHEDULE_KINDS and self.schedule == "config":
       return loop.ScaledRate()(base, {"scale": scale})
-    if self.kind == "fixed_batch" or self.schedule == "constant":
-      return lambda t: jnp.broadcast_to(scale, jnp.shape(t)).astype(jnp.float32)
-    if self.schedule in ("linear", "cosine"):
+    name = "constant" if self.kind == "fixed_batch" else self.schedule
+    if name in schedule_names()[1:]:
+      # The registered schedule itself from f·η_S, read at the side-trip's
+      # progress j/k on a unit horizon: k stays a traced scalar.
+      shape = lr_schedules.get(name).build(scale, 1)
 
       def rate(t):
         frac = jnp.clip((jnp.asarray(t) - start).astype(jnp.float32) / horizon, 0.0, 1.0)
-        if self.schedule == "linear":
-          return scale * (1.0 - frac)
-        return scale * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        return jnp.broadcast_to(shape(frac), jnp.shape(t)).astype(jnp.float32)
 
       return rate
     raise ValueError(f"no schedule for kind={self.kind!r}, schedule={self.schedule!r}")
