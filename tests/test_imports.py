@@ -47,7 +47,7 @@ PRIVATE_ALLOWED = {
   ("trajax/checkpoint.py", "_PendingMeta"),
   ("trajax/checkpoint.py", "_snapshot"),
   ("trajax/checkpoint.py", "_broadcast_error"),
-  ("trajax/loop.py", "_StopFlag"),
+  ("trajax/start.py", "_StopFlag"),  # host.StopFlag once public
   ("trajax/sidetrip/__main__.py", "_check_step"),  # now trajax.sidetrip.check_step
   ("tests/test_checkpoint.py", "_acquire_local"),
   ("tests/test_sidetrip.py", "_acquire_local"),

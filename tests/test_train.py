@@ -411,3 +411,59 @@ def test_device_resident_input_changes_no_number_of_a_run(tmp_path, dataset_name
   assert fps[0] == fps[1] and fps[0].count("\n") == 40
   for a, b in zip(jax.tree.leaves(dev.state), jax.tree.leaves(hst.state), strict=True):
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+# --------------------------------------------------------------------------- replays (runs.Stepper)
+
+
+def _replay_parent(tmp_path, dataset, **overrides):
+  from trajax import loop, models, runs
+
+  c = small_config(total_steps=20, **overrides)
+  model = models.create_model(c.model, num_classes=int(dataset.info.num_classes))
+  loop.train_and_evaluate(c, str(tmp_path / "run"), dataset=dataset, model=model)
+  return runs, runs.open_run(str(tmp_path / "run"), model=model, dataset=dataset)
+
+
+def test_stepper_stops_on_a_nonfinite_step_as_fit_does(tmp_path):
+  from trajax import loop
+
+  runs, run = _replay_parent(tmp_path, FakeDataset())
+  # The replay reads a batch the run never saw go bad: step 13's is NaN.
+  run.dataset = FakeDataset(nan_steps={13})
+  stepper = runs.Stepper.at(run, 10)
+  with pytest.raises(train.NonFiniteError, match=r"non-finite loss.* at step 13") as e:
+    stepper.advance_to(20)  # the log point 20 reads the health; before, it froze silently
+  assert "step 10 (the replay's start)" in str(e.value)
+  assert int(stepper.state.step) == 13  # frozen at the last good state
+  # fit on the same data stops with the same message (up to the last good checkpoint).
+  with pytest.raises(train.NonFiniteError) as fit_error:
+    loop.train_and_evaluate(
+      small_config(total_steps=20), str(tmp_path / "bad"), dataset=run.dataset
+    )
+  assert str(fit_error.value).split("; last good")[0] == str(e.value).split("; last good")[0]
+  # With nonfinite.skip the bad step is skipped and the replay goes on.
+  (tmp_path / "skip").mkdir()
+  runs, run = _replay_parent(tmp_path / "skip", FakeDataset(), **{"nonfinite.skip": True})
+  run.dataset = FakeDataset(nan_steps={13})
+  stepper = runs.Stepper.at(run, 10)
+  stepper.advance_to(20)
+  assert int(stepper.state.step) == 20 and int(stepper.state.health.total_skips) == 1
+
+
+def test_stepper_gathers_from_the_device_pool_and_replays_bit_for_bit(tmp_path):
+  from trajax import data as data_lib
+
+  c = small_config(total_steps=20)
+  c.data_dir = str(tmp_path / "data")
+  runs, run = _replay_parent(tmp_path, data_lib.get_dataset(c), data_dir=c.data_dir)
+  stepper = runs.Stepper.at(run, 10)
+  assert stepper.pool is not None  # mnist1d is in memory: fit gathers on the device too
+  stepper.advance_to(20)
+  want, _ = ckpt_lib.restore_readonly(str(tmp_path / "run"), step=20)
+  got = jax.device_get(stepper.state)
+  assert np.asarray(got.step) == 20
+  for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want["params"]), strict=True):
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+  # A second replay of the run shares the pool.
+  assert runs.Stepper.at(run, 10).pool is stepper.pool

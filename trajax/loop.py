@@ -1,15 +1,11 @@
 """The one host loop: a main run, a side-trip and a replay differ only in start, rate and batches.
 
-:func:`fit` trains ``config`` in ``workdir`` from a start chosen by one written
-precedence (big_vision's):
-
-1. the run's own latest committed checkpoint (``WORKDIR/checkpoints``), so a
-   preempted run -- a side-trip included -- continues from itself and never
-   needs what it started from again;
-2. else ``start``, a :class:`FromCheckpoint` -- another run's committed step,
-   read through :func:`trajax.checkpoint.restore_readonly` (nothing is written,
-   pruned or cleaned up there);
-3. else a fresh init (:func:`trajax.state.create_train_state`).
+:func:`fit` trains ``config`` in ``workdir`` in two halves:
+:func:`open_and_restore` (:mod:`trajax.start`: the workdir and config checks,
+the writer, and the start by one written precedence -- the run's own latest
+checkpoint, else a :class:`FromCheckpoint` (another run's committed step, read
+read-only), else a fresh init), then :func:`run_loop`, the host loop.
+:func:`train_and_evaluate` is the main run: :func:`fit` with no parent.
 
 Whatever the start, every run gets the same machinery: the workdir's
 ``Checkpointer`` opened before anything else is written there, SIGTERM saves
@@ -35,7 +31,7 @@ What differs between runs is data, not code:
   reproduces them without the start.
 * ``batches`` -- a function of the start step to an iterator of host batches
   (default the config's training stream; a fixed-batch side-trip repeats one).
-* ``optimizer`` -- 'config' or 'fixed_batch_gd' (:func:`trajax.state.fixed_batch_gd`).
+* ``optimizer`` -- 'config' or 'fixed_batch_gd' (:func:`trajax.probes.fixed_batch_gd`).
 
 The step itself is :func:`trajax.train.make_step` (compiled once per static
 key); :class:`trajax.runs.Stepper` drives the same step in lock-step from a
@@ -46,7 +42,6 @@ reads a run's config, steps and states read-only.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -58,30 +53,22 @@ from absl import logging
 
 from trajax import state as state_lib
 from trajax import train
+from trajax.start import FromCheckpoint, Opened, open_and_restore, stored_config
 
 __all__ = [
+  "RESUME_MODES",
   "FromCheckpoint",
   "LearningRate",
+  "Opened",
   "ScaledRate",
   "TrainResult",
-  "RESUME_MODES",
+  "check_health",
   "fit",
+  "open_and_restore",
+  "run_loop",
   "stored_config",
   "train_and_evaluate",
 ]
-
-
-class FromCheckpoint(NamedTuple):
-  """Start from another run's committed step (read-only).
-
-  path: that run's WORKDIR (or its ``checkpoints`` directory).
-  step: the committed step.
-  config: the config it was written under (its layout); default the stored one.
-  """
-
-  path: str
-  step: int
-  config: Any = None
 
 
 class LearningRate(NamedTuple):
@@ -127,18 +114,6 @@ class TrainResult:
   timings: dict = dataclasses.field(default_factory=dict)
 
 
-def stored_config(meta: dict):
-  """The training config stored in a checkpoint's metadata (its ``sidetrip`` section dropped).
-
-  Typed and locked (:func:`trajax.config.from_dict`): fields the stored config
-  lacks keep ``base_config()``'s defaults; one this version does not declare
-  raises :class:`trajax.config.ConfigError` naming it.
-  """
-  from trajax import config as config_lib
-
-  return config_lib.from_dict({k: v for k, v in meta["config"].items() if k != "sidetrip"})
-
-
 # ----------------------------------------------------------------------------
 # the loop
 
@@ -148,23 +123,19 @@ _stack = jax.jit(lambda window: jax.tree.map(lambda *xs: jax.numpy.stack(xs), *w
 _snapshot = jax.jit(lambda tree: jax.tree.map(lambda x: x + jax.numpy.zeros_like(x), tree))
 
 
-def _restore_start(start, model, input_shape, mesh):
-  """``(state, meta)`` of ``start`` laid out for this run (see :class:`FromCheckpoint`)."""
-  from trajax import checkpoint as ckpt_lib
+def check_health(health, last_good) -> state_lib.Health:
+  """Reads ``health`` (a state's record, on device or not); raises if the state is frozen.
 
-  directory = ckpt_lib.resolve_directory(start.path)
-  step = int(start.step)
-  start_config = start.config
-  if start_config is None:
-    start_config = stored_config(ckpt_lib.read_metadata(directory, step))
-  # The start's own layout (its optimizer), on this run's mesh.
-  target = state_lib.abstract_state(start_config, model, input_shape, mesh)
-  state, meta = ckpt_lib.restore_readonly(directory, step=step, target=target)
-  if int(state.step) != step:
-    raise state_lib.ResumeError(
-      f"checkpoint {step} of {directory!r} holds a state at step {int(state.step)}"
-    )
-  return state, meta
+  ``health.bad_step >= 0`` (a non-finite step froze the state, or too many in
+  a row were skipped): :func:`trajax.state.health_error`, naming the
+  quantity, the step and ``last_good`` (the last good checkpoint, or where
+  the state started). The one check of :func:`fit` and
+  :class:`trajax.runs.Stepper`.
+  """
+  health = jax.device_get(health)
+  if int(health.bad_step) >= 0:
+    raise state_lib.health_error(health, last_good)
+  return health
 
 
 def fit(
@@ -191,11 +162,8 @@ def fit(
 ) -> TrainResult:
   """Trains ``config`` in ``workdir`` up to step ``end`` (see the module docstring).
 
-  Order (nothing is allocated or written before the workdir and a resumed
-  config are checked): inspect the workdir (plain file reads); refuse a resume
-  under a changed config; build mesh, data and model; open the workdir's
-  ``Checkpointer`` (first thing written there); restore (own latest, else
-  ``start``, else init); open the metrics files; train.
+  :func:`open_and_restore` (workdir, config checks, the start), then
+  :func:`run_loop` (the host loop) on what it opened.
 
   Args:
     config: the (validated) training config: model, data, optimizer, cadences.
@@ -224,197 +192,160 @@ def fit(
     trajax.state.ResumeError: workdir problems.
     trajax.state.NonFiniteError: a non-finite step.
   """
-  from trajax import checkpoint as ckpt_lib
+  opened = open_and_restore(
+    config,
+    workdir,
+    start=start,
+    schedule=schedule,
+    optimizer=optimizer,
+    stored=stored,
+    resume_allowed=resume_allowed,
+    resume=resume,
+    dataset=dataset,
+    model=model,
+  )
+  return run_loop(
+    config,
+    opened,
+    batches=batches,
+    end=end,
+    eval_at=eval_at,
+    eval_average=eval_average,
+    extra_eval=extra_eval,
+    save_at=save_at,
+    scalars=scalars,
+    metadata=metadata,
+    stored=stored,
+    callbacks=callbacks,
+  )
+
+
+def _open_outputs(config, opened: Opened, stored):
+  """``(writer, fingerprint file or None)``: the metrics and fingerprint files, truncated
+  to the resumed step (a resume rewrites what followed it) or started afresh."""
   from trajax import config_validation, host, metrics
 
-  t_begin = time.perf_counter()
-  stored = config if stored is None else stored
-  from trajax import paths, workdir_lock
-
-  workdir = host.check_workdir(paths.check_local_path(workdir))
-  # Nothing is written through a link or over a file of the wrong kind.
-  paths.check_entries(workdir)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  steps = ckpt_lib.committed_steps(ckpt_dir)
-  latest = steps[-1] if steps else None
-  if latest is not None:
-    # A busy workdir is the first thing to say (before, e.g., a config diff
-    # against the checkpoints the holder is writing).
-    workdir_lock.probe(workdir)
-  if resume == "require" and latest is None:
-    raise state_lib.ResumeError(
-      f"resume='require' but {ckpt_dir!r} holds no committed checkpoint "
-      f"(found: {sorted(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else 'no directory'})"
-    )
-  if resume == "never" and latest is not None:
-    raise state_lib.ResumeError(f"resume='never' but {ckpt_dir!r} holds checkpoints {steps}")
-  if latest is not None:
-    allowed = config_validation.RESUME_ALLOWED if resume_allowed is None else resume_allowed
-    # Against the newest checkpoint whose metadata verifies (a damaged one is
-    # quarantined once the lock is held: Checkpointer.restore_latest_good).
-    own_meta = ckpt_lib.newest_good_metadata(ckpt_dir, steps)
-    if own_meta is not None:
-      for field, old, new in config_validation.check_resume(
-        own_meta["config"], stored, allowed=frozenset(allowed)
-      ):
-        logging.info("resume: %s changed %r -> %r (allowed)", field, old, new)
-
   process_index = jax.process_index()
-  mesh = state_lib.make_mesh(config)
-  if dataset is None:
-    from trajax import data as data_lib
+  step = int(opened.state.step)
+  metrics_path = os.path.join(opened.workdir, "metrics.jsonl")
+  fp_path = os.path.join(opened.workdir, "batch_fingerprints.jsonl")
+  if process_index == 0:
+    host.truncate_jsonl(metrics_path, step if opened.resumed else None)
+    # batch `step` is consumed again after the resume
+    host.truncate_jsonl(fp_path, step - 1 if opened.resumed else None)
+  writer = metrics.create_writer(opened.workdir, process_index=process_index)
+  if not opened.resumed:
+    writer.write_hparams(config_validation.flatten(stored))
+  log_fp = config.log_batch_fingerprints and process_index == 0
+  return writer, open(fp_path, "a") if log_fp else None
 
-    dataset = data_lib.get_dataset(
-      config, process_index=process_index, process_count=jax.process_count()
-    )
-  input_shape = tuple(dataset.info.input_shape)
-  if model is None:
-    from trajax import models
 
-    model = models.create_model(config.model, num_classes=int(dataset.info.num_classes))
-  end = int(config.total_steps if end is None else end)
-  abstract = state_lib.abstract_state(config, model, input_shape, mesh, optimizer=optimizer)
-  shardings = state_lib.shardings_of(abstract)
+def _open_input(config, opened: Opened, batches):
+  """``(compiled step, batch iterator, pool or None)`` from the start step on.
 
-  # From here on SIGTERM means "save at the current step and return" (a
-  # signal during init, restore or compilation is acted on before step 1).
-  stop = host._StopFlag()
-  checkpointer = None
+  In-memory sources: the pool lives on the devices and only the batch's pool
+  indices travel each step (trajax.data.device; same batches, bit for bit).
+  Streamed sources and custom ``batches`` keep the host pipeline.
+  """
+  from trajax import host
+  from trajax.data import device as data_device
+
+  step = int(opened.state.step)
+  pool = data_device.device_pool(opened.dataset, opened.mesh) if batches is None else None
+  p_step = train.make_step(
+    config,
+    opened.model,
+    opened.mesh,
+    opened.shardings,
+    rule=opened.schedule.rule if opened.schedule else None,
+    optimizer=opened.optimizer,
+    gather=None if pool is None else data_device.gather_step,
+  )
+  if pool is not None:
+    return p_step, pool.stream(step), pool
+  stream = (batches or opened.dataset.train_batches)(step)
+  return p_step, host.Prefetch(stream, state_lib.batch_sharding(opened.mesh), threads=1), None
+
+
+def run_loop(
+  config,
+  opened: Opened,
+  *,
+  batches: Callable[[int], Iterator[dict]] | None = None,
+  end: int | None = None,
+  eval_at: Collection[int] | None = None,
+  eval_average: bool | None = None,
+  extra_eval: Callable[[Any], dict] | None = None,
+  save_at: Collection[int] = (),
+  scalars: Callable[[int], dict] | None = None,
+  metadata: Callable[[int], dict] | None = None,
+  stored: Any = None,
+  callbacks: Iterable[Callable[[int], None]] = (),
+) -> TrainResult:
+  """The host loop from ``opened``'s state up to step ``end``: the second half of :func:`fit`.
+
+  Opens the metrics files and the input, then steps; evaluates, logs and
+  saves at their points (health read at each), saves and returns on SIGTERM.
+  Closes ``opened`` (and everything it opened) however it ends. Arguments as
+  :func:`fit`'s.
+  """
+  from trajax import checkpoint as ckpt_lib
+  from trajax import host, metrics
+
+  stored = config if stored is None else stored
+  state, step, last_good = opened.state, int(opened.state.step), opened.last_good
+  dataset, checkpointer, hyper = opened.dataset, opened.checkpointer, opened.hyper
+  writer = fp_file = None
   try:
-    os.makedirs(workdir, exist_ok=True)
-    # The workdir's writer comes first: nothing else is written there before it.
-    checkpointer = ckpt_lib.Checkpointer(
-      ckpt_dir,
-      max_to_keep=config.checkpoint.max_to_keep,
-      keep_period=config.checkpoint.keep_period,
-      async_save=config.checkpoint.async_save,
-    )
-    hyper = {}
-    # The newest own checkpoint that passes its digest and value checks; damaged
-    # newer ones are quarantined (Checkpointer.restore_latest_good).
-    good = checkpointer.restore_latest_good(abstract) if latest is not None else None
-    latest = None if good is None else good[0]
-    if good is not None:
-      _, state, meta = good
-      step = int(state.step)
-      if meta.get("data_position", step) != step:
-        raise state_lib.ResumeError(
-          f"checkpoint {step}: data position {meta.get('data_position')} != step {step}"
-        )
-      origin = f"own:{step}"
-      if schedule is not None:
-        hyper = meta.get("lr_hyper", schedule.hyper)
-        if callable(hyper):
-          raise state_lib.ResumeError(
-            f"checkpoint {step} of {ckpt_dir!r} holds no 'lr_hyper' and the schedule's "
-            "scalars are computed from the start state: restart in a new workdir"
-          )
-    else:
-      if start is not None:
-        state, _ = _restore_start(start, model, input_shape, mesh)
-        origin = f"from:{int(start.step)}"
-      else:
-        state, _ = state_lib.create_train_state(config, model, input_shape, mesh)
-        origin = "fresh"
-      if schedule is not None:
-        hyper = schedule.hyper(state) if callable(schedule.hyper) else dict(schedule.hyper)
-      if optimizer == "fixed_batch_gd":
-        to_gd = functools.partial(state_lib.fixed_batch_start, config=config)
-        state = jax.jit(to_gd, out_shardings=shardings)(state)
-      else:
-        state = jax.device_put(state, shardings)
-    state = jax.block_until_ready(state)
-    restore_s = time.perf_counter() - t_begin
-    step = int(state.step)
-    logging.info("%s: starting at step %d (%s) in %.2fs", workdir, step, origin, restore_s)
-    last_good = checkpointer.path(step) if origin.startswith("own") else None
-
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    fp_path = os.path.join(workdir, "batch_fingerprints.jsonl")
-    own = origin.startswith("own")
-    if process_index == 0:
-      host.truncate_jsonl(metrics_path, step if own else None)
-      # batch `step` is consumed again after the resume
-      host.truncate_jsonl(fp_path, step - 1 if own else None)
-    writer = metrics.create_writer(workdir, process_index=process_index)
-    if not own:
-      writer.write_hparams(config_validation.flatten(stored))
+    end = int(config.total_steps if end is None else end)
+    writer, fp_file = _open_outputs(config, opened, stored)
     progress = metrics.progress_reporter(end, writer, config.log_every_steps)
-    log_fp = config.log_batch_fingerprints and process_index == 0
-    fp_file = open(fp_path, "a") if log_fp else None
     if fp_file is not None:
       from trajax import data as data_lib
-
     hyper_arrays = train.hyper_arrays(hyper)
-    ev = train.evaluator(model, mesh)
+    ev = train.evaluator(opened.model, opened.mesh)
     if eval_average is None:
-      eval_average = config.averaging.method != "none" and optimizer == "config"
+      eval_average = config.averaging.method != "none" and opened.optimizer == "config"
     eval_points = None if eval_at is None else {int(s) for s in eval_at} | {end}
     save_points = {int(s) for s in save_at}
     extra = scalars or (lambda s: {})
-
-    def check_health():
-      health = jax.device_get(state.health)
-      if int(health.bad_step) >= 0:
-        raise state_lib.health_error(health, last_good)
-      return health
-
-    def run_eval():
-      out = {"raw": ev.evaluate(state.params, state.batch_stats, dataset.eval_batches("test"))}
-      if eval_average:
-        params, stats = train.averaged_variables(state, config, ev, dataset)
-        out["avg"] = ev.evaluate(params, stats, dataset.eval_batches("test"))
-      flat = {f"eval/{k}": v for k, v in out["raw"].items()}
-      flat.update({f"eval_avg/{k}": v for k, v in out.get("avg", {}).items()})
-      if extra_eval is not None:
-        flat.update(extra_eval(state))
-      evals[step] = flat
-      writer.write_scalars(step, {**flat, **extra(step)})
-      return out
-
-    def save():
-      nonlocal last_good
-      check_health()
-      if not bool(train.state_finite(state)):  # belt and braces: health should have caught it
-        raise state_lib.NonFiniteError(f"state at step {step} holds non-finite values; not saved")
-      meta = ckpt_lib.make_metadata(stored, step=step)
-      if metadata is not None:
-        meta.update(metadata(step))
-      if schedule is not None:
-        meta["lr_hyper"] = hyper
-      if fp_file is not None:
-        fp_file.flush()  # the fingerprints of steps < step must survive once `step` commits
-      checkpointer.save(step, state, meta)
-      last_good = checkpointer.path(step)
-
-    pool = None
-    if batches is None:
-      from trajax.data import device as data_device
-
-      # In-memory sources: the pool lives on the devices and only the batch's
-      # pool indices travel each step (trajax.data.device; same batches, bit
-      # for bit). Streamed sources and custom batches keep the host pipeline.
-      pool = data_device.device_pool(dataset, mesh)
-    p_step = train.make_step(
-      config,
-      model,
-      mesh,
-      shardings,
-      rule=schedule.rule if schedule else None,
-      optimizer=optimizer,
-      gather=None if pool is None else data_device.gather_step,
-    )
+    p_step, prefetch, pool = _open_input(config, opened, batches)
     cache_before = train.compilations(p_step)
-    if pool is not None:
-      prefetch = pool.stream(step)
-    else:
-      stream = (batches or dataset.train_batches)(step)
-      prefetch = host.Prefetch(stream, state_lib.batch_sharding(mesh), threads=1)
   except BaseException:
-    stop.close()
-    if checkpointer is not None:
-      checkpointer.close()
+    for f in (fp_file, writer):
+      if f is not None:
+        f.close()
+    opened.close()
     raise
+
+  def run_eval():
+    out = {"raw": ev.evaluate(state.params, state.batch_stats, dataset.eval_batches("test"))}
+    if eval_average:
+      params, stats = train.averaged_variables(state, config, ev, dataset)
+      out["avg"] = ev.evaluate(params, stats, dataset.eval_batches("test"))
+    flat = {f"eval/{k}": v for k, v in out["raw"].items()}
+    flat.update({f"eval_avg/{k}": v for k, v in out.get("avg", {}).items()})
+    if extra_eval is not None:
+      flat.update(extra_eval(state))
+    evals[step] = flat
+    writer.write_scalars(step, {**flat, **extra(step)})
+    return out
+
+  def save():
+    nonlocal last_good
+    check_health(state.health, last_good)
+    if not bool(train.state_finite(state)):  # belt and braces: health should have caught it
+      raise state_lib.NonFiniteError(f"state at step {step} holds non-finite values; not saved")
+    meta = ckpt_lib.make_metadata(stored, step=step)
+    if metadata is not None:
+      meta.update(metadata(step))
+    if opened.schedule is not None:
+      meta["lr_hyper"] = hyper
+    if fp_file is not None:
+      fp_file.flush()  # the fingerprints of steps < step must survive once `step` commits
+    checkpointer.save(step, state, meta)
+    last_good = checkpointer.path(step)
+
   window, window_start, wait_start = [], time.perf_counter(), 0.0
   eval_out, evals, preempted, first_step_s = {}, {}, False, None
   pending = None  # a log point's (step, metrics, health, clock, wait), read one step late
@@ -423,8 +354,7 @@ def fit(
     # Blocks on step `log_step` only; the next step is already queued behind it.
     columns, health = jax.device_get((_stack(fetched_window), health_ref))
     fetched = [{k: v[i] for k, v in columns.items()} for i in range(len(fetched_window))]
-    if int(health.bad_step) >= 0:
-      raise state_lib.health_error(health, last_good)
+    check_health(health, last_good)
     summary = host.summarize(fetched)
     elapsed = max(now - window_start, 1e-9)
     summary["train/input_wait_fraction"] = (wait_now - wait_start) / elapsed
@@ -445,8 +375,9 @@ def fit(
       window_start, wait_start = pending[3], pending[4]
       pending = None
 
+  stop = opened.stop
   try:
-    if not own and eval_points is not None and step in eval_points:
+    if not opened.resumed and eval_points is not None and step in eval_points:
       eval_out = run_eval()
     t_first = time.perf_counter()
     while step < end:
@@ -485,7 +416,7 @@ def fit(
         if evaluate_now or save_now:  # these synchronise anyway
           flush_pending()
       if evaluate_now:
-        check_health()
+        check_health(state.health, last_good)
         eval_out = run_eval()
       if save_now:
         save()
@@ -493,18 +424,17 @@ def fit(
     checkpointer.wait()
   finally:
     prefetch.close()
-    stop.close()
     if fp_file is not None:
       fp_file.close()
-    checkpointer.close()
+    opened.close()
     writer.flush()
     writer.close()
   timings = {
-    "restore_s": restore_s,
+    "restore_s": opened.restore_s,
     "first_step_s": first_step_s,
     "compiled": None if cache_before is None else train.compilations(p_step) > cache_before,
   }
-  return TrainResult(state, step, preempted, eval_out, evals, origin, timings)
+  return TrainResult(state, step, preempted, eval_out, evals, opened.origin, timings)
 
 
 # ----------------------------------------------------------------------------

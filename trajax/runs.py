@@ -29,7 +29,7 @@ from absl import logging
 from trajax import loop, train
 from trajax import state as state_lib
 
-__all__ = ["Run", "Stepper", "open_run"]
+__all__ = ["Run", "Stepper", "device_pool", "open_run"]
 
 _MODELS: dict = {}
 
@@ -154,8 +154,33 @@ def open_run(workdir: str, *, model=None, dataset=None) -> Run:
   return Run(workdir, model=model, dataset=dataset)
 
 
+_POOLS: dict = {}
+
+
+def device_pool(dataset, mesh):
+  """:func:`trajax.data.device.device_pool` of ``dataset`` on ``mesh``, made once per pair.
+
+  None for a streamed or too-large source (the host pipeline is used, as
+  :func:`trajax.loop.fit` does). Replays of one run share its pool.
+  """
+  from trajax.data import device as data_device
+
+  key = (id(dataset), tuple(d.id for d in mesh.devices.flat))
+  cached = _POOLS.get(key)
+  if cached is None or cached[0] is not dataset:
+    cached = _POOLS[key] = (dataset, data_device.device_pool(dataset, mesh))
+  return cached[1]
+
+
 class Stepper:
   """A copy of a state stepped in lock-step by the loop's own step function.
+
+  As :func:`trajax.loop.fit` steps: an in-memory source's batches are gathered
+  from its device pool inside the step (:mod:`trajax.data.device`; the same
+  batches bit for bit), others come from the host; the health record is read
+  at every ``log_every_steps`` step and at the end of each :meth:`advance_to`,
+  and a frozen state (a non-finite step; ``nonfinite.*``) raises
+  :class:`trajax.state.NonFiniteError` naming the quantity and the step.
 
   Args:
     config, model, dataset: the run's (``Run.config_at(step)``, ``.model``, ``.dataset``).
@@ -164,25 +189,38 @@ class Stepper:
       t; f = 1 replays the run bit for bit).
     stream_offset: reads training batch ``t + stream_offset`` at step t; 0 is
       the run's own batch order, ``total_steps`` positions it never reached.
+    origin: where the start came from, named by the error (:meth:`at` sets it).
   """
 
-  def __init__(self, config, model, dataset, state, *, lr_factor=1.0, stream_offset=0):
+  def __init__(self, config, model, dataset, state, *, lr_factor=1.0, stream_offset=0, origin=None):
     if not float(lr_factor) > 0:
       raise ValueError(f"lr_factor must be > 0, got {lr_factor!r}")
     if int(stream_offset) < 0:
       raise ValueError(f"stream_offset must be >= 0, got {stream_offset!r}")
     self.state = jax.tree.map(jnp.copy, state)
     self.step = int(state.step)
+    self.origin = origin
+    self.log_every = int(config.log_every_steps)
     shardings = state_lib.shardings_of(self.state)
     mesh = jax.tree.leaves(shardings)[0].mesh
-    self._fn = train.make_step(config, model, mesh, shardings, rule=loop.ScaledRate())
+    self.pool = device_pool(dataset, mesh)
+    start = self.step + int(stream_offset)
+    if self.pool is not None:
+      from trajax.data import device as data_device
+
+      gather, self._batches = data_device.gather_step, self.pool.stream(start)
+    else:
+      sharding = state_lib.batch_sharding(mesh)
+      gather, self._batches = None, _host_batches(dataset.train_batches(start), sharding)
+    self._fn = train.make_step(
+      config, model, mesh, shardings, rule=loop.ScaledRate(), gather=gather
+    )
     self._hyper = {"scale": jnp.float32(lr_factor)}
-    self._sharding = state_lib.batch_sharding(mesh)
-    self._batches = dataset.train_batches(self.step + int(stream_offset))
 
   @classmethod
   def at(cls, run: Run, step: int, **kwargs) -> Stepper:
     """A stepper from ``run``'s committed ``step``."""
+    kwargs.setdefault("origin", f"{run.directory} step {int(step)} (the replay's start)")
     return cls(run.config_at(step), run.model, run.dataset, run.state_at(step), **kwargs)
 
   @property
@@ -190,11 +228,27 @@ class Stepper:
     return self.state.params
 
   def advance_to(self, step: int) -> None:
-    """Takes steps until the state is at absolute step ``step``."""
+    """Takes steps until the state is at absolute step ``step``.
+
+    Raises:
+      trajax.state.NonFiniteError: a step went non-finite (the state stays
+        frozen at the last good one, as in :func:`trajax.loop.fit`).
+    """
     if step < self.step:
       raise ValueError(f"cannot go back from step {self.step} to {step}")
+    if self.step == step:
+      return
     while self.step < step:
-      batch = {k: v for k, v in next(self._batches).items() if k in ("image", "label")}
-      batch = state_lib.global_batch(batch, self._sharding)
+      _, batch = next(self._batches)
       self.state, _ = self._fn(self.state, batch, self._hyper)
       self.step += 1
+      if self.step % self.log_every == 0 and self.step < step:
+        loop.check_health(self.state.health, self.origin)
+    loop.check_health(self.state.health, self.origin)
+
+
+def _host_batches(stream, sharding):
+  # (host batch, global batch) pairs, as the device pool's stream yields them.
+  for host_batch in stream:
+    batch = {k: v for k, v in host_batch.items() if k in ("image", "label")}
+    yield host_batch, state_lib.global_batch(batch, sharding)

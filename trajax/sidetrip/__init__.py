@@ -29,7 +29,7 @@ step t (equal to the parent's unless ``optimizer.*`` is overridden), f =
   real network approximately (Figs. 1, 5, 10). The average starts at the
   branch step: S is the schedule's ``start``, the averager's start step, and
   ``averaging.start_step`` (when the *parent's* averager starts) does not enter.
-* ``'fixed_batch'`` -- :func:`trajax.state.fixed_batch_gd`, plain gradient
+* ``'fixed_batch'`` -- :func:`trajax.probes.fixed_batch_gd`, plain gradient
   descent θ ← θ − η'∇L_b(θ) on the fixed batch's loss alone (no momentum, no
   average, no weight decay: the same rule as :func:`trajax.probes.gd_trajectory`)
   on ``dataset.fixed_train_batch(fixed_batch_index)``, η' = f · η_S, for k
