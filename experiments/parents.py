@@ -251,18 +251,14 @@ def equivalent_sidetrip(
   that makes the side-trip equal, in expectation, to the average over [S, S +
   window]) under ``config`` (the parent's config at S), evaluated at the
   steps ``eval_at`` after S; reused as is when ``tdir`` already holds step
-  S + window. ``average``: a
-  :class:`trajax.averaging.Average` from :func:`window_average` (its
-  ``every``/``debias`` are the config's, which the side-trip keeps; the
-  side-trip section takes the parameters that shape the kernel).
+  S + window. ``average``: a :class:`trajax.averaging.Average` (e.g. from
+  :func:`window_average`), written into ``sidetrip.average`` whole (its
+  ``start_step`` counts from S).
   """
   import copy
 
   from trajax import sidetrip
-  from trajax.sidetrip import spec
 
-  method = average.method
-  params = {k: v for k, v in average.values.items() if k in spec.METHOD_OVERRIDES}
   if (int(S) + int(window)) not in committed_steps(tdir):
     os.makedirs(os.path.dirname(os.path.abspath(tdir)), exist_ok=True)
     cfg = copy.deepcopy(config)
@@ -271,11 +267,10 @@ def equivalent_sidetrip(
     cfg = sidetrip.with_sidetrip(
       cfg,
       kind="equivalent",
-      method=method,
+      average=str(average),
       window=int(window),
       eval_at=tuple(int(j) for j in eval_at),
-      **params,
     )
     res = sidetrip.run_sidetrip(cfg, parent, int(S), tdir)
-    log(f"equivalent {method} side-trip {S} -> {res.step} done (timings {res.timings})")
+    log(f"equivalent side-trip {average} {S} -> {res.step} done (timings {res.timings})")
   return tdir
