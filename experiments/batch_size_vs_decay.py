@@ -64,7 +64,7 @@ import time
 
 import numpy as np
 
-from experiments import common
+from experiments import cli, evaluation, parents, plotting
 from experiments import estimators as est
 
 NAME = "batch_size_vs_decay"
@@ -126,7 +126,7 @@ def branch_steps(config, exp) -> list[int]:
   return sorted({*starts, *(s + h for s in starts)})
 
 
-def _grid(n: int) -> list[int]:
+def eval_grid(n: int) -> list[int]:
   """n/8, n/4, n/2, n (the side-trip steps evaluated along the way), >= 1."""
   return sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n})
 
@@ -136,7 +136,7 @@ def _trip(parent: str, pconfig, S: int, tdir: str, **fields) -> str:
   from trajax import sidetrip
 
   steps = int(fields["steps"])
-  if common.final_step(tdir) != S + steps:
+  if parents.final_step(tdir) != S + steps:
     os.makedirs(os.path.dirname(tdir), exist_ok=True)
     cfg = copy.deepcopy(pconfig)
     with cfg.unlocked():
@@ -145,14 +145,17 @@ def _trip(parent: str, pconfig, S: int, tdir: str, **fields) -> str:
       # gcd of every branch point, far too frequent for a side-trip.
       cfg.checkpoint_every_steps = steps
     res = sidetrip.run_sidetrip(sidetrip.with_sidetrip(cfg, **fields), parent, S, tdir)
-    common.log(f"{NAME}: {fields['kind']} side-trip {S} -> {res.step} ({res.timings})")
+    cli.log(f"{NAME}: {fields['kind']} side-trip {S} -> {res.step} ({res.timings})")
   return tdir
 
 
 def _curve(tdir: str, S: int, start_params) -> dict:
   """The trip along the way: its own evaluations (running BatchNorm statistics) and ‖θ − θ_S‖."""
+  from trajax import runs
+
+  trip = runs.open_run(tdir)
   rows = sorted(
-    (r for r in common.read_metrics(tdir) if "eval/loss" in r and "sidetrip/step" in r),
+    (r for r in parents.read_metrics(tdir) if "eval/loss" in r and "sidetrip/step" in r),
     key=lambda r: r["sidetrip/step"],
   )
   steps = [int(r["sidetrip/step"]) for r in rows]
@@ -162,15 +165,14 @@ def _curve(tdir: str, S: int, start_params) -> dict:
     "test_loss": [float(r["eval/loss"]) for r in rows],
     "test_accuracy": [float(r["eval/accuracy"]) for r in rows],
     "distance_from_start": [
-      0.0 if j == 0 else common.l2(common.restore(tdir, S + j).state.params, start_params)
-      for j in steps
+      0.0 if j == 0 else evaluation.l2(trip.state_at(S + j).params, start_params) for j in steps
     ],
   }
 
 
 def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   """Both side-trips at every branch point; writes JSON + PNG; returns the summary."""
-  from trajax import config_validation
+  from trajax import config_validation, runs
 
   config_validation.validate(config)
   starts, h, k, J = _plan(config, exp)
@@ -178,14 +180,15 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   os.makedirs(workdir, exist_ok=True)
   keep = branch_steps(config, exp)
   if parent is None:
-    parent = common.parent_dir(config, exp, workdir, keep)
-  pconfig = common.parent_config(config, keep)
+    parent = parents.parent_dir(config, exp, workdir, keep)
+  pconfig = parents.parent_config(config, keep)
   B = int(config.batch_size)
   t0 = time.perf_counter()
+  parent_run = runs.open_run(parent)
   branches = []
   for S in starts:
-    at_s = common.restore(parent, S)
-    ctrl = common.restore(parent, S + h)
+    at_s = parent_run.state_at(S)
+    ctrl = parent_run.state_at(S + h)
     base = os.path.join(workdir, "batch_size_trips", f"S{S}")
     small_dir = _trip(
       parent,
@@ -196,7 +199,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       schedule="constant",
       lr_factor=1.0 / k,
       steps=h,
-      eval_at=(0, *sorted(set(_grid(h)) | set(_grid(J)))),
+      eval_at=(0, *sorted(set(eval_grid(h)) | set(eval_grid(J)))),
     )
     large_dir = _trip(
       parent,
@@ -207,36 +210,38 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       batch_growth=float(k),
       schedule="constant",
       steps=J,
-      eval_at=(0, *_grid(J)),
+      eval_at=(0, *eval_grid(J)),
     )
-    large = common.restore(large_dir, S + J).state
-    small_h = common.restore(small_dir, S + h).state
-    small_j = common.restore(small_dir, S + J).state
-    avg = common.midpoint(at_s.state.params, ctrl.state.params)
-    tr = common.train_eval_batches(at_s, int(exp.train_eval_batches))
-    stats = at_s.state.batch_stats
+    large = runs.open_run(large_dir).state_at(S + J)
+    small_run = runs.open_run(small_dir)
+    small_h = small_run.state_at(S + h)
+    small_j = small_run.state_at(S + J)
+    avg = evaluation.midpoint(at_s.params, ctrl.params)
+    tr = evaluation.train_eval_batches(parent_run, int(exp.train_eval_batches))
+    stats = at_s.batch_stats
     weights = {
-      "start": at_s.state.params,
+      "start": at_s.params,
       "large": large.params,
       "small_per_example": small_h.params,
       "small_per_step": small_j.params,
-      "undecayed": ctrl.state.params,
+      "undecayed": ctrl.params,
       "two_point_average": avg,
     }
     ev = {
-      n: common.evaluate_point(at_s, p, stats, tr, recompute_bn=True) for n, p in weights.items()
+      n: evaluation.evaluate_point(parent_run, p, stats, tr, recompute_bn=True)
+      for n, p in weights.items()
     }
-    th_s = at_s.state.params
+    th_s = at_s.params
     dist = {
-      "large_vs_small_per_example": common.l2(large.params, small_h.params),
-      "large_vs_small_per_step": common.l2(large.params, small_j.params),
-      "large_vs_average": common.l2(large.params, avg),
-      "small_vs_average": common.l2(small_h.params, avg),
-      "undecayed_vs_average": common.l2(ctrl.state.params, avg),
-      "large_from_start": common.l2(large.params, th_s),
-      "small_per_step_from_start": common.l2(small_j.params, th_s),
-      "small_per_example_from_start": common.l2(small_h.params, th_s),
-      "undecayed_from_start": common.l2(ctrl.state.params, th_s),
+      "large_vs_small_per_example": evaluation.l2(large.params, small_h.params),
+      "large_vs_small_per_step": evaluation.l2(large.params, small_j.params),
+      "large_vs_average": evaluation.l2(large.params, avg),
+      "small_vs_average": evaluation.l2(small_h.params, avg),
+      "undecayed_vs_average": evaluation.l2(ctrl.params, avg),
+      "large_from_start": evaluation.l2(large.params, th_s),
+      "small_per_step_from_start": evaluation.l2(small_j.params, th_s),
+      "small_per_example_from_start": evaluation.l2(small_h.params, th_s),
+      "undecayed_from_start": evaluation.l2(ctrl.params, th_s),
     }
     b = {
       "branch_step": S,
@@ -244,11 +249,11 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       "evals": ev,
       "distances": dist,
       "curves": {
-        "large": _curve(large_dir, S, at_s.state.params),
-        "small": _curve(small_dir, S, at_s.state.params),
+        "large": _curve(large_dir, S, at_s.params),
+        "small": _curve(small_dir, S, at_s.params),
       },
     }
-    common.log(
+    cli.log(
       f"{NAME} S={S}: test loss start {ev['start']['test_loss']:.4f}, λ@{k}B×{J} "
       f"{ev['large']['test_loss']:.4f}, λ/{k}@B×{h} {ev['small_per_example']['test_loss']:.4f} "
       f"(×{J}: {ev['small_per_step']['test_loss']:.4f}), undecayed "
@@ -280,9 +285,9 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     "seconds": time.perf_counter() - t0,
   }
   res["summary"] = summary(res)
-  common.write_json(os.path.join(workdir, f"{NAME}.json"), {"config": config.to_dict(), **res})
+  cli.write_json(os.path.join(workdir, f"{NAME}.json"), {"config": config.to_dict(), **res})
   png = os.path.join(workdir, f"{NAME}.png")
-  _plot(res, png, common.run_label(config, f"k={k}, h={h}"))
+  _plot(res, png, plotting.run_label(config, f"k={k}, h={h}"))
   return {
     **res["summary"],
     "files": [f"{NAME}.json", f"{NAME}.png"],
@@ -451,7 +456,7 @@ CLAIMS = _claims()
 
 def _plot(res: dict, path: str, label: str) -> None:
   """Rows: per example seen, per step. Columns: test loss, test accuracy, ‖θ − θ_S‖."""
-  fig, ax = common.new_figure(2, 3, width=4.8)
+  fig, ax = plotting.new_figure(2, 3, width=4.8)
   k, B, h = res["k"], res["batch_size"], res["horizon"]
   colors = ["C0", "C1", "C2", "C3"]
   panels = (
@@ -503,11 +508,11 @@ def _plot(res: dict, path: str, label: str) -> None:
         per = "per example seen" if row == 0 else "per step"
         a.set_title(f"{ylabel.split(' (')[0]}, {per}" + (" (running BN)" if ctrl else ""))
         a.legend(fontsize=6)
-  common.save_figure(fig, path, label)
+  plotting.save_figure(fig, path, label)
 
 
 def main(argv=None):
-  return common.cli(NAME, run, experiment_defaults, argv)
+  return cli.cli(NAME, run, experiment_defaults, argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Lemma 2) or says averaging "improves" is therefore judged on *replicates*:
 
 * a replicate is one batch order from a branch point S (the training stream
   is a pure function of (seed, i), so reading it from a far offset gives an
-  independent order at no cost; :func:`experiments.common.Runner`), and it
+  independent order at no cost; :func:`experiments.parents.stepper`), and it
   is evaluated at several horizons h;
 * values are "lower is better" numbers (a loss, or an error rate 1 − accuracy)
   in arrays ``[R_b, H_b]`` per branch b (replicates × horizons).

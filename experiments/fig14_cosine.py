@@ -46,13 +46,12 @@ Writes ``WORKDIR/fig14_cosine.{json,png}``; side-trips live in
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 
 import numpy as np
 
-from experiments import common
+from experiments import cli, evaluation, parents, plotting
 
 NAME = "fig14_cosine"
 METHODS = ("swa", "ema", "two_point", "multi_point")
@@ -77,23 +76,11 @@ def experiment_defaults():
   return e
 
 
-def method_params(config, method: str, k: int) -> dict:
-  """Parameters of ``method`` over a window of k steps (names as trajax.averaging takes them)."""
+def window_average(config, method: str, k: int):
+  """``method``'s average over a window of k steps (:func:`experiments.parents.window_average`)."""
   if method not in METHODS:
     raise ValueError(f"exp.method must be one of {list(METHODS)}, got {method!r}")
-  if method == "swa":
-    return {}
-  if method == "ema":
-    return {"decay": float(config.averaging.decay)}
-  if method == "two_point":
-    return {"gap": int(k)}
-  n = int(config.averaging.n)
-  if n < 2 or k % (n - 1):
-    raise ValueError(
-      f"exp.method='multi_point' with averaging.n={n} needs a window divisible by n - 1; "
-      f"got exp.window={k}"
-    )
-  return {"n": n, "gap": k // (n - 1)}
+  return parents.window_average(config, method, k)
 
 
 def branch_points(config, fractions, k: int) -> list[int]:
@@ -112,22 +99,6 @@ def branch_points(config, fractions, k: int) -> list[int]:
       )
     out.append(s)
   return sorted(set(out))
-
-
-def _replay_average(restored, end: int, method: str, params: dict):
-  """theta_end and the average of the replay from the restored step to ``end`` (trajax.averaging)."""
-  import jax
-
-  from trajax import averaging
-
-  averager = averaging.make_averager(method, **params)
-  update = jax.jit(averager.update)
-  run = common.Runner(restored)
-  avg_state = averager.init(run.params)
-  for t in range(int(restored.step) + 1, int(end) + 1):
-    run.advance_to(t)
-    avg_state = update(run.params, avg_state)
-  return run, avg_state.average
 
 
 def average_start(config, exp, S: int, k: int) -> int:
@@ -151,7 +122,7 @@ def window_for(config, exp) -> int:
   """k: ``exp.ema_window`` for EMA (the paper's 3000-step side-trips), else ``exp.window``."""
   if str(exp.method) == "ema":
     return int(exp.ema_window)
-  return common.window(config, exp)
+  return cli.window(config, exp)
 
 
 def branch_steps(config, exp) -> list[int]:
@@ -226,29 +197,6 @@ def measured(res: dict) -> dict:
   return out
 
 
-def _trip(parent: str, restored, method: str, params: dict, k: int, workdir: str):
-  from trajax import sidetrip
-
-  S = int(restored.step)
-  tdir = os.path.join(workdir, "trips", f"equivalent_{method}_{S}")
-  os.makedirs(os.path.dirname(tdir), exist_ok=True)
-  if (S + k) not in common.committed_steps(tdir):
-    cfg = copy.deepcopy(restored.config)
-    with cfg.unlocked():
-      cfg.checkpoint.async_save = False
-    cfg = sidetrip.with_sidetrip(
-      cfg,
-      kind="equivalent",
-      method=method,
-      window=int(k),
-      eval_at=tuple(common.eval_points(k)),
-      **params,
-    )
-    res = sidetrip.run_sidetrip(cfg, parent, S, tdir)
-    common.log(f"fig14: equivalent side-trip {S} -> {res.step} done (timings {res.timings})")
-  return tdir
-
-
 def output_name(config, exp) -> str:
   """``fig14_<schedule>`` (SWA) or ``fig14_<schedule>_<method>``: one file per row and method."""
   method = str(exp.method)
@@ -258,7 +206,7 @@ def output_name(config, exp) -> str:
 
 def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   """Figure 14 (the config's row) for ``config``; writes JSON + PNG; returns a summary."""
-  from trajax import config_validation
+  from trajax import config_validation, runs
 
   config_validation.validate(config)
   if config.optimizer.schedule not in ROWS:
@@ -271,59 +219,67 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   T = int(config.total_steps)
   k = window_for(config, exp)
   method = str(exp.method)
-  params = method_params(config, method, k)
+  average = window_average(config, method, k)
   starts = branch_points(config, tuple(exp.branch_fractions), k)
   if parent is None:
-    parent = common.parent_dir(config, exp, workdir, branch_steps(config, exp))
+    parent = parents.parent_dir(config, exp, workdir, branch_steps(config, exp))
   name = output_name(config, exp)
 
+  r = runs.open_run(parent)
   branches = []
   t0 = time.perf_counter()
   for S in starts:
-    r = common.restore(parent, S)
-    tr_batches = common.train_eval_batches(r, int(exp.train_eval_batches))
+    at_s = r.state_at(S)
+    tr_batches = evaluation.train_eval_batches(r, int(exp.train_eval_batches))
     start = average_start(config, exp, S, k)
-    r_start = r if start == S else common.restore(parent, start)
-    raw_run, avg_params = _replay_average(r_start, S + k, method, params)
-    tdir = _trip(parent, r, method, params, k, workdir)
-    trip = common.restore(tdir, S + k).state
-    records = common.read_metrics(tdir)
-    js, trip_loss = common.metric_series(records, "eval/loss")
-    _, trip_acc = common.metric_series(records, "eval/accuracy")
+    at_start = at_s if start == S else r.state_at(start)
+    raw_run, avg = parents.replay_averages(r, at_start, S + k, {method: average})
+    avg_params = avg[method]
+    tdir = parents.equivalent_sidetrip(
+      parent,
+      r.config_at(S),
+      S,
+      os.path.join(workdir, "trips", f"equivalent_{method}_{S}"),
+      average=average,
+      window=k,
+      eval_at=evaluation.eval_points(k),
+    )
+    trip = runs.open_run(tdir).state_at(S + k)
+    records = parents.read_metrics(tdir)
+    js, trip_loss = parents.metric_series(records, "eval/loss")
+    _, trip_acc = parents.metric_series(records, "eval/accuracy")
     b = {
       "branch_step": S,
       "average_from": start,
       "trip_steps": (js - S).tolist(),
       "trip_test_loss": trip_loss.tolist(),
       "trip_test_accuracy": trip_acc.tolist(),
-      "raw": common.evaluate_point(
+      "raw": evaluation.evaluate_point(
         r, raw_run.params, raw_run.state.batch_stats, tr_batches, recompute_bn=True
       ),
-      "average": common.evaluate_point(
+      "average": evaluation.evaluate_point(
         r, avg_params, raw_run.state.batch_stats, tr_batches, recompute_bn=True
       ),
-      "sidetrip": common.evaluate_point(
+      "sidetrip": evaluation.evaluate_point(
         r, trip.params, trip.batch_stats, tr_batches, recompute_bn=True
       ),
       # The negative control: a side-trip that never moves (θ_S itself).
-      "never_moved": common.evaluate_point(
-        r, r.state.params, r.state.batch_stats, tr_batches, recompute_bn=True
+      "never_moved": evaluation.evaluate_point(
+        r, at_s.params, at_s.batch_stats, tr_batches, recompute_bn=True
       ),
-      "dist_sidetrip_vs_average": common.l2(trip.params, avg_params),
-      "dist_raw_vs_average": common.l2(raw_run.params, avg_params),
+      "dist_sidetrip_vs_average": evaluation.l2(trip.params, avg_params),
+      "dist_raw_vs_average": evaluation.l2(raw_run.params, avg_params),
     }
-    if S + k in common.committed_steps(parent):
-      b["replay_vs_parent_l2"] = common.l2(
-        raw_run.params, common.restore(parent, S + k).state.params
-      )
-    common.log(
+    if S + k in parents.committed_steps(parent):
+      b["replay_vs_parent_l2"] = evaluation.l2(raw_run.params, r.state_at(S + k).params)
+    cli.log(
       f"fig14 S={S}: test loss raw {b['raw']['test_loss']:.4f}, {method} {b['average']['test_loss']:.4f}, "
       f"side-trip {b['sidetrip']['test_loss']:.4f}; test acc raw {b['raw']['test_accuracy']:.4f}, "
       f"{method} {b['average']['test_accuracy']:.4f}, side-trip {b['sidetrip']['test_accuracy']:.4f}"
     )
     branches.append(b)
 
-  prec = common.read_metrics(parent)
+  prec = parents.read_metrics(parent)
   curves = {}
   for key in (
     "eval/loss",
@@ -333,7 +289,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     "train/loss",
     "train/lr",
   ):
-    s, v = common.metric_series(prec, key)
+    s, v = parents.metric_series(prec, key)
     if len(s):
       curves[key] = {"step": s.tolist(), "value": v.tolist()}
 
@@ -345,7 +301,8 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       "train_loss": f"dataset.fixed_train_batch(1000 + i), i < {int(exp.train_eval_batches)}",
       "bn_recompute_batches": "dataset.fixed_train_batch(i), i < averaging.bn_recompute_batches",
     },
-    "method_params": params,
+    "method_params": average.values,
+    "average": str(average),
     "window": k,
     "total_steps": T,
     "parent": parent,
@@ -368,9 +325,9 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     "test_accuracy_average": [b["average"]["test_accuracy"] for b in branches],
     "test_accuracy_sidetrip": [b["sidetrip"]["test_accuracy"] for b in branches],
   }
-  common.write_json(os.path.join(workdir, f"{name}.json"), {"config": config.to_dict(), **res})
+  cli.write_json(os.path.join(workdir, f"{name}.json"), {"config": config.to_dict(), **res})
   png = os.path.join(workdir, f"{name}.png")
-  _plot(res, png, common.run_label(config, f"{method}, k={k}"))
+  _plot(res, png, plotting.run_label(config, f"{method}, k={k}"))
   return {
     **res["summary"],
     "files": [f"{name}.json", f"{name}.png"],
@@ -380,7 +337,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
 
 
 def _plot(res: dict, path: str, label: str) -> None:
-  fig, ax = common.new_figure(1, 3, width=4.6)
+  fig, ax = plotting.new_figure(1, 3, width=4.6)
   c, k, method = res["parent_curves"], res["window"], res["method"]
   panels = (
     ("test_loss", "eval/loss", "eval_avg/loss", "test loss (nats)"),
@@ -444,11 +401,11 @@ def _plot(res: dict, path: str, label: str) -> None:
     a.set_ylabel(ylabel)
     a.set_title(ylabel.split(" (")[0] + (" (fixed batches at S+k)" if key == "train_loss" else ""))
     a.legend(fontsize=6)
-  common.save_figure(fig, path, label)
+  plotting.save_figure(fig, path, label)
 
 
 def main(argv=None):
-  return common.cli(NAME, run, experiment_defaults, argv)
+  return cli.cli(NAME, run, experiment_defaults, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ judge a ratio of two 0.05-nat differences, so for every branch point S
 (replicate ρ reads training batch t + ρ·T at step t, ρ = 0 being the parent's
 own order; the stream is a pure function of (seed, t), so an offset stream is
 an independent order at no cost) and, in lock-step with the engine's own train
-step (:func:`experiments.common.Runner`), from θ_S on each order:
+step (:func:`experiments.parents.stepper`), from θ_S on each order:
 
 * raw: λ (the parent's schedule) -- θ_{S+h}; ρ = 0 replays the parent bit for bit;
 * the equivalent side-trip: λ/2, and the specificity controls f·λ,
@@ -23,8 +23,10 @@ step (:func:`experiments.common.Runner`), from θ_S on each order:
 
 each evaluated at every horizon h of ``exp.horizons`` (250, 500, 750, 1000)
 with BatchNorm statistics recomputed for its own weights (the policy); the
-average (θ_S + θ_{S+h})/2 also with the average of the two members' running
-statistics (the "averaged statistics" sensitivity row). At the longest horizon
+average (θ_S + θ_{S+h})/2 -- the method's value over the window h
+(:func:`experiments.parents.window_average`) applied to its two members
+(:func:`experiments.evaluation.average_of`) -- also with the same average of
+the members' running statistics (the "averaged statistics" sensitivity row). At the longest horizon
 the per-example cross-entropy of the average, the λ/2 trip, raw and control on
 ``exp.noise_examples`` training examples is split into examples whose label was
 flipped (against the wrong label they are trained on), unflipped ones, and a
@@ -36,6 +38,12 @@ records of :mod:`experiments.claims`, the paper's metric (test accuracy, as
 Figs. 1/5 plot) first and test / noisy-training loss as secondary rows.
 
     python -m experiments.fig1_averaging_vs_sidetrips --config=configs/mnist1d.py --workdir=DIR
+
+Length: about 700 lines, over the ~500 the house asks: the replicated run
+(~250 lines) and the records it feeds :mod:`experiments.claims` (pooled
+estimators per metric, the specificity and label-noise records, ~250 lines)
+read the same row fields, kept in one file so a row and its readers change
+together.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import os
 
 import numpy as np
 
-from experiments import common
+from experiments import cli, evaluation, parents, plotting
 from experiments import estimators as est
 
 NAME = "fig1_averaging_vs_sidetrips"
@@ -84,7 +92,7 @@ def experiment_defaults():
   return e
 
 
-def _method(config, exp) -> str:
+def averaging_method(config, exp) -> str:
   method = exp.method if exp.method is not None else config.averaging.method
   if method not in METHODS:
     raise ValueError(
@@ -97,7 +105,7 @@ def _method(config, exp) -> str:
 
 def branch_steps(config, exp) -> list[int]:
   """Parent checkpoints this experiment branches from."""
-  return common.scaled_points(config.total_steps, exp.branch_fractions)
+  return cli.scaled_points(config.total_steps, exp.branch_fractions)
 
 
 def _horizons(config, exp, s: int) -> list[int]:
@@ -121,7 +129,7 @@ def _factors(exp) -> list[float]:
   return fs
 
 
-def _noise_set(dataset, n: int):
+def noise_set(dataset, n: int):
   """(images, labels, groups) of the first ``n`` training examples; None when not measurable.
 
   groups: boolean masks ``flipped`` (label differs from the clean one),
@@ -148,7 +156,7 @@ def _noise_set(dataset, n: int):
   return images, labels, {"flipped": flipped, "unflipped": ~flipped, "placebo": placebo}
 
 
-def _group_means(loss: np.ndarray, groups: dict) -> dict:
+def group_means(loss: np.ndarray, groups: dict) -> dict:
   """Mean loss per group; the placebo entries average over the random splits."""
   out = {g: float(loss[groups[g]].mean()) for g in ("flipped", "unflipped")}
   rest = groups["unflipped"]
@@ -189,61 +197,66 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   """Every (branch, batch order, horizon); writes JSON + PNG; returns the summary."""
   import jax
 
-  method = _method(config, exp)
+  from trajax import runs
+
+  method = averaging_method(config, exp)
   R = _replicates(exp)
   factors = _factors(exp)
   branches = branch_steps(config, exp)
   if parent is None:
-    parent = common.ensure_parent(config, workdir, branches)
+    parent = parents.ensure_parent(config, workdir, branches)
   T = int(config.total_steps)
   json_path = os.path.join(workdir, f"{NAME}.json")
-  done = _finished(json_path, config, exp, parent)
+  done = finished_payload(json_path, config, exp, parent)
   if done is not None:
     # Resumable: the rows of a finished run under the same config, knobs and
     # parent are reused; the records are recomputed from them.
-    common.log(f"{NAME}: reusing the finished rows in {json_path}")
+    cli.log(f"{NAME}: reusing the finished rows in {json_path}")
     return _outputs(done, workdir, config, method, R)
+  parent_run = runs.open_run(parent)
   rows, noise = [], []
   for s in branches:
     hs = _horizons(config, exp, s)
     if not hs:
-      common.log(f"{NAME}: branch {s}: no horizon fits before total_steps; skipped")
+      cli.log(f"{NAME}: branch {s}: no horizon fits before total_steps; skipped")
       continue
-    at_s = common.restore(parent, s)
+    at_s = parent_run.state_at(s)
     if float(exp.perturb):
       if not abs(float(exp.perturb)) < 1e-3:
         raise ValueError(f"exp.perturb must be a rounding-size relative change, got {exp.perturb}")
       scale = 1.0 + float(exp.perturb)
-      state = at_s.state._replace(params=jax.tree.map(lambda x, c=scale: x * c, at_s.state.params))
-      at_s = at_s._replace(state=state)
-    tb = common.train_eval_batches(at_s, int(exp.train_eval_batches))
-    nset = _noise_set(at_s.dataset, int(exp.noise_examples))
-    parent_steps = set(common.committed_steps(parent))
+      at_s = at_s._replace(params=jax.tree.map(lambda x, c=scale: x * c, at_s.params))
+    tb = evaluation.train_eval_batches(parent_run, int(exp.train_eval_batches))
+    nset = noise_set(parent_run.dataset, int(exp.noise_examples))
+    parent_steps = set(parents.committed_steps(parent))
     for rho in range(R):
-      common.log(f"{NAME}: branch {s}: batch order {rho + 1}/{R}, {max(hs)} steps")
+      cli.log(f"{NAME}: branch {s}: batch order {rho + 1}/{R}, {max(hs)} steps")
       runners = {
-        "raw": common.Runner(at_s, stream_offset=rho * T),
-        "sidetrip": common.Runner(at_s, lr_factor=0.5, stream_offset=rho * T),
-        "control": common.Runner(at_s, stream_offset=(R + rho) * T),
+        "raw": parents.stepper(parent_run, at_s, stream_offset=rho * T),
+        "sidetrip": parents.stepper(parent_run, at_s, lr_factor=0.5, stream_offset=rho * T),
+        "control": parents.stepper(parent_run, at_s, stream_offset=(R + rho) * T),
       }
       for f in factors:
-        runners[f"factor_{f:g}"] = common.Runner(at_s, lr_factor=f, stream_offset=rho * T)
+        runners[f"factor_{f:g}"] = parents.stepper(
+          parent_run, at_s, lr_factor=f, stream_offset=rho * T
+        )
       for h in hs:
         for r in runners.values():
           r.advance_to(s + h)
         raw = runners["raw"].state
-        avg = common.midpoint(at_s.state.params, raw.params)
-        avg_stats = common.midpoint(at_s.state.batch_stats, raw.batch_stats)
+        two_point = parents.window_average(config, method, h)
+        avg = evaluation.average_of(two_point, {0: at_s.params, h: raw.params})
+        avg_stats = evaluation.average_of(two_point, {0: at_s.batch_stats, h: raw.batch_stats})
         weights = {k: (r.state.params, r.state.batch_stats) for k, r in runners.items()}
         weights["average"] = (avg, raw.batch_stats)
         evals = {
-          k: common.evaluate_point(at_s, p, st, tb, recompute_bn=True)
+          k: evaluation.evaluate_point(parent_run, p, st, tb, recompute_bn=True)
           for k, (p, st) in weights.items()
         }
         # Sensitivity: the average with its members' averaged statistics, the
         # others with their own running statistics (no recomputation).
         averaged_stats = {
-          k: common.evaluate_point(at_s, p, st, tb, recompute_bn=False)
+          k: evaluation.evaluate_point(parent_run, p, st, tb, recompute_bn=False)
           for k, (p, st) in (
             ("raw", weights["raw"]),
             ("average", (avg, avg_stats)),
@@ -258,30 +271,30 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
           "horizon": h,
           **evals,
           "bn_averaged_stats": averaged_stats,
-          "dist_avg_sidetrip": common.l2(avg, weights["sidetrip"][0]),
-          "dist_avg_raw": common.l2(avg, raw.params),
-          "dist_sidetrip_raw": common.l2(weights["sidetrip"][0], raw.params),
-          "dist_branch_raw": common.l2(at_s.state.params, raw.params),
-          "param_norm": common.norm(avg),
+          "dist_avg_sidetrip": evaluation.l2(avg, weights["sidetrip"][0]),
+          "dist_avg_raw": evaluation.l2(avg, raw.params),
+          "dist_sidetrip_raw": evaluation.l2(weights["sidetrip"][0], raw.params),
+          "dist_branch_raw": evaluation.l2(at_s.params, raw.params),
+          "param_norm": evaluation.norm(avg),
         }
         if rho == 0 and s + h in parent_steps:
           # The lock-step replay of the parent's own order is the parent, bit for bit.
-          ref = common.restore(parent, s + h).state.params
+          ref = parent_run.state_at(s + h).params
           row["replay_equals_parent"] = bool(
             all(
               np.array_equal(np.asarray(a), np.asarray(b))
               for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(raw.params), strict=True)
             )
           )
-        rows.append(common.to_jsonable(row))
+        rows.append(cli.to_jsonable(row))
         if h == max(hs) and nset is not None:
           images, labels, groups = nset
           ex = {}
           for k in ("raw", "average", "sidetrip", "control"):
             p, st = weights[k]
-            st = common.recompute_batch_stats(at_s, p, st)
-            loss = _per_example_loss(at_s.model, p, st, images, labels)
-            ex[k] = _group_means(loss, groups)
+            p, st = evaluation.free_variables(parent_run, p, st)
+            loss = _per_example_loss(parent_run.model, p, st, images, labels)
+            ex[k] = group_means(loss, groups)
           noise.append(
             {
               "branch": s,
@@ -300,9 +313,9 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
       f"no (branch, horizon) pair fits: branches {branches}, horizons {tuple(exp.horizons)}, "
       f"total_steps {config.total_steps}"
     )
-  records = common.read_metrics(parent)
+  records = parents.read_metrics(parent)
   curves = {
-    k: [a.tolist() for a in common.metric_series(records, k)]
+    k: [a.tolist() for a in parents.metric_series(records, k)]
     for k in ("eval/loss", "eval/accuracy", "eval_avg/loss", "eval_avg/accuracy")
   }
   payload = {
@@ -334,7 +347,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   return _outputs(payload, workdir, config, method, R)
 
 
-def _finished(path: str, config, exp, parent: str) -> dict | None:
+def finished_payload(path: str, config, exp, parent: str) -> dict | None:
   """The payload in ``path`` when it was written for this config, knobs and parent, else None."""
   import json
 
@@ -346,8 +359,8 @@ def _finished(path: str, config, exp, parent: str) -> dict | None:
   except (OSError, ValueError):
     return None
   same = (
-    old.get("config") == common.to_jsonable(config.to_dict())
-    and old.get("exp") == common.to_jsonable(exp.to_dict())
+    old.get("config") == cli.to_jsonable(config.to_dict())
+    and old.get("exp") == cli.to_jsonable(exp.to_dict())
     and old.get("parent") == parent
     and old.get("rows_version") == ROWS_VERSION
     and old.get("rows")
@@ -362,9 +375,11 @@ def _outputs(payload: dict, workdir: str, config, method: str, R: int) -> dict:
     name: measured(payload, evals_key=key, primary_only=True)
     for name, key in BN_SENSITIVITY.items()
   }
-  json_path = common.write_json(os.path.join(workdir, f"{NAME}.json"), payload)
+  json_path = cli.write_json(os.path.join(workdir, f"{NAME}.json"), payload)
   png_path = plot(
-    payload, os.path.join(workdir, f"{NAME}.png"), common.run_label(config, f"{method}, {R} orders")
+    payload,
+    os.path.join(workdir, f"{NAME}.png"),
+    plotting.run_label(config, f"{method}, {R} orders"),
   )
   rows = payload["rows"]
   return {
@@ -376,7 +391,7 @@ def _outputs(payload: dict, workdir: str, config, method: str, R: int) -> dict:
   }
 
 
-def _longest(payload) -> list[dict]:
+def longest_rows(payload) -> list[dict]:
   """Per branch, replicate 0's row at the longest horizon (the parent's own order)."""
   best = {}
   for r in payload["rows"]:
@@ -621,7 +636,7 @@ def _by_horizon(payload, s: int, fn) -> tuple[list[int], np.ndarray, np.ndarray]
 
 
 def plot(payload, path: str, label: str) -> str:
-  fig, axes = common.new_figure(1, 4, width=4.6, height=3.8)
+  fig, axes = plotting.new_figure(1, 4, width=4.6, height=3.8)
   branches = sorted({r["branch"] for r in payload["rows"]})
   styles = {
     "raw": ("o", ":"),
@@ -678,11 +693,11 @@ def plot(payload, path: str, label: str) -> str:
   ax.set_ylabel("test accuracy (fraction)")
   ax.set_title("Figs. 5/10: main run, raw vs averaged")
   ax.legend(fontsize=6)
-  return common.save_figure(fig, path, label)
+  return plotting.save_figure(fig, path, label)
 
 
 def main(argv=None):
-  return common.cli(NAME, run, experiment_defaults, argv)
+  return cli.cli(NAME, run, experiment_defaults, argv)
 
 
 if __name__ == "__main__":

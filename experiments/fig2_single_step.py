@@ -7,7 +7,7 @@ one training batch b, g = ∇L_b(θ), and measure over a grid of step sizes η
     l_h(η) = L_h(θ − η g)      (N held-out batches h of the same size),
 
 where b and the h are *training* batches (noisy labels, as trained) with no
-example in common (:func:`experiments.common.probe_batches`: the paper's
+example in common (:func:`experiments.evaluation.probe_batches`: the paper's
 held-out batch is "a *fixed* batch different from the training mini-batch",
 Sec. 3); the JSON records the split and the example ranges of every batch.
 
@@ -37,7 +37,7 @@ import os
 
 import numpy as np
 
-from experiments import common
+from experiments import cli, evaluation, parents, plotting
 
 NAME = "fig2_single_step"
 
@@ -82,7 +82,7 @@ def step_grid(config, exp) -> np.ndarray:
   return np.concatenate([fine, coarse]).astype(np.float32)
 
 
-def _batch_sizes(config, exp, num_train: int) -> list[int]:
+def batch_size_sweep(config, exp, num_train: int) -> list[int]:
   if exp.batch_sizes:
     sizes = [int(b) for b in exp.batch_sizes]
   else:
@@ -103,7 +103,7 @@ def _batch_sizes(config, exp, num_train: int) -> list[int]:
 def branch_steps(config, exp) -> list[int]:
   """Parent checkpoints this experiment reads."""
   fr = (*exp.position_fractions, exp.main_fraction, *exp.sweep_fractions)
-  return common.scaled_points(config.total_steps, fr)
+  return cli.scaled_points(config.total_steps, fr)
 
 
 def _check(exp):
@@ -124,7 +124,7 @@ def _check(exp):
     )
 
 
-def _fit_near_minimum(grid, losses, best_step: float, degree: int) -> float:
+def fit_near_minimum(grid, losses, best_step: float, degree: int) -> float:
   """rmse / range of a degree-d fit over [0, 2·best step] (Fig. 2's plotted window)."""
   from trajax import probes
 
@@ -139,16 +139,16 @@ def _fit_near_minimum(grid, losses, best_step: float, degree: int) -> float:
   return float(fit.rmse) / span if span > 0 else 0.0
 
 
-def _probe(r, loss_fn, final, grid, s: int, b: int, n_held: int, offset: int, exp) -> dict:
+def _probe(r, dataset, loss_fn, final, grid, s: int, b: int, n_held: int, offset: int, exp) -> dict:
   from trajax import probes
 
-  stats = r.state.batch_stats
-  fixed, held_raw, prov = common.probe_batches(r.dataset, b, n_held, offset=offset)
-  batch = common.with_batch_stats(fixed, stats)
-  held = common.with_batch_stats(held_raw, stats, stacked=n_held)
+  stats = r.batch_stats
+  fixed, held_raw, prov = evaluation.probe_batches(dataset, b, n_held, offset=offset)
+  batch = evaluation.with_batch_stats(fixed, stats)
+  held = evaluation.with_batch_stats(held_raw, stats, stacked=n_held)
   rep = probes.run_step_size_probe(
     loss_fn,
-    r.state.params,
+    r.params,
     batch,
     grid,
     held,
@@ -165,8 +165,8 @@ def _probe(r, loss_fn, final, grid, s: int, b: int, n_held: int, offset: int, ex
     np.mean(
       [
         loss_fn(
-          final.state.params,
-          common.with_batch_stats({k: v[i] for k, v in held_raw.items()}, final.state.batch_stats),
+          final.params,
+          evaluation.with_batch_stats({k: v[i] for k, v in held_raw.items()}, final.batch_stats),
         )
         for i in range(n_held)
       ]
@@ -190,14 +190,12 @@ def _probe(r, loss_fn, final, grid, s: int, b: int, n_held: int, offset: int, ex
     "heldout_change_at_train_best": float(hmean[i_best]) - held0,
     "heldout_improves_at_first_step": bool(hmean[1] < held0),
     "largest_improving_step": float(improving.max()) if improving.size else 0.0,
-    "train_rel_rmse": _fit_near_minimum(
-      grid, rep.curve.train_loss, best_step, int(exp.poly_degree)
-    ),
-    "heldout_rel_rmse": _fit_near_minimum(grid, hmean, best_step, int(exp.poly_degree)),
+    "train_rel_rmse": fit_near_minimum(grid, rep.curve.train_loss, best_step, int(exp.poly_degree)),
+    "heldout_rel_rmse": fit_near_minimum(grid, hmean, best_step, int(exp.poly_degree)),
     "eps_max": float(rep.eps_max.eps_max),
     "final_model_heldout_loss": final_loss,
     "final_model_loss_on_batch": float(
-      loss_fn(final.state.params, common.with_batch_stats(fixed, final.state.batch_stats))
+      loss_fn(final.params, evaluation.with_batch_stats(fixed, final.batch_stats))
     ),
     "curve": {
       "train": rep.curve.train_loss,
@@ -213,37 +211,41 @@ def _probe(r, loss_fn, final, grid, s: int, b: int, n_held: int, offset: int, ex
 
 def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   """Runs the probe at every (position, batch size); writes JSON + PNG; returns the summary."""
+  from trajax import runs
+
   _check(exp)
-  positions = common.scaled_points(config.total_steps, exp.position_fractions)
-  (main_step,) = common.scaled_points(config.total_steps, (exp.main_fraction,))
-  sweep = common.scaled_points(config.total_steps, exp.sweep_fractions)
+  positions = cli.scaled_points(config.total_steps, exp.position_fractions)
+  (main_step,) = cli.scaled_points(config.total_steps, (exp.main_fraction,))
+  sweep = cli.scaled_points(config.total_steps, exp.sweep_fractions)
   positions = sorted({*positions, main_step})
   if parent is None:
-    parent = common.ensure_parent(config, workdir, branch_steps(config, exp))
-  final = common.restore(parent)
+    parent = parents.ensure_parent(config, workdir, branch_steps(config, exp))
+  parent_run = runs.open_run(parent)
+  final = parent_run.state_at()
+  dataset = parent_run.dataset
   main_b = int(config.batch_size)
-  sizes = _batch_sizes(config, exp, int(final.dataset.info.num_train))
+  sizes = batch_size_sweep(config, exp, int(dataset.info.num_train))
   if main_b not in sizes:
     sizes = sorted({*sizes, main_b})
   # One loss function object for every checkpoint: the statistics ride in the batch.
-  loss_fn = common.make_loss_fn(final.model)
+  loss_fn = evaluation.make_loss_fn(parent_run.model)
   grid = step_grid(config, exp)
   n_main = int(exp.num_heldout)
   pairs = sorted({(s, main_b) for s in positions} | {(s, b) for s in sweep for b in sizes})
 
   results = []
   for k, (s, b) in enumerate(pairs):
-    r = common.restore(parent, s)
+    r = parent_run.state_at(s)
     n_held = max(2, min(n_main, (n_main * main_b) // b))
     # A different stretch of the training split for every probe (wrapping round the pool).
     span = (1 + n_held) * b
-    room = int(r.dataset.info.num_train) - span
+    room = int(dataset.info.num_train) - span
     offset = (k * span) % (room + 1)
-    common.log(f"{NAME}: step {s}, batch size {b}: single-step probe over {len(grid)} step sizes")
-    entry = _probe(r, loss_fn, final, grid, s, b, n_held, offset, exp)
+    cli.log(f"{NAME}: step {s}, batch size {b}: single-step probe over {len(grid)} step sizes")
+    entry = _probe(r, dataset, loss_fn, final, grid, s, b, n_held, offset, exp)
     if b == main_b and s == main_step:
-      entry["noise_scale"] = _noise_scale(r, loss_fn, b, int(exp.noise_batches), s)
-    results.append(common.to_jsonable(entry))
+      entry["noise_scale"] = _noise_scale(r, dataset, loss_fn, b, int(exp.noise_batches), s)
+    results.append(cli.to_jsonable(entry))
 
   payload = {
     "experiment": NAME,
@@ -256,30 +258,30 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     "sweep_positions": sweep,
     "main_step": main_step,
     "main_batch_size": main_b,
-    "final_step": final.step,
-    "heldout": "training batches disjoint from the probed batch (common.probe_batches); "
+    "final_step": int(final.step),
+    "heldout": "training batches disjoint from the probed batch (evaluation.probe_batches); "
     "every result records probed_examples / heldout_examples",
     "results": results,
   }
   payload["measured"] = measured(payload)
   os.makedirs(workdir, exist_ok=True)
-  json_path = common.write_json(os.path.join(workdir, f"{NAME}.json"), payload)
-  png_path = plot(payload, os.path.join(workdir, f"{NAME}.png"), common.run_label(config))
+  json_path = cli.write_json(os.path.join(workdir, f"{NAME}.json"), payload)
+  png_path = plot(payload, os.path.join(workdir, f"{NAME}.png"), plotting.run_label(config))
   return {
     "json": json_path,
     "png": png_path,
     "measured": payload["measured"],
-    "main": _main_entry(payload),
+    "main": main_entry(payload),
   }
 
 
-def _noise_scale(r, loss_fn, b: int, m: int, s: int) -> dict:
+def _noise_scale(r, dataset, loss_fn, b: int, m: int, s: int) -> dict:
   """B_simple from m batches of size b and max(m // 4, 2) of size 4b, and ε_opt(b)."""
   from trajax import probes
 
   def draw(size, count, offset):
-    bs = [r.dataset.fixed_train_batch(offset + i, size) for i in range(count)]
-    return common.with_batch_stats(common.stack_batches(bs), r.state.batch_stats, stacked=count)
+    bs = [dataset.fixed_train_batch(offset + i, size) for i in range(count)]
+    return evaluation.with_batch_stats(evaluation.stack_batches(bs), r.batch_stats, stacked=count)
 
   base = 1_000_000 + 10_000 * (s % 97)
   small = draw(b, m, base)
@@ -287,17 +289,17 @@ def _noise_scale(r, loss_fn, b: int, m: int, s: int) -> dict:
   # estimate_noise_scale reads B from axis 1 of every leaf, which the
   # broadcast BatchNorm statistics do not have: pass the sizes explicitly.
   ns = probes.noise_scale_from_sq_norms(
-    probes.batch_grad_sq_norms(loss_fn, r.state.params, small),
+    probes.batch_grad_sq_norms(loss_fn, r.params, small),
     b,
-    probes.batch_grad_sq_norms(loss_fn, r.state.params, big),
+    probes.batch_grad_sq_norms(loss_fn, r.params, big),
     4 * b,
   )
   # ε_max of the (approximately) true gradient: the concatenated big batches.
   full = {
     k: np.asarray(big[k]).reshape(-1, *np.asarray(big[k]).shape[2:]) for k in ("image", "label")
   }
-  full = common.with_batch_stats(full, r.state.batch_stats)
-  eps_true = probes.epsilon_max(loss_fn, r.state.params, full)
+  full = evaluation.with_batch_stats(full, r.batch_stats)
+  eps_true = probes.epsilon_max(loss_fn, r.params, full)
   b_simple = float(ns.b_simple)
   eps_opt = float(probes.optimal_step_size(eps_true.eps_max, ns.b_simple, b))
   return {
@@ -309,7 +311,7 @@ def _noise_scale(r, loss_fn, b: int, m: int, s: int) -> dict:
   }
 
 
-def _main_entry(payload) -> dict:
+def main_entry(payload) -> dict:
   """The Fig. 2 point: the main position (75 % of training) at the config's batch size."""
   for e in payload["results"]:
     if e["step"] == payload["main_step"] and e["batch_size"] == payload["main_batch_size"]:
@@ -425,8 +427,8 @@ def measured(payload) -> dict:
 
 def plot(payload, path: str, label: str) -> str:
   grid = np.asarray(payload["step_sizes"])
-  main = _main_entry(payload)
-  fig, axes = common.new_figure(1, 3, width=5.2, height=3.9)
+  main = main_entry(payload)
+  fig, axes = plotting.new_figure(1, 3, width=5.2, height=3.9)
   ax = axes[0][0]
   c = main["curve"]
   ax.plot(grid, c["train"], "C0-", label="training batch l_b(η)")
@@ -509,11 +511,11 @@ def plot(payload, path: str, label: str) -> str:
   ax.set_ylabel("largest one-step drop (nats, log)")
   ax.set_title("Fig. 13: largest drop vs batch size")
   ax.legend(fontsize=6)
-  return common.save_figure(fig, path, label)
+  return plotting.save_figure(fig, path, label)
 
 
 def main(argv=None):
-  return common.cli(NAME, run, experiment_defaults, argv)
+  return cli.cli(NAME, run, experiment_defaults, argv)
 
 
 if __name__ == "__main__":

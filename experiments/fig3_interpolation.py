@@ -12,7 +12,7 @@ along α (barrier max_α l_i(α) − [(1 − α) l_i(0) + α l_i(1)] ≈ 0) afte
 side-trips means both land in the same basin of the batch's loss.
 
 The batch b and the held-out batch are *training* batches with no example in
-common (:func:`experiments.common.probe_batches`; the paper's held-out batch
+common (:func:`experiments.evaluation.probe_batches`; the paper's held-out batch
 is another training batch, Sec. 3). The GD step η comes from the run itself:
 the batch's second-order optimum ε_max = |g|²/gᵀH_b g at θ_{t1} (the step the
 Fig. 2 probe's quadratic model predicts best), so a step is in the paper's
@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 
-from experiments import common
+from experiments import cli, evaluation, parents, plotting
 
 NAME = "fig3_interpolation"
 
@@ -58,7 +58,7 @@ def experiment_defaults():
 
 
 def branch_steps(config, exp) -> list[int]:
-  points = common.scaled_points(config.total_steps, exp.point_fractions)
+  points = cli.scaled_points(config.total_steps, exp.point_fractions)
   if len(points) != 2:
     raise ValueError(
       f"exp.point_fractions = {tuple(exp.point_fractions)} must name two distinct steps of "
@@ -69,7 +69,7 @@ def branch_steps(config, exp) -> list[int]:
 
 def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   """Runs the two side-trips and the interpolation; writes JSON + PNG; returns the summary."""
-  from trajax import probes
+  from trajax import probes, runs
 
   t1, t2 = branch_steps(config, exp)
   if int(exp.num_steps) < 1:
@@ -82,22 +82,25 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   if exp.lr is not None and not float(exp.lr) > 0:
     raise ValueError(f"exp.lr must be > 0 or None, got {exp.lr}")
   if parent is None:
-    parent = common.ensure_parent(config, workdir, [t1, t2])
-  a, c = common.restore(parent, t1), common.restore(parent, t2)
+    parent = parents.ensure_parent(config, workdir, [t1, t2])
+  parent_run = runs.open_run(parent)
+  a, c = parent_run.state_at(t1), parent_run.state_at(t2)
   b = int(exp.batch_size) if exp.batch_size is not None else int(config.batch_size)
-  loss_fn = common.make_loss_fn(a.model, train=True)
-  stats = a.state.batch_stats
-  fixed_raw, held_raw, prov = common.probe_batches(a.dataset, b, 1, offset=int(exp.batch_offset))
-  fixed = common.with_batch_stats(fixed_raw, stats)
-  held = common.with_batch_stats({k: v[0] for k, v in held_raw.items()}, stats)
-  eps = float(probes.epsilon_max(loss_fn, a.state.params, fixed).eps_max)
+  loss_fn = evaluation.make_loss_fn(parent_run.model, train=True)
+  stats = a.batch_stats
+  fixed_raw, held_raw, prov = evaluation.probe_batches(
+    parent_run.dataset, b, 1, offset=int(exp.batch_offset)
+  )
+  fixed = evaluation.with_batch_stats(fixed_raw, stats)
+  held = evaluation.with_batch_stats({k: v[0] for k, v in held_raw.items()}, stats)
+  eps = float(probes.epsilon_max(loss_fn, a.params, fixed).eps_max)
   if exp.lr is not None:
     lr, lr_source = float(exp.lr), "exp.lr"
   elif np.isfinite(eps) and eps > 0:
     lr, lr_source = eps, "ε_max of the fixed batch at the first point"
   else:
     lr, lr_source = 5.0 * float(config.optimizer.lr), "5 x optimizer.lr (ε_max not positive)"
-  common.log(
+  cli.log(
     f"{NAME}: {exp.num_steps} GD steps (η={lr:.4g}, {lr_source}; factors {factors}) on a fixed "
     f"batch of {b} from steps {t1} and {t2}, loss along the interpolation"
   )
@@ -105,7 +108,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   by_factor = {}
   for f in factors:
     by_factor[f] = probes.run_sidetrip_interpolation(
-      loss_fn, a.state.params, c.state.params, fixed, f * lr, int(exp.num_steps), alphas, held
+      loss_fn, a.params, c.params, fixed, f * lr, int(exp.num_steps), alphas, held
     )
   res = by_factor[1.0]
   payload = {
@@ -133,11 +136,11 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     },
   }
   payload["measured"] = measured(payload)
-  json_path = common.write_json(os.path.join(workdir, f"{NAME}.json"), payload)
+  json_path = cli.write_json(os.path.join(workdir, f"{NAME}.json"), payload)
   png_path = plot(
     payload,
     os.path.join(workdir, f"{NAME}.png"),
-    common.run_label(config, f"fixed batch B={b}, GD η={lr:.3g}"),
+    plotting.run_label(config, f"fixed batch B={b}, GD η={lr:.3g}"),
   )
   return {"json": json_path, "png": png_path, "measured": payload["measured"]}
 
@@ -198,7 +201,7 @@ def plot(payload, path: str, label: str) -> str:
   ho = np.asarray(payload["heldout_loss"])
   k = tr.shape[0] - 1
   show = sorted({0, 1, min(3, k), k // 2, k})
-  fig, axes = common.new_figure(1, 4, width=4.6, height=3.8)
+  fig, axes = plotting.new_figure(1, 4, width=4.6, height=3.8)
   t1, t2 = payload["points"]
   for col, (data, what) in enumerate(((tr, "fixed training batch"), (ho, "held-out batch"))):
     ax = axes[0][col]
@@ -230,11 +233,11 @@ def plot(payload, path: str, label: str) -> str:
   ax.set_ylabel("loss at the side-trips' ends, mean of both (nats)")
   ax.set_title("held-out loss at several GD step sizes")
   ax.legend(fontsize=6)
-  return common.save_figure(fig, path, label)
+  return plotting.save_figure(fig, path, label)
 
 
 def main(argv=None):
-  return common.cli(NAME, run, experiment_defaults, argv)
+  return cli.cli(NAME, run, experiment_defaults, argv)
 
 
 if __name__ == "__main__":

@@ -47,10 +47,10 @@ give the paper's scale, where k = 5000 and S = 75k)::
 
 Writes ``WORKDIR/fig6_distances.{json,png}`` and ``WORKDIR/fig8_basin.{json,png}``.
 
-The lock-step driver (:class:`experiments.common.Runner`: a copy of a
+The lock-step driver (:func:`experiments.parents.stepper`: a copy of a
 restored state stepped with the engine's own jitted ``trajax.train`` step,
 with a learning-rate factor and a position in the training stream of its
-own) lives in :mod:`experiments.common`, shared with Figs. 7 and 14.
+own) lives in :mod:`experiments.parents`, shared with Figs. 7 and 14.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments import common
+from experiments import cli, evaluation, parents, plotting
 
 NAME = "fig6_8_distances"
 
@@ -94,15 +94,18 @@ def experiment_defaults():
 
 def figure6(parent: str, S: int, k: int, points: int, n_train_eval: int) -> dict:
   """The Fig. 6 measurements from the parent's state at S over k steps."""
-  r = common.restore(parent, S)
+  from trajax import runs
+
+  r = runs.open_run(parent)
+  at_s = r.state_at(S)
   T = int(r.config.total_steps)
-  theta_S = r.state.params
-  lam = common.Runner(r)
-  half = common.Runner(r, lr_factor=0.5)
-  other = common.Runner(r, stream_offset=T)
-  tr_batches = common.train_eval_batches(r, n_train_eval)
-  evals_at = set(common.eval_points(k))
-  steps = common.trajectory_grid(k, points)
+  theta_S = at_s.params
+  lam = parents.stepper(r, at_s)
+  half = parents.stepper(r, at_s, lr_factor=0.5)
+  other = parents.stepper(r, at_s, stream_offset=T)
+  tr_batches = evaluation.train_eval_batches(r, n_train_eval)
+  evals_at = set(evaluation.eval_points(k))
+  steps = evaluation.trajectory_grid(k, points)
   out: dict[str, Any] = {
     "j": [],
     "dist_avg_vs_half": [],
@@ -115,25 +118,25 @@ def figure6(parent: str, S: int, k: int, points: int, n_train_eval: int) -> dict
   for j in steps:
     for run in (lam, half, other):
       run.advance_to(S + j)
-    avg = common.midpoint(theta_S, lam.params)
+    avg = evaluation.midpoint(theta_S, lam.params)
     out["j"].append(j)
-    out["dist_avg_vs_half"].append(common.l2(avg, half.params))
-    out["dist_batch_orders"].append(common.l2(lam.params, other.params))
-    out["dist_travel_lambda"].append(common.l2(lam.params, theta_S))
-    out["dist_travel_half"].append(common.l2(half.params, theta_S))
+    out["dist_avg_vs_half"].append(evaluation.l2(avg, half.params))
+    out["dist_batch_orders"].append(evaluation.l2(lam.params, other.params))
+    out["dist_travel_lambda"].append(evaluation.l2(lam.params, theta_S))
+    out["dist_travel_half"].append(evaluation.l2(half.params, theta_S))
     if j in evals_at:
       out["evals"][str(j)] = {
-        "average": common.evaluate_point(
+        "average": evaluation.evaluate_point(
           r, avg, lam.state.batch_stats, tr_batches, recompute_bn=True
         ),
-        "half": common.evaluate_point(
+        "half": evaluation.evaluate_point(
           r, half.params, half.state.batch_stats, tr_batches, recompute_bn=True
         ),
-        "lambda": common.evaluate_point(
+        "lambda": evaluation.evaluate_point(
           r, lam.params, lam.state.batch_stats, tr_batches, recompute_bn=True
         ),
       }
-      common.log(
+      cli.log(
         f"fig6 j={j}: |avg - half| {out['dist_avg_vs_half'][-1]:.4g}, "
         f"|theta' - theta''| {out['dist_batch_orders'][-1]:.4g}, test loss avg "
         f"{out['evals'][str(j)]['average']['test_loss']:.4f} / half "
@@ -142,16 +145,16 @@ def figure6(parent: str, S: int, k: int, points: int, n_train_eval: int) -> dict
       )
   out["seconds"] = time.perf_counter() - t0
   # The lambda run must be the parent itself (same step, same batches).
-  if S + k in common.committed_steps(parent):
-    ref = common.restore(parent, S + k).state.params
-    out["replay_vs_parent_l2"] = common.l2(lam.params, ref)
-  out["norm_theta_S"] = common.norm(theta_S)
+  if S + k in parents.committed_steps(parent):
+    ref = r.state_at(S + k).params
+    out["replay_vs_parent_l2"] = evaluation.l2(lam.params, ref)
+  out["norm_theta_S"] = evaluation.norm(theta_S)
   out["lr"] = float(r.config.optimizer.lr)
   return out
 
 
 def _plot6(res: dict, path: str, label: str) -> None:
-  fig, ax = common.new_figure(1, 3, width=4.6)
+  fig, ax = plotting.new_figure(1, 3, width=4.6)
   j = np.asarray(res["j"])
   a = ax[0][0]
   a.plot(
@@ -197,7 +200,7 @@ def _plot6(res: dict, path: str, label: str) -> None:
     a.set_ylabel(title)
     a.set_title(title.split(" (")[0])
     a.legend(fontsize=7)
-  common.save_figure(fig, path, label)
+  plotting.save_figure(fig, path, label)
 
 
 # ----------------------------------------------------------------------------
@@ -208,12 +211,15 @@ def figure8(parent: str, B: int, points: int) -> dict:
   """The Fig. 8 measurements: main run vs an independent one from B to T."""
   import jax
 
-  rB = common.restore(parent, B)
+  from trajax import runs
+
+  rB = runs.open_run(parent)
+  at_b = rB.state_at(B)
   T = int(rB.config.total_steps)
-  theta_T = common.restore(parent, T).state.params
-  main = common.Runner(rB)
-  alt = common.Runner(rB, stream_offset=T)
-  ts = [B + j for j in common.trajectory_grid(T - B, points, log_points=False)]
+  theta_T = rB.state_at(T).params
+  main = parents.stepper(rB, at_b)
+  alt = parents.stepper(rB, at_b, stream_offset=T)
+  ts = [B + j for j in evaluation.trajectory_grid(T - B, points, log_points=False)]
   snapshots = {}
   out: dict[str, Any] = {
     "t": ts,
@@ -226,19 +232,21 @@ def figure8(parent: str, B: int, points: int) -> dict:
     main.advance_to(t)
     alt.advance_to(t)
     snapshots[t] = jax.device_get(main.params)
-    out["dist_alt_to_main_final"].append(common.l2(alt.params, theta_T))
-    out["dist_parallel"].append(common.l2(main.params, alt.params))
-    out["dist_main_to_main_final"].append(common.l2(main.params, theta_T))
+    out["dist_alt_to_main_final"].append(evaluation.l2(alt.params, theta_T))
+    out["dist_parallel"].append(evaluation.l2(main.params, alt.params))
+    out["dist_main_to_main_final"].append(evaluation.l2(main.params, theta_T))
   theta_alt_T = alt.params
-  out["dist_main_to_alt_final"] = [common.l2(jax.device_put(snapshots[t]), theta_alt_T) for t in ts]
+  out["dist_main_to_alt_final"] = [
+    evaluation.l2(jax.device_put(snapshots[t]), theta_alt_T) for t in ts
+  ]
   out["seconds"] = time.perf_counter() - t0
   out["replay_vs_parent_l2"] = out["dist_main_to_main_final"][-1]
-  ev = common.evaluator(rB)
+  ev = evaluation.evaluator(rB)
   out["final_test"] = {
     "main": ev.evaluate(main.params, main.state.batch_stats, rB.dataset.eval_batches("test")),
     "independent": ev.evaluate(alt.params, alt.state.batch_stats, rB.dataset.eval_batches("test")),
   }
-  out["norm_theta_T"] = common.norm(theta_T)
+  out["norm_theta_T"] = evaluation.norm(theta_T)
   return out
 
 
@@ -261,7 +269,7 @@ def saturation_summary(t, d) -> dict:
 
 
 def _plot8(res: dict, path: str, label: str) -> None:
-  fig, ax = common.new_figure(1, 1, width=6.5, height=4.2)
+  fig, ax = plotting.new_figure(1, 1, width=6.5, height=4.2)
   a = ax[0][0]
   t = np.asarray(res["t"])
   a.plot(
@@ -282,7 +290,7 @@ def _plot8(res: dict, path: str, label: str) -> None:
   a.set_ylabel("L2 distance in weight space (all params)")
   a.set_title("Fig. 8: distance to an independently trained solution")
   a.legend(fontsize=8)
-  common.save_figure(fig, path, label)
+  plotting.save_figure(fig, path, label)
 
 
 # ----------------------------------------------------------------------------
@@ -291,8 +299,8 @@ def _plot8(res: dict, path: str, label: str) -> None:
 
 def branch_steps(config, exp) -> list[int]:
   """Parent checkpoints Figs. 6 and 8 read: S, the burn-in B and T."""
-  S = common.branch_step(config, float(exp.branch_fraction), "branch_fraction")
-  B = common.branch_step(config, float(exp.burnin_fraction), "burnin_fraction")
+  S = cli.branch_step(config, float(exp.branch_fraction), "branch_fraction")
+  B = cli.branch_step(config, float(exp.burnin_fraction), "burnin_fraction")
   return sorted({S, B, int(config.total_steps)})
 
 
@@ -360,16 +368,16 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   T = int(config.total_steps)
-  S = common.branch_step(config, float(exp.branch_fraction), "branch_fraction")
-  B = common.branch_step(config, float(exp.burnin_fraction), "burnin_fraction")
-  k = common.window(config, exp)
+  S = cli.branch_step(config, float(exp.branch_fraction), "branch_fraction")
+  B = cli.branch_step(config, float(exp.burnin_fraction), "burnin_fraction")
+  k = cli.window(config, exp)
   if int(exp.points) < 1:
     raise ValueError(f"exp.points must be >= 1, got {exp.points!r}")
   if parent is None:
-    parent = common.parent_dir(config, exp, workdir, sorted({S, B, T}))
-  label = common.run_label(config, f"workdir {os.path.basename(workdir)}")
+    parent = parents.parent_dir(config, exp, workdir, sorted({S, B, T}))
+  label = plotting.run_label(config, f"workdir {os.path.basename(workdir)}")
 
-  common.log(f"fig6: branch at S={S}, window k={k}: lambda, lambda/2 and a second batch order")
+  cli.log(f"fig6: branch at S={S}, window k={k}: lambda, lambda/2 and a second batch order")
   f6 = figure6(parent, S, k, int(exp.points), int(exp.train_eval_batches))
   f6.update(branch_step=S, window=k, total_steps=T, parent=parent, seed=int(config.seed))
   f6["data"] = {
@@ -394,12 +402,10 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     "train_loss_average": last["average"]["train_loss"],
     "train_loss_half": last["half"]["train_loss"],
   }
-  common.write_json(
-    os.path.join(workdir, "fig6_distances.json"), {"config": config.to_dict(), **f6}
-  )
+  cli.write_json(os.path.join(workdir, "fig6_distances.json"), {"config": config.to_dict(), **f6})
   _plot6(f6, os.path.join(workdir, "fig6_distances.png"), label + f" | S={S}, k={k}")
 
-  common.log(f"fig8: independent batch order from B={B} to T={T}")
+  cli.log(f"fig8: independent batch order from B={B} to T={T}")
   f8 = figure8(parent, B, int(exp.points))
   f8.update(burnin_step=B, total_steps=T, parent=parent, seed=int(config.seed))
   f8["data"] = {
@@ -408,7 +414,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     "final_test": "split 'test'",
   }
   f8["summary"] = saturation_summary(f8["t"], f8["dist_main_to_alt_final"])
-  common.write_json(
+  cli.write_json(
     os.path.join(workdir, "fig8_basin.json"), {"config": config.to_dict(), **f8}, allow_nan=True
   )
   _plot8(f8, os.path.join(workdir, "fig8_basin.png"), label + f" | B={B}")
@@ -430,7 +436,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
 
 
 def main(argv=None):
-  return common.cli(NAME, run, experiment_defaults, argv)
+  return cli.cli(NAME, run, experiment_defaults, argv)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from experiments import common
+from experiments import cli, evaluation, parents, plotting
 
 NAME = "fig7_alignment"
 
@@ -78,18 +78,20 @@ def _trip_config(config, kind_schedule: str, k: int, eval_at):
   )
 
 
-def run_trip(parent: str, restored, schedule: str, k: int, points, workdir: str) -> str:
-  """The side-trip with ``schedule`` ('constant' | 'linear') from S; returns its workdir."""
+def run_trip(parent: str, config, S: int, schedule: str, k: int, points, workdir: str) -> str:
+  """The side-trip with ``schedule`` ('constant' | 'linear') from S; returns its workdir.
+
+  ``config``: the parent's training config at S.
+  """
   from trajax import sidetrip
 
-  S = int(restored.step)
   tdir = os.path.join(workdir, "trips", f"{schedule}_{S}")
   os.makedirs(os.path.dirname(tdir), exist_ok=True)
-  have = common.committed_steps(tdir)
+  have = parents.committed_steps(tdir)
   if not all((S + j) in have for j in points if j > 0):
-    cfg = _trip_config(restored.config, schedule, k, [j for j in points if j > 0])
+    cfg = _trip_config(config, schedule, k, [j for j in points if j > 0])
     res = sidetrip.run_sidetrip(cfg, parent, S, tdir)
-    common.log(f"fig7: {schedule} side-trip {S} -> {res.step} done (timings {res.timings})")
+    cli.log(f"fig7: {schedule} side-trip {S} -> {res.step} done (timings {res.timings})")
   return tdir
 
 
@@ -102,19 +104,18 @@ def _stack(trees):
 def _params_along(tdir: str, S: int, points, theta_S):
   import jax
 
+  from trajax import runs
+
+  trip = runs.open_run(tdir)
   out = []
   for j in points:
-    out.append(
-      jax.device_get(theta_S)
-      if j == 0
-      else jax.device_get(common.restore(tdir, S + j).state.params)
-    )
+    out.append(jax.device_get(theta_S) if j == 0 else jax.device_get(trip.state_at(S + j).params))
   return out
 
 
 def branch_steps(config, exp) -> list[int]:
   """The parent checkpoint Fig. 7 branches from."""
-  return [common.branch_step(config, float(exp.branch_fraction), "branch_fraction")]
+  return [cli.branch_step(config, float(exp.branch_fraction), "branch_fraction")]
 
 
 def measured(res: dict) -> dict:
@@ -164,14 +165,14 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   """Figure 7 for ``config``; writes JSON + PNG into ``workdir``; returns a summary."""
   import jax
 
-  from trajax import config_validation, probes
+  from trajax import config_validation, probes, runs
 
   config_validation.validate(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   T = int(config.total_steps)
-  S = common.branch_step(config, float(exp.branch_fraction), "branch_fraction")
-  k = common.window(config, exp)
+  S = cli.branch_step(config, float(exp.branch_fraction), "branch_fraction")
+  k = cli.window(config, exp)
   if int(exp.points) < 1:
     raise ValueError(f"exp.points must be >= 1, got {exp.points!r}")
   if int(exp.independent_pairs) < 1:
@@ -179,15 +180,18 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   if int(exp.fixed_batch_index) < 0:
     raise ValueError(f"exp.fixed_batch_index must be >= 0, got {exp.fixed_batch_index!r}")
   if parent is None:
-    parent = common.parent_dir(config, exp, workdir, [S])
-  r = common.restore(parent, S)
-  points = common.trajectory_grid(k, int(exp.points))
+    parent = parents.parent_dir(config, exp, workdir, [S])
+  r = runs.open_run(parent)
+  at_s = r.state_at(S)
+  points = evaluation.trajectory_grid(k, int(exp.points))
   t0 = time.perf_counter()
-  trips = {s: run_trip(parent, r, s, k, points, workdir) for s in ("constant", "linear")}
+  trips = {
+    s: run_trip(parent, r.config_at(S), S, s, k, points, workdir) for s in ("constant", "linear")
+  }
   trip_seconds = time.perf_counter() - t0
 
-  theta_S = r.state.params
-  loss_fn = common.make_loss_fn(r.model, r.state.batch_stats, train=True)
+  theta_S = at_s.params
+  loss_fn = evaluation.make_loss_fn(r.model, at_s.batch_stats, train=True)
   b = r.dataset.fixed_train_batch(int(exp.fixed_batch_index))
   b = {"image": np.asarray(b["image"]), "label": np.asarray(b["label"])}
   seqs = {s: _params_along(d, S, points, theta_S) for s, d in trips.items()}
@@ -201,12 +205,14 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
   m = int(exp.independent_pairs)
   independent, train_batch_loss = [], []
   for j, params in zip(points, seqs["constant"], strict=True):
-    a = common.stack_batches([common.train_batch(r.dataset, S + j + i) for i in range(m)])
-    c = common.stack_batches([common.train_batch(r.dataset, T + S + j + i) for i in range(m)])
+    a = evaluation.stack_batches([evaluation.train_batch(r.dataset, S + j + i) for i in range(m)])
+    c = evaluation.stack_batches(
+      [evaluation.train_batch(r.dataset, T + S + j + i) for i in range(m)]
+    )
     independent.append(
       float(np.mean(np.asarray(probes.independent_batch_cosine(loss_fn, params, a, c))))
     )
-    train_batch_loss.append(float(loss_jit(params, common.train_batch(r.dataset, S + j))))
+    train_batch_loss.append(float(loss_jit(params, evaluation.train_batch(r.dataset, S + j))))
   fixed_loss = {s: [float(loss_jit(p, b)) for p in seqs[s]] for s in trips}
   # The direction claim at further fixed-batch sizes (same trips, bigger b).
   by_size = {}
@@ -279,11 +285,11 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
     **by_size,
   }
   for key, value in res["summary"].items():
-    common.log(f"fig7 {key}: {value:.4g}")
-  common.write_json(
-    os.path.join(workdir, "fig7_alignment.json"), {"config": config.to_dict(), **res}
+    cli.log(f"fig7 {key}: {value:.4g}")
+  cli.write_json(os.path.join(workdir, "fig7_alignment.json"), {"config": config.to_dict(), **res})
+  _plot(
+    res, os.path.join(workdir, "fig7_alignment.png"), plotting.run_label(config, f"S={S}, k={k}")
   )
-  _plot(res, os.path.join(workdir, "fig7_alignment.png"), common.run_label(config, f"S={S}, k={k}"))
   return {
     **res["summary"],
     "branch_step": S,
@@ -295,7 +301,7 @@ def run(config, exp, workdir: str, *, parent: str | None = None) -> dict:
 
 
 def _plot(res: dict, path: str, label: str) -> None:
-  fig, ax = common.new_figure(1, 3, width=4.6)
+  fig, ax = plotting.new_figure(1, 3, width=4.6)
   j = np.asarray(res["j"])
   a = ax[0][0]
   a.plot(
@@ -341,11 +347,11 @@ def _plot(res: dict, path: str, label: str) -> None:
   a.set_ylabel("cross-entropy (nats, BN in training mode)")
   a.set_title("losses along the side-trips")
   a.legend(fontsize=7)
-  common.save_figure(fig, path, label)
+  plotting.save_figure(fig, path, label)
 
 
 def main(argv=None):
-  return common.cli(NAME, run, experiment_defaults, argv)
+  return cli.cli(NAME, run, experiment_defaults, argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from experiments import cli as _cli_lib
+from experiments.plotting import new_figure  # noqa: F401  (the synthetic modules' figures)
+
 
 def fast_slow_config():
   """The Fig. 9 model shared by the fast/slow and equivalence experiments.
@@ -63,22 +66,8 @@ def cli(
 
 
 def write_json(outdir: str, filename: str, payload: dict) -> str:
-  """Writes ``payload`` (plain Python numbers, lists, dicts) as JSON; NaN/inf refused."""
-  os.makedirs(outdir, exist_ok=True)
-  path = os.path.join(outdir, filename)
-  with open(path, "w") as f:
-    json.dump(payload, f, indent=2, allow_nan=False)
-  return path
-
-
-def new_figure(nrows: int, ncols: int, width: float = 5.0, height: float = 3.8):
-  """A matplotlib figure on the Agg backend (no display needed)."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+  """Writes ``payload`` as ``outdir/filename`` (:func:`experiments.cli.write_json`: NaN/inf refused)."""
+  return _cli_lib.write_json(os.path.join(outdir, filename), payload)
 
 
 def save_figure(fig, outdir: str, filename: str) -> str:

@@ -42,13 +42,28 @@ def get_config():
   return c
 
 
+METHODS = ("two_point", "swa", "ema")
+
+
 def _methods(config):
-  params = {"two_point": dict(gap=config.window), "swa": {}, "ema": dict(decay=config.ema_decay)}
+  """``{method: parameters}`` over the window [start, start + window].
+
+  Each method's record sets what the window fixes
+  (:func:`trajax.averaging.params_for_window`: two-point's gap), EMA takes
+  ``config.ema_decay``; ``start_step`` is passed separately (``config.start``).
+  """
+  from trajax import averaging
+
   names = [m.strip() for m in config.methods.split(",") if m.strip()]
   for name in names:
-    if name not in params:
-      raise ValueError(f"config.methods: {name!r} is not one of {tuple(params)}")
-  return {name: params[name] for name in names}
+    if name not in METHODS:
+      raise ValueError(f"config.methods: {name!r} is not one of {METHODS}")
+  out = {}
+  for name in names:
+    params = averaging.params_for_window(name, config.window, {"decay": config.ema_decay})
+    params.pop("start_step")
+    out[name] = params
+  return out
 
 
 def run(config, outdir: str) -> dict:

@@ -12,7 +12,7 @@ import math
 import pytest
 
 from experiments import batch_size_vs_decay as bs
-from experiments import claims, common, demo
+from experiments import claims, cli, demo
 
 
 def _same(start, large, small, undecayed, n=4):
@@ -98,12 +98,12 @@ def test_claims_quote_the_notes_verbatim(source_text):
 
 
 def test_plan_and_branch_steps():
-  config = common.load_config("configs/mnist1d.py")
+  config = cli.load_config("configs/mnist1d.py")
   exp = bs.experiment_defaults()
   assert bs.branch_steps(config, exp) == [3000, 4000, 4500, 5500]
   exp.horizon = 1200
   assert bs.branch_steps(config, exp) == [3000, 4200, 4500, 5700]
-  assert bs._grid(600) == [75, 150, 300, 600]
+  assert bs.eval_grid(600) == [75, 150, 300, 600]
   for field, value, says in (
     ("k", 1, "exp.k must be an integer >= 2"),
     ("horizon", 1201, "multiple of exp.k = 2"),

@@ -175,7 +175,7 @@ def test_polynomial_fit_criterion_on_smooth_and_oscillating_curves():
   grid = np.linspace(0.0, 2.0, 41)
   smooth = 2.0 - 2.0 * grid + 1.0 * grid**2  # a parabola, minimum at η = 1
   wiggly = smooth + 0.3 * np.sin(25 * grid)
-  rel = lambda y: fig2._fit_near_minimum(grid, y, 1.0, 4)
+  rel = lambda y: fig2.fit_near_minimum(grid, y, 1.0, 4)
   assert rel(smooth) < 1e-4
   assert rel(wiggly) > claims.SMOOTH_FIT
   assert test({"positions": [{"train_rel_rmse": rel(smooth), "heldout_rel_rmse": rel(smooth)}]})
@@ -556,11 +556,11 @@ def test_fig13_sweep_spans_the_widest_range_the_pool_holds():
 
   config = mlc.ConfigDict({"batch_size": 64})
   exp = fig2.experiment_defaults()
-  assert fig2._batch_sizes(config, exp, 40_000) == [16, 64, 256, 1024, 4096]
-  assert fig2._batch_sizes(config, exp, 1_000) == [16, 64, 256]
+  assert fig2.batch_size_sweep(config, exp, 40_000) == [16, 64, 256, 1024, 4096]
+  assert fig2.batch_size_sweep(config, exp, 1_000) == [16, 64, 256]
   exp.batch_sizes = (64, 512)
   with pytest.raises(ValueError, match=r"exp.batch_sizes \[512\]: a probe needs"):
-    fig2._batch_sizes(config, exp, 1_000)
+    fig2.batch_size_sweep(config, exp, 1_000)
 
 
 def test_noise_groups_and_placebo_splits():
@@ -573,29 +573,29 @@ def test_noise_groups_and_placebo_splits():
     def normalized_train_images(self):
       return np.zeros((200, 3), np.float32)
 
-  _, _, groups = fig1._noise_set(Data(), 200)
+  _, _, groups = fig1.noise_set(Data(), 200)
   assert groups["flipped"].sum() == 50 and len(groups["placebo"]) == fig1.PLACEBO_SPLITS
   for m in groups["placebo"]:
     assert m.sum() == 50 and not (m & groups["flipped"]).any()
   # Flipped examples at loss 3, unflipped at 1 (± a per-example offset that sums to 0 in pairs).
   loss = np.where(groups["flipped"], 3.0, 1.0) + 0.01 * ((np.arange(200) // 4) % 2 * 2 - 1)
-  m = fig1._group_means(loss, groups)
+  m = fig1.group_means(loss, groups)
   assert m["flipped"] == pytest.approx(3.0) and m["unflipped"] == pytest.approx(1.0, abs=0.01)
   # The placebo splits carry no flip: their mean difference is at the offsets' scale only.
   assert abs(m["placebo"] - m["placebo_rest"]) < 0.01
   assert len(m["placebo_splits"]) == fig1.PLACEBO_SPLITS
   assert np.mean([a for a, _ in m["placebo_splits"]]) == pytest.approx(m["placebo"])
-  assert fig1._noise_set(Data(), 0) is None
+  assert fig1.noise_set(Data(), 0) is None
 
 
 def test_fig1_reuses_only_a_run_of_the_same_config_knobs_and_parent(tmp_path):
-  from experiments import common, demo
+  from experiments import cli, demo
   from experiments import fig1_averaging_vs_sidetrips as fig1
 
   config, exps = demo.build(tiny=True)
   exp = exps["fig1"]
   path = str(tmp_path / "fig1.json")
-  common.write_json(
+  cli.write_json(
     path,
     {
       "config": config.to_dict(),
@@ -605,7 +605,9 @@ def test_fig1_reuses_only_a_run_of_the_same_config_knobs_and_parent(tmp_path):
       "rows": [{"x": 1}],
     },
   )
-  assert fig1._finished(path, config, exp, "/p")["rows"] == [{"x": 1}]
-  assert fig1._finished(path, config, exp, "/q") is None
-  assert fig1._finished(path, config, common.apply_overrides(exp, {"replicates": 5}), "/p") is None
-  assert fig1._finished(str(tmp_path / "none.json"), config, exp, "/p") is None
+  assert fig1.finished_payload(path, config, exp, "/p")["rows"] == [{"x": 1}]
+  assert fig1.finished_payload(path, config, exp, "/q") is None
+  assert (
+    fig1.finished_payload(path, config, cli.apply_overrides(exp, {"replicates": 5}), "/p") is None
+  )
+  assert fig1.finished_payload(str(tmp_path / "none.json"), config, exp, "/p") is None

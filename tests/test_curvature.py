@@ -281,10 +281,11 @@ def test_bad_input_errors_name_the_argument():
 def test_curvature_experiment_runs_and_is_consistent(tmp_path):
   import json
 
-  from experiments import claims, common
+  from experiments import claims, cli, evaluation, parents
   from experiments import curvature as exp_mod
+  from trajax import runs
 
-  config = common.load_config(
+  config = cli.load_config(
     "configs/mnist1d.py:runlocal",
     {"total_steps": 100, "averaging.gap": 50, "checkpoint_every_steps": 50},
   )
@@ -326,23 +327,24 @@ def test_curvature_experiment_runs_and_is_consistent(tmp_path):
   assert res["points"]["raw_100"]["eigenvalues"] == res["trajectory"][-1]["eigenvalues"]
   assert res["summary"]["lambda_max_final"] == res["trajectory"][-1]["lambda_max"]
   # The two-point average from the replayed averager is the midpoint of the checkpoints.
-  a, b = common.restore(res["parent"], 50).state, common.restore(res["parent"], 100).state
-  loss_fn = common.make_loss_fn(common.restore(res["parent"], 100).model, None, train=True)
-  d = common.restore(res["parent"], 100).dataset
+  parent = runs.open_run(res["parent"])
+  a, b = parent.state_at(50), parent.state_at(100)
+  loss_fn = evaluation.make_loss_fn(parent.model, None, train=True)
+  d = parent.dataset
   exp1 = exp_mod.experiment_defaults()
   exp1.k, exp1.lanczos_iters, exp1.probes, exp1.batches = 2, 6, 3, 2
   again = exp_mod.measure(
     loss_fn,
-    common.midpoint(a.params, b.params),
+    evaluation.midpoint(a.params, b.params),
     b.batch_stats,
-    [common.train_batch(d, 100 + i) for i in range(2)],
+    [evaluation.train_batch(d, 100 + i) for i in range(2)],
     exp1,
     jax.random.key(0),
   )
   np.testing.assert_allclose(again["trace"], res["points"]["two_point_average"]["trace"], rtol=1e-4)
   # The equivalent side-trips ran with the Table 1 schedules, 50 steps from step 50.
   for m in ("two_point", "swa", "ema"):
-    assert common.committed_steps(res["sidetrip_dirs"][m])[-1] == 100
+    assert parents.committed_steps(res["sidetrip_dirs"][m])[-1] == 100
   assert (tmp_path / "seed_3" / "curvature.png").exists()
   sh = res["shell"]
   assert sh["branch_step"] == 50 and sh["steps"] == 8
@@ -601,7 +603,7 @@ def test_shell_claims_fail_on_non_stationary_trips():
   dd = exp_mod.CLAIMS["curv.drift_drag"].test
   ok = {"exponent_drag": 0.5, "exponent_drift": 1.0, "all_stationary": True}
   assert dd(ok) and not dd(ok | {"all_stationary": False})
-  assert exp_mod._not_stationary_note([1.0, 0.5], [True, False], "x") == (
+  assert exp_mod.criteria.not_stationary_note([1.0, 0.5], [True, False], "x") == (
     "not quasi-stationary (x) at f = 0.5"
   )
 

@@ -162,7 +162,7 @@ def test_report_numbers_are_finite_and_in_markdown(report):
   for row in out["numbers"]:
     for v in _numbers(row["value"]):
       assert math.isfinite(float(v)), row
-    assert demo._fmt(row["value"]) in md
+    assert demo.fmt_number(row["value"]) in md
   losses = [r for r in out["numbers"] if "test loss" in r["name"]]
   assert losses
   for r in losses:
@@ -237,7 +237,7 @@ def test_render_escapes_pipes():
 
 
 def test_seeds_flag_is_parsed_and_checked(tmp_path):
-  assert demo._seeds("0,1, 2") == (0, 1, 2)
+  assert demo.parse_seeds("0,1, 2") == (0, 1, 2)
   with pytest.raises(SystemExit):
     demo.main(["--workdir", str(tmp_path), "--seeds", "a,b"])
   config, exps = demo.build(tiny=True)

@@ -18,7 +18,8 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import common, fig6_8_distances, fig7_alignment, fig14_cosine
+from experiments import cli, evaluation, fig6_8_distances, fig7_alignment, fig14_cosine, parents
+from trajax import averaging, runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "mnist1d.py") + ":runlocal,cosine"
@@ -58,9 +59,9 @@ def _flat(tree) -> np.ndarray:
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):
   """A finished tiny parent with checkpoints at every 10 steps (all branch points)."""
-  config = common.load_config(CONFIG, TINY)
+  config = cli.load_config(CONFIG, TINY)
   work = str(tmp_path_factory.mktemp("figs"))
-  return config, common.ensure_parent(config, work, [10, 20, 30, 40], quiet=True)
+  return config, parents.ensure_parent(config, work, [10, 20, 30, 40], quiet=True)
 
 
 def test_fig6_8_distances(parent, tmp_path):
@@ -85,8 +86,8 @@ def test_fig6_8_distances(parent, tmp_path):
   # The lambda run is the parent replayed bit-for-bit.
   assert f6["replay_vs_parent_l2"] == 0.0
   # Distance travelled by the replay vs NumPy on the parent's own checkpoints.
-  a = _flat(common.restore(pdir, 40).state.params)
-  b = _flat(common.restore(pdir, 30).state.params)
+  a = _flat(runs.open_run(pdir).state_at(40).params)
+  b = _flat(runs.open_run(pdir).state_at(30).params)
   assert f6["dist_travel_lambda"][-1] == pytest.approx(np.linalg.norm(a - b), rel=1e-5)
   assert f6["norm_theta_S"] == pytest.approx(np.linalg.norm(b), rel=1e-5)
 
@@ -116,7 +117,7 @@ def test_fig7_alignment_via_command_line(parent, tmp_path, monkeypatch):
   out = str(tmp_path)
   argv = [f"--config={CONFIG}"] + [f"--config.{k}={v}" for k, v in TINY.items()]
   argv += ["--exp.points=5", f"--exp.parent={pdir}", f"--workdir={out}"]
-  # ml_collections finds --config.<field> overrides in sys.argv (common.cli
+  # ml_collections finds --config.<field> overrides in sys.argv (cli.cli
   # does not pass its argv on as sys_argv), so the command line is set there too.
   monkeypatch.setattr(sys, "argv", ["fig7_alignment", *argv])
   summary = fig7_alignment.main(argv)
@@ -172,8 +173,8 @@ def test_fig14_cosine(parent, tmp_path):
 
 
 def test_fig14_refuses_an_unknown_schedule_and_plans_the_ema_replay(tmp_path):
-  config = common.load_config(os.path.join(ROOT, "configs", "mnist1d.py") + ":runlocal", TINY)
-  bad = common.apply_overrides(config, {"optimizer.schedule": "linear"})
+  config = cli.load_config(os.path.join(ROOT, "configs", "mnist1d.py") + ":runlocal", TINY)
+  bad = cli.apply_overrides(config, {"optimizer.schedule": "linear"})
   with pytest.raises(
     ValueError, match=r"optimizer.schedule must be one of \['constant', 'cosine'\]"
   ):
@@ -182,7 +183,7 @@ def test_fig14_refuses_an_unknown_schedule_and_plans_the_ema_replay(tmp_path):
   # EMA: the whole-trajectory average starts 5/δ steps before S + k (clipped at 0).
   exp = fig14_cosine.experiment_defaults()
   exp.method, exp.ema_window, exp.branch_fractions = "ema", 10, (0.5,)
-  cfg = common.apply_overrides(config, {"averaging.decay": 0.25})
+  cfg = cli.apply_overrides(config, {"averaging.decay": 0.25})
   assert fig14_cosine.window_for(cfg, exp) == 10
   assert fig14_cosine.average_start(cfg, exp, 20, 10) == 10  # 20 + 10 - 5/0.25
   assert fig14_cosine.branch_steps(cfg, exp) == [10, 20, 40]
@@ -194,7 +195,7 @@ def test_fig14_refuses_an_unknown_schedule_and_plans_the_ema_replay(tmp_path):
 
 
 def test_bad_experiment_fields_are_named(tmp_path):
-  config = common.load_config(CONFIG, TINY)
+  config = cli.load_config(CONFIG, TINY)
   exp = fig6_8_distances.experiment_defaults()
   exp.branch_fraction = 1.5
   with pytest.raises(ValueError, match=r"exp.branch_fraction must lie in \(0, 1\), got 1.5"):
@@ -204,9 +205,7 @@ def test_bad_experiment_fields_are_named(tmp_path):
   with pytest.raises(ValueError, match="S=36: S \\+ window \\(10\\) exceeds total_steps=40"):
     fig14_cosine.run(config, exp, str(tmp_path))
   with pytest.raises(ValueError, match="divisible by n - 1"):
-    fig14_cosine.method_params(
-      common.apply_overrides(config, {"averaging.n": 4}), "multi_point", 10
-    )
+    fig14_cosine.window_average(cli.apply_overrides(config, {"averaging.n": 4}), "multi_point", 10)
   exp = fig7_alignment.experiment_defaults()
   exp.independent_pairs = 0
   with pytest.raises(ValueError, match="exp.independent_pairs must be >= 1"):
@@ -215,14 +214,32 @@ def test_bad_experiment_fields_are_named(tmp_path):
 
 
 def test_grid_and_saturation_summary():
-  assert common.trajectory_grid(1000, 4) == [0, 1, 10, 100, 250, 500, 750, 1000]
-  assert common.trajectory_grid(10, 2, log_points=False) == [0, 5, 10]
-  assert common.eval_points(1000) == [1, 10, 100, 1000]
-  assert common.eval_points(30) == [1, 10, 30]
+  assert evaluation.trajectory_grid(1000, 4) == [0, 1, 10, 100, 250, 500, 750, 1000]
+  assert evaluation.trajectory_grid(10, 2, log_points=False) == [0, 5, 10]
+  assert evaluation.eval_points(1000) == [1, 10, 100, 1000]
+  assert evaluation.eval_points(30) == [1, 10, 30]
   s = fig6_8_distances.saturation_summary([0, 1, 2, 3, 4], [10.0, 6.0, 4.0, 3.5, 3.0])
   # Drop 7; the last quarter (t >= 3) goes 3.5 -> 3.0: 0.5/7 of it.
   assert s["total_drop"] == 7.0 and s["end"] == 3.0 and s["min"] == 3.0
   assert s["drop_in_last_quarter_fraction"] == pytest.approx(0.5 / 7)
   assert s["fraction_of_decreasing_steps"] == 1.0
-  assert fig14_cosine.method_params(None, "swa", 10) == {}
-  assert fig14_cosine.method_params(None, "two_point", 10) == {"gap": 10}
+
+
+def test_fig14_window_average_comes_from_the_config():
+  config = cli.load_config(CONFIG, TINY)
+  # The window fixes two-point's gap and multi-point's; the rest is the config's, from step S.
+  swa = fig14_cosine.window_average(config, "swa", 10)
+  assert swa == averaging.average("swa", every=config.averaging.every)
+  assert fig14_cosine.window_average(config, "two_point", 10) == averaging.average(
+    "two_point", gap=10
+  )
+  cfg = cli.apply_overrides(config, {"averaging.n": 3, "averaging.start_step": 7})
+  assert fig14_cosine.window_average(cfg, "multi_point", 10).values == {
+    "n": 3,
+    "gap": 5,
+    "start_step": 0,
+  }
+  ema = fig14_cosine.window_average(cfg, "ema", 10)
+  assert ema.values["decay"] == cfg.averaging.decay and ema.values["start_step"] == 0
+  with pytest.raises(ValueError, match="exp.method must be one of"):
+    fig14_cosine.window_average(config, "polyak", 10)

@@ -23,19 +23,6 @@ CORE = ("trajax.averaging", "trajax.schedules", "trajax.kernels", "trajax.theory
 # (file, name) pairs still crossing a module boundary, each with the owner who
 # renames it; the lead empties this list as their branches merge.
 PRIVATE_ALLOWED = {
-  # 19d (experiments) and their tests.
-  ("experiments/demo.py", "_longest"),
-  ("tests/test_batch_size_vs_decay.py", "_grid"),
-  ("tests/test_claims.py", "_noise_set"),
-  ("tests/test_claims.py", "_group_means"),
-  ("tests/test_claims.py", "_fit_near_minimum"),
-  ("tests/test_claims.py", "_batch_sizes"),
-  ("tests/test_claims.py", "_finished"),
-  ("tests/test_curvature.py", "_not_stationary_note"),
-  ("tests/test_demo.py", "_seeds"),
-  ("tests/test_demo.py", "_fmt"),
-  ("tests/test_experiments_real.py", "_main_entry"),
-  ("tests/test_experiments_real.py", "_method"),
   # 19a (averaging, sidetrip/spec.py, theory).
   ("trajax/averaging/methods.py", "_is_concrete"),
   ("trajax/averaging/value.py", "_check_window"),
