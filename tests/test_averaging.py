@@ -1,6 +1,8 @@
 """Contract suite for trajax.averaging: every wrapper against a NumPy reference
-and inside the optax compositions users build."""
+(tests/averaging_reference.py) and, for every registered method, inside the
+optax compositions users build (optax's own contract: test_averaging_optax)."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -12,51 +14,9 @@ import numpy as np
 import optax
 import pytest
 
+from tests import averaging_cases
+from tests.averaging_reference import reference_average
 from trajax import averaging
-
-# ---------------------------------------------------------------------------
-# Independent NumPy reference: the averages written from their definitions
-# (explicit sums over the recorded θ_t in float64), not from the recursions.
-
-
-def reference_average(method, thetas, *, start_step=0, **p):
-  """a_t for t = 0..T from the θ_t sequence, by the issue's definitions."""
-  thetas = np.asarray(thetas, np.float64)
-  s = start_step
-  out = []
-  for t in range(len(thetas)):
-    if method in ("ema", "swa", "power_ema"):
-      every = p.get("every", 1)
-      if t <= s:
-        out.append(thetas[t])
-        continue
-      points = [u for u in range(s + 1, t + 1) if (u - s) % every == 0]
-      if not points:
-        out.append(thetas[s])
-      elif method == "swa":
-        out.append(np.mean(thetas[points], axis=0))
-      elif method == "power_ema":
-        # Karras et al.'s profile over the k points: c_i = (i^{γ+1} − (i−1)^{γ+1}) / k^{γ+1}.
-        g, k = p["gamma"] + 1.0, len(points)
-        i = np.arange(1, k + 1, dtype=np.float64)
-        out.append(np.tensordot((i**g - (i - 1) ** g) / k**g, thetas[points], 1))
-      else:
-        d, q = p["decay"], len(points)
-        weights = np.array([d * (1 - d) ** (q - 1 - j) for j in range(q)])
-        if p.get("debias", False):
-          out.append(np.tensordot(weights, thetas[points], 1) / (1 - (1 - d) ** q))
-        else:
-          out.append((1 - d) ** q * thetas[s] + np.tensordot(weights, thetas[points], 1))
-    else:  # multi_point / two_point
-      n = p.get("n", 2)
-      gap = p["gap"]
-      if t < s:
-        out.append(thetas[t])
-        continue
-      snaps = [u for u in range(s, t + 1) if (u - s) % gap == 0]
-      out.append(np.mean(thetas[snaps[-n:]], axis=0))
-  return np.stack(out)
-
 
 CASES = [
   ("ema", dict(decay=0.3)),
@@ -137,12 +97,11 @@ def test_boundary_steps_exact():
 # ---------------------------------------------------------------------------
 # The contract suite: every transform in every composition.
 
+# Every registered method, each optional parameter moved off its default in
+# a case of its own (tests/averaging_cases.py): a new method joins the suite.
 TRANSFORMS = {
-  "ema": lambda inner: averaging.ema(inner, 0.2, start_step=2),
-  "ema_debias": lambda inner: averaging.ema(inner, 0.2, debias=True, every=2),
-  "swa": lambda inner: averaging.swa(inner, start_step=1),
-  "two_point": lambda inner: averaging.two_point(inner, gap=3),
-  "multi_point": lambda inner: averaging.multi_point(inner, n=3, gap=2, start_step=1),
+  name: functools.partial(averaging_cases.factory(method), **p)
+  for name, (method, p) in averaging_cases.cases().items()
 }
 
 
@@ -230,20 +189,6 @@ def test_inject_hyperparams_equivalence():
     upd, state = jax.jit(injected.update)(tree_grads(t), state, new)
     new = optax.apply_updates(new, upd)
   assert_trees_close(averaging.averaged_params(state, new)["bias"], new["bias"], rtol=1e-6)
-
-
-@pytest.mark.parametrize("method", ["two_point", "multi_point", "swa"])
-def test_inject_hyperparams_other_methods(method):
-  kwargs = {"two_point": dict(gap=3), "multi_point": dict(n=3, gap=2), "swa": dict(every=2)}[method]
-  static = ("n",) if method == "multi_point" else ()
-  injected = optax.inject_hyperparams(getattr(averaging, method), static_args=static)(
-    inner(), **kwargs
-  )
-  p1, s1 = train(getattr(averaging, method)(inner(), **kwargs))
-  p2, s2 = train(injected)
-  assert_trees_close(
-    averaging.averaged_params(s1, p1), averaging.averaged_params(s2, p2), rtol=1e-6
-  )
 
 
 def test_multisteps_one_point_per_real_update(transform):

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_averaging import reference_average
 
+from tests.averaging_reference import reference_average
 from trajax import averaging, checkpoint_layout
 from trajax import checkpoint as ckpt_lib
 

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_schedules import _side_trip_gap
 
+from tests.linear_sidetrips import side_trip_gap
 from trajax import averaging, kernels, schedules, theory
 
 # ---------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def test_a_registered_method_gets_its_kernel_schedule_and_theory(linear_method):
   # The equivalent schedule: lands on the wrapper's average, with momentum.
   base = optax.cosine_decay_schedule(0.3, decay_steps=40, alpha=0.2)
   for momentum in (None, 0.9):
-    err, scale = _side_trip_gap(linear_method, {}, base=base, momentum=momentum, start=5, window=k)
+    err, scale = side_trip_gap(linear_method, {}, base=base, momentum=momentum, start=5, window=k)
     assert scale > 0.1 and err <= 2e-6 * max(1.0, scale), (err, scale)
   # The theory: the stationary variance of the average over the last w
   # steps, by its derived kernel, equals the exact moments of an average
@@ -316,7 +316,7 @@ def test_power_ema_gets_its_schedule_and_theory_from_its_one_definition():
   # Its equivalent schedule lands on the wrapper's average (linear loss), with momentum.
   base = optax.cosine_decay_schedule(0.3, decay_steps=40, alpha=0.2)
   for momentum in (None, 0.9):
-    err, scale = _side_trip_gap(
+    err, scale = side_trip_gap(
       "power_ema", {"gamma": gamma}, base=base, momentum=momentum, start=5, window=k
     )
     assert scale > 0.1 and err <= 2e-6 * max(1.0, scale), (err, scale)

@@ -3,10 +3,13 @@
 The checks of ``optax/contrib/_common_test.py`` (jit and extra args without
 recompiling, inject_hyperparams equivalence, dtypes, MultiSteps, state
 shape/dtype stability under ``lax.cond``, ``tree.map_params``), replicated
-for every wrapper (their helpers are private to that test module); then the
-average itself wherever the wrapper sits: a transform after it in a chain,
-``multi_transform`` partitions, several wrappers in one state — each against
-the NumPy reference of ``test_averaging`` on the params really applied.
+for every registered method (their helpers are private to that test module):
+the cases come from ``trajax.averaging.METHODS`` (``tests/averaging_cases.py``),
+so a newly registered method is under the contract without touching this
+file. Then the average itself wherever the wrapper sits: a transform after it
+in a chain, ``multi_transform`` partitions, several wrappers in one state —
+each against the NumPy reference (``tests/averaging_reference.py``) on the
+params really applied.
 """
 
 import jax
@@ -14,34 +17,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_averaging import reference_average
 
+from tests import averaging_cases
+from tests.averaging_reference import reference_average
 from trajax import averaging
 
-SPECS = {
-  "ema": ("ema", dict(decay=0.2, start_step=2)),
-  "ema_debias_every": ("ema", dict(decay=0.2, debias=True, every=2)),
-  "swa": ("swa", dict(start_step=1)),
-  "two_point": ("two_point", dict(gap=3)),
-  "multi_point": ("multi_point", dict(n=3, gap=2, start_step=1)),
-  "power_ema": ("power_ema", dict(gamma=3.0, start_step=1)),
-}
-STATIC = {"multi_point": ("n",)}
+CASES = averaging_cases.cases()
 
 
-def factory(name):
-  method, _ = SPECS[name]
-  return getattr(averaging, method)
+def make(case, inner):
+  method, p = case
+  return averaging_cases.factory(method)(inner, **p)
 
 
-def make(name, inner):
-  method, p = SPECS[name]
-  return getattr(averaging, method)(inner, **p)
-
-
-@pytest.fixture(params=sorted(SPECS))
-def name(request):
-  return request.param
+@pytest.fixture(params=sorted(CASES))
+def case(request):
+  """``(method, params)`` of one registered method (tests/averaging_cases.py)."""
+  return CASES[request.param]
 
 
 def parabola(dtype):
@@ -53,8 +45,8 @@ def parabola(dtype):
 # optax's contract.
 
 
-def test_extra_args_and_no_recompilation(name):
-  opt = make(name, optax.sgd(0.1))
+def test_extra_args_and_no_recompilation(case):
+  opt = make(case, optax.sgd(0.1))
   params, objective = parabola(jnp.float32)
   traces = []
 
@@ -71,11 +63,12 @@ def test_extra_args_and_no_recompilation(name):
   assert len(traces) == 1
 
 
-def test_inject_hyperparams_equivalence(name):
-  _, hparams = SPECS[name]
+def test_inject_hyperparams_equivalence(case):
+  method, hparams = case
   inner = optax.sgd(0.1, momentum=0.9)
-  direct = factory(name)(inner, **hparams)
-  injected = optax.inject_hyperparams(factory(name), static_args=STATIC.get(name, ()))(
+  factory = averaging_cases.factory(method)
+  direct = factory(inner, **hparams)
+  injected = optax.inject_hyperparams(factory, static_args=averaging_cases.static_args(method))(
     inner, **hparams
   )
   params = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
@@ -90,8 +83,8 @@ def test_inject_hyperparams_equivalence(name):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_updates_keep_the_params_dtype_and_multisteps_accumulates(name, dtype):
-  opt = make(name, optax.sgd(0.1))
+def test_updates_keep_the_params_dtype_and_multisteps_accumulates(case, dtype):
+  opt = make(case, optax.sgd(0.1))
   params = jnp.array([1.0, 2.0], dtype)
   grads = jax.grad(lambda x: jnp.sum(x**2))(params)
   updates, _ = jax.jit(opt.update)(grads, jax.jit(opt.init)(params), params)
@@ -102,9 +95,9 @@ def test_updates_keep_the_params_dtype_and_multisteps_accumulates(name, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
-def test_state_shape_and_dtype_stable_under_cond(name, dtype):
+def test_state_shape_and_dtype_stable_under_cond(case, dtype):
   with jax.enable_x64(dtype == "float64"):
-    opt = make(name, optax.sgd(0.1))
+    opt = make(case, optax.sgd(0.1))
     params, objective = parabola(jnp.dtype(dtype))
 
     @jax.jit
@@ -125,8 +118,8 @@ def test_state_shape_and_dtype_stable_under_cond(name, dtype):
     assert jax.tree.structure(mapped) == jax.tree.structure(state)
 
 
-def test_optimization_converges(name):
-  opt = make(name, optax.sgd(0.1))
+def test_optimization_converges(case):
+  opt = make(case, optax.sgd(0.1))
   params, objective = parabola(jnp.float32)
 
   def body(carry, _):
@@ -137,6 +130,55 @@ def test_optimization_converges(name):
   (params, state), _ = jax.lax.scan(body, (params, opt.init(params)), length=300)
   np.testing.assert_allclose(params, [1.0, -1.0, 1.0], atol=1e-4)
   assert np.all(np.isfinite(averaging.averaged_params(state, params)))
+
+
+def test_named_wrappers_are_the_generic_wrapper(case):
+  """``averaging.ema(inner, ...)`` and friends: the record's averager in :func:`wrap`, bit for bit."""
+  method, p = case
+  named = getattr(averaging, method, None)
+  if named is None:  # a method registered without a named wrapper: nothing to compare
+    return
+  params = jnp.linspace(-1.0, 1.0, 5)
+  a = run(named(optax.sgd(0.1, momentum=0.9), **p), params, 7)
+  b = run(make(case, optax.sgd(0.1, momentum=0.9)), params, 7)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_newly_registered_method_is_under_the_contract():
+  """A toy method with a parameter no other method has: cases() builds it from its
+  record, and the contract checks above pass on it (it is gone again afterwards)."""
+  rate = averaging.Param("rate", "float", "a float in (0, 1)", lambda v: 0 < v < 1)
+
+  def toy(rate, start_step=0, accumulator_dtype=jnp.float32):
+    return averaging.ema_averager(rate, start_step=start_step, accumulator_dtype=accumulator_dtype)
+
+  start, dtype = averaging.get_method("ema").param("start_step"), averaging.ACCUMULATOR_DTYPE
+  averaging.register(averaging.Method("toy_rate", (rate, start, dtype), toy))
+  try:
+    toys = averaging_cases.cases(["toy_rate"])
+    assert set(toys) == {"toy_rate", "toy_rate-start_step"}
+    assert 0 < toys["toy_rate"][1]["rate"] < 1
+    for case in toys.values():
+      test_extra_args_and_no_recompilation(case)
+      test_inject_hyperparams_equivalence(case)
+      test_updates_keep_the_params_dtype_and_multisteps_accumulates(case, "float32")
+      test_state_shape_and_dtype_stable_under_cond(case, "float32")
+      test_optimization_converges(case)
+      test_average_exact_with_a_transform_after_the_wrapper(case, lambda: optax.scale(0.5))
+      test_tree_get_finds_one_state_and_no_stale_average(case)
+      # Its pure averager is the reference here: check that against the EMA definition.
+      thetas = np.random.default_rng(3).normal(size=(6, 2))
+      np.testing.assert_allclose(
+        averaging_cases.expected_averages("toy_rate", thetas, case[1]),
+        reference_average(
+          "ema", thetas, decay=case[1]["rate"], start_step=case[1].get("start_step", 0)
+        ),
+        rtol=1e-5,
+        atol=1e-6,  # the averager runs in float32
+      )
+  finally:
+    del averaging.METHODS["toy_rate"]
 
 
 # ---------------------------------------------------------------------------
@@ -183,13 +225,13 @@ def test_issue_example_swa_then_scale():
     ),
   ],
 )
-def test_average_exact_with_a_transform_after_the_wrapper(name, after):
-  method, p = SPECS[name]
-  opt = optax.chain(make(name, optax.sgd(0.1, momentum=0.9)), after())
+def test_average_exact_with_a_transform_after_the_wrapper(case, after):
+  method, p = case
+  opt = optax.chain(make(case, optax.sgd(0.1, momentum=0.9)), after())
   params = jnp.asarray(np.random.default_rng(1).normal(size=(4,)), jnp.float32)
   # A loss that never improves: reduce_on_plateau halves the scale on the way.
   thetas, avgs, _ = run(opt, params, 12, extra=lambda t: {"value": jnp.float32(1.0)})
-  want = reference_average(method, np.stack(thetas), **p)
+  want = averaging_cases.expected_averages(method, np.stack(thetas), p)
   np.testing.assert_allclose(np.stack(avgs), want, rtol=2e-5, atol=2e-6)
 
 
@@ -253,18 +295,20 @@ def test_without_params_only_where_exact():
     jax.jit(averaging.averaged_params)(state)
 
 
-def test_tree_get_finds_one_state_and_no_stale_average(name):
-  opt = optax.inject_hyperparams(factory(name), static_args=STATIC.get(name, ()))(
-    optax.sgd(0.1), **SPECS[name][1]
-  )
+def test_tree_get_finds_one_state_and_no_stale_average(case):
+  method, p = case
+  opt = optax.inject_hyperparams(
+    averaging_cases.factory(method), static_args=averaging_cases.static_args(method)
+  )(optax.sgd(0.1), **p)
   thetas, avgs, state = run(opt, jnp.ones(3), 5)
   assert optax.tree_utils.tree_get_all_with_path(state, "average") == []
   weights = np.asarray(optax.tree_utils.tree_get(state, "weights"))  # unique, or it raises
   theta = np.asarray(thetas[-1])
   # What a plain-checkpoint reader does (the formulas of trajax.averaging.wrappers).
-  if SPECS[name][0] in ("two_point", "multi_point"):
+  points = averaging.make_averager(method, **p).points
+  if points is not None:  # a ring of snapshots (two_point, multi_point)
     ring = np.asarray(optax.tree_utils.tree_get(state, "snapshots"))
-    assert ring.shape == (SPECS[name][1].get("n", 2), 3)
+    assert ring.shape == (points.n, 3)
     got = weights[0] * theta + weights[1:] @ ring
   else:
     prev = np.asarray(optax.tree_utils.tree_get(state, "previous"))
@@ -306,10 +350,10 @@ def test_float64_accumulator_keeps_float64_params(method):
   assert np.max(np.abs((got32.astype(np.float64) - 1) - (want - 1))) > 1e-9
 
 
-def test_state_from_a_complete_average_continues_exactly(name):
+def test_state_from_a_complete_average_continues_exactly(case):
   """Old checkpoints held the complete a_t: from_eager_state continues them."""
-  method, p = SPECS[name]
-  opt = make(name, optax.sgd(0.1))
+  method, p = case
+  opt = make(case, optax.sgd(0.1))
   thetas, avgs, state = run(opt, jnp.linspace(0.0, 1.0, 4), 5)
   averager = averaging.make_averager(method, **p)
   full = averager.init(thetas[0])
@@ -322,7 +366,7 @@ def test_state_from_a_complete_average_continues_exactly(name):
     _, s = opt.update(grads, s, thetas[-1])
     np.testing.assert_allclose(
       averaging.averaged_params(s, thetas[-1] - 0.03),
-      reference_average(method, np.stack(thetas + [thetas[-1] - 0.03]), **p)[-1],
+      averaging_cases.expected_averages(method, np.stack(thetas + [thetas[-1] - 0.03]), p)[-1],
       rtol=1e-5,
     )
 

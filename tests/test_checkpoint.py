@@ -12,8 +12,9 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from test_train import FakeDataset, small_config
 
+from tests.checkpoint_checks import assert_identical, damage_checkpoint
+from tests.small_training import FakeDataset, small_config
 from trajax import averaging, config_validation, train
 from trajax import checkpoint as ckpt_lib
 
@@ -39,13 +40,6 @@ def _host(state):
   return jax.device_get(state)
 
 
-def _assert_identical(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(la, lb, strict=True):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   """The reference: 30 steps in one go."""
@@ -63,12 +57,12 @@ def test_stop_and_resume_is_bit_identical(uninterrupted, tmp_path):
   second = train.train_and_evaluate(_config(), workdir, dataset=FakeDataset())
   assert second.step == 30
   got = _host(second.state)
-  _assert_identical(got, ref)  # params, batch_stats, optimizer + averaging state, step, rng
-  _assert_identical(
+  assert_identical(got, ref)  # params, batch_stats, optimizer + averaging state, step, rng
+  assert_identical(
     averaging.averaged_params(got.opt_state, got.params),
     averaging.averaged_params(ref.opt_state, ref.params),
   )
-  _assert_identical(got.bn_average, ref.bn_average)
+  assert_identical(got.bn_average, ref.bn_average)
   records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
   logged = [r["step"] for r in records if "train/loss" in r]
   assert logged == [10, 20, 30]  # the resumed run continued the log, no duplicates
@@ -91,7 +85,7 @@ def test_sigterm_saves_current_step_exits_cleanly_and_resumes_exactly(uninterrup
   assert signal.getsignal(signal.SIGTERM) is not getattr(result, "_handler", None)
   resumed = train.train_and_evaluate(_config(), workdir, resume="require", dataset=FakeDataset())
   assert resumed.step == 30 and not resumed.preempted
-  _assert_identical(_host(resumed.state), ref)
+  assert_identical(_host(resumed.state), ref)
 
 
 def test_checkpoint_restores_with_plain_orbax_without_trajax(uninterrupted, tmp_path):
@@ -139,7 +133,7 @@ def test_restore_readonly_writes_nothing_and_honours_target(uninterrupted):
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), ref)
   state, _ = ckpt_lib.restore_readonly(str(workdir), target=target)
   assert isinstance(state, train.TrainState)
-  _assert_identical(_host(state), ref)
+  assert_identical(_host(state), ref)
   assert snapshot() == before
   with pytest.raises(FileNotFoundError, match="step 7"):
     ckpt_lib.restore_readonly(str(workdir), step=7)
@@ -284,62 +278,6 @@ def test_check_state_flags_values_whose_square_overflows():
   assert any("non-finite" in p for p in ckpt_lib.check_state(nan, None))
 
 
-def _array_files(step_dir):
-  """The OCDBT data files of a step's arrays, the writing process's largest first.
-
-  Large arrays stay in the writing process's ``ocdbt.process_<i>/d/`` (stored
-  without a checksum); small ones are inlined into the merged tree's
-  ``state/d/`` at commit (its b-tree nodes carry a CRC-32C).
-  """
-  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-  return sorted(
-    files, key=lambda p: (not p.parent.parent.name.startswith("ocdbt."), -p.stat().st_size)
-  )
-
-
-def damage_checkpoint(step_dir, how):
-  """Damages a committed checkpoint the way disks, copies and hands do."""
-  if how == "flipped_byte":
-    # A byte whose flip the storage format does not notice (the file still
-    # reads, with other values): only the digest can tell. Arrays are stored
-    # compressed, so such a byte is found by trying positions across the file.
-    directory, step = step_dir.parent, int(step_dir.name)
-    for path in _array_files(step_dir):
-      original = path.read_bytes()
-      for at in np.linspace(0, len(original) - 1, 100).astype(int):
-        data = bytearray(original)
-        data[at] ^= 0xFF
-        path.write_bytes(bytes(data))
-        try:
-          tree, meta = ckpt_lib.restore_readonly(str(directory), step=step, check=False)
-        except Exception:  # noqa: BLE001 -- the format caught this one; try another byte
-          continue
-        if any("digest mismatch" in p for p in ckpt_lib.check_state(tree, meta)):
-          return
-      path.write_bytes(original)
-    raise AssertionError(f"no silently readable byte flip found in {step_dir}")
-  elif how == "truncated_file":
-    # Cut the way an interrupted copy leaves them (a file that is read for
-    # nothing may be cut too; cutting them all makes the restore need one).
-    for path in _array_files(step_dir):
-      data = path.read_bytes()
-      path.write_bytes(data[: len(data) // 2])
-  elif how in ("huge_value", "nan"):
-    # Rewritten with consistent digests: only the value checks can tell.
-    directory, step = step_dir.parent, int(step_dir.name)
-    tree, meta = ckpt_lib.restore_readonly(str(directory), step=step, check=False)
-    tree = jax.tree.map(np.array, tree)
-    tree["params"]["head"]["kernel"].flat[0] = 1e30 if how == "huge_value" else np.nan
-    import shutil
-
-    shutil.rmtree(step_dir)
-    writer = ckpt_lib.Checkpointer(str(directory), async_save=False)
-    writer.save(step, tree, meta)
-    writer.close()
-  else:
-    raise ValueError(how)
-
-
 @pytest.mark.parametrize(
   "how",
   [
@@ -365,7 +303,7 @@ def test_damaged_latest_checkpoint_is_quarantined_and_resume_falls_back(
   with caplog.at_level("WARNING"):
     result = train.train_and_evaluate(_config(), str(workdir), dataset=FakeDataset())
   assert result.step == 30
-  _assert_identical(_host(result.state), ref)  # resumed from 20, bit-identical
+  assert_identical(_host(result.state), ref)  # resumed from 20, bit-identical
   (line,) = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
   assert "step 30" in line
   expected = {
@@ -602,12 +540,12 @@ def test_checkpoint_of_the_old_averaging_layout_resumes(uninterrupted, tmp_path)
   )
   assert result.step == 30 and result.origin == "own:10"
   got = _host(result.state)
-  _assert_identical(got.params, ref.params)
+  assert_identical(got.params, ref.params)
   [(_, mine)] = averaging.find_states(got.opt_state)
   [(_, theirs)] = averaging.find_states(ref.opt_state)
-  _assert_identical(mine.inner_state, theirs.inner_state)
+  assert_identical(mine.inner_state, theirs.inner_state)
   assert int(mine.count) == int(theirs.count) == 30
-  _assert_identical(got.bn_average, ref.bn_average)
+  assert_identical(got.bn_average, ref.bn_average)
   for x, y in zip(
     jax.tree.leaves(averaging.averaged_params(got.opt_state, got.params)),
     jax.tree.leaves(averaging.averaged_params(ref.opt_state, ref.params)),

@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 import pytest
-from test_train import CACHE_DIR  # (importing it also sets the compilation cache)
 
 from configs import common
+from tests.small_training import CACHE_DIR  # (importing it also sets the compilation cache)
 from trajax import config as config_lib
 from trajax import config_validation as cv
 from trajax import data, models, train

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(r"""
     sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh
-    from test_train import FakeDataset, small_config
+    from tests.small_training import FakeDataset, small_config
     from trajax import averaging, models, train
     from trajax import checkpoint as ckpt_lib
 

@@ -31,63 +31,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import warnings
 
 import jax
 import numpy as np
 import pytest
 
+from tests.multiprocess_cli import TOTAL, command, env, free_port
 from trajax import checkpoint as ckpt_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CACHE_DIR = os.path.join(tempfile.gettempdir(), "trajax-reliability-jax-cache")
 TIMEOUT_S = 900
-TOTAL = 300
 HALF = 150
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _env(*, devices=1, process=None, num_processes=None, port=None):
-  env = dict(os.environ)
-  env.update(
-    JAX_PLATFORMS="cpu",
-    JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
-    TF_CPP_MIN_LOG_LEVEL="2",
-    XLA_FLAGS=(env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"),
-  )
-  for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-    env.pop(key, None)
-  if process is not None:
-    env.update(
-      JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-      JAX_NUM_PROCESSES=str(num_processes),
-      JAX_PROCESS_ID=str(process),
-      # Cross-process collectives on CPU (the default in this jax, set
-      # explicitly because nothing else works for CPU all-reduces).
-      JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-    )
-  return env
-
-
-def _command(workdir, data_dir, total=TOTAL):
-  return [
-    sys.executable,
-    "-m",
-    "trajax.main",
-    "--config=configs/mnist1d.py:runlocal",
-    f"--config.data_dir={data_dir}",
-    f"--config.total_steps={total}",
-    f"--workdir={workdir}",
-  ]
 
 
 def _tail(path, n=3000):
@@ -105,9 +62,9 @@ def run_one(workdir, data_dir, *, devices=1, total=TOTAL):
   for attempt in range(2):
     with open(log, "ab") as f:
       rc = subprocess.run(
-        _command(workdir, data_dir, total),
+        command(workdir, data_dir, total),
         cwd=REPO,
-        env=_env(devices=devices),
+        env=env(devices=devices),
         stdout=f,
         stderr=subprocess.STDOUT,
         timeout=TIMEOUT_S,
@@ -126,16 +83,16 @@ def run_one(workdir, data_dir, *, devices=1, total=TOTAL):
 
 def run_two(workdir, data_dir, *, total=TOTAL):
   """Both processes of a two-process run; fails with either's log."""
-  port = _free_port()
+  port = free_port()
   logs = [f"{workdir}.p{i}.log" for i in range(2)]
   procs = []
   for i, log in enumerate(logs):
     with open(log, "ab") as f:
       procs.append(
         subprocess.Popen(
-          _command(workdir, data_dir, total),
+          command(workdir, data_dir, total),
           cwd=REPO,
-          env=_env(process=i, num_processes=2, port=port),
+          env=env(process=i, num_processes=2, port=port),
           stdout=f,
           stderr=subprocess.STDOUT,
         )
@@ -251,7 +208,7 @@ def test_verify_reads_two_process_checkpoints_in_one_process(runs):
   proc = subprocess.run(
     [sys.executable, "-m", "trajax.verify", runs["two"]],
     cwd=REPO,
-    env=_env(),
+    env=env(),
     capture_output=True,
     text=True,
     timeout=TIMEOUT_S,

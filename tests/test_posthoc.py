@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.test_sidetrip import REPO, snapshot, tiny_config
+from tests.sidetrip_cases import REPO, snapshot, tiny_config
 from trajax import averaging, posthoc, runs, schedules, train
 
 
@@ -369,8 +369,8 @@ def test_bad_profiles_config_is_refused_before_anything_is_written(tmp_path):
 
 
 def test_profiles_resume_bit_exact(tmp_path):
-  from test_checkpoint import _assert_identical
-  from test_train import FakeDataset, small_config
+  from tests.checkpoint_checks import assert_identical
+  from tests.small_training import FakeDataset, small_config
 
   overrides = {
     "total_steps": 30,
@@ -391,10 +391,10 @@ def test_profiles_resume_bit_exact(tmp_path):
   second = train.train_and_evaluate(small_config(**overrides), workdir, dataset=FakeDataset())
   assert second.step == 30 and second.origin == "own:10"
   got, want = jax.device_get(second.state), jax.device_get(ref.state)
-  _assert_identical(got, want)  # the profiles are in the optimizer state
+  assert_identical(got, want)  # the profiles are in the optimizer state
   profiles = averaging.profile_averages(got.opt_state, got.params)
   assert len(profiles) == 3
-  _assert_identical(profiles, averaging.profile_averages(want.opt_state, want.params))
+  assert_identical(profiles, averaging.profile_averages(want.opt_state, want.params))
   # ... restored from the checkpoint through abstract_state, as a read-only run sees it.
   state = runs.open_run(workdir, dataset=FakeDataset()).state_at(20)
   assert len(averaging.profile_averages(state.opt_state, state.params)) == 3
@@ -559,7 +559,7 @@ SHARDED = textwrap.dedent(r"""
     sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
     import jax, numpy as np
     from jax.sharding import Mesh
-    from test_train import FakeDataset, small_config
+    from tests.small_training import FakeDataset, small_config
     from trajax import averaging, models, train
 
     profiles = ({"method": "power_ema", "gamma": 6.94}, {"method": "ema", "decay": 0.3})

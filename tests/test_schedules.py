@@ -7,63 +7,8 @@ import numpy as np
 import optax
 import pytest
 
+from tests.linear_sidetrips import D, averager_at, run_linear, side_trip_gap, side_trip_state
 from trajax import averaging, schedules
-
-D = 5  # parameter dimension of the linear-loss runs
-
-
-def _run(opt, params, state, grads):
-  """Applies opt to a fixed sequence of gradients (a linear loss per batch:
-  the gradient of ⟨g_t, θ⟩ is g_t whatever θ is)."""
-
-  def step(carry, g):
-    params, state = carry
-    updates, state = opt.update(g, state, params)
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, state), _ = jax.lax.scan(step, (params, state), grads)
-  return params, state
-
-
-def _side_trip_state(side, theta_s, main_inner_state):
-  """The side-trip optimizer's state at start: the main run's momentum trace
-  (element 0 of optax.sgd's chain state) and a fresh step counter, so the
-  schedule sees the side-trip's own step j."""
-  fresh = side.init(theta_s)
-  return (main_inner_state[0],) + tuple(fresh[1:])
-
-
-def _inner(lr, momentum):
-  if momentum == "nesterov":
-    return optax.sgd(lr, momentum=0.9, nesterov=True)
-  return optax.sgd(lr, momentum=momentum)
-
-
-def _averager(method, start, params):
-  """The averager started at ``start`` ('none' takes no start_step)."""
-  if averaging.get_method(method).param("start_step") is not None:
-    params = dict(params, start_step=start)
-  return averaging.make_averager(method, **params)
-
-
-def _side_trip_gap(method, params, *, base, momentum, start, window, seed=0):
-  """Max |average − side-trip| and the size of the displacement it is about."""
-  key_g, key_p = jax.random.split(jax.random.key(seed))
-  grads = jax.random.normal(key_g, (start + window, D))
-  theta0 = jax.random.normal(key_p, (D,))
-
-  main = averaging.wrap(_inner(base, momentum), _averager(method, start, params))
-  state = main.init(theta0)
-  theta_s, state_s = _run(main, theta0, state, grads[:start])
-  theta_end, state_end = _run(main, theta_s, state_s, grads[start:])
-  average = averaging.averaged_params(state_end, theta_end)
-
-  sched = schedules.equivalent_schedule(method, base, start=start, window=window, **params)
-  side = _inner(sched, momentum)
-  side_state = _side_trip_state(side, theta_s, state_s.inner_state)
-  landed, _ = _run(side, theta_s, side_state, grads[start:])
-  return float(jnp.max(jnp.abs(average - landed))), float(jnp.max(jnp.abs(landed - theta_s)))
-
 
 CASES = [
   ("swa", dict(), 9),
@@ -89,7 +34,7 @@ def test_side_trip_lands_on_the_average(method, params, window, momentum):
   """Exact for linear losses (float32 rounding only), with a non-constant base
   schedule and a start past 0 so the index convention is pinned down."""
   base = optax.cosine_decay_schedule(0.3, decay_steps=40, alpha=0.2)
-  err, scale = _side_trip_gap(method, params, base=base, momentum=momentum, start=7, window=window)
+  err, scale = side_trip_gap(method, params, base=base, momentum=momentum, start=7, window=window)
   assert scale > 0.1  # the side-trip really moved
   assert err <= 2e-6 * max(1.0, scale), (err, scale)
 
@@ -119,15 +64,15 @@ def test_start_step_inside_the_window_and_before_it():
   grads = jax.random.normal(key_g, (start + window, D))
   theta0 = jax.random.normal(key_p, (D,))
   main = averaging.swa(optax.sgd(0.1, momentum=0.9), start_step=start + late)
-  theta_s, state_s = _run(main, theta0, main.init(theta0), grads[:start])
-  theta_end, state_end = _run(main, theta_s, state_s, grads[start:])
+  theta_s, state_s = run_linear(main, theta0, main.init(theta0), grads[:start])
+  theta_end, state_end = run_linear(main, theta_s, state_s, grads[start:])
   target = averaging.averaged_params(state_end, theta_end)
   sched = schedules.equivalent_schedule(
     "swa", 0.1, start=start, window=window, start_step=start + late
   )
   side = optax.sgd(sched, momentum=0.9)
-  landed, _ = _run(
-    side, theta_s, _side_trip_state(side, theta_s, state_s.inner_state), grads[start:]
+  landed, _ = run_linear(
+    side, theta_s, side_trip_state(side, theta_s, state_s.inner_state), grads[start:]
   )
   assert float(jnp.max(jnp.abs(landed - target))) <= 2e-6
   np.testing.assert_allclose(
@@ -163,12 +108,12 @@ def test_traced_start_one_compilation_for_every_branch_point():
 
 
 def test_side_trip_from_step_zero_with_constant_base():
-  err, scale = _side_trip_gap(
+  err, scale = side_trip_gap(
     "multi_point", dict(n=3, gap=5), base=0.1, momentum=0.9, start=0, window=10
   )
   assert scale > 0.05 and err <= 2e-6
   # decay = 1: the EMA is θ_t itself and the schedule is the base rate.
-  err, scale = _side_trip_gap("ema", dict(decay=1.0), base=0.1, momentum=None, start=2, window=3)
+  err, scale = side_trip_gap("ema", dict(decay=1.0), base=0.1, momentum=None, start=2, window=3)
   assert scale > 0.05 and err <= 2e-6
 
 
@@ -180,8 +125,8 @@ def test_table1_ema_exponent_as_printed_is_off_by_one():
   grads = jax.random.normal(key_g, (start + k, D))
   theta0 = jax.random.normal(key_p, (D,))
   main = averaging.ema(optax.sgd(0.1), decay, start_step=start)
-  theta_s, state_s = _run(main, theta0, main.init(theta0), grads[:start])
-  theta_end, state_end = _run(main, theta_s, state_s, grads[start:])
+  theta_s, state_s = run_linear(main, theta0, main.init(theta0), grads[:start])
+  theta_end, state_end = run_linear(main, theta_s, state_s, grads[start:])
   target = averaging.averaged_params(state_end, theta_end)
 
   def land(weights):
@@ -199,7 +144,7 @@ def test_step_weights_match_the_kernel_of_each_averager():
   the one-hot trajectory θ_{s+i} = e_i (the averages are linear in θ)."""
   start = 2
   for method, params, k in CASES + MORE_CASES + [("ema", dict(decay=1.0), 3)]:
-    avg = _averager(method, start, params)
+    avg = averager_at(method, start, params)
     # θ_0 … θ_{start−1} = 0, then θ_start = e_0, …, θ_{start+k} = e_k.
     thetas = jnp.concatenate([jnp.zeros((start - 1, k + 1)), jnp.eye(k + 1)])
     state, _ = jax.lax.scan(

@@ -13,10 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import types
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,58 +22,22 @@ import optax
 import pytest
 from flax import serialization
 
-from configs import mnist1d
+from tests.sidetrip_cases import (
+  REPO,
+  TINY,
+  LinearData,
+  LinearLoss,
+  assert_identical,
+  crash_after,
+  edit_metadata,
+  snapshot,
+  tiny_config,
+  train_parent,
+)
+from tests.small_training import CACHE_DIR
 from trajax import checkpoint as ckpt_lib
 from trajax import config_validation, schedules, sidetrip, train
 from trajax.metrics import read_jsonl
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CACHE_DIR = os.path.join(tempfile.gettempdir(), "trajax-test-jax-cache")
-jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-
-# The parent's config as command-line overrides of configs/mnist1d.py:runlocal,
-# so the CLI test can rebuild exactly the same config.
-TINY = {
-  "total_steps": 40,
-  "batch_size": 32,
-  "log_every_steps": 10,
-  "eval_every_steps": 20,
-  "checkpoint_every_steps": 10,
-  "model.width": 8,
-  "averaging.gap": 10,
-  "averaging.bn_recompute_batches": 3,
-}
-
-
-def tiny_config(**overrides):
-  c = mnist1d.get_config("runlocal")
-  for key, value in {**TINY, "checkpoint.max_to_keep": None, **overrides}.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
-
-
-def snapshot(directory):
-  """Every path under ``directory`` with its size and mtime (ns)."""
-  out = {}
-  for root, dirs, files in os.walk(directory):
-    for name in dirs + files:
-      path = os.path.join(root, name)
-      st = os.stat(path)
-      out[os.path.relpath(path, directory)] = (st.st_size if name in files else -1, st.st_mtime_ns)
-  return out
-
-
-def assert_identical(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    x, y = np.asarray(x), np.asarray(y)
-    assert x.dtype == y.dtype
-    np.testing.assert_array_equal(x, y)
 
 
 def tree_dist(a, b):
@@ -89,12 +51,8 @@ def tree_dist(a, b):
 
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):
-  """A 40-step mnist1d run with two-point averaging, checkpoints at 10, 20, 30, 40."""
-  config = tiny_config()
-  workdir = tmp_path_factory.mktemp("parent") / "run"
-  train.train_and_evaluate(config, str(workdir))
-  assert ckpt_lib.committed_steps(str(workdir / "checkpoints")) == [10, 20, 30, 40]
-  return types.SimpleNamespace(config=config, workdir=str(workdir), snapshot=snapshot(workdir))
+  """A 40-step mnist1d run with two-point averaging (sidetrip_cases.train_parent)."""
+  return train_parent(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -168,34 +126,6 @@ def test_lineage_is_recorded_in_every_checkpoint(parent, replay):
 
 
 # --------------------------------------------------------------------------- resume
-
-
-class Interrupt(Exception):
-  pass
-
-
-def crash_after(config, parent_workdir, step, workdir, *, at):
-  """``run_sidetrip`` stopped by an exception right after absolute step ``at`` (a crash)."""
-
-  def crash(t):
-    if t == at:
-      raise Interrupt
-
-  with pytest.raises(Interrupt):
-    sidetrip.run_sidetrip(config, parent_workdir, step, workdir, callbacks=[crash])
-
-
-def edit_metadata(workdir, step, edit):
-  """Rewrites checkpoint ``step``'s stored metadata with ``edit(meta)`` (an older writer's)."""
-  import json
-
-  path = os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
-  with open(path) as f:
-    meta = json.load(f)
-  meta.pop(ckpt_lib.META_DIGEST_KEY, None)  # an older writer stored no metadata digest
-  edit(meta)
-  with open(path, "w") as f:
-    json.dump(meta, f)
 
 
 def test_resume_continues_from_own_checkpoint(parent, tmp_path):
@@ -419,51 +349,6 @@ def test_lr_schedules_match_closed_forms():
 
 
 # --------------------------------------------------------------------------- equivalence
-
-
-class LinearLoss(nn.Module):
-  """Logits (θ·x, 10⁴) with label 0: the cross-entropy is 10⁴ − θ·x exactly.
-
-  softmax_0 = exp(θ·x − 10⁴) underflows to 0 in float32, so ∇_θ = −x exactly:
-  the per-batch loss is linear in θ, Lemma 2's setting.
-  """
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    x = x.reshape(x.shape[0], -1)
-    w = self.param("w", nn.initializers.normal(0.1), (x.shape[1],))
-    z = x @ w
-    return jnp.stack([z, jnp.full_like(z, 1e4)], -1)
-
-
-class LinearData:
-  """Gaussian inputs, all labels 0; batch i a pure function of (seed, i)."""
-
-  def __init__(self, batch_size=16, dim=6):
-    self.bs, self.dim = batch_size, dim
-    self.info = types.SimpleNamespace(
-      name="linear", num_classes=2, input_shape=(dim, 1), num_train=10**6, num_eval=32
-    )
-
-  def _batch(self, key, n):
-    x = np.random.default_rng(key).normal(1.0, 1.0, size=(n, self.dim, 1)).astype(np.float32)
-    return {"image": x, "label": np.zeros(n, np.int32)}
-
-  def train_batches(self, start_step):
-    i = start_step
-    while True:
-      batch = self._batch([0, i], self.bs)
-      if i == 1:  # a non-finite batch, skipped: the optimizer's count trails the step by 1
-        batch["image"][0, 0, 0] = np.nan
-      yield batch
-      i += 1
-
-  def fixed_train_batch(self, index, batch_size=None):
-    return self._batch([1, index], batch_size or self.bs)
-
-  def eval_batches(self, split="test"):
-    b = self._batch([2], 32)
-    yield dict(b, mask=np.ones(32, np.float32))
 
 
 @pytest.fixture(scope="module")

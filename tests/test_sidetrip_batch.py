@@ -18,20 +18,26 @@ import jax
 import numpy as np
 import pytest
 from flax import serialization
-from test_sidetrip import (
+
+from tests.sidetrip_cases import (
   LinearData,
   LinearLoss,
   assert_identical,
   crash_after,
   edit_metadata,
-  parent,  # noqa: F401 -- the module-scoped 40-step mnist1d parent fixture
   snapshot,
   tiny_config,
+  train_parent,
 )
-
 from trajax import checkpoint as ckpt_lib
 from trajax import config_validation, data, sidetrip, train
 from trajax.metrics import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+  """The 40-step mnist1d parent (sidetrip_cases.train_parent)."""
+  return train_parent(tmp_path_factory)
 
 
 def _records(workdir, key):

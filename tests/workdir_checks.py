@@ -202,3 +202,16 @@ def compare_logs(got, ref) -> list[str]:
   if not ok:
     problems.append("trajax.verify: " + " | ".join(x for x in lines if x.startswith("ERROR")))
   return problems
+
+
+def snapshot(root) -> dict:
+  """Path -> (mode, size, mtime, bytes) of everything under ``root``: equal snapshots,
+  nothing was created, moved, truncated or touched."""
+  out = {}
+  for dirpath, dirnames, filenames in os.walk(root):
+    for name in dirnames + filenames:
+      path = os.path.join(dirpath, name)
+      st = os.lstat(path)
+      content = open(path, "rb").read() if name in filenames else None
+      out[os.path.relpath(path, root)] = (st.st_mode, st.st_size, st.st_mtime_ns, content)
+  return out

@@ -33,10 +33,10 @@ import subprocess
 import sys
 
 import pytest
-from test_checkpoint import _array_files
-from test_reliability import snapshot
 
 from tests import workdir_checks as wc
+from tests.checkpoint_checks import array_files
+from tests.workdir_checks import snapshot
 from trajax import checkpoint as ckpt_lib
 from trajax import workdir_lock
 
@@ -172,7 +172,7 @@ def damage_checkpoint_unchecked(step_dir):
   directory, step = step_dir.parent, int(step_dir.name)
   ref, _ = ckpt_lib.restore_step_dir(str(step_dir), step, check=False)
   ref = wc.leaves(ref)
-  for path in _array_files(step_dir):
+  for path in array_files(step_dir):
     original = path.read_bytes()
     for at in range(0, len(original), max(1, len(original) // 50)):
       data = bytearray(original)
