@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import types
 
 import flax.linen as nn
 import jax
