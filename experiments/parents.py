@@ -214,9 +214,9 @@ def window_average(config, method: str, window: int):
   """
   from trajax import averaging
 
-  base = averaging.method_params(method, config.averaging)
-  base.pop("start_step", None)
-  return averaging.average(method, **averaging.params_for_window(method, int(window), base))
+  given = averaging.method_params(method, config.averaging)
+  given.pop("start_step", None)
+  return averaging.average(method, **averaging.params_for_window(method, int(window), given))
 
 
 def replay_averages(run, state, end: int, averages: Mapping) -> tuple:
