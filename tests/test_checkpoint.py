@@ -82,7 +82,7 @@ def test_sigterm_saves_current_step_exits_cleanly_and_resumes_exactly(uninterrup
     if step == 13:
       handler = signal.getsignal(signal.SIGTERM)
       # Only send it if the engine's handler is installed (else it would kill pytest).
-      assert getattr(handler, "__self__", None).__class__.__name__ == "_StopFlag"
+      assert getattr(handler, "__self__", None).__class__.__name__ == "StopFlag"
       os.kill(os.getpid(), signal.SIGTERM)
 
   result = train.train_and_evaluate(_config(), workdir, dataset=FakeDataset(), callbacks=[preempt])
@@ -494,7 +494,7 @@ def test_force_takeover_overrides_only_a_holder_that_is_not_alive_here(tmp_path,
 
   workdir = tmp_path / "run"
   os.makedirs(workdir)
-  held = workdir_lock._acquire_local(str(workdir), False)  # noqa: SLF001 -- the "other host"
+  held = workdir_lock.acquire_local(str(workdir), False)  # the "other host"
   try:
     fd = held._fd  # noqa: SLF001
     fake = {"host": "node-that-died", "pid": 4242, "started": "2026-01-01T00:00:00", "argv": "x"}

@@ -806,7 +806,7 @@ def test_command_line_busy_workdir_and_force_takeover(parent, tmp_path):
 
   workdir = tmp_path / "cli"
   os.makedirs(workdir)
-  held = workdir_lock._acquire_local(str(workdir), False)  # noqa: SLF001 -- the "other host"
+  held = workdir_lock.acquire_local(str(workdir), False)  # the "other host"
   try:
     fake = {"host": "node-that-died", "pid": 4242, "started": "2026-01-01T00:00:00", "argv": "x"}
     os.ftruncate(held._fd, 0)  # noqa: SLF001
