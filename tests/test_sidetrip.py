@@ -26,7 +26,7 @@ from flax import serialization
 
 from configs import mnist1d
 from trajax import checkpoint as ckpt_lib
-from trajax import config_validation, schedules, sidetrip, train
+from trajax import config_validation, loop, schedules, sidetrip, train
 from trajax.metrics import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +92,7 @@ def parent(tmp_path_factory):
   """A 40-step mnist1d run with two-point averaging, checkpoints at 10, 20, 30, 40."""
   config = tiny_config()
   workdir = tmp_path_factory.mktemp("parent") / "run"
-  train.train_and_evaluate(config, str(workdir))
+  loop.train_and_evaluate(config, str(workdir))
   assert ckpt_lib.committed_steps(str(workdir / "checkpoints")) == [10, 20, 30, 40]
   return types.SimpleNamespace(config=config, workdir=str(workdir), snapshot=snapshot(workdir))
 
@@ -481,7 +481,7 @@ def linear_parent(tmp_path_factory):
     }
   )
   workdir = tmp_path_factory.mktemp("linear") / "run"
-  train.train_and_evaluate(config, str(workdir), dataset=LinearData(), model=LinearLoss())
+  loop.train_and_evaluate(config, str(workdir), dataset=LinearData(), model=LinearLoss())
   thetas = [
     np.asarray(ckpt_lib.restore_readonly(str(workdir), step=s)[0]["params"]["w"], np.float64)
     for s in range(1, 13)
@@ -540,7 +540,7 @@ def linear_ema_parent(tmp_path_factory, linear_parent):
   for key, value in EMA_EVERY_DEBIAS.items():
     config.averaging[key.split(".")[1]] = value
   workdir = tmp_path_factory.mktemp("linear_ema") / "run"
-  train.train_and_evaluate(config, str(workdir), dataset=LinearData(), model=LinearLoss())
+  loop.train_and_evaluate(config, str(workdir), dataset=LinearData(), model=LinearLoss())
   return types.SimpleNamespace(config=config, workdir=str(workdir))
 
 
