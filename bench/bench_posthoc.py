@@ -28,7 +28,7 @@ import numpy as np
 
 from configs import mnist1d
 from trajax import checkpoint as ckpt_lib
-from trajax import posthoc, runs, train
+from trajax import loop, posthoc, runs
 
 
 def _block(tree):
@@ -92,7 +92,7 @@ def main():
   ]:
     os.makedirs(os.path.dirname(os.path.abspath(args.workdir)), exist_ok=True)
     t = time.perf_counter()
-    train.train_and_evaluate(config, args.workdir)
+    loop.train_and_evaluate(config, args.workdir)
     print(f"trained the default run in {time.perf_counter() - t:.0f}s")
   run = runs.open_run(args.workdir)
   decays = np.geomspace(1e-4, 0.1, args.decays)

@@ -84,7 +84,7 @@ def step_ratio(steps: int, repeats: int) -> dict:
 
 
 def run_ratio(total_steps: int, runs: int) -> dict:
-  from trajax import train
+  from trajax import loop
 
   out = {"old": [], "new": []}
   root = tempfile.mkdtemp(prefix="bench_posthoc_defaults_")
@@ -95,7 +95,7 @@ def run_ratio(total_steps: int, runs: int) -> dict:
           c.total_steps = total_steps
         wd = os.path.join(root, f"{name}{i}")
         t0 = time.perf_counter()
-        train.train_and_evaluate(c, wd)
+        loop.train_and_evaluate(c, wd)
         out[name].append((time.perf_counter() - t0) / total_steps)
         shutil.rmtree(wd)
   finally:

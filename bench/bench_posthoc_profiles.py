@@ -55,7 +55,7 @@ import numpy as np
 
 from bench.bench_posthoc import sweep_cost
 from configs import mnist1d
-from trajax import averaging, posthoc, runs, train
+from trajax import averaging, loop, posthoc, runs
 from trajax import checkpoint as ckpt_lib
 
 POWER = (16.97, 6.94)  # σ_rel = 0.05, 0.10
@@ -106,7 +106,7 @@ def main():
   if ckpt_lib.committed_steps(ckpts)[-1:] != [config.total_steps]:
     os.makedirs(os.path.dirname(os.path.abspath(args.workdir)), exist_ok=True)
     t = time.perf_counter()
-    train.train_and_evaluate(config, args.workdir)
+    loop.train_and_evaluate(config, args.workdir)
     print(f"trained in {time.perf_counter() - t:.0f}s ({len(config.averaging.profiles)} profiles)")
   run = runs.open_run(args.workdir)
   end = run.steps[-1]

@@ -37,7 +37,7 @@ import jax
 
 from configs import mnist1d
 from trajax import checkpoint as ckpt_lib
-from trajax import sidetrip, train
+from trajax import loop, sidetrip
 
 KIND_FIELDS = {
   "equivalent": dict(kind="equivalent", method="two_point", gap=50),
@@ -68,7 +68,7 @@ def main():
     shutil.rmtree(parent, ignore_errors=True)
     os.makedirs(args.workdir, exist_ok=True)
     t = time.perf_counter()
-    train.train_and_evaluate(config, parent)
+    loop.train_and_evaluate(config, parent)
     print(f"parent: {args.parent_steps} steps in {time.perf_counter() - t:.1f}s")
   branch = [args.parent_steps // 2, args.parent_steps]
 

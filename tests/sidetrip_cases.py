@@ -24,7 +24,7 @@ from configs import mnist1d
 from tests.checkpoint_checks import assert_identical  # noqa: F401 -- re-exported
 from tests.workdir_checks import snapshot
 from trajax import checkpoint as ckpt_lib
-from trajax import sidetrip, train
+from trajax import loop, sidetrip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +57,7 @@ def train_parent(tmp_path_factory):
   """A 40-step mnist1d run with two-point averaging, checkpoints at 10, 20, 30, 40."""
   config = tiny_config()
   workdir = tmp_path_factory.mktemp("parent") / "run"
-  train.train_and_evaluate(config, str(workdir))
+  loop.train_and_evaluate(config, str(workdir))
   assert ckpt_lib.committed_steps(str(workdir / "checkpoints")) == [10, 20, 30, 40]
   return types.SimpleNamespace(config=config, workdir=str(workdir), snapshot=snapshot(workdir))
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.checkpoint_checks import assert_identical, damage_checkpoint
 from tests.small_training import FakeDataset, small_config
-from trajax import averaging, config_validation, train
+from trajax import averaging, config_validation, loop, train
 from trajax import checkpoint as ckpt_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,17 +44,17 @@ def _host(state):
 def uninterrupted(tmp_path_factory):
   """The reference: 30 steps in one go."""
   workdir = tmp_path_factory.mktemp("ref") / "run"
-  result = train.train_and_evaluate(_config(), str(workdir), dataset=FakeDataset())
+  result = loop.train_and_evaluate(_config(), str(workdir), dataset=FakeDataset())
   return workdir, _host(result.state)
 
 
 def test_stop_and_resume_is_bit_identical(uninterrupted, tmp_path):
   _, ref = uninterrupted
   workdir = str(tmp_path / "run")
-  first = train.train_and_evaluate(_config(total_steps=10), workdir, dataset=FakeDataset())
+  first = loop.train_and_evaluate(_config(total_steps=10), workdir, dataset=FakeDataset())
   assert first.step == 10
   # Same workdir, the full horizon (total_steps may change for a constant schedule).
-  second = train.train_and_evaluate(_config(), workdir, dataset=FakeDataset())
+  second = loop.train_and_evaluate(_config(), workdir, dataset=FakeDataset())
   assert second.step == 30
   got = _host(second.state)
   assert_identical(got, ref)  # params, batch_stats, optimizer + averaging state, step, rng
@@ -76,14 +76,14 @@ def test_sigterm_saves_current_step_exits_cleanly_and_resumes_exactly(uninterrup
     if step == 13:
       handler = signal.getsignal(signal.SIGTERM)
       # Only send it if the engine's handler is installed (else it would kill pytest).
-      assert getattr(handler, "__self__", None).__class__.__name__ == "_StopFlag"
+      assert getattr(handler, "__self__", None).__class__.__name__ == "StopFlag"
       os.kill(os.getpid(), signal.SIGTERM)
 
-  result = train.train_and_evaluate(_config(), workdir, dataset=FakeDataset(), callbacks=[preempt])
+  result = loop.train_and_evaluate(_config(), workdir, dataset=FakeDataset(), callbacks=[preempt])
   assert result.preempted and result.step == 13
   assert ckpt_lib.committed_steps(os.path.join(workdir, "checkpoints")) == [10, 13]
   assert signal.getsignal(signal.SIGTERM) is not getattr(result, "_handler", None)
-  resumed = train.train_and_evaluate(_config(), workdir, resume="require", dataset=FakeDataset())
+  resumed = loop.train_and_evaluate(_config(), workdir, resume="require", dataset=FakeDataset())
   assert resumed.step == 30 and not resumed.preempted
   assert_identical(_host(resumed.state), ref)
 
@@ -157,14 +157,14 @@ def test_restore_readonly_drops_only_the_expected_orbax_metadata_warning(uninter
 
 def test_half_written_checkpoint_is_never_the_restore_point(tmp_path):
   workdir = tmp_path / "run"
-  train.train_and_evaluate(_config(total_steps=10), str(workdir), dataset=FakeDataset())
+  loop.train_and_evaluate(_config(total_steps=10), str(workdir), dataset=FakeDataset())
   ckdir = workdir / "checkpoints"
   # A crash mid-save leaves a temporary directory, or a step directory that
   # was never finalised (no commit marker).
   (ckdir / "20.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)
   (ckdir / "30" / "state").mkdir(parents=True)
   assert ckpt_lib.committed_steps(str(ckdir)) == [10]
-  result = train.train_and_evaluate(_config(), str(workdir), dataset=FakeDataset())
+  result = loop.train_and_evaluate(_config(), str(workdir), dataset=FakeDataset())
   assert result.step == 30
   assert ckpt_lib.committed_steps(str(ckdir)) == [10, 20, 30]  # neither blocked a save
   assert not (ckdir / "20.orbax-checkpoint-tmp-1234").exists()  # cleaned up by the writer
@@ -176,7 +176,7 @@ def test_resume_with_changed_config_is_refused_unless_allowed(uninterrupted, tmp
   workdir, _ = uninterrupted
   listing = sorted(os.listdir(workdir / "checkpoints"))
   with pytest.raises(config_validation.ConfigError) as e:
-    train.train_and_evaluate(_config(**{"optimizer.lr": 0.1}), str(workdir), dataset=FakeDataset())
+    loop.train_and_evaluate(_config(**{"optimizer.lr": 0.1}), str(workdir), dataset=FakeDataset())
   assert "optimizer.lr = 0.1" in str(e.value) and "0.05" in str(e.value)
   assert sorted(os.listdir(workdir / "checkpoints")) == listing
   cosine = _config(**{"optimizer.schedule": "cosine"})
@@ -192,14 +192,14 @@ def test_resume_with_changed_config_is_refused_unless_allowed(uninterrupted, tmp
 
 def test_workdir_errors_never_start_fresh(tmp_path):
   with pytest.raises(train.ResumeError, match="parent directory"):
-    train.train_and_evaluate(_config(), str(tmp_path / "missing" / "run"), dataset=FakeDataset())
+    loop.train_and_evaluate(_config(), str(tmp_path / "missing" / "run"), dataset=FakeDataset())
   with pytest.raises(train.ResumeError, match="no committed checkpoint"):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       _config(), str(tmp_path / "new"), resume="require", dataset=FakeDataset()
     )
   assert not (tmp_path / "new").exists() and not (tmp_path / "missing").exists()
   with pytest.raises(config_validation.ConfigError, match="optimizer.lr"):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
       _config(**{"optimizer.lr": -1.0}), str(tmp_path / "bad"), dataset=FakeDataset()
     )
   assert not (tmp_path / "bad").exists()  # validation precedes every write
@@ -301,7 +301,7 @@ def test_damaged_latest_checkpoint_is_quarantined_and_resume_falls_back(
   ok, lines = verify.verify(str(workdir))
   assert not ok and any(x.startswith("ERROR step 30") for x in lines), lines
   with caplog.at_level("WARNING"):
-    result = train.train_and_evaluate(_config(), str(workdir), dataset=FakeDataset())
+    result = loop.train_and_evaluate(_config(), str(workdir), dataset=FakeDataset())
   assert result.step == 30
   assert_identical(_host(result.state), ref)  # resumed from 20, bit-identical
   (line,) = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
@@ -330,7 +330,7 @@ def test_no_good_checkpoint_error_says_so_and_what_to_do(uninterrupted, tmp_path
   for step, how in ((10, "truncated_file"), (20, "huge_value"), (30, "truncated_file")):
     damage_checkpoint(workdir / "checkpoints" / str(step), how)
   with pytest.raises(ckpt_lib.CheckpointCorruptError) as e:
-    train.train_and_evaluate(_config(), str(workdir), dataset=FakeDataset())
+    loop.train_and_evaluate(_config(), str(workdir), dataset=FakeDataset())
   msg = str(e.value)
   assert "no good checkpoint" in msg and "[10, 20, 30]" in msg and "Nothing was deleted" in msg
   assert "trajax.verify" in msg and "start this run afresh" in msg
@@ -346,12 +346,12 @@ def test_fresh_start_archives_an_earlier_runs_metrics_instead_of_truncating(tmp_
   import shutil
 
   workdir = tmp_path / "run"
-  train.train_and_evaluate(_config(total_steps=10), str(workdir), dataset=FakeDataset())
+  loop.train_and_evaluate(_config(total_steps=10), str(workdir), dataset=FakeDataset())
   old = (workdir / "metrics.jsonl").read_text()
   assert old.count("\n") >= 2
   shutil.rmtree(workdir / "checkpoints")  # checkpoints gone: the rerun starts from step 0
   with caplog.at_level("WARNING"):
-    train.train_and_evaluate(_config(total_steps=10), str(workdir), dataset=FakeDataset())
+    loop.train_and_evaluate(_config(total_steps=10), str(workdir), dataset=FakeDataset())
   (archive,) = [n for n in os.listdir(workdir) if n.startswith("metrics.jsonl.")]
   assert archive.endswith(".bak")
   assert (workdir / archive).read_text() == old  # every old line kept, beside
@@ -432,7 +432,7 @@ def test_force_takeover_overrides_only_a_holder_that_is_not_alive_here(tmp_path,
 
   workdir = tmp_path / "run"
   os.makedirs(workdir)
-  held = workdir_lock._acquire_local(str(workdir), False)  # noqa: SLF001 -- the "other host"
+  held = workdir_lock.acquire_local(str(workdir), False)  # the "other host"
   try:
     fd = held._fd  # noqa: SLF001
     fake = {"host": "node-that-died", "pid": 4242, "started": "2026-01-01T00:00:00", "argv": "x"}
@@ -535,7 +535,7 @@ def test_checkpoint_of_the_old_averaging_layout_resumes(uninterrupted, tmp_path)
     old["opt_state"]["average"]["average"]["head"]["kernel"],
   )
 
-  result = train.train_and_evaluate(
+  result = loop.train_and_evaluate(
     _config(), str(tmp_path / "run"), resume="require", dataset=FakeDataset()
   )
   assert result.step == 30 and result.origin == "own:10"

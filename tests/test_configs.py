@@ -19,7 +19,7 @@ from configs import common
 from tests.small_training import CACHE_DIR  # (importing it also sets the compilation cache)
 from trajax import config as config_lib
 from trajax import config_validation as cv
-from trajax import data, models, train
+from trajax import data, loop, models, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["mnist1d", "digits", "cifar10_resnet34", "cifar100_resnet34", "imagenet_resnet34"]
@@ -505,7 +505,7 @@ def test_digits_family_short_run(tmp_path):
   c = load("digits", "runlocal")
   c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 4, 2, 4, 4
   c.batch_size, c.averaging.gap, c.averaging.batch_norm = 16, 2, "average"
-  result = train.train_and_evaluate(c, str(tmp_path / "digits"))
+  result = loop.train_and_evaluate(c, str(tmp_path / "digits"))
   assert result.step == 4
   assert set(result.eval) == {"raw", "avg"}
   assert 0.0 <= result.eval["raw"]["accuracy"] <= 1.0 and result.eval["raw"]["loss"] > 0
@@ -531,7 +531,7 @@ def test_tfds_family_short_run_under_mock_data(name, model, tmp_path):
   # 'average' BN statistics: the averaged model reuses the compiled eval step.
   c.averaging.method, c.averaging.gap, c.averaging.batch_norm = "two_point", 2, "average"
   with tfds_source.mock_prepared_tfds(num_examples=16):
-    result = train.train_and_evaluate(c, str(tmp_path / "run"))
+    result = loop.train_and_evaluate(c, str(tmp_path / "run"))
   assert result.step == 3 and set(result.eval) == {"raw", "avg"}
   assert np.isfinite(result.eval["raw"]["loss"]) and np.isfinite(result.eval["avg"]["loss"])
   records = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]

@@ -103,7 +103,7 @@ def test_warnings_still_show_when_quiet():
 
   metrics.configure_console(verbose_libs=False)
   try:
-    keep = metrics._quiet_filter
+    keep = metrics.quiet_filter
     site = os.path.join(os.sep, "x", "site-packages", "orbax", "y.py")
     own = os.path.join(os.path.dirname(metrics.__file__), "loop.py")
 

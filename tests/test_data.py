@@ -398,7 +398,7 @@ def test_imagenet_eval_centre_crop_geometry_on_a_ramp_image():
     ramp = np.arange(size) * slope
     grey = ramp[:, None] * np.ones(w) if axis == 0 else np.ones(h)[:, None] * ramp
     image = np.repeat(np.round(grey)[..., None], 3, -1).astype(np.uint8)
-    out = tfds_source._decode_eval(tf, tf.io.encode_jpeg(tf.constant(image), quality=100)).numpy()
+    out = tfds_source.decode_eval(tf, tf.io.encode_jpeg(tf.constant(image), quality=100)).numpy()
     assert out.shape == (224, 224, 3)
     start = (size - crop + 1) // 2
     profile = out[inner, 112, 0] if axis == 0 else out[112, inner, 0]

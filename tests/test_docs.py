@@ -201,13 +201,13 @@ def _apply_overrides(config, flags) -> None:
 def trained_run(tmp_path_factory):
   """configs/mnist1d.py as the README trains it, shrunk by TINY_RUN (in-process)."""
   from configs import mnist1d
-  from trajax import train
+  from trajax import loop
 
   config = mnist1d.get_config()
   _apply_overrides(config, TINY_RUN)
   workdir = str(tmp_path_factory.mktemp("docs_run") / "mnist1d")
   with contextlib.redirect_stdout(io.StringIO()):
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
   return workdir
 
 

@@ -342,7 +342,7 @@ def test_failed_quarantine_move_says_what_and_why_and_moves_nothing(tmp_path, mo
 
   monkeypatch.setattr(os, "rename", rename)
   with pytest.raises(ckpt_lib.QuarantineError) as e:
-    ckpt_lib._move_aside(str(step_dir))
+    ckpt_lib.move_aside(str(step_dir))
   text = str(e.value)
   assert str(step_dir) in text and "nothing was moved" in text and "\n" not in text
   assert os.strerror(errno_) in text

@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(r"""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh
     from tests.small_training import FakeDataset, small_config
-    from trajax import averaging, models, train
+    from trajax import averaging, loop, models, train
     from trajax import checkpoint as ckpt_lib
 
     out = {"devices": jax.device_count()}
@@ -69,7 +69,7 @@ SCRIPT = textwrap.dedent(r"""
 
     # A full run on 8 devices, its checkpoint restored onto one device.
     workdir = os.path.join(TMP, "run8")
-    res = train.train_and_evaluate(c8, workdir, dataset=FakeDataset(batch_size=32))
+    res = loop.train_and_evaluate(c8, workdir, dataset=FakeDataset(batch_size=32))
     mesh1 = Mesh(np.asarray(jax.devices()[:1]), ("data",))
     target, _ = train.create_train_state(c1, model, (40, 1), mesh1)
     restored, meta = ckpt_lib.restore_readonly(workdir, target=target)

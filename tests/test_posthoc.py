@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.sidetrip_cases import REPO, snapshot, tiny_config
-from trajax import averaging, posthoc, runs, schedules, train
+from trajax import averaging, loop, posthoc, runs, schedules
 
 
 def _run(tmp_path_factory, name, **avg):
@@ -33,7 +33,7 @@ def _run(tmp_path_factory, name, **avg):
     **{f"averaging.{k}": v for k, v in avg.items()},
   )
   workdir = tmp_path_factory.mktemp(name) / "run"
-  train.train_and_evaluate(config, str(workdir))
+  loop.train_and_evaluate(config, str(workdir))
   return types.SimpleNamespace(config=config, workdir=str(workdir), run=runs.open_run(str(workdir)))
 
 
@@ -361,7 +361,7 @@ def test_bad_profiles_config_is_refused_before_anything_is_written(tmp_path):
   )
   workdir = tmp_path / "run"
   with pytest.raises(config_validation.ConfigError) as e:
-    train.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
   text = str(e.value)
   assert "averaging.profiles[0].gamma = 0.0: must be a float > 0" in text
   assert "averaging.profiles[1].decay = None: averaging method 'ema' needs it" in text
@@ -380,15 +380,15 @@ def test_profiles_resume_bit_exact(tmp_path):
     "averaging.profiles": PROFILES + ({"method": "multi_point", "n": 3, "gap": 4},),
     "checkpoint.max_to_keep": None,
   }
-  ref = train.train_and_evaluate(
+  ref = loop.train_and_evaluate(
     small_config(**overrides), str(tmp_path / "ref"), dataset=FakeDataset()
   )
   workdir = str(tmp_path / "run")
-  first = train.train_and_evaluate(
+  first = loop.train_and_evaluate(
     small_config(**{**overrides, "total_steps": 10}), workdir, dataset=FakeDataset()
   )
   assert first.step == 10
-  second = train.train_and_evaluate(small_config(**overrides), workdir, dataset=FakeDataset())
+  second = loop.train_and_evaluate(small_config(**overrides), workdir, dataset=FakeDataset())
   assert second.step == 30 and second.origin == "own:10"
   got, want = jax.device_get(second.state), jax.device_get(ref.state)
   assert_identical(got, want)  # the profiles are in the optimizer state
@@ -793,7 +793,7 @@ def test_a_hostile_run_name_is_data_not_code(tmp_path):
   config = tiny_config(total_steps=6, checkpoint_every_steps=1, eval_every_steps=6,
                        log_every_steps=6, **{"averaging.method": "ema", "averaging.decay": 0.3})  # fmt: skip
   workdir = tmp_path / HOSTILE
-  train.train_and_evaluate(config, str(workdir))
+  loop.train_and_evaluate(config, str(workdir))
   cwd = tmp_path / "cwd"
   cwd.mkdir()
   out = tmp_path / "out"

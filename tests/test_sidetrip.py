@@ -36,7 +36,7 @@ from tests.sidetrip_cases import (
 )
 from tests.small_training import CACHE_DIR
 from trajax import checkpoint as ckpt_lib
-from trajax import config_validation, schedules, sidetrip, train
+from trajax import config_validation, loop, schedules, sidetrip, train
 from trajax.metrics import read_jsonl
 
 
@@ -366,7 +366,7 @@ def linear_parent(tmp_path_factory):
     }
   )
   workdir = tmp_path_factory.mktemp("linear") / "run"
-  train.train_and_evaluate(config, str(workdir), dataset=LinearData(), model=LinearLoss())
+  loop.train_and_evaluate(config, str(workdir), dataset=LinearData(), model=LinearLoss())
   thetas = [
     np.asarray(ckpt_lib.restore_readonly(str(workdir), step=s)[0]["params"]["w"], np.float64)
     for s in range(1, 13)
@@ -425,7 +425,7 @@ def linear_ema_parent(tmp_path_factory, linear_parent):
   for key, value in EMA_EVERY_DEBIAS.items():
     config.averaging[key.split(".")[1]] = value
   workdir = tmp_path_factory.mktemp("linear_ema") / "run"
-  train.train_and_evaluate(config, str(workdir), dataset=LinearData(), model=LinearLoss())
+  loop.train_and_evaluate(config, str(workdir), dataset=LinearData(), model=LinearLoss())
   return types.SimpleNamespace(config=config, workdir=str(workdir))
 
 
@@ -691,7 +691,7 @@ def test_command_line_busy_workdir_and_force_takeover(parent, tmp_path):
 
   workdir = tmp_path / "cli"
   os.makedirs(workdir)
-  held = workdir_lock._acquire_local(str(workdir), False)  # noqa: SLF001 -- the "other host"
+  held = workdir_lock.acquire_local(str(workdir), False)  # the "other host"
   try:
     fake = {"host": "node-that-died", "pid": 4242, "started": "2026-01-01T00:00:00", "argv": "x"}
     os.ftruncate(held._fd, 0)  # noqa: SLF001

@@ -30,7 +30,7 @@ from tests.sidetrip_cases import (
   train_parent,
 )
 from trajax import checkpoint as ckpt_lib
-from trajax import config_validation, data, sidetrip, train
+from trajax import config_validation, data, loop, sidetrip
 from trajax.metrics import read_jsonl
 
 
@@ -307,7 +307,7 @@ def sgd_linear_parent(tmp_path_factory):
     }
   )
   workdir = tmp_path_factory.mktemp("sgd_linear") / "run"
-  train.train_and_evaluate(config, str(workdir), dataset=LinearData(), model=LinearLoss())
+  loop.train_and_evaluate(config, str(workdir), dataset=LinearData(), model=LinearLoss())
   return types.SimpleNamespace(config=config, workdir=str(workdir))
 
 

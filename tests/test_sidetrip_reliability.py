@@ -33,7 +33,7 @@ import pytest
 from configs import mnist1d
 from tests import workdir_checks as wc
 from trajax import checkpoint as ckpt_lib
-from trajax import train
+from trajax import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Own cache: a SIGKILLed process must not leave a half-written entry in a shared one.
@@ -122,7 +122,7 @@ def compare(got, ref) -> list[str]:
 def parent(tmp_path_factory):
   """A 60-step parent with every 10th step kept (trained in this process)."""
   workdir = str(tmp_path_factory.mktemp("parent") / "run")
-  train.train_and_evaluate(parent_config(), workdir)
+  loop.train_and_evaluate(parent_config(), workdir)
   assert ckpt_lib.committed_steps(os.path.join(workdir, "checkpoints")) == [10, 20, 30, 40, 50, 60]
   return workdir
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.small_training import FakeDataset, small_config
-from trajax import averaging, train
+from trajax import averaging, loop, train
 from trajax import checkpoint as ckpt_lib
 
 
@@ -269,7 +269,7 @@ def test_evaluation_variables_is_the_config_batch_norm_policy():
 def test_train_and_evaluate_writes_metrics_checkpoints_and_learns(tmp_path):
   c = small_config(**{"averaging.method": "two_point", "averaging.gap": 10})
   workdir = tmp_path / "run"
-  result = train.train_and_evaluate(c, str(workdir), dataset=FakeDataset())
+  result = loop.train_and_evaluate(c, str(workdir), dataset=FakeDataset())
   assert result.step == 40 and not result.preempted
   assert set(result.eval) == {"raw", "avg"}
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
@@ -288,7 +288,7 @@ def test_nonfinite_run_stops_with_error_and_commits_nothing_bad(tmp_path):
   c = small_config()
   workdir = tmp_path / "nan"
   with pytest.raises(train.NonFiniteError) as e:
-    train.train_and_evaluate(c, str(workdir), dataset=FakeDataset(nan_steps={25}))
+    loop.train_and_evaluate(c, str(workdir), dataset=FakeDataset(nan_steps={25}))
   msg = str(e.value)
   assert "loss" in msg and "step 25" in msg
   assert os.path.join(str(workdir), "checkpoints", "20") in msg

@@ -84,15 +84,14 @@ from trajax.checkpoint_digest import (  # noqa: F401 -- re-exported
   DIGEST_ALGORITHM,
   META_DIGEST_KEY,
   CheckpointCorruptError,
-  _meta_args,
-  _PendingMeta,
-  _snapshot,
   check_meta,
   check_state,
   leaf_digest,
   leaf_paths,
   magnitude_limit,
   meta_digest,
+  meta_save_args,
+  pending_meta,
   seal_meta,
   tree_digests,
   unverified,
@@ -198,16 +197,16 @@ def quarantine_uncommitted(directory: str) -> list[str]:
       return []
     names = [n for n in paths.listdir(directory) if _STEP_RE.match(n)]
     full = [paths.join(directory, n) for n in names]
-    return [_move_aside(p) for p in full if paths.isdir(p) and not _is_committed(p)]
+    return [move_aside(p) for p in full if paths.isdir(p) and not _is_committed(p)]
   if not os.path.isdir(directory):
     return []
   moved = []
   for name in sorted(os.listdir(directory)):
     path = os.path.join(directory, name)
     if os.path.islink(path) and name.split(".")[0].isdigit():
-      moved.append(_move_aside(path))
+      moved.append(move_aside(path))
     elif _STEP_RE.match(name) and os.path.isdir(path) and not _is_committed(path):
-      moved.append(_move_aside(path))
+      moved.append(move_aside(path))
   return moved
 
 
@@ -389,11 +388,10 @@ class Checkpointer:
       return False
     tree = _to_tree(state)
     if jax.process_index() == 0:  # only the primary host writes ``meta``
-      snapshot = _snapshot(tree)
-      meta = _PendingMeta(meta, self._digester.submit(tree_digests, snapshot))
+      meta = pending_meta(meta, tree, self._digester.submit)
     return self.manager.save(
       int(step),
-      args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=_meta_args()[0](meta)),
+      args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=meta_save_args(meta)),
       force=True,
     )
 
@@ -444,7 +442,7 @@ class Checkpointer:
     dest, error = "", None
     if jax.process_index() == 0:
       try:
-        dest = _move_aside(self.path(step))
+        dest = move_aside(self.path(step))
       except QuarantineError as e:
         error = str(e)
       else:
@@ -464,7 +462,7 @@ class Checkpointer:
     if jax.process_count() > 1:
       from trajax import workdir_lock
 
-      error = workdir_lock._broadcast_error(error)
+      error = workdir_lock.broadcast_error(error)
     if error is not None:
       raise QuarantineError(f"{error} (checkpoint step {step}: {reason})")
     self.manager.reload()
@@ -608,7 +606,7 @@ def _first_line(e: BaseException) -> str:
   return f"{type(e).__name__}: {text[0][:300] if text else ''}"
 
 
-def _move_aside(path: str) -> str:
+def move_aside(path: str) -> str:
   """``path`` -> ``../../quarantined_checkpoints/<name>-<time>-<pid>`` (one rename).
 
   One ``rename``: it moves the whole directory or nothing (a cross-device or

@@ -32,6 +32,8 @@ __all__ = [
   "leaf_digest",
   "leaf_paths",
   "magnitude_limit",
+  "meta_save_args",
+  "pending_meta",
   "tree_digests",
 ]
 
@@ -287,3 +289,17 @@ def _snapshot(tree):
     else:
       out.append(np.array(x, copy=True))
   return jax.tree.unflatten(treedef, out)
+
+
+def pending_meta(meta: dict, tree, submit) -> dict:
+  """``meta`` whose ``digests`` of ``tree`` a background thread is computing.
+
+  ``submit`` is an executor's ``submit``; the digests are taken from a device
+  copy of ``tree`` (:func:`_snapshot`), so the next donating step may go on.
+  """
+  return _PendingMeta(meta, submit(tree_digests, _snapshot(tree)))
+
+
+def meta_save_args(meta: dict):
+  """Orbax's save args of the ``meta`` item; pending digests are waited for before it is written."""
+  return _meta_args()[0](meta)

@@ -28,6 +28,10 @@ the rest         (the training loop's fields)       :func:`check_run`
 ``sidetrip.*``   ``trajax.sidetrip.KINDS``          ``trajax.sidetrip.resolve``
 ===============  =================================  ======================================
 
+The checking machinery every owner uses -- :class:`Problem`,
+:class:`ConfigError`, :class:`Rule`, :func:`check_fields`, :func:`flatten` and
+the predicates -- is :mod:`trajax.config_rules`, re-exported here.
+
 The ``sidetrip`` section is declared by ``trajax.sidetrip.default_section()``
 and added only to side-trip configs (``trajax.sidetrip.with_sidetrip``); the
 side-trip package registers it (:func:`register_section`) so that
@@ -42,12 +46,28 @@ when it is called, to generate the ``averaging.<param>`` fields.
 
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from trajax import lr_schedules
+
+# The generic checking machinery lives in trajax.config_rules; its names are
+# this module's too (every section's owner imports them from here).
+from trajax.config_rules import (  # noqa: F401 -- re-exported
+  BOOL,
+  NONNEG_INT,
+  OPT_POS_INT,
+  POS_INT,
+  ConfigError,
+  Problem,
+  Rule,
+  Shown,
+  check_fields,
+  flatten,
+  is_int,
+  is_real,
+  one_of,
+)
 from trajax.lr_schedules import LrSchedule
 
 __all__ = [
@@ -78,6 +98,10 @@ __all__ = [
 # seed 0's weights on a different data order: seeds outside [0, 2**32) are
 # refused.
 SEED_LIMIT = 2**32
+SEED = Rule(
+  lambda x: is_int(x) and 0 <= x < SEED_LIMIT,
+  "must be an integer in [0, 2**32) (the init key keeps 32 bits of the seed)",
+)
 
 
 def base_config():
@@ -222,24 +246,6 @@ def field_names() -> tuple[str, ...]:
   return tuple(sorted(flatten(base_config())))
 
 
-def flatten(config) -> dict[str, Any]:
-  """``{'optimizer.lr': 0.05, ...}`` from a ConfigDict or nested mapping."""
-  if hasattr(config, "to_dict"):
-    config = config.to_dict()
-  out = {}
-
-  def rec(prefix, node):
-    for k, v in node.items():
-      key = f"{prefix}{k}"
-      if isinstance(v, Mapping):
-        rec(key + ".", v)
-      else:
-        out[key] = v
-
-  rec("", config)
-  return out
-
-
 # Sections base_config() does not declare, added to some configs by the package
 # that owns them: name -> rebuild(config, stored_section) -> config.
 _SECTIONS: dict[str, Callable[[Any, Mapping], Any]] = {}
@@ -311,96 +317,6 @@ def from_dict(stored: Mapping):
     if section is not None:
       config = _SECTIONS[name](config, section)
   return config
-
-
-# ----------------------------------------------------------------------------
-# problems
-
-
-class Problem(NamedTuple):
-  """One bad field: its dotted name, its value and what is allowed."""
-
-  field: str
-  value: Any
-  allowed: str
-
-  def __str__(self):
-    return f"{self.field} = {self.value!r}: {self.allowed}"
-
-  @classmethod
-  def of(cls, p) -> Problem:
-    """From a ``(field, value, allowed)`` triple or a ``"field = value: allowed"`` line."""
-    if isinstance(p, str):
-      field, _, rest = p.partition(" = ")
-      value, _, allowed = rest.partition(": ")
-      return cls(field.strip(), Shown(value), allowed)
-    return cls(*p)
-
-
-class Shown(str):
-  """A value known only by its printed form (``repr`` is the text itself)."""
-
-  def __repr__(self):
-    return str(self)
-
-
-class ConfigError(ValueError):
-  """A config is invalid; ``problems`` lists :class:`Problem` ``(field, value, allowed)``.
-
-  Accepts ``(field, value, allowed)`` triples or ``"field = value: allowed"`` lines.
-  """
-
-  def __init__(self, problems: Iterable):
-    self.problems = [Problem.of(p) for p in problems]
-    lines = [f"  {p}" for p in self.problems]
-    n = len(self.problems)
-    super().__init__(f"{n} problem{'s' * (n != 1)} in the config:\n" + "\n".join(lines))
-
-
-# ----------------------------------------------------------------------------
-# field rules: (predicate, what is allowed)
-
-
-class Rule(NamedTuple):
-  """A field's rule: ``ok(value)`` and the text saying what is allowed."""
-
-  ok: Callable[[Any], bool]
-  allowed: str
-
-
-def is_int(x) -> bool:
-  """An integer (Python or NumPy), not a bool."""
-  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def is_real(x) -> bool:
-  """A finite real number, not a bool."""
-  return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def one_of(options: Iterable) -> Rule:
-  options = list(options)
-  return Rule(lambda x: isinstance(x, str) and x in options, f"must be one of {options}")
-
-
-POS_INT = Rule(lambda x: is_int(x) and x > 0, "must be an integer > 0")
-NONNEG_INT = Rule(lambda x: is_int(x) and x >= 0, "must be an integer >= 0")
-OPT_POS_INT = Rule(lambda x: x is None or (is_int(x) and x > 0), "must be None or an integer > 0")
-BOOL = Rule(lambda x: isinstance(x, bool), "must be True or False")
-SEED = Rule(
-  lambda x: is_int(x) and 0 <= x < SEED_LIMIT,
-  "must be an integer in [0, 2**32) (the init key keeps 32 bits of the seed)",
-)
-
-
-def check_fields(section: Mapping, rules: Mapping[str, Rule], prefix: str = "") -> list[Problem]:
-  """A :class:`Problem` for every field of ``section`` that fails its rule."""
-  out = []
-  for name, rule in rules.items():
-    value = section.get(name)
-    if not rule.ok(value):
-      out.append(Problem(prefix + name, value, rule.allowed))
-  return out
 
 
 # ----------------------------------------------------------------------------

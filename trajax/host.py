@@ -91,7 +91,7 @@ class Prefetch:
         pass
 
 
-class _StopFlag:
+class StopFlag:
   """SIGTERM -> flag; the loop saves a checkpoint at the current step and returns.
 
   Orbax's own preemption save needs ``jax.distributed``; this works on a

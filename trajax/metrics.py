@@ -71,7 +71,7 @@ def configure_console(verbose_libs: bool = False) -> None:
     for f in [f for f in handler.filters if getattr(f, "_trajax_quiet", False)]:
       handler.removeFilter(f)
     if not verbose_libs:
-      handler.addFilter(_quiet_filter)
+      handler.addFilter(quiet_filter)
   if verbose_libs:
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "1" and _SET_TF_LEVEL[0]:
       del os.environ["TF_CPP_MIN_LOG_LEVEL"]
@@ -122,11 +122,12 @@ def import_tensorflow(verbose_libs: bool = False):
   return tf
 
 
-def _quiet_filter(record) -> bool:
+def quiet_filter(record) -> bool:
+  """The console filter of ``configure_console(verbose_libs=False)``: warnings, or our own records."""
   return record.levelno >= 30 or not _is_third_party(record.pathname)
 
 
-_quiet_filter._trajax_quiet = True  # type: ignore[attr-defined]
+quiet_filter._trajax_quiet = True  # type: ignore[attr-defined]
 
 
 def _float(v) -> float | None:

@@ -255,7 +255,7 @@ def open_and_restore(
   abstract = state_lib.abstract_state(config, model, input_shape, mesh, optimizer=optimizer)
   shardings = state_lib.shardings_of(abstract)
 
-  stop = host._StopFlag()
+  stop = host.StopFlag()
   checkpointer = None
   try:
     paths.makedirs(workdir)

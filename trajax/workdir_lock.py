@@ -249,7 +249,7 @@ def probe(workdir: str) -> None:
       finally:
         os.close(fd)  # also drops a lock this probe took
   if jax.process_count() > 1:
-    error = _broadcast_error(error)
+    error = broadcast_error(error)
   if error is not None:
     raise WorkdirBusyError(error)
 
@@ -261,7 +261,8 @@ def _write_record(fd: int):
   os.fsync(fd)
 
 
-def _acquire_local(workdir: str, force_takeover: bool) -> WorkdirLock:
+def acquire_local(workdir: str, force_takeover: bool) -> WorkdirLock:
+  """The lock of a local ``workdir`` taken on this process alone (no broadcast to other hosts)."""
   path = lock_path(workdir)
   fd = _open(path)
   try:
@@ -509,7 +510,7 @@ def acquire(workdir: str, *, force_takeover: bool | None = None) -> WorkdirLock:
         lock = _acquire_remote(workdir, force_takeover)
       else:
         os.makedirs(workdir, exist_ok=True)
-        lock = _acquire_local(workdir, force_takeover)
+        lock = acquire_local(workdir, force_takeover)
     except WorkdirLockError as e:
       error, busy = str(e), isinstance(e, WorkdirBusyError)
     except OSError as e:  # a read-only or full filesystem, a permission
@@ -523,14 +524,14 @@ def acquire(workdir: str, *, force_takeover: bool | None = None) -> WorkdirLock:
         raise
       error, busy = f"cannot lock workdir {workdir}: {type(e).__name__}: {e}", False
   if jax.process_count() > 1:
-    error = _broadcast_error(error)
+    error = broadcast_error(error)
   if error is not None:
     lock.release()
     raise (WorkdirBusyError if busy else WorkdirLockError)(error)
   return lock
 
 
-def _broadcast_error(error: str | None) -> str | None:
+def broadcast_error(error: str | None) -> str | None:
   """Process 0's refusal (or None) on every process."""
   import numpy as np
   from jax.experimental import multihost_utils

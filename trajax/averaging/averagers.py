@@ -18,7 +18,7 @@ import numpy as np
 PyTree = Any
 # A dtype instance, not the jnp.float32 scalar type: optax.inject_hyperparams
 # treats callables (and jnp.float32 is one) as schedules.
-_FLOAT32 = jnp.dtype(jnp.float32)
+FLOAT32 = jnp.dtype(jnp.float32)
 _REQUIRED = object()
 
 
@@ -120,11 +120,12 @@ N = Param("n", "int", "an integer >= 1", lambda v: v >= 1, static=True, example=
 # The example: σ_rel ≈ 0.10 (Karras et al. 2024), :func:`power_ema_gamma`.
 GAMMA = Param("gamma", "float", "a float > 0", lambda v: v > 0, example=6.94)
 ACCUMULATOR_DTYPE = Param(
-  "accumulator_dtype", "dtype", "a floating dtype", default=_FLOAT32, static=True
+  "accumulator_dtype", "dtype", "a floating dtype", default=FLOAT32, static=True
 )
 
 
-def _is_concrete(x) -> bool:
+def is_concrete(x) -> bool:
+  """Not a tracer: a value known at trace time."""
   return not isinstance(x, jax.core.Tracer)
 
 
@@ -134,7 +135,7 @@ def _kind_ok(kind: str, value) -> bool:
       return bool(jnp.issubdtype(jnp.dtype(value), jnp.floating))
     except TypeError:
       return False
-  if not _is_concrete(value):
+  if not is_concrete(value):
     want = {"int": jnp.integer, "float": jnp.floating, "bool": jnp.bool_}[kind]
     ok = jnp.issubdtype(value.dtype, want) or (kind == "float" and value.dtype.kind in "iu")
     return ok and value.shape == ()
@@ -154,14 +155,14 @@ def param_error(p: Param, value) -> str | None:
   A traced value passes the range check unchecked (it cannot be read), but
   a static parameter must be concrete.
   """
-  if p.static and not _is_concrete(value):
+  if p.static and not is_concrete(value):
     return (
       f"sets array shapes or dtypes and must be concrete ({p.allowed}); with "
       f"optax.inject_hyperparams pass static_args=({p.name!r},)"
     )
   if not _kind_ok(p.kind, value):
     return f"must be {p.allowed}"
-  if p.ok is not None and _is_concrete(value) and not p.ok(np.asarray(value).item()):
+  if p.ok is not None and is_concrete(value) and not p.ok(np.asarray(value).item()):
     return f"must be {p.allowed}"
   return None
 
@@ -190,7 +191,7 @@ def check_spec(method: str, spec: tuple[Param, ...], params: Mapping[str, Any]) 
       continue
     error = param_error(p, value)
     if error is not None:
-      bad_kind = not _kind_ok(p.kind, value) or (p.static and not _is_concrete(value))
+      bad_kind = not _kind_ok(p.kind, value) or (p.static and not is_concrete(value))
       raise (TypeError if bad_kind else ValueError)(f"{p.name} {error}, got {value!r}")
     out[p.name] = value
   return out
@@ -207,7 +208,8 @@ POWER_EMA_PARAMS = (GAMMA, START_STEP, EVERY, ACCUMULATOR_DTYPE)
 # The arithmetic.
 
 
-def _is_float(x) -> bool:
+def is_float(x) -> bool:
+  """A floating-point array or scalar."""
   return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
@@ -223,7 +225,7 @@ def _copy_as(tree: PyTree, dtype) -> PyTree:
   """
 
   def leaf(x):
-    return jnp.array(x, dtype=dtype if _is_float(x) else None, copy=True)
+    return jnp.array(x, dtype=dtype if is_float(x) else None, copy=True)
 
   return jax.tree.map(leaf, tree)
 
@@ -246,7 +248,7 @@ def _lerp(average: PyTree, tree: PyTree, w: jax.Array) -> PyTree:
   """:func:`lerp` of float leaves; non-float leaves follow θ."""
 
   def leaf(a, x):
-    if not _is_float(a):
+    if not is_float(a):
       return jnp.asarray(x, dtype=a.dtype)
     return lerp(a, x.astype(a.dtype), w.astype(a.dtype))
 
@@ -276,7 +278,7 @@ def _lerp_averager(weight_fn, *, start_step, every, accumulator_dtype) -> Averag
 
 
 def ema_averager(
-  decay, *, start_step=0, every=1, debias=False, accumulator_dtype=_FLOAT32
+  decay, *, start_step=0, every=1, debias=False, accumulator_dtype=FLOAT32
 ) -> Averager:
   """EMA a_t = (1 − δ)·a_{t−1} + δ·θ_t past ``start_step`` (paper eq. 25).
 
@@ -308,7 +310,7 @@ def ema_averager(
   )
 
 
-def power_ema_averager(gamma, *, start_step=0, every=1, accumulator_dtype=_FLOAT32) -> Averager:
+def power_ema_averager(gamma, *, start_step=0, every=1, accumulator_dtype=FLOAT32) -> Averager:
   """Power-function EMA (Karras et al. 2024, eq. 3): β_p = (1 − 1/p)^{γ+1}.
 
   The p-th point past ``start_step`` enters with weight 1 − β_p, so the first
@@ -356,7 +358,7 @@ def power_ema_gamma(sigma_rel) -> float:
   return float(max(r.real for r in roots if abs(r.imag) < 1e-9 and r.real > 0))
 
 
-def swa_averager(*, start_step=0, every=1, accumulator_dtype=_FLOAT32) -> Averager:
+def swa_averager(*, start_step=0, every=1, accumulator_dtype=FLOAT32) -> Averager:
   """SWA: the running mean of θ_{s+c}, θ_{s+2c}, …, θ_t (paper eq. 22).
 
   Equals ``torch.optim.swa_utils.AveragedModel`` updated after every c-th
@@ -373,7 +375,7 @@ def swa_averager(*, start_step=0, every=1, accumulator_dtype=_FLOAT32) -> Averag
   )
 
 
-def multi_point_averager(*, n, gap, start_step=0, accumulator_dtype=_FLOAT32) -> Averager:
+def multi_point_averager(*, n, gap, start_step=0, accumulator_dtype=FLOAT32) -> Averager:
   """Mean of the n most recent snapshots taken every ``gap`` steps (paper A.4).
 
   Snapshots are θ_t for t ≥ s with (t − s) % gap == 0 (θ_s included). At a
@@ -426,7 +428,7 @@ def multi_point_averager(*, n, gap, start_step=0, accumulator_dtype=_FLOAT32) ->
     snap = (k >= 0) & (k % gap_ == 0)
 
     def average_leaf(a, x, *olds):
-      if not _is_float(a):
+      if not is_float(a):
         return jnp.asarray(x, a.dtype)
       x = x.astype(dtype)
       acc = x
@@ -445,7 +447,7 @@ def multi_point_averager(*, n, gap, start_step=0, accumulator_dtype=_FLOAT32) ->
   return Averager(init, update, points=Points(n, schedule))
 
 
-def two_point_averager(*, gap, start_step=0, accumulator_dtype=_FLOAT32) -> Averager:
+def two_point_averager(*, gap, start_step=0, accumulator_dtype=FLOAT32) -> Averager:
   """(θ_s + θ_{s+gap})/2 at t = s + gap, then (θ_{t−gap} + θ_t)/2 each gap."""
   check_spec("two_point", TWO_POINT_PARAMS, dict(gap=gap, start_step=start_step))
   return multi_point_averager(

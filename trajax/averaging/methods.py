@@ -27,10 +27,10 @@ from trajax.averaging.averagers import (
   TWO_POINT_PARAMS,
   Averager,
   Param,
-  _is_concrete,
   check_spec,
   ema_averager,
   identity_averager,
+  is_concrete,
   multi_point_averager,
   param_error,
   power_ema_averager,
@@ -193,7 +193,7 @@ def params_for_window(method: str, window: int, base: Mapping | None = None) -> 
     {'n': 4, 'gap': 4, 'start_step': 0}
   """
   m = get_method(method)
-  window = _check_window(window)
+  window = check_window(window)
   picked = method_params(method, base or {})
   picked.pop("accumulator_dtype", None)
   given = m.params_for_window(window, picked)
@@ -330,7 +330,8 @@ def profile_params(entry: Mapping) -> tuple[str, dict]:
 # The kernel, derived from the averager.
 
 
-def _check_window(window, name: str = "window", minimum: int = 1) -> int:
+def check_window(window, name: str = "window", minimum: int = 1) -> int:
+  """``window`` as an int >= ``minimum`` (a bool is refused)."""
   if (
     isinstance(window, bool)
     or not isinstance(window, (numbers.Integral, np.integer))
@@ -362,10 +363,10 @@ def kernel(method: str, *, window: int, **params) -> np.ndarray:
     >>> print(averaging.kernel("two_point", window=4, gap=2))  # ½ θ_2 + ½ θ_4
     [0.  0.  0.5 0.  0.5]
   """
-  window = _check_window(window)
+  window = check_window(window)
   given = check_params(method, params)
   for name, value in given.items():
-    if not _is_concrete(value):
+    if not is_concrete(value):
       raise TypeError(f"kernel: {name} must be concrete, got a traced value")
   given.pop("accumulator_dtype", None)
   try:
@@ -404,7 +405,7 @@ def _derive_cached(method: str, window: int, key: tuple) -> np.ndarray:
 def step_weights_table(method: str, *, window: int, **params) -> np.ndarray:
   """w_j = Σ_{i>j} c_i, j = 0 … window−1 (float64): the closed form where one
   is registered and applies, else from the derived :func:`kernel`."""
-  window = _check_window(window)
+  window = check_window(window)
   m = get_method(method)
   given = check_params(method, params)
   if m.step_weights is not None:

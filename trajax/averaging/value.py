@@ -152,7 +152,7 @@ class Average(NamedTuple):
           f"window: averaging method {self.method!r} has no default window; give the "
           "number of steps the average covers"
         )
-    return methods_lib._check_window(window)
+    return methods_lib.check_window(window)
 
   def kernel(self, window: int | None = None) -> np.ndarray:
     """c_0 … c_window: the weight of θ_i in the average after ``window`` updates (float64)."""

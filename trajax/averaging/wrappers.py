@@ -36,7 +36,7 @@ import optax
 from optax.transforms import _masking
 
 from trajax.averaging import averagers
-from trajax.averaging.averagers import _FLOAT32, Averager, AverageState, _is_concrete, _is_float
+from trajax.averaging.averagers import FLOAT32, Averager, AverageState, is_concrete, is_float
 
 PyTree = Any
 _MaskedNode = _masking.MaskedNode
@@ -93,8 +93,8 @@ def _leaves_map(fn, tree, params):
 
 def _weight_dtype(tree: PyTree):
   """float32, or the accumulator's dtype where wider (float64)."""
-  floats = [x for x in jax.tree.leaves(tree) if _is_float(x)]
-  return jnp.promote_types(floats[0].dtype, jnp.float32) if floats else _FLOAT32
+  floats = [x for x in jax.tree.leaves(tree) if is_float(x)]
+  return jnp.promote_types(floats[0].dtype, jnp.float32) if floats else FLOAT32
 
 
 def _read(face: _Face, params: PyTree) -> PyTree:
@@ -103,7 +103,7 @@ def _read(face: _Face, params: PyTree) -> PyTree:
     c = face.weights
 
     def leaf(ring, x):
-      if not _is_float(ring):
+      if not is_float(ring):
         return jnp.asarray(x, dtype=ring.dtype)
       w = c.astype(ring.dtype)
       return jnp.tensordot(w[1:], ring, axes=1) + w[0] * x.astype(ring.dtype)
@@ -112,7 +112,7 @@ def _read(face: _Face, params: PyTree) -> PyTree:
   w, u = face.weights[0], face.weights[1]
 
   def leaf(a, x):
-    if not _is_float(a):
+    if not is_float(a):
       return jnp.asarray(x, dtype=a.dtype)
     # u = 1 exactly for lerp-form methods: the product is exact.
     return u.astype(a.dtype) * averagers.lerp(a, x.astype(a.dtype), w.astype(a.dtype))
@@ -301,7 +301,7 @@ def profile_averages(opt_state, params: PyTree) -> tuple:
   return tuple(_read(_face_of(p), params) for p in state.profiles)
 
 
-def ema(inner, decay, *, start_step=0, every=1, debias=False, accumulator_dtype=_FLOAT32):
+def ema(inner, decay, *, start_step=0, every=1, debias=False, accumulator_dtype=FLOAT32):
   """``inner`` plus an EMA of its params (see :func:`trajax.averaging.ema_averager`).
 
   The update needs ``params`` (the wrapper reads θ_t from them); the average
@@ -332,7 +332,7 @@ def ema(inner, decay, *, start_step=0, every=1, debias=False, accumulator_dtype=
   )
 
 
-def power_ema(inner, gamma, *, start_step=0, every=1, accumulator_dtype=_FLOAT32):
+def power_ema(inner, gamma, *, start_step=0, every=1, accumulator_dtype=FLOAT32):
   """``inner`` plus a power-function EMA of its params, profile ∝ t^γ (Karras et al. 2024;
   see :func:`trajax.averaging.power_ema_averager`)."""
   return wrap(
@@ -343,7 +343,7 @@ def power_ema(inner, gamma, *, start_step=0, every=1, accumulator_dtype=_FLOAT32
   )
 
 
-def swa(inner, *, start_step=0, every=1, accumulator_dtype=_FLOAT32):
+def swa(inner, *, start_step=0, every=1, accumulator_dtype=FLOAT32):
   """``inner`` plus SWA of its params (see :func:`trajax.averaging.swa_averager`)."""
   return wrap(
     inner,
@@ -351,7 +351,7 @@ def swa(inner, *, start_step=0, every=1, accumulator_dtype=_FLOAT32):
   )
 
 
-def two_point(inner, *, gap, start_step=0, accumulator_dtype=_FLOAT32):
+def two_point(inner, *, gap, start_step=0, accumulator_dtype=FLOAT32):
   """``inner`` plus the two-point average ``gap`` steps apart (paper Sec. 4)."""
   return wrap(
     inner,
@@ -361,7 +361,7 @@ def two_point(inner, *, gap, start_step=0, accumulator_dtype=_FLOAT32):
   )
 
 
-def multi_point(inner, *, n, gap, start_step=0, accumulator_dtype=_FLOAT32):
+def multi_point(inner, *, n, gap, start_step=0, accumulator_dtype=FLOAT32):
   """``inner`` plus the n-point average, points ``gap`` apart (paper A.4)."""
   return wrap(
     inner,
@@ -516,7 +516,7 @@ def _without_params(states) -> PyTree:
   reason = None
   if _is_none(state):
     reason = "the 'none' averaging method keeps no copy"
-  elif not all(_is_concrete(x) for x in (state.count, state.weights)):
+  elif not all(is_concrete(x) for x in (state.count, state.weights)):
     reason = "under jit the weight of the newest point cannot be read"
   elif any(_is_masked(x) for x in jax.tree.leaves(trees, is_leaf=_is_masked)):
     reason = "other partitions come from params"
@@ -525,7 +525,7 @@ def _without_params(states) -> PyTree:
       f"the newest params θ_t carry weight {float(state.weights[0]):.4g} in the "
       "average and the wrapper has not seen them"
     )
-  elif int(state.count) > 0 and not all(_is_float(x) for x in jax.tree.leaves(trees)):
+  elif int(state.count) > 0 and not all(is_float(x) for x in jax.tree.leaves(trees)):
     reason = "non-float leaves follow the newest params"
   if reason is not None:
     raise ValueError(f"averaged_params needs params ({reason}): pass params=")

@@ -215,7 +215,7 @@ def _decode_train(tf, image_bytes, seed_crop, seed_flip):
   return tf.image.stateless_random_flip_left_right(image, seed_flip)
 
 
-def _decode_eval(tf, image_bytes):
+def decode_eval(tf, image_bytes):
   """Centre crop of ``224 / (224 + 32)`` of the shorter side, resized to 224x224."""
   shape = tf.image.extract_jpeg_shape(image_bytes)
   h, w = shape[0], shape[1]
@@ -313,7 +313,7 @@ class StreamingDataset:
           tf.stack([tf.constant(key_flip, tf.int64), pos]),
         )
       else:
-        image = _decode_eval(tf, example["image"])
+        image = decode_eval(tf, example["image"])
       return {"image": self._normalize(tf, image), "label": self._labels(tf, example, True)}
 
     return fn
@@ -386,7 +386,7 @@ class StreamingDataset:
 
     def fn(example):
       return {
-        "image": self._normalize(tf, _decode_eval(tf, example["image"])),
+        "image": self._normalize(tf, decode_eval(tf, example["image"])),
         "label": self._labels(tf, example, noisy),
         "mask": tf.constant(1.0, tf.float32),
       }

@@ -139,17 +139,17 @@ from trajax.sidetrip.lineage import (
   workdir_checks,
 )
 from trajax.sidetrip.spec import (
-  _RESUME_EXTRA,
   ADDED_FIELDS,
   KINDS,
+  RESUME_EXTRA,
   SCHEDULES,
   SidetripRate,
   SidetripSpec,
-  _check_against_parent,
-  _check_optimizer_layout,
   as_stored_spelling,
   batch_size_at,
+  check_against_parent,
   check_batch_devices,
+  check_optimizer_layout,
   default_section,
   examples_before,
   make_lr_schedule,
@@ -158,9 +158,6 @@ from trajax.sidetrip.spec import (
   without_sidetrip,
 )
 from trajax.sidetrip.stream import flat_stream_batches
-
-# The name trajax.sidetrip.__main__ imports until it reads check_step.
-_check_step = check_step
 
 __all__ = [
   "KINDS",
@@ -327,7 +324,7 @@ def run_sidetrip(
   else:
     own_lineage, stored = None, config
     parent_dir, parent_meta = fresh_parent(parent, step)
-  _check_against_parent(base, parent_meta["config"], spec.kind)
+  check_against_parent(base, parent_meta["config"], spec.kind)
   workdir = workdir_checks(workdir, parent_dir)
   parent_config = loop.stored_config(parent_meta)
 
@@ -356,7 +353,7 @@ def run_sidetrip(
   input_shape = tuple(dataset.info.input_shape)
   if spec.kind != "fixed_batch":
     parent_abstract = state_lib.abstract_state(parent_config, model, input_shape, mesh)
-    _check_optimizer_layout(base, parent_config, parent_abstract.params)
+    check_optimizer_layout(base, parent_config, parent_abstract.params)
 
   lineage = {
     "version": LINEAGE_VERSION,
@@ -429,7 +426,7 @@ def run_sidetrip(
     scalars=scalars,
     metadata=lambda t: {"lineage": lineage, "sidetrip_step": t - step},
     stored=stored,
-    resume_allowed=cv.RESUME_ALLOWED | _RESUME_EXTRA,
+    resume_allowed=cv.RESUME_ALLOWED | RESUME_EXTRA,
     dataset=dataset,
     model=model,
     callbacks=callbacks,

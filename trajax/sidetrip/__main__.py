@@ -5,7 +5,7 @@ from __future__ import annotations
 from absl import logging
 
 from trajax import state as state_lib
-from trajax.sidetrip import SidetripError, _check_step, run_sidetrip
+from trajax.sidetrip import SidetripError, check_step, run_sidetrip
 from trajax.sidetrip.spec import define_config_flag, resolve, without_sidetrip
 
 
@@ -72,7 +72,7 @@ def _main(argv):
     paths.check_path(FLAGS.workdir, "--workdir")
     # Bad configs fail here, in about a second, before TensorFlow is imported.
     cv.validate(without_sidetrip(config))
-    resolve(config, _check_step(FLAGS.step))
+    resolve(config, check_step(FLAGS.step))
     if config.dataset.name in cv.TFDS_DATASETS:
       import tensorflow as tf  # tf.data must not take accelerator memory
 

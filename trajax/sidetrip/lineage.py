@@ -15,7 +15,7 @@ import os
 from absl import logging
 
 from trajax import state as state_lib
-from trajax.sidetrip.spec import _is_int
+from trajax.config import is_int
 
 # Version 2: fixed-batch GD without weight decay; lr scalars in meta['lr_hyper'].
 LINEAGE_VERSION = 2
@@ -71,7 +71,7 @@ def workdir_checks(workdir, parent_dir: str) -> str:
 
 
 def check_step(step) -> int:
-  if not _is_int(step) or step < 0:
+  if not is_int(step) or step < 0:
     raise SidetripError(
       f"step must be an integer >= 0 (a committed step of the parent), got {step!r}"
     )

@@ -65,7 +65,7 @@ _BATCH_FIELDS = ("batch_growth", "batch_sizes")
 # them resumes while they are None (they change nothing then).
 ADDED_FIELDS = (*_BATCH_FIELDS, "gamma", "average")
 # Fields that may change when a side-trip resumes from its own checkpoint.
-_RESUME_EXTRA = frozenset({"sidetrip.eval_at", "sidetrip.eval_average"})
+RESUME_EXTRA = frozenset({"sidetrip.eval_at", "sidetrip.eval_average"})
 # The deprecated spelling of an equivalent side-trip's average, before
 # ``sidetrip.average``: a method (default ``averaging.method``) and overrides of
 # ``averaging.<name>`` for the kernel's shape, the parent's every and debias
@@ -310,10 +310,6 @@ def without_sidetrip(config):
   return config
 
 
-def _is_int(x) -> bool:
-  return isinstance(x, (numbers.Integral, np.integer)) and not isinstance(x, bool)
-
-
 def resolve(config, parent_step: int) -> SidetripSpec:
   """Validates ``config.sidetrip`` and fills its defaults from the config.
 
@@ -347,7 +343,9 @@ def resolve(config, parent_step: int) -> SidetripSpec:
   ):
     bad("lr_factor", "must be a finite number > 0")
   eval_at = s["eval_at"]
-  if not (isinstance(eval_at, (tuple, list)) and all(_is_int(e) and e >= 0 for e in eval_at)):
+  if not (
+    isinstance(eval_at, (tuple, list)) and all(config_lib.is_int(e) and e >= 0 for e in eval_at)
+  ):
     bad("eval_at", "must be a tuple of integers >= 0 (side-trip steps)")
     eval_at = ()
   if not isinstance(s["eval_average"], bool):
@@ -356,7 +354,7 @@ def resolve(config, parent_step: int) -> SidetripSpec:
   method = window = sched = fb_index = fb_size = None
   params: dict = {}
   steps = s["steps"]
-  if steps is not None and not (_is_int(steps) and steps > 0):
+  if steps is not None and not (config_lib.is_int(steps) and steps > 0):
     bad("steps", "must be None (default) or an integer > 0")
     steps = None
 
@@ -399,10 +397,10 @@ def resolve(config, parent_step: int) -> SidetripSpec:
         )
   elif kind == "fixed_batch":
     fb_index = s["fixed_batch_index"]
-    if not (_is_int(fb_index) and fb_index >= 0):
+    if not (config_lib.is_int(fb_index) and fb_index >= 0):
       bad("fixed_batch_index", "must be an integer >= 0")
     fb_size = s["fixed_batch_size"] if s["fixed_batch_size"] is not None else config.batch_size
-    if not (_is_int(fb_size) and fb_size > 0):
+    if not (config_lib.is_int(fb_size) and fb_size > 0):
       problems.append(("sidetrip.fixed_batch_size", fb_size, "must be an integer > 0"))
     if steps is None:
       bad("steps", "kind 'fixed_batch' needs the number of gradient-descent steps")
@@ -481,8 +479,8 @@ def _resolve_batch_sizes(s: dict, parent_batch: int, steps, problems: list) -> t
     if not (
       isinstance(pair, (tuple, list))
       and len(pair) == 2
-      and _is_int(pair[0])
-      and _is_int(pair[1])
+      and config_lib.is_int(pair[0])
+      and config_lib.is_int(pair[1])
       and pair[0] >= 0
       and pair[1] >= 1
     ):
@@ -560,7 +558,7 @@ def check_batch_devices(config, spec: SidetripSpec, unit: int, devices: str) -> 
   )
 
 
-def _check_against_parent(base, parent_config: dict, kind: str):
+def check_against_parent(base, parent_config: dict, kind: str):
   """Refuses config differences that would change what the parent's state means."""
   from trajax import config_validation as cv
 
@@ -656,7 +654,7 @@ def make_lr_schedule(spec: SidetripSpec, base: optax.Schedule, hyper: dict) -> o
   return SidetripRate.of(spec)(base, hyper)
 
 
-def _check_optimizer_layout(config, parent_config, params_abstract):
+def check_optimizer_layout(config, parent_config, params_abstract):
   """The side-trip's optimizer state must have the parent's layout (and train's)."""
   from trajax import config_validation as cv
 

@@ -38,7 +38,7 @@ from typing import NamedTuple
 import numpy as np
 
 from trajax.theory.model import check_batch_size
-from trajax.theory.stationary import _lr_kappa
+from trajax.theory.stationary import check_lr_kappa
 
 
 class BatchVsLr(NamedTuple):
@@ -70,7 +70,7 @@ def batch_vs_lr(lr, kappa, k, *, batch_size: float = 1) -> BatchVsLr:
     k: the batch growth factor = learning-rate decay factor, k >= 1.
     batch_size: B, the small batch.
   """
-  lr, kappa = _lr_kappa(lr, kappa)
+  lr, kappa = check_lr_kappa(lr, kappa)
   k = float(k)
   if not k >= 1:
     raise ValueError(f"k must be >= 1 (batch kB vs learning rate λ/k), got {k!r}")

@@ -34,7 +34,8 @@ class Modes(NamedTuple):
   basis: np.ndarray | None
 
 
-def _hessian(hessian) -> np.ndarray:
+def check_hessian(hessian) -> np.ndarray:
+  """A = ⟨A_xᵀA_x⟩ as float64: its (d,) eigenvalues, or the symmetric (d, d) matrix."""
   a = np.asarray(hessian, np.float64)
   if a.ndim == 0:
     a = a.reshape(1)
@@ -92,7 +93,7 @@ def modes(hessian, noise_cov=None) -> Modes:
     hessian: A, a (d,) diagonal or a symmetric (d, d) matrix.
     noise_cov: C, None (identity), a scalar, a (d,) diagonal or (d, d).
   """
-  a = _hessian(hessian)
+  a = check_hessian(hessian)
   d = a.shape[0]
   c = _noise_cov(noise_cov, d)
   if a.ndim == 1:
@@ -112,7 +113,7 @@ def whiten(hessian, noise_cov) -> tuple[np.ndarray, np.ndarray]:
   Returns:
     (omega, q), both (d, d) float64.
   """
-  a = _hessian(hessian)
+  a = check_hessian(hessian)
   a = np.diag(a) if a.ndim == 1 else a
   c = _noise_cov(noise_cov, a.shape[0])
   c = np.diag(c) if c.ndim == 1 else c
@@ -123,7 +124,7 @@ def whiten(hessian, noise_cov) -> tuple[np.ndarray, np.ndarray]:
   return np.linalg.solve(q, a @ q), q
 
 
-def _lr_table(lr: LearningRate, num_steps: int) -> tuple[jax.Array, bool]:
+def lr_table(lr: LearningRate, num_steps: int) -> tuple[jax.Array, bool]:
   """λ_t for t = 0 … T−1 as (T, L) float32, and whether lr had an L axis."""
   if callable(lr):
     table = jnp.asarray(lr(jnp.arange(num_steps)), jnp.float32)
@@ -142,7 +143,8 @@ def _lr_table(lr: LearningRate, num_steps: int) -> tuple[jax.Array, bool]:
   return jnp.broadcast_to(jnp.asarray(arr.reshape(-1)), (num_steps, arr.size)), vector
 
 
-def _check_steps(num_steps, record_every):
+def check_steps(num_steps, record_every):
+  """Both integers >= 1, and ``record_every`` divides ``num_steps``."""
   for name, value in (("num_steps", num_steps), ("record_every", record_every)):
     if (
       isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < 1
@@ -152,7 +154,7 @@ def _check_steps(num_steps, record_every):
     raise ValueError(f"record_every={record_every} must divide num_steps={num_steps}")
 
 
-def _groups(dof_groups, d: int) -> np.ndarray | None:
+def group_matrix(dof_groups, d: int) -> np.ndarray | None:
   """(d, G) 0/1 matrix: which group each degree of freedom adds to (None: G = d,
   one group per degree of freedom, no matmul needed)."""
   if dof_groups is None:
@@ -165,7 +167,7 @@ def _groups(dof_groups, d: int) -> np.ndarray | None:
   return np.eye(int(g.max()) + 1, dtype=np.float32)[g]
 
 
-def _to_groups(per_mode, to_groups, grouped):
+def sum_to_groups(per_mode, to_groups, grouped):
   """(L, U) per distinct mode -> (L, G) per group: a gather when every degree
   of freedom is its own group; for a few groups a fused multiply-and-sum,
   which inside a loop is cheaper on CPU than a small matmul."""
@@ -179,7 +181,7 @@ def _to_groups(per_mode, to_groups, grouped):
 # 'none', EMA and SWA update as a ← (1 − w_t)·a + w_t·θ_t (trajax.averaging's
 
 
-def _cached(builder, method, method_params, *static):
+def cached_build(builder, method, method_params, *static):
   """builder(method, params_items, *static), cached when the parameters hash, so
   repeated calls with the same structure reuse one compiled function."""
   items = tuple(sorted(method_params.items()))

@@ -11,14 +11,14 @@ import numpy as np
 from trajax import averaging
 from trajax.theory.model import (
   LearningRate,
-  _cached,
-  _check_steps,
-  _groups,
-  _hessian,
-  _lr_table,
-  _to_groups,
   batch_noise_cov,
+  cached_build,
+  check_hessian,
+  check_steps,
+  group_matrix,
+  lr_table,
   modes,
+  sum_to_groups,
 )
 
 
@@ -98,15 +98,15 @@ def expected_loss(
     >>> print(np.round(pair.loss, 4))
     [0.     0.0263 0.0263]
   """
-  _check_steps(num_steps, record_every)
+  check_steps(num_steps, record_every)
   averaging.make_averager(method, **method_params)  # validates the parameters
-  a = _hessian(hessian)
+  a = check_hessian(hessian)
   d = a.shape[0]
   m = modes(a, batch_noise_cov(noise_cov, batch_size, d))
   theta0 = np.broadcast_to(np.asarray(theta0, np.float64), (d,))
   v0 = theta0 if m.basis is None else m.basis.T @ theta0
-  lrs, has_l = _lr_table(lr, num_steps)
-  groups = _groups(dof_groups, d)
+  lrs, has_l = lr_table(lr, num_steps)
+  groups = group_matrix(dof_groups, d)
 
   # Identical modes evolve identically: solve each distinct (κ, c, v0) once.
   rows = np.stack([m.kappa, m.noise_var, v0], axis=1)
@@ -118,7 +118,7 @@ def expected_loss(
   else:
     to_groups = np.zeros((len(uniq), groups.shape[1]), np.float32)
     np.add.at(to_groups, inverse, groups)
-  run = _cached(_moments, method, method_params, record_every, groups is not None)
+  run = cached_build(_moments, method, method_params, record_every, groups is not None)
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   loss, by_dof, it_loss, it_by_dof = run(
     f32(uniq[:, 2]),
@@ -180,7 +180,7 @@ def _moments(method, items, record_every, grouped):
       out = []
       for second in (p[readout, readout], p[0, 0]):  # (L, U) each
         per_mode = half_kappa * second
-        out += [(per_mode * multiplicity).sum(-1), _to_groups(per_mode, to_groups, grouped)]
+        out += [(per_mode * multiplicity).sum(-1), sum_to_groups(per_mode, to_groups, grouped)]
       return tuple(out)
 
     def chunk(carry, r):
@@ -260,7 +260,7 @@ def _points_moments(points, record_every, grouped):
       out = []
       for second in (average_moment(carry), carry[0]):  # the average, then the iterate
         per_mode = half_kappa * second
-        out += [(per_mode * multiplicity).sum(-1), _to_groups(per_mode, to_groups, grouped)]
+        out += [(per_mode * multiplicity).sum(-1), sum_to_groups(per_mode, to_groups, grouped)]
       return tuple(out)
 
     def chunk(carry, r):
@@ -323,7 +323,7 @@ def _one_average_moments(averager, record_every, grouped):
       out = []
       for second in (m[2], m[0]):  # the average, then the iterate
         per_mode = half_kappa * second
-        out += [(per_mode * multiplicity).sum(-1), _to_groups(per_mode, to_groups, grouped)]
+        out += [(per_mode * multiplicity).sum(-1), sum_to_groups(per_mode, to_groups, grouped)]
       return tuple(out)
 
     def chunk(m, r):

@@ -12,14 +12,14 @@ import numpy as np
 from trajax import averaging
 from trajax.theory.model import (
   LearningRate,
-  _cached,
-  _check_steps,
-  _groups,
-  _hessian,
-  _lr_table,
-  _to_groups,
   batch_noise_cov,
+  cached_build,
+  check_hessian,
+  check_steps,
+  group_matrix,
+  lr_table,
   modes,
+  sum_to_groups,
 )
 
 
@@ -90,7 +90,7 @@ def simulate(
   Returns:
     :class:`SimulationResult`.
   """
-  _check_steps(num_steps, record_every)
+  check_steps(num_steps, record_every)
   if (
     isinstance(num_seeds, bool)
     or not isinstance(num_seeds, (numbers.Integral, np.integer))
@@ -98,20 +98,20 @@ def simulate(
   ):
     raise ValueError(f"num_seeds must be an integer >= 1, got {num_seeds!r}")
   averaging.make_averager(method, **method_params)  # validates the parameters
-  a = _hessian(hessian)
+  a = check_hessian(hessian)
   d = a.shape[0]
   c = batch_noise_cov(noise_cov, batch_size, d)
   m = modes(a, c)
   theta0 = np.broadcast_to(np.asarray(theta0, np.float32), (d,))
-  lrs, has_l = _lr_table(lr, num_steps)
-  groups = _groups(dof_groups, d)
+  lrs, has_l = lr_table(lr, num_steps)
+  groups = group_matrix(dof_groups, d)
   if c.ndim == 1:
     q = np.sqrt(c)
   else:  # Q with QQᵀ = C; eigh rather than Cholesky so a singular C works.
     w, u = np.linalg.eigh(c)
     q = u * np.sqrt(np.clip(w, 0, None))
   seed_keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(num_seeds))
-  run = _cached(
+  run = cached_build(
     _simulator,
     method,
     method_params,
@@ -153,7 +153,7 @@ def _simulator(method, items, record_every, diagonal, noise_diagonal, rotate, gr
     def summaries(x):
       per_mode = per_mode_loss(x)
       by_dof = per_mode.mean(1)
-      return [per_mode.sum(-1), _to_groups(by_dof, groups, True) if grouped else by_dof]
+      return [per_mode.sum(-1), sum_to_groups(by_dof, groups, True) if grouped else by_dof]
 
     def record(theta, avg_state):
       it = summaries(theta)

@@ -21,7 +21,8 @@ from trajax.theory.model import check_batch_size
 _EXTRA = ("sgd", "kernel")
 
 
-def _lr_kappa(lr, kappa):
+def check_lr_kappa(lr, kappa):
+  """λ and κ as float64, each > 0 and λκ < 2 (a stationary state exists)."""
   lr = np.asarray(lr, np.float64)
   kappa = np.asarray(kappa, np.float64)
   x = lr * kappa
@@ -148,7 +149,7 @@ def stationary_variance(
     >>> print(round(float(theory.stationary_variance(0.1, 1.0, "two_point", gap=100)), 6))
     0.026316
   """
-  lr, kappa = _lr_kappa(lr, kappa)
+  lr, kappa = check_lr_kappa(lr, kappa)
   gamma = 1.0 - lr * kappa
   s = lr / (kappa * (2.0 - lr * kappa))
   return s * _bracket(gamma, method, method_params) / check_batch_size(batch_size)
