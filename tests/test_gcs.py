@@ -18,13 +18,15 @@ a path that names no run in a bucket, or a missing bucket, refused in one
 line; a second launch on a bucket run refused naming the holder of its lease
 (:mod:`trajax.workdir_lock`), another host's lease refused while fresh and
 taken when stale or forced; ``verify --write_digests`` in a bucket; a gs://
-``posthoc --out`` refused in one line. Slow (``make test-slow``): a main run in a
+``posthoc --out`` refused where a local one is. Slow (``make test-slow``): a main run in a
 bucket killed with SIGKILL after a checkpoint and resumed with the same
 command, bit-exact against an uninterrupted local run (metrics included); a
 side-trip with its parent and itself in the bucket, bit-exact against the
 same side-trip run locally; a damaged latest checkpoint in a bucket
-quarantined (copied, then deleted) and the resume bit-exact; the README's
-``gs://`` block, as written.
+quarantined (copied, then deleted) and the resume bit-exact; a posthoc
+average of a run in the bucket written to the bucket (and to a local --out),
+as the local one, and its printed side-trip command run as printed, as the
+local command's side-trip; the README's ``gs://`` block, as written.
 """
 
 from __future__ import annotations
@@ -182,23 +184,55 @@ def test_a_bucket_path_that_names_no_run_is_refused_in_one_line(
   assert sorted(fs.find(BUCKET)) == before  # nothing written
 
 
-def test_posthoc_out_in_a_bucket_is_refused_in_one_line(emulator, local_run, tmp_path):
-  """posthoc writes its --out only locally: a gs:// --out is refused, never written as ./gs:/..."""
+def test_posthoc_out_in_a_bucket_is_refused_as_locally(emulator, local_run, tmp_path):
+  """A gs:// ``posthoc --out`` gets the local refusals, in one line before anything is written:
+  inside a run in the bucket (or its checkpoints), an existing non-empty --out, a run's lease."""
   env, fs = emulator
+  url = _upload(fs, local_run, "posthoc-refused")
+  fs.pipe(f"{BUCKET}/mine/notes.txt", b"mine\n")
+  fs.pipe(f"{BUCKET}/leased/.trajax.lock", b"{}")
   before = sorted(fs.find(BUCKET))
-  proc = subprocess.run(
-    [sys.executable, "-m", "trajax.posthoc", f"--workdir={local_run}", "--method=ema"]
-    + ["--decay=0.05", f"--out=gs://{BUCKET}/avg"],
-    cwd=tmp_path,
-    env=wc.subprocess_env(CACHE_DIR, **env),
-    capture_output=True,
-    text=True,
-    timeout=420,
-  )
-  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-  (line,) = [x for x in proc.stderr.splitlines() if f"gs://{BUCKET}/avg" in x]
-  assert "local or mounted directory" in line
+  for out, says in (
+    (f"{url}/avg", "lies inside the run directory"),
+    (f"{url}/checkpoints", "lies inside the run directory"),
+    (f"gs://{BUCKET}/mine", "already holds 1 entries (notes.txt)"),
+    (f"gs://{BUCKET}/leased/avg", f"lies inside the run directory 'gs://{BUCKET}/leased'"),
+    (f"gs://{BUCKET}/a/../b", "'..' are not allowed"),
+  ):
+    proc = subprocess.run(
+      [sys.executable, "-m", "trajax.posthoc", f"--workdir={url}", "--decay=0.05", f"--out={out}"],
+      cwd=tmp_path,
+      env=wc.subprocess_env(CACHE_DIR, **env),
+      capture_output=True,
+      text=True,
+      timeout=420,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error: --out") and says in lines[0], lines[0]
+  fs.invalidate_cache()
   assert os.listdir(tmp_path) == [] and sorted(fs.find(BUCKET)) == before
+
+
+def test_sidetrip_section_errors_are_one_line(emulator, local_run, tmp_path):
+  """``trajax.sidetrip --sidetrip_section``: without it --config is required; a section that
+  is not a JSON object of fields is named; one line each, nothing written."""
+  env, fs = emulator
+  fs.pipe(f"{BUCKET}/sections/list.json", b"[1, 2]")
+  base = [f"--parent={local_run}", "--step=20", f"--workdir={tmp_path / 'trip'}"]
+  for args, says in (
+    ([], "side-trip error: --config is required (or --sidetrip_section=FILE.json)"),
+    (
+      [f"--sidetrip_section=gs://{BUCKET}/sections/list.json"],
+      f"side-trip error: --sidetrip_section = 'gs://{BUCKET}/sections/list.json' must hold a "
+      "JSON object",
+    ),
+  ):
+    proc = _cli("trajax.sidetrip", [*base, *args], env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith(says), lines[0]
+  assert os.listdir(tmp_path) == []
 
 
 def test_write_digests_seals_a_run_in_a_bucket(emulator, local_run, tmp_path):
@@ -524,6 +558,112 @@ def test_damaged_latest_checkpoint_in_a_bucket_is_quarantined_and_the_resume_is_
   assert _compare_in_a_fresh_process(env, url, local_run, [20, 40]) == "identical"
 
 
+_AVERAGED = """
+import sys
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+def read(path):
+  with ocp.StandardCheckpointer() as c:
+    return {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(c.restore(path))}
+ref = read(sys.argv[1])
+for path in sys.argv[2:]:
+  got = read(path)
+  assert got.keys() == ref.keys() and len(ref) > 2, (path, sorted(got), sorted(ref))
+  for k in ref:
+    assert got[k].dtype == ref[k].dtype and np.array_equal(got[k], ref[k]), (path, k)
+print("identical", len(ref))
+"""
+
+
+def _rows(report: dict) -> list[dict]:
+  """The rows of a posthoc.json without what names where they were written."""
+  keep = ("label", "residual", "coefficients", "loss", "accuracy", "equivalent_schedule")
+  return [{k: r[k] for k in keep} | {"start": r["sidetrip"]["start"]} for r in report["averages"]]
+
+
+@pytest.mark.slow
+def test_posthoc_of_a_run_in_a_bucket_into_the_bucket_and_its_printed_side_trip(
+  emulator, local_run, tmp_path
+):
+  """``posthoc --workdir=gs://… --out=gs://…``: the average, posthoc.json and the side-trip's
+  section written to the bucket as a local posthoc writes them locally (the averaged params
+  bit for bit, also with a local --out); the printed side-trip command, run as printed (bash),
+  reads its section from the bucket and lands where the local printed command's side-trip does.
+  """
+  import shlex
+
+  env, fs = emulator
+  url = _upload(fs, local_run, "posthoc-run")
+  average = ["--method=two_point", "--param=gap=20"]
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+
+  def posthoc(workdir, out):
+    proc = subprocess.run(
+      [sys.executable, "-m", "trajax.posthoc", f"--workdir={workdir}", *average, f"--out={out}"],
+      cwd=cwd,
+      env=wc.subprocess_env(CACHE_DIR, **env),
+      capture_output=True,
+      text=True,
+      timeout=420,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+  local_out, mixed_out, out = str(tmp_path / "local"), str(tmp_path / "mixed"), f"gs://{BUCKET}/avg"
+  posthoc(local_run, local_out)
+  printed = posthoc(url, out)
+  posthoc(url, mixed_out)
+  fs.invalidate_cache()
+  written = sorted(p[len(f"{BUCKET}/avg/") :] for p in fs.find(f"{BUCKET}/avg"))
+  assert {"posthoc.json", "run_config.json", "run_config.py", "sidetrip-two_point.json"} <= set(
+    written
+  ) and any(p.startswith("averaged/") for p in written), written
+  ref = json.load(open(os.path.join(local_out, "posthoc.json")))
+  got = json.loads(fs.cat(f"{BUCKET}/avg/posthoc.json"))
+  mixed = json.load(open(os.path.join(mixed_out, "posthoc.json")))
+  assert _rows(got) == _rows(ref) == _rows(mixed) and got["out"] == out
+  assert ref["averages"][0]["residual"] < 1e-6  # θ_20 and θ_40 are saved: exact
+  proc = subprocess.run(
+    [sys.executable, "-c", _AVERAGED, f"{local_out}/averaged", f"{out}/averaged"]
+    + [f"{mixed_out}/averaged"],
+    cwd=REPO,
+    env=wc.subprocess_env(CACHE_DIR, **env),
+    capture_output=True,
+    text=True,
+    timeout=420,
+  )
+  assert proc.returncode == 0 and "identical" in proc.stdout, proc.stderr[-3000:]
+  # The printed side-trip commands: the bucket's names its section in the bucket
+  # (no --config file: ml_collections loads those only from a local disk).
+  (trip,) = [r["sidetrip"] for r in got["averages"]]
+  (local_trip,) = [r["sidetrip"] for r in ref["averages"]]
+  assert trip["exact"] and f"side-trip (exact): {trip['command']}" in printed
+  argv = shlex.split(trip["command"])
+  assert f"--sidetrip_section={out}/sidetrip-two_point.json" in argv
+  assert f"--workdir={out}/sidetrip-two_point" in argv and f"--parent={url}/checkpoints" in argv
+  assert not any(a.startswith("--config") for a in argv)
+  path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+  for command in (trip["command"], local_trip["command"]):
+    proc = subprocess.run(
+      ["bash", "-c", command],
+      cwd=cwd,
+      env=wc.subprocess_env(CACHE_DIR, **env, PATH=path),
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
+    assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
+  assert os.listdir(cwd) == []  # nothing written where it was not asked
+  fs.invalidate_cache()
+  assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/posthoc-run")) == ["checkpoints"]
+  assert _compare_in_a_fresh_process(env, trip["workdir"], local_trip["workdir"], [40]) == (
+    "identical"
+  )
+
+
 def _readme_gs_commands() -> list[str]:
   from tests import test_docs
 
@@ -541,7 +681,8 @@ def test_readme_bucket_commands_run_as_written(emulator, tmp_path):
   """The README's gs:// block, each command as written (bash), against the emulator."""
   env, fs = emulator
   commands = _readme_gs_commands()
-  assert [c.split()[2] for c in commands] == ["trajax.main", "trajax.sidetrip", "trajax.verify"]
+  modules = [c.split()[2] for c in commands]
+  assert modules == ["trajax.main", "trajax.sidetrip", "trajax.posthoc", "trajax.verify"]
   cwd = tmp_path / "cwd"
   cwd.mkdir()
   os.symlink(os.path.join(REPO, "configs"), cwd / "configs")
@@ -559,3 +700,5 @@ def test_readme_bucket_commands_run_as_written(emulator, tmp_path):
     assert proc.returncode == 0, f"{text}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
   assert proc.stdout.rstrip().endswith("OK")  # trajax.verify of the run
   assert sorted(os.listdir(cwd)) == before  # nothing written locally
+  fs.invalidate_cache()
+  assert fs.exists(f"{BUCKET}/runs/avg/posthoc.json")

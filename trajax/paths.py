@@ -52,6 +52,7 @@ __all__ = [
   "read_bytes",
   "remove",
   "write_bytes",
+  "write_new",
 ]
 
 
@@ -253,6 +254,38 @@ def write_bytes(path, data: bytes) -> None:
     raise
 
 
+def write_new(path, data: bytes) -> None:
+  """Creates ``path`` holding ``data``; never over an existing file, never through a link.
+
+  Local: ``O_EXCL | O_NOFOLLOW``. Object store: an upload with the
+  precondition "no such object yet" (``ifGenerationMatch=0``) where the
+  filesystem is ``gcsfs``; elsewhere a check, then the upload.
+
+  Raises:
+    FileExistsError: ``path`` exists (nothing written).
+  """
+  if not is_remote(path):
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o644)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    return
+  try:
+    import fsspec
+    import gcsfs
+  except ImportError:
+    fs = None
+  else:
+    fs, _ = fsspec.core.url_to_fs(os.fspath(path))
+    fs = fs if isinstance(fs, gcsfs.GCSFileSystem) else None
+  if fs is None:
+    if exists(path):
+      raise FileExistsError(f"{path} exists")
+    write_bytes(path, data)
+    return
+  fs.pipe_file(os.fspath(path), data, mode="create")  # FileExistsError when it exists
+
+
 def remove(path, *, missing_ok: bool = True) -> None:
   """Deletes one file (or object)."""
   if is_remote(path):
@@ -274,14 +307,14 @@ def files_below(path) -> list[str]:
     return sorted(out)
   # walk, not rglob: gcsfs refuses a recursive glob. A walk's roots may come
   # back without the scheme (fsspec) or with it (tf.io.gfile).
-  base = os.fspath(path).rstrip("/")
-  bare = base.split("://", 1)[1]
+  top = os.fspath(path).rstrip("/")
+  bare = top.split("://", 1)[1]
   out = []
 
   def fail(e):
     raise e
 
-  for root, _, names in _epath(base).walk(on_error=fail):
+  for root, _, names in _epath(top).walk(on_error=fail):
     rel = os.fspath(root).split("://", 1)[-1].rstrip("/")[len(bare) :].strip("/")
     out += [f"{rel}/{n}" if rel else n for n in names]
   return sorted(out)

@@ -413,20 +413,7 @@ def _create_remote(path: str, data: bytes) -> bool:
   from trajax import paths
 
   try:
-    import fsspec
-    import gcsfs
-  except ImportError:
-    fs = None
-  else:
-    fs, _ = fsspec.core.url_to_fs(path)
-    fs = fs if isinstance(fs, gcsfs.GCSFileSystem) else None
-  if fs is None:
-    if paths.exists(path):
-      return False
-    paths.write_bytes(path, data)
-    return True
-  try:
-    fs.pipe_file(path, data, mode="create")  # ifGenerationMatch=0
+    paths.write_new(path, data)
   except FileExistsError:
     return False
   return True

@@ -41,18 +41,22 @@ the (best) average where it is exact, else one line saying why not.
 Third-party INFO logging is off unless ``--verbose_libs``. Every error is one
 line on stderr, exit 1, no traceback (``--traceback`` shows it).
 
-Where it writes (:mod:`trajax.posthoc.outputs`): only into ``--out``, which
-must be a new or empty directory, outside every run's directory (none of its
-ancestors may hold a ``.trajax.lock`` or a ``checkpoints/`` with step
-directories), with neither ``--out`` nor ``--workdir`` reaching its target
-through a symlink. All of that, and every flag, is checked before the run is
+Where it writes (:mod:`trajax.posthoc.outputs`): only into ``--out``, a
+local directory or ``gs://BUCKET/NAME`` (every file through
+:mod:`trajax.paths`, the averaged params through Orbax), which must be a new
+or empty directory, outside every run's directory (none of its ancestors may
+hold a ``.trajax.lock`` -- in a bucket the run's lease -- or a
+``checkpoints/`` with step directories), with neither ``--out`` nor
+``--workdir`` reaching its target through a symlink. All of that, and every flag, is checked before the run is
 read; files are created exclusively (never through a symlink, never over an
 existing file). The run's directory is never written. The run's config goes
 to DIR/run_config.json (data) and each side-trip's section (the post-hoc
 kernel, :func:`trajax.posthoc.sidetrip_command`) to DIR/sidetrip-*.json;
 DIR/run_config.py, the side-trip's ``--config`` (``run_config.py:NAME`` adds
 section NAME), is fixed text that loads them: no path or value is ever put
-into generated code.
+into generated code. With DIR in a bucket (where ml_collections cannot load a
+``--config`` file from) the printed side-trip names its section with
+``--sidetrip_section=DIR/sidetrip-*.json`` and takes the parent's stored config.
 
 The snapshots: the params at every committed step, the run's in-training
 average and its profiles (``averaging.profiles``), all by default
@@ -99,7 +103,7 @@ def _check_flags() -> cli.Request:
 def run_cli() -> dict:
   import numpy as np
 
-  from trajax import posthoc, runs
+  from trajax import paths, posthoc, runs
   from trajax import state as state_lib
   from trajax.posthoc.evaluation import Evaluator, in_training
 
@@ -118,9 +122,12 @@ def run_cli() -> dict:
   evaluate = Evaluator(run)
   base = state_lib.make_schedule(run.config.optimizer, run.config.total_steps)
   # Everything is checked and computed: only now is anything created.
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  if not os.path.isdir(out):
-    os.mkdir(out)
+  if paths.is_remote(out):
+    paths.makedirs(out)  # no directories in a bucket: it must exist
+  else:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    if not os.path.isdir(out):
+      os.mkdir(out)
   config_file = outputs.write_run_config(run, out)
   rows = []
   for (value, _, method, mparams), avg in zip(targets, averages, strict=True):
@@ -132,7 +139,7 @@ def run_cli() -> dict:
       out=out,
       name=f"sidetrip-{slug}.json",
       config_file=config_file,
-      workdir=os.path.join(out, f"sidetrip-{slug}"),
+      workdir=paths.join(out, f"sidetrip-{slug}"),
     )
     start, window, sched = posthoc.equivalent_schedule(avg.plan, base, start=trip["start"])
     if FLAGS.compare_sidetrip:
@@ -161,7 +168,7 @@ def run_cli() -> dict:
       import orbax.checkpoint as ocp
 
       with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(out, "averaged"), {"params": params, "batch_stats": stats})
+        ckptr.save(paths.join(out, "averaged"), {"params": params, "batch_stats": stats})
   if FLAGS.sweep:
     rows.sort(key=lambda r: r["value"])
   approx = [r for r in rows if r["approximate"]]
@@ -183,11 +190,11 @@ def run_cli() -> dict:
     result["sweep"] = req.sweep
     result["in_training"] = in_training(run, evaluate, end)
     result["plot_legend"] = report.plot(
-      os.path.join(out, "sweep.png"), rows, req.sweep, result["in_training"], req.method, threshold
+      paths.join(out, "sweep.png"), rows, req.sweep, result["in_training"], req.method, threshold
     )
   result["out"] = out
   name = "sweep.json" if FLAGS.sweep else "posthoc.json"
-  outputs.write_new(os.path.join(out, name), json.dumps(result, indent=1))
+  outputs.write_new(paths.join(out, name), json.dumps(result, indent=1))
   return result
 
 

@@ -1,8 +1,9 @@
 """Where ``python -m trajax.posthoc`` writes, and what: checked paths, new files, the run's config.
 
-Only into ``--out``, a new or empty directory outside every run's directory
-(:func:`check_paths`), never through a symlink, never over an existing file
-(:func:`write_new`). The run's config is data (``run_config.json``); the
+Only into ``--out`` (a local directory or ``gs://BUCKET/NAME``, every file
+through :mod:`trajax.paths`), a new or empty directory outside every run's
+directory (:func:`check_paths`), never through a symlink, never over an
+existing file (:func:`write_new`). The run's config is data (``run_config.json``); the
 side-trip's ``--config`` is the fixed text :data:`RUN_CONFIG_PY` that loads
 it: no path or value is ever put into generated code.
 """
@@ -16,27 +17,32 @@ __all__ = ["RUN_CONFIG_PY", "check_paths", "is_run", "write_new", "write_run_con
 
 
 def check_paths(workdir: str, out: str, run_directory: str | None = None) -> str:
-  """The absolute --out, refused unless posthoc may write there; nothing is created.
+  """The absolute --out (a local path or a normalised gs:// URL), refused unless posthoc
+  may write there; nothing is created.
 
-  Refused, before anything is read or written: a --workdir or --out that
-  reaches its target through a symlink (so the directory written is the one
-  named), an --out inside the run's directory or inside any run's (a
-  directory holding a ``.trajax.lock``, or another run's workdir), and an
-  existing --out that is not an empty directory (the user's files, or an
-  earlier output, are never overwritten), and an --out holding ':' (the
-  side-trip's ``--config=OUT/run_config.py:SECTION`` could not name it).
+  Refused, before anything is read or written: a path the writers refuse
+  (:func:`trajax.paths.check_path`: a backslash, a bucket without a name
+  below it, '..' in a URL), a local --workdir or --out that reaches its
+  target through a symlink (so the directory written is the one named), an
+  --out inside the run's directory or inside any run's (a directory holding
+  a ``.trajax.lock`` -- in a bucket the run's lease --, or another run's
+  workdir), an existing --out that is not an empty directory (the user's
+  files, or an earlier output, are never overwritten), and a local --out
+  holding ':' (the side-trip's ``--config=OUT/run_config.py:SECTION`` could
+  not name it; an --out in a bucket is named by ``--sidetrip_section``).
   """
-  given_out = out
   from trajax import paths
 
-  # A gs:// --out: one line (a --workdir in a bucket is only read).
-  paths.check_local_path(out, "--out")
-  if ":" in out:
+  given_out = out
+  out = paths.check_path(out, "--out")
+  if not paths.is_remote(out) and ":" in given_out:
     raise ValueError(
-      f"--out = {out!r} holds ':', which the side-trip's --config=FILE:SECTION cannot carry; "
+      f"--out = {given_out!r} holds ':', which the side-trip's --config=FILE:SECTION cannot carry; "
       "give a directory without one"
     )
-  for name, value in (("workdir", workdir), ("out", out)):
+  for name, value in (("workdir", workdir), ("out", given_out)):
+    if paths.is_remote(value):
+      continue  # an object store has no links
     given = os.path.abspath(value)
     real = os.path.realpath(given)
     if real != given:
@@ -44,12 +50,13 @@ def check_paths(workdir: str, out: str, run_directory: str | None = None) -> str
         f"--{name} = {value!r} reaches {real!r} through a symlink; give the real "
         "path (posthoc writes only where it is told)"
       )
-  out = os.path.abspath(out)
   if run_directory is not None:
-    run_root = os.path.dirname(os.path.abspath(run_directory))
-    for root in (run_root, os.path.abspath(run_directory)):
-      if out == root or out.startswith(root + os.sep):
-        raise ValueError(f"--out = {given_out!r} lies inside the run directory {run_root!r}")
+    run_dir = paths.absolute(run_directory)
+    for root in (paths.dirname(run_dir), run_dir):
+      if out == root or out.startswith(root.rstrip("/") + "/"):
+        raise ValueError(
+          f"--out = {given_out!r} lies inside the run directory {paths.dirname(run_dir)!r}"
+        )
   here = out
   while True:
     if is_run(here):
@@ -57,27 +64,41 @@ def check_paths(workdir: str, out: str, run_directory: str | None = None) -> str
         f"--out = {given_out!r} lies inside the run directory {here!r}; give a new directory "
         "outside every run"
       )
-    parent = os.path.dirname(here)
-    if parent == here:
-      break
+    parent = paths.dirname(here)
+    if parent == here or (paths.is_remote(here) and "/" not in parent.split("://", 1)[1]):
+      break  # the filesystem's root, or the bucket (a run is never a whole bucket)
     here = parent
-  if os.path.lexists(out):
+  if paths.is_remote(out):
+    held = paths.listdir(out) if paths.isdir(out) else []
+    if paths.isfile(out):
+      raise ValueError(f"--out = {given_out!r} exists and is not a directory")
+  else:
+    if not os.path.lexists(out):
+      return out
     if not os.path.isdir(out):
       raise ValueError(f"--out = {given_out!r} exists and is not a directory")
     held = sorted(os.listdir(out))
-    if held:
-      shown = ", ".join(held[:3]) + (", …" if len(held) > 3 else "")
-      raise ValueError(
-        f"--out = {given_out!r} already holds {len(held)} entries ({shown}); posthoc writes "
-        "only into a new or empty directory (give another --out, or remove it)"
-      )
+  if held:
+    shown = ", ".join(held[:3]) + (", …" if len(held) > 3 else "")
+    raise ValueError(
+      f"--out = {given_out!r} already holds {len(held)} entries ({shown}); posthoc writes "
+      "only into a new or empty directory (give another --out, or remove it)"
+    )
   return out
 
 
 def is_run(path: str) -> bool:
   """A run's directory: it holds the workdir lock, or checkpoints/ with a step directory."""
-  from trajax import workdir_lock
+  from trajax import paths, workdir_lock
 
+  if paths.is_remote(path):
+    try:
+      if paths.exists(paths.join(path, workdir_lock.LOCK_NAME)):
+        return True
+      ckpts = paths.join(path, "checkpoints")
+      return paths.isdir(ckpts) and any(name.isdigit() for name in paths.listdir(ckpts))
+    except OSError:
+      return True  # unreadable: not ours to write into
   if os.path.lexists(os.path.join(path, workdir_lock.LOCK_NAME)):
     return True
   ckpts = os.path.join(path, "checkpoints")
@@ -87,11 +108,11 @@ def is_run(path: str) -> bool:
     return True  # unreadable: not ours to write into
 
 
-def write_new(path: str, text: str) -> None:
-  """Creates ``path`` (never an existing file, never through a symlink) holding ``text``."""
-  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
+def write_new(path: str, data: str | bytes) -> None:
+  """Creates ``path`` (local or in a bucket; never an existing file, never through a symlink)."""
+  from trajax import paths
+
+  paths.write_new(path, data.encode() if isinstance(data, str) else data)
 
 
 # The config file handed to the side-trip (--config): fixed text, no path or
@@ -129,10 +150,12 @@ def get_config(section=None):
 
 def write_run_config(run, out: str) -> str:
   """OUT/run_config.json (the run's stored config, data) and OUT/run_config.py (fixed code)."""
+  from trajax import paths
+
   write_new(
-    os.path.join(out, "run_config.json"),
+    paths.join(out, "run_config.json"),
     json.dumps(run.config.to_dict(), sort_keys=True, indent=1, default=list),
   )
-  path = os.path.join(out, "run_config.py")
+  path = paths.join(out, "run_config.py")
   write_new(path, RUN_CONFIG_PY)
   return path

@@ -8,6 +8,8 @@ the swept value, approximate averages a separate hollow series.
 
 from __future__ import annotations
 
+import io
+
 __all__ = ["console", "plot"]
 
 
@@ -51,8 +53,12 @@ def plot(path, rows, xlabel, reference, method, threshold) -> list[str]:
     ax.legend(fontsize=8)
   labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  buffer = io.BytesIO()  # then one new file, local or in a bucket (never over one)
+  fig.savefig(buffer, format="png", dpi=100)
   plt.close(fig)
+  from trajax.posthoc.outputs import write_new
+
+  write_new(path, buffer.getvalue())
   return labels
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from trajax import averaging, schedules
+from trajax import averaging, paths, schedules
 from trajax.posthoc.outputs import write_new
 from trajax.posthoc.plan import Plan
 from trajax.posthoc.targets import check_int
@@ -114,8 +114,11 @@ def sidetrip_command(
   at or before c's support. The section is JSON, ``OUT/NAME`` (``name`` a
   plain file name), which ``config_file`` (the fixed
   :data:`trajax.posthoc.outputs.RUN_CONFIG_PY`) reads when given as
-  ``--config=CONFIG_FILE:NAME``: no value or path is put into code, and a
-  kernel of any length stays off the command line.
+  ``--config=CONFIG_FILE:NAME``; an OUT in a bucket (which ml_collections
+  cannot load a config file from) is named by the side-trip's
+  ``--sidetrip_section=OUT/NAME`` instead, its config then the parent's
+  stored one. No value or path is put into code, and a kernel of any length
+  stays off the command line.
 
   Returns ``{'command', 'start', 'window', 'exact', 'note', 'fields',
   'section', 'workdir'}``: ``fields`` the side-trip section, ``section`` its
@@ -129,14 +132,15 @@ def sidetrip_command(
   committed = _latest_committed(run.steps, first)
   start, value = sidetrip_kernel(c, start=committed)
   fields = {"kind": "equivalent", "average": str(value), "window": value.window}
-  section = os.path.join(out, name)
+  section = paths.join(out, name)
   write_new(section, json.dumps(fields))
-  flags = [
-    f"--parent={run.directory}",
-    f"--step={start}",
-    f"--workdir={workdir}",
-    f"--config={config_file}:{name}",
-  ]
+  flags = [f"--parent={run.directory}", f"--step={start}", f"--workdir={workdir}"]
+  if paths.is_remote(section):
+    # ml_collections loads a --config file only from a local disk: the section
+    # is read through the path layer, the config is the parent's stored one.
+    flags.append(f"--sidetrip_section={section}")
+  else:
+    flags.append(f"--config={config_file}:{name}")
   note = None
   if committed is None:
     note = (

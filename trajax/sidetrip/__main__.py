@@ -6,7 +6,7 @@ from absl import logging
 
 from trajax import state as state_lib
 from trajax.sidetrip import SidetripError, check_step, run_sidetrip
-from trajax.sidetrip.spec import define_config_flag, resolve, without_sidetrip
+from trajax.sidetrip.spec import define_config_flag, resolve, with_sidetrip, without_sidetrip
 
 
 def _define_flags():
@@ -43,12 +43,50 @@ def _define_flags():
     False,
     "On an error, show the full Python traceback (default: one line naming the problem).",
   )
+  flags.DEFINE_string(
+    "sidetrip_section",
+    None,
+    "A JSON file (a local path or gs://...) holding the side-trip section's fields, e.g. "
+    "the sidetrip-*.json that trajax.posthoc writes; its fields go over --config's section. "
+    "With it --config may be left out: the config is then the parent's stored one.",
+  )
   for name in ("parent", "step", "workdir"):
     flags.mark_flag_as_required(name)
 
   define_config_flag()
-  flags.mark_flag_as_required("config")
   return flags.FLAGS
+
+
+def _section(path: str) -> dict:
+  """The side-trip fields stored in the JSON object at ``path`` (read through trajax.paths)."""
+  import json
+
+  from trajax import paths
+
+  try:
+    fields = json.loads(paths.read_bytes(paths.check_path(path, "--sidetrip_section")))
+  except json.JSONDecodeError as e:
+    raise SidetripError(f"--sidetrip_section = {path!r} is not JSON ({e})") from None
+  if not isinstance(fields, dict):
+    raise SidetripError(
+      f"--sidetrip_section = {path!r} must hold a JSON object of side-trip fields"
+    )
+  return fields
+
+
+def _parent_config(parent: str, step: int, workdir: str):
+  """The parent's training config: the one its lineage recorded when the side-trip has
+  checkpoints of its own (a restart needs no parent step), else the one stored at ``step``."""
+  from trajax import checkpoint as ckpt_lib
+  from trajax import loop, paths
+  from trajax.sidetrip.lineage import fresh_parent
+
+  own = paths.join(paths.absolute(workdir), "checkpoints")
+  meta = ckpt_lib.newest_good_metadata(own, ckpt_lib.committed_steps(own))
+  recorded = ((meta or {}).get("lineage") or {}).get("parent_config")
+  if recorded:
+    return loop.stored_config({"config": recorded})
+  return loop.stored_config(fresh_parent(parent, step)[1])
 
 
 def _main(argv):
@@ -70,6 +108,16 @@ def _main(argv):
   try:
     # A path it would not write to (a backslash, a bucket) fails first.
     paths.check_path(FLAGS.workdir, "--workdir")
+    if FLAGS.sidetrip_section is not None:
+      # A section stored as data (posthoc's, possibly in a bucket, where no
+      # --config file can be loaded from): over --config's, or the parent's config.
+      fields = _section(FLAGS.sidetrip_section)
+      if config is None:
+        config = _parent_config(FLAGS.parent, check_step(FLAGS.step), FLAGS.workdir)
+      given = config.sidetrip.to_dict() if "sidetrip" in config else {}
+      config = with_sidetrip(config, **{**given, **fields})
+    elif config is None:
+      raise SidetripError("--config is required (or --sidetrip_section=FILE.json)")
     # Bad configs fail here, in about a second, before TensorFlow is imported.
     cv.validate(without_sidetrip(config))
     resolve(config, check_step(FLAGS.step))
