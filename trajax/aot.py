@@ -56,6 +56,9 @@ out-of-memory refusal included) or the global batch does not split into whole
 rows over the devices and hosts; ``problems`` lists every reason the engine
 would refuse the run on that topology. A step that fails to compile for any
 other reason is an :class:`AotError` naming the step and XLA's message.
+
+Why one module of over 500 lines: the topologies, the step's lowering and
+the fit/memory report form one command whose pieces nothing else uses.
 """
 
 from __future__ import annotations

@@ -59,6 +59,10 @@ release are.)
 Multi-host runs: process 0 takes the lock, then broadcasts whether it got it
 (and the refusal message), so every process fails together with the same
 error instead of waiting at the next barrier.
+
+Why one module of over 500 lines: the local ``flock`` and the object-store
+lease are one contract (take, name the holder, take over, release, broadcast
+to every process), and the tests check both against the same promises.
 """
 
 from __future__ import annotations

@@ -24,6 +24,11 @@ Without ``params`` :func:`averaged_params` answers only where that is exact
 (no weight on θ_t). Plain-checkpoint readers use the formulas above (non-float
 leaves: the params' own). States of older layouts continue through
 :func:`from_eager_state` (:mod:`trajax.checkpoint_layout` converts them).
+
+Why one module of over 500 lines: the generic wrapper, one named constructor
+per method and the state readers (``averaged_params``, profiles, older
+layouts) all rest on the state's invariants written at the top; they change
+together.
 """
 
 from __future__ import annotations

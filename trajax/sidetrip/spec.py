@@ -1,6 +1,12 @@
 """The side-trip spec: the ``sidetrip`` config section, its checks and its learning-rate rule.
 
 See :mod:`trajax.sidetrip` for the kinds and the field table.
+
+Why one module of over 500 lines: the section, its resolution against the
+parent (every kind, the batch-size schedule included), the mapping of the
+deprecated spellings and the learning-rate rule are the one contract stored
+side-trips resume against; :func:`resolve` reads as one function only with
+its pieces beside it.
 """
 
 from __future__ import annotations
