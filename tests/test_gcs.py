@@ -645,22 +645,27 @@ def test_posthoc_of_a_run_in_a_bucket_into_the_bucket_and_its_printed_side_trip(
   assert f"--sidetrip_section={out}/sidetrip-two_point.json" in argv
   assert f"--workdir={out}/sidetrip-two_point" in argv and f"--parent={url}/checkpoints" in argv
   assert not any(a.startswith("--config") for a in argv)
-  path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
   for command in (trip["command"], local_trip["command"]):
-    proc = subprocess.run(
-      ["bash", "-c", command],
-      cwd=cwd,
-      env=wc.subprocess_env(CACHE_DIR, **env, PATH=path),
-      capture_output=True,
-      text=True,
-      timeout=600,
-    )
+    proc = _bash(command, cwd, env)
     assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
   assert os.listdir(cwd) == []  # nothing written where it was not asked
   fs.invalidate_cache()
   assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/posthoc-run")) == ["checkpoints"]
   assert _compare_in_a_fresh_process(env, trip["workdir"], local_trip["workdir"], [40]) == (
     "identical"
+  )
+
+
+def _bash(command: str, cwd, env) -> subprocess.CompletedProcess:
+  """``command`` run as a user would type it (bash), this interpreter first on PATH."""
+  path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+  return subprocess.run(
+    ["bash", "-c", command],
+    cwd=cwd,
+    env=wc.subprocess_env(CACHE_DIR, **env, PATH=path),
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
 
 
@@ -687,16 +692,8 @@ def test_readme_bucket_commands_run_as_written(emulator, tmp_path):
   cwd.mkdir()
   os.symlink(os.path.join(REPO, "configs"), cwd / "configs")
   before = sorted(os.listdir(cwd))
-  path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
   for text in commands:
-    proc = subprocess.run(
-      ["bash", "-c", text],
-      cwd=cwd,
-      env=wc.subprocess_env(CACHE_DIR, **env, PATH=path),
-      capture_output=True,
-      text=True,
-      timeout=600,
-    )
+    proc = _bash(text, cwd, env)
     assert proc.returncode == 0, f"{text}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
   assert proc.stdout.rstrip().endswith("OK")  # trajax.verify of the run
   assert sorted(os.listdir(cwd)) == before  # nothing written locally

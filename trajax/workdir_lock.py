@@ -126,6 +126,15 @@ def _read_record(fd: int) -> dict | None:
     text = os.pread(fd, 65536, 0).decode(errors="replace").strip()
   except OSError:
     return None
+  return _parse_record(text)
+
+
+def _parse_record(text: str) -> dict | None:
+  """The holder record a lock file or lease object holds (None: empty or not a record).
+
+  Text that is not JSON (a lock written by hand, a truncated write) is still
+  shown, as the record's ``argv``, so the refusal names what is there.
+  """
   if not text:
     return None
   try:
@@ -388,13 +397,7 @@ def _read_remote(path: str) -> dict | None:
   if not paths.exists(path):
     return None
   text = paths.read_bytes(path).decode(errors="replace").strip()
-  if not text:
-    return None
-  try:
-    rec = json.loads(text)
-  except json.JSONDecodeError:
-    return {"host": "?", "pid": "?", "started": "?", "argv": text[:200]}
-  return rec if isinstance(rec, dict) else None
+  return _parse_record(text)
 
 
 def _stale(rec: dict | None) -> str | None:
